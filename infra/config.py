@@ -1,0 +1,203 @@
+"""The typed configuration model: the one source of truth for every target (local, compose, kubernetes).
+
+It loads, in increasing priority, from the commented YAML file (``infra/stack.yaml`` by default, or the file
+named by ``PREFECT_STACK_CONFIG``) and from ``PREFECT_STACK_*`` environment variables, ``__`` separating
+nested fields (``PREFECT_STACK_API__REPLICAS=3``). Every rendered file is derived from this model.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+from infra.errors import UserError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG_FILE = Path(__file__).resolve().parent / "stack.yaml"
+ENV_PREFIX = "PREFECT_STACK_"
+CONFIG_FILE_ENV = "PREFECT_STACK_CONFIG"
+
+Port = int  # validated by Field(ge=1, le=65535) where used
+
+
+class _Section(BaseModel):
+    # An unknown key is far more often a typo than intent: reject it rather than silently ignore it.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PostgresConfig(_Section):
+    port: int = Field(15432, ge=1, le=65535, description="TCP port of the stack's own PostgreSQL cluster.")
+    database: str = Field("prefect", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
+    user: str = Field("prefect", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
+    max_connections: int = Field(200, ge=20, le=10000)
+    shared_buffers: str = Field("256MB", pattern=r"^\d+(kB|MB|GB)$")
+    bin_dir: Path = Field(Path("/usr/lib/postgresql/15/bin"), description="Where initdb and postgres live.")
+
+
+class PgBouncerConfig(_Section):
+    port: int = Field(16432, ge=1, le=65535)
+    # Server connections per pool; the API replicas share the transaction pool.
+    default_pool_size: int = Field(40, ge=1, le=1000)
+    max_client_conn: int = Field(1000, ge=10, le=100000)
+
+
+class RedisConfig(_Section):
+    port: int = Field(16379, ge=1, le=65535)
+    maxmemory: str = Field("1gb", pattern=r"^\d+(kb|mb|gb)$")
+
+
+class ApiConfig(_Section):
+    replicas: int = Field(2, ge=1, le=32, description="API replicas behind the load balancer.")
+    # Replica i (1-based) listens on base_port + i - 1.
+    base_port: int = Field(14200, ge=1, le=65535)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
+    # SQLAlchemy pool per replica; PgBouncer multiplexes these onto default_pool_size server connections.
+    db_pool_size: int = Field(10, ge=1, le=200)
+    db_max_overflow: int = Field(10, ge=0, le=200)
+    keepalive_timeout: int = Field(65, ge=1, le=3600, description="Must exceed HAProxy's keep-alive timeout.")
+
+
+class ServicesConfig(_Section):
+    # One process runs every background service (scheduler, triggers, event persister...). More copies
+    # are safe because Docket coordinates them through Redis.
+    replicas: int = Field(1, ge=1, le=8)
+    events_retention: str = Field("P7D", pattern=r"^P(\d+D|T\d+H)$", description="ISO 8601 duration.")
+
+
+class LoadBalancerConfig(_Section):
+    bind_address: str = "127.0.0.1"
+    port: int = Field(4200, ge=1, le=65535, description="Where clients and the UI reach Prefect.")
+    stats_port: int = Field(8404, ge=1, le=65535, description="HAProxy stats page and Prometheus /metrics.")
+    # The URL browsers use to reach the API (UI); defaults to http://bind_address:port/api.
+    public_url: str | None = None
+    retries: int = Field(3, ge=0, le=10)
+    timeout_server_s: int = Field(60, ge=1)
+    timeout_tunnel_s: int = Field(3600, ge=1, description="Idle timeout of websocket connections.")
+
+
+class LocalTargetConfig(_Section):
+    # Default state directory: /var/lib/prefect-stack as root, ~/.local/state/prefect-stack otherwise.
+    state_dir: Path | None = None
+    # As root, every process runs as this unprivileged user (created by scripts/bootstrap.sh or deploy).
+    run_as: str = Field("prefect-stack", pattern=r"^[a-z_][a-z0-9_-]{0,31}$")
+
+
+class StackConfig(BaseSettings):
+    """Everything a deployment needs to know, for every target."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    target: Literal["local", "compose", "kubernetes"] = "local"
+    postgres: PostgresConfig = PostgresConfig()
+    pgbouncer: PgBouncerConfig = PgBouncerConfig()
+    redis: RedisConfig = RedisConfig()
+    api: ApiConfig = ApiConfig()
+    services: ServicesConfig = ServicesConfig()
+    load_balancer: LoadBalancerConfig = LoadBalancerConfig()
+    local: LocalTargetConfig = LocalTargetConfig()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        yaml_file = os.environ.get(CONFIG_FILE_ENV) or str(DEFAULT_CONFIG_FILE)
+        return (init_settings, env_settings, YamlConfigSettingsSource(settings_cls, yaml_file=yaml_file))
+
+    @model_validator(mode="after")
+    def _ports_are_distinct(self) -> StackConfig:
+        seen: dict[int, str] = {}
+        for field, port in self.port_fields().items():
+            if port in seen:
+                raise ValueError(f"{field} and {seen[port]} both use port {port}; give each its own port")
+            seen[port] = field
+        return self
+
+    def port_fields(self) -> dict[str, int]:
+        """Every TCP port the stack listens on, keyed by the configuration field an operator would edit."""
+        ports = {
+            "postgres.port": self.postgres.port,
+            "pgbouncer.port": self.pgbouncer.port,
+            "redis.port": self.redis.port,
+            "load_balancer.port": self.load_balancer.port,
+            "load_balancer.stats_port": self.load_balancer.stats_port,
+        }
+        for i in range(1, self.api.replicas + 1):
+            ports[f"api.base_port (replica {i})"] = self.api_port(i)
+        return ports
+
+    def api_port(self, replica: int) -> int:
+        return self.api.base_port + replica - 1
+
+    @property
+    def api_url(self) -> str:
+        """The API URL clients use: always through the load balancer."""
+        host = self.load_balancer.bind_address
+        if host in ("0.0.0.0", "::"):  # noqa: S104 - comparing, not binding
+            host = "127.0.0.1"
+        return f"http://{host}:{self.load_balancer.port}/api"
+
+    @property
+    def public_api_url(self) -> str:
+        return self.load_balancer.public_url or self.api_url
+
+    @property
+    def state_dir(self) -> Path:
+        if self.local.state_dir is not None:
+            return self.local.state_dir.expanduser().resolve()
+        if os.geteuid() == 0:
+            return Path("/var/lib/prefect-stack")
+        return Path("~/.local/state/prefect-stack").expanduser()
+
+
+def _describe(error: dict[str, Any]) -> str:
+    location = ".".join(str(part) for part in error["loc"]) or "(configuration)"
+    message = str(error["msg"]).removeprefix("Value error, ")
+    if error["type"] == "extra_forbidden":
+        return f"{location}: unknown key. Remove it or fix its spelling (see infra/stack.yaml for every key)."
+    given = error.get("input")
+    shown = f" (got {given!r})" if given is not None and not isinstance(given, dict) else ""
+    env_name = ENV_PREFIX + "__".join(str(part).upper() for part in error["loc"])
+    fix = f"fix it in the configuration file or in {env_name}" if error["loc"] else "fix the configuration"
+    return f"{location}: {message}{shown}; {fix}."
+
+
+def load_config(**overrides: Any) -> StackConfig:
+    """Load and validate the configuration, turning validation errors into one readable UserError."""
+    config_file = os.environ.get(CONFIG_FILE_ENV)
+    if config_file and not Path(config_file).is_file():
+        raise UserError(
+            f"configuration file {config_file} (from {CONFIG_FILE_ENV}) does not exist",
+            fix=f"point {CONFIG_FILE_ENV} at an existing YAML file, or unset it to use {DEFAULT_CONFIG_FILE}",
+        )
+    try:
+        return StackConfig(**overrides)
+    except ValidationError as exc:
+        lines = [_describe(dict(e)) for e in exc.errors()]
+        raise UserError(
+            "invalid configuration:\n  " + "\n  ".join(lines),
+            fix=f"edit {config_file or DEFAULT_CONFIG_FILE} or the {ENV_PREFIX}* environment variables",
+        ) from None
+    except (OSError, ValueError) as exc:  # YAML syntax errors surface as ValueError subclasses
+        raise UserError(
+            f"cannot read the configuration file: {exc}",
+            fix="check the YAML syntax (indentation, colons) of the configuration file",
+        ) from None

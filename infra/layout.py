@@ -1,0 +1,75 @@
+"""Where a deployment keeps its state on a host: one directory, laid out the same for every local deploy."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class StateLayout:
+    """Paths below the state directory. Nothing here is in git; secrets and data never leave it."""
+
+    root: Path
+
+    @property
+    def secrets(self) -> Path:
+        return self.root / "secrets"
+
+    @property
+    def etc(self) -> Path:
+        """Rendered configuration files (derived from the model; never edit by hand)."""
+        return self.root / "etc"
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def postgres_data(self) -> Path:
+        return self.data / "postgres"
+
+    @property
+    def redis_data(self) -> Path:
+        return self.data / "redis"
+
+    @property
+    def run(self) -> Path:
+        """Sockets and pid files."""
+        return self.root / "run"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "log"
+
+    @property
+    def prefect_home(self) -> Path:
+        return self.root / "home"
+
+    @property
+    def supervisor_conf(self) -> Path:
+        return self.etc / "supervisord.conf"
+
+    @property
+    def supervisor_socket(self) -> Path:
+        return self.run / "supervisor.sock"
+
+    @property
+    def supervisor_pidfile(self) -> Path:
+        return self.run / "supervisord.pid"
+
+    @property
+    def haproxy_socket(self) -> Path:
+        return self.run / "haproxy.sock"
+
+    @property
+    def deployed_state(self) -> Path:
+        """What the last successful deploy applied: fingerprints per component, versions, ports."""
+        return self.root / "deployed.json"
+
+    def log_file(self, program: str) -> Path:
+        return self.logs / f"{program}.log"
+
+    def service_owned_dirs(self) -> list[Path]:
+        """Directories the unprivileged service user must own."""
+        return [self.etc, self.data, self.postgres_data, self.redis_data, self.run, self.logs, self.prefect_home]

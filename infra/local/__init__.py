@@ -1,0 +1,1 @@
+"""The local target: the stack as real processes on this host, under supervisord."""

@@ -1,0 +1,371 @@
+"""`invoke deploy` on the local target: bring the stack to the configured state, touching only what changed.
+
+Order: preflight (nothing starts if the configuration cannot work) -> secrets -> rendered files -> supervisord
+-> PostgreSQL (initdb once; roles, database, pg_trgm) -> PgBouncer, Redis -> migrations and block
+registration -> API replicas -> background services -> HAProxy. Each program's fingerprint (command,
+environment, files) is recorded in <state>/deployed.json; a program whose fingerprint is unchanged and that
+is running is left alone, so a second deploy with nothing changed restarts nothing. Changed API replicas
+are replaced one at a time, each drained in HAProxy first, so clients see no error.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from infra import console
+from infra.config import StackConfig
+from infra.errors import UserError
+from infra.layout import StateLayout
+from infra.local import haproxy_runtime
+from infra.local.health import api_ready, component_status
+from infra.local.plan import LocalPlan, build_plan, service_user, venv_bin
+from infra.local.postgres_admin import ensure_database, initialise_cluster, run_as_ids
+from infra.local.supervisor import Supervisor
+from infra.render import RenderedFile
+from infra.render.haproxy import server_name
+from infra.render.supervisor import Program
+from infra.secrets import Secrets, ensure_secrets
+
+# Programs that re-read their files on a signal, without dropping connections.
+RELOAD_SIGNALS = {"pgbouncer": "HUP", "haproxy": "USR2"}
+START_TIMEOUT_S = {"postgres": 60, "pgbouncer": 20, "redis": 20, "api": 120, "services": 60, "haproxy": 30}
+DRAIN_TIMEOUT_S = 30
+
+
+@dataclass
+class DeployReport:
+    started: list[str] = field(default_factory=list)
+    restarted: list[str] = field(default_factory=list)
+    reloaded: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    migrated: bool = False
+    elapsed_s: float = 0.0
+
+    @property
+    def changed_nothing(self) -> bool:
+        return not (self.started or self.restarted or self.reloaded or self.removed or self.migrated)
+
+
+def load_deployed(layout: StateLayout) -> dict[str, Any]:
+    try:
+        data: dict[str, Any] = json.loads(layout.deployed_state.read_text())
+        return data
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+
+
+def _save_deployed(layout: StateLayout, state: dict[str, Any]) -> None:
+    tmp = layout.deployed_state.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, layout.deployed_state)
+
+
+# ---------------------------------------------------------------- preflight
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def preflight(config: StackConfig, layout: StateLayout, previous: dict[str, Any]) -> None:
+    """Everything that would make the deploy fail half-way is checked before anything starts."""
+    if config.target != "local":
+        raise UserError(
+            f"target {config.target!r} is not deployable by this command yet",
+            fix="set target: local (the compose and kubernetes targets render files only)",
+        )
+    ours = set(previous.get("ports", {}).values()) if Supervisor(layout).is_running() else set()
+    problems = []
+    for field_name, port in config.port_fields().items():
+        host = config.load_balancer.bind_address if field_name.startswith("load_balancer") else "127.0.0.1"
+        if port not in ours and not _port_free(host, port):
+            env = "PREFECT_STACK_" + field_name.split(" ")[0].replace(".", "__").upper()
+            problems.append(f"{field_name}: port {port} is already in use on {host}; choose a free port ({env}=...)")
+    if problems:
+        raise UserError("\n  ".join(["ports taken by another process:", *problems]),
+                        fix="free those ports or change them in the configuration")
+    if not (config.postgres.bin_dir / "postgres").is_file():
+        raise UserError(
+            f"PostgreSQL binaries not found in {config.postgres.bin_dir}",
+            fix="run scripts/bootstrap.sh, or set postgres.bin_dir to where initdb and postgres live",
+        )
+    run_as = service_user(config)
+    if run_as is not None:
+        try:
+            pwd.getpwnam(run_as)
+        except KeyError:
+            subprocess.run(
+                ["useradd", "--system", "--no-create-home", "--home-dir", "/nonexistent",
+                 "--shell", "/usr/sbin/nologin", run_as],
+                check=True,
+            )
+        _check_reachable_by_others(layout.root, "local.state_dir")
+        _check_reachable_by_others(venv_bin(), "the virtual environment")
+        interpreter = Path(sys.executable).resolve()
+        _check_reachable_by_others(interpreter, "the Python interpreter (create .venv from /usr/bin/python3)")
+
+
+def _check_reachable_by_others(path: Path, what: str) -> None:
+    """As root, processes run as the service user: every directory above must let it through (o+x)."""
+    for parent in path.resolve().parents:
+        if parent.exists() and not parent.stat().st_mode & 0o001:
+            raise UserError(
+                f"{what} ({path}) is below {parent}, which the service user cannot enter (mode "
+                f"{parent.stat().st_mode & 0o777:04o})",
+                fix=f"chmod o+x {parent}, or choose a path the service user can reach",
+            )
+
+
+# ---------------------------------------------------------------- files
+
+
+def _prepare_dirs(layout: StateLayout, run_as: str | None) -> None:
+    layout.root.mkdir(parents=True, exist_ok=True)
+    # Traversable, not listable: the service user must reach its directories below; no one else can list them.
+    os.chmod(layout.root, 0o711)  # noqa: S103
+    for directory in layout.service_owned_dirs():
+        directory.mkdir(parents=True, exist_ok=True)
+    os.chmod(layout.postgres_data, 0o700)
+    os.chmod(layout.run, 0o700)
+    if run_as is not None:
+        entry = pwd.getpwnam(run_as)
+        for directory in layout.service_owned_dirs():
+            os.chown(directory, entry.pw_uid, entry.pw_gid)
+
+
+def _write_file(rendered: RenderedFile, owner: tuple[int, int] | None) -> bool:
+    """Atomic write with the final mode and owner from the start. Returns True when the content changed."""
+    path = rendered.path
+    if path.exists() and path.read_text() == rendered.content and (path.stat().st_mode & 0o777) == rendered.mode:
+        return False
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, rendered.mode)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(rendered.content)
+    os.chmod(tmp, rendered.mode)
+    if owner is not None:
+        os.chown(tmp, *owner)
+    os.replace(tmp, path)
+    return True
+
+
+def write_files(plan: LocalPlan) -> list[Path]:
+    owner = None
+    if plan.run_as is not None:
+        entry = pwd.getpwnam(plan.run_as)
+        owner = (entry.pw_uid, entry.pw_gid)
+    changed = []
+    for rendered in plan.files:
+        # supervisord.conf stays with the operator (root); components' files go to the service user.
+        file_owner = None if rendered.path == plan.layout.supervisor_conf else owner
+        if _write_file(rendered, file_owner):
+            changed.append(rendered.path)
+    return changed
+
+
+# ---------------------------------------------------------------- programs
+
+
+class _Deployer:
+    def __init__(self, plan: LocalPlan, secrets: Secrets, previous: dict[str, Any]) -> None:
+        self.plan = plan
+        self.secrets = secrets
+        self.supervisor = Supervisor(plan.layout)
+        self.previous_fingerprints: dict[str, str] = previous.get("fingerprints", {})
+        self.section_changed: set[str] = set()
+        self.applied: set[str] = set()  # programs this deploy already started or restarted
+        self.report = DeployReport()
+
+    def wait_healthy(self, program: Program) -> None:
+        def healthy() -> bool:
+            info = self.supervisor.processes().get(program.name)
+            return component_status(program, info, self.plan, self.secrets).healthy
+
+        console.wait_until(
+            healthy, START_TIMEOUT_S[program.component], program.name,
+            fix=f"read its log: invoke logs {program.name}",
+        )
+
+    def needs(self, program: Program) -> str:
+        """'start', 'restart', 'reload' or '' (nothing to do)."""
+        if program.name in self.applied:
+            return ""
+        info = self.supervisor.processes().get(program.name)
+        if info is None or not info.running:
+            return "start"
+        if self.previous_fingerprints.get(program.name) == program.fingerprint():
+            return ""
+        if program.name not in self.section_changed and program.component in RELOAD_SIGNALS:
+            return "reload"
+        return "restart"
+
+    def _replace_definition(self, name: str) -> None:
+        """A program whose supervisord section changed must be removed and re-added to take the new one."""
+        if name in self.section_changed:
+            self.supervisor.remove(name)
+            self.supervisor.add(name)
+            self.section_changed.discard(name)
+
+    def apply(self, program: Program) -> bool:
+        """Start, reload or restart one program as needed; True when anything happened."""
+        action = self.needs(program)
+        if not action:
+            return False
+        if action == "reload":
+            console.step(f"reloading {program.name} (configuration changed, connections kept)")
+            self.supervisor.signal(program.name, RELOAD_SIGNALS[program.component])
+            self.report.reloaded.append(program.name)
+            time.sleep(1)  # the reload is asynchronous: let the new configuration take over before probing
+        else:
+            console.step(f"{'starting' if action == 'start' else 'restarting'} {program.name}")
+            if action == "restart":
+                self.supervisor.stop(program.name)
+            self._replace_definition(program.name)
+            self.supervisor.start(program.name, wait=True)
+            (self.report.started if action == "start" else self.report.restarted).append(program.name)
+        self.wait_healthy(program)
+        self.applied.add(program.name)
+        return True
+
+    def sync_definitions(self) -> None:
+        added, changed, removed = self.supervisor.reload_config()
+        self.section_changed = set(changed)
+        for name in removed:
+            # A removed replica leaves HAProxy's configuration too; its reload comes last and is graceful.
+            console.step(f"removing {name} (no longer in the configuration)")
+            self.supervisor.remove(name)
+            self.report.removed.append(name)
+        for name in added:
+            self.supervisor.add(name)
+
+    def migrate(self) -> dict[str, str]:
+        console.step("migrating the database schema and registering block types (once, before any replica)")
+        uid, gid = run_as_ids(self.plan.run_as)
+        result = subprocess.run(
+            [str(Path(sys.executable)), "-m", "infra.local.migrate"],
+            env={**self.plan.migration_env, "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+                 "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+            capture_output=True, text=True, check=False, cwd="/",
+            user=uid, group=gid, extra_groups=[] if uid is not None else None,
+        )
+        log = self.plan.layout.log_file("migrate")
+        log.write_text(result.stdout + result.stderr)
+        if result.returncode != 0:
+            tail = "\n    ".join((result.stderr or result.stdout).strip().splitlines()[-5:])
+            raise UserError(f"the database migration failed:\n    {tail}", fix=f"read {log}")
+        self.report.migrated = True
+        outcome: dict[str, str] = json.loads(result.stdout.strip().splitlines()[-1])
+        return outcome
+
+    def apply_api(self, replicas: list[Program]) -> None:
+        """New replicas start together (no start-up race: blocks are registered); changed ones roll one by one."""
+        fresh = [p for p in replicas if self.needs(p) == "start"]
+        for program in fresh:
+            console.step(f"starting {program.name} on port {program.port}")
+            self._replace_definition(program.name)
+            self.supervisor.start(program.name, wait=False)
+            self.report.started.append(program.name)
+        for program in fresh:
+            self.wait_healthy(program)
+            self.applied.add(program.name)
+        for program in replicas:
+            if self.needs(program) == "restart":
+                self.rolling_restart(program)
+
+    def rolling_restart(self, program: Program) -> None:
+        sock = self.plan.layout.haproxy_socket
+        server = server_name(int(program.name.split("-")[1]))
+        balanced = sock.exists() and self.supervisor.processes().get("haproxy", None) is not None
+        console.step(f"replacing {program.name}: drain, restart, wait ready, re-enable")
+        if balanced:
+            try:
+                haproxy_runtime.set_server_state(sock, server, "drain")
+                console.wait_until(
+                    lambda: int(haproxy_runtime.server_stats(sock)[server].get("scur", "0")) == 0,
+                    DRAIN_TIMEOUT_S, f"draining {program.name}", fix="requests are still in flight; retry later",
+                )
+                haproxy_runtime.set_server_state(sock, server, "maint")
+            except (OSError, KeyError):
+                balanced = False  # HAProxy not (yet) serving this replica: nothing to drain
+        self.supervisor.stop(program.name)
+        self._replace_definition(program.name)
+        self.supervisor.start(program.name, wait=True)
+        assert program.port is not None  # noqa: S101 - API programs have ports
+        port = program.port
+        console.wait_until(lambda: api_ready(port), START_TIMEOUT_S["api"], program.name,
+                           fix=f"read its log: invoke logs {program.name}")
+        if balanced:
+            haproxy_runtime.set_server_state(sock, server, "ready")
+            # Let the health check see it up before the next replica goes away.
+            console.wait_until(
+                lambda: haproxy_runtime.server_stats(sock)[server].get("status", "").startswith("UP"),
+                15, f"{program.name} in the load balancer", fix="read invoke logs haproxy",
+            )
+        self.report.restarted.append(program.name)
+        self.applied.add(program.name)
+
+
+def deploy(config: StackConfig) -> tuple[LocalPlan, DeployReport]:
+    started = time.monotonic()
+    layout = StateLayout(config.state_dir)
+    previous = load_deployed(layout)
+    preflight(config, layout, previous)
+    run_as = service_user(config)
+    _prepare_dirs(layout, run_as)
+    secrets = ensure_secrets(layout.secrets)
+    plan = build_plan(config, secrets)
+    changed_files = write_files(plan)
+    if changed_files:
+        console.step(f"rendered {len(changed_files)} changed file(s) into {layout.etc}")
+
+    deployer = _Deployer(plan, secrets, previous)
+    if deployer.supervisor.ensure_running(layout.supervisor_conf):
+        console.step(f"started supervisord ({layout.supervisor_conf})")
+    deployer.sync_definitions()
+    report = deployer.report
+
+    if initialise_cluster(config, layout, secrets, run_as):
+        console.step(f"created the PostgreSQL cluster in {layout.postgres_data}")
+    postgres_changed = deployer.apply(plan.program("postgres"))
+    ensure_database(config, layout, secrets)
+    deployer.apply(plan.program("pgbouncer"))
+    redis_restarted = deployer.apply(plan.program("redis")) and "redis" in report.restarted
+
+    import prefect  # the installed version decides whether the schema must move
+
+    versions = previous.get("versions", {})
+    if versions.get("prefect") != prefect.__version__ or "alembic_revision" not in versions or postgres_changed:
+        outcome = deployer.migrate()
+        versions = {"prefect": outcome["prefect_version"], "alembic_revision": outcome["alembic_revision"]}
+
+    deployer.apply_api(plan.by_component("api"))
+    for program in plan.by_component("services"):
+        # Prefect's services silently stop consuming after a Redis restart: restart them with it.
+        if redis_restarted and deployer.needs(program) == "":
+            deployer.supervisor.stop(program.name)
+        deployer.apply(program)
+    deployer.apply(plan.program("haproxy"))
+
+    _save_deployed(layout, {
+        "fingerprints": {p.name: p.fingerprint() for p in plan.programs},
+        "ports": config.port_fields(),
+        "versions": versions,
+        "deployed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    })
+    report.elapsed_s = time.monotonic() - started
+    return plan, report

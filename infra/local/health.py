@@ -1,0 +1,123 @@
+"""Health of every component, as an operator reads it: running, healthy, pid, port, version, and why not."""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import httpx
+import psycopg
+import redis
+
+from infra.local.haproxy_runtime import version as haproxy_version
+from infra.local.plan import LocalPlan
+from infra.local.postgres_admin import admin_connect
+from infra.local.supervisor import ProcessInfo, Supervisor
+from infra.render.supervisor import Program
+from infra.secrets import Secrets
+
+PROBE_TIMEOUT_S = 3.0
+
+
+@dataclass
+class ComponentStatus:
+    name: str
+    component: str
+    healthy: bool
+    state: str
+    pid: int | None
+    port: int | None
+    version: str | None = None
+    uptime_s: int | None = None
+    detail: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def api_ready(port: int) -> bool:
+    response = httpx.get(f"http://127.0.0.1:{port}/api/ready", timeout=PROBE_TIMEOUT_S)
+    return response.status_code == 200
+
+
+def _basic_auth(auth_string: str) -> tuple[str, str]:
+    user, _, password = auth_string.partition(":")
+    return user, password
+
+
+def probe(program: Program, plan: LocalPlan, secrets: Secrets) -> tuple[bool, str | None, str]:
+    """(healthy, version, detail) for one running program."""
+    config = plan.config
+    if program.component == "postgres":
+        with admin_connect(config, plan.layout) as conn:
+            row = conn.execute("SHOW server_version").fetchone()
+        return True, str(row[0]) if row else None, ""
+    if program.component == "pgbouncer":
+        params: dict[str, Any] = {
+            "host": "127.0.0.1", "port": config.pgbouncer.port, "user": config.postgres.user,
+            "password": secrets.get("postgres_prefect"), "connect_timeout": 3,
+        }
+        with psycopg.connect(dbname=config.postgres.database, **params) as conn:
+            conn.execute("SELECT 1")
+        # The admin console speaks only the simple query protocol: ClientCursor.
+        with psycopg.connect(
+            dbname="pgbouncer", autocommit=True, cursor_factory=psycopg.ClientCursor, **params
+        ) as conn:
+            row = conn.execute("SHOW VERSION").fetchone()
+        return True, str(row[0]).removeprefix("PgBouncer ") if row else None, ""
+    if program.component == "redis":
+        client = redis.Redis(port=config.redis.port, password=secrets.get("redis"), socket_timeout=PROBE_TIMEOUT_S)
+        info = client.info("server")
+        client.close()
+        return True, str(info["redis_version"]), ""
+    if program.component == "api":
+        assert program.port is not None  # noqa: S101 - every API program has a port
+        ready = httpx.get(f"http://127.0.0.1:{program.port}/api/ready", timeout=PROBE_TIMEOUT_S)
+        if ready.status_code != 200:
+            return False, None, f"/api/ready answered {ready.status_code}"
+        version = httpx.get(
+            f"http://127.0.0.1:{program.port}/api/admin/version",
+            auth=_basic_auth(secrets.get("prefect_auth")), timeout=PROBE_TIMEOUT_S,
+        )
+        return True, version.json() if version.status_code == 200 else None, ""
+    if program.component == "haproxy":
+        lb = config.load_balancer
+        through = httpx.get(f"{config.api_url}/health", timeout=PROBE_TIMEOUT_S)
+        metrics = httpx.get(f"http://127.0.0.1:{lb.stats_port}/metrics", timeout=PROBE_TIMEOUT_S)
+        healthy = through.status_code == 200 and metrics.status_code == 200
+        detail = "" if healthy else f"/api/health via LB: {through.status_code}, /metrics: {metrics.status_code}"
+        return healthy, haproxy_version(plan.layout.haproxy_socket), detail
+    # Background services have no port; supervisor's RUNNING (past startsecs) is the signal.
+    return True, None, ""
+
+
+def component_status(
+    program: Program, info: ProcessInfo | None, plan: LocalPlan, secrets: Secrets
+) -> ComponentStatus:
+    if info is None or not info.running:
+        return ComponentStatus(
+            program.name, program.component, False, info.state if info else "ABSENT", None, program.port,
+            detail=f"not running (invoke logs {program.name})",
+        )
+    try:
+        healthy, version, detail = probe(program, plan, secrets)
+    except Exception as exc:  # any failed probe is an unhealthy component, reported with its reason
+        healthy, version, detail = False, None, f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
+    return ComponentStatus(
+        program.name, program.component, healthy, info.state, info.pid, program.port, version, info.uptime_s, detail
+    )
+
+
+def stack_status(plan: LocalPlan, secrets: Secrets) -> list[ComponentStatus]:
+    supervisor = Supervisor(plan.layout)
+    infos = supervisor.processes() if supervisor.is_running() else {}
+    return [component_status(p, infos.get(p.name), plan, secrets) for p in plan.programs]

@@ -1,0 +1,82 @@
+"""Day-2 operations on the local target: status, logs, stop, destroy, client environment."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+from pathlib import Path
+
+from infra.config import StackConfig
+from infra.errors import UserError
+from infra.layout import StateLayout
+from infra.local.health import ComponentStatus, stack_status
+from infra.local.plan import LocalPlan, build_plan
+from infra.local.supervisor import Supervisor
+from infra.secrets import load_secrets
+
+
+def deployed_plan(config: StackConfig) -> tuple[LocalPlan, StateLayout]:
+    layout = StateLayout(config.state_dir)
+    secrets = load_secrets(layout.secrets)
+    return build_plan(config, secrets), layout
+
+
+def status(config: StackConfig) -> list[ComponentStatus]:
+    plan, layout = deployed_plan(config)
+    return stack_status(plan, load_secrets(layout.secrets))
+
+
+def log_path(config: StackConfig, component: str) -> Path:
+    plan, layout = deployed_plan(config)
+    names = [p.name for p in plan.programs] + ["supervisord", "migrate"]
+    if component not in names:
+        raise UserError(f"no component named {component!r}", fix=f"choose one of: {', '.join(names)}")
+    path = layout.log_file(component)
+    if not path.exists():
+        raise UserError(
+            f"{component} has written no log yet ({path})", fix="deploy first, or check its state: invoke status"
+        )
+    return path
+
+
+def follow_log(path: Path, lines: int, follow: bool) -> int:
+    argv = ["tail", "-n", str(lines), *(["-F"] if follow else []), str(path)]
+    return subprocess.call(argv)
+
+
+def stop(config: StackConfig) -> bool:
+    """Stop every process and supervisord. Data and secrets stay. Returns False if nothing ran."""
+    supervisor = Supervisor(StateLayout(config.state_dir))
+    if not supervisor.is_running():
+        return False
+    supervisor.shutdown()
+    return True
+
+
+def destroy(config: StackConfig) -> Path:
+    layout = StateLayout(config.state_dir)
+    stop(config)
+    if layout.root.exists():
+        if not (layout.root / "deployed.json").exists() and not layout.secrets.exists():
+            raise UserError(
+                f"{layout.root} does not look like a prefect-stack state directory; refusing to delete it",
+                fix="check local.state_dir in the configuration",
+            )
+        shutil.rmtree(layout.root)
+    return layout.root
+
+
+def client_environment(config: StackConfig) -> dict[str, str]:
+    layout = StateLayout(config.state_dir)
+    secrets = load_secrets(layout.secrets)
+    return {"PREFECT_API_URL": config.api_url, "PREFECT_API_AUTH_STRING": secrets.get("prefect_auth")}
+
+
+def shell_exports(env: dict[str, str]) -> str:
+    return "\n".join(f"export {key}={shlex.quote(value)}" for key, value in env.items())
+
+
+def is_root() -> bool:
+    return os.geteuid() == 0

@@ -1,0 +1,158 @@
+"""What the local target runs: the supervised programs, in start order, and the files each one reads."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from infra.config import StackConfig
+from infra.errors import UserError
+from infra.layout import StateLayout
+from infra.render import Addresses, RenderedFile
+from infra.render.haproxy import haproxy_cfg
+from infra.render.pgbouncer import pgbouncer_ini, pgbouncer_userlist
+from infra.render.postgres import pg_hba_conf, pg_ident_conf, postgresql_conf
+from infra.render.prefect import api_environment, migration_environment, services_environment
+from infra.render.redis import redis_conf
+from infra.render.supervisor import Program, supervisord_conf
+from infra.secrets import Secrets
+
+
+@dataclass(frozen=True)
+class LocalPlan:
+    config: StackConfig
+    layout: StateLayout
+    programs: tuple[Program, ...]
+    supervisor_conf: RenderedFile
+    migration_env: dict[str, str]
+    run_as: str | None  # None: run as the invoking (non-root) user
+
+    @property
+    def files(self) -> list[RenderedFile]:
+        seen: dict[Path, RenderedFile] = {}
+        for program in self.programs:
+            for rendered in program.files:
+                seen[rendered.path] = rendered
+        return [*seen.values(), self.supervisor_conf]
+
+    def program(self, name: str) -> Program:
+        for program in self.programs:
+            if program.name == name:
+                return program
+        raise UserError(
+            f"no component named {name!r}",
+            fix=f"choose one of: {', '.join(p.name for p in self.programs)}",
+        )
+
+    def by_component(self, component: str) -> list[Program]:
+        return [p for p in self.programs if p.component == component]
+
+
+def service_user(config: StackConfig) -> str | None:
+    """The unprivileged user processes run as: the configured one as root, else whoever runs deploy."""
+    return config.local.run_as if os.geteuid() == 0 else None
+
+
+def os_user_name() -> str:
+    return pwd.getpwuid(os.geteuid()).pw_name
+
+
+def _binary(name: str, *candidates: str) -> str:
+    for candidate in candidates:
+        if Path(candidate).is_file():
+            return candidate
+    found = shutil.which(name)
+    if found is None:
+        raise UserError(f"{name} is not installed", fix="run scripts/bootstrap.sh to install the stack's packages")
+    return found
+
+
+def venv_bin() -> Path:
+    """The interpreter running the tasks is the one with Prefect installed (bootstrap's .venv)."""
+    return Path(sys.executable).parent
+
+
+def build_plan(config: StackConfig, secrets: Secrets, addresses: Addresses | None = None) -> LocalPlan:
+    addresses = addresses or Addresses()
+    layout = StateLayout(config.state_dir)
+    run_as = service_user(config)
+    etc = layout.etc
+    postgres_files = (
+        postgresql_conf(config, layout),
+        pg_hba_conf(config, layout),
+        pg_ident_conf([os_user_name(), *([run_as] if run_as else [])], layout),
+    )
+    prefect = str(venv_bin() / "prefect")
+    programs: list[Program] = [
+        Program(
+            name="postgres",
+            component="postgres",
+            command=(str(config.postgres.bin_dir / "postgres"), "-c", f"config_file={etc / 'postgresql.conf'}"),
+            files=postgres_files,
+            port=config.postgres.port,
+            stop_signal="INT",  # fast shutdown: roll back open transactions, checkpoint, exit
+            stop_wait_s=120,
+            start_secs=3,
+        ),
+        Program(
+            name="pgbouncer",
+            component="pgbouncer",
+            command=(_binary("pgbouncer", "/usr/sbin/pgbouncer"), str(etc / "pgbouncer.ini")),
+            files=(pgbouncer_ini(config, layout, addresses), pgbouncer_userlist(config, secrets, layout)),
+            port=config.pgbouncer.port,
+            stop_signal="INT",  # safe shutdown: wait for clients' transactions to finish
+        ),
+        Program(
+            name="redis",
+            component="redis",
+            command=(_binary("redis-server", "/usr/bin/redis-server"), str(etc / "redis.conf")),
+            files=(redis_conf(config, secrets, layout),),
+            port=config.redis.port,
+        ),
+    ]
+    api_env = api_environment(config, secrets, layout, addresses)
+    for i in range(1, config.api.replicas + 1):
+        port = config.api_port(i)
+        programs.append(
+            Program(
+                name=f"api-{i}",
+                component="api",
+                command=(prefect, "server", "start", "--no-services", "--host", "127.0.0.1", "--port", str(port)),
+                environment=api_env,
+                port=port,
+                start_secs=5,
+            )
+        )
+    services_env = services_environment(config, secrets, layout, addresses)
+    for i in range(1, config.services.replicas + 1):
+        programs.append(
+            Program(
+                name=f"services-{i}",
+                component="services",
+                command=(prefect, "server", "services", "start"),
+                environment=services_env,
+                start_secs=5,
+            )
+        )
+    programs.append(
+        Program(
+            name="haproxy",
+            component="haproxy",
+            command=(_binary("haproxy", "/usr/sbin/haproxy"), "-W", "-db", "-f", str(etc / "haproxy.cfg")),
+            files=(haproxy_cfg(config, secrets, layout, addresses),),
+            port=config.load_balancer.port,
+            stop_signal="USR1",  # soft stop: finish in-flight requests
+        )
+    )
+    return LocalPlan(
+        config=config,
+        layout=layout,
+        programs=tuple(programs),
+        supervisor_conf=supervisord_conf(programs, layout, run_as),
+        migration_env=migration_environment(config, secrets, layout, addresses),
+        run_as=run_as,
+    )

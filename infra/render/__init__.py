@@ -1,0 +1,33 @@
+"""Rendered configuration: every file a component reads, derived from the model and never edited by hand.
+
+Renderers are pure functions of (configuration, secrets, addresses). ``Addresses`` is what differs between
+targets: on the local target every component is on loopback; compose and Kubernetes pass service names.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Addresses:
+    """Where each component is reachable from the others."""
+
+    postgres: str = "127.0.0.1"
+    pgbouncer: str = "127.0.0.1"
+    redis: str = "127.0.0.1"
+    api: tuple[str, ...] = ()  # one host per replica; empty means loopback for all
+
+
+@dataclass(frozen=True)
+class RenderedFile:
+    """One file a component reads. ``secret`` files get mode 0600; the rest 0644."""
+
+    path: Path
+    content: str
+    secret: bool = False
+
+    @property
+    def mode(self) -> int:
+        return 0o600 if self.secret else 0o644

@@ -1,0 +1,85 @@
+"""haproxy.cfg: the load balancer in front of the API replicas.
+
+Why each setting is there:
+- health checks on /api/ready (503 when a replica cannot reach the database), fast down on a connection error;
+- ``retry-on`` + ``option redispatch``: a request that found its replica dead (refused, or closed before any
+  response) is sent again to another replica, so a replica dying mid-request costs the client nothing.
+  Only failures where no response was received are retried; a slow replica is never retried (no
+  response-timeout), which bounds double execution to requests the dead replica may have committed before
+  dying. Clients that create objects pass Prefect's idempotency keys to make those safe too;
+- ``http-buffer-request``: L7 retries need the whole request body held by HAProxy;
+- ``timeout tunnel``: websockets (/api/events/in, /api/events/out, /api/logs/out) stay open while idle;
+- a separate stats listener with the stats page (basic auth) and the Prometheus exporter.
+"""
+
+from __future__ import annotations
+
+from infra.config import StackConfig
+from infra.layout import StateLayout
+from infra.render import Addresses, RenderedFile
+from infra.secrets import Secrets
+
+BACKEND = "prefect_api"
+
+
+def server_name(replica: int) -> str:
+    return f"api-{replica}"
+
+
+def haproxy_cfg(config: StackConfig, secrets: Secrets, layout: StateLayout, addresses: Addresses) -> RenderedFile:
+    lb = config.load_balancer
+    servers = []
+    for i in range(1, config.api.replicas + 1):
+        host = addresses.api[i - 1] if addresses.api else "127.0.0.1"
+        servers.append(f"    server {server_name(i)} {host}:{config.api_port(i)} check")
+    text = f"""\
+# Rendered by prefect-stack from the configuration model; edit the model, not this file.
+global
+    master-worker
+    maxconn 4096
+    log stdout format raw local0 info
+    stats socket {layout.haproxy_socket} mode 600 level admin expose-fd listeners
+    stats timeout 30s
+
+defaults
+    mode http
+    log global
+    option httplog
+    option dontlognull
+    option forwardfor
+    timeout connect 2s
+    timeout client {lb.timeout_server_s}s
+    timeout server {lb.timeout_server_s}s
+    timeout http-request 10s
+    # Shorter than the replicas' keep-alive ({config.api.keepalive_timeout}s), so HAProxy never reuses a
+    # connection the replica is closing.
+    timeout http-keep-alive 10s
+    timeout queue 30s
+    timeout tunnel {lb.timeout_tunnel_s}s
+    retries {lb.retries}
+    option redispatch 1
+    retry-on conn-failure empty-response junk-response
+    option http-buffer-request
+
+frontend prefect
+    bind {lb.bind_address}:{lb.port}
+    http-request set-header X-Forwarded-Proto http
+    default_backend {BACKEND}
+
+backend {BACKEND}
+    balance leastconn
+    option httpchk GET /api/ready
+    http-check expect status 200
+    # A connection error marks a replica down at once; checks every 1 s bring it back after 2 good ones.
+    default-server inter 1s fastinter 500ms downinter 1s fall 2 rise 2 observe layer4 error-limit 1 on-error mark-down
+{chr(10).join(servers)}
+
+frontend stats
+    bind {lb.bind_address}:{lb.stats_port}
+    http-request use-service prometheus-exporter if {{ path /metrics }}
+    stats enable
+    stats uri /stats
+    stats refresh 10s
+    stats auth {secrets.get("haproxy_stats")}
+"""
+    return RenderedFile(layout.etc / "haproxy.cfg", text, secret=True)

@@ -1,0 +1,55 @@
+"""postgresql.conf, pg_hba.conf and pg_ident.conf for the stack's own PostgreSQL cluster."""
+
+from __future__ import annotations
+
+from infra.config import StackConfig
+from infra.layout import StateLayout
+from infra.render import RenderedFile
+
+
+def postgresql_conf(config: StackConfig, layout: StateLayout, listen: str = "127.0.0.1") -> RenderedFile:
+    pg = config.postgres
+    text = f"""\
+# Rendered by prefect-stack from the configuration model; edit the model, not this file.
+data_directory = '{layout.postgres_data}'
+hba_file = '{layout.etc / "pg_hba.conf"}'
+ident_file = '{layout.etc / "pg_ident.conf"}'
+listen_addresses = '{listen}'
+port = {pg.port}
+unix_socket_directories = '{layout.run}'
+unix_socket_permissions = 0700
+max_connections = {pg.max_connections}
+shared_buffers = {pg.shared_buffers}
+password_encryption = scram-sha-256
+# Prefect's searches use trigram indexes; the extension is created by deploy (pg_trgm).
+# WAL settings ready for physical backups and point-in-time recovery (pgBackRest).
+wal_level = replica
+max_wal_senders = 4
+# Logs go to stderr, which the supervisor captures into <state>/log/postgres.log.
+logging_collector = off
+log_line_prefix = '%m [%p] %q%u@%d '
+log_min_duration_statement = 5000
+log_connections = off
+log_disconnections = off
+"""
+    return RenderedFile(layout.etc / "postgresql.conf", text)
+
+
+def pg_hba_conf(config: StackConfig, layout: StateLayout) -> RenderedFile:
+    text = """\
+# Rendered by prefect-stack. Unix socket: the operating-system users mapped in pg_ident.conf (the operator and
+# the service user) may act as the superuser without a password, so a lost password never locks out an admin.
+# TCP: passwords only, SCRAM only.
+# TYPE  DATABASE  USER      ADDRESS        METHOD
+local   all       postgres                 peer map=admins
+local   all       all                      scram-sha-256
+host    all       all       127.0.0.1/32   scram-sha-256
+host    all       all       ::1/128        scram-sha-256
+"""
+    return RenderedFile(layout.etc / "pg_hba.conf", text)
+
+
+def pg_ident_conf(admin_os_users: list[str], layout: StateLayout) -> RenderedFile:
+    lines = ["# Rendered by prefect-stack: operating-system users allowed to connect as the 'postgres' superuser."]
+    lines += [f"admins  {user}  postgres" for user in sorted(set(admin_os_users))]
+    return RenderedFile(layout.etc / "pg_ident.conf", "\n".join(lines) + "\n")

@@ -1,0 +1,95 @@
+"""supervisord.conf for the local target: every long-running process, restarted when it dies.
+
+Programs do not autostart: ``invoke deploy`` starts them in dependency order (database before migrations,
+migrations before replicas) and restarts only what changed. Once started, supervisord restarts any that dies.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shlex
+from dataclasses import dataclass, field
+
+from infra.layout import StateLayout
+from infra.render import RenderedFile
+
+
+@dataclass(frozen=True)
+class Program:
+    """One supervised process and everything that, when it changes, means the process must restart."""
+
+    name: str
+    component: str  # postgres, pgbouncer, redis, api, services, haproxy
+    command: tuple[str, ...]
+    files: tuple[RenderedFile, ...] = ()
+    environment: dict[str, str] = field(default_factory=dict)
+    port: int | None = None
+    stop_signal: str = "TERM"
+    stop_wait_s: int = 30
+    start_secs: int = 2
+
+    def fingerprint(self) -> str:
+        digest = hashlib.sha256()
+        for part in (self.name, shlex.join(self.command), self.stop_signal, str(self.stop_wait_s)):
+            digest.update(part.encode() + b"\0")
+        for key in sorted(self.environment):
+            digest.update(f"{key}={self.environment[key]}".encode() + b"\0")
+        for rendered in self.files:
+            digest.update(str(rendered.path).encode() + b"\0" + rendered.content.encode() + b"\0")
+        return digest.hexdigest()
+
+
+def _quote_env(value: str) -> str:
+    # supervisord expands %(name)s in values and splits on unquoted commas.
+    return '"' + value.replace("%", "%%").replace('"', '\\"') + '"'
+
+
+def supervisord_conf(programs: list[Program], layout: StateLayout, run_as: str | None) -> RenderedFile:
+    lines = [
+        "; Rendered by prefect-stack from the configuration model; edit the model, not this file.",
+        "[unix_http_server]",
+        f"file={layout.supervisor_socket}",
+        "chmod=0700",
+        "",
+        "[supervisord]",
+        f"logfile={layout.logs / 'supervisord.log'}",
+        "logfile_maxbytes=20MB",
+        "logfile_backups=3",
+        f"pidfile={layout.supervisor_pidfile}",
+        f"childlogdir={layout.logs}",
+        f"directory={layout.root}",
+        "identifier=prefect-stack",
+        "minfds=4096",
+        "",
+        "[rpcinterface:supervisor]",
+        "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface",
+        "",
+        "[supervisorctl]",
+        f"serverurl=unix://{layout.supervisor_socket}",
+    ]
+    for program in programs:
+        lines += [
+            "",
+            f"[program:{program.name}]",
+            f"command={shlex.join(program.command)}",
+            f"directory={layout.root}",
+            "autostart=false",
+            "autorestart=true",
+            f"startsecs={program.start_secs}",
+            "startretries=10",
+            f"stopsignal={program.stop_signal}",
+            f"stopwaitsecs={program.stop_wait_s}",
+            "stopasgroup=true",
+            "killasgroup=true",
+            "redirect_stderr=true",
+            f"stdout_logfile={layout.log_file(program.name)}",
+            "stdout_logfile_maxbytes=50MB",
+            "stdout_logfile_backups=5",
+        ]
+        if run_as:
+            lines.append(f"user={run_as}")
+        if program.environment:
+            pairs = ",".join(f"{k}={_quote_env(v)}" for k, v in sorted(program.environment.items()))
+            lines.append(f"environment={pairs}")
+    # Holds every secret the programs need in their environment: readable by the supervisor's owner only.
+    return RenderedFile(layout.supervisor_conf, "\n".join(lines) + "\n", secret=True)

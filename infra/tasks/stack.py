@@ -1,0 +1,121 @@
+"""Tasks that run the stack: deploy, status, logs, stop, destroy, env."""
+
+from __future__ import annotations
+
+import json
+
+from invoke.context import Context
+from invoke.exceptions import Exit
+from invoke.tasks import task
+from rich.table import Table
+
+from infra import console
+from infra.config import load_config
+from infra.local import operate
+from infra.local.deploy import deploy as deploy_local
+from infra.local.health import ComponentStatus
+from infra.tasks import reports_user_errors
+
+
+def _status_table(statuses: list[ComponentStatus]) -> Table:
+    table = Table(box=None, pad_edge=False)
+    for column in ("component", "state", "healthy", "pid", "port", "version", "detail"):
+        table.add_column(column)
+    for s in statuses:
+        mark = "[green]yes[/green]" if s.healthy else "[red]NO[/red]"
+        table.add_row(s.name, s.state, mark, str(s.pid or "-"), str(s.port or "-"), s.version or "-", s.detail)
+    return table
+
+
+@task(help={})
+@reports_user_errors
+def deploy(c: Context) -> None:
+    """Bring up or update the stack on this host; restarts only what the configuration change affects."""
+    config = load_config()
+    console.step(f"deploying prefect-stack (target {config.target}, state in {config.state_dir})")
+    plan, report = deploy_local(config)
+    statuses = operate.status(config)
+    console.out.print(_status_table(statuses))
+    if report.changed_nothing:
+        console.step(f"nothing changed; nothing restarted ({report.elapsed_s:.1f}s)")
+    else:
+        for label, names in (("started", report.started), ("restarted", report.restarted),
+                             ("reloaded", report.reloaded), ("removed", report.removed)):
+            if names:
+                console.note(f"{label}: {', '.join(names)}")
+        console.step(f"deployed in {report.elapsed_s:.1f}s")
+    lb = config.load_balancer
+    layout = plan.layout
+    console.out.print(
+        f"\n  Prefect API   {config.api_url}  (UI: {config.api_url.removesuffix('/api')})\n"
+        f"  Credentials   eval \"$(invoke env)\"   (basic auth; secrets in {layout.secrets}, mode 0600)\n"
+        f"  HAProxy stats http://{lb.bind_address}:{lb.stats_port}/stats  (user admin, password in "
+        f"{layout.secrets / 'haproxy_stats'}); Prometheus: /metrics\n"
+        f"  State         {layout.root}  (data {layout.data}, logs {layout.logs})\n"
+        f"  Operate       invoke status | invoke logs COMPONENT | invoke stop\n"
+    )
+    if not all(s.healthy for s in statuses):
+        raise Exit("error: deployed, but some components are unhealthy (see the table above)", code=1)
+
+
+@task(help={"json": "Print machine-readable JSON instead of a table."})
+@reports_user_errors
+def status(c: Context, json_: bool = False) -> None:
+    """Show every component: running, healthy, pid, port, version. Exits 0 only when all are healthy."""
+    config = load_config()
+    statuses = operate.status(config)
+    healthy = all(s.healthy for s in statuses)
+    if json_:
+        print(json.dumps({"healthy": healthy, "components": [s.as_dict() for s in statuses]}, indent=2))
+    else:
+        console.out.print(_status_table(statuses))
+        console.out.print("[green]all healthy[/green]" if healthy else "[red]UNHEALTHY[/red]")
+    if not healthy:
+        raise Exit(code=1)
+
+
+@task(
+    positional=["component"],
+    help={
+        "component": "postgres, pgbouncer, redis, api-N, services-N, haproxy, supervisord or migrate.",
+        "lines": "How many of the last lines to show (default 100).",
+        "follow": "Keep printing new lines until interrupted.",
+    },
+)
+@reports_user_errors
+def logs(c: Context, component: str, lines: int = 100, follow: bool = False) -> None:
+    """Show the log of one component."""
+    path = operate.log_path(load_config(), component)
+    raise Exit(code=operate.follow_log(path, lines, follow))
+
+
+@task
+@reports_user_errors
+def stop(c: Context) -> None:
+    """Stop every process of the stack (data and secrets are kept; invoke deploy starts it again)."""
+    if operate.stop(load_config()):
+        console.step("stopped every component and supervisord")
+    else:
+        console.step("nothing was running")
+
+
+@task(help={"yes": "Confirm: delete all data, secrets and logs of this deployment."})
+@reports_user_errors
+def destroy(c: Context, yes: bool = False) -> None:
+    """Stop the stack and delete its state directory: database, secrets, logs. Refuses without --yes."""
+    config = load_config()
+    if not yes:
+        raise Exit(
+            f"error: this deletes every flow run, log and secret in {config.state_dir}\n"
+            "  fix: take a backup first, then run: invoke destroy --yes",
+            code=1,
+        )
+    removed = operate.destroy(config)
+    console.step(f"destroyed: {removed} removed")
+
+
+@task
+@reports_user_errors
+def env(c: Context) -> None:
+    """Print shell exports for Prefect clients: eval "$(invoke env)"; prefect flow-run ls."""
+    print(operate.shell_exports(operate.client_environment(load_config())))
