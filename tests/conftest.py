@@ -1,0 +1,34 @@
+"""Shared test helpers: free ports and the environment that points the stack at a private state directory."""
+
+from __future__ import annotations
+
+import socket
+
+# Never used by tests, so a deployment running on the defaults is never disturbed.
+DEFAULT_PORTS = {4200, 8404, 15432, 16432, 16379, 14200, 14201, 14202}
+
+
+def free_ports(count: int, consecutive: int = 1) -> list[int]:
+    """Distinct free loopback ports; the last ``consecutive`` of them are a contiguous run (API replicas)."""
+    ports: list[int] = []
+    while len(ports) < count - consecutive:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        if port not in ports and port not in DEFAULT_PORTS:
+            ports.append(port)
+    for base in range(21000, 30000, 7):
+        run = list(range(base, base + consecutive))
+        if any(p in ports for p in run):
+            continue
+        ok = True
+        for p in run:
+            with socket.socket() as sock:
+                try:
+                    sock.bind(("127.0.0.1", p))
+                except OSError:
+                    ok = False
+                    break
+        if ok:
+            return ports + run
+    raise RuntimeError("no free run of ports")

@@ -1,0 +1,106 @@
+"""The real stack, deployed once per test session on free ports in a temporary state directory.
+
+Three API replicas on a fresh database: the deploy itself proves that several replicas can start at the
+same moment without the block-registration race.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from infra.config import StackConfig, load_config
+from infra.layout import StateLayout
+from infra.local.deploy import DeployReport, deploy
+from infra.local.operate import destroy
+from infra.secrets import load_secrets
+from tests.conftest import free_ports
+
+REPO = Path(__file__).resolve().parents[2]
+INVOKE = str(Path(sys.executable).parent / "invoke")
+REPLICAS = 3
+
+pytestmark = pytest.mark.integration
+
+
+@dataclass
+class Stack:
+    env: dict[str, str]  # PREFECT_STACK_* variables that select this stack
+    config: StackConfig
+    layout: StateLayout
+    first_deploy: DeployReport
+
+    @property
+    def auth(self) -> tuple[str, str]:
+        user, _, password = load_secrets(self.layout.secrets).get("prefect_auth").partition(":")
+        return user, password
+
+    @property
+    def url(self) -> str:
+        return self.config.api_url
+
+    def client(self, **kwargs: object) -> httpx.Client:
+        return httpx.Client(base_url=self.url, auth=self.auth, timeout=30, **kwargs)  # type: ignore[arg-type]
+
+    def invoke(self, *args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
+        """Run the real CLI against this stack, as an operator would."""
+        return subprocess.run(
+            [INVOKE, *args], cwd=REPO, env={**os.environ, **self.env}, capture_output=True, text=True,
+            check=check, timeout=600,
+        )
+
+    def status(self) -> dict[str, object]:
+        result = self.invoke("status", "--json")
+        data: dict[str, object] = json.loads(result.stdout)
+        return data
+
+    def pids(self) -> dict[str, int]:
+        return {c["name"]: c["pid"] for c in self.status()["components"]}  # type: ignore[index, union-attr]
+
+
+def stack_env(state_dir: Path, replicas: int) -> dict[str, str]:
+    lb, stats, pg, pgb, redis, *api = free_ports(5 + replicas, consecutive=replicas)
+    return {
+        "PREFECT_STACK_LOCAL__STATE_DIR": str(state_dir),
+        "PREFECT_STACK_LOAD_BALANCER__PORT": str(lb),
+        "PREFECT_STACK_LOAD_BALANCER__STATS_PORT": str(stats),
+        "PREFECT_STACK_POSTGRES__PORT": str(pg),
+        "PREFECT_STACK_PGBOUNCER__PORT": str(pgb),
+        "PREFECT_STACK_REDIS__PORT": str(redis),
+        "PREFECT_STACK_API__BASE_PORT": str(api[0]),
+        "PREFECT_STACK_API__REPLICAS": str(replicas),
+    }
+
+
+@pytest.fixture(scope="session")
+def stack() -> Iterator[Stack]:
+    # Directly under /tmp (not pytest's 0700 tmp tree): the service user must be able to reach it.
+    state_dir = Path(tempfile.mkdtemp(prefix="prefect-stack-test-"))
+    os.chmod(state_dir, 0o755)  # noqa: S103 - holds no secret itself; the state dir below is locked down
+    env = stack_env(state_dir / "state", REPLICAS)
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    config = load_config()
+    try:
+        _, report = deploy(config)
+        yield Stack(env, config, StateLayout(config.state_dir), report)
+    finally:
+        try:
+            destroy(config)
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+            shutil.rmtree(state_dir, ignore_errors=True)
