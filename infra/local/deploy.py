@@ -369,3 +369,32 @@ def deploy(config: StackConfig) -> tuple[LocalPlan, DeployReport]:
     })
     report.elapsed_s = time.monotonic() - started
     return plan, report
+
+
+def restart_component(config: StackConfig, name: str) -> float:
+    """Restart one component; an API replica is drained in HAProxy first. Returns the seconds it took."""
+    started = time.monotonic()
+    layout = StateLayout(config.state_dir)
+    from infra.secrets import load_secrets
+
+    secrets = load_secrets(layout.secrets)
+    plan = build_plan(config, secrets)
+    program = plan.program(name)
+    deployer = _Deployer(plan, secrets, load_deployed(layout))
+    if not deployer.supervisor.is_running():
+        raise UserError("the stack is not running", fix="start it with invoke deploy")
+    if program.component == "api":
+        deployer.rolling_restart(program)
+    else:
+        console.step(f"restarting {name}")
+        deployer.supervisor.stop(name)
+        deployer.supervisor.start(name, wait=True)
+        deployer.wait_healthy(program)
+        if program.component == "redis":
+            # Prefect's services silently stop consuming after a Redis restart: restart them with it.
+            for services in plan.by_component("services"):
+                console.step(f"restarting {services.name} (it must reconnect to Redis)")
+                deployer.supervisor.stop(services.name)
+                deployer.supervisor.start(services.name, wait=True)
+                deployer.wait_healthy(services)
+    return time.monotonic() - started

@@ -13,6 +13,7 @@ from infra import console
 from infra.config import load_config
 from infra.local import operate
 from infra.local.deploy import deploy as deploy_local
+from infra.local.deploy import restart_component
 from infra.local.health import ComponentStatus
 from infra.tasks import reports_user_errors
 
@@ -87,6 +88,14 @@ def logs(c: Context, component: str, lines: int = 100, follow: bool = False) -> 
     """Show the log of one component."""
     path = operate.log_path(load_config(), component)
     raise Exit(code=operate.follow_log(path, lines, follow))
+
+
+@task(positional=["component"], help={"component": "postgres, pgbouncer, redis, api-N, services-N or haproxy."})
+@reports_user_errors
+def restart(c: Context, component: str) -> None:
+    """Restart one component and wait until it is healthy (an API replica is drained first: no client errors)."""
+    elapsed = restart_component(load_config(), component)
+    console.step(f"{component} restarted and healthy in {elapsed:.1f}s")
 
 
 @task

@@ -112,6 +112,30 @@ def test_status_exits_non_zero_when_a_component_is_down(stack: Stack) -> None:
     assert stack.invoke("status").returncode == 0
 
 
+def test_restart_of_a_replica_under_load_fails_no_request(stack: Stack) -> None:
+    before = stack.pids()
+    load = _Load(stack)
+    load.start()
+    try:
+        result = stack.invoke("restart", "api-1")
+    finally:
+        load.stop.set()
+        load.join(timeout=60)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert stack.pids()["api-1"] != before["api-1"]
+    assert load.ok > 0
+    assert load.failures == []
+
+
+def test_restarting_redis_restarts_the_services_with_it(stack: Stack) -> None:
+    before = stack.pids()
+    assert stack.invoke("restart", "redis").returncode == 0
+    after = stack.pids()
+    assert after["redis"] != before["redis"]
+    assert after["services-1"] != before["services-1"]
+    assert after["postgres"] == before["postgres"]
+
+
 def test_logs_of_an_unknown_component_names_the_valid_ones(stack: Stack) -> None:
     result = stack.invoke("logs", "nosuch")
     assert result.returncode == 1
