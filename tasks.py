@@ -2,8 +2,11 @@
 
 from invoke.collection import Collection
 
-from infra.tasks import dev, secrets, stack
+from infra.tasks import bench, dev, secrets, stack
 
-ns = Collection(stack.deploy, stack.status, stack.logs, stack.stop, stack.destroy, stack.env, dev.test, dev.lint)
+ns = Collection(
+    stack.deploy, stack.status, stack.logs, stack.restart, stack.stop, stack.destroy, stack.env, dev.test, dev.lint
+)
 ns.add_collection(Collection.from_module(secrets), name="secrets")
+ns.add_collection(Collection.from_module(bench), name="bench")
 ns.configure({"run": {"echo": True}})

@@ -10,7 +10,7 @@ from rich.console import Console
 
 from infra.errors import UserError
 
-err = Console(stderr=True, highlight=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
 out = Console(highlight=False, soft_wrap=True)
 
 

@@ -18,6 +18,9 @@ from infra.render.supervisor import Program
 from infra.secrets import Secrets
 
 PROBE_TIMEOUT_S = 3.0
+# Probes target loopback only: never route them through an HTTP(S)_PROXY from the environment.
+# No keep-alive: a pooled connection to a replica that just restarted would fail a probe for nothing.
+_http = httpx.Client(timeout=PROBE_TIMEOUT_S, trust_env=False, limits=httpx.Limits(max_keepalive_connections=0))
 
 
 @dataclass
@@ -45,7 +48,7 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
 
 
 def api_ready(port: int) -> bool:
-    response = httpx.get(f"http://127.0.0.1:{port}/api/ready", timeout=PROBE_TIMEOUT_S)
+    response = _http.get(f"http://127.0.0.1:{port}/api/ready")
     return response.status_code == 200
 
 
@@ -81,18 +84,18 @@ def probe(program: Program, plan: LocalPlan, secrets: Secrets) -> tuple[bool, st
         return True, str(info["redis_version"]), ""
     if program.component == "api":
         assert program.port is not None  # noqa: S101 - every API program has a port
-        ready = httpx.get(f"http://127.0.0.1:{program.port}/api/ready", timeout=PROBE_TIMEOUT_S)
+        ready = _http.get(f"http://127.0.0.1:{program.port}/api/ready")
         if ready.status_code != 200:
             return False, None, f"/api/ready answered {ready.status_code}"
-        version = httpx.get(
+        version = _http.get(
             f"http://127.0.0.1:{program.port}/api/admin/version",
-            auth=_basic_auth(secrets.get("prefect_auth")), timeout=PROBE_TIMEOUT_S,
+            auth=_basic_auth(secrets.get("prefect_auth")),
         )
         return True, version.json() if version.status_code == 200 else None, ""
     if program.component == "haproxy":
         lb = config.load_balancer
-        through = httpx.get(f"{config.api_url}/health", timeout=PROBE_TIMEOUT_S)
-        metrics = httpx.get(f"http://127.0.0.1:{lb.stats_port}/metrics", timeout=PROBE_TIMEOUT_S)
+        through = _http.get(f"{config.api_url}/health")
+        metrics = _http.get(f"http://127.0.0.1:{lb.stats_port}/metrics")
         healthy = through.status_code == 200 and metrics.status_code == 200
         detail = "" if healthy else f"/api/health via LB: {through.status_code}, /metrics: {metrics.status_code}"
         return healthy, haproxy_version(plan.layout.haproxy_socket), detail
