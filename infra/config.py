@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
+import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_settings import (
     BaseSettings,
@@ -63,7 +64,8 @@ class ApiConfig(_Section):
     # SQLAlchemy pool per replica; PgBouncer multiplexes these onto default_pool_size server connections.
     db_pool_size: int = Field(10, ge=1, le=200)
     db_max_overflow: int = Field(10, ge=0, le=200)
-    keepalive_timeout: int = Field(65, ge=1, le=3600, description="Must exceed HAProxy's keep-alive timeout.")
+    # Must exceed HAProxy's idle keep-alive towards the replicas (10 s), or HAProxy may reuse a closing connection.
+    keepalive_timeout: int = Field(65, ge=11, le=3600)
 
 
 class ServicesConfig(_Section):
@@ -124,6 +126,12 @@ class StackConfig(BaseSettings):
 
     @model_validator(mode="after")
     def _ports_are_distinct(self) -> StackConfig:
+        last_api_port = self.api_port(self.api.replicas)
+        if last_api_port > 65535:
+            raise ValueError(
+                f"api.base_port {self.api.base_port} with {self.api.replicas} replicas needs ports up to "
+                f"{last_api_port}, above 65535; lower api.base_port"
+            )
         seen: dict[int, str] = {}
         for field, port in self.port_fields().items():
             if port in seen:
@@ -196,8 +204,20 @@ def load_config(**overrides: Any) -> StackConfig:
             "invalid configuration:\n  " + "\n  ".join(lines),
             fix=f"edit {config_file or DEFAULT_CONFIG_FILE} or the {ENV_PREFIX}* environment variables",
         ) from None
-    except (OSError, ValueError) as exc:  # YAML syntax errors surface as ValueError subclasses
+    except yaml.YAMLError as exc:
         raise UserError(
-            f"cannot read the configuration file: {exc}",
-            fix="check the YAML syntax (indentation, colons) of the configuration file",
+            f"cannot parse the configuration file {config_file or DEFAULT_CONFIG_FILE}: {exc}",
+            fix="check the YAML syntax there (indentation with spaces, not tabs; 'key: value' pairs)",
+        ) from None
+    except OSError as exc:
+        raise UserError(
+            f"cannot read the configuration file: {exc}", fix="check that it exists and is readable"
+        ) from None
+    except ValueError as exc:
+        # pydantic-settings raises plain ValueErrors for sources it cannot decode (a nested PREFECT_STACK_*
+        # variable holding malformed JSON, a YAML document that is not a mapping).
+        raise UserError(
+            f"cannot read the configuration: {exc}",
+            fix=f"the YAML file must be a mapping of sections; nested {ENV_PREFIX}* values use __ "
+            f"(e.g. {ENV_PREFIX}API__REPLICAS=3), not JSON",
         ) from None

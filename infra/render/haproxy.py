@@ -51,8 +51,8 @@ defaults
     timeout client {lb.timeout_server_s}s
     timeout server {lb.timeout_server_s}s
     timeout http-request 10s
-    # Shorter than the replicas' keep-alive ({config.api.keepalive_timeout}s), so HAProxy never reuses a
-    # connection the replica is closing.
+    # Shorter than the replicas' keep-alive (api.keepalive_timeout, validated longer), so HAProxy never
+    # reuses a connection the replica is closing.
     timeout http-keep-alive 10s
     timeout queue 30s
     timeout tunnel {lb.timeout_tunnel_s}s

@@ -39,9 +39,19 @@ class Program:
         return digest.hexdigest()
 
 
+def _escape(value: str) -> str:
+    """supervisord expands %(name)s in every value: a literal % must be doubled."""
+    return value.replace("%", "%%")
+
+
 def _quote_env(value: str) -> str:
-    # supervisord expands %(name)s in values and splits on unquoted commas.
-    return '"' + value.replace("%", "%%").replace('"', '\\"') + '"'
+    # supervisord splits environment= with a non-POSIX shlex: quotes group a value (commas, spaces) but there
+    # is no escape character, and surrounding quote characters are stripped. So a value is quoted with the
+    # quote character it does not contain, and one that needs both cannot be represented at all.
+    quote = "'" if '"' in value else '"'
+    if quote in value or value[-1:] in ("'", '"') or value[:1] in ("'", '"'):
+        raise ValueError(f"supervisord cannot carry this environment value unchanged: {value!r}")
+    return quote + value + quote
 
 
 def supervisord_conf(programs: list[Program], layout: StateLayout, run_as: str | None) -> RenderedFile:
@@ -91,5 +101,7 @@ def supervisord_conf(programs: list[Program], layout: StateLayout, run_as: str |
         if program.environment:
             pairs = ",".join(f"{k}={_quote_env(v)}" for k, v in sorted(program.environment.items()))
             lines.append(f"environment={pairs}")
+    # We never use supervisord's %(name)s expansion, so every % in a path, command or value is literal.
+    text = "\n".join(_escape(line) for line in lines) + "\n"
     # Holds every secret the programs need in their environment: readable by the supervisor's owner only.
-    return RenderedFile(layout.supervisor_conf, "\n".join(lines) + "\n", secret=True)
+    return RenderedFile(layout.supervisor_conf, text, secret=True)

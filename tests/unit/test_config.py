@@ -1,0 +1,272 @@
+"""The configuration model: where values come from, that the commented file documents the real defaults,
+and that a bad value is refused with the field's name and a fix."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pydantic
+import pytest
+import yaml
+
+from infra import config as config_module
+from infra.config import CONFIG_FILE_ENV, DEFAULT_CONFIG_FILE, StackConfig, load_config
+from infra.errors import UserError
+
+STACK_YAML: dict[str, Any] = yaml.safe_load(DEFAULT_CONFIG_FILE.read_text())
+SECTIONS = [name for name, field in StackConfig.model_fields.items() if isinstance(field.default, pydantic.BaseModel)]
+MODEL_KEYS = {name for name in StackConfig.model_fields if name not in SECTIONS} | {
+    f"{section}.{key}" for section in SECTIONS for key in type(StackConfig.model_fields[section].default).model_fields
+}
+
+
+def _yaml_entries() -> list[tuple[str, str | None, Any]]:
+    """(section, key, value) for every leaf of stack.yaml; key is None for a top-level scalar."""
+    entries: list[tuple[str, str | None, Any]] = []
+    for section, body in STACK_YAML.items():
+        if isinstance(body, dict):
+            entries += [(section, key, value) for key, value in body.items()]
+        else:
+            entries.append((section, None, body))
+    return entries
+
+
+def _dotted(section: str, key: str | None) -> str:
+    return f"{section}.{key}" if key else section
+
+
+YAML_ENTRIES = [pytest.param(s, k, v, id=_dotted(s, k)) for s, k, v in _yaml_entries()]
+
+
+def _model_default(section: str, key: str | None) -> Any:
+    default = StackConfig.model_fields[section].default
+    if key is None:
+        return default
+    return default.model_dump(mode="json")[key]
+
+
+def _write_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str) -> Path:
+    path = tmp_path / "stack.yaml"
+    path.write_text(text)
+    monkeypatch.setenv(CONFIG_FILE_ENV, str(path))
+    return path
+
+
+class TestStackYaml:
+    """infra/stack.yaml is the commented reference: every key real, every value the default."""
+
+    @pytest.mark.parametrize(("section", "key", "value"), YAML_ENTRIES)
+    def test_key_is_a_field(self, section: str, key: str | None, value: Any) -> None:
+        assert _dotted(section, key) in MODEL_KEYS
+
+    @pytest.mark.parametrize(("section", "key", "value"), YAML_ENTRIES)
+    def test_value_is_the_model_default(self, section: str, key: str | None, value: Any) -> None:
+        assert value == _model_default(section, key)
+
+    @pytest.mark.parametrize(
+        ("section", "key"),
+        [
+            pytest.param(
+                section,
+                key,
+                id=f"{section}.{key}",
+            )
+            for section in SECTIONS
+            for key in type(StackConfig.model_fields[section].default).model_fields
+        ],
+    )
+    def test_every_field_is_documented(self, section: str, key: str) -> None:
+        assert key in STACK_YAML.get(section, {})
+
+    def test_whole_file_validates(self) -> None:
+        assert isinstance(load_config(**STACK_YAML), StackConfig)
+
+
+class TestSources:
+    def test_defaults_come_from_the_default_file(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        default_file = tmp_path / "default.yaml"
+        default_file.write_text("api:\n  replicas: 5\n")
+        monkeypatch.setattr(config_module, "DEFAULT_CONFIG_FILE", default_file)
+        assert load_config().api.replicas == 5
+
+    def test_default_file_loads(self) -> None:
+        assert load_config().api.replicas == STACK_YAML["api"]["replicas"]
+
+    def test_env_overrides_a_nested_field(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv("PREFECT_STACK_API__REPLICAS", "3")
+        assert load_config().api.replicas == 3
+
+    def test_config_file_from_env(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        _write_config(tmp_path, monkeypatch, "api:\n  replicas: 4\nredis:\n  port: 26379\n")
+        assert load_config().redis.port == 26379
+
+    def test_config_file_keeps_defaults_for_absent_keys(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        _write_config(tmp_path, monkeypatch, "api:\n  replicas: 4\n")
+        assert load_config().api.base_port == STACK_YAML["api"]["base_port"]
+
+    def test_env_beats_config_file(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        _write_config(tmp_path, monkeypatch, "api:\n  replicas: 4\n")
+        monkeypatch.setenv("PREFECT_STACK_API__REPLICAS", "3")
+        assert load_config().api.replicas == 3
+
+    def test_arguments_beat_env(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv("PREFECT_STACK_API__REPLICAS", "3")
+        assert load_config(api={"replicas": 5}).api.replicas == 5
+
+    def test_state_dir_from_env(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv("PREFECT_STACK_LOCAL__STATE_DIR", str(tmp_path / "state"))
+        assert load_config().state_dir == (tmp_path / "state").resolve()
+
+    def test_model_is_frozen(self) -> None:
+        config = load_config()
+        with pytest.raises(pydantic.ValidationError):
+            config.target = "compose"  # type: ignore[misc]
+
+
+# (environment variables, YAML file text or None, strings the message must contain)
+BAD_CONFIGS: dict[str, tuple[dict[str, str], str | None, tuple[str, ...]]] = {
+    "replicas-not-a-number": ({"PREFECT_STACK_API__REPLICAS": "abc"}, None, ("api.replicas",)),
+    "replicas-zero": ({"PREFECT_STACK_API__REPLICAS": "0"}, None, ("api.replicas",)),
+    "port-above-65535": ({"PREFECT_STACK_REDIS__PORT": "70000"}, None, ("redis.port",)),
+    "log-level-unknown": ({"PREFECT_STACK_API__LOG_LEVEL": "LOUD"}, None, ("api.log_level",)),
+    "unknown-key-in-section": ({}, "api: {replica: 2}\n", ("api.replica", "unknown key")),
+    "unknown-top-level-key": ({}, "bogus: 1\n", ("bogus", "unknown key")),
+    "section-not-a-mapping": ({}, "api: 3\n", ("api",)),
+    "same-port-twice": ({"PREFECT_STACK_REDIS__PORT": "15432"}, None, ("redis.port", "postgres.port")),
+    "api-replica-on-another-port": (
+        {"PREFECT_STACK_API__BASE_PORT": "16378", "PREFECT_STACK_API__REPLICAS": "2"},
+        None,
+        ("redis.port", "api.base_port"),
+    ),
+    "missing-config-file": ({CONFIG_FILE_ENV: "{tmp}/missing.yaml"}, None, (CONFIG_FILE_ENV, "missing.yaml")),
+    "yaml-syntax-error": ({}, "api: [replicas: 2\n  : x\n", ("stack.yaml",)),
+    "yaml-tab-indent": ({}, "api:\n\treplicas: 2\n", ("stack.yaml",)),
+    "api-port-beyond-65535": (
+        {"PREFECT_STACK_API__BASE_PORT": "65535", "PREFECT_STACK_API__REPLICAS": "2"},
+        None,
+        ("api.base_port",),
+    ),
+}
+
+BAD_CASES = [pytest.param(*case, id=name) for name, case in BAD_CONFIGS.items()]
+
+
+def _load_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, env: dict[str, str], yaml_text: str | None
+) -> UserError:
+    if yaml_text is not None:
+        _write_config(tmp_path, monkeypatch, yaml_text)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value.format(tmp=tmp_path))
+    with pytest.raises(UserError) as caught:
+        load_config()
+    return caught.value
+
+
+class TestBadValues:
+    @pytest.mark.parametrize(("env", "yaml_text", "expected"), BAD_CASES)
+    def test_message_names_the_field(
+        self,
+        tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch,
+        env: dict[str, str],
+        yaml_text: str | None,
+        expected: tuple[str, ...],
+    ) -> None:
+        message = str(_load_error(tmp_path, monkeypatch, env, yaml_text))
+        assert [text for text in expected if text not in message] == []
+
+    @pytest.mark.parametrize(("env", "yaml_text", "expected"), BAD_CASES)
+    def test_error_carries_a_fix(
+        self,
+        tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch,
+        env: dict[str, str],
+        yaml_text: str | None,
+        expected: tuple[str, ...],
+    ) -> None:
+        assert _load_error(tmp_path, monkeypatch, env, yaml_text).fix
+
+    def test_bad_env_value_names_its_variable(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv("PREFECT_STACK_API__REPLICAS", "abc")
+        with pytest.raises(UserError) as caught:
+            load_config()
+        assert "PREFECT_STACK_API__REPLICAS" in str(caught.value)
+
+    def test_bad_value_shows_what_was_given(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv("PREFECT_STACK_API__REPLICAS", "abc")
+        with pytest.raises(UserError) as caught:
+            load_config()
+        assert "'abc'" in str(caught.value)
+
+    def test_fix_names_the_config_file_in_use(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        path = _write_config(tmp_path, monkeypatch, "api: {replica: 2}\n")
+        with pytest.raises(UserError) as caught:
+            load_config()
+        assert str(path) in (caught.value.fix or "")
+
+    def test_error_is_not_a_traceback_of_pydantic(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv("PREFECT_STACK_API__REPLICAS", "abc")
+        with pytest.raises(UserError) as caught:
+            load_config()
+        assert "errors.pydantic.dev" not in str(caught.value)
+
+
+class TestPorts:
+    @pytest.mark.parametrize("replicas", [1, 2, 3])
+    def test_one_port_field_per_replica(self, replicas: int) -> None:
+        fields = load_config(api={"replicas": replicas}).port_fields()
+        assert len([name for name in fields if name.startswith("api.")]) == replicas
+
+    @pytest.mark.parametrize(
+        "name", ["postgres.port", "pgbouncer.port", "redis.port", "load_balancer.port", "load_balancer.stats_port"]
+    )
+    def test_port_field_listed(self, name: str) -> None:
+        assert name in load_config().port_fields()
+
+    @pytest.mark.parametrize(("replica", "port"), [(1, 24300), (2, 24301), (3, 24302)])
+    def test_api_port(self, replica: int, port: int) -> None:
+        assert load_config(api={"replicas": 3, "base_port": 24300}).api_port(replica) == port
+
+    @pytest.mark.parametrize("replica", [1, 2, 3])
+    def test_port_fields_agree_with_api_port(self, replica: int) -> None:
+        config = load_config(api={"replicas": 3, "base_port": 24300})
+        assert config.port_fields()[f"api.base_port (replica {replica})"] == config.api_port(replica)
+
+    def test_defaults_use_distinct_ports(self) -> None:
+        ports = list(load_config().port_fields().values())
+        assert len(ports) == len(set(ports))
+
+
+class TestUrls:
+    @pytest.mark.parametrize(
+        ("bind", "url"),
+        [
+            ("127.0.0.1", "http://127.0.0.1:24200/api"),
+            ("0.0.0.0", "http://127.0.0.1:24200/api"),  # noqa: S104 - a URL under test, not a bind
+            ("::", "http://127.0.0.1:24200/api"),
+            ("10.1.2.3", "http://10.1.2.3:24200/api"),
+        ],
+    )
+    def test_api_url_goes_through_the_load_balancer(self, bind: str, url: str) -> None:
+        assert load_config(load_balancer={"bind_address": bind, "port": 24200}).api_url == url
+
+    def test_public_url_defaults_to_api_url(self) -> None:
+        config = load_config()
+        assert config.public_api_url == config.api_url
+
+    def test_public_url_when_set(self) -> None:
+        url = "https://prefect.example.com/api"
+        assert load_config(load_balancer={"public_url": url}).public_api_url == url
+
+
+class TestStateDir:
+    def test_configured_state_dir_is_absolute(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.chdir(tmp_path)
+        assert load_config(local={"state_dir": "relative"}).state_dir == tmp_path.resolve() / "relative"
+
+    def test_default_state_dir(self) -> None:
+        expected = Path("/var/lib/prefect-stack") if os.geteuid() == 0 else Path.home() / ".local/state/prefect-stack"
+        assert load_config().state_dir == expected

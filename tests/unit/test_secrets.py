@@ -1,0 +1,192 @@
+"""Generated credentials: private files, random values, generated once, rotated one at a time, never printed."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import pytest
+
+from infra.errors import UserError
+from infra.secrets import SECRET_NAMES, ensure_secrets, load_secrets, rotate_secret
+
+NAMES = list(SECRET_NAMES)
+USER_PREFIXED = ["prefect_auth", "haproxy_stats"]
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def _password(value: str) -> str:
+    return value.removeprefix("admin:")
+
+
+@pytest.fixture
+def directory(tmp_path: Path) -> Path:
+    return tmp_path / "secrets"
+
+
+class TestEnsure:
+    @pytest.mark.parametrize("name", NAMES)
+    def test_file_created(self, directory: Path, name: str) -> None:
+        ensure_secrets(directory)
+        assert (directory / name).is_file()
+
+    @pytest.mark.parametrize("name", NAMES)
+    def test_file_mode_0600(self, directory: Path, name: str) -> None:
+        ensure_secrets(directory)
+        assert _mode(directory / name) == 0o600
+
+    def test_directory_mode_0700(self, directory: Path) -> None:
+        ensure_secrets(directory)
+        assert _mode(directory) == 0o700
+
+    def test_existing_open_directory_is_tightened(self, directory: Path) -> None:
+        directory.mkdir(mode=0o755)
+        ensure_secrets(directory)
+        assert _mode(directory) == 0o700
+
+    def test_no_other_files_left_behind(self, directory: Path) -> None:
+        ensure_secrets(directory)
+        assert sorted(p.name for p in directory.iterdir()) == sorted(NAMES)
+
+    @pytest.mark.parametrize("name", NAMES)
+    def test_file_holds_the_value(self, directory: Path, name: str) -> None:
+        secrets = ensure_secrets(directory)
+        assert (directory / name).read_text() == secrets.get(name)
+
+    @pytest.mark.parametrize("name", NAMES)
+    def test_values_are_random(self, tmp_path: Path, name: str) -> None:
+        assert ensure_secrets(tmp_path / "a").get(name) != ensure_secrets(tmp_path / "b").get(name)
+
+    @pytest.mark.parametrize("name", NAMES)
+    def test_values_are_long(self, directory: Path, name: str) -> None:
+        # token_urlsafe(32): 32 random bytes, 43 characters.
+        assert len(_password(ensure_secrets(directory).get(name))) >= 43
+
+    def test_values_are_distinct_from_each_other(self, directory: Path) -> None:
+        secrets = ensure_secrets(directory)
+        assert len({_password(secrets.get(name)) for name in NAMES}) == len(NAMES)
+
+    @pytest.mark.parametrize("name", NAMES)
+    def test_values_need_no_escaping(self, directory: Path, name: str) -> None:
+        # Embedded in connection URLs, pgbouncer's userlist and supervisord's environment line.
+        password = _password(ensure_secrets(directory).get(name))
+        assert set(password) & set(":@/%\"' ,\\") == set()
+
+    @pytest.mark.parametrize("name", NAMES)
+    def test_second_call_keeps_values(self, directory: Path, name: str) -> None:
+        first = ensure_secrets(directory).get(name)
+        assert ensure_secrets(directory).get(name) == first
+
+    @pytest.mark.parametrize("name", NAMES)
+    def test_missing_one_is_regenerated_alone(self, directory: Path, name: str) -> None:
+        before = ensure_secrets(directory)
+        (directory / name).unlink()
+        after = ensure_secrets(directory)
+        assert [n for n in NAMES if before.get(n) != after.get(n)] == [name]
+
+    @pytest.mark.parametrize("name", USER_PREFIXED)
+    def test_basic_auth_form(self, directory: Path, name: str) -> None:
+        user, _, password = ensure_secrets(directory).get(name).partition(":")
+        assert (user, bool(password)) == ("admin", True)
+
+    @pytest.mark.parametrize("name", sorted(set(NAMES) - set(USER_PREFIXED)))
+    def test_plain_passwords_have_no_user(self, directory: Path, name: str) -> None:
+        assert ":" not in ensure_secrets(directory).get(name)
+
+    @pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o660])
+    def test_readable_by_others_refused(self, directory: Path, mode: int) -> None:
+        ensure_secrets(directory)
+        (directory / "redis").chmod(mode)
+        with pytest.raises(UserError, match="redis"):
+            ensure_secrets(directory)
+
+    def test_readable_by_others_error_says_rotate(self, directory: Path) -> None:
+        ensure_secrets(directory)
+        (directory / "redis").chmod(0o644)
+        with pytest.raises(UserError) as caught:
+            ensure_secrets(directory)
+        assert "rotate" in (caught.value.fix or "")
+
+    def test_empty_file_refused(self, directory: Path) -> None:
+        ensure_secrets(directory)
+        (directory / "redis").write_text("\n")
+        with pytest.raises(UserError, match="empty"):
+            ensure_secrets(directory)
+
+    def test_surrounding_whitespace_ignored(self, directory: Path) -> None:
+        ensure_secrets(directory)
+        (directory / "redis").write_text("hand-written-value\n")
+        assert ensure_secrets(directory).get("redis") == "hand-written-value"
+
+
+class TestLoad:
+    def test_nothing_deployed_refused(self, directory: Path) -> None:
+        with pytest.raises(UserError, match="invoke deploy"):
+            load_secrets(directory)
+
+    def test_nothing_deployed_creates_nothing(self, directory: Path) -> None:
+        with pytest.raises(UserError):
+            load_secrets(directory)
+        assert not directory.exists()
+
+    def test_loads_existing(self, directory: Path) -> None:
+        created = ensure_secrets(directory)
+        assert load_secrets(directory) == created
+
+
+class TestRotate:
+    @pytest.mark.parametrize("name", NAMES)
+    def test_changes_exactly_one(self, directory: Path, name: str) -> None:
+        before = ensure_secrets(directory)
+        rotate_secret(directory, name)
+        after = ensure_secrets(directory)
+        assert [n for n in NAMES if before.get(n) != after.get(n)] == [name]
+
+    @pytest.mark.parametrize("name", NAMES)
+    def test_rotated_file_mode_0600(self, directory: Path, name: str) -> None:
+        ensure_secrets(directory)
+        rotate_secret(directory, name)
+        assert _mode(directory / name) == 0o600
+
+    def test_rotation_replaces_a_leaked_file(self, directory: Path) -> None:
+        ensure_secrets(directory)
+        (directory / "redis").chmod(0o644)
+        rotate_secret(directory, "redis")
+        assert _mode(directory / "redis") == 0o600
+
+    @pytest.mark.parametrize("name", USER_PREFIXED)
+    def test_rotated_keeps_basic_auth_form(self, directory: Path, name: str) -> None:
+        ensure_secrets(directory)
+        rotate_secret(directory, name)
+        assert ensure_secrets(directory).get(name).startswith("admin:")
+
+    def test_unknown_name_refused(self, directory: Path) -> None:
+        ensure_secrets(directory)
+        with pytest.raises(UserError, match="unknown secret"):
+            rotate_secret(directory, "postgres")
+
+    def test_unknown_name_fix_lists_the_names(self, directory: Path) -> None:
+        with pytest.raises(UserError) as caught:
+            rotate_secret(directory, "postgres")
+        assert [name for name in NAMES if name not in (caught.value.fix or "")] == []
+
+    def test_unknown_name_writes_nothing(self, directory: Path) -> None:
+        ensure_secrets(directory)
+        with pytest.raises(UserError):
+            rotate_secret(directory, "postgres")
+        assert not (directory / "postgres").exists()
+
+
+class TestNeverPrinted:
+    @pytest.mark.parametrize("name", NAMES)
+    def test_repr_hides_value(self, directory: Path, name: str) -> None:
+        secrets = ensure_secrets(directory)
+        assert _password(secrets.get(name)) not in repr(secrets)
+
+    @pytest.mark.parametrize("name", NAMES)
+    def test_str_hides_value(self, directory: Path, name: str) -> None:
+        secrets = ensure_secrets(directory)
+        assert _password(secrets.get(name)) not in str(getattr(secrets, name))

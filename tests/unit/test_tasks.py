@@ -1,0 +1,222 @@
+"""Invoke tasks: a user error is a message and exit status 1, destroy refuses without --yes, and the task list
+and help teach the tool. Only tasks that need no running stack are called."""
+
+from __future__ import annotations
+
+import copy
+import functools
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+from invoke import MockContext
+from invoke.collection import Collection
+from invoke.exceptions import Exit
+
+from infra.config import ENV_PREFIX, REPO_ROOT
+from infra.errors import UserError
+from infra.layout import StateLayout
+from infra.secrets import ensure_secrets
+from infra.tasks import reports_user_errors
+from infra.tasks.secrets import rotate
+from infra.tasks.stack import destroy, env
+
+INVOKE = Path(sys.executable).parent / "invoke"
+STACK_TASKS = ["deploy", "status", "logs", "restart", "stop", "destroy", "env"]
+
+
+def _load_namespace() -> Collection:
+    spec = importlib.util.spec_from_file_location("prefect_stack_tasks", REPO_ROOT / "tasks.py")
+    assert spec is not None and spec.loader is not None
+    module: ModuleType = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    namespace: Collection = module.ns
+    return namespace
+
+
+def _argument_help(name: str) -> dict[str, str | None]:
+    """Each argument's --help text. Task.get_arguments consumes the task's help dict: ask a copy."""
+    task = copy.copy(NAMESPACE[name])
+    task.help = dict(task.help)
+    return {arg.name: arg.help for arg in task.get_arguments()}
+
+
+NAMESPACE = _load_namespace()
+TASK_NAMES = sorted(NAMESPACE.task_names)
+ARGUMENTS = [(name, argument) for name in TASK_NAMES for argument in _argument_help(name)]
+
+
+def _invoke(*args: str) -> subprocess.CompletedProcess[str]:
+    # The module-scoped callers run before the autouse fixture: strip the operator's settings here too.
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
+    return subprocess.run(
+        [str(INVOKE), *args], cwd=REPO_ROOT, env=clean, capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+@functools.cache
+def _help(name: str) -> str:
+    """`invoke --help NAME`, run once per task for the whole session."""
+    return _invoke("--help", name).stdout
+
+
+@pytest.fixture(scope="module")
+def listing() -> subprocess.CompletedProcess[str]:
+    return _invoke("--list")
+
+
+@pytest.fixture
+def state(state_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A state directory with something in it, chosen the way an operator would: through the environment."""
+    state_dir.mkdir(parents=True)
+    (state_dir / "keep-me").write_text("data\n")
+    monkeypatch.setenv("PREFECT_STACK_LOCAL__STATE_DIR", str(state_dir))
+    return state_dir
+
+
+class TestReportsUserErrors:
+    @staticmethod
+    @reports_user_errors
+    def _fails() -> None:
+        """Fail the way the library does."""
+        raise UserError("the database is on fire", fix="call the fire brigade")
+
+    def test_exit_code_1(self) -> None:
+        with pytest.raises(Exit) as caught:
+            self._fails()
+        assert caught.value.code == 1
+
+    def test_message_has_the_problem(self) -> None:
+        with pytest.raises(Exit) as caught:
+            self._fails()
+        assert "the database is on fire" in str(caught.value.message)
+
+    def test_message_has_the_fix(self) -> None:
+        with pytest.raises(Exit) as caught:
+            self._fails()
+        assert "fix: call the fire brigade" in str(caught.value.message)
+
+    def test_no_traceback_chained(self) -> None:
+        with pytest.raises(Exit) as caught:
+            self._fails()
+        assert caught.value.__suppress_context__ is True
+
+    def test_interrupt_exits_130(self) -> None:
+        @reports_user_errors
+        def interrupted() -> None:
+            raise KeyboardInterrupt
+
+        with pytest.raises(Exit) as caught:
+            interrupted()
+        assert caught.value.code == 130
+
+    def test_other_errors_propagate(self) -> None:
+        @reports_user_errors
+        def broken() -> None:
+            raise RuntimeError("a bug, not a user error")
+
+        with pytest.raises(RuntimeError):
+            broken()
+
+    def test_result_passes_through(self) -> None:
+        assert reports_user_errors(lambda: 42)() == 42
+
+    def test_keeps_the_docstring(self) -> None:
+        # invoke shows the docstring as the task's help.
+        assert self._fails.__doc__ == "Fail the way the library does."
+
+
+class TestDestroy:
+    def test_refused_without_yes(self, state: Path) -> None:
+        with pytest.raises(Exit) as caught:
+            destroy(MockContext())
+        assert caught.value.code == 1
+
+    def test_refusal_says_how_to_confirm(self, state: Path) -> None:
+        with pytest.raises(Exit) as caught:
+            destroy(MockContext())
+        assert "fix:" in str(caught.value.message) and "--yes" in str(caught.value.message)
+
+    def test_refusal_names_the_state_dir(self, state: Path) -> None:
+        with pytest.raises(Exit) as caught:
+            destroy(MockContext())
+        assert str(state.resolve()) in str(caught.value.message)
+
+    def test_refusal_deletes_nothing(self, state: Path) -> None:
+        with pytest.raises(Exit):
+            destroy(MockContext())
+        assert (state / "keep-me").read_text() == "data\n"
+
+
+class TestTasksWithoutAStack:
+    def test_rotate_unknown_secret_exits_1(self, state: Path) -> None:
+        with pytest.raises(Exit) as caught:
+            rotate(MockContext(), "nope")
+        assert caught.value.code == 1
+
+    def test_rotate_unknown_secret_says_fix(self, state: Path) -> None:
+        with pytest.raises(Exit) as caught:
+            rotate(MockContext(), "nope")
+        assert "fix:" in str(caught.value.message)
+
+    def test_env_before_deploy_exits_1(self, state: Path) -> None:
+        with pytest.raises(Exit) as caught:
+            env(MockContext())
+        assert caught.value.code == 1
+
+    def test_env_before_deploy_says_deploy_first(self, state: Path) -> None:
+        with pytest.raises(Exit) as caught:
+            env(MockContext())
+        assert "invoke deploy" in str(caught.value.message)
+
+    def test_env_prints_client_exports(self, state: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        secrets = ensure_secrets(StateLayout(state).secrets)
+        env(MockContext())
+        assert capsys.readouterr().out.splitlines() == [
+            "export PREFECT_API_URL=http://127.0.0.1:4200/api",
+            f"export PREFECT_API_AUTH_STRING={secrets.get('prefect_auth')}",
+        ]
+
+    def test_bad_configuration_exits_1(self, state: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv("PREFECT_STACK_API__REPLICAS", "abc")
+        with pytest.raises(Exit) as caught:
+            destroy(MockContext(), yes=True)
+        assert caught.value.code == 1
+
+    def test_bad_configuration_destroys_nothing(self, state: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv("PREFECT_STACK_API__REPLICAS", "abc")
+        with pytest.raises(Exit):
+            destroy(MockContext(), yes=True)
+        assert (state / "keep-me").exists()
+
+
+class TestCommandLine:
+    def test_list_succeeds(self, listing: subprocess.CompletedProcess[str]) -> None:
+        assert listing.returncode == 0, listing.stderr
+
+    @pytest.mark.parametrize("name", [*STACK_TASKS, "secrets.rotate", "secrets.list"])
+    def test_listed(self, listing: subprocess.CompletedProcess[str], name: str) -> None:
+        assert name in [line.split()[0] for line in listing.stdout.splitlines() if line.startswith("  ")]
+
+    @pytest.mark.parametrize("name", ["deploy", "status", "destroy", "logs"])
+    def test_help_shows_the_docstring(self, name: str) -> None:
+        summary = NAMESPACE[name].__doc__.split(".")[0]
+        assert summary in " ".join(_help(name).split())
+
+    @pytest.mark.parametrize(("name", "option"), [("status", "--json"), ("destroy", "--yes"), ("logs", "--lines")])
+    def test_help_shows_the_option(self, name: str, option: str) -> None:
+        assert option in _help(name)
+
+
+class TestNamespace:
+    @pytest.mark.parametrize("name", TASK_NAMES)
+    def test_has_a_docstring(self, name: str) -> None:
+        assert (NAMESPACE[name].__doc__ or "").strip()
+
+    @pytest.mark.parametrize(("name", "argument"), ARGUMENTS)
+    def test_argument_has_help(self, name: str, argument: str) -> None:
+        assert _argument_help(name)[argument]
