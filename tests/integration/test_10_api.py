@@ -129,6 +129,39 @@ def test_a_real_flow_runs_against_the_stack(stack: Stack, tmp_path: Path) -> Non
     assert [run["state_type"] for run in runs] == ["COMPLETED"]
 
 
+EVENTS_ROUND_TRIP = """
+import asyncio, sys
+from prefect.events import Event
+from prefect.events.clients import PrefectEventsClient, PrefectEventSubscriber
+from prefect.events.filters import EventFilter, EventNameFilter
+
+async def main(name: str) -> None:
+    # Both websockets go through HAProxy; the event crosses replicas through the Redis broker.
+    async with PrefectEventSubscriber(filter=EventFilter(event=EventNameFilter(name=[name]))) as subscriber:
+        async with PrefectEventsClient() as client:
+            await client.emit(Event(event=name, resource={"prefect.resource.id": "prefect-stack.test"}))
+        async def first() -> str:
+            async for event in subscriber:
+                return event.event
+            return ""
+        print("received", await asyncio.wait_for(first(), 60))
+
+asyncio.run(main(sys.argv[1]))
+"""
+
+
+def test_events_round_trip_over_websockets_through_the_load_balancer(stack: Stack, tmp_path: Path) -> None:
+    name = f"prefect-stack.test.{uuid.uuid4().hex[:8]}"
+    user, password = stack.auth
+    env = {
+        **os.environ, "PREFECT_API_URL": stack.url, "PREFECT_API_AUTH_STRING": f"{user}:{password}",
+        "PREFECT_HOME": str(tmp_path),
+    }
+    result = subprocess.run([sys.executable, "-c", EVENTS_ROUND_TRIP, name], env=env, capture_output=True,
+                            text=True, timeout=120)
+    assert f"received {name}" in result.stdout, result.stderr[-2000:]
+
+
 def test_invoke_env_lets_the_prefect_cli_work(stack: Stack, tmp_path: Path) -> None:
     exports = stack.invoke("env", check=True).stdout
     command = f'{exports}\nexport PREFECT_HOME={tmp_path}\n"{Path(sys.executable).parent}/prefect" flow-run ls'
