@@ -2,11 +2,12 @@
 
 from invoke.collection import Collection
 
-from infra.tasks import bench, dev, secrets, stack
+from infra.tasks import backup, bench, dev, secrets, stack
 
 ns = Collection(
     stack.deploy, stack.status, stack.logs, stack.restart, stack.stop, stack.destroy, stack.env, dev.test, dev.lint
 )
 ns.add_collection(Collection.from_module(secrets), name="secrets")
 ns.add_collection(Collection.from_module(bench), name="bench")
+ns.add_collection(Collection.from_module(backup), name="backup")
 ns.configure({"run": {"echo": True}})

@@ -86,6 +86,34 @@ class LoadBalancerConfig(_Section):
     timeout_tunnel_s: int = Field(3600, ge=1, description="Idle timeout of websocket connections.")
 
 
+class S3Config(_Section):
+    # null: the stack runs its own S3-compatible endpoint (moto) on loopback, so backups work offline. Its
+    # content lives in memory and is lost when it stops: for production, point this at AWS S3 or a store
+    # such as MinIO or Ceph RGW.
+    endpoint_url: str | None = None
+    region: str = "us-east-1"
+    bucket: str = Field("prefect-backups", pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+    prefix: str = Field("prefect", pattern=r"^[A-Za-z0-9._/-]*$", description="Key prefix, no leading '/'.")
+    # Credentials come from boto3's usual chain (AWS_* variables, ~/.aws, an instance or pod role); the
+    # local endpoint gets generated ones.
+    server_side_encryption: Literal["AES256", "aws:kms", "none"] = "AES256"
+    kms_key_id: str | None = None
+    multipart_chunk_mb: int = Field(16, ge=5, le=5120, description="S3 parts are at least 5 MiB.")
+    max_concurrency: int = Field(4, ge=1, le=64, description="Parallel part uploads and downloads.")
+    # Port of the local endpoint (only when endpoint_url is null).
+    local_port: int = Field(19000, ge=1, le=65535)
+
+
+class BackupConfig(_Section):
+    s3: S3Config = S3Config()
+    jobs: int = Field(2, ge=1, le=32, description="pg_dump / pg_restore parallel jobs.")
+    zstd_level: int = Field(3, ge=1, le=19)
+    # Streaming, authenticated encryption (AES-256-GCM) before upload, with a key kept in the secrets.
+    client_side_encryption: bool = False
+    # Where dump files wait for upload and restores are staged; default <state>/scratch.
+    scratch_dir: Path | None = None
+
+
 class LocalTargetConfig(_Section):
     # Default state directory: /var/lib/prefect-stack as root, ~/.local/state/prefect-stack otherwise.
     state_dir: Path | None = None
@@ -111,6 +139,7 @@ class StackConfig(BaseSettings):
     services: ServicesConfig = ServicesConfig()
     load_balancer: LoadBalancerConfig = LoadBalancerConfig()
     local: LocalTargetConfig = LocalTargetConfig()
+    backups: BackupConfig = BackupConfig()
 
     @classmethod
     def settings_customise_sources(
@@ -148,6 +177,8 @@ class StackConfig(BaseSettings):
             "load_balancer.port": self.load_balancer.port,
             "load_balancer.stats_port": self.load_balancer.stats_port,
         }
+        if self.backups.s3.endpoint_url is None:
+            ports["backups.s3.local_port"] = self.backups.s3.local_port
         for i in range(1, self.api.replicas + 1):
             ports[f"api.base_port (replica {i})"] = self.api_port(i)
         return ports
@@ -166,6 +197,14 @@ class StackConfig(BaseSettings):
     @property
     def public_api_url(self) -> str:
         return self.load_balancer.public_url or self.api_url
+
+    @property
+    def s3_endpoint_url(self) -> str:
+        return self.backups.s3.endpoint_url or f"http://127.0.0.1:{self.backups.s3.local_port}"
+
+    @property
+    def scratch_dir(self) -> Path:
+        return (self.backups.scratch_dir or self.state_dir / "scratch").expanduser()
 
     @property
     def state_dir(self) -> Path:

@@ -22,6 +22,8 @@ SECRET_NAMES: dict[str, str] = {
     "redis": "Redis requirepass (messaging, cache, leases, Docket)",
     "prefect_auth": "Prefect API basic auth, as 'admin:<password>'",
     "haproxy_stats": "HAProxy stats page basic auth, as 'admin:<password>'",
+    "s3_local": "access key id and secret of the local S3 endpoint, as '<id>:<secret>'",
+    "backup_encryption": "client-side backup encryption key (256 bits, URL-safe base64)",
 }
 _USER_PREFIXED = {"prefect_auth", "haproxy_stats"}
 
@@ -33,6 +35,8 @@ class Secrets:
     redis: SecretStr
     prefect_auth: SecretStr
     haproxy_stats: SecretStr
+    s3_local: SecretStr
+    backup_encryption: SecretStr
 
     def get(self, name: str) -> str:
         value: SecretStr = getattr(self, name)
@@ -42,6 +46,8 @@ class Secrets:
 def _generate(name: str) -> str:
     # URL-safe and free of ':' '@' '/' so it embeds in connection URLs and configs without escaping.
     value = token_source.token_urlsafe(32)
+    if name == "s3_local":
+        return f"{token_source.token_hex(10).upper()}:{value}"
     return f"admin:{value}" if name in _USER_PREFIXED else value
 
 

@@ -37,7 +37,9 @@ from infra.secrets import Secrets, ensure_secrets
 
 # Programs that re-read their files on a signal, without dropping connections.
 RELOAD_SIGNALS = {"pgbouncer": "HUP", "haproxy": "USR2"}
-START_TIMEOUT_S = {"postgres": 60, "pgbouncer": 20, "redis": 20, "api": 120, "services": 60, "haproxy": 30}
+START_TIMEOUT_S = {
+    "postgres": 60, "pgbouncer": 20, "redis": 20, "s3": 30, "api": 120, "services": 60, "haproxy": 30,
+}
 DRAIN_TIMEOUT_S = 30
 
 
@@ -345,6 +347,8 @@ def deploy(config: StackConfig) -> tuple[LocalPlan, DeployReport]:
     ensure_database(config, layout, secrets)
     deployer.apply(plan.program("pgbouncer"))
     redis_restarted = deployer.apply(plan.program("redis")) and "redis" in report.restarted
+    for program in plan.by_component("s3"):
+        deployer.apply(program)
 
     import prefect  # the installed version decides whether the schema must move
 

@@ -99,6 +99,11 @@ def probe(program: Program, plan: LocalPlan, secrets: Secrets) -> tuple[bool, st
         healthy = through.status_code == 200 and metrics.status_code == 200
         detail = "" if healthy else f"/api/health via LB: {through.status_code}, /metrics: {metrics.status_code}"
         return healthy, haproxy_version(plan.layout.haproxy_socket), detail
+    if program.component == "s3":
+        from infra.backup.storage import BackupStore
+
+        BackupStore.from_config(config, secrets).ensure_bucket()
+        return True, None, ""
     # Background services have no port; supervisor's RUNNING (past startsecs) is the signal.
     return True, None, ""
 

@@ -114,6 +114,17 @@ def build_plan(config: StackConfig, secrets: Secrets, addresses: Addresses | Non
             port=config.redis.port,
         ),
     ]
+    if config.backups.s3.endpoint_url is None:
+        # The local S3-compatible endpoint for backups (moto): offline by default, real S3 by configuration.
+        programs.append(
+            Program(
+                name="s3",
+                component="s3",
+                command=(str(venv_bin() / "moto_server"), "-H", "127.0.0.1", "-p", str(config.backups.s3.local_port)),
+                port=config.backups.s3.local_port,
+                environment={"HOME": str(layout.prefect_home)},
+            )
+        )
     api_env = api_environment(config, secrets, layout, addresses)
     for i in range(1, config.api.replicas + 1):
         port = config.api_port(i)

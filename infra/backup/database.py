@@ -1,0 +1,77 @@
+"""How backup code reaches PostgreSQL, independent of the target (Unix socket locally, a Service on Kubernetes)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+
+from infra.config import StackConfig
+from infra.layout import StateLayout
+
+Row = tuple[object, ...]
+
+
+@dataclass(frozen=True)
+class DatabaseAccess:
+    host: str  # a directory means a Unix socket
+    port: int
+    user: str
+    dbname: str
+    bin_dir: Path
+    password: str | None = None
+
+    def connect(self, dbname: str | None = None, autocommit: bool = True) -> psycopg.Connection[Row]:
+        return psycopg.connect(
+            host=self.host, port=self.port, user=self.user, dbname=dbname or self.dbname,
+            password=self.password, autocommit=autocommit, connect_timeout=10,
+        )
+
+    def env(self) -> dict[str, str]:
+        """Environment for pg_dump / pg_restore / pg_amcheck (password never on a command line)."""
+        env = {**os.environ, "PGHOST": self.host, "PGPORT": str(self.port), "PGUSER": self.user}
+        if self.password:
+            env["PGPASSWORD"] = self.password
+        return env
+
+    def tool(self, name: str) -> str:
+        return str(self.bin_dir / name)
+
+    def with_db(self, dbname: str) -> DatabaseAccess:
+        return DatabaseAccess(self.host, self.port, self.user, dbname, self.bin_dir, self.password)
+
+
+def local_database(config: StackConfig) -> DatabaseAccess:
+    """The superuser over the stack's Unix socket (peer authentication: the operator maps to 'postgres')."""
+    return DatabaseAccess(
+        host=str(StateLayout(config.state_dir).run), port=config.postgres.port, user="postgres",
+        dbname=config.postgres.database, bin_dir=config.postgres.bin_dir,
+    )
+
+
+def table_row_counts(conn: psycopg.Connection[Row]) -> dict[str, int]:
+    """Exact row counts of every table in the public schema (Prefect's tables), in the connection's snapshot."""
+    tables = [str(r[0]) for r in conn.execute(
+        "SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY tablename"
+    ).fetchall()]
+    counts = {}
+    for table in tables:
+        row = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier("public", table))).fetchone()
+        counts[table] = int(row[0]) if row else 0  # type: ignore[call-overload]
+    return counts
+
+
+def alembic_revision(conn: psycopg.Connection[Row]) -> str:
+    try:
+        row = conn.execute("SELECT version_num FROM alembic_version").fetchone()
+    except psycopg.errors.UndefinedTable:
+        return "none"
+    return str(row[0]) if row else "none"
+
+
+def server_version(conn: psycopg.Connection[Row]) -> str:
+    row = conn.execute("SHOW server_version").fetchone()
+    return str(row[0]) if row else "unknown"
