@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
 from invoke.context import Context
+from invoke.exceptions import Exit
 from invoke.tasks import task
 from rich.table import Table
 
 from infra import console
-from infra.backup.catalog import list_backups
+from infra.backup.catalog import find_backup, list_backups
 from infra.backup.database import local_database
-from infra.backup.logical import run_logical_backup
+from infra.backup.logical import backup_lock, run_logical_backup
 from infra.backup.storage import BackupStore
-from infra.config import load_config
+from infra.backup.verify import verify_backup
+from infra.config import StackConfig, load_config
 from infra.errors import UserError
 from infra.layout import StateLayout
-from infra.secrets import load_secrets
+from infra.secrets import Secrets, load_secrets
 from infra.tasks import reports_user_errors
 
 
@@ -74,3 +77,30 @@ def list_(c: Context, json_: bool = False) -> None:
         table.add_row(row["id"], row["method"], row["time"][:19], human_size(row["size"]),
                       f"{row['duration_s']}s", row["verified"])
     console.out.print(table if rows else f"no backups in {store.location}")
+
+
+def _local_api_database_url(config: StackConfig, secrets: Secrets) -> Callable[[str], str]:
+    def url(dbname: str) -> str:
+        password = secrets.get("postgres_prefect")
+        return f"postgresql+asyncpg://{config.postgres.user}:{password}@127.0.0.1:{config.postgres.port}/{dbname}"
+
+    return url
+
+
+@task(help={"id": "The backup to verify (see invoke backup.list).", "latest": "Verify the newest backup."})
+@reports_user_errors
+def verify(c: Context, id: str | None = None, latest: bool = False) -> None:
+    """Prove a backup restores: checksums, pg_restore, pg_amcheck, row counts, a Prefect API on the copy."""
+    config = load_config()
+    layout = StateLayout(config.state_dir)
+    secrets = load_secrets(layout.secrets)
+    store = BackupStore.from_config(config, secrets)
+    entry = find_backup(store, id, latest or id is None)
+    console.step(f"verifying backup {entry.manifest.id} ({human_size(entry.manifest.size)})")
+    with backup_lock(layout.run):
+        verdict = verify_backup(config, secrets, store, entry, local_database(config),
+                                _local_api_database_url(config, secrets), console.note)
+    if not verdict.ok:
+        raise Exit(f"error: backup {entry.manifest.id} FAILED verification: {verdict.detail}\n"
+                   "  fix: do not rely on this backup; take a new one (invoke backup) and verify it", code=1)
+    console.step(f"backup {entry.manifest.id} verified in {verdict.duration_s:.1f}s: {verdict.detail}")

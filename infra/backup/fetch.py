@@ -1,0 +1,126 @@
+"""From S3 back to a database: check every object against the manifest, fetch, and pg_restore into a new database."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import shutil
+import subprocess
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import IO
+
+import zstandard
+from psycopg import sql
+
+from infra.backup.database import DatabaseAccess, table_row_counts
+from infra.backup.manifest import Manifest, ObjectEntry
+from infra.backup.storage import BackupStore
+from infra.backup.streams import IntegrityError, decrypt_stream, encryption_key
+from infra.errors import UserError
+from infra.secrets import Secrets
+
+Progress = Callable[[str], None]
+READ_CHUNK = 1024 * 1024
+PARALLEL_OBJECTS = 4
+# Room to leave beyond the dump's raw size when staging a restore (pg_restore itself writes nothing there).
+SCRATCH_HEADROOM = 1.05
+
+
+class _Hashing:
+    def __init__(self, source: IO[bytes]) -> None:
+        self.source, self.size, self.digest = source, 0, hashlib.sha256()
+
+    def read(self, size: int = -1) -> bytes:
+        chunk = self.source.read(size)
+        self.size += len(chunk)
+        self.digest.update(chunk)
+        return chunk
+
+
+def _check_digest(entry: ObjectEntry, reader: _Hashing) -> None:
+    if reader.size != entry.size:
+        raise IntegrityError(f"{entry.key}: {reader.size} bytes stored, the manifest says {entry.size} (truncated?)")
+    if reader.digest.hexdigest() != entry.sha256:
+        raise IntegrityError(f"{entry.key}: sha256 differs from the manifest (altered or corrupted)")
+
+
+def check_objects(store: BackupStore, manifest: Manifest, progress: Progress) -> None:
+    """Stream every object and compare its size and sha256 with the manifest; nothing is written anywhere."""
+    def check(entry: ObjectEntry) -> None:
+        body = _Hashing(store.open_object(entry.key))
+        while body.read(READ_CHUNK):
+            pass
+        _check_digest(entry, body)
+
+    with ThreadPoolExecutor(max_workers=PARALLEL_OBJECTS) as pool:
+        for future in [pool.submit(check, entry) for entry in manifest.objects]:
+            future.result()
+    progress(f"checksums of {len(manifest.objects)} objects match the manifest")
+
+
+def _fetch_one(store: BackupStore, entry: ObjectEntry, dest: Path, key: bytes | None) -> None:
+    body = _Hashing(store.open_object(entry.key))
+    with (dest / entry.name).open("wb") as handle, \
+            zstandard.ZstdDecompressor().stream_writer(handle, closefd=False) as writer:
+        if key is not None:
+            decrypt_stream(body, writer, key, entry.key)  # type: ignore[arg-type]
+        else:
+            while chunk := body.read(READ_CHUNK):
+                writer.write(chunk)
+    _check_digest(entry, body)
+
+
+def fetch_dump(store: BackupStore, manifest: Manifest, secrets: Secrets, dest: Path, progress: Progress) -> None:
+    """Download, verify, decrypt and decompress every object into ``dest`` (a pg_dump directory)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(dest).free
+    if free < manifest.raw_size * SCRATCH_HEADROOM:
+        raise UserError(
+            f"not enough space in {dest}: {free} bytes free, the dump needs {manifest.raw_size}",
+            fix="free space there, or point backups.scratch_dir at a larger disk",
+        )
+    key = encryption_key(secrets.get("backup_encryption")) if manifest.encrypted else None
+    try:
+        with ThreadPoolExecutor(max_workers=PARALLEL_OBJECTS) as pool:
+            for future in [pool.submit(_fetch_one, store, e, dest, key) for e in manifest.objects]:
+                future.result()
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise UserError(f"the scratch disk filled up while fetching the backup into {dest}",
+                            fix="free space there, or point backups.scratch_dir at a larger disk") from None
+        raise
+    progress(f"fetched {len(manifest.objects)} objects ({manifest.raw_size} bytes) into {dest}")
+
+
+def create_database(database: DatabaseAccess, name: str, owner: str) -> None:
+    with database.connect("postgres") as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        conn.execute(sql.SQL("CREATE DATABASE {} OWNER {} TEMPLATE template0").format(
+            sql.Identifier(name), sql.Identifier(owner)))
+
+
+def drop_database(database: DatabaseAccess, name: str) -> None:
+    with database.connect("postgres") as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def pg_restore(database: DatabaseAccess, name: str, dump_dir: Path, jobs: int) -> None:
+    argv = [database.tool("pg_restore"), f"--dbname={name}", f"--jobs={jobs}", "--exit-on-error", "--no-password",
+            str(dump_dir)]
+    result = subprocess.run(argv, env=database.env(), capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise UserError(f"pg_restore into {name} failed: {result.stderr.strip()[-800:]}",
+                        fix="the dump or the target database is damaged; see the message above")
+
+
+def count_mismatches(database: DatabaseAccess, name: str, manifest: Manifest) -> dict[str, tuple[int, int]]:
+    """{table: (expected, found)} for every table whose row count differs from the manifest."""
+    with database.connect(name) as conn:
+        found = table_row_counts(conn)
+    tables = set(found) | set(manifest.row_counts)
+    return {
+        t: (manifest.row_counts.get(t, -1), found.get(t, -1))
+        for t in sorted(tables) if manifest.row_counts.get(t, -1) != found.get(t, -1)
+    }
