@@ -10,4 +10,5 @@ ns = Collection(
 ns.add_collection(Collection.from_module(secrets), name="secrets")
 ns.add_collection(Collection.from_module(bench), name="bench")
 ns.add_collection(Collection.from_module(backup), name="backup")
+ns.add_task(backup.restore)
 ns.configure({"run": {"echo": True}})

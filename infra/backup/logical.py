@@ -125,13 +125,14 @@ class _Uploader:
 
 
 def run_logical_backup(
-    config: StackConfig, secrets: Secrets, database: DatabaseAccess, lock_dir: Path, progress: Progress
+    config: StackConfig, secrets: Secrets, database: DatabaseAccess, lock_dir: Path | None, progress: Progress
 ) -> Manifest:
+    """Take one logical backup. ``lock_dir`` None: the caller already holds the backup lock (restore)."""
     store = BackupStore.from_config(config, secrets)
     store.ensure_bucket()
     backups = config.backups
     key = encryption_key(secrets.get("backup_encryption")) if backups.client_side_encryption else None
-    with backup_lock(lock_dir):
+    with backup_lock(lock_dir) if lock_dir is not None else contextlib.nullcontext():
         started = datetime.now(UTC)
         backup_id = new_backup_id(started)
         prefix = logical_prefix(store, backup_id)

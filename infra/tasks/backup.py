@@ -19,6 +19,7 @@ from infra.backup.verify import verify_backup
 from infra.config import StackConfig, load_config
 from infra.errors import UserError
 from infra.layout import StateLayout
+from infra.local.restore import restore_backup
 from infra.secrets import Secrets, load_secrets
 from infra.tasks import reports_user_errors
 
@@ -104,3 +105,51 @@ def verify(c: Context, id: str | None = None, latest: bool = False) -> None:
         raise Exit(f"error: backup {entry.manifest.id} FAILED verification: {verdict.detail}\n"
                    "  fix: do not rely on this backup; take a new one (invoke backup) and verify it", code=1)
     console.step(f"backup {entry.manifest.id} verified in {verdict.duration_s:.1f}s: {verdict.detail}")
+
+
+@task(help={
+    "id": "The backup to restore (see invoke backup.list).",
+    "latest": "Restore the newest backup.",
+    "yes": "Confirm: replace the live Prefect database (a safety backup is taken first).",
+    "keep_previous": "Keep the replaced database (renamed prefect_before_<time>) instead of dropping it.",
+    "json": "Print the result as JSON.",
+})
+@reports_user_errors
+def restore(c: Context, id: str | None = None, latest: bool = False, yes: bool = False,
+            keep_previous: bool = False, json_: bool = False) -> None:
+    """Restore the Prefect database from a backup, with a safety backup first and row counts checked after."""
+    config = load_config()
+    layout = StateLayout(config.state_dir)
+    secrets = load_secrets(layout.secrets)
+    store = BackupStore.from_config(config, secrets)
+    entry = find_backup(store, id, latest)
+    if not yes:
+        raise Exit(f"error: this replaces the live Prefect database with backup {entry.manifest.id} "
+                   f"({entry.manifest.finished_at:%Y-%m-%d %H:%M:%S} UTC)\n"
+                   f"  fix: run again with --yes (a safety backup of the current database is taken first)", code=1)
+    console.step(f"restoring backup {entry.manifest.id} from {store.location}")
+    report = restore_backup(config, secrets, store, entry, console.note, keep_previous)
+    expected = entry.manifest.row_counts
+    lost = {t: (n, report.row_counts.get(t, 0)) for t, n in expected.items() if report.row_counts.get(t, 0) < n}
+    result = {
+        "id": report.backup_id, "safety_backup_id": report.safety_backup_id, "migrated": report.migrated,
+        "downtime_s": round(report.downtime_s, 2), "recovery_time_s": round(report.total_s, 2),
+        "rows_expected": sum(expected.values()), "rows_found": sum(report.row_counts.get(t, 0) for t in expected),
+        "tables_short": sorted(lost),
+    }
+    if json_:
+        print(json.dumps(result))
+    else:
+        table = Table(box=None, pad_edge=False, title="row counts: backup manifest vs restored database")
+        for column in ("table", "in backup", "restored"):
+            table.add_column(column)
+        for name in sorted(expected):
+            if expected[name]:
+                table.add_row(name, str(expected[name]), str(report.row_counts.get(name, 0)))
+        console.out.print(table)
+        console.step(
+            f"restored {report.backup_id} in {report.total_s:.1f}s (API down {report.downtime_s:.1f}s); "
+            f"safety backup: {report.safety_backup_id or 'none'}"
+        )
+    if lost:
+        raise Exit(f"error: rows missing after restore in {sorted(lost)}", code=1)
