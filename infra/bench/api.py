@@ -458,13 +458,15 @@ class StackPorts:
     postgres: int
     pgbouncer: int
     redis: int
+    s3: int
     api_base: int
 
 
 def allocate_stack_ports(replicas: int, taken: set[int]) -> StackPorts:
     return StackPorts(
         load_balancer=free_port(taken), stats=free_port(taken), postgres=free_port(taken),
-        pgbouncer=free_port(taken), redis=free_port(taken), api_base=free_port(taken, run=replicas),
+        pgbouncer=free_port(taken), redis=free_port(taken), s3=free_port(taken),
+        api_base=free_port(taken, run=replicas),
     )
 
 
@@ -481,6 +483,7 @@ def stack_config(state_dir: Path, ports: StackPorts, replicas: int) -> StackConf
         pgbouncer={"port": ports.pgbouncer},
         redis={"port": ports.redis},
         api={"replicas": replicas, "base_port": ports.api_base},
+        backups={"s3": {"local_port": ports.s3}},
     )
 
 

@@ -69,7 +69,7 @@ class Stack:
 
 
 def stack_env(state_dir: Path, replicas: int) -> dict[str, str]:
-    lb, stats, pg, pgb, redis, *api = free_ports(5 + replicas, consecutive=replicas)
+    lb, stats, pg, pgb, redis, s3, *api = free_ports(6 + replicas, consecutive=replicas)
     return {
         "PREFECT_STACK_LOCAL__STATE_DIR": str(state_dir),
         "PREFECT_STACK_LOAD_BALANCER__PORT": str(lb),
@@ -77,6 +77,7 @@ def stack_env(state_dir: Path, replicas: int) -> dict[str, str]:
         "PREFECT_STACK_POSTGRES__PORT": str(pg),
         "PREFECT_STACK_PGBOUNCER__PORT": str(pgb),
         "PREFECT_STACK_REDIS__PORT": str(redis),
+        "PREFECT_STACK_BACKUPS__S3__LOCAL_PORT": str(s3),
         "PREFECT_STACK_API__BASE_PORT": str(api[0]),
         "PREFECT_STACK_API__REPLICAS": str(replicas),
     }
