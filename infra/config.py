@@ -104,14 +104,33 @@ class S3Config(_Section):
     local_port: int = Field(19000, ge=1, le=65535)
 
 
+class RetentionConfig(_Section):
+    # Grandfather-father-son, as restic's forget --keep-daily/--keep-weekly/--keep-monthly: the newest backup of
+    # each of the last N days (UTC), ISO weeks and calendar months that have one is kept. The newest backup and
+    # the newest verified one are always kept, whatever these are; 0 turns a rule off. Logical backups only:
+    # physical (pgBackRest) backups follow pgBackRest's own repo1-retention-full, which keeps WAL chains whole.
+    keep_daily: int = Field(7, ge=0, le=1000)
+    keep_weekly: int = Field(4, ge=0, le=1000)
+    keep_monthly: int = Field(6, ge=0, le=1000)
+    # Folders under logical/ without a manifest (an interrupted upload: not a backup) are removed by prune once
+    # nothing was written to them for this long; the wait spares a backup still uploading from another host.
+    orphan_grace_hours: int = Field(24, ge=0, le=24 * 365)
+
+
 class BackupConfig(_Section):
     s3: S3Config = S3Config()
+    retention: RetentionConfig = RetentionConfig()
     jobs: int = Field(2, ge=1, le=32, description="pg_dump / pg_restore parallel jobs.")
     zstd_level: int = Field(3, ge=1, le=19)
     # Streaming, authenticated encryption (AES-256-GCM) before upload, with a key kept in the secrets.
     client_side_encryption: bool = False
     # Where dump files wait for upload and restores are staged; default <state>/scratch.
     scratch_dir: Path | None = None
+    # Nightly backup then verification, by a supervised scheduler (runs never overlap). UTC, HH:MM.
+    schedule: str = Field("02:30", pattern=r"^([01]\d|2[0-3]):[0-5]\d$")
+    schedule_enabled: bool = True
+    # The alert fires when the last verified backup is older than this (a missed night plus slack).
+    max_age_hours: int = Field(26, ge=1, le=24 * 31)
 
 
 class LocalTargetConfig(_Section):

@@ -63,6 +63,11 @@ class StateLayout:
         return self.run / "haproxy.sock"
 
     @property
+    def metrics(self) -> Path:
+        """Prometheus textfile-collector files (node_exporter --collector.textfile.directory)."""
+        return self.root / "metrics"
+
+    @property
     def deployed_state(self) -> Path:
         """What the last successful deploy applied: fingerprints per component, versions, ports."""
         return self.root / "deployed.json"

@@ -22,7 +22,7 @@ SECRET_NAMES: dict[str, str] = {
     "redis": "Redis requirepass (messaging, cache, leases, Docket)",
     "prefect_auth": "Prefect API basic auth, as 'admin:<password>'",
     "haproxy_stats": "HAProxy stats page basic auth, as 'admin:<password>'",
-    "s3_local": "access key id and secret of the local S3 endpoint, as '<id>:<secret>'",
+    "s3_local": "secret access key of the local S3 endpoint (its key id is 'prefect-stack-local')",
     "backup_encryption": "client-side backup encryption key (256 bits, URL-safe base64)",
 }
 _USER_PREFIXED = {"prefect_auth", "haproxy_stats"}
@@ -46,8 +46,6 @@ class Secrets:
 def _generate(name: str) -> str:
     # URL-safe and free of ':' '@' '/' so it embeds in connection URLs and configs without escaping.
     value = token_source.token_urlsafe(32)
-    if name == "s3_local":
-        return f"{token_source.token_hex(10).upper()}:{value}"
     return f"admin:{value}" if name in _USER_PREFIXED else value
 
 

@@ -23,6 +23,8 @@ fi
 
 # Debian packages, pinned to the distribution's release (bookworm): PostgreSQL 15 is what the stack is tested with.
 packages=(postgresql-15 postgresql-contrib pgbouncer redis-server haproxy pgbackrest zstd python3-venv)
+# --dev: promtool (Debian's prometheus package) checks and unit-tests the rendered alert rules.
+[[ -n "$extras" ]] && packages+=(prometheus)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -35,7 +37,7 @@ if ((${#missing[@]})); then
   "${sudo_cmd[@]}" apt-get update -q
   "${sudo_cmd[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
   # Package post-install scripts start their own daemons where an init system exists; the stack runs its own.
-  for svc in pgbouncer redis-server haproxy; do
+  for svc in pgbouncer redis-server haproxy prometheus; do
     "${sudo_cmd[@]}" systemctl disable --now "$svc" >/dev/null 2>&1 || true
   done
 else

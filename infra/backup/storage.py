@@ -28,6 +28,7 @@ MIB = 1024 * 1024
 MIN_PART_SIZE = 5 * MIB
 MAX_PARTS = 10_000
 
+LOCAL_ACCESS_KEY_ID = "prefect-stack-local"
 _CODES_MEANING_BAD_CREDENTIALS = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "ExpiredToken"}
 
 
@@ -77,8 +78,7 @@ class BackupStore:
         s3 = config.backups.s3
         credentials: dict[str, str] = {}
         if s3.endpoint_url is None and secrets is not None:
-            key_id, _, secret = secrets.get("s3_local").partition(":")
-            credentials = {"aws_access_key_id": key_id, "aws_secret_access_key": secret}
+            credentials = {"aws_access_key_id": LOCAL_ACCESS_KEY_ID, "aws_secret_access_key": secrets.get("s3_local")}
         client = boto3.client(
             "s3",
             endpoint_url=config.s3_endpoint_url,

@@ -39,6 +39,7 @@ from infra.secrets import Secrets, ensure_secrets
 RELOAD_SIGNALS = {"pgbouncer": "HUP", "haproxy": "USR2"}
 START_TIMEOUT_S = {
     "postgres": 60, "pgbouncer": 20, "redis": 20, "s3": 30, "api": 120, "services": 60, "haproxy": 30,
+    "backup-scheduler": 30,
 }
 DRAIN_TIMEOUT_S = 30
 
@@ -364,6 +365,8 @@ def deploy(config: StackConfig) -> tuple[LocalPlan, DeployReport]:
             deployer.supervisor.stop(program.name)
         deployer.apply(program)
     deployer.apply(plan.program("haproxy"))
+    for program in plan.by_component("backup-scheduler"):
+        deployer.apply(program)
 
     _save_deployed(layout, {
         "fingerprints": {p.name: p.fingerprint() for p in plan.programs},

@@ -10,6 +10,7 @@ import httpx
 import psycopg
 import redis
 
+from infra.config import StackConfig
 from infra.local.haproxy_runtime import version as haproxy_version
 from infra.local.plan import LocalPlan
 from infra.local.postgres_admin import admin_connect
@@ -50,6 +51,11 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
 def api_ready(port: int) -> bool:
     response = _http.get(f"http://127.0.0.1:{port}/api/ready")
     return response.status_code == 200
+
+
+def lb_ready(config: StackConfig) -> bool:
+    """The API answers ready through the load balancer (at least one replica is up in HAProxy)."""
+    return _http.get(f"{config.api_url}/ready").status_code == 200
 
 
 def _basic_auth(auth_string: str) -> tuple[str, str]:

@@ -9,7 +9,10 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from infra.config import StackConfig
+import yaml
+
+from infra.backup.metrics import alert_rules
+from infra.config import REPO_ROOT, StackConfig
 from infra.errors import UserError
 from infra.layout import StateLayout
 from infra.render import Addresses, RenderedFile
@@ -30,6 +33,8 @@ class LocalPlan:
     supervisor_conf: RenderedFile
     migration_env: dict[str, str]
     run_as: str | None  # None: run as the invoking (non-root) user
+    # Files no program's fingerprint depends on (read afresh by their consumer, or by Prometheus).
+    extra_files: tuple[RenderedFile, ...] = ()
 
     @property
     def files(self) -> list[RenderedFile]:
@@ -37,7 +42,7 @@ class LocalPlan:
         for program in self.programs:
             for rendered in program.files:
                 seen[rendered.path] = rendered
-        return [*seen.values(), self.supervisor_conf]
+        return [*seen.values(), *self.extra_files, self.supervisor_conf]
 
     def program(self, name: str) -> Program:
         for program in self.programs:
@@ -74,6 +79,14 @@ def _binary(name: str, *candidates: str) -> str:
 def venv_bin() -> Path:
     """The interpreter running the tasks is the one with Prefect installed (bootstrap's .venv)."""
     return Path(sys.executable).parent
+
+
+def effective_config_file(config: StackConfig, layout: StateLayout) -> RenderedFile:
+    """The configuration this deploy applied, for processes that need it later (the backup scheduler)."""
+    document = config.model_dump(mode="json")
+    document["local"]["state_dir"] = str(config.state_dir)
+    text = "# Rendered by prefect-stack: the effective configuration of the last deploy.\n"
+    return RenderedFile(layout.etc / "stack.effective.yaml", text + yaml.safe_dump(document, sort_keys=False))
 
 
 def build_plan(config: StackConfig, secrets: Secrets, addresses: Addresses | None = None) -> LocalPlan:
@@ -125,6 +138,22 @@ def build_plan(config: StackConfig, secrets: Secrets, addresses: Addresses | Non
                 environment={"HOME": str(layout.prefect_home)},
             )
         )
+    effective = effective_config_file(config, layout)
+    extra_files = (effective, RenderedFile(layout.etc / "prometheus-backup-rules.yml",
+                                           alert_rules(config.backups.max_age_hours)))
+    if config.backups.schedule_enabled:
+        programs.append(
+            Program(
+                name="backup-scheduler",
+                component="backup-scheduler",
+                command=(sys.executable, "-m", "infra.backup.scheduler"),
+                # The scheduler re-reads the effective configuration before each run: a configuration change
+                # never restarts it, so a deploy cannot cut a nightly backup short.
+                environment={"PREFECT_STACK_CONFIG": str(effective.path), "PYTHONPATH": str(REPO_ROOT)},
+                as_operator=True,
+                stop_wait_s=6 * 3600,  # SIGTERM lets a running backup and its verification finish first
+            )
+        )
     api_env = api_environment(config, secrets, layout, addresses)
     for i in range(1, config.api.replicas + 1):
         port = config.api_port(i)
@@ -166,4 +195,5 @@ def build_plan(config: StackConfig, secrets: Secrets, addresses: Addresses | Non
         supervisor_conf=supervisord_conf(programs, layout, run_as),
         migration_env=migration_environment(config, secrets, layout, addresses),
         run_as=run_as,
+        extra_files=extra_files,
     )

@@ -33,7 +33,7 @@ from infra.backup.storage import BackupStore
 from infra.config import StackConfig
 from infra.errors import UserError
 from infra.layout import StateLayout
-from infra.local.health import api_ready
+from infra.local.health import api_ready, lb_ready
 from infra.local.plan import build_plan
 from infra.local.postgres_admin import run_as_ids
 from infra.local.supervisor import Supervisor
@@ -153,6 +153,9 @@ def restore_backup(
             if program.port is not None:
                 console.wait_until(functools.partial(api_ready, program.port), 120, f"{program.name} after the restore",
                                    fix=f"read invoke logs {program.name}")
+        # Done when clients can use it: through the load balancer, whose checks must see the replicas up.
+        console.wait_until(functools.partial(lb_ready, config), 60, "the API through the load balancer",
+                           fix="read invoke logs haproxy and invoke status")
         downtime = time.monotonic() - down_at
         if not keep_previous:
             drop_database(database, previous)

@@ -27,6 +27,8 @@ class Program:
     stop_signal: str = "TERM"
     stop_wait_s: int = 30
     start_secs: int = 2
+    # Runs as the operator (root), not the service user: it reads the secrets directory (backup scheduler).
+    as_operator: bool = False
 
     def fingerprint(self) -> str:
         digest = hashlib.sha256()
@@ -96,7 +98,7 @@ def supervisord_conf(programs: list[Program], layout: StateLayout, run_as: str |
             "stdout_logfile_maxbytes=50MB",
             "stdout_logfile_backups=5",
         ]
-        if run_as:
+        if run_as and not program.as_operator:
             lines.append(f"user={run_as}")
         if program.environment:
             pairs = ",".join(f"{k}={_quote_env(v)}" for k, v in sorted(program.environment.items()))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 
 from invoke.context import Context
 from invoke.exceptions import Exit
@@ -12,15 +11,13 @@ from rich.table import Table
 
 from infra import console
 from infra.backup.catalog import find_backup, list_backups
-from infra.backup.database import local_database
-from infra.backup.logical import backup_lock, run_logical_backup
+from infra.backup.jobs import backup_job, verify_job
 from infra.backup.storage import BackupStore
-from infra.backup.verify import verify_backup
-from infra.config import StackConfig, load_config
+from infra.config import load_config
 from infra.errors import UserError
 from infra.layout import StateLayout
 from infra.local.restore import restore_backup
-from infra.secrets import Secrets, load_secrets
+from infra.secrets import load_secrets
 from infra.tasks import reports_user_errors
 
 
@@ -44,7 +41,7 @@ def backup(c: Context, method: str = "logical", json_: bool = False) -> None:
     secrets = load_secrets(layout.secrets)
     if method != "logical":
         raise UserError(f"unknown backup method {method!r}", fix="use --method logical")
-    manifest = run_logical_backup(config, secrets, local_database(config), layout.run, console.note)
+    manifest = backup_job(config, secrets, console.note)
     result = {
         "id": manifest.id, "method": manifest.method, "location": manifest.location,
         "size": manifest.size, "raw_size": manifest.raw_size, "objects": len(manifest.objects),
@@ -80,14 +77,6 @@ def list_(c: Context, json_: bool = False) -> None:
     console.out.print(table if rows else f"no backups in {store.location}")
 
 
-def _local_api_database_url(config: StackConfig, secrets: Secrets) -> Callable[[str], str]:
-    def url(dbname: str) -> str:
-        password = secrets.get("postgres_prefect")
-        return f"postgresql+asyncpg://{config.postgres.user}:{password}@127.0.0.1:{config.postgres.port}/{dbname}"
-
-    return url
-
-
 @task(help={"id": "The backup to verify (see invoke backup.list).", "latest": "Verify the newest backup."})
 @reports_user_errors
 def verify(c: Context, id: str | None = None, latest: bool = False) -> None:
@@ -95,12 +84,8 @@ def verify(c: Context, id: str | None = None, latest: bool = False) -> None:
     config = load_config()
     layout = StateLayout(config.state_dir)
     secrets = load_secrets(layout.secrets)
-    store = BackupStore.from_config(config, secrets)
-    entry = find_backup(store, id, latest or id is None)
-    console.step(f"verifying backup {entry.manifest.id} ({human_size(entry.manifest.size)})")
-    with backup_lock(layout.run):
-        verdict = verify_backup(config, secrets, store, entry, local_database(config),
-                                _local_api_database_url(config, secrets), console.note)
+    console.step(f"verifying backup {id or 'latest'}")
+    entry, verdict = verify_job(config, secrets, id, console.note)
     if not verdict.ok:
         raise Exit(f"error: backup {entry.manifest.id} FAILED verification: {verdict.detail}\n"
                    "  fix: do not rely on this backup; take a new one (invoke backup) and verify it", code=1)

@@ -45,8 +45,12 @@ API_REPLICAS = NON_DEFAULT["api"]["replicas"]
 SERVICES_REPLICAS = NON_DEFAULT["services"]["replicas"]
 API_PROGRAMS = [f"api-{i}" for i in range(1, API_REPLICAS + 1)]
 SERVICES_PROGRAMS = [f"services-{i}" for i in range(1, SERVICES_REPLICAS + 1)]
-PROGRAMS = ["postgres", "pgbouncer", "redis", *API_PROGRAMS, *SERVICES_PROGRAMS, "haproxy"]
+PROGRAMS = ["postgres", "pgbouncer", "redis", "s3", "backup-scheduler", *API_PROGRAMS, *SERVICES_PROGRAMS, "haproxy"]
+# Programs that run as the operator, not the service user: the scheduler reads the secrets directory.
+OPERATOR_PROGRAMS = {"backup-scheduler"}
 RENDERED_FILES = [
+    "stack.effective.yaml",
+    "prometheus-backup-rules.yml",
     "postgresql.conf",
     "pg_hba.conf",
     "pg_ident.conf",
@@ -645,7 +649,8 @@ class TestSupervisord:
 
     @pytest.mark.parametrize("program", PROGRAMS)
     def test_user_only_as_root(self, parsed: configparser.RawConfigParser, config: StackConfig, program: str) -> None:
-        assert parsed[f"program:{program}"].get("user") == service_user(config)
+        expected = None if program in OPERATOR_PROGRAMS else service_user(config)
+        assert parsed[f"program:{program}"].get("user") == expected
 
     def test_service_user_as_root(self, config: StackConfig) -> None:
         assert service_user(config) == (config.local.run_as if os.geteuid() == 0 else None)
@@ -654,7 +659,7 @@ class TestSupervisord:
     def test_user_line_follows_run_as(self, plan: LocalPlan, layout: StateLayout, run_as: str | None) -> None:
         text = supervisord_conf(list(plan.programs), layout, run_as).content
         users = [line for line in text.splitlines() if line.startswith("user=")]
-        assert users == ([f"user={run_as}"] * len(PROGRAMS) if run_as else [])
+        assert users == ([f"user={run_as}"] * len(set(PROGRAMS) - OPERATOR_PROGRAMS) if run_as else [])
 
     @pytest.mark.parametrize("program", PROGRAMS)
     def test_log_file(self, parsed: configparser.RawConfigParser, layout: StateLayout, program: str) -> None:
