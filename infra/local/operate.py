@@ -74,6 +74,19 @@ def client_environment(config: StackConfig) -> dict[str, str]:
     return {"PREFECT_API_URL": config.api_url, "PREFECT_API_AUTH_STRING": secrets.get("prefect_auth")}
 
 
+def backup_environment(config: StackConfig) -> dict[str, str]:
+    """What boto3 (>= 1.28) and the aws CLI need for the backup bucket; real S3 keeps its own credential chain."""
+    from infra.backup.storage import LOCAL_ACCESS_KEY_ID, BackupStore
+
+    s3 = config.backups.s3
+    env = {"AWS_DEFAULT_REGION": s3.region, "AWS_ENDPOINT_URL_S3": config.s3_endpoint_url,
+           "PREFECT_STACK_BACKUP_LOCATION": BackupStore(config, None).location}
+    if s3.endpoint_url is None:
+        env["AWS_ACCESS_KEY_ID"] = LOCAL_ACCESS_KEY_ID
+        env["AWS_SECRET_ACCESS_KEY"] = load_secrets(StateLayout(config.state_dir).secrets).get("s3_local")
+    return env
+
+
 def shell_exports(env: dict[str, str]) -> str:
     return "\n".join(f"export {key}={shlex.quote(value)}" for key, value in env.items())
 

@@ -126,11 +126,13 @@ def destroy(c: Context, yes: bool = False) -> None:
     console.step(f"destroyed: {removed} removed")
 
 
-@task
+@task(help={"backups": "Print what boto3 or the aws CLI needs to reach the backup bucket instead."})
 @reports_user_errors
-def env(c: Context) -> None:
+def env(c: Context, backups: bool = False) -> None:
     """Print shell exports for Prefect clients: eval "$(invoke env)"; prefect flow-run ls."""
-    print(operate.shell_exports(operate.client_environment(load_config())))
+    config = load_config()
+    variables = operate.backup_environment(config) if backups else operate.client_environment(config)
+    print(operate.shell_exports(variables))
 
 
 @task(help={

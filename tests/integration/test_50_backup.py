@@ -267,3 +267,17 @@ def test_restore_brings_back_exactly_the_backed_up_data(stack: Stack, restored: 
     restored_from = store.get_json(logical_prefix(store, restored["backup_id"]) + MANIFEST)
     assert safety is not None and restored_from is not None
     assert safety["row_counts"]["flow_run"] == restored_from["row_counts"]["flow_run"] + len(restored["lost"])
+
+
+def test_env_backups_lets_boto3_reach_the_bucket(stack: Stack, first_backup: dict[str, Any]) -> None:
+    exports = stack.invoke("env", "--backups", check=True).stdout
+    script = (
+        "import boto3, os; b, _, p = os.environ['PREFECT_STACK_BACKUP_LOCATION'][5:].partition('/'); "
+        "print(sum(1 for _ in boto3.client('s3').list_objects_v2(Bucket=b, Prefix=p + '/logical/')['Contents']))"
+    )
+    import sys
+
+    result = subprocess.run(["bash", "-c", f"{exports}\n{sys.executable} -c \"{script}\""],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert int(result.stdout.strip()) >= first_backup["objects"]
