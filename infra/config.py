@@ -117,8 +117,20 @@ class RetentionConfig(_Section):
     orphan_grace_hours: int = Field(24, ge=0, le=24 * 365)
 
 
+class PhysicalBackupConfig(_Section):
+    # Continuous WAL archiving plus full/incremental backups through pgBackRest, into the same bucket
+    # (<prefix>/physical). Off by default: with archiving on, an unreachable bucket makes WAL pile up in
+    # pg_wal until it is reachable again, which wants monitoring (and real S3, not the in-memory endpoint).
+    enabled: bool = False
+    retention_full: int = Field(2, ge=1, le=100, description="Full backups pgBackRest keeps (with their WAL).")
+    process_max: int = Field(2, ge=1, le=32)
+    # Local endpoint only: HAProxy terminates TLS for pgBackRest, which speaks nothing but HTTPS to S3.
+    tls_port: int = Field(19443, ge=1, le=65535)
+
+
 class BackupConfig(_Section):
     s3: S3Config = S3Config()
+    physical: PhysicalBackupConfig = PhysicalBackupConfig()
     retention: RetentionConfig = RetentionConfig()
     jobs: int = Field(2, ge=1, le=32, description="pg_dump / pg_restore parallel jobs.")
     zstd_level: int = Field(3, ge=1, le=19)
@@ -198,6 +210,8 @@ class StackConfig(BaseSettings):
         }
         if self.backups.s3.endpoint_url is None:
             ports["backups.s3.local_port"] = self.backups.s3.local_port
+            if self.backups.physical.enabled:
+                ports["backups.physical.tls_port"] = self.backups.physical.tls_port
         for i in range(1, self.api.replicas + 1):
             ports[f"api.base_port (replica {i})"] = self.api_port(i)
         return ports

@@ -77,4 +77,5 @@ class StateLayout:
 
     def service_owned_dirs(self) -> list[Path]:
         """Directories the unprivileged service user must own."""
-        return [self.etc, self.data, self.postgres_data, self.redis_data, self.run, self.logs, self.prefect_home]
+        return [self.etc, self.data, self.postgres_data, self.redis_data, self.run, self.logs, self.prefect_home,
+                self.logs / "pgbackrest", self.run / "pgbackrest"]

@@ -28,8 +28,6 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from botocore.exceptions import BotoCoreError, ClientError
-
 from infra.backup.catalog import BackupEntry, list_backups
 from infra.backup.logical import backup_lock, logical_prefix
 from infra.backup.manifest import MANIFEST
@@ -139,14 +137,8 @@ class OrphanFolder:
 
 
 def _objects(store: BackupStore, prefix: str) -> Iterator[tuple[str, int, datetime]]:
-    # BackupStore.list_keys drops LastModified, which the grace period needs; this reads the same listing.
-    paginator = store._client.get_paginator("list_objects_v2")
-    try:
-        for page in paginator.paginate(Bucket=store.bucket, Prefix=prefix):
-            for item in page.get("Contents", []):
-                yield item["Key"], int(item["Size"]), _utc(item["LastModified"])
-    except (ClientError, BotoCoreError) as exc:
-        raise store._explain(exc, f"listing {prefix}") from None
+    for key, size, modified in store.list_objects(prefix):
+        yield key, size, _utc(modified)
 
 
 def find_orphans(store: BackupStore, entries: Sequence[BackupEntry]) -> list[OrphanFolder]:
@@ -213,20 +205,22 @@ def apply_retention(
     store: BackupStore, plan: RetentionPlan, dry_run: bool, progress: Progress = _quiet
 ) -> PruneReport:
     """Delete what the plan says (nothing in a dry run): the backups in ``plan.delete``, then orphan folders."""
-    contradicted = sorted(set(plan.keep) & set(plan.delete))
+    contradicted = sorted(set(plan.keep) & {*plan.delete, *plan.orphans})
     if contradicted:
         raise ValueError(f"the plan both keeps and deletes {contradicted}")
-    prefixes = [_folder(store, name) for name in (*plan.delete, *plan.orphans)]  # all checked before any deletion
+    # Every name is checked before anything is deleted.
+    backups = [(backup_id, _folder(store, backup_id)) for backup_id in plan.delete]
+    orphans = [(name, _folder(store, name)) for name in plan.orphans]
     if dry_run:
         return PruneReport(True, list(plan.delete), list(plan.orphans), 0)
     objects = 0
-    for backup_id, prefix in zip(plan.delete, prefixes, strict=False):
+    for backup_id, prefix in backups:
         # The manifest first: from then on the backup is neither listed nor restorable, and if the deletion
         # stops midway what is left is an orphan folder, which the next prune removes.
         objects += store.delete_prefix(prefix + MANIFEST)
         objects += store.delete_prefix(prefix)
         progress(f"deleted backup {backup_id}")
-    for name, prefix in zip(plan.orphans, prefixes[len(plan.delete):], strict=True):
+    for name, prefix in orphans:
         objects += store.delete_prefix(prefix)
         progress(f"deleted orphan folder {name} (no manifest)")
     return PruneReport(False, list(plan.delete), list(plan.orphans), objects)

@@ -12,6 +12,7 @@ import hashlib
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from typing import IO, Any
 
 import boto3
@@ -21,6 +22,7 @@ from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionEr
 
 from infra.config import StackConfig
 from infra.errors import UserError
+from infra.render.pgbackrest import LOCAL_ACCESS_KEY_ID  # one key id for boto3 and pgBackRest
 from infra.secrets import Secrets
 
 MIB = 1024 * 1024
@@ -28,7 +30,6 @@ MIB = 1024 * 1024
 MIN_PART_SIZE = 5 * MIB
 MAX_PARTS = 10_000
 
-LOCAL_ACCESS_KEY_ID = "prefect-stack-local"
 _CODES_MEANING_BAD_CREDENTIALS = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "ExpiredToken"}
 
 
@@ -201,14 +202,19 @@ class BackupStore:
         except (ClientError, BotoCoreError) as exc:
             raise self._explain(exc, f"downloading {key}") from None
 
-    def list_keys(self, prefix: str) -> Iterator[tuple[str, int]]:
+    def list_objects(self, prefix: str) -> Iterator[tuple[str, int, datetime]]:
+        """(key, size, last modified) of every object under ``prefix``."""
         paginator = self._client.get_paginator("list_objects_v2")
         try:
             for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
                 for item in page.get("Contents", []):
-                    yield item["Key"], int(item["Size"])
+                    yield item["Key"], int(item["Size"]), item["LastModified"]
         except (ClientError, BotoCoreError) as exc:
-            raise self._explain(exc, "listing backups") from None
+            raise self._explain(exc, f"listing {prefix}") from None
+
+    def list_keys(self, prefix: str) -> Iterator[tuple[str, int]]:
+        for key, size, _ in self.list_objects(prefix):
+            yield key, size
 
     def list_prefixes(self, prefix: str) -> list[str]:
         paginator = self._client.get_paginator("list_objects_v2")

@@ -92,7 +92,7 @@ def preflight(config: StackConfig, layout: StateLayout, previous: dict[str, Any]
             f"target {config.target!r} is not deployable by this command yet",
             fix="set target: local (the compose and kubernetes targets render files only)",
         )
-    ours = set(previous.get("ports", {}).values()) if Supervisor(layout).is_running() else set()
+    ours = set(previous.get("claimed_ports", [])) if Supervisor(layout).is_running() else set()
     problems = []
     for field_name, port in config.port_fields().items():
         host = config.load_balancer.bind_address if field_name.startswith("load_balancer") else "127.0.0.1"
@@ -330,6 +330,10 @@ def deploy(config: StackConfig) -> tuple[LocalPlan, DeployReport]:
     preflight(config, layout, previous)
     run_as = service_user(config)
     _prepare_dirs(layout, run_as)
+    # Claim the ports before anything starts: if this deploy fails half-way, the next one must recognise the
+    # processes it left running as its own, not as strangers holding the ports.
+    claimed = sorted(set(previous.get("claimed_ports", [])) | set(config.port_fields().values()))
+    _save_deployed(layout, {**previous, "claimed_ports": claimed})
     secrets = ensure_secrets(layout.secrets)
     plan = build_plan(config, secrets)
     changed_files = write_files(plan)
@@ -367,10 +371,15 @@ def deploy(config: StackConfig) -> tuple[LocalPlan, DeployReport]:
     deployer.apply(plan.program("haproxy"))
     for program in plan.by_component("backup-scheduler"):
         deployer.apply(program)
+    if config.backups.physical.enabled:
+        from infra.local.pgbackrest import ensure_stanza
+
+        ensure_stanza(config)  # idempotent; WAL archiving succeeds from here on
 
     _save_deployed(layout, {
         "fingerprints": {p.name: p.fingerprint() for p in plan.programs},
         "ports": config.port_fields(),
+        "claimed_ports": sorted(config.port_fields().values()),
         "versions": versions,
         "deployed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     })

@@ -76,7 +76,8 @@ def client_environment(config: StackConfig) -> dict[str, str]:
 
 def backup_environment(config: StackConfig) -> dict[str, str]:
     """What boto3 (>= 1.28) and the aws CLI need for the backup bucket; real S3 keeps its own credential chain."""
-    from infra.backup.storage import LOCAL_ACCESS_KEY_ID, BackupStore
+    from infra.backup.storage import BackupStore
+    from infra.render.pgbackrest import LOCAL_ACCESS_KEY_ID
 
     s3 = config.backups.s3
     env = {"AWS_DEFAULT_REGION": s3.region, "AWS_ENDPOINT_URL_S3": config.s3_endpoint_url,

@@ -15,8 +15,10 @@ from infra.backup.metrics import alert_rules
 from infra.config import REPO_ROOT, StackConfig
 from infra.errors import UserError
 from infra.layout import StateLayout
+from infra.local.tls import ensure_loopback_certificate
 from infra.render import Addresses, RenderedFile
 from infra.render.haproxy import haproxy_cfg
+from infra.render.pgbackrest import pgbackrest_conf
 from infra.render.pgbouncer import pgbouncer_ini, pgbouncer_userlist
 from infra.render.postgres import pg_hba_conf, pg_ident_conf, postgresql_conf
 from infra.render.prefect import api_environment, migration_environment, services_environment
@@ -139,7 +141,7 @@ def build_plan(config: StackConfig, secrets: Secrets, addresses: Addresses | Non
             )
         )
     effective = effective_config_file(config, layout)
-    extra_files = (effective, RenderedFile(layout.etc / "prometheus-backup-rules.yml",
+    extra_files: tuple[RenderedFile, ...] = (effective, RenderedFile(layout.etc / "prometheus-backup-rules.yml",
                                            alert_rules(config.backups.max_age_hours)))
     if config.backups.schedule_enabled:
         programs.append(
@@ -178,12 +180,19 @@ def build_plan(config: StackConfig, secrets: Secrets, addresses: Addresses | Non
                 start_secs=5,
             )
         )
+    haproxy_files = [haproxy_cfg(config, secrets, layout, addresses)]
+    if config.backups.physical.enabled:
+        extra_files += (pgbackrest_conf(config, secrets, layout),)
+        if config.backups.s3.endpoint_url is None:
+            certificate, key = ensure_loopback_certificate(layout.secrets)
+            haproxy_files.append(RenderedFile(etc / "s3-tls.pem", certificate + key, secret=True))
+            extra_files += (RenderedFile(etc / "s3-tls.crt", certificate),)
     programs.append(
         Program(
             name="haproxy",
             component="haproxy",
             command=(_binary("haproxy", "/usr/sbin/haproxy"), "-W", "-db", "-f", str(etc / "haproxy.cfg")),
-            files=(haproxy_cfg(config, secrets, layout, addresses),),
+            files=tuple(haproxy_files),
             port=config.load_balancer.port,
             stop_signal="USR1",  # soft stop: finish in-flight requests
         )

@@ -82,4 +82,16 @@ frontend stats
     stats refresh 10s
     stats auth {secrets.get("haproxy_stats")}
 """
+    if config.backups.physical.enabled and config.backups.s3.endpoint_url is None:
+        # pgBackRest speaks only HTTPS to S3: TLS in front of the local (plain HTTP) endpoint.
+        text += f"""
+frontend s3_tls
+    bind 127.0.0.1:{config.backups.physical.tls_port} ssl crt {layout.etc / "s3-tls.pem"}
+    timeout client 300s
+    default_backend s3_local
+
+backend s3_local
+    timeout server 300s
+    server s3 127.0.0.1:{config.backups.s3.local_port}
+"""
     return RenderedFile(layout.etc / "haproxy.cfg", text, secret=True)

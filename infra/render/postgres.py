@@ -9,6 +9,14 @@ from infra.render import RenderedFile
 
 def postgresql_conf(config: StackConfig, layout: StateLayout, listen: str = "127.0.0.1") -> RenderedFile:
     pg = config.postgres
+    if config.backups.physical.enabled:
+        from infra.render.pgbackrest import archive_command
+
+        # Every WAL segment goes to the physical repository; archive_timeout bounds the data-loss window.
+        archive = (f"archive_mode = on\narchive_command = '{archive_command(layout)}'\n"
+                   "archive_timeout = 60\n")
+    else:
+        archive = "archive_mode = off\n"
     text = f"""\
 # Rendered by prefect-stack from the configuration model; edit the model, not this file.
 data_directory = '{layout.postgres_data}'
@@ -25,7 +33,7 @@ password_encryption = scram-sha-256
 # WAL settings ready for physical backups and point-in-time recovery (pgBackRest).
 wal_level = replica
 max_wal_senders = 4
-# Logs go to stderr, which the supervisor captures into <state>/log/postgres.log.
+{archive}# Logs go to stderr, which the supervisor captures into <state>/log/postgres.log.
 logging_collector = off
 log_line_prefix = '%m [%p] %q%u@%d '
 log_min_duration_statement = 5000

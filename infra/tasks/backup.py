@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 
 from invoke.context import Context
 from invoke.exceptions import Exit
@@ -12,10 +13,12 @@ from rich.table import Table
 from infra import console
 from infra.backup.catalog import find_backup, list_backups
 from infra.backup.jobs import backup_job, verify_job
+from infra.backup.retention import run_prune
 from infra.backup.storage import BackupStore
 from infra.config import load_config
 from infra.errors import UserError
 from infra.layout import StateLayout
+from infra.local.pgbackrest import PhysicalBackup, info, physical_backup, physical_restore
 from infra.local.restore import restore_backup
 from infra.secrets import load_secrets
 from infra.tasks import reports_user_errors
@@ -31,16 +34,25 @@ def human_size(size: float) -> str:
 
 @task(default=True, help={
     "method": "logical (pg_dump, the default) or physical (pgBackRest, with point-in-time recovery).",
+    "type": "physical only: full, diff or incr (default incr; pgBackRest takes a full one when none exists).",
     "json": "Print the result as JSON ({\"id\": ..., ...}).",
 })
 @reports_user_errors
-def backup(c: Context, method: str = "logical", json_: bool = False) -> None:
+def backup(c: Context, method: str = "logical", type: str = "incr", json_: bool = False) -> None:
     """Back up the Prefect database to S3 now; prints the backup id."""
     config = load_config()
     layout = StateLayout(config.state_dir)
     secrets = load_secrets(layout.secrets)
+    if method == "physical":
+        taken = physical_backup(config, type, console.note)
+        document = {"id": taken.label, "method": "physical", "type": taken.type, "size": taken.size,
+                    "database_size": taken.database_size, "duration_s": taken.stopped - taken.started}
+        print(json.dumps(document) if json_ else taken.label)
+        if not json_:
+            console.step(f"physical {taken.type} backup {taken.label}: {human_size(taken.size)} stored")
+        return
     if method != "logical":
-        raise UserError(f"unknown backup method {method!r}", fix="use --method logical")
+        raise UserError(f"unknown backup method {method!r}", fix="use --method logical or --method physical")
     manifest = backup_job(config, secrets, console.note)
     result = {
         "id": manifest.id, "method": manifest.method, "location": manifest.location,
@@ -65,6 +77,15 @@ def list_(c: Context, json_: bool = False) -> None:
     store = BackupStore.from_config(config, load_secrets(StateLayout(config.state_dir).secrets))
     entries = list_backups(store)
     rows = [e.as_dict(store.location) for e in entries]
+    if config.backups.physical.enabled:
+        for raw in info(config):
+            taken = PhysicalBackup.from_info(raw)
+            rows.append({
+                "id": taken.label, "method": "physical", "type": taken.type,
+                "time": datetime.fromtimestamp(taken.stopped, UTC).isoformat(), "size": taken.size,
+                "duration_s": taken.stopped - taken.started, "verified": "checksummed by pgBackRest",
+                "location": f"{store.location}/physical",
+            })
     if json_:
         print(json.dumps(rows, indent=2))
         return
@@ -97,15 +118,31 @@ def verify(c: Context, id: str | None = None, latest: bool = False) -> None:
     "latest": "Restore the newest backup.",
     "yes": "Confirm: replace the live Prefect database (a safety backup is taken first).",
     "keep_previous": "Keep the replaced database (renamed prefect_before_<time>) instead of dropping it.",
+    "to_time": "Point-in-time recovery (physical backups): e.g. '2026-11-23 20:15:00+00'.",
+    "method": "logical (default) or physical (pgBackRest; implied by --to-time).",
     "json": "Print the result as JSON.",
 })
 @reports_user_errors
 def restore(c: Context, id: str | None = None, latest: bool = False, yes: bool = False,
-            keep_previous: bool = False, json_: bool = False) -> None:
+            keep_previous: bool = False, to_time: str | None = None, method: str = "logical",
+            json_: bool = False) -> None:
     """Restore the Prefect database from a backup, with a safety backup first and row counts checked after."""
     config = load_config()
     layout = StateLayout(config.state_dir)
     secrets = load_secrets(layout.secrets)
+    if to_time is not None or method == "physical":
+        if not yes:
+            raise Exit(f"error: this replaces the live PostgreSQL cluster with the physical backup "
+                       f"({to_time or id or 'latest'})\n  fix: run again with --yes "
+                       "(a safety backup of the current database is taken first)", code=1)
+        console.step(f"physical restore to {to_time or id or 'the latest WAL'}")
+        physical = physical_restore(config, secrets, console.note, to_time=to_time, label=id)
+        summary = {"target": physical.target, "safety_backup_id": physical.safety_backup_id,
+                   "downtime_s": round(physical.downtime_s, 2), "recovery_time_s": round(physical.total_s, 2),
+                   "rows": sum(physical.row_counts.values())}
+        print(json.dumps(summary) if json_ else "")
+        console.step(f"restored to {physical.target} in {physical.total_s:.1f}s (API down {physical.downtime_s:.1f}s)")
+        return
     store = BackupStore.from_config(config, secrets)
     entry = find_backup(store, id, latest)
     if not yes:
@@ -138,3 +175,55 @@ def restore(c: Context, id: str | None = None, latest: bool = False, yes: bool =
         )
     if lost:
         raise Exit(f"error: rows missing after restore in {sorted(lost)}", code=1)
+
+
+@task(help={
+    "apply": "Delete what the plan marks DELETE. Without it: a dry run that shows the plan and deletes nothing.",
+    "json": "Print JSON: {dry_run, backups: [{id, ..., action, reasons}], orphans: [...], keep, delete, deleted}.",
+})
+@reports_user_errors
+def prune(c: Context, apply: bool = False, json_: bool = False) -> None:
+    """Apply the retention rules (backups.retention): keep N daily, weekly, monthly; a dry run unless --apply."""
+    config = load_config()
+    layout = StateLayout(config.state_dir)
+    store = BackupStore.from_config(config, load_secrets(layout.secrets))
+    rules = config.backups.retention
+    survey, report = run_prune(store, layout.run, apply, console.note)
+    now = datetime.now(UTC)
+    backups = [{**e.as_dict(store.location), "action": "delete" if e.manifest.id in report.backups else "keep",
+                "reasons": survey.plan.keep.get(e.manifest.id, [])} for e in survey.entries]
+    orphans = [{"folder": o.name, "objects": o.objects, "size": o.size, "last_written": o.last_written.isoformat(),
+                "action": "delete" if o.name in report.orphans else "keep"} for o in survey.orphans]
+    if json_:
+        print(json.dumps({
+            "dry_run": report.dry_run, "rules": rules.model_dump(), "backups": backups, "orphans": orphans,
+            "keep": list(survey.plan.keep), "delete": report.backups, "delete_orphans": report.orphans,
+            "deleted": {"backups": 0 if report.dry_run else len(report.backups),
+                        "orphans": 0 if report.dry_run else len(report.orphans), "objects": report.objects},
+        }, indent=2))
+    else:
+        table = Table(box=None, pad_edge=False, title=(
+            f"retention in {store.location}: keep {rules.keep_daily} daily, {rules.keep_weekly} weekly, "
+            f"{rules.keep_monthly} monthly"))
+        for column in ("id", "finished", "size", "verified", "action"):
+            table.add_column(column, no_wrap=True)  # on a narrow terminal only the reasons wrap
+        table.add_column("why")
+        deleting = "[red]DELETE[/red]" if report.dry_run else "[red]deleted[/red]"
+        for row in backups:
+            table.add_row(row["id"], row["time"][:16].replace("T", " "), human_size(row["size"]), row["verified"],
+                          deleting if row["action"] == "delete" else "KEEP",
+                          ", ".join(row["reasons"]) or "no rule keeps it")
+        for orphan in survey.orphans:
+            hours = (now - orphan.last_written).total_seconds() / 3600
+            removed = orphan.name in report.orphans
+            table.add_row(orphan.name, "", human_size(orphan.size), "no manifest",
+                          deleting if removed else "KEEP",
+                          f"interrupted upload, last written {hours:.1f} h ago" + (
+                              "" if removed else f": within the {rules.orphan_grace_hours} h grace, may be uploading"))
+        console.out.print(table if backups or orphans else f"no backups in {store.location}")
+    if report.dry_run:
+        console.step(f"dry run: nothing deleted; run with --apply to delete {len(report.backups)} backup(s) "
+                     f"and {len(report.orphans)} orphan folder(s)")
+    else:
+        console.step(f"deleted {len(report.backups)} backup(s) and {len(report.orphans)} orphan folder(s) "
+                     f"({report.objects} objects); kept {len(survey.plan.keep)} backup(s)")

@@ -1,0 +1,153 @@
+"""Physical backups and point-in-time recovery through pgBackRest (never reimplemented: we only drive it).
+
+pgBackRest runs as the owner of the data directory (the service user), with the rendered pgbackrest.conf.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from infra import console
+from infra.backup.database import local_database, table_row_counts
+from infra.backup.logical import backup_lock, run_logical_backup
+from infra.config import StackConfig
+from infra.errors import UserError
+from infra.layout import StateLayout
+from infra.local.health import lb_ready
+from infra.local.plan import build_plan, service_user
+from infra.local.postgres_admin import run_as_ids
+from infra.local.supervisor import Supervisor
+from infra.render.pgbackrest import STANZA, pgbackrest_conf_path
+from infra.secrets import Secrets
+
+Progress = Callable[[str], None]
+
+
+def _require_enabled(config: StackConfig) -> None:
+    if not config.backups.physical.enabled:
+        raise UserError("physical backups are not enabled",
+                        fix="set backups.physical.enabled: true (PREFECT_STACK_BACKUPS__PHYSICAL__ENABLED=true), "
+                            "then invoke deploy")
+
+
+def pgbackrest(config: StackConfig, *args: str, timeout_s: float = 3600) -> str:
+    layout = StateLayout(config.state_dir)
+    uid, gid = run_as_ids(service_user(config))
+    argv = ["pgbackrest", f"--config={pgbackrest_conf_path(layout)}", f"--stanza={STANZA}", *args]
+    result = subprocess.run(
+        argv, capture_output=True, text=True, check=False, timeout=timeout_s, cwd="/",
+        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(layout.prefect_home)},
+        user=uid, group=gid, extra_groups=[] if uid is not None else None,
+    )
+    if result.returncode != 0:
+        message = (result.stderr or result.stdout).strip().splitlines()
+        raise UserError(f"pgbackrest {args[0]} failed: {' '.join(message[-3:])}",
+                        fix=f"read {layout.logs / 'pgbackrest'} and invoke status (s3, postgres)")
+    return result.stdout
+
+
+def ensure_stanza(config: StackConfig) -> None:
+    """Create the stanza in the repository (idempotent): archiving and backups need it."""
+    _require_enabled(config)
+    pgbackrest(config, "stanza-create")
+
+
+def info(config: StackConfig) -> list[dict[str, Any]]:
+    """Physical backups in the repository, oldest first (pgBackRest's own JSON)."""
+    _require_enabled(config)
+    stanzas = json.loads(pgbackrest(config, "info", "--output=json") or "[]")
+    return [b for s in stanzas for b in s.get("backup", [])]
+
+
+@dataclass(frozen=True)
+class PhysicalBackup:
+    label: str
+    type: str
+    started: float
+    stopped: float
+    size: int  # bytes stored in the repository for this backup
+    database_size: int
+
+    @classmethod
+    def from_info(cls, raw: dict[str, Any]) -> PhysicalBackup:
+        return cls(raw["label"], raw["type"], raw["timestamp"]["start"], raw["timestamp"]["stop"],
+                   int(raw["info"]["repository"]["delta"]), int(raw["info"]["size"]))
+
+
+def physical_backup(config: StackConfig, backup_type: str, progress: Progress) -> PhysicalBackup:
+    _require_enabled(config)
+    if backup_type not in ("full", "diff", "incr"):
+        raise UserError(f"unknown backup type {backup_type!r}", fix="use --type full, diff or incr")
+    with backup_lock(StateLayout(config.state_dir).run):
+        progress(f"pgbackrest {backup_type} backup to the repository")
+        pgbackrest(config, "backup", f"--type={backup_type}")
+    return PhysicalBackup.from_info(info(config)[-1])
+
+
+@dataclass
+class PhysicalRestoreReport:
+    target: str
+    safety_backup_id: str | None
+    downtime_s: float
+    total_s: float
+    row_counts: dict[str, int]
+
+
+def physical_restore(
+    config: StackConfig, secrets: Secrets, progress: Progress, to_time: str | None = None, label: str | None = None,
+) -> PhysicalRestoreReport:
+    """Restore the cluster from the repository: to a time (WAL replay), to one backup set, or to the latest WAL."""
+    _require_enabled(config)
+    started = time.monotonic()
+    layout = StateLayout(config.state_dir)
+    supervisor = Supervisor(layout)
+    sets = [b["label"] for b in info(config)]
+    if not sets:
+        raise UserError("there are no physical backups in the repository",
+                        fix="take one: invoke backup --method physical")
+    if label is not None and label not in sets:
+        raise UserError(f"no physical backup {label!r}", fix=f"choose one of: {', '.join(sets)}")
+    if to_time is not None:
+        options, target = ["--type=time", f"--target={to_time}", "--target-action=promote"], f"time {to_time}"
+    elif label is not None:
+        options, target = ["--type=immediate", f"--set={label}", "--target-action=promote"], f"backup {label}"
+    else:
+        options, target = [], "the end of the archived WAL"
+    plan = build_plan(config, secrets)
+    with backup_lock(layout.run):
+        safety = None
+        try:
+            safety = run_logical_backup(config, secrets, local_database(config), None, progress).id
+            progress(f"safety backup {safety} taken")
+        except UserError as exc:
+            progress(f"no safety backup possible ({exc.problem}); continuing, as asked")
+        down_at = time.monotonic()
+        prefect = [p for p in plan.programs if p.component in ("api", "services")]
+        for program in prefect:
+            supervisor.stop(program.name)
+        supervisor.stop("postgres")
+        progress(f"pgbackrest restore to {target}")
+        pgbackrest(config, "restore", "--delta", *options)
+        supervisor.start("postgres", wait=True)
+
+        def promoted() -> bool:
+            with local_database(config).connect("postgres") as conn:
+                row = conn.execute("SELECT pg_is_in_recovery()").fetchone()
+            return row is not None and row[0] is False
+
+        console.wait_until(promoted, 600, "PostgreSQL recovery", fix="read invoke logs postgres")
+        for program in prefect:
+            supervisor.start(program.name, wait=False)
+        console.wait_until(functools.partial(lb_ready, config), 120, "the API through the load balancer",
+                           fix="read invoke logs api-1 and invoke status")
+        downtime = time.monotonic() - down_at
+    with local_database(config).connect() as conn:
+        counts = table_row_counts(conn)
+    return PhysicalRestoreReport(target, safety, downtime, time.monotonic() - started, counts)
