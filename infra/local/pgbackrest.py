@@ -100,15 +100,28 @@ class PhysicalRestoreReport:
     row_counts: dict[str, int]
 
 
+Runner = Callable[..., str]  # runs `pgbackrest <args>` for a stanza, returns its stdout
+
+
 def physical_restore(
     config: StackConfig, secrets: Secrets, progress: Progress, to_time: str | None = None, label: str | None = None,
+    safety_backup: bool = True, run: Runner | None = None,
 ) -> PhysicalRestoreReport:
-    """Restore the cluster from the repository: to a time (WAL replay), to one backup set, or to the latest WAL."""
-    _require_enabled(config)
+    """Restore the cluster from the repository: to a time (WAL replay), to one backup set, or to the latest WAL.
+
+    The API replicas keep running: while PostgreSQL is down they answer 503 on /api/ready, HAProxy takes them
+    out, and they come back by themselves through PgBouncer when it is up again, so no process start-up sits
+    in the recovery time. The background services are stopped (their LISTEN connection and in-flight loops
+    must not act on a half-restored database) and started after. ``run`` replaces the stack's repository
+    (the benchmark times this function against its own).
+    """
+    if run is None:
+        _require_enabled(config)
+        run = functools.partial(pgbackrest, config)
     started = time.monotonic()
     layout = StateLayout(config.state_dir)
     supervisor = Supervisor(layout)
-    sets = [b["label"] for b in info(config)]
+    sets = [b["label"] for s in json.loads(run("info", "--output=json") or "[]") for b in s.get("backup", [])]
     if not sets:
         raise UserError("there are no physical backups in the repository",
                         fix="take one: invoke backup --method physical")
@@ -123,18 +136,19 @@ def physical_restore(
     plan = build_plan(config, secrets)
     with backup_lock(layout.run):
         safety = None
-        try:
-            safety = run_logical_backup(config, secrets, local_database(config), None, progress).id
-            progress(f"safety backup {safety} taken")
-        except UserError as exc:
-            progress(f"no safety backup possible ({exc.problem}); continuing, as asked")
+        if safety_backup:
+            try:
+                safety = run_logical_backup(config, secrets, local_database(config), None, progress).id
+                progress(f"safety backup {safety} taken")
+            except UserError as exc:
+                progress(f"no safety backup possible ({exc.problem}); continuing, as asked")
         down_at = time.monotonic()
-        prefect = [p for p in plan.programs if p.component in ("api", "services")]
-        for program in prefect:
+        services = [p for p in plan.programs if p.component == "services"]
+        for program in services:
             supervisor.stop(program.name)
         supervisor.stop("postgres")
         progress(f"pgbackrest restore to {target}")
-        pgbackrest(config, "restore", "--delta", *options)
+        run("restore", "--delta", *options)
         supervisor.start("postgres", wait=True)
 
         def promoted() -> bool:
@@ -143,11 +157,11 @@ def physical_restore(
             return row is not None and row[0] is False
 
         console.wait_until(promoted, 600, "PostgreSQL recovery", fix="read invoke logs postgres")
-        for program in prefect:
-            supervisor.start(program.name, wait=False)
         console.wait_until(functools.partial(lb_ready, config), 120, "the API through the load balancer",
                            fix="read invoke logs api-1 and invoke status")
         downtime = time.monotonic() - down_at
+        for program in services:
+            supervisor.start(program.name, wait=False)
     with local_database(config).connect() as conn:
         counts = table_row_counts(conn)
     return PhysicalRestoreReport(target, safety, downtime, time.monotonic() - started, counts)

@@ -1,8 +1,10 @@
-"""Benchmarks: `invoke bench.api`. Each deploys what it measures on free ports and removes it afterwards."""
+"""Benchmarks: `invoke bench.api` and `invoke bench.backup`. Each deploys what it measures on free ports and
+removes it afterwards."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 
 from invoke.context import Context
 from invoke.tasks import task
@@ -15,16 +17,19 @@ from infra.bench.api import (
     WARMUP_S,
     BenchmarkReport,
     BenchSettings,
+    Verdict,
     describe_errors,
     parse_concurrency,
     run_benchmark,
 )
+from infra.bench.backup import DEFAULT_SIZE_GB, BackupBenchReport, BackupBenchSettings, run_backup_benchmark
 from infra.tasks import reports_user_errors
 
 STATUS_MARKS = {
     "pass": "[green]PASS[/green]",
     "fail": "[red]MISSED[/red]",
     "not measured": "[yellow]NOT MEASURED[/yellow]",
+    "not applicable": "[yellow]NOT APPLICABLE[/yellow]",
 }
 
 
@@ -50,14 +55,18 @@ def _print_human(report: BenchmarkReport) -> None:
     for r in failed:
         label = report.targets[r.target].label if r.target in report.targets else r.target
         console.out.print(f"  {label} at {r.concurrency} client(s): {describe_errors(r)}")
+    _print_goals(report.verdicts)
+
+
+def _print_goals(verdicts: Sequence[Verdict]) -> None:
     console.out.print("\nGoals:")
-    for v in report.verdicts:
+    for v in verdicts:
         console.out.print(f"  {STATUS_MARKS[v.status]}  {v.goal}: {v.measured}")
 
 
-def _summary(report: BenchmarkReport) -> str:
-    missed = report.missed
-    judged = [v for v in report.verdicts if v.status != "not measured"]
+def _summary(verdicts: Sequence[Verdict]) -> str:
+    missed = [v for v in verdicts if v.status == "fail"]
+    judged = [v for v in verdicts if v.status in ("pass", "fail")]
     if not missed:
         return f"[green]{len(judged)} of {len(judged)} measured goal(s) met[/green]"
     names = "; ".join(v.goal for v in missed)
@@ -91,4 +100,42 @@ def api(
     else:
         _print_human(report)
     # A benchmark reports; a missed goal is a finding, not a failed command (exit 0 either way).
-    console.err.print(_summary(report))
+    console.err.print(_summary(report.verdicts))
+
+
+def _print_backup_report(report: BackupBenchReport) -> None:
+    data = report.data
+    rows = data.rows
+    console.out.print(
+        f"Database: {data.database_bytes / 1024**2:.0f} MB ({rows.get('flow_run', 0)} flow runs, "
+        f"{rows.get('task_run', 0)} task runs, {rows.get('log', 0)} log lines, {rows.get('events', 0)} events), "
+        f"generated in {data.seconds:.0f}s; {report.cpus} CPU(s), {report.jobs} job(s)\n"
+    )
+    table = Table(box=None, pad_edge=False)
+    for column in ("step", "seconds", "size", "how"):
+        table.add_column(column, justify="right" if column in ("seconds", "size") else "left")
+    for m in report.measurements:
+        size = "-" if m.size is None else f"{m.size / 1024**2:.0f} MB"
+        table.add_row(m.label, f"{m.seconds:.1f}", size, m.detail)
+    console.out.print(table)
+    _print_goals(report.verdicts)
+
+
+@task(
+    help={
+        "json": "Print one JSON document (database, measurements, verdicts) on stdout instead of a table.",
+        "size_gb": f"Size of the generated Prefect database in GB (default {DEFAULT_SIZE_GB:g}).",
+        "jobs": "Parallel jobs of pg_dump/pg_restore and pgBackRest's process-max (default 0: backups.jobs).",
+    }
+)
+@reports_user_errors
+def backup(c: Context, json_: bool = False, size_gb: float = DEFAULT_SIZE_GB, jobs: int = 0) -> None:
+    """Time invoke backup vs pg_dump + upload vs pgBackRest, and their restores, on a generated database."""
+    settings = BackupBenchSettings(size_gb=float(size_gb), jobs=int(jobs) or None)
+    report = run_backup_benchmark(settings)
+    if json_:
+        print(json.dumps(report.as_dict(), indent=2))
+    else:
+        _print_backup_report(report)
+    # A benchmark reports; a missed target is a finding, not a failed command (exit 0 either way).
+    console.err.print(_summary(report.verdicts))
