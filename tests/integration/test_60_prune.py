@@ -72,7 +72,9 @@ def test_dry_run_says_so(pruned: dict[str, Any]) -> None:
 
 def test_dry_run_plans_what_apply_then_does(pruned: dict[str, Any]) -> None:
     assert pruned["dry"]["delete"] == pruned["applied"]["delete"]
-    assert pruned["dry"]["delete_orphans"] == pruned["applied"]["delete_orphans"] == [ORPHAN]
+    # Other tests may leave real orphans (an interrupted upload): prune removes those too.
+    assert pruned["dry"]["delete_orphans"] == pruned["applied"]["delete_orphans"]
+    assert ORPHAN in pruned["applied"]["delete_orphans"]
 
 
 def test_table_shows_every_backup_with_its_action(pruned: dict[str, Any]) -> None:
@@ -101,7 +103,7 @@ def test_apply_deletes_the_rest(pruned: dict[str, Any]) -> None:
 
 def test_apply_removes_the_interrupted_upload(pruned: dict[str, Any]) -> None:
     assert pruned["orphan_after"] == []
-    assert pruned["applied"]["deleted"]["orphans"] == 1
+    assert pruned["applied"]["deleted"]["orphans"] == len(pruned["applied"]["delete_orphans"]) >= 1
 
 
 def test_orphan_within_the_grace_is_kept(pruned: dict[str, Any]) -> None:
