@@ -133,7 +133,9 @@ class BackupConfig(_Section):
     physical: PhysicalBackupConfig = PhysicalBackupConfig()
     retention: RetentionConfig = RetentionConfig()
     jobs: int = Field(2, ge=1, le=32, description="pg_dump / pg_restore parallel jobs.")
-    zstd_level: int = Field(3, ge=1, le=19)
+    # Level 1: on a small host compression competes with pg_dump for the CPUs; higher levels buy little on
+    # Prefect's data (logs, JSON events) and cost backup time.
+    zstd_level: int = Field(1, ge=1, le=19)
     # Streaming, authenticated encryption (AES-256-GCM) before upload, with a key kept in the secrets.
     client_side_encryption: bool = False
     # Where dump files wait for upload and restores are staged; default <state>/scratch.

@@ -145,11 +145,13 @@ def run_logical_backup(
                 conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
                 row = conn.execute("SELECT pg_export_snapshot()").fetchone()
                 snapshot = str(row[0]) if row else ""
-                progress(f"backup {backup_id}: counting rows in snapshot {snapshot}")
-                counts = table_row_counts(conn)
                 revision, pg_version = alembic_revision(conn), server_version(conn)
                 progress(f"backup {backup_id}: pg_dump -j {backups.jobs} streaming to {store.location}")
-                _dump_and_upload(database, snapshot, dump_dir, backups.jobs, uploader, progress)
+                # The exact row counts are read from the same snapshot while pg_dump runs, not before it.
+                with ThreadPoolExecutor(max_workers=1, thread_name_prefix="count") as counter:
+                    counting = counter.submit(table_row_counts, conn)
+                    _dump_and_upload(database, snapshot, dump_dir, backups.jobs, uploader, progress)
+                    counts = counting.result()
                 conn.rollback()
             objects = uploader.results()
         except BaseException:

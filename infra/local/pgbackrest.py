@@ -142,14 +142,15 @@ def physical_restore(
                 progress(f"safety backup {safety} taken")
             except UserError as exc:
                 progress(f"no safety backup possible ({exc.problem}); continuing, as asked")
-        down_at = time.monotonic()
         services = [p for p in plan.programs if p.component == "services"]
-        for program in services:
+        for program in services:  # the API still serves meanwhile: not downtime yet
             supervisor.stop(program.name)
+        down_at = time.monotonic()
         supervisor.stop("postgres")
         progress(f"pgbackrest restore to {target}")
         run("restore", "--delta", *options)
-        supervisor.start("postgres", wait=True)
+        # No wait for supervisord's startsecs: readiness is PostgreSQL's own answer below.
+        supervisor.start("postgres", wait=False)
 
         def promoted() -> bool:
             with local_database(config).connect("postgres") as conn:
