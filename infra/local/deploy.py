@@ -85,6 +85,12 @@ def _port_free(host: str, port: int) -> bool:
     return True
 
 
+def _claimed_ports(previous: dict[str, Any]) -> set[int]:
+    """Ports this deployment holds: those claimed by any deploy since the last success, and (for state written
+    before claims existed) those of the last successful deploy."""
+    return set(previous.get("claimed_ports", [])) | set(previous.get("ports", {}).values())
+
+
 def preflight(config: StackConfig, layout: StateLayout, previous: dict[str, Any]) -> None:
     """Everything that would make the deploy fail half-way is checked before anything starts."""
     if config.target != "local":
@@ -92,7 +98,7 @@ def preflight(config: StackConfig, layout: StateLayout, previous: dict[str, Any]
             f"target {config.target!r} is not deployable by this command yet",
             fix="set target: local (the compose and kubernetes targets render files only)",
         )
-    ours = set(previous.get("claimed_ports", [])) if Supervisor(layout).is_running() else set()
+    ours = _claimed_ports(previous) if Supervisor(layout).is_running() else set()
     problems = []
     for field_name, port in config.port_fields().items():
         host = config.load_balancer.bind_address if field_name.startswith("load_balancer") else "127.0.0.1"
@@ -332,7 +338,7 @@ def deploy(config: StackConfig) -> tuple[LocalPlan, DeployReport]:
     _prepare_dirs(layout, run_as)
     # Claim the ports before anything starts: if this deploy fails half-way, the next one must recognise the
     # processes it left running as its own, not as strangers holding the ports.
-    claimed = sorted(set(previous.get("claimed_ports", [])) | set(config.port_fields().values()))
+    claimed = sorted(_claimed_ports(previous) | set(config.port_fields().values()))
     _save_deployed(layout, {**previous, "claimed_ports": claimed})
     secrets = ensure_secrets(layout.secrets)
     plan = build_plan(config, secrets)
