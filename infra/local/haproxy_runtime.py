@@ -44,3 +44,14 @@ def version(sock_path: Path) -> str:
         if line.startswith("Version:"):
             return line.split(":", 1)[1].strip()
     return "unknown"
+
+
+def set_all_servers(sock_path: Path, state: str) -> None:
+    for server in server_stats(sock_path):
+        set_server_state(sock_path, server, state)
+
+
+def all_servers_up(sock_path: Path) -> bool:
+    """Every API server is UP in HAProxy's own view (not 'UP 1/2', which is on its way down)."""
+    stats = server_stats(sock_path)
+    return bool(stats) and all(row.get("status") == "UP" for row in stats.values())

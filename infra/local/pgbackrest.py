@@ -14,13 +14,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import psycopg
+
 from infra import console
 from infra.backup.database import local_database, table_row_counts
 from infra.backup.logical import backup_lock, run_logical_backup
 from infra.config import StackConfig
 from infra.errors import UserError
 from infra.layout import StateLayout
-from infra.local.health import lb_ready
+from infra.local import haproxy_runtime
+from infra.local.health import wait_for_load_balancer
 from infra.local.plan import build_plan, service_user
 from infra.local.postgres_admin import run_as_ids
 from infra.local.supervisor import Supervisor
@@ -100,6 +103,33 @@ class PhysicalRestoreReport:
     row_counts: dict[str, int]
 
 
+ARCHIVE_WAIT_S = 60
+
+
+def archive_current_wal(config: StackConfig, progress: Progress) -> None:
+    """Close the current WAL segment and wait until it is archived: a recovery target in the last minutes
+    is only reachable with that WAL in the repository. Best effort: a cluster that is down has nothing
+    more to archive, and an archive that lags is reported, not waited on forever."""
+    try:
+        with local_database(config).connect("postgres") as conn:
+            row = conn.execute("SELECT pg_walfile_name(pg_switch_wal())").fetchone()
+            segment = str(row[0]) if row else ""
+            deadline = time.monotonic() + ARCHIVE_WAIT_S
+            while time.monotonic() < deadline:
+                done = conn.execute(
+                    "SELECT length(last_archived_wal) = 24 AND last_archived_wal >= %s FROM pg_stat_archiver",
+                    (segment,),
+                ).fetchone()
+                if done and done[0]:
+                    progress(f"WAL up to {segment} is archived")
+                    return
+                time.sleep(0.2)
+            progress(f"warning: WAL segment {segment} not archived after {ARCHIVE_WAIT_S}s; "
+                     "restoring from what the repository holds")
+    except psycopg.OperationalError:
+        progress("the database is down: restoring from what the repository holds")
+
+
 Runner = Callable[..., str]  # runs `pgbackrest <args>` for a stanza, returns its stdout
 
 
@@ -142,10 +172,14 @@ def physical_restore(
                 progress(f"safety backup {safety} taken")
             except UserError as exc:
                 progress(f"no safety backup possible ({exc.problem}); continuing, as asked")
+        archive_current_wal(config, progress)
         services = [p for p in plan.programs if p.component == "services"]
         for program in services:  # the API still serves meanwhile: not downtime yet
             supervisor.stop(program.name)
         down_at = time.monotonic()
+        # HAProxy must not judge the replicas by what they answer while their database is being replaced: in
+        # maintenance, clients get an immediate 503; back to ready, each replica serves after passing checks.
+        haproxy_runtime.set_all_servers(layout.haproxy_socket, "maint")
         supervisor.stop("postgres")
         progress(f"pgbackrest restore to {target}")
         run("restore", "--delta", *options)
@@ -158,8 +192,8 @@ def physical_restore(
             return row is not None and row[0] is False
 
         console.wait_until(promoted, 600, "PostgreSQL recovery", fix="read invoke logs postgres")
-        console.wait_until(functools.partial(lb_ready, config), 120, "the API through the load balancer",
-                           fix="read invoke logs api-1 and invoke status")
+        haproxy_runtime.set_all_servers(layout.haproxy_socket, "ready")
+        wait_for_load_balancer(config, layout)
         downtime = time.monotonic() - down_at
         for program in services:
             supervisor.start(program.name, wait=False)

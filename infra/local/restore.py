@@ -33,7 +33,8 @@ from infra.backup.storage import BackupStore
 from infra.config import StackConfig
 from infra.errors import UserError
 from infra.layout import StateLayout
-from infra.local.health import api_ready, lb_ready
+from infra.local import haproxy_runtime
+from infra.local.health import api_ready, wait_for_load_balancer
 from infra.local.plan import build_plan
 from infra.local.postgres_admin import run_as_ids
 from infra.local.supervisor import Supervisor
@@ -135,6 +136,7 @@ def restore_backup(
         down_at = time.monotonic()
         prefect_programs = [p for p in build_plan(config, secrets).programs if p.component in ("api", "services")]
         progress("stopping the API replicas and services")
+        haproxy_runtime.set_all_servers(layout.haproxy_socket, "maint")  # clients get a clean 503 meanwhile
         for program in prefect_programs:
             supervisor.stop(program.name)
         previous = f"{config.postgres.database}_before_{datetime.now(UTC):%Y%m%dT%H%M%SZ}".lower()
@@ -154,8 +156,8 @@ def restore_backup(
                 console.wait_until(functools.partial(api_ready, program.port), 120, f"{program.name} after the restore",
                                    fix=f"read invoke logs {program.name}")
         # Done when clients can use it: through the load balancer, whose checks must see the replicas up.
-        console.wait_until(functools.partial(lb_ready, config), 60, "the API through the load balancer",
-                           fix="read invoke logs haproxy and invoke status")
+        haproxy_runtime.set_all_servers(layout.haproxy_socket, "ready")
+        wait_for_load_balancer(config, layout)
         downtime = time.monotonic() - down_at
         if not keep_previous:
             drop_database(database, previous)
