@@ -11,7 +11,9 @@ import psycopg
 import redis
 
 from infra.config import StackConfig
+from infra.console import wait_until
 from infra.layout import StateLayout
+from infra.local.haproxy_runtime import all_servers_up
 from infra.local.haproxy_runtime import version as haproxy_version
 from infra.local.plan import LocalPlan
 from infra.local.postgres_admin import admin_connect
@@ -61,9 +63,6 @@ def lb_ready(config: StackConfig) -> bool:
 
 def wait_for_load_balancer(config: StackConfig, layout: StateLayout, timeout_s: float = 120) -> None:
     """Until HAProxy itself reports every replica UP and the API answers ready through it."""
-    from infra.console import wait_until
-    from infra.local.haproxy_runtime import all_servers_up
-
     wait_until(lambda: all_servers_up(layout.haproxy_socket) and lb_ready(config), timeout_s,
                "the API through the load balancer", fix="read invoke logs haproxy and invoke status")
 
