@@ -89,6 +89,10 @@ def stack() -> Iterator[Stack]:
     state_dir = Path(tempfile.mkdtemp(prefix="prefect-stack-test-"))
     os.chmod(state_dir, 0o755)  # noqa: S103 - holds no secret itself; the state dir below is locked down
     env = stack_env(state_dir / "state", REPLICAS)
+    # Hermetic: an operator's own PREFECT_STACK_* settings must not leak into the test stack.
+    inherited = {k: v for k, v in os.environ.items() if k.startswith("PREFECT_STACK_")}
+    for key in inherited:
+        del os.environ[key]
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     config = load_config()
@@ -104,4 +108,5 @@ def stack() -> Iterator[Stack]:
                     os.environ.pop(key, None)
                 else:
                     os.environ[key] = value
+            os.environ.update(inherited)
             shutil.rmtree(state_dir, ignore_errors=True)
