@@ -195,8 +195,8 @@ def physical_restore(
         haproxy_runtime.set_all_servers(layout.haproxy_socket, "ready")
         wait_for_load_balancer(config, layout)
         downtime = time.monotonic() - down_at
-        for program in services:
-            supervisor.start(program.name, wait=False)
+        for program in services:  # the API serves again; the command returns with the whole stack running
+            supervisor.start(program.name, wait=True)
     with local_database(config).connect() as conn:
         counts = table_row_counts(conn)
     return PhysicalRestoreReport(target, safety, downtime, time.monotonic() - started, counts)

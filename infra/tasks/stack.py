@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 from invoke.context import Context
 from invoke.exceptions import Exit
@@ -19,6 +20,8 @@ from infra.local.drill import run_drill
 from infra.local.health import ComponentStatus
 from infra.secrets import load_secrets
 from infra.tasks import reports_user_errors
+
+SETTLE_TIMEOUT_S = 30
 
 
 def _status_table(statuses: list[ComponentStatus]) -> Table:
@@ -38,7 +41,13 @@ def deploy(c: Context) -> None:
     config = load_config()
     console.step(f"deploying prefect-stack (target {config.target}, state in {config.state_dir})")
     plan, report = deploy_local(config)
+    # Components settle for a moment after a restart or reload (HAProxy re-checking replicas, pools
+    # reconnecting): the verdict is the stack's state once settled, within a bound.
     statuses = operate.status(config)
+    deadline = time.monotonic() + SETTLE_TIMEOUT_S
+    while not all(s.healthy for s in statuses) and time.monotonic() < deadline:
+        time.sleep(1)
+        statuses = operate.status(config)
     console.out.print(_status_table(statuses))
     if report.changed_nothing:
         console.step(f"nothing changed; nothing restarted ({report.elapsed_s:.1f}s)")

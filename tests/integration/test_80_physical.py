@@ -54,6 +54,7 @@ def test_full_and_incremental_backups_are_listed(physical: Stack) -> None:
 
 
 def test_point_in_time_recovery_keeps_what_came_before_and_drops_what_came_after(physical: Stack) -> None:
+    physical.invoke("backup", "--method", "physical", "--type", "full", check=True)
     before = _runs(physical, "before", 3)
     time.sleep(1.5)
     target = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S.%f+00")
