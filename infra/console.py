@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from rich.console import Console
 
 from infra.errors import UserError
+from infra.progress import Progress, for_console
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 out = Console(highlight=False, soft_wrap=True)
@@ -16,6 +17,11 @@ out = Console(highlight=False, soft_wrap=True)
 
 def step(message: str) -> None:
     err.print(f"[bold]==>[/bold] {message}")
+
+
+def progress() -> Progress:
+    """Progress of long work on stderr: bars on a terminal, plain lines in logs and pipes."""
+    return for_console(err)
 
 
 def note(message: str) -> None:

@@ -52,6 +52,16 @@ def local_database(config: StackConfig) -> DatabaseAccess:
     )
 
 
+def table_data_bytes(conn: psycopg.Connection[Row]) -> int:
+    """On-disk size of the public tables' data (TOAST included, indexes not): what a dump roughly holds, so an
+    estimate of the work a backup has ahead of it (shown as its progress total)."""
+    row = conn.execute(
+        "SELECT coalesce(sum(pg_table_size(c.oid)), 0) FROM pg_class c "
+        "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'public' AND c.relkind = 'r'"
+    ).fetchone()
+    return int(str(row[0])) if row else 0
+
+
 def table_row_counts(conn: psycopg.Connection[Row]) -> dict[str, int]:
     """Exact row counts of every table in the public schema (Prefect's tables), in the connection's snapshot."""
     tables = [str(r[0]) for r in conn.execute(

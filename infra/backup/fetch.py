@@ -6,7 +6,6 @@ import errno
 import hashlib
 import shutil
 import subprocess
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import IO
@@ -19,9 +18,9 @@ from infra.backup.manifest import Manifest, ObjectEntry
 from infra.backup.storage import BackupStore
 from infra.backup.streams import IntegrityError, decrypt_stream, encryption_key
 from infra.errors import UserError
+from infra.progress import ByteMeter, Progress
 from infra.secrets import Secrets
 
-Progress = Callable[[str], None]
 READ_CHUNK = 1024 * 1024
 PARALLEL_OBJECTS = 4
 # Room to leave beyond the dump's raw size when staging a restore (pg_restore itself writes nothing there).
@@ -29,13 +28,14 @@ SCRATCH_HEADROOM = 1.05
 
 
 class _Hashing:
-    def __init__(self, source: IO[bytes]) -> None:
-        self.source, self.size, self.digest = source, 0, hashlib.sha256()
+    def __init__(self, source: IO[bytes], meter: ByteMeter) -> None:
+        self.source, self.size, self.digest, self.meter = source, 0, hashlib.sha256(), meter
 
     def read(self, size: int = -1) -> bytes:
         chunk = self.source.read(size)
         self.size += len(chunk)
         self.digest.update(chunk)
+        self.meter.advance(len(chunk))
         return chunk
 
 
@@ -48,20 +48,20 @@ def _check_digest(entry: ObjectEntry, reader: _Hashing) -> None:
 
 def check_objects(store: BackupStore, manifest: Manifest, progress: Progress) -> None:
     """Stream every object and compare its size and sha256 with the manifest; nothing is written anywhere."""
-    def check(entry: ObjectEntry) -> None:
-        body = _Hashing(store.open_object(entry.key))
+    def check(entry: ObjectEntry, meter: ByteMeter) -> None:
+        body = _Hashing(store.open_object(entry.key), meter)
         while body.read(READ_CHUNK):
             pass
         _check_digest(entry, body)
 
-    with ThreadPoolExecutor(max_workers=PARALLEL_OBJECTS) as pool:
-        for future in [pool.submit(check, entry) for entry in manifest.objects]:
+    with progress.transfer("checking checksums", manifest.size) as meter, \
+            ThreadPoolExecutor(max_workers=PARALLEL_OBJECTS) as pool:
+        for future in [pool.submit(check, entry, meter) for entry in manifest.objects]:
             future.result()
-    progress(f"checksums of {len(manifest.objects)} objects match the manifest")
 
 
-def _fetch_one(store: BackupStore, entry: ObjectEntry, dest: Path, key: bytes | None) -> None:
-    body = _Hashing(store.open_object(entry.key))
+def _fetch_one(store: BackupStore, entry: ObjectEntry, dest: Path, key: bytes | None, meter: ByteMeter) -> None:
+    body = _Hashing(store.open_object(entry.key), meter)
     with (dest / entry.name).open("wb") as handle, \
             zstandard.ZstdDecompressor().stream_writer(handle, closefd=False) as writer:
         if key is not None:
@@ -83,15 +83,15 @@ def fetch_dump(store: BackupStore, manifest: Manifest, secrets: Secrets, dest: P
         )
     key = encryption_key(secrets.get("backup_encryption")) if manifest.encrypted else None
     try:
-        with ThreadPoolExecutor(max_workers=PARALLEL_OBJECTS) as pool:
-            for future in [pool.submit(_fetch_one, store, e, dest, key) for e in manifest.objects]:
+        with progress.transfer("fetching the backup", manifest.size) as meter, \
+                ThreadPoolExecutor(max_workers=PARALLEL_OBJECTS) as pool:
+            for future in [pool.submit(_fetch_one, store, e, dest, key, meter) for e in manifest.objects]:
                 future.result()
     except OSError as exc:
         if exc.errno == errno.ENOSPC:
             raise UserError(f"the scratch disk filled up while fetching the backup into {dest}",
                             fix="free space there, or point backups.scratch_dir at a larger disk") from None
         raise
-    progress(f"fetched {len(manifest.objects)} objects ({manifest.raw_size} bytes) into {dest}")
 
 
 def create_database(database: DatabaseAccess, name: str, owner: str) -> None:

@@ -13,9 +13,8 @@ from infra.backup.storage import BackupStore
 from infra.backup.verify import verify_backup
 from infra.config import StackConfig
 from infra.layout import StateLayout
+from infra.progress import Progress
 from infra.secrets import Secrets
-
-Progress = Callable[[str], None]
 
 
 def local_api_database_url(config: StackConfig, secrets: Secrets) -> Callable[[str], str]:

@@ -16,22 +16,29 @@ import os
 import shutil
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import IO
 
 import prefect
 
-from infra.backup.database import DatabaseAccess, alembic_revision, server_version, table_row_counts
+from infra.backup.database import (
+    DatabaseAccess,
+    alembic_revision,
+    server_version,
+    table_data_bytes,
+    table_row_counts,
+)
 from infra.backup.manifest import MANIFEST, Manifest, ObjectEntry, new_backup_id
 from infra.backup.storage import BackupStore
 from infra.backup.streams import EncryptingReader, compressing_reader, encryption_key
 from infra.config import StackConfig
 from infra.errors import UserError
+from infra.progress import ByteMeter, Progress
 from infra.secrets import Secrets
 
-Progress = Callable[[str], None]
 POLL_S = 0.2
 # Files uploaded at once; each upload is itself multipart with backups.s3.max_concurrency threads.
 PARALLEL_FILES = 2
@@ -92,9 +99,21 @@ def _open_files(pids: list[int]) -> set[str]:
     return paths
 
 
+class _Counting:
+    """Reports every chunk read from a dump file to the progress meter (bytes of dump processed)."""
+
+    def __init__(self, source: IO[bytes], meter: ByteMeter) -> None:
+        self.source, self.meter = source, meter
+
+    def read(self, size: int = -1) -> bytes:
+        chunk = self.source.read(size)
+        self.meter.advance(len(chunk))
+        return chunk
+
+
 class _Uploader:
-    def __init__(self, store: BackupStore, prefix: str, level: int, key: bytes | None) -> None:
-        self.store, self.prefix, self.level, self.key = store, prefix, level, key
+    def __init__(self, store: BackupStore, prefix: str, level: int, key: bytes | None, meter: ByteMeter) -> None:
+        self.store, self.prefix, self.level, self.key, self.meter = store, prefix, level, key, meter
         self.pool = ThreadPoolExecutor(max_workers=PARALLEL_FILES, thread_name_prefix="upload")
         self.futures: dict[str, Future[ObjectEntry]] = {}
 
@@ -103,7 +122,7 @@ class _Uploader:
         suffix = ".zst.enc" if self.key else ".zst"
         key = self.prefix + path.name + suffix
         with path.open("rb") as handle:
-            stream = compressing_reader(handle, self.level)
+            stream = compressing_reader(_Counting(handle, self.meter), self.level)  # type: ignore[arg-type]
             if self.key is not None:
                 stream = EncryptingReader(stream, self.key)  # type: ignore[assignment]
             stored = self.store.upload_stream(key, stream)
@@ -139,23 +158,28 @@ def run_logical_backup(
         scratch = config.scratch_dir / f"backup-{backup_id}"
         dump_dir = scratch / "dump"
         scratch.mkdir(parents=True, exist_ok=False)
-        uploader = _Uploader(store, prefix, backups.zstd_level, key)
+        uploader: _Uploader | None = None
         try:
             with database.connect(autocommit=False) as conn:
                 conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
                 row = conn.execute("SELECT pg_export_snapshot()").fetchone()
                 snapshot = str(row[0]) if row else ""
                 revision, pg_version = alembic_revision(conn), server_version(conn)
+                estimate = table_data_bytes(conn)
                 progress(f"backup {backup_id}: pg_dump -j {backups.jobs} streaming to {store.location}")
-                # The exact row counts are read from the same snapshot while pg_dump runs, not before it.
-                with ThreadPoolExecutor(max_workers=1, thread_name_prefix="count") as counter:
-                    counting = counter.submit(table_row_counts, conn)
-                    _dump_and_upload(database, snapshot, dump_dir, backups.jobs, uploader, progress)
-                    counts = counting.result()
+                # The total is an estimate (table sizes on disk): the dump's size is known only at its end.
+                with progress.transfer("dumping, compressing, uploading", estimate or None) as meter:
+                    uploader = _Uploader(store, prefix, backups.zstd_level, key, meter)
+                    # The exact row counts are read from the same snapshot while pg_dump runs, not before it.
+                    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="count") as counter:
+                        counting = counter.submit(table_row_counts, conn)
+                        _dump_and_upload(database, snapshot, dump_dir, backups.jobs, uploader, progress)
+                        counts = counting.result()
                 conn.rollback()
             objects = uploader.results()
         except BaseException:
-            uploader.pool.shutdown(wait=True, cancel_futures=True)
+            if uploader is not None:
+                uploader.pool.shutdown(wait=True, cancel_futures=True)
             shutil.rmtree(scratch, ignore_errors=True)
             # No manifest was written: the objects already uploaded are not a backup, and prune removes them.
             raise

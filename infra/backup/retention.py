@@ -32,8 +32,7 @@ from infra.backup.catalog import BackupEntry, list_backups
 from infra.backup.logical import backup_lock, logical_prefix
 from infra.backup.manifest import MANIFEST
 from infra.backup.storage import BackupStore
-
-Progress = Callable[[str], None]
+from infra.progress import Progress, QuietProgress
 
 NEWEST = "newest"
 NEWEST_VERIFIED = "newest verified"
@@ -41,8 +40,7 @@ PHYSICAL = "physical: pgBackRest's repo1-retention-full decides"
 FUTURE = "dated after now: check the clocks"
 
 
-def _quiet(_: str) -> None:
-    pass
+_QUIET = QuietProgress()
 
 
 @dataclass(frozen=True)
@@ -202,7 +200,7 @@ def _folder(store: BackupStore, name: str) -> str:
 
 
 def apply_retention(
-    store: BackupStore, plan: RetentionPlan, dry_run: bool, progress: Progress = _quiet
+    store: BackupStore, plan: RetentionPlan, dry_run: bool, progress: Progress = _QUIET
 ) -> PruneReport:
     """Delete what the plan says (nothing in a dry run): the backups in ``plan.delete``, then orphan folders."""
     contradicted = sorted(set(plan.keep) & {*plan.delete, *plan.orphans})
@@ -227,7 +225,7 @@ def apply_retention(
 
 
 def run_prune(
-    store: BackupStore, lock_dir: Path | None, apply: bool, progress: Progress = _quiet
+    store: BackupStore, lock_dir: Path | None, apply: bool, progress: Progress = _QUIET
 ) -> tuple[Prune, PruneReport]:
     """Plan and, with ``apply``, delete. Deleting holds the backup lock (``lock_dir``; None: the caller holds
     it), so no backup, verification or restore on this host runs between the plan and the deletions."""

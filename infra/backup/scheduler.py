@@ -18,6 +18,7 @@ from infra.backup.jobs import backup_job, verify_job
 from infra.config import CONFIG_FILE_ENV, ENV_PREFIX, StackConfig, load_config
 from infra.errors import UserError
 from infra.layout import StateLayout
+from infra.progress import PlainProgress
 from infra.secrets import load_secrets
 
 log = logging.getLogger("prefect-stack.backup-scheduler")
@@ -32,9 +33,9 @@ def next_run(schedule: str, now: datetime) -> datetime:
 def run_once(config: StackConfig) -> bool:
     secrets = load_secrets(StateLayout(config.state_dir).secrets)
     try:
-        manifest = backup_job(config, secrets, log.info)
+        manifest = backup_job(config, secrets, PlainProgress(log.info))
         log.info("backup %s complete (%d bytes)", manifest.id, manifest.size)
-        _, verdict = verify_job(config, secrets, manifest.id, log.info)
+        _, verdict = verify_job(config, secrets, manifest.id, PlainProgress(log.info))
     except UserError as exc:
         log.error("backup run failed: %s", exc)
         return False

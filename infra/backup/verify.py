@@ -40,10 +40,12 @@ from infra.backup.storage import BackupStore
 from infra.backup.streams import IntegrityError
 from infra.config import StackConfig
 from infra.errors import UserError
+from infra.progress import Progress
 from infra.secrets import Secrets
 
-Progress = Callable[[str], None]
 API_START_TIMEOUT_S = 90
+# checksums, fetch, pg_restore, pg_amcheck, row counts, a Prefect API on the copy
+VERIFY_STEPS = 6
 
 
 def _free_port() -> int:
@@ -125,26 +127,29 @@ def verify_backup(
     detail = "all checks passed"
     try:
         try:
-            check_objects(store, manifest, progress)
-            checks["checksums"] = True
-            fetch_dump(store, manifest, secrets, scratch / "dump", progress)
-            create_database(database, scratch_db, config.postgres.user)
-            pg_restore(database, scratch_db, scratch / "dump", config.backups.jobs)
-            checks["restore"] = True
-            progress("restored into a scratch database with --exit-on-error")
-            pg_amcheck(database, scratch_db)
-            checks["amcheck"] = True
-            progress("pg_amcheck: no corruption in tables or indexes")
-            mismatches = count_mismatches(database, scratch_db, manifest)
-            if mismatches:
-                raise IntegrityError("row counts differ from the manifest: " + ", ".join(
-                    f"{t} expected {e} found {f}" for t, (e, f) in mismatches.items()))
-            checks["row_counts"] = True
-            progress(f"row counts of {len(manifest.row_counts)} tables match the manifest")
-            progress(query_temporary_api(
-                api_database_url(scratch_db), scratch, manifest.row_counts.get("flow_run", 0)
-            ))
-            checks["prefect_api"] = True
+            with progress.steps(f"verifying backup {manifest.id}", VERIFY_STEPS) as steps:
+                check_objects(store, manifest, progress)
+                checks["checksums"] = True
+                steps.step(f"checksums of {len(manifest.objects)} objects match the manifest")
+                fetch_dump(store, manifest, secrets, scratch / "dump", progress)
+                steps.step("fetched, decrypted and decompressed into scratch space")
+                create_database(database, scratch_db, config.postgres.user)
+                pg_restore(database, scratch_db, scratch / "dump", config.backups.jobs)
+                checks["restore"] = True
+                steps.step("restored into a scratch database with --exit-on-error")
+                pg_amcheck(database, scratch_db)
+                checks["amcheck"] = True
+                steps.step("pg_amcheck: no corruption in tables or indexes")
+                mismatches = count_mismatches(database, scratch_db, manifest)
+                if mismatches:
+                    raise IntegrityError("row counts differ from the manifest: " + ", ".join(
+                        f"{t} expected {e} found {f}" for t, (e, f) in mismatches.items()))
+                checks["row_counts"] = True
+                steps.step(f"row counts of {len(manifest.row_counts)} tables match the manifest")
+                steps.step(query_temporary_api(
+                    api_database_url(scratch_db), scratch, manifest.row_counts.get("flow_run", 0)
+                ))
+                checks["prefect_api"] = True
             ok = True
         except IntegrityError as exc:
             ok, detail = False, str(exc)

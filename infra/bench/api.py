@@ -46,6 +46,7 @@ from infra.config import StackConfig, load_config
 from infra.errors import UserError
 from infra.local.deploy import deploy
 from infra.local.operate import client_environment, destroy
+from infra.progress import StepMeter
 
 DEFAULT_CONCURRENCY = (1, 20, 50)
 DEFAULT_DURATION_S = 15.0
@@ -576,7 +577,14 @@ def _cleaned_up(what: str, action: Callable[[], object]) -> Iterator[None]:
             console.note(f"[red]cleanup failed[/red]: {what}: {exc}")
 
 
-def _stack_phase(workdir: Path, settings: BenchSettings, taken: set[int]) -> tuple[list[Target], list[LevelResult]]:
+def _level_done(steps: StepMeter, result: LevelResult) -> None:
+    steps.step(f"{result.target} at {result.concurrency} client(s): {result.throughput_rps:.1f}/s, "
+               f"{result.errors} error(s)")
+
+
+def _stack_phase(
+    workdir: Path, settings: BenchSettings, taken: set[int], steps: StepMeter
+) -> tuple[list[Target], list[LevelResult]]:
     ports = allocate_stack_ports(settings.replicas, taken)
     config = stack_config(workdir / "stack", ports, settings.replicas)
     results: list[LevelResult] = []
@@ -596,11 +604,14 @@ def _stack_phase(workdir: Path, settings: BenchSettings, taken: set[int]) -> tup
         for level in settings.concurrency:
             for target in (lb, direct):
                 results.append(run_level(target, level, settings, auth))
+                _level_done(steps, results[-1])
         console.step("destroying the temporary stack")
     return [lb, direct], results
 
 
-def _sqlite_phase(workdir: Path, settings: BenchSettings, taken: set[int]) -> tuple[Target, list[LevelResult]]:
+def _sqlite_phase(
+    workdir: Path, settings: BenchSettings, taken: set[int], steps: StepMeter
+) -> tuple[Target, list[LevelResult]]:
     home = workdir / "sqlite-home"
     port = free_port(taken)  # chosen only now: the stack's deploy took minutes
     console.step(f"starting a default `prefect server start` (SQLite in {home}) on port {port}")
@@ -609,6 +620,7 @@ def _sqlite_phase(workdir: Path, settings: BenchSettings, taken: set[int]) -> tu
         target = Target(SQLITE, api_url, "default `prefect server start`: SQLite, services in process, no auth")
         for level in settings.concurrency:
             results.append(run_level(target, level, settings, auth=None))
+            _level_done(steps, results[-1])
         console.step("stopping the SQLite server")
     return target, results
 
@@ -623,9 +635,11 @@ def run_benchmark(settings: BenchSettings) -> BenchmarkReport:
     # The stack's service user must traverse it to reach its state directory; nothing secret sits at this level.
     os.chmod(workdir, 0o755)  # noqa: S103
     taken: set[int] = set()
-    with _cleaned_up(f"remove {workdir}", lambda: shutil.rmtree(workdir)):
-        stack_targets, stack_results = _stack_phase(workdir, settings, taken)
-        sqlite_target, sqlite_results = _sqlite_phase(workdir, settings, taken)
+    levels = 3 * len(settings.concurrency)  # three targets, each at every concurrency
+    with _cleaned_up(f"remove {workdir}", lambda: shutil.rmtree(workdir)), \
+            console.progress().steps("measurements", levels) as steps:
+        stack_targets, stack_results = _stack_phase(workdir, settings, taken, steps)
+        sqlite_target, sqlite_results = _sqlite_phase(workdir, settings, taken, steps)
     results = stack_results + sqlite_results
     targets = {t.key: t for t in (*stack_targets, sqlite_target)}
     return BenchmarkReport(targets, results, judge(results))

@@ -351,7 +351,7 @@ class _Clock:
 def _logical_backup(config: StackConfig, secrets: Secrets, layout: StateLayout) -> tuple[Measurement, str]:
     console.step("timing `invoke backup` (logical)")
     clock = _Clock()
-    manifest = run_logical_backup(config, secrets, local_database(config), layout.run, console.note)
+    manifest = run_logical_backup(config, secrets, local_database(config), layout.run, console.progress())
     seconds = clock.elapsed()
     backups = config.backups
     detail = (f"pg_dump -Fd -j{backups.jobs}, zstd {backups.zstd_level}, streamed to S3; "
@@ -435,7 +435,7 @@ def _physical_restore(config: StackConfig, plan: LocalPlan, secrets: Secrets, pg
     # The backup set just taken, to its consistency point: what restoring a backup means (the bare restore
     # above restores the same set). `--to-time` or the end of the WAL would add the WAL replayed since.
     label = json.loads(pgbr.run("info", "--output=json"))[0]["backup"][-1]["label"]
-    report = physical_restore(config, secrets, console.note, label=label, safety_backup=False,
+    report = physical_restore(config, secrets, console.progress(), label=label, safety_backup=False,
                               run=lambda command, *options: pgbr.run(command, *options))
     shutil.rmtree(aside)
     seconds = lost_after + report.downtime_s
@@ -448,7 +448,7 @@ def _logical_restore(config: StackConfig, secrets: Secrets, backup_id: str) -> l
     console.step(f"timing `invoke restore` (logical) of backup {backup_id} to a healthy API")
     store = BackupStore.from_config(config, secrets)
     entry = find_backup(store, backup_id, latest=False)
-    report = restore_backup(config, secrets, store, entry, console.note)
+    report = restore_backup(config, secrets, store, entry, console.progress())
     console.note(f"{report.total_s:.1f}s, of which {report.downtime_s:.1f}s of downtime")
     return [
         Measurement(LOGICAL_RESTORE, "invoke restore (logical)", report.total_s, None,
@@ -493,24 +493,37 @@ def _temporary_stack(workdir: Path, settings: BackupBenchSettings) -> Iterator[t
         console.step("destroying the temporary stack")
 
 
+# generate, pgBackRest set-up, then the six measurements
+BENCH_STEPS = 8
+
+
 def _measure(config: StackConfig, plan: LocalPlan, workdir: Path, settings: BackupBenchSettings) -> BackupBenchReport:
     layout = plan.layout
     secrets = load_secrets(layout.secrets)
     jobs = config.backups.jobs
-    console.step(f"generating a {settings.size_gb:g} GB Prefect database")
-    data = generate(local_database(config), settings.target_bytes, console.note)
-    auth = _basic_auth(client_environment(config)["PREFECT_API_AUTH_STRING"])
-    check_api_serves(config.api_url, auth, data.rows.get("flow_run", 0))
-    console.note(f"{data.database_bytes / MB:.0f} MB in {data.seconds:.0f}s; the API serves it "
-                 f"({data.rows.get('flow_run', 0)} flow runs, {data.rows.get('log', 0)} log lines, "
-                 f"{data.rows.get('events', 0)} events)")
-    console.step("setting up pgBackRest (stanza, WAL archiving) on the temporary stack")
-    pgbr = _setup_pgbackrest(config, plan, workdir, jobs)
-
-    logical, backup_id = _logical_backup(config, secrets, layout)
-    measurements = [logical, *_naive_pipeline(config, secrets, workdir), _pgbackrest_backup(pgbr, jobs)]
-    measurements += [_bare_restore(pgbr), _physical_restore(config, plan, secrets, pgbr)]
-    measurements += _logical_restore(config, secrets, backup_id)
+    with console.progress().steps("benchmark", BENCH_STEPS) as steps:
+        console.step(f"generating a {settings.size_gb:g} GB Prefect database")
+        data = generate(local_database(config), settings.target_bytes, console.progress())
+        auth = _basic_auth(client_environment(config)["PREFECT_API_AUTH_STRING"])
+        check_api_serves(config.api_url, auth, data.rows.get("flow_run", 0))
+        steps.step(f"{data.database_bytes / MB:.0f} MB in {data.seconds:.0f}s; the API serves it "
+                   f"({data.rows.get('flow_run', 0)} flow runs, {data.rows.get('log', 0)} log lines, "
+                   f"{data.rows.get('events', 0)} events)")
+        console.step("setting up pgBackRest (stanza, WAL archiving) on the temporary stack")
+        pgbr = _setup_pgbackrest(config, plan, workdir, jobs)
+        steps.step("pgBackRest set up")
+        logical, backup_id = _logical_backup(config, secrets, layout)
+        steps.step("logical backup timed")
+        measurements = [logical, *_naive_pipeline(config, secrets, workdir)]
+        steps.step("naive pipeline timed")
+        measurements.append(_pgbackrest_backup(pgbr, jobs))
+        steps.step("pgBackRest full backup timed")
+        measurements.append(_bare_restore(pgbr))
+        steps.step("bare pgBackRest restore timed")
+        measurements.append(_physical_restore(config, plan, secrets, pgbr))
+        steps.step("physical restore timed")
+        measurements += _logical_restore(config, secrets, backup_id)
+        steps.step("logical restore timed")
     verdicts = judge({m.key: m.seconds for m in measurements}, physical_method=True)
     return BackupBenchReport(settings, jobs, os.cpu_count() or 1, data, measurements, verdicts)
 

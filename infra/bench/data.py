@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -27,8 +27,8 @@ from psycopg import sql
 
 from infra.backup.database import DatabaseAccess, Row, table_row_counts
 from infra.errors import UserError
+from infra.progress import Progress
 
-Progress = Callable[[str], None]
 MB = 1024 * 1024
 
 RUN_WINDOW = timedelta(days=30)

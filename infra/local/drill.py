@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -27,9 +26,9 @@ from infra.layout import StateLayout
 from infra.local.plan import build_plan
 from infra.local.restore import restore_backup
 from infra.local.supervisor import Supervisor
+from infra.progress import Progress
 from infra.secrets import Secrets
 
-Progress = Callable[[str], None]
 RUNS = 20
 
 

@@ -13,7 +13,7 @@ import redis
 from infra.config import StackConfig
 from infra.console import wait_until
 from infra.layout import StateLayout
-from infra.local.haproxy_runtime import all_servers_up
+from infra.local.haproxy_runtime import all_servers_up, server_stats
 from infra.local.haproxy_runtime import version as haproxy_version
 from infra.local.plan import LocalPlan
 from infra.local.postgres_admin import admin_connect
@@ -67,6 +67,14 @@ def wait_for_load_balancer(config: StackConfig, layout: StateLayout, timeout_s: 
                "the API through the load balancer", fix="read invoke logs haproxy and invoke status")
 
 
+def not_routed_replicas(layout: StateLayout) -> list[str]:
+    """API replicas HAProxy does not send requests to, with its state for each (``api-2 DOWN``)."""
+    servers = server_stats(layout.haproxy_socket)
+    if not servers:
+        return ["no API server in the load balancer"]
+    return [f"{name} {row.get('status', '?')}" for name, row in sorted(servers.items()) if row.get("status") != "UP"]
+
+
 def _basic_auth(auth_string: str) -> tuple[str, str]:
     user, _, password = auth_string.partition(":")
     return user, password
@@ -111,9 +119,15 @@ def probe(program: Program, plan: LocalPlan, secrets: Secrets) -> tuple[bool, st
         lb = config.load_balancer
         through = _http.get(f"{config.api_url}/health")
         metrics = _http.get(f"http://127.0.0.1:{lb.stats_port}/metrics")
-        healthy = through.status_code == 200 and metrics.status_code == 200
-        detail = "" if healthy else f"/api/health via LB: {through.status_code}, /metrics: {metrics.status_code}"
-        return healthy, haproxy_version(plan.layout.haproxy_socket), detail
+        problems = []
+        if through.status_code != 200 or metrics.status_code != 200:
+            problems.append(f"/api/health via LB: {through.status_code}, /metrics: {metrics.status_code}")
+        # HAProxy's own view of the replicas: a replica that answers but is not routed to (still DOWN after a
+        # restart, drained, in maintenance) means the stack is not yet serving at full strength.
+        not_routed = not_routed_replicas(plan.layout)
+        if not_routed:
+            problems.append("not routed to: " + ", ".join(not_routed))
+        return not problems, haproxy_version(plan.layout.haproxy_socket), "; ".join(problems)
     if program.component == "s3":
         from infra.backup.storage import BackupStore
 

@@ -6,6 +6,7 @@ import os
 import shlex
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 from infra.config import StackConfig
@@ -26,6 +27,26 @@ def deployed_plan(config: StackConfig) -> tuple[LocalPlan, StateLayout]:
 def status(config: StackConfig) -> list[ComponentStatus]:
     plan, layout = deployed_plan(config)
     return stack_status(plan, load_secrets(layout.secrets))
+
+
+def settle(config: StackConfig, timeout_s: float, interval_s: float = 0.5) -> list[ComponentStatus]:
+    """Poll until every component is healthy (HAProxy routing to every replica included), for at most
+    ``timeout_s``; returns the last statuses either way, so the caller decides what unhealthy means to it.
+
+    Components settle for a moment after a restart or reload: supervisord restarting a killed replica, HAProxy
+    needing two passing checks before it routes to it again, pools reconnecting.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        statuses = status(config)
+        if all(s.healthy for s in statuses) or time.monotonic() >= deadline:
+            return statuses
+        time.sleep(interval_s)
+
+
+def unhealthy_summary(statuses: list[ComponentStatus]) -> str:
+    """``api-2 (not running (invoke logs api-2)); haproxy (not routed to: api-2 DOWN)``, or '' when all are healthy."""
+    return "; ".join(f"{s.name} ({s.detail or s.state})" for s in statuses if not s.healthy)
 
 
 def log_path(config: StackConfig, component: str) -> Path:

@@ -27,10 +27,9 @@ from infra.local.health import wait_for_load_balancer
 from infra.local.plan import build_plan, service_user
 from infra.local.postgres_admin import run_as_ids
 from infra.local.supervisor import Supervisor
+from infra.progress import Progress
 from infra.render.pgbackrest import STANZA, pgbackrest_conf_path
 from infra.secrets import Secrets
-
-Progress = Callable[[str], None]
 
 
 def _require_enabled(config: StackConfig) -> None:

@@ -83,6 +83,12 @@ def venv_bin() -> Path:
     return Path(sys.executable).parent
 
 
+def venv_python() -> Path:
+    """The venv's interpreter under one stable name: ``sys.executable`` is python or python3 depending on how the
+    task was started, and a rendered command must not change with it (that would restart the program)."""
+    return venv_bin() / "python"
+
+
 def effective_config_file(config: StackConfig, layout: StateLayout) -> RenderedFile:
     """The configuration this deploy applied, for processes that need it later (the backup scheduler)."""
     document = config.model_dump(mode="json")
@@ -148,7 +154,7 @@ def build_plan(config: StackConfig, secrets: Secrets, addresses: Addresses | Non
             Program(
                 name="backup-scheduler",
                 component="backup-scheduler",
-                command=(sys.executable, "-m", "infra.backup.scheduler"),
+                command=(str(venv_python()), "-m", "infra.backup.scheduler"),
                 # The scheduler re-reads the effective configuration before each run: a configuration change
                 # never restarts it, so a deploy cannot cut a nightly backup short.
                 environment={"PREFECT_STACK_CONFIG": str(effective.path), "PYTHONPATH": str(REPO_ROOT)},

@@ -16,7 +16,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -38,9 +37,8 @@ from infra.local.health import api_ready, wait_for_load_balancer
 from infra.local.plan import build_plan
 from infra.local.postgres_admin import run_as_ids
 from infra.local.supervisor import Supervisor
+from infra.progress import Progress
 from infra.secrets import Secrets
-
-Progress = Callable[[str], None]
 
 
 @dataclass
@@ -92,6 +90,10 @@ def _migrate(config: StackConfig, secrets: Secrets) -> None:
                         fix="the backup may come from a newer Prefect than the one installed")
 
 
+# checksums, safety backup, restore beside the live database, stop Prefect, swap and start, load balancer serving
+RESTORE_STEPS = 6
+
+
 def restore_backup(
     config: StackConfig, secrets: Secrets, store: BackupStore, entry: BackupEntry, progress: Progress,
     keep_previous: bool = False,
@@ -103,66 +105,69 @@ def restore_backup(
     supervisor = Supervisor(layout)
     if not supervisor.is_running():
         raise UserError("the stack is not running", fix="start it first with invoke deploy (an empty database is fine)")
-    # 1. Refuse a damaged backup before touching anything.
-    check_objects(store, manifest, progress)
-    with backup_lock(layout.run):
-        # 2. A safety backup of what is there now, so the restore itself can be undone.
-        safety_id = None
-        if _live_database_exists(config):
-            progress("taking a safety backup of the current database")
-            safety_id = run_logical_backup(config, secrets, database, None, progress).id
-            progress(f"safety backup {safety_id} taken")
-        else:
-            progress(f"no safety backup: database {config.postgres.database} does not exist")
-        # 3. Restore beside the live database and prove it before any downtime.
-        side = f"{config.postgres.database}_restore_{manifest.id.lower()}"
-        config.scratch_dir.mkdir(parents=True, exist_ok=True)
-        scratch = Path(tempfile.mkdtemp(prefix=f"restore-{manifest.id}-", dir=config.scratch_dir))
-        try:
-            fetch_dump(store, manifest, secrets, scratch / "dump", progress)
-            create_database(database, side, config.postgres.user)
-            pg_restore(database, side, scratch / "dump", config.backups.jobs)
-            mismatches = count_mismatches(database, side, manifest)
-            if mismatches:
-                raise UserError(f"restored row counts differ from the manifest: {mismatches}",
-                                fix="the backup is inconsistent; verify it (invoke backup.verify) and pick another")
-            progress(f"restored into {side}; row counts of {len(manifest.row_counts)} tables match")
-        except BaseException:
-            drop_database(database, side)
-            raise
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
-        # 4. Downtime: stop Prefect, swap, migrate if needed, start, wait.
-        down_at = time.monotonic()
-        prefect_programs = [p for p in build_plan(config, secrets).programs if p.component in ("api", "services")]
-        progress("stopping the API replicas and services")
-        haproxy_runtime.set_all_servers(layout.haproxy_socket, "maint")  # clients get a clean 503 meanwhile
-        for program in prefect_programs:
-            supervisor.stop(program.name)
-        previous = f"{config.postgres.database}_before_{datetime.now(UTC):%Y%m%dT%H%M%SZ}".lower()
-        _swap_databases(config, side, previous)
-        with database.connect() as conn:
-            current_revision = alembic_revision(conn)
-        deployed = json.loads(layout.deployed_state.read_text()).get("versions", {})
-        migrated = current_revision != deployed.get("alembic_revision")
-        if migrated:
-            progress(f"migrating: backup schema {current_revision}, installed {deployed.get('alembic_revision')}")
-            _migrate(config, secrets)
-        progress("starting the API replicas and services")
-        for program in prefect_programs:
-            supervisor.start(program.name, wait=False)
-        for program in prefect_programs:
-            if program.port is not None:
-                console.wait_until(functools.partial(api_ready, program.port), 120, f"{program.name} after the restore",
-                                   fix=f"read invoke logs {program.name}")
-        # Done when clients can use it: through the load balancer, whose checks must see the replicas up.
-        haproxy_runtime.set_all_servers(layout.haproxy_socket, "ready")
-        wait_for_load_balancer(config, layout)
-        downtime = time.monotonic() - down_at
-        if not keep_previous:
-            drop_database(database, previous)
-        with database.connect() as conn:
-            counts = table_row_counts(conn)
+    with progress.steps(f"restoring backup {manifest.id}", RESTORE_STEPS) as steps:
+        # 1. Refuse a damaged backup before touching anything.
+        check_objects(store, manifest, progress)
+        steps.step(f"checksums of {len(manifest.objects)} objects match the manifest")
+        with backup_lock(layout.run):
+            # 2. A safety backup of what is there now, so the restore itself can be undone.
+            safety_id = None
+            if _live_database_exists(config):
+                progress("taking a safety backup of the current database")
+                safety_id = run_logical_backup(config, secrets, database, None, progress).id
+                steps.step(f"safety backup {safety_id} taken")
+            else:
+                steps.step(f"no safety backup: database {config.postgres.database} does not exist")
+            # 3. Restore beside the live database and prove it before any downtime.
+            side = f"{config.postgres.database}_restore_{manifest.id.lower()}"
+            config.scratch_dir.mkdir(parents=True, exist_ok=True)
+            scratch = Path(tempfile.mkdtemp(prefix=f"restore-{manifest.id}-", dir=config.scratch_dir))
+            try:
+                fetch_dump(store, manifest, secrets, scratch / "dump", progress)
+                create_database(database, side, config.postgres.user)
+                pg_restore(database, side, scratch / "dump", config.backups.jobs)
+                mismatches = count_mismatches(database, side, manifest)
+                if mismatches:
+                    raise UserError(f"restored row counts differ from the manifest: {mismatches}",
+                                    fix="the backup is inconsistent; verify it (invoke backup.verify) and pick another")
+                steps.step(f"restored into {side}; row counts of {len(manifest.row_counts)} tables match")
+            except BaseException:
+                drop_database(database, side)
+                raise
+            finally:
+                shutil.rmtree(scratch, ignore_errors=True)
+            # 4. Downtime: stop Prefect, swap, migrate if needed, start, wait.
+            down_at = time.monotonic()
+            prefect_programs = [p for p in build_plan(config, secrets).programs if p.component in ("api", "services")]
+            steps.step("downtime begins: stopping the API replicas and services (clients get a 503)")
+            haproxy_runtime.set_all_servers(layout.haproxy_socket, "maint")  # clients get a clean 503 meanwhile
+            for program in prefect_programs:
+                supervisor.stop(program.name)
+            previous = f"{config.postgres.database}_before_{datetime.now(UTC):%Y%m%dT%H%M%SZ}".lower()
+            _swap_databases(config, side, previous)
+            with database.connect() as conn:
+                current_revision = alembic_revision(conn)
+            deployed = json.loads(layout.deployed_state.read_text()).get("versions", {})
+            migrated = current_revision != deployed.get("alembic_revision")
+            if migrated:
+                progress(f"migrating: backup schema {current_revision}, installed {deployed.get('alembic_revision')}")
+                _migrate(config, secrets)
+            steps.step(f"databases swapped (previous one: {previous}); starting the API replicas and services")
+            for program in prefect_programs:
+                supervisor.start(program.name, wait=False)
+            for program in prefect_programs:
+                if program.port is not None:
+                    console.wait_until(functools.partial(api_ready, program.port), 120,
+                                       f"{program.name} after the restore", fix=f"read invoke logs {program.name}")
+            # Done when clients can use it: through the load balancer, whose checks must see the replicas up.
+            haproxy_runtime.set_all_servers(layout.haproxy_socket, "ready")
+            wait_for_load_balancer(config, layout)
+            steps.step("every replica serves through the load balancer: downtime over")
+            downtime = time.monotonic() - down_at
+            if not keep_previous:
+                drop_database(database, previous)
+            with database.connect() as conn:
+                counts = table_row_counts(conn)
     return RestoreReport(
         backup_id=manifest.id, safety_backup_id=safety_id, migrated=migrated, downtime_s=downtime,
         total_s=time.monotonic() - started, row_counts=counts, previous_database=previous if keep_previous else None,

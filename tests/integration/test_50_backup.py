@@ -19,6 +19,7 @@ from infra.backup.manifest import MANIFEST
 from infra.backup.storage import BackupStore
 from infra.config import load_config
 from infra.errors import UserError
+from infra.progress import QuietProgress
 from infra.secrets import load_secrets
 from tests.conftest import free_ports
 from tests.integration.conftest import Stack
@@ -204,7 +205,7 @@ def test_an_upload_interrupted_midway_leaves_no_restorable_backup(
 
     monkeypatch.setattr(BackupStore, "upload_stream", failing_upload)
     with pytest.raises(UserError, match="connection reset"):
-        run_logical_backup(config, secrets, local_database(config), stack.layout.run, lambda _: None)
+        run_logical_backup(config, secrets, local_database(config), stack.layout.run, QuietProgress())
     monkeypatch.undo()
     assert len(calls) >= 3  # the failure happened mid-backup, after other objects were stored
     assert [e.manifest.id for e in list_backups(store)] == before

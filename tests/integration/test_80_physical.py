@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import json
-import time
-from datetime import UTC, datetime
 
 import pytest
 
 from infra.backup.database import local_database
-from infra.config import load_config
 from tests.conftest import free_ports
 from tests.integration.conftest import Stack
 
@@ -56,11 +53,16 @@ def test_full_and_incremental_backups_are_listed(physical: Stack) -> None:
 def test_point_in_time_recovery_keeps_what_came_before_and_drops_what_came_after(physical: Stack) -> None:
     physical.invoke("backup", "--method", "physical", "--type", "full", check=True)
     before = _runs(physical, "before", 3)
-    time.sleep(1.5)
-    target = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S.%f+00")
-    time.sleep(1.5)
+    # The recovery target is read from the database's own clock once the "before" runs are committed: every
+    # later commit is after it, so no sleep is needed to separate the two batches.
+    with local_database(physical.current_config()).connect() as conn:
+        row = conn.execute(
+            "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || '+00'"
+        ).fetchone()
+    assert row is not None
+    target = str(row[0])
     after = _runs(physical, "after", 3)
-    with local_database(load_config()).connect() as conn:
+    with local_database(physical.current_config()).connect() as conn:
         conn.execute("SELECT pg_switch_wal()")  # archive the segment holding both batches now
 
     result = physical.invoke("restore", "--to-time", target, "--yes", "--json")

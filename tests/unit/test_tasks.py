@@ -3,17 +3,20 @@ and help teach the tool. Only tasks that need no running stack are called."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import importlib.util
 import os
+import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
 import pytest
-from invoke import MockContext
+from invoke import MockContext, Result
 from invoke.collection import Collection
 from invoke.exceptions import Exit
 
@@ -21,7 +24,7 @@ from infra.config import ENV_PREFIX, REPO_ROOT
 from infra.errors import UserError
 from infra.layout import StateLayout
 from infra.secrets import ensure_secrets
-from infra.tasks import reports_user_errors
+from infra.tasks import dev, reports_user_errors
 from infra.tasks.secrets import rotate
 from infra.tasks.stack import destroy, env
 
@@ -220,3 +223,41 @@ class TestNamespace:
     @pytest.mark.parametrize(("name", "argument"), ARGUMENTS)
     def test_argument_has_help(self, name: str, argument: str) -> None:
         assert _argument_help(name)[argument]
+
+
+class TestTestTask:
+    """invoke test: the stress variant and repeated runs, checked with invoke's MockContext (nothing runs)."""
+
+    @staticmethod
+    def _context() -> MockContext:
+        return MockContext(run={re.compile(".*"): Result(exited=0)}, repeat=True)
+
+    def test_stress_runs_the_integration_suite_under_load_with_the_slowest_tests(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        loads: list[int] = []
+
+        @contextlib.contextmanager
+        def fake_load(workers: int | None = None) -> Iterator[list[int]]:
+            loads.append(1)
+            yield [1, 2]
+
+        monkeypatch.setattr(dev, "cpu_load", fake_load)
+        context = self._context()
+        dev.test(context, stress=True, runs=3)
+        pytest_runs = [c.args[0] for c in context.run.call_args_list if "pytest" in c.args[0]]  # type: ignore[attr-defined]
+        assert len(pytest_runs) == 3 and len(loads) == 3
+        assert all("tests/integration" in r and "--durations=10" in r for r in pytest_runs)
+
+    def test_a_failed_run_fails_the_task(self) -> None:
+        context = MockContext(run={re.compile(".*pytest.*"): Result(exited=1), re.compile(".*"): Result(exited=0)},
+                              repeat=True)
+        with pytest.raises(Exit) as caught:
+            dev.test(context)
+        assert caught.value.code == 1
+
+    @pytest.mark.parametrize("kwargs", [{"unit": True, "stress": True}, {"runs": 0}])
+    def test_contradictory_options_are_refused_with_the_fix(self, kwargs: dict[str, object]) -> None:
+        with pytest.raises(Exit) as caught:
+            dev.test(self._context(), **kwargs)  # type: ignore[arg-type]
+        assert caught.value.code == 1 and "fix:" in str(caught.value.message)
