@@ -5,7 +5,8 @@ from invoke.collection import Collection
 from infra.tasks import backup, bench, dev, secrets, stack
 
 ns = Collection(
-    stack.deploy, stack.status, stack.logs, stack.restart, stack.stop, stack.destroy, stack.env, dev.test, dev.lint
+    stack.deploy, stack.status, stack.alerts, stack.logs, stack.restart, stack.stop, stack.destroy, stack.env,
+    dev.test, dev.lint,
 )
 ns.add_collection(Collection.from_module(secrets), name="secrets")
 ns.add_collection(Collection.from_module(bench), name="bench")

@@ -147,6 +147,34 @@ class BackupConfig(_Section):
     max_age_hours: int = Field(26, ge=1, le=24 * 31)
 
 
+class AlertReceiversConfig(_Section):
+    # Where Alertmanager sends notifications. None is active by default: firing alerts are always visible in
+    # Alertmanager (invoke alerts) and in its log. Credentials (Slack webhook URL, PagerDuty routing key, SMTP
+    # password) are read from files in <state>/secrets, never from this file.
+    webhook_url: str | None = None      # any HTTP endpoint that accepts Alertmanager's webhook JSON
+    email_to: str | None = None         # needs email_smarthost and email_from
+    email_from: str | None = None
+    email_smarthost: str | None = Field(None, pattern=r"^[A-Za-z0-9.-]+:\d+$", description="host:port")
+    slack_channel: str | None = None    # webhook URL in <state>/secrets/alert_slack_webhook_url
+    pagerduty: bool = False             # routing key in <state>/secrets/alert_pagerduty_routing_key
+
+
+class MonitoringConfig(_Section):
+    # Prometheus, Alertmanager and node_exporter (the host and the backup textfile metrics), on loopback.
+    enabled: bool = True
+    prometheus_port: int = Field(19090, ge=1, le=65535)
+    alertmanager_port: int = Field(19093, ge=1, le=65535)
+    node_exporter_port: int = Field(19100, ge=1, le=65535)
+    scrape_interval_s: int = Field(15, ge=1, le=300)
+    evaluation_interval_s: int = Field(15, ge=1, le=300)
+    retention: str = Field("15d", pattern=r"^\d+[hdwy]$", description="Prometheus TSDB retention time.")
+    # How long an API replica may be down before it alerts (HAProxy already routes around it meanwhile).
+    replica_down_for: str = Field("1m", pattern=r"^\d+[smh]$")
+    # Alertmanager: wait this long to batch the first notification of a new group of alerts.
+    group_wait_s: int = Field(30, ge=0, le=3600)
+    receivers: AlertReceiversConfig = AlertReceiversConfig()
+
+
 class LocalTargetConfig(_Section):
     # Default state directory: /var/lib/prefect-stack as root, ~/.local/state/prefect-stack otherwise.
     state_dir: Path | None = None
@@ -173,6 +201,7 @@ class StackConfig(BaseSettings):
     load_balancer: LoadBalancerConfig = LoadBalancerConfig()
     local: LocalTargetConfig = LocalTargetConfig()
     backups: BackupConfig = BackupConfig()
+    monitoring: MonitoringConfig = MonitoringConfig()
 
     @classmethod
     def settings_customise_sources(
@@ -214,6 +243,10 @@ class StackConfig(BaseSettings):
             ports["backups.s3.local_port"] = self.backups.s3.local_port
             if self.backups.physical.enabled:
                 ports["backups.physical.tls_port"] = self.backups.physical.tls_port
+        if self.monitoring.enabled:
+            ports["monitoring.prometheus_port"] = self.monitoring.prometheus_port
+            ports["monitoring.alertmanager_port"] = self.monitoring.alertmanager_port
+            ports["monitoring.node_exporter_port"] = self.monitoring.node_exporter_port
         for i in range(1, self.api.replicas + 1):
             ports[f"api.base_port (replica {i})"] = self.api_port(i)
         return ports

@@ -34,6 +34,14 @@ class StateLayout:
         return self.data / "redis"
 
     @property
+    def prometheus_data(self) -> Path:
+        return self.data / "prometheus"
+
+    @property
+    def alertmanager_data(self) -> Path:
+        return self.data / "alertmanager"
+
+    @property
     def run(self) -> Path:
         """Sockets and pid files."""
         return self.root / "run"
@@ -77,5 +85,6 @@ class StateLayout:
 
     def service_owned_dirs(self) -> list[Path]:
         """Directories the unprivileged service user must own."""
-        return [self.etc, self.data, self.postgres_data, self.redis_data, self.run, self.logs, self.prefect_home,
+        return [self.etc, self.data, self.postgres_data, self.redis_data, self.prometheus_data, self.alertmanager_data,
+                self.run, self.logs, self.prefect_home,
                 self.logs / "pgbackrest", self.run / "pgbackrest"]

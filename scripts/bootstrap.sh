@@ -22,9 +22,10 @@ if [[ $(id -u) -ne 0 ]]; then
 fi
 
 # Debian packages, pinned to the distribution's release (bookworm): PostgreSQL 15 is what the stack is tested with.
-packages=(postgresql-15 postgresql-contrib pgbouncer redis-server haproxy pgbackrest zstd python3-venv)
-# --dev: promtool (Debian's prometheus package) checks and unit-tests the rendered alert rules.
-[[ -n "$extras" ]] && packages+=(prometheus)
+# Monitoring: Prometheus (and promtool, which checks and unit-tests the rendered alert rules), Alertmanager
+# (and amtool), node_exporter (the host and the backup textfile metrics).
+packages=(postgresql-15 postgresql-contrib pgbouncer redis-server haproxy pgbackrest zstd python3-venv
+          prometheus prometheus-alertmanager prometheus-node-exporter)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -37,7 +38,7 @@ if ((${#missing[@]})); then
   "${sudo_cmd[@]}" apt-get update -q
   "${sudo_cmd[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
   # Package post-install scripts start their own daemons where an init system exists; the stack runs its own.
-  for svc in pgbouncer redis-server haproxy prometheus; do
+  for svc in pgbouncer redis-server haproxy prometheus prometheus-alertmanager prometheus-node-exporter; do
     "${sudo_cmd[@]}" systemctl disable --now "$svc" >/dev/null 2>&1 || true
   done
 else

@@ -36,10 +36,10 @@ from infra.render.supervisor import Program
 from infra.secrets import Secrets, ensure_secrets
 
 # Programs that re-read their files on a signal, without dropping connections.
-RELOAD_SIGNALS = {"pgbouncer": "HUP", "haproxy": "USR2"}
+RELOAD_SIGNALS = {"pgbouncer": "HUP", "haproxy": "USR2", "prometheus": "HUP", "alertmanager": "HUP"}
 START_TIMEOUT_S = {
     "postgres": 60, "pgbouncer": 20, "redis": 20, "s3": 30, "api": 120, "services": 60, "haproxy": 30,
-    "backup-scheduler": 30,
+    "backup-scheduler": 30, "prometheus": 60, "alertmanager": 30, "node-exporter": 30,
 }
 DRAIN_TIMEOUT_S = 30
 
@@ -377,6 +377,9 @@ def deploy(config: StackConfig) -> tuple[LocalPlan, DeployReport]:
     deployer.apply(plan.program("haproxy"))
     for program in plan.by_component("backup-scheduler"):
         deployer.apply(program)
+    for component in ("node-exporter", "alertmanager", "prometheus"):
+        for program in plan.by_component(component):
+            deployer.apply(program)
     if config.backups.physical.enabled:
         from infra.local.pgbackrest import ensure_stanza
 

@@ -11,17 +11,19 @@ from pathlib import Path
 
 import yaml
 
-from infra.backup.metrics import alert_rules
 from infra.config import REPO_ROOT, StackConfig
 from infra.errors import UserError
 from infra.layout import StateLayout
 from infra.local.tls import ensure_loopback_certificate
 from infra.render import Addresses, RenderedFile
+from infra.render.alert_rules import alert_rules_yml
+from infra.render.alertmanager import alertmanager_yml
 from infra.render.haproxy import haproxy_cfg
 from infra.render.pgbackrest import pgbackrest_conf
 from infra.render.pgbouncer import pgbouncer_ini, pgbouncer_userlist
 from infra.render.postgres import pg_hba_conf, pg_ident_conf, postgresql_conf
 from infra.render.prefect import api_environment, migration_environment, services_environment
+from infra.render.prometheus import API_PASSWORD_FILE, RULES_FILE, prometheus_yml
 from infra.render.redis import redis_conf
 from infra.render.supervisor import Program, supervisord_conf
 from infra.secrets import Secrets
@@ -97,6 +99,51 @@ def effective_config_file(config: StackConfig, layout: StateLayout) -> RenderedF
     return RenderedFile(layout.etc / "stack.effective.yaml", text + yaml.safe_dump(document, sort_keys=False))
 
 
+def monitoring_programs(
+    config: StackConfig, secrets: Secrets, layout: StateLayout, addresses: Addresses
+) -> list[Program]:
+    """Prometheus, Alertmanager and node_exporter on loopback, each with its own data directory."""
+    monitoring, etc = config.monitoring, layout.etc
+    password = secrets.get("prefect_auth").partition(":")[2]
+    prometheus_files = (
+        prometheus_yml(config, addresses, etc),
+        RenderedFile(etc / RULES_FILE, alert_rules_yml(config)),
+        RenderedFile(etc / API_PASSWORD_FILE, password, secret=True),
+    )
+    return [
+        Program(
+            name="prometheus",
+            component="prometheus",
+            command=(_binary("prometheus", "/usr/bin/prometheus"), f"--config.file={etc / 'prometheus.yml'}",
+                     f"--storage.tsdb.path={layout.prometheus_data}",
+                     f"--storage.tsdb.retention.time={monitoring.retention}",
+                     f"--web.listen-address={addresses.prometheus}:{monitoring.prometheus_port}"),
+            files=prometheus_files,
+            port=monitoring.prometheus_port,
+        ),
+        Program(
+            name="alertmanager",
+            component="alertmanager",
+            command=(_binary("prometheus-alertmanager", "/usr/bin/prometheus-alertmanager"),
+                     f"--config.file={etc / 'alertmanager.yml'}", f"--storage.path={layout.alertmanager_data}",
+                     f"--web.listen-address={addresses.alertmanager}:{monitoring.alertmanager_port}",
+                     # An empty address turns off gossip clustering, which would otherwise listen on *:9094.
+                     "--cluster.listen-address="),
+            files=(alertmanager_yml(config, etc, layout.secrets),),
+            port=monitoring.alertmanager_port,
+        ),
+        Program(
+            name="node-exporter",
+            component="node-exporter",
+            command=(_binary("prometheus-node-exporter", "/usr/bin/prometheus-node-exporter"),
+                     f"--web.listen-address={addresses.node_exporter}:{monitoring.node_exporter_port}",
+                     # The backup scheduler's metrics (last verified backup, failures) are textfiles here.
+                     f"--collector.textfile.directory={layout.metrics}"),
+            port=monitoring.node_exporter_port,
+        ),
+    ]
+
+
 def build_plan(config: StackConfig, secrets: Secrets, addresses: Addresses | None = None) -> LocalPlan:
     addresses = addresses or Addresses()
     layout = StateLayout(config.state_dir)
@@ -147,8 +194,7 @@ def build_plan(config: StackConfig, secrets: Secrets, addresses: Addresses | Non
             )
         )
     effective = effective_config_file(config, layout)
-    extra_files: tuple[RenderedFile, ...] = (effective, RenderedFile(layout.etc / "prometheus-backup-rules.yml",
-                                           alert_rules(config.backups.max_age_hours)))
+    extra_files: tuple[RenderedFile, ...] = (effective,)
     if config.backups.schedule_enabled:
         programs.append(
             Program(
@@ -203,6 +249,8 @@ def build_plan(config: StackConfig, secrets: Secrets, addresses: Addresses | Non
             stop_signal="USR1",  # soft stop: finish in-flight requests
         )
     )
+    if config.monitoring.enabled:
+        programs += monitoring_programs(config, secrets, layout, addresses)
     return LocalPlan(
         config=config,
         layout=layout,

@@ -18,6 +18,14 @@ class Addresses:
     pgbouncer: str = "127.0.0.1"
     redis: str = "127.0.0.1"
     api: tuple[str, ...] = ()  # one host per replica; empty means loopback for all
+    load_balancer: str = "127.0.0.1"
+    prometheus: str = "127.0.0.1"
+    alertmanager: str = "127.0.0.1"
+    node_exporter: str = "127.0.0.1"
+
+    def api_host(self, replica: int) -> str:
+        """Host of API replica ``replica`` (1-based)."""
+        return self.api[replica - 1] if self.api else "127.0.0.1"
 
 
 @dataclass(frozen=True)

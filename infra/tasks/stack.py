@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 
 from invoke.context import Context
 from invoke.exceptions import Exit
@@ -10,7 +11,9 @@ from invoke.tasks import task
 from rich.table import Table
 
 from infra import console
+from infra.alerts import alertmanager_url, firing_alerts, prometheus_url
 from infra.config import load_config
+from infra.errors import UserError
 from infra.layout import StateLayout
 from infra.local import operate
 from infra.local.deploy import deploy as deploy_local
@@ -129,13 +132,49 @@ def destroy(c: Context, yes: bool = False) -> None:
     console.step(f"destroyed: {removed} removed")
 
 
-@task(help={"backups": "Print what boto3 or the aws CLI needs to reach the backup bucket instead."})
+@task(help={
+    "backups": "Print what boto3 or the aws CLI needs to reach the backup bucket instead.",
+    "monitoring": "Print the Prometheus and Alertmanager URLs instead (PROMETHEUS_URL, ALERTMANAGER_URL).",
+})
 @reports_user_errors
-def env(c: Context, backups: bool = False) -> None:
+def env(c: Context, backups: bool = False, monitoring: bool = False) -> None:
     """Print shell exports for Prefect clients: eval "$(invoke env)"; prefect flow-run ls."""
     config = load_config()
-    variables = operate.backup_environment(config) if backups else operate.client_environment(config)
+    if monitoring:
+        if not config.monitoring.enabled:
+            raise UserError("monitoring is off (monitoring.enabled: false)",
+                            fix="set monitoring.enabled: true and run invoke deploy")
+        variables = {"PROMETHEUS_URL": prometheus_url(config), "ALERTMANAGER_URL": alertmanager_url(config)}
+    elif backups:
+        variables = operate.backup_environment(config)
+    else:
+        variables = operate.client_environment(config)
     print(operate.shell_exports(variables))
+
+
+@task(help={"json": "Print JSON: a list of {name, severity, since, summary, description, runbook, labels}."})
+@reports_user_errors
+def alerts(c: Context, json_: bool = False) -> None:
+    """List the alerts firing now (from Alertmanager), most severe first, with the runbook for each."""
+    config = load_config()
+    firing = firing_alerts(config)
+    if json_:
+        print(json.dumps([a.as_dict() for a in firing], indent=2))
+        return
+    if not firing:
+        console.out.print("[green]no alert is firing[/green]")
+        return
+    now = datetime.now(UTC)
+    colours = {"page": "bold red", "critical": "red", "warning": "yellow"}
+    for alert in firing:
+        target = alert.labels.get("server") or alert.labels.get("component") or alert.labels.get("mountpoint") or ""
+        colour = colours.get(alert.severity, "white")
+        console.out.print(f"[{colour}]{alert.severity.upper():8}[/{colour}] [bold]{alert.name}[/bold] {target}  "
+                          f"(firing for {alert.age_s(now):.0f}s)")
+        console.out.print(f"    {alert.summary}", markup=False)
+        console.out.print(f"    what to do: {alert.description}", markup=False)
+        console.out.print(f"    runbook: {alert.runbook}", markup=False)
+    console.out.print(f"{len(firing)} alert(s) firing")
 
 
 @task(help={

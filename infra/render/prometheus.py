@@ -1,0 +1,65 @@
+"""prometheus.yml: what Prometheus scrapes, how often, and where it sends alerts.
+
+Target-neutral: every address comes from ``Addresses`` (loopback on the local target, service names in compose
+and Kubernetes), and credentials are read from files (``basic_auth.password_file``), never written here.
+Every job labels its targets with the component name an operator knows (``api-2``, ``haproxy``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from infra.config import StackConfig
+from infra.render import Addresses, RenderedFile
+
+RULES_FILE = "prometheus-rules.yml"
+# Prefect's /api/metrics sits behind the API's basic auth; the password is read from this file by Prometheus.
+API_PASSWORD_FILE = "prometheus-api-password"  # noqa: S105 - a file name, not a secret
+
+
+def scrape_jobs(config: StackConfig, addresses: Addresses, etc: Path) -> list[dict[str, Any]]:
+    """One job per kind of endpoint. Job names are part of the alert rules' and dashboards' contract."""
+    monitoring, lb = config.monitoring, config.load_balancer
+    auth_user = "admin"
+    return [
+        {"job_name": "prometheus",
+         "static_configs": [{"targets": [f"{addresses.prometheus}:{monitoring.prometheus_port}"],
+                             "labels": {"component": "prometheus"}}]},
+        {"job_name": "alertmanager",
+         "static_configs": [{"targets": [f"{addresses.alertmanager}:{monitoring.alertmanager_port}"],
+                             "labels": {"component": "alertmanager"}}]},
+        {"job_name": "node",
+         "static_configs": [{"targets": [f"{addresses.node_exporter}:{monitoring.node_exporter_port}"],
+                             "labels": {"component": "node"}}]},
+        # HAProxy's built-in exporter: per-replica request rates, 5xx, response times, queue, server states.
+        {"job_name": "haproxy",
+         "static_configs": [{"targets": [f"{addresses.load_balancer}:{lb.stats_port}"],
+                             "labels": {"component": "haproxy"}}]},
+        {"job_name": "prefect-api", "metrics_path": "/api/metrics",
+         "basic_auth": {"username": auth_user, "password_file": str(etc / API_PASSWORD_FILE)},
+         "static_configs": [
+             {"targets": [f"{addresses.api_host(i)}:{config.api_port(i)}"], "labels": {"component": f"api-{i}"}}
+             for i in range(1, config.api.replicas + 1)
+         ]},
+    ]
+
+
+def prometheus_yml(config: StackConfig, addresses: Addresses, etc: Path) -> RenderedFile:
+    monitoring = config.monitoring
+    document = {
+        "global": {
+            "scrape_interval": f"{monitoring.scrape_interval_s}s",
+            "evaluation_interval": f"{monitoring.evaluation_interval_s}s",
+            "external_labels": {"stack": "prefect"},
+        },
+        "alerting": {"alertmanagers": [
+            {"static_configs": [{"targets": [f"{addresses.alertmanager}:{monitoring.alertmanager_port}"]}]}
+        ]},
+        "rule_files": [str(etc / RULES_FILE)],
+        "scrape_configs": scrape_jobs(config, addresses, etc),
+    }
+    header = "# Rendered by prefect-stack from the configuration model; edit the model, not this file.\n"
+    return RenderedFile(etc / "prometheus.yml", header + yaml.safe_dump(document, sort_keys=False))
