@@ -165,6 +165,13 @@ class MonitoringConfig(_Section):
     prometheus_port: int = Field(19090, ge=1, le=65535)
     alertmanager_port: int = Field(19093, ge=1, le=65535)
     node_exporter_port: int = Field(19100, ge=1, le=65535)
+    postgres_exporter_port: int = Field(19187, ge=1, le=65535)
+    redis_exporter_port: int = Field(19121, ge=1, le=65535)
+    # The project's own exporter: Prefect's flow runs, work pools, event pipeline, and PgBouncer's pools.
+    prefect_exporter_port: int = Field(19200, ge=1, le=65535)
+    # Finished flow runs (completed, failed, crashed, cancelled) are counted over this trailing window only, so
+    # a scrape costs the same whatever the size of the run history.
+    finished_runs_window_s: int = Field(3600, ge=60, le=7 * 86400)
     scrape_interval_s: int = Field(15, ge=1, le=300)
     evaluation_interval_s: int = Field(15, ge=1, le=300)
     retention: str = Field("15d", pattern=r"^\d+[hdwy]$", description="Prometheus TSDB retention time.")
@@ -247,6 +254,9 @@ class StackConfig(BaseSettings):
             ports["monitoring.prometheus_port"] = self.monitoring.prometheus_port
             ports["monitoring.alertmanager_port"] = self.monitoring.alertmanager_port
             ports["monitoring.node_exporter_port"] = self.monitoring.node_exporter_port
+            ports["monitoring.postgres_exporter_port"] = self.monitoring.postgres_exporter_port
+            ports["monitoring.redis_exporter_port"] = self.monitoring.redis_exporter_port
+            ports["monitoring.prefect_exporter_port"] = self.monitoring.prefect_exporter_port
         for i in range(1, self.api.replicas + 1):
             ports[f"api.base_port (replica {i})"] = self.api_port(i)
         return ports

@@ -24,6 +24,8 @@ SECRET_NAMES: dict[str, str] = {
     "haproxy_stats": "HAProxy stats page basic auth, as 'admin:<password>'",
     "s3_local": "secret access key of the local S3 endpoint (its key id is 'prefect-stack-local')",
     "backup_encryption": "client-side backup encryption key (256 bits, URL-safe base64)",
+    "postgres_monitor": "PostgreSQL role prefect_monitor (pg_monitor, read-only on Prefect's tables): the exporters",
+    "redis_monitor": "Redis ACL user 'monitor' (INFO, XINFO and other read-only commands): the exporters",
 }
 _USER_PREFIXED = {"prefect_auth", "haproxy_stats"}
 
@@ -37,6 +39,8 @@ class Secrets:
     haproxy_stats: SecretStr
     s3_local: SecretStr
     backup_encryption: SecretStr
+    postgres_monitor: SecretStr
+    redis_monitor: SecretStr
 
     def get(self, name: str) -> str:
         value: SecretStr = getattr(self, name)

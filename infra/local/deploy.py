@@ -40,6 +40,7 @@ RELOAD_SIGNALS = {"pgbouncer": "HUP", "haproxy": "USR2", "prometheus": "HUP", "a
 START_TIMEOUT_S = {
     "postgres": 60, "pgbouncer": 20, "redis": 20, "s3": 30, "api": 120, "services": 60, "haproxy": 30,
     "backup-scheduler": 30, "prometheus": 60, "alertmanager": 30, "node-exporter": 30,
+    "postgres-exporter": 30, "redis-exporter": 30, "prefect-exporter": 30,
 }
 DRAIN_TIMEOUT_S = 30
 
@@ -377,7 +378,8 @@ def deploy(config: StackConfig) -> tuple[LocalPlan, DeployReport]:
     deployer.apply(plan.program("haproxy"))
     for program in plan.by_component("backup-scheduler"):
         deployer.apply(program)
-    for component in ("node-exporter", "alertmanager", "prometheus"):
+    for component in ("node-exporter", "postgres-exporter", "redis-exporter", "prefect-exporter", "alertmanager",
+                      "prometheus"):
         for program in plan.by_component(component):
             deployer.apply(program)
     if config.backups.physical.enabled:

@@ -136,7 +136,7 @@ def probe(program: Program, plan: LocalPlan, secrets: Secrets) -> tuple[bool, st
     if program.component in ("prometheus", "alertmanager"):
         ready = _http.get(f"http://127.0.0.1:{program.port}/-/ready")
         return ready.status_code == 200, None, "" if ready.status_code == 200 else f"/-/ready: {ready.status_code}"
-    if program.component == "node-exporter":
+    if program.component in ("node-exporter", "postgres-exporter", "redis-exporter", "prefect-exporter"):
         code = _http.get(f"http://127.0.0.1:{program.port}/metrics").status_code
         return code == 200, None, "" if code == 200 else f"/metrics: {code}"
     # Background services have no port; supervisor's RUNNING (past startsecs) is the signal.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import shutil
@@ -13,6 +14,7 @@ import yaml
 
 from infra.config import REPO_ROOT, StackConfig
 from infra.errors import UserError
+from infra.exporter.event_streams import STREAMS
 from infra.layout import StateLayout
 from infra.local.tls import ensure_loopback_certificate
 from infra.render import Addresses, RenderedFile
@@ -21,10 +23,10 @@ from infra.render.alertmanager import alertmanager_yml
 from infra.render.haproxy import haproxy_cfg
 from infra.render.pgbackrest import pgbackrest_conf
 from infra.render.pgbouncer import pgbouncer_ini, pgbouncer_userlist
-from infra.render.postgres import pg_hba_conf, pg_ident_conf, postgresql_conf
+from infra.render.postgres import MONITOR_ROLE, pg_hba_conf, pg_ident_conf, postgresql_conf
 from infra.render.prefect import api_environment, migration_environment, services_environment
 from infra.render.prometheus import API_PASSWORD_FILE, RULES_FILE, prometheus_yml
-from infra.render.redis import redis_conf
+from infra.render.redis import MESSAGING_DB, MONITOR_USER, redis_conf
 from infra.render.supervisor import Program, supervisord_conf
 from infra.secrets import Secrets
 
@@ -99,11 +101,16 @@ def effective_config_file(config: StackConfig, layout: StateLayout) -> RenderedF
     return RenderedFile(layout.etc / "stack.effective.yaml", text + yaml.safe_dump(document, sort_keys=False))
 
 
+EXPORTER_POSTGRES_PASSWORD = "exporter-postgres-password"  # noqa: S105 - a file name
+EXPORTER_REDIS_PASSWORD = "exporter-redis-password"  # noqa: S105 - a file name
+
+
 def monitoring_programs(
     config: StackConfig, secrets: Secrets, layout: StateLayout, addresses: Addresses
 ) -> list[Program]:
     """Prometheus, Alertmanager and node_exporter on loopback, each with its own data directory."""
     monitoring, etc = config.monitoring, layout.etc
+    redis_url = f"redis://{addresses.redis}:{config.redis.port}"
     password = secrets.get("prefect_auth").partition(":")[2]
     prometheus_files = (
         prometheus_yml(config, addresses, etc),
@@ -140,6 +147,49 @@ def monitoring_programs(
                      # The backup scheduler's metrics (last verified backup, failures) are textfiles here.
                      f"--collector.textfile.directory={layout.metrics}"),
             port=monitoring.node_exporter_port,
+        ),
+        Program(
+            name="postgres-exporter",
+            component="postgres-exporter",
+            command=(_binary("prometheus-postgres-exporter", "/usr/bin/prometheus-postgres-exporter"),
+                     f"--web.listen-address={addresses.exporters}:{monitoring.postgres_exporter_port}"),
+            # The password stays in a file: the environment carries only where and who.
+            environment={
+                "DATA_SOURCE_URI": f"{addresses.postgres}:{config.postgres.port}/{config.postgres.database}"
+                                   "?sslmode=disable",
+                "DATA_SOURCE_USER": MONITOR_ROLE,
+                "DATA_SOURCE_PASS_FILE": str(etc / EXPORTER_POSTGRES_PASSWORD),
+            },
+            files=(RenderedFile(etc / EXPORTER_POSTGRES_PASSWORD, secrets.get("postgres_monitor"), secret=True),),
+            port=monitoring.postgres_exporter_port,
+        ),
+        Program(
+            name="redis-exporter",
+            component="redis-exporter",
+            command=(_binary("prometheus-redis-exporter", "/usr/bin/prometheus-redis-exporter"),
+                     f"-redis.addr={redis_url}", f"-redis.user={MONITOR_USER}",
+                     f"-redis.password-file={etc / 'exporter-redis-passwords.json'}",
+                     f"-web.listen-address={addresses.exporters}:{monitoring.redis_exporter_port}",
+                     "-check-single-streams=" + ",".join(f"db{MESSAGING_DB}={s}" for s in STREAMS)),
+            files=(RenderedFile(etc / "exporter-redis-passwords.json",
+                                json.dumps({redis_url: secrets.get("redis_monitor")}), secret=True),),
+            port=monitoring.redis_exporter_port,
+        ),
+        Program(
+            name="prefect-exporter",
+            component="prefect-exporter",
+            command=(str(venv_python()), "-m", "infra.exporter.server",
+                     f"--listen={addresses.exporters}:{monitoring.prefect_exporter_port}",
+                     f"--postgres={addresses.postgres}:{config.postgres.port}/{config.postgres.database}",
+                     f"--pgbouncer={addresses.pgbouncer}:{config.pgbouncer.port}",
+                     f"--redis={addresses.redis}:{config.redis.port}",
+                     f"--postgres-password-file={etc / EXPORTER_POSTGRES_PASSWORD}",
+                     f"--redis-password-file={etc / EXPORTER_REDIS_PASSWORD}",
+                     f"--finished-runs-window={monitoring.finished_runs_window_s}"),
+            environment={"PYTHONPATH": str(REPO_ROOT)},
+            files=(RenderedFile(etc / EXPORTER_POSTGRES_PASSWORD, secrets.get("postgres_monitor"), secret=True),
+                   RenderedFile(etc / EXPORTER_REDIS_PASSWORD, secrets.get("redis_monitor"), secret=True)),
+            port=monitoring.prefect_exporter_port,
         ),
     ]
 

@@ -13,6 +13,7 @@ from psycopg import sql
 from infra.config import StackConfig
 from infra.errors import UserError
 from infra.layout import StateLayout
+from infra.render.postgres import MONITOR_ROLE
 from infra.secrets import Secrets
 
 SUPERUSER = "postgres"
@@ -103,8 +104,19 @@ def ensure_database(config: StackConfig, layout: StateLayout, secrets: Secrets) 
             cur.execute(
                 sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(pg.database), sql.Identifier(pg.user))
             )
+        cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (MONITOR_ROLE,))
+        _set_role(cur, MONITOR_ROLE, secrets.get("postgres_monitor"), create=cur.fetchone() is None)
+        # pg_monitor: the statistics views postgres_exporter reads, and nothing else.
+        cur.execute(sql.SQL("GRANT pg_monitor TO {}").format(sql.Identifier(MONITOR_ROLE)))
     with admin_connect(config, layout, pg.database) as conn:
         conn.execute("CREATE EXTENSION IF NOT EXISTS pg_trgm")
+        # The Prefect exporter reads flow runs, work pools and workers: read-only, also on tables that later
+        # migrations create (default privileges of the role that runs the migrations).
+        monitor, owner = sql.Identifier(MONITOR_ROLE), sql.Identifier(pg.user)
+        conn.execute(sql.SQL("GRANT USAGE ON SCHEMA public TO {}").format(monitor))
+        conn.execute(sql.SQL("GRANT SELECT ON ALL TABLES IN SCHEMA public TO {}").format(monitor))
+        conn.execute(sql.SQL("ALTER DEFAULT PRIVILEGES FOR ROLE {} IN SCHEMA public GRANT SELECT ON TABLES TO {}")
+                     .format(owner, monitor))
 
 
 def server_version(config: StackConfig, layout: StateLayout) -> str:

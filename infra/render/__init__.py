@@ -22,6 +22,7 @@ class Addresses:
     prometheus: str = "127.0.0.1"
     alertmanager: str = "127.0.0.1"
     node_exporter: str = "127.0.0.1"
+    exporters: str = "127.0.0.1"  # postgres, redis and the project's own exporter
 
     def api_host(self, replica: int) -> str:
         """Host of API replica ``replica`` (1-based)."""

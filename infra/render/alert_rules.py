@@ -63,6 +63,72 @@ def api_rules(config: StackConfig) -> list[dict[str, Any]]:
     ]
 
 
+def database_rules() -> list[dict[str, Any]]:
+    return [
+        _rule("PostgresDown", "pg_up == 0", "1m", "page", "database",
+              "PostgreSQL does not answer: every Prefect API replica is failing",
+              "Run invoke status and invoke logs postgres. A full disk or a failed restart are the usual causes; "
+              "if the data is lost, follow the restore runbook (invoke restore)."),
+        _rule("PostgresConnectionsNearLimit",
+              'sum(pg_stat_database_numbackends) / max(pg_settings_max_connections) > 0.85', "5m", "warning",
+              "database",
+              "PostgreSQL uses {{ $value | humanizePercentage }} of max_connections",
+              "New connections will soon be refused. Check PgBouncer's pool sizes (pgbouncer.default_pool_size x "
+              "2 pools) against postgres.max_connections; look for clients bypassing PgBouncer."),
+        _rule("PgBouncerClientsWaiting", "max(pgbouncer_pools_client_waiting_connections) > 0", "2m", "warning",
+              "database",
+              "Clients wait for a PostgreSQL connection in PgBouncer ({{ $value }} waiting)",
+              "The pool is exhausted: slow queries hold connections, or pgbouncer.default_pool_size is too small "
+              "for the replicas' db_pool_size. Check slow queries first."),
+        _rule("PgBouncerDown", "pgbouncer_up == 0", "1m", "page", "database",
+              "PgBouncer's console does not answer: Prefect cannot reach its database",
+              "Run invoke status and invoke logs pgbouncer; invoke restart pgbouncer."),
+    ]
+
+
+def redis_rules() -> list[dict[str, Any]]:
+    return [
+        _rule("RedisDown", "redis_up == 0", "1m", "page", "redis",
+              "Redis does not answer: Prefect's messaging, leases and background services are down",
+              "Run invoke status and invoke logs redis; invoke restart redis (it restarts the services too)."),
+        _rule("RedisMemoryNearLimit", "redis_memory_used_bytes / redis_memory_max_bytes > 0.85 "
+              "and redis_memory_max_bytes > 0", "5m", "critical", "redis",
+              "Redis uses {{ $value | humanizePercentage }} of maxmemory",
+              "With noeviction, writes fail at the limit and Prefect loses events. Look at stream lengths "
+              "(PrefectEventStreamGrowing); raise redis.maxmemory if the load is real."),
+        _rule("PrefectEventStreamGrowing", "delta(prefect_event_stream_length[30m]) > 100000", "30m", "warning",
+              "redis",
+              "Prefect's {{ $labels.stream }} stream grew by {{ $value }} entries in 30 minutes",
+              "Streams are trimmed as the services consume them; steady growth means a consumer is behind or the "
+              "trimming stopped. Check PrefectEventsNotConsumed and the services' log."),
+        _rule("PrefectEventsNotConsumed", "max by (stream, group) (prefect_event_consumer_lag) > 1000", "10m",
+              "critical", "services",
+              "Consumer group {{ $labels.group }} is {{ $value }} events behind on {{ $labels.stream }}",
+              "The background services stopped consuming (a known failure after a Redis restart or failover, "
+              "while they still look running). Run invoke restart services-1, then check the lag falls."),
+    ]
+
+
+def prefect_rules() -> list[dict[str, Any]]:
+    return [
+        _rule("PrefectLateFlowRuns", "prefect_late_flow_runs > 0 and prefect_oldest_late_flow_run_age_seconds > 600",
+              "5m", "warning", "flows",
+              "{{ $value }} flow runs are late; the oldest waits past its start",
+              "No worker picks them up: check the work pools' workers (PrefectWorkPoolWithoutWorker) and the "
+              "work-queue backlog on the Prefect overview dashboard."),
+        _rule("PrefectWorkPoolWithoutWorker",
+              "prefect_work_pool_last_heartbeat_age_seconds > 300 and on (work_pool) "
+              "sum by (work_pool) (prefect_work_queue_backlog) > 0", "5m", "warning", "flows",
+              "Work pool {{ $labels.work_pool }} has runs due but no worker heartbeat for 5 minutes",
+              "Start or repair the pool's workers (prefect worker start --pool {{ $labels.work_pool }}); their "
+              "hosts must reach the API."),
+        _rule("PrefectExporterSourceDown", "prefect_exporter_source_up == 0", "5m", "warning", "monitoring",
+              "The Prefect exporter cannot read {{ $labels.source }}",
+              "Flow-run, work-pool or event-pipeline metrics are blind meanwhile. Read invoke logs "
+              "prefect-exporter; the monitor role's password is renewed by invoke deploy."),
+    ]
+
+
 def host_rules() -> list[dict[str, Any]]:
     filesystems = 'fstype!~"tmpfs|ramfs|squashfs|overlay"'
     return [
@@ -89,6 +155,9 @@ def host_rules() -> list[dict[str, Any]]:
 def alert_rules_yml(config: StackConfig) -> str:
     groups: list[dict[str, Any]] = [
         {"name": "prefect-api", "rules": api_rules(config)},
+        {"name": "database", "rules": database_rules()},
+        {"name": "redis", "rules": redis_rules()},
+        {"name": "prefect-flows", "rules": prefect_rules()},
         {"name": "host", "rules": host_rules()},
     ]
     groups += yaml.safe_load(backup_alert_rules(config.backups.max_age_hours))["groups"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 from infra.config import StackConfig
 from infra.layout import StateLayout
 from infra.render import Addresses, RenderedFile
+from infra.render.postgres import MONITOR_ROLE
 from infra.secrets import Secrets
 
 SESSION_POOL_SUFFIX = "_session"
@@ -31,7 +32,7 @@ unix_socket_dir = {layout.run}
 auth_type = scram-sha-256
 auth_file = {layout.etc / "pgbouncer-userlist.txt"}
 admin_users = {pg.user}
-stats_users = {pg.user}
+stats_users = {pg.user}, {MONITOR_ROLE}
 pool_mode = transaction
 default_pool_size = {pb.default_pool_size}
 reserve_pool_size = 5
@@ -49,5 +50,6 @@ log_disconnections = 0
 
 def pgbouncer_userlist(config: StackConfig, secrets: Secrets, layout: StateLayout) -> RenderedFile:
     # A plain-text password lets PgBouncer run SCRAM both towards clients and towards PostgreSQL.
-    text = f'"{config.postgres.user}" "{secrets.get("postgres_prefect")}"\n'
+    text = (f'"{config.postgres.user}" "{secrets.get("postgres_prefect")}"\n'
+            f'"{MONITOR_ROLE}" "{secrets.get("postgres_monitor")}"\n')
     return RenderedFile(layout.etc / "pgbouncer-userlist.txt", text, secret=True)

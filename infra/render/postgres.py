@@ -6,6 +6,9 @@ from infra.config import StackConfig
 from infra.layout import StateLayout
 from infra.render import RenderedFile
 
+# Read-only role of the exporters: pg_monitor's statistics views, SELECT on Prefect's tables, PgBouncer's SHOW.
+MONITOR_ROLE = "prefect_monitor"
+
 
 def postgresql_conf(config: StackConfig, layout: StateLayout, listen: str = "127.0.0.1") -> RenderedFile:
     pg = config.postgres

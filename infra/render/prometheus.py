@@ -38,6 +38,16 @@ def scrape_jobs(config: StackConfig, addresses: Addresses, etc: Path) -> list[di
         {"job_name": "haproxy",
          "static_configs": [{"targets": [f"{addresses.load_balancer}:{lb.stats_port}"],
                              "labels": {"component": "haproxy"}}]},
+        {"job_name": "postgres",
+         "static_configs": [{"targets": [f"{addresses.exporters}:{monitoring.postgres_exporter_port}"],
+                             "labels": {"component": "postgres"}}]},
+        {"job_name": "redis",
+         "static_configs": [{"targets": [f"{addresses.exporters}:{monitoring.redis_exporter_port}"],
+                             "labels": {"component": "redis"}}]},
+        # Prefect's flow runs, work pools and event pipeline, and PgBouncer's pools (infra/exporter).
+        {"job_name": "prefect-exporter",
+         "static_configs": [{"targets": [f"{addresses.exporters}:{monitoring.prefect_exporter_port}"],
+                             "labels": {"component": "prefect-exporter"}}]},
         {"job_name": "prefect-api", "metrics_path": "/api/metrics",
          "basic_auth": {"username": auth_user, "password_file": str(etc / API_PASSWORD_FILE)},
          "static_configs": [

@@ -10,6 +10,13 @@ from infra.secrets import Secrets
 # Prefect's messaging streams live in db 0 (prefect-redis); Docket's task queue in db 1.
 MESSAGING_DB = 0
 DOCKET_DB = 1
+MONITOR_USER = "monitor"
+# What redis_exporter and the Prefect exporter run; nothing that writes or reads values.
+MONITOR_COMMANDS = (
+    "-@all +ping +info +config|get +client|list +client|info +client|setname +slowlog|get +slowlog|len "
+    "+latency|latest +select +dbsize +type +exists +scan +xinfo +xlen +cluster|info +memory|usage +auth +hello "
+    "+role +echo"
+)
 
 
 def redis_conf(config: StackConfig, secrets: Secrets, layout: StateLayout, bind: str = "127.0.0.1") -> RenderedFile:
@@ -19,6 +26,8 @@ bind {bind}
 port {config.redis.port}
 protected-mode yes
 requirepass {secrets.get("redis")}
+# The exporters' user: reads INFO, CONFIG maxmemory, client and stream state; can write nothing.
+user {MONITOR_USER} on >{secrets.get("redis_monitor")} ~* resetchannels {MONITOR_COMMANDS}
 daemonize no
 logfile ""
 dir {layout.redis_data}

@@ -45,12 +45,21 @@ API_REPLICAS = NON_DEFAULT["api"]["replicas"]
 SERVICES_REPLICAS = NON_DEFAULT["services"]["replicas"]
 API_PROGRAMS = [f"api-{i}" for i in range(1, API_REPLICAS + 1)]
 SERVICES_PROGRAMS = [f"services-{i}" for i in range(1, SERVICES_REPLICAS + 1)]
-PROGRAMS = ["postgres", "pgbouncer", "redis", "s3", "backup-scheduler", *API_PROGRAMS, *SERVICES_PROGRAMS, "haproxy"]
+MONITORING_PROGRAMS = ["prometheus", "alertmanager", "node-exporter", "postgres-exporter", "redis-exporter",
+                       "prefect-exporter"]
+PROGRAMS = ["postgres", "pgbouncer", "redis", "s3", "backup-scheduler", *API_PROGRAMS, *SERVICES_PROGRAMS, "haproxy",
+            *MONITORING_PROGRAMS]
 # Programs that run as the operator, not the service user: the scheduler reads the secrets directory.
 OPERATOR_PROGRAMS = {"backup-scheduler"}
 RENDERED_FILES = [
     "stack.effective.yaml",
-    "prometheus-backup-rules.yml",
+    "prometheus.yml",
+    "prometheus-rules.yml",
+    "prometheus-api-password",
+    "alertmanager.yml",
+    "exporter-postgres-password",
+    "exporter-redis-password",
+    "exporter-redis-passwords.json",
     "postgresql.conf",
     "pg_hba.conf",
     "pg_ident.conf",
@@ -60,7 +69,8 @@ RENDERED_FILES = [
     "haproxy.cfg",
     "supervisord.conf",
 ]
-SECRET_FILES = ["pgbouncer-userlist.txt", "redis.conf", "haproxy.cfg", "supervisord.conf"]
+SECRET_FILES = ["pgbouncer-userlist.txt", "redis.conf", "haproxy.cfg", "supervisord.conf", "prometheus-api-password",
+                "exporter-postgres-password", "exporter-redis-password", "exporter-redis-passwords.json"]
 
 
 def settings(text: str, separator: str = " ") -> dict[str, str]:
@@ -268,7 +278,13 @@ class TestPgBouncer:
         self, config: StackConfig, secrets: Secrets, layout: StateLayout
     ) -> None:
         expected = f'"flowrunner" "{secrets.get("postgres_prefect")}"\n'
-        assert pgbouncer_userlist(config, secrets, layout).content == expected
+        assert pgbouncer_userlist(config, secrets, layout).content.startswith(expected)
+
+    def test_userlist_holds_the_monitor_role_for_the_exporter(
+        self, config: StackConfig, secrets: Secrets, layout: StateLayout
+    ) -> None:
+        assert f'"prefect_monitor" "{secrets.get("postgres_monitor")}"\n' in pgbouncer_userlist(
+            config, secrets, layout).content
 
     def test_superuser_password_absent(self, config: StackConfig, secrets: Secrets, layout: StateLayout) -> None:
         assert secrets.get("postgres_superuser") not in pgbouncer_userlist(config, secrets, layout).content
@@ -796,10 +812,12 @@ class TestFingerprint:
         ("overrides", "expected"),
         [
             pytest.param({"load_balancer": {"retries": 2}}, ["haproxy"], id="load_balancer.retries"),
-            pytest.param({"load_balancer": {"stats_port": 28405}}, ["haproxy"], id="load_balancer.stats_port"),
+            # Prometheus scrapes HAProxy's exporter on the stats port, and each API replica.
+            pytest.param({"load_balancer": {"stats_port": 28405}}, ["haproxy", "prometheus"],
+                         id="load_balancer.stats_port"),
             pytest.param({"api": {"log_level": "DEBUG"}}, API_PROGRAMS + SERVICES_PROGRAMS, id="api.log_level"),
             pytest.param({"api": {"db_pool_size": 5}}, API_PROGRAMS, id="api.db_pool_size"),
-            pytest.param({"api": {"replicas": API_REPLICAS + 1}}, ["haproxy"], id="api.replicas"),
+            pytest.param({"api": {"replicas": API_REPLICAS + 1}}, ["haproxy", "prometheus"], id="api.replicas"),
             pytest.param({"services": {"replicas": 1}}, [], id="services.replicas"),
             pytest.param({"redis": {"maxmemory": "2gb"}}, ["redis"], id="redis.maxmemory"),
             pytest.param({"pgbouncer": {"default_pool_size": 30}}, ["pgbouncer"], id="pgbouncer.default_pool_size"),
@@ -822,7 +840,10 @@ class TestFingerprint:
         [
             ("redis", ["redis", *API_PROGRAMS, *SERVICES_PROGRAMS]),
             ("postgres_prefect", ["pgbouncer", *API_PROGRAMS, *SERVICES_PROGRAMS]),
-            ("prefect_auth", API_PROGRAMS + SERVICES_PROGRAMS),
+            # Prometheus scrapes the replicas' /api/metrics with it.
+            ("prefect_auth", [*API_PROGRAMS, *SERVICES_PROGRAMS, "prometheus"]),
+            ("postgres_monitor", ["pgbouncer", "postgres-exporter", "prefect-exporter"]),
+            ("redis_monitor", ["redis", "redis-exporter", "prefect-exporter"]),
             ("haproxy_stats", ["haproxy"]),
             ("postgres_superuser", []),
         ],

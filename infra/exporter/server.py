@@ -1,0 +1,158 @@
+"""The supervised exporter process: ``python -m infra.exporter.server --config FILE``.
+
+It reads the effective configuration the last deploy rendered (addresses, ports, the trailing window) and the
+monitor role's password files, then serves every collector on one loopback port. Each scrape reads every
+source afresh; a source that fails is reported as down (``prefect_exporter_source_up{source=...} 0``) while the
+others are still served, so one broken dependency never blinds the rest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+import redis
+from prometheus_client import start_http_server
+from prometheus_client.core import REGISTRY, GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
+
+from infra.exporter.event_streams import collect_event_streams
+from infra.exporter.flow_runs import collect_flow_runs, collect_work_pools
+from infra.exporter.pgbouncer import collect_pools
+from infra.render.postgres import MONITOR_ROLE
+from infra.render.redis import MESSAGING_DB, MONITOR_USER
+
+log = logging.getLogger("prefect-stack.exporter")
+CONNECT_TIMEOUT_S = 3
+# A scrape must never hang Prometheus' scrape loop: every query is cut off after this.
+STATEMENT_TIMEOUT_MS = 5000
+
+
+@dataclass(frozen=True)
+class Sources:
+    postgres_host: str
+    postgres_port: int
+    database: str
+    pgbouncer_host: str
+    pgbouncer_port: int
+    redis_host: str
+    redis_port: int
+    postgres_password: str
+    redis_password: str
+    finished_runs_window_s: int
+
+
+class StackCollector(Collector):
+    def __init__(self, sources: Sources) -> None:
+        self.sources = sources
+
+    def _database(self) -> psycopg.Connection[tuple[object, ...]]:
+        s = self.sources
+        return psycopg.connect(host=s.postgres_host, port=s.postgres_port, dbname=s.database, user=MONITOR_ROLE,
+                               password=s.postgres_password, connect_timeout=CONNECT_TIMEOUT_S, autocommit=True,
+                               options=f"-c statement_timeout={STATEMENT_TIMEOUT_MS}",
+                               application_name="prefect-stack-exporter")
+
+    def _pgbouncer(self) -> psycopg.Connection[tuple[object, ...]]:
+        s = self.sources
+        return psycopg.connect(host=s.pgbouncer_host, port=s.pgbouncer_port, dbname="pgbouncer", user=MONITOR_ROLE,
+                               password=s.postgres_password, connect_timeout=CONNECT_TIMEOUT_S, autocommit=True,
+                               cursor_factory=psycopg.ClientCursor)
+
+    def _prefect(self) -> Iterator[Metric]:
+        with self._database() as conn:
+            yield from collect_flow_runs(conn, self.sources.finished_runs_window_s)
+            yield from collect_work_pools(conn)
+
+    def _streams(self) -> Iterator[Metric]:
+        s = self.sources
+        client = redis.Redis(host=s.redis_host, port=s.redis_port, db=MESSAGING_DB, username=MONITOR_USER,
+                             password=s.redis_password, socket_timeout=CONNECT_TIMEOUT_S)
+        try:
+            yield from collect_event_streams(client)
+        finally:
+            client.close()
+
+    def _pools(self) -> Iterator[Metric]:
+        with self._pgbouncer() as conn:
+            yield from collect_pools(conn)
+
+    def collect(self) -> Iterator[Metric]:
+        started = time.monotonic()
+        up = GaugeMetricFamily("prefect_exporter_source_up", "1 when the last scrape could read this source.",
+                               labels=["source"])
+        sources: dict[str, Callable[[], Iterator[Metric]]] = {
+            "postgres": self._prefect, "redis": self._streams, "pgbouncer": self._pools,
+        }
+        for name, read in sources.items():
+            try:
+                metrics = list(read())  # all or nothing per source: no half-read families
+            except Exception as exc:  # any failure of a source is reported, never raised into the scrape
+                log.warning("cannot read %s: %s", name, exc)
+                up.add_metric([name], 0.0)
+                if name == "pgbouncer":
+                    yield GaugeMetricFamily("pgbouncer_up", "1 when PgBouncer's console answered.", value=0.0)
+                continue
+            up.add_metric([name], 1.0)
+            if name == "pgbouncer":
+                yield GaugeMetricFamily("pgbouncer_up", "1 when PgBouncer's console answered.", value=1.0)
+            yield from metrics
+        yield up
+        all_up = all(sample.value == 1.0 for sample in up.samples)
+        yield GaugeMetricFamily("prefect_exporter_up", "1 when every source was read.", value=1.0 if all_up else 0.0)
+        yield GaugeMetricFamily("prefect_exporter_scrape_duration_seconds", "Time the last scrape took.",
+                                value=time.monotonic() - started)
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit():
+        raise argparse.ArgumentTypeError(f"expected host:port, got {text!r}")
+    return host, int(port)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--listen", type=_host_port, required=True, help="host:port to serve /metrics on")
+    parser.add_argument("--postgres", required=True, help="host:port/database of PostgreSQL (direct, not pooled)")
+    parser.add_argument("--pgbouncer", type=_host_port, required=True, help="host:port of PgBouncer")
+    parser.add_argument("--redis", type=_host_port, required=True, help="host:port of Redis")
+    parser.add_argument("--postgres-password-file", type=Path, required=True)
+    parser.add_argument("--redis-password-file", type=Path, required=True)
+    parser.add_argument("--finished-runs-window", type=int, default=3600, help="seconds (default 3600)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stdout)
+    postgres, _, database = args.postgres.partition("/")
+    postgres_host, postgres_port = _host_port(postgres)
+    sources = Sources(
+        postgres_host=postgres_host, postgres_port=postgres_port, database=database or "prefect",
+        pgbouncer_host=args.pgbouncer[0], pgbouncer_port=args.pgbouncer[1],
+        redis_host=args.redis[0], redis_port=args.redis[1],
+        postgres_password=args.postgres_password_file.read_text().strip(),
+        redis_password=args.redis_password_file.read_text().strip(),
+        finished_runs_window_s=args.finished_runs_window,
+    )
+    host, port = args.listen
+    REGISTRY.register(StackCollector(sources))
+    start_http_server(port, addr=host)
+    log.info("serving metrics on http://%s:%d/metrics", host, port)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    with contextlib.suppress(KeyboardInterrupt):
+        stop.wait()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
