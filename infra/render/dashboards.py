@@ -195,7 +195,7 @@ def overview(config: StackConfig) -> dict[str, Any]:
                "cancelling.", "short", Query("sum by (state) (prefect_flow_runs)", "{{state}}"), stacked=True),
         _graph("Finished in the last hour", "Flow runs that reached a terminal state in the last hour.", "short",
                Query("sum by (state) (prefect_flow_runs_finished_recent)", "{{state}}"), stacked=True),
-        _graph("Late flow runs", "Runs past their scheduled start. A rising line means no worker takes them.",
+        _graph("Late flow runs over time", "Runs past their scheduled start. A rising line means no worker takes them.",
                "short", Query("sum(prefect_late_flow_runs)", "late"), width=8),
         _graph("Oldest late flow run age", "Wait of the oldest late run.", "s",
                Query("max(prefect_oldest_late_flow_run_age_seconds)", "oldest late run"), width=8),
@@ -249,7 +249,8 @@ def api(config: StackConfig) -> dict[str, Any]:
         _stat("Requests", "Responses per second through HAProxy.", "reqps", f"sum(rate({responses}[{w}]))"),
         _stat("5xx ratio", "Share of responses that are server errors (alert at 5%).", "percentunit",
               f'sum(rate(haproxy_backend_http_responses_total{{{BACKEND},code="5xx"}}[{w}])) '
-              f"/ sum(rate({responses}[{w}]))", base="green", steps=[(0.01, "orange"), (0.05, "red")]),
+              f"/ (sum(rate({responses}[{w}])) > 0)",  # no traffic: no data, not NaN
+              base="green", steps=[(0.01, "orange"), (0.05, "red")]),
         _stat("Response time", "HAProxy's average over the last 1024 requests (alert above 1 s).", "s",
               f"max(haproxy_backend_response_time_average_seconds{{{BACKEND}}})",
               base="green", steps=[(0.5, "orange"), (1, "red")]),
@@ -363,7 +364,7 @@ def redis(config: StackConfig) -> dict[str, Any]:
     details = Section("Redis", [
         _graph("Memory", "Used memory and the maxmemory limit.", "bytes",
                Query("max(redis_memory_used_bytes)", "used"), Query("max(redis_memory_max_bytes)", "maxmemory")),
-        _graph("Connected clients", "Client connections (API replicas, services, workers' event clients).",
+        _graph("Client connections", "Client connections (API replicas, services, workers' event clients).",
                "short", Query("sum(redis_connected_clients)", "clients")),
         _graph("Commands per second", "Commands processed per second.", "ops",
                Query(f"sum(rate(redis_commands_processed_total[{w}]))", "commands")),
