@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 
 # Never used by tests, so a deployment running on the defaults is never disturbed.
-DEFAULT_PORTS = {4200, 8404, 15432, 16432, 16379, 19000, 14200, 14201, 14202}
+DEFAULT_PORTS = {4200, 8404, 15432, 16432, 16379, 19000, 14200, 14201, 14202, 19090, 19093, 19100, 19121, 19187, 19200}
 
 
 def free_ports(count: int, consecutive: int = 1) -> list[int]:

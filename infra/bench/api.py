@@ -462,6 +462,8 @@ class StackPorts:
     redis: int
     s3: int
     api_base: int
+    # prometheus, alertmanager, node, postgres, redis and prefect exporters
+    monitoring: tuple[int, int, int, int, int, int]
 
 
 def allocate_stack_ports(replicas: int, taken: set[int]) -> StackPorts:
@@ -469,15 +471,24 @@ def allocate_stack_ports(replicas: int, taken: set[int]) -> StackPorts:
         load_balancer=free_port(taken), stats=free_port(taken), postgres=free_port(taken),
         pgbouncer=free_port(taken), redis=free_port(taken), s3=free_port(taken),
         api_base=free_port(taken, run=replicas),
+        monitoring=(free_port(taken), free_port(taken), free_port(taken), free_port(taken), free_port(taken),
+                    free_port(taken)),
     )
 
 
 # ---------------------------------------------------------------- targets
 
 
-def stack_config(state_dir: Path, ports: StackPorts, replicas: int) -> StackConfig:
-    """The operator's configuration (pool sizes, timeouts...) with the benchmark's own ports and state directory."""
+def stack_config(state_dir: Path, ports: StackPorts, replicas: int, monitoring: bool = False) -> StackConfig:
+    """The operator's configuration (pool sizes, timeouts...) with the benchmark's own ports and state directory.
+
+    Monitoring is off unless asked for: the API and backup benchmarks compare the stack itself with its baselines.
+    """
+    prom, am, node, pg_exporter, redis_exporter, prefect_exporter = ports.monitoring
     return load_config(
+        monitoring={"enabled": monitoring, "prometheus_port": prom, "alertmanager_port": am,
+                    "node_exporter_port": node, "postgres_exporter_port": pg_exporter,
+                    "redis_exporter_port": redis_exporter, "prefect_exporter_port": prefect_exporter},
         target="local",
         local={"state_dir": str(state_dir)},
         load_balancer={"bind_address": "127.0.0.1", "port": ports.load_balancer, "stats_port": ports.stats},

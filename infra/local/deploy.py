@@ -163,6 +163,7 @@ def _write_file(rendered: RenderedFile, owner: tuple[int, int] | None) -> bool:
     path = rendered.path
     if path.exists() and path.read_text() == rendered.content and (path.stat().st_mode & 0o777) == rendered.mode:
         return False
+    path.parent.mkdir(parents=True, exist_ok=True)  # etc/grafana/... (etc itself is prepared with its owner)
     tmp = path.with_name(f".{path.name}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, rendered.mode)
     with os.fdopen(fd, "w") as handle:

@@ -20,6 +20,7 @@ from infra.local.tls import ensure_loopback_certificate
 from infra.render import Addresses, RenderedFile
 from infra.render.alert_rules import alert_rules_yml
 from infra.render.alertmanager import alertmanager_yml
+from infra.render.dashboards import dashboards, grafana_provisioning
 from infra.render.haproxy import haproxy_cfg
 from infra.render.pgbackrest import pgbackrest_conf
 from infra.render.pgbouncer import pgbouncer_ini, pgbouncer_userlist
@@ -103,6 +104,18 @@ def effective_config_file(config: StackConfig, layout: StateLayout) -> RenderedF
 
 EXPORTER_POSTGRES_PASSWORD = "exporter-postgres-password"  # noqa: S105 - a file name
 EXPORTER_REDIS_PASSWORD = "exporter-redis-password"  # noqa: S105 - a file name
+
+
+def grafana_files(config: StackConfig, layout: StateLayout, addresses: Addresses) -> tuple[RenderedFile, ...]:
+    """Dashboards and provisioning for any Grafana to mount (Grafana itself is not packaged for this host):
+    <state>/etc/grafana/provisioning is Grafana's provisioning directory, <state>/etc/grafana/dashboards the JSON."""
+    grafana = layout.etc / "grafana"
+    prometheus = f"http://{addresses.prometheus}:{config.monitoring.prometheus_port}"
+    files = [RenderedFile(grafana / "dashboards" / name, json.dumps(model, indent=2) + "\n")
+             for name, model in dashboards(config).items()]
+    for relative, text in grafana_provisioning(config, prometheus, None, str(grafana / "dashboards")).items():
+        files.append(RenderedFile(grafana / "provisioning" / relative, text))
+    return tuple(files)
 
 
 def monitoring_programs(
@@ -301,6 +314,7 @@ def build_plan(config: StackConfig, secrets: Secrets, addresses: Addresses | Non
     )
     if config.monitoring.enabled:
         programs += monitoring_programs(config, secrets, layout, addresses)
+        extra_files += grafana_files(config, layout, addresses)
     return LocalPlan(
         config=config,
         layout=layout,

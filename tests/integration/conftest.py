@@ -97,9 +97,27 @@ def _environment(overrides: dict[str, str]) -> Iterator[None]:
                 os.environ[key] = value
 
 
+# Monitoring at test speed: scrapes and rule evaluations every second, a replica alerts after 2 s out of the load
+# balancer, and Alertmanager notifies at once. Every other rule keeps its production timing.
+MONITORING_AT_TEST_SPEED = {
+    "PREFECT_STACK_MONITORING__SCRAPE_INTERVAL_S": "1",
+    "PREFECT_STACK_MONITORING__EVALUATION_INTERVAL_S": "1",
+    "PREFECT_STACK_MONITORING__REPLICA_DOWN_FOR": "2s",
+    "PREFECT_STACK_MONITORING__GROUP_WAIT_S": "0",
+}
+
+
 def stack_env(state_dir: Path, replicas: int) -> dict[str, str]:
-    lb, stats, pg, pgb, redis, s3, *api = free_ports(6 + replicas, consecutive=replicas)
+    lb, stats, pg, pgb, redis, s3, prom, am, node, pg_exp, redis_exp, prefect_exp, *api = free_ports(
+        12 + replicas, consecutive=replicas)
     return {
+        **MONITORING_AT_TEST_SPEED,
+        "PREFECT_STACK_MONITORING__PROMETHEUS_PORT": str(prom),
+        "PREFECT_STACK_MONITORING__ALERTMANAGER_PORT": str(am),
+        "PREFECT_STACK_MONITORING__NODE_EXPORTER_PORT": str(node),
+        "PREFECT_STACK_MONITORING__POSTGRES_EXPORTER_PORT": str(pg_exp),
+        "PREFECT_STACK_MONITORING__REDIS_EXPORTER_PORT": str(redis_exp),
+        "PREFECT_STACK_MONITORING__PREFECT_EXPORTER_PORT": str(prefect_exp),
         "PREFECT_STACK_LOCAL__STATE_DIR": str(state_dir),
         "PREFECT_STACK_LOAD_BALANCER__PORT": str(lb),
         "PREFECT_STACK_LOAD_BALANCER__STATS_PORT": str(stats),

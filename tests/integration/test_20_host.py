@@ -13,8 +13,11 @@ import pytest
 from infra.secrets import SECRET_NAMES, load_secrets
 from tests.integration.conftest import REPLICAS, Stack
 
-COMPONENTS = ["postgres", "pgbouncer", "redis", "haproxy", *[f"api-{i}" for i in range(1, REPLICAS + 1)]]
-SECRET_BEARING_FILES = ["supervisord.conf", "pgbouncer-userlist.txt", "redis.conf", "haproxy.cfg"]
+MONITORING = ["prometheus", "alertmanager", "node-exporter", "postgres-exporter", "redis-exporter", "prefect-exporter"]
+COMPONENTS = ["postgres", "pgbouncer", "redis", "haproxy", *[f"api-{i}" for i in range(1, REPLICAS + 1)], *MONITORING]
+SECRET_BEARING_FILES = ["supervisord.conf", "pgbouncer-userlist.txt", "redis.conf", "haproxy.cfg",
+                        "prometheus-api-password", "exporter-postgres-password", "exporter-redis-password",
+                        "exporter-redis-passwords.json"]
 
 
 def _component(stack: Stack, name: str) -> dict[str, object]:

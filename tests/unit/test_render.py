@@ -137,8 +137,17 @@ def _file(plan: LocalPlan, name: str) -> RenderedFile:
 class TestFiles:
     """What holds for every rendered file."""
 
-    def test_plan_renders_every_file(self, plan: LocalPlan) -> None:
-        assert sorted(f.path.name for f in plan.files) == sorted(RENDERED_FILES)
+    def test_plan_renders_every_file(self, plan: LocalPlan, layout: StateLayout) -> None:
+        grafana = layout.etc / "grafana"
+        assert sorted(f.path.name for f in plan.files if grafana not in f.path.parents) == sorted(RENDERED_FILES)
+
+    def test_grafana_dashboards_and_provisioning_are_rendered(self, plan: LocalPlan, layout: StateLayout) -> None:
+        grafana = layout.etc / "grafana"
+        paths = {f.path.relative_to(grafana).as_posix() for f in plan.files if grafana in f.path.parents}
+        assert "provisioning/datasources/prefect-stack.yaml" in paths
+        assert "provisioning/dashboards/prefect-stack.yaml" in paths
+        assert {p for p in paths if p.startswith("dashboards/")} == {
+            f"dashboards/prefect-{name}.json" for name in ("overview", "api", "postgres", "redis", "backups", "host")}
 
     @pytest.mark.parametrize("name", RENDERED_FILES)
     def test_under_etc(self, plan: LocalPlan, layout: StateLayout, name: str) -> None:
