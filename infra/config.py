@@ -182,6 +182,16 @@ class MonitoringConfig(_Section):
     receivers: AlertReceiversConfig = AlertReceiversConfig()
 
 
+class TracingConfig(_Section):
+    # OpenTelemetry traces of the API replicas (every HTTP request but the health checks) and the background
+    # services (Docket tasks), sent over OTLP/HTTP to a collector or Jaeger. `invoke env --tracing` gives flow
+    # and worker processes the same settings, so a flow run's spans join the API's in one trace.
+    enabled: bool = False
+    otlp_endpoint: str | None = Field(None, pattern=r"^https?://[^\s/]+(:\d+)?/?$",
+                                      description="OTLP/HTTP base URL, e.g. http://jaeger:4318")
+    sample_ratio: float = Field(1.0, ge=0.0, le=1.0, description="Share of new traces recorded (parent-based).")
+
+
 class LocalTargetConfig(_Section):
     # Default state directory: /var/lib/prefect-stack as root, ~/.local/state/prefect-stack otherwise.
     state_dir: Path | None = None
@@ -209,6 +219,7 @@ class StackConfig(BaseSettings):
     local: LocalTargetConfig = LocalTargetConfig()
     backups: BackupConfig = BackupConfig()
     monitoring: MonitoringConfig = MonitoringConfig()
+    tracing: TracingConfig = TracingConfig()
 
     @classmethod
     def settings_customise_sources(
@@ -221,6 +232,13 @@ class StackConfig(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         yaml_file = os.environ.get(CONFIG_FILE_ENV) or str(DEFAULT_CONFIG_FILE)
         return (init_settings, env_settings, YamlConfigSettingsSource(settings_cls, yaml_file=yaml_file))
+
+    @model_validator(mode="after")
+    def _tracing_has_an_endpoint(self) -> StackConfig:
+        if self.tracing.enabled and not self.tracing.otlp_endpoint:
+            raise ValueError("tracing.enabled is true but tracing.otlp_endpoint is not set; set it to your "
+                             "collector's OTLP/HTTP URL (e.g. http://jaeger:4318) or turn tracing off")
+        return self
 
     @model_validator(mode="after")
     def _ports_are_distinct(self) -> StackConfig:

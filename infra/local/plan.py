@@ -29,6 +29,7 @@ from infra.render.prefect import api_environment, migration_environment, service
 from infra.render.prometheus import API_PASSWORD_FILE, RULES_FILE, prometheus_yml
 from infra.render.redis import MESSAGING_DB, MONITOR_USER, redis_conf
 from infra.render.supervisor import Program, supervisord_conf
+from infra.render.tracing import server_tracing_environment
 from infra.secrets import Secrets
 
 
@@ -104,6 +105,13 @@ def effective_config_file(config: StackConfig, layout: StateLayout) -> RenderedF
 
 EXPORTER_POSTGRES_PASSWORD = "exporter-postgres-password"  # noqa: S105 - a file name
 EXPORTER_REDIS_PASSWORD = "exporter-redis-password"  # noqa: S105 - a file name
+
+
+def traced(config: StackConfig, command: tuple[str, ...]) -> tuple[str, ...]:
+    """The unchanged Prefect command, run under opentelemetry-instrument when tracing is on."""
+    if not config.tracing.enabled:
+        return command
+    return (str(venv_bin() / "opentelemetry-instrument"), *command)
 
 
 def grafana_files(config: StackConfig, layout: StateLayout, addresses: Addresses) -> tuple[RenderedFile, ...]:
@@ -278,8 +286,9 @@ def build_plan(config: StackConfig, secrets: Secrets, addresses: Addresses | Non
             Program(
                 name=f"api-{i}",
                 component="api",
-                command=(prefect, "server", "start", "--no-services", "--host", "127.0.0.1", "--port", str(port)),
-                environment=api_env,
+                command=traced(config, (prefect, "server", "start", "--no-services", "--host", "127.0.0.1",
+                                        "--port", str(port))),
+                environment={**api_env, **server_tracing_environment(config, "prefect-api", f"api-{i}")},
                 port=port,
                 start_secs=5,
             )
@@ -290,8 +299,9 @@ def build_plan(config: StackConfig, secrets: Secrets, addresses: Addresses | Non
             Program(
                 name=f"services-{i}",
                 component="services",
-                command=(prefect, "server", "services", "start"),
-                environment=services_env,
+                command=traced(config, (prefect, "server", "services", "start")),
+                environment={**services_env, **server_tracing_environment(config, "prefect-services",
+                                                                          f"services-{i}")},
                 start_secs=5,
             )
         )

@@ -20,6 +20,7 @@ from infra.local.deploy import deploy as deploy_local
 from infra.local.deploy import restart_component
 from infra.local.drill import run_drill
 from infra.local.health import ComponentStatus
+from infra.render.tracing import exporter_environment
 from infra.secrets import load_secrets
 from infra.tasks import reports_user_errors
 
@@ -135,11 +136,20 @@ def destroy(c: Context, yes: bool = False) -> None:
 @task(help={
     "backups": "Print what boto3 or the aws CLI needs to reach the backup bucket instead.",
     "monitoring": "Print the Prometheus and Alertmanager URLs instead (PROMETHEUS_URL, ALERTMANAGER_URL).",
+    "tracing": "Print the OTEL_* settings a worker or flow process needs to send its spans where the server's go.",
 })
 @reports_user_errors
-def env(c: Context, backups: bool = False, monitoring: bool = False) -> None:
+def env(c: Context, backups: bool = False, monitoring: bool = False, tracing: bool = False) -> None:
     """Print shell exports for Prefect clients: eval "$(invoke env)"; prefect flow-run ls."""
     config = load_config()
+    if tracing:
+        variables = exporter_environment(config, "prefect-flows")
+        if not variables:
+            raise UserError("tracing is off (tracing.enabled: false)",
+                            fix="set tracing.enabled: true and tracing.otlp_endpoint, then run invoke deploy")
+        print(operate.shell_exports(variables))
+        print("# then run the worker or flow under the SDK: opentelemetry-instrument prefect worker start ...")
+        return
     if monitoring:
         if not config.monitoring.enabled:
             raise UserError("monitoring is off (monitoring.enabled: false)",
