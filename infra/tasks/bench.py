@@ -1,5 +1,5 @@
-"""Benchmarks: `invoke bench.api` and `invoke bench.backup`. Each deploys what it measures on free ports and
-removes it afterwards."""
+"""Benchmarks: `invoke bench.api`, `invoke bench.backup` and `invoke bench.observability`. Each deploys what it
+measures on free ports and removes it afterwards."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from infra.bench.api import (
     run_benchmark,
 )
 from infra.bench.backup import DEFAULT_SIZE_GB, BackupBenchReport, BackupBenchSettings, run_backup_benchmark
+from infra.bench.observability import ObservabilitySettings, run_observability_benchmark
 from infra.tasks import reports_user_errors
 
 STATUS_MARKS = {
@@ -137,5 +138,40 @@ def backup(c: Context, json_: bool = False, size_gb: float = DEFAULT_SIZE_GB, jo
         print(json.dumps(report.as_dict(), indent=2))
     else:
         _print_backup_report(report)
+    # A benchmark reports; a missed target is a finding, not a failed command (exit 0 either way).
+    console.err.print(_summary(report.verdicts))
+
+
+@task(
+    help={
+        "json": "Print one JSON document (throughput on/off, scrape times, verdicts) on stdout instead of text.",
+        "flow_runs": "Flow runs in the generated history the exporter is scraped against (default 1000000).",
+        "deployments": "Deployments the generated runs belong to (default 300).",
+        "work_pools": "Work pools, each with a queue and two workers (default 50).",
+        "duration": "Measured seconds per throughput round, after a 5 s warm-up (default 20).",
+        "rounds": "Off/on throughput rounds, alternated (default 2).",
+    }
+)
+@reports_user_errors
+def observability(
+    c: Context, json_: bool = False, flow_runs: int = 1_000_000, deployments: int = 300, work_pools: int = 50,
+    duration: float = 20.0, rounds: int = 2,
+) -> None:
+    """What monitoring and tracing cost: throughput at 20 clients with the layer on vs off, exporter scrape time."""
+    settings = ObservabilitySettings(flow_runs=int(flow_runs), deployments=int(deployments),
+                                     work_pools=int(work_pools), duration_s=float(duration), rounds=int(rounds))
+    report = run_observability_benchmark(settings)
+    if json_:
+        print(json.dumps(report.as_dict(), indent=2))
+    else:
+        document = report.as_dict()
+        off = ", ".join(f"{r.throughput_rps:.1f}" for r in report.off)
+        on = ", ".join(f"{r.throughput_rps:.1f}" for r in report.on)
+        console.out.print(
+            f"flow runs/s at {settings.clients} clients: off {off}; on {on} (ratio {report.throughput_ratio:.3f})\n"
+            f"exporter scrape on {settings.flow_runs} flow runs: median {document['scrape_median_s']} s, "
+            f"slowest {document['scrape_max_s']} s (history generated in {report.generated_s:.0f} s)"
+        )
+        _print_goals(report.verdicts)
     # A benchmark reports; a missed target is a finding, not a failed command (exit 0 either way).
     console.err.print(_summary(report.verdicts))
