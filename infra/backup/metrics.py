@@ -87,18 +87,27 @@ groups:
           severity: critical
         annotations:
           summary: No verified Prefect backup has ever been recorded
+          description: >-
+            The backup scheduler has not completed a backup and its verification yet. Check it runs
+            (invoke status, invoke logs backup-scheduler); take one now with invoke backup and invoke backup.verify --latest.
       - alert: PrefectBackupFailed
         expr: max(prefect_backup_last_attempt_success) == 0
         for: 5m
         labels:
           severity: warning
         annotations:
-          summary: The last Prefect backup attempt failed (invoke logs backup-scheduler)
+          summary: The last Prefect backup attempt failed
+          description: >-
+            Read the reason in invoke logs backup-scheduler (S3 unreachable, credentials, scratch disk full), fix it,
+            then run invoke backup to confirm before the next night.
       - alert: PrefectBackupVerificationFailed
         expr: max(prefect_backup_last_verification_success) == 0
         for: 5m
         labels:
           severity: critical
         annotations:
-          summary: The last Prefect backup FAILED verification; do not rely on it (invoke backup.list)
+          summary: The last Prefect backup FAILED verification; do not rely on it
+          description: >-
+            invoke backup.list shows the verdict and what failed (checksums, restore, amcheck, row counts). Take and
+            verify a new backup now (invoke backup, then invoke backup.verify --latest); keep the failed one for analysis.
 """

@@ -149,3 +149,9 @@ def test_carries_what_an_operator_needs(rules: dict[str, dict[str, Any]], alert:
     assert rule["labels"]["area"]
     assert rule["annotations"]["summary"] and rule["annotations"]["description"]
     assert rule["annotations"]["runbook"] == f"README.md#runbook-{alert.lower()}"
+
+
+def test_every_rule_has_a_runbook_entry_in_the_readme(rules: dict[str, dict[str, Any]]) -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    missing = [name for name in rules if f"#### Runbook: {name}\n" not in readme]
+    assert missing == []
