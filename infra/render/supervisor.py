@@ -41,6 +41,18 @@ class Program:
         return digest.hexdigest()
 
 
+# supervisord stops programs in reverse priority order (on invoke stop, destroy, or its own shutdown). PostgreSQL
+# must stop while the S3 endpoint and HAProxy's TLS front are still up: with WAL archiving on, its shutdown waits
+# for the archiver to push the last segments. Clients of a component stop before it. Unknown components: last.
+STOP_LAST_FIRST = ("s3", "haproxy", "postgres", "pgbouncer", "redis", "api", "services", "backup-scheduler")
+
+
+def priority(component: str) -> int:
+    """supervisord priority: lower starts first and stops last."""
+    order = STOP_LAST_FIRST.index(component) if component in STOP_LAST_FIRST else len(STOP_LAST_FIRST)
+    return 100 + 10 * order
+
+
 def _escape(value: str) -> str:
     """supervisord expands %(name)s in every value: a literal % must be doubled."""
     return value.replace("%", "%%")
@@ -87,6 +99,7 @@ def supervisord_conf(programs: list[Program], layout: StateLayout, run_as: str |
             f"directory={layout.root}",
             "autostart=false",
             "autorestart=true",
+            f"priority={priority(program.component)}",
             f"startsecs={program.start_secs}",
             "startretries=10",
             f"stopsignal={program.stop_signal}",

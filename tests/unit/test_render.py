@@ -864,3 +864,12 @@ class TestFingerprint:
         rotate_secret(layout.secrets, name)
         after = build_plan(config, ensure_secrets(layout.secrets))
         assert _changed(before, after) == expected
+
+
+def test_postgres_stops_before_the_backup_endpoint_and_after_its_clients() -> None:
+    from infra.render.supervisor import priority
+
+    # Higher priority numbers stop first: clients, then PostgreSQL (its archiver still reaching S3), then S3.
+    assert priority("api") > priority("pgbouncer") > priority("postgres") > priority("haproxy") > priority("s3")
+    assert priority("backup-scheduler") > priority("postgres")
+    assert priority("some-new-component") > priority("services")
