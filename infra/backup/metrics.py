@@ -89,7 +89,8 @@ groups:
           summary: No verified Prefect backup has ever been recorded
           description: >-
             The backup scheduler has not completed a backup and its verification yet. Check it runs
-            (invoke status, invoke logs backup-scheduler); take one now with invoke backup and invoke backup.verify --latest.
+            (invoke status, invoke logs backup-scheduler); take one now with invoke backup and
+            invoke backup.verify --latest.
       - alert: PrefectBackupFailed
         expr: max(prefect_backup_last_attempt_success) == 0
         for: 5m
@@ -108,6 +109,7 @@ groups:
         annotations:
           summary: The last Prefect backup FAILED verification; do not rely on it
           description: >-
-            invoke backup.list shows the verdict and what failed (checksums, restore, amcheck, row counts). Take and
-            verify a new backup now (invoke backup, then invoke backup.verify --latest); keep the failed one for analysis.
+            invoke backup.list shows the verdict and what failed (checksums, restore, amcheck, row counts).
+            Take and verify a new backup now (invoke backup, then invoke backup.verify --latest); keep the
+            failed one for analysis.
 """

@@ -104,8 +104,9 @@ def test_too_old_backup_alert_fires_only_after_max_age(tmp_path: Path) -> None:
                     exp_annotations:
                       summary: The last Prefect backup FAILED verification; do not rely on it
                       description: >-
-                        invoke backup.list shows the verdict and what failed (checksums, restore, amcheck, row counts). Take and
-                        verify a new backup now (invoke backup, then invoke backup.verify --latest); keep the failed one for analysis.
+                        invoke backup.list shows the verdict and what failed (checksums, restore, amcheck, row counts).
+                        Take and verify a new backup now (invoke backup, then invoke backup.verify --latest); keep the
+                        failed one for analysis.
     """))
     result = subprocess.run(["promtool", "test", "rules", "test.yml"], cwd=tmp_path, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
