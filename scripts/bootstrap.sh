@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent set-up of a fresh Debian/Ubuntu host for the "local" target:
-#   - the Debian packages the stack runs (PostgreSQL 15, PgBouncer, Redis, HAProxy, pgBackRest),
+#   - the Debian packages the stack runs (PostgreSQL 15, PgBouncer, Redis, HAProxy, pgBackRest, Prometheus,
+#     Alertmanager and the exporters),
 #   - the unprivileged system user every stack process runs as (when run as root),
 #   - the Python virtual environment (.venv) pinned by constraints.txt.
 # Usage: scripts/bootstrap.sh [--dev]     (--dev adds the test and lint tools)
@@ -23,9 +24,10 @@ fi
 
 # Debian packages, pinned to the distribution's release (bookworm): PostgreSQL 15 is what the stack is tested with.
 # Monitoring: Prometheus (and promtool, which checks and unit-tests the rendered alert rules), Alertmanager
-# (and amtool), node_exporter (the host and the backup textfile metrics).
+# (and amtool), node_exporter (the host and the backup textfile metrics), the PostgreSQL and Redis exporters.
 packages=(postgresql-15 postgresql-contrib pgbouncer redis-server haproxy pgbackrest zstd python3-venv
-          prometheus prometheus-alertmanager prometheus-node-exporter)
+          prometheus prometheus-alertmanager prometheus-node-exporter prometheus-postgres-exporter
+          prometheus-redis-exporter)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -38,7 +40,8 @@ if ((${#missing[@]})); then
   "${sudo_cmd[@]}" apt-get update -q
   "${sudo_cmd[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
   # Package post-install scripts start their own daemons where an init system exists; the stack runs its own.
-  for svc in pgbouncer redis-server haproxy prometheus prometheus-alertmanager prometheus-node-exporter; do
+  for svc in pgbouncer redis-server haproxy prometheus prometheus-alertmanager prometheus-node-exporter \
+             prometheus-postgres-exporter prometheus-redis-exporter; do
     "${sudo_cmd[@]}" systemctl disable --now "$svc" >/dev/null 2>&1 || true
   done
 else
