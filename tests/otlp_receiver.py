@@ -1,21 +1,18 @@
 """A real OTLP/HTTP trace receiver for the tests: the protocol peer a collector or Jaeger would be.
 
-It accepts ``POST /v1/traces`` (protobuf, optionally gzip), decodes ExportTraceServiceRequest with the
-OpenTelemetry protocol package, and keeps the spans for assertions.
+It is the benchmark's OTLP/HTTP endpoint (``POST /v1/traces``, protobuf, optionally gzip) with a decoder: each
+ExportTraceServiceRequest is parsed with the OpenTelemetry protocol package and its spans kept for assertions.
 """
 
 from __future__ import annotations
 
-import gzip
 import threading
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
-    ExportTraceServiceRequest,
-    ExportTraceServiceResponse,
-)
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
+
+from infra.bench.otlp_sink import OtlpSink
 
 
 @dataclass(frozen=True)
@@ -37,42 +34,15 @@ def _value(value: AnyValue) -> object:
     return getattr(value, kind) if kind else None
 
 
-class OtlpReceiver:
+class OtlpReceiver(OtlpSink):
     def __init__(self) -> None:
+        super().__init__(on_traces=self._store)
         self.spans: list[ReceivedSpan] = []
         self.lock = threading.Lock()
-        receiver = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-                if self.headers.get("Content-Encoding") == "gzip":
-                    body = gzip.decompress(body)
-                if self.path != "/v1/traces":
-                    self.send_response(404)
-                    self.end_headers()
-                    return
-                request = ExportTraceServiceRequest()
-                request.ParseFromString(body)
-                receiver._store(request)
-                reply = ExportTraceServiceResponse().SerializeToString()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/x-protobuf")
-                self.send_header("Content-Length", str(len(reply)))
-                self.end_headers()
-                self.wfile.write(reply)
-
-            def log_message(self, format: str, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    @property
-    def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
-
-    def _store(self, request: ExportTraceServiceRequest) -> None:
+    def _store(self, body: bytes) -> None:
+        request = ExportTraceServiceRequest()
+        request.ParseFromString(body)
         received = []
         for resource_spans in request.resource_spans:
             resource = {a.key: _value(a.value) for a in resource_spans.resource.attributes}
@@ -91,11 +61,3 @@ class OtlpReceiver:
     def snapshot(self) -> list[ReceivedSpan]:
         with self.lock:
             return list(self.spans)
-
-    def __enter__(self) -> OtlpReceiver:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()

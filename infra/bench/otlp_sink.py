@@ -1,21 +1,36 @@
-"""A local OTLP/HTTP endpoint that accepts and discards spans: the tracing half of ``bench.observability``
-costs the exporters their real work (serialising, sending) without a collector on this host."""
+"""A local OTLP/HTTP endpoint: by default it accepts and discards spans, so the tracing half of
+``bench.observability`` costs the exporters their real work (serialising, sending) without a collector on this
+host. Given ``on_traces``, it hands every request body (a serialised ExportTraceServiceRequest) to it: the
+tests' decoding receiver is built that way."""
 
 from __future__ import annotations
 
+import gzip
 import threading
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Self
 
 
 class OtlpSink:
-    def __init__(self) -> None:
+    def __init__(self, on_traces: Callable[[bytes], None] | None = None) -> None:
         self.requests = 0
         sink = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
-                self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                if self.path != "/v1/traces":
+                    self.send_response(404)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                if self.headers.get("Content-Encoding") == "gzip":
+                    body = gzip.decompress(body)
                 sink.requests += 1
+                if on_traces is not None:
+                    on_traces(body)
+                # An empty body is a valid, empty ExportTraceServiceResponse in protobuf.
                 self.send_response(200)
                 self.send_header("Content-Type", "application/x-protobuf")
                 self.send_header("Content-Length", "0")
@@ -31,7 +46,7 @@ class OtlpSink:
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self.server.server_address[1]}"
 
-    def __enter__(self) -> OtlpSink:
+    def __enter__(self) -> Self:
         self.thread.start()
         return self
 

@@ -20,36 +20,26 @@ RULES_FILE = "prometheus-rules.yml"
 API_PASSWORD_FILE = "prometheus-api-password"  # noqa: S105 - a file name, not a secret
 
 
+def _job(name: str, target: str, component: str, **extra: Any) -> dict[str, Any]:
+    return {"job_name": name, **extra, "static_configs": [{"targets": [target], "labels": {"component": component}}]}
+
+
 def scrape_jobs(config: StackConfig, addresses: Addresses, etc: Path) -> list[dict[str, Any]]:
     """One job per kind of endpoint. Job names are part of the alert rules' and dashboards' contract."""
     monitoring, lb = config.monitoring, config.load_balancer
-    auth_user = "admin"
     return [
-        {"job_name": "prometheus",
-         "static_configs": [{"targets": [f"{addresses.prometheus}:{monitoring.prometheus_port}"],
-                             "labels": {"component": "prometheus"}}]},
-        {"job_name": "alertmanager",
-         "static_configs": [{"targets": [f"{addresses.alertmanager}:{monitoring.alertmanager_port}"],
-                             "labels": {"component": "alertmanager"}}]},
-        {"job_name": "node",
-         "static_configs": [{"targets": [f"{addresses.node_exporter}:{monitoring.node_exporter_port}"],
-                             "labels": {"component": "node"}}]},
+        _job("prometheus", f"{addresses.prometheus}:{monitoring.prometheus_port}", "prometheus"),
+        _job("alertmanager", f"{addresses.alertmanager}:{monitoring.alertmanager_port}", "alertmanager"),
+        _job("node", f"{addresses.node_exporter}:{monitoring.node_exporter_port}", "node"),
         # HAProxy's built-in exporter: per-replica request rates, 5xx, response times, queue, server states.
-        {"job_name": "haproxy",
-         "static_configs": [{"targets": [f"{addresses.load_balancer}:{lb.stats_port}"],
-                             "labels": {"component": "haproxy"}}]},
-        {"job_name": "postgres",
-         "static_configs": [{"targets": [f"{addresses.exporters}:{monitoring.postgres_exporter_port}"],
-                             "labels": {"component": "postgres"}}]},
-        {"job_name": "redis",
-         "static_configs": [{"targets": [f"{addresses.exporters}:{monitoring.redis_exporter_port}"],
-                             "labels": {"component": "redis"}}]},
+        _job("haproxy", f"{addresses.load_balancer}:{lb.stats_port}", "haproxy"),
+        _job("postgres", f"{addresses.exporters}:{monitoring.postgres_exporter_port}", "postgres"),
+        _job("redis", f"{addresses.exporters}:{monitoring.redis_exporter_port}", "redis"),
         # Prefect's flow runs, work pools and event pipeline, and PgBouncer's pools (infra/exporter).
-        {"job_name": "prefect-exporter",
-         "static_configs": [{"targets": [f"{addresses.exporters}:{monitoring.prefect_exporter_port}"],
-                             "labels": {"component": "prefect-exporter"}}]},
+        _job("prefect-exporter", f"{addresses.exporters}:{monitoring.prefect_exporter_port}", "prefect-exporter"),
         {"job_name": "prefect-api", "metrics_path": "/api/metrics",
-         "basic_auth": {"username": auth_user, "password_file": str(etc / API_PASSWORD_FILE)},
+         # The replicas' basic auth: user from the generated "admin:<password>" secret, password from a file.
+         "basic_auth": {"username": "admin", "password_file": str(etc / API_PASSWORD_FILE)},
          "static_configs": [
              {"targets": [f"{addresses.api_host(i)}:{config.api_port(i)}"], "labels": {"component": f"api-{i}"}}
              for i in range(1, config.api.replicas + 1)
