@@ -67,10 +67,13 @@ def _wait_for(receiver: OtlpReceiver, what: str, match: object) -> list[Received
     return found
 
 
-def test_a_request_through_the_load_balancer_joins_the_callers_trace(stack: Stack, receiver: OtlpReceiver) -> None:
-    trace_id, parent = secrets.token_hex(16), secrets.token_hex(8)
+def test_a_flow_run_created_through_the_load_balancer_joins_the_callers_trace(
+    stack: Stack, receiver: OtlpReceiver
+) -> None:
+    trace_id, parent = secrets.token_hex(16), secrets.token_hex(8)  # the caller's span, as W3C trace context
     with stack.client(headers={"traceparent": f"00-{trace_id}-{parent}-01"}) as client:
-        assert client.post("/flows/filter", json={"limit": 1}).status_code == 200
+        flow_id = client.post("/flows/", json={"name": "traced"}).json()["id"]
+        assert client.post("/flow_runs/", json={"flow_id": flow_id}).status_code == 201
     spans = _wait_for(receiver, "the API's server span in the caller's trace",
                       lambda s: s.trace_id == trace_id and s.kind == SERVER_KIND)
     assert {s.service for s in spans} == {"prefect-api"}
