@@ -27,7 +27,8 @@ def test_status_reports_every_component_healthy(stack: Stack) -> None:
     status = stack.status()
     names = {c["name"] for c in status["components"]}  # type: ignore[union-attr, index]
     assert status["healthy"] is True
-    expected = {"postgres", "pgbouncer", "redis", "s3", "haproxy", "services-1", "backup-scheduler"}
+    expected = {"postgres", "pgbouncer", "redis", "s3", "haproxy", "services-1", "backup-scheduler", "prometheus",
+                "alertmanager", "node-exporter", "postgres-exporter", "redis-exporter", "prefect-exporter"}
     assert names == expected | {f"api-{i}" for i in (1, 2, 3)}
 
 
