@@ -5,15 +5,19 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import time
 from pathlib import Path
+
+import psycopg
 
 from infra.config import StackConfig
 from infra.errors import UserError
 from infra.layout import StateLayout
 from infra.local.health import ComponentStatus, stack_status
 from infra.local.plan import LocalPlan, build_plan
+from infra.local.postgres_admin import admin_connect
 from infra.local.supervisor import Supervisor
 from infra.secrets import load_secrets
 
@@ -76,15 +80,55 @@ def stop(config: StackConfig) -> bool:
     return True
 
 
+def _stop_wal_archiving(config: StackConfig, layout: StateLayout) -> None:
+    """The cluster is about to be deleted: its WAL need not reach the repository. Without this, PostgreSQL's
+    shutdown waits for an archiver that may be retrying (seen after a point-in-time restore) until supervisord's
+    stop timeout runs out."""
+    try:
+        with admin_connect(config, layout) as conn:
+            conn.execute("ALTER SYSTEM SET archive_command = '/bin/true'")
+            conn.execute("SELECT pg_reload_conf()")
+    except psycopg.Error:
+        pass  # not running, or not reachable: there is no shutdown to speed up
+
+
+_OWN_PROGRAMS = {"pgbackrest", "postgres"}
+
+
+def _kill_leftovers(root: Path) -> list[int]:
+    """Kill the stack's own programs that still run from this state directory once supervisord is gone (seen:
+    pgBackRest archive-push commands outliving their postmaster). Nothing of a destroyed deployment may keep
+    running; an operator's own process reading a file there (a tail, an editor) is left alone."""
+    killed = []
+    marker = (str(root) + "/").encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+            argv = cmdline.split(b"\0")
+            program = os.path.basename(argv[0]).decode(errors="replace")
+            # PostgreSQL runs archive_command through sh -c: "sh -c pgbackrest ... archive-push ...".
+            ours = program in _OWN_PROGRAMS or (program in ("sh", "bash") and b"pgbackrest" in cmdline)
+            if marker in cmdline and ours:
+                os.kill(int(entry.name), signal.SIGKILL)
+                killed.append(int(entry.name))
+        except (OSError, ProcessLookupError):
+            continue
+    return killed
+
+
 def destroy(config: StackConfig) -> Path:
     layout = StateLayout(config.state_dir)
+    if layout.root.exists() and not (layout.root / "deployed.json").exists() and not layout.secrets.exists():
+        raise UserError(
+            f"{layout.root} does not look like a prefect-stack state directory; refusing to delete it",
+            fix="check local.state_dir in the configuration",
+        )
+    _stop_wal_archiving(config, layout)
     stop(config)
+    _kill_leftovers(layout.root)
     if layout.root.exists():
-        if not (layout.root / "deployed.json").exists() and not layout.secrets.exists():
-            raise UserError(
-                f"{layout.root} does not look like a prefect-stack state directory; refusing to delete it",
-                fix="check local.state_dir in the configuration",
-            )
         shutil.rmtree(layout.root)
     return layout.root
 
