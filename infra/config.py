@@ -199,6 +199,37 @@ class LocalTargetConfig(_Section):
     run_as: str = Field("prefect-stack", pattern=r"^[a-z_][a-z0-9_-]{0,31}$")
 
 
+class ComposeTargetConfig(_Section):
+    # The Docker Compose project name: prefixes every container, network and volume, so two stacks (a test and
+    # a production one) never share anything on one Docker host.
+    project: str = Field("prefect-stack", pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")
+    # Docker engine to use (as DOCKER_HOST); null: DOCKER_HOST from the environment, else the default socket.
+    docker_host: str | None = None
+    # The Debian base every project image is built FROM. "registry": the image below (pinned by digest), pulled
+    # from a registry. "debootstrap": built on this host from the Debian mirror apt uses (air-gapped hosts).
+    base: Literal["registry", "debootstrap"] = "registry"
+    base_image: str = Field(
+        "debian:bookworm-20251229-slim@sha256:d5d3f9c23164ea16f31852f95bd5959aad1c5e854332fe00f7b3a20fcc9f635c",
+        description="Debian 12 slim, pinned by digest (used when base is 'registry').",
+    )
+    # Mirror for base: debootstrap; null: the first Debian mirror in the host's apt sources.
+    debian_mirror: str | None = None
+    # Grafana and Jaeger have no Debian packages: their upstream images, pinned by digest. Hosts that cannot pull
+    # them turn them off here; their configuration is still rendered and validated.
+    grafana: bool = True
+    grafana_image: str = (
+        "grafana/grafana:12.3.0@sha256:70d9599b186ce287be0d2c5ba9a78acb2e86c1a68c9c41449454d0fc3eeb84e8")
+    grafana_port: int = Field(13000, ge=1, le=65535, description="Grafana UI (published like the load balancer).")
+    jaeger: bool = True
+    jaeger_image: str = (
+        "cr.jaegertracing.io/jaegertracing/jaeger:2.20.0@sha256:46a886260e04002d8f45e213fc39063fa11a50446048fdaa64786fc0840cb9f8")
+    jaeger_ui_port: int = Field(16686, ge=1, le=65535, description="Jaeger UI (published like the load balancer).")
+    # Memory limit of each container (the API replicas and background services get api_memory).
+    memory: str = Field("512m", pattern=r"^\d+[kmg]$")
+    api_memory: str = Field("1g", pattern=r"^\d+[kmg]$")
+    cpus: float = Field(1.0, gt=0, le=64, description="CPU limit of each container.")
+
+
 class StackConfig(BaseSettings):
     """Everything a deployment needs to know, for every target."""
 
@@ -217,6 +248,7 @@ class StackConfig(BaseSettings):
     services: ServicesConfig = ServicesConfig()
     load_balancer: LoadBalancerConfig = LoadBalancerConfig()
     local: LocalTargetConfig = LocalTargetConfig()
+    compose: ComposeTargetConfig = ComposeTargetConfig()
     backups: BackupConfig = BackupConfig()
     monitoring: MonitoringConfig = MonitoringConfig()
     tracing: TracingConfig = TracingConfig()
