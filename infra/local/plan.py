@@ -127,9 +127,12 @@ def grafana_files(config: StackConfig, layout: StateLayout, addresses: Addresses
 
 
 def monitoring_programs(
-    config: StackConfig, secrets: Secrets, layout: StateLayout, addresses: Addresses
+    config: StackConfig, secrets: Secrets, layout: StateLayout, addresses: Addresses, python: str | None = None,
+    repo_root: Path = REPO_ROOT,
 ) -> list[Program]:
-    """Prometheus, Alertmanager and node_exporter on loopback, each with its own data directory."""
+    """Prometheus, Alertmanager, node_exporter and the exporters, each with its own data directory. The compose
+    target runs the same programs in containers: ``python`` and ``repo_root`` are then the image's."""
+    python = python or str(venv_python())
     monitoring, etc = config.monitoring, layout.etc
     redis_url = f"redis://{addresses.redis}:{config.redis.port}"
     password = secrets.get("prefect_auth").partition(":")[2]
@@ -145,7 +148,7 @@ def monitoring_programs(
             command=(_binary("prometheus", "/usr/bin/prometheus"), f"--config.file={etc / 'prometheus.yml'}",
                      f"--storage.tsdb.path={layout.prometheus_data}",
                      f"--storage.tsdb.retention.time={monitoring.retention}",
-                     f"--web.listen-address={addresses.prometheus}:{monitoring.prometheus_port}"),
+                     f"--web.listen-address={addresses.bind(addresses.prometheus)}:{monitoring.prometheus_port}"),
             files=prometheus_files,
             port=monitoring.prometheus_port,
         ),
@@ -154,7 +157,7 @@ def monitoring_programs(
             component="alertmanager",
             command=(_binary("prometheus-alertmanager", "/usr/bin/prometheus-alertmanager"),
                      f"--config.file={etc / 'alertmanager.yml'}", f"--storage.path={layout.alertmanager_data}",
-                     f"--web.listen-address={addresses.alertmanager}:{monitoring.alertmanager_port}",
+                     f"--web.listen-address={addresses.bind(addresses.alertmanager)}:{monitoring.alertmanager_port}",
                      # An empty address turns off gossip clustering, which would otherwise listen on *:9094.
                      "--cluster.listen-address="),
             files=(alertmanager_yml(config, etc, layout.secrets),),
@@ -164,7 +167,7 @@ def monitoring_programs(
             name="node-exporter",
             component="node-exporter",
             command=(_binary("prometheus-node-exporter", "/usr/bin/prometheus-node-exporter"),
-                     f"--web.listen-address={addresses.node_exporter}:{monitoring.node_exporter_port}",
+                     f"--web.listen-address={addresses.bind(addresses.node_exporter)}:{monitoring.node_exporter_port}",
                      # The backup scheduler's metrics (last verified backup, failures) are textfiles here.
                      f"--collector.textfile.directory={layout.metrics}"),
             port=monitoring.node_exporter_port,
@@ -173,7 +176,7 @@ def monitoring_programs(
             name="postgres-exporter",
             component="postgres-exporter",
             command=(_binary("prometheus-postgres-exporter", "/usr/bin/prometheus-postgres-exporter"),
-                     f"--web.listen-address={addresses.exporters}:{monitoring.postgres_exporter_port}"),
+                     f"--web.listen-address={addresses.bind(addresses.exporter('postgres'))}:{monitoring.postgres_exporter_port}"),
             # The password stays in a file: the environment carries only where and who.
             environment={
                 "DATA_SOURCE_URI": f"{addresses.postgres}:{config.postgres.port}/{config.postgres.database}"
@@ -190,7 +193,7 @@ def monitoring_programs(
             command=(_binary("prometheus-redis-exporter", "/usr/bin/prometheus-redis-exporter"),
                      f"-redis.addr={redis_url}", f"-redis.user={MONITOR_USER}",
                      f"-redis.password-file={etc / 'exporter-redis-passwords.json'}",
-                     f"-web.listen-address={addresses.exporters}:{monitoring.redis_exporter_port}",
+                     f"-web.listen-address={addresses.bind(addresses.exporter('redis'))}:{monitoring.redis_exporter_port}",
                      "-check-single-streams=" + ",".join(f"db{MESSAGING_DB}={s}" for s in STREAMS)),
             files=(RenderedFile(etc / "exporter-redis-passwords.json",
                                 json.dumps({redis_url: secrets.get("redis_monitor")}), secret=True),),
@@ -199,15 +202,15 @@ def monitoring_programs(
         Program(
             name="prefect-exporter",
             component="prefect-exporter",
-            command=(str(venv_python()), "-m", "infra.exporter.server",
-                     f"--listen={addresses.exporters}:{monitoring.prefect_exporter_port}",
+            command=(python, "-m", "infra.exporter.server",
+                     f"--listen={addresses.bind(addresses.exporter('prefect'))}:{monitoring.prefect_exporter_port}",
                      f"--postgres={addresses.postgres}:{config.postgres.port}/{config.postgres.database}",
                      f"--pgbouncer={addresses.pgbouncer}:{config.pgbouncer.port}",
                      f"--redis={addresses.redis}:{config.redis.port}",
                      f"--postgres-password-file={etc / EXPORTER_POSTGRES_PASSWORD}",
                      f"--redis-password-file={etc / EXPORTER_REDIS_PASSWORD}",
                      f"--finished-runs-window={monitoring.finished_runs_window_s}"),
-            environment={"PYTHONPATH": str(REPO_ROOT)},
+            environment={"PYTHONPATH": str(repo_root)},
             files=(RenderedFile(etc / EXPORTER_POSTGRES_PASSWORD, secrets.get("postgres_monitor"), secret=True),
                    RenderedFile(etc / EXPORTER_REDIS_PASSWORD, secrets.get("redis_monitor"), secret=True)),
             port=monitoring.prefect_exporter_port,

@@ -22,7 +22,26 @@ class Addresses:
     prometheus: str = "127.0.0.1"
     alertmanager: str = "127.0.0.1"
     node_exporter: str = "127.0.0.1"
-    exporters: str = "127.0.0.1"  # postgres, redis and the project's own exporter
+    exporters: str = "127.0.0.1"  # postgres, redis and the project's own exporter, unless named below
+    postgres_exporter: str | None = None
+    redis_exporter: str | None = None
+    prefect_exporter: str | None = None
+    # What servers bind to. None: the host's own addresses (loopback, or the load balancer's bind_address).
+    # Containers bind every interface ("0.0.0.0"): their network is the boundary, and a name resolves to one
+    # network's address only.
+    listen: str | None = None
+    # Clients of other components connect from these networks (pg_hba.conf); loopback on a single host.
+    client_networks: tuple[str, ...] = ("127.0.0.1/32", "::1/128")
+
+    def bind(self, host: str) -> str:
+        """The address a server whose clients reach it at ``host`` listens on."""
+        return self.listen or host
+
+    def exporter(self, name: str) -> str:
+        """Host of the ``postgres``, ``redis`` or ``prefect`` exporter."""
+        specific = {"postgres": self.postgres_exporter, "redis": self.redis_exporter,
+                    "prefect": self.prefect_exporter}[name]
+        return specific or self.exporters
 
     def api_host(self, replica: int) -> str:
         """Host of API replica ``replica`` (1-based)."""

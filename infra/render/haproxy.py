@@ -31,7 +31,7 @@ def haproxy_cfg(config: StackConfig, secrets: Secrets, layout: StateLayout, addr
     lb = config.load_balancer
     servers = []
     for i in range(1, config.api.replicas + 1):
-        host = addresses.api[i - 1] if addresses.api else "127.0.0.1"
+        host = addresses.api_host(i)
         servers.append(f"    server {server_name(i)} {host}:{config.api_port(i)} check")
     text = f"""\
 # Rendered by prefect-stack from the configuration model; edit the model, not this file.
@@ -63,7 +63,7 @@ defaults
     option http-buffer-request
 
 frontend prefect
-    bind {lb.bind_address}:{lb.port}
+    bind {addresses.bind(lb.bind_address)}:{lb.port}
     http-request set-header X-Forwarded-Proto http
     default_backend {BACKEND}
 
@@ -77,7 +77,7 @@ backend {BACKEND}
 {chr(10).join(servers)}
 
 frontend stats
-    bind {lb.bind_address}:{lb.stats_port}
+    bind {addresses.bind(lb.bind_address)}:{lb.stats_port}
     http-request use-service prometheus-exporter if {{ path /metrics }}
     stats enable
     stats uri /stats

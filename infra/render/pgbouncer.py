@@ -26,7 +26,7 @@ def pgbouncer_ini(config: StackConfig, layout: StateLayout, addresses: Addresses
 {pg.database}{SESSION_POOL_SUFFIX} = {server} pool_mode=session
 
 [pgbouncer]
-listen_addr = 127.0.0.1
+listen_addr = {addresses.bind('127.0.0.1')}
 listen_port = {pb.port}
 unix_socket_dir = {layout.run}
 auth_type = scram-sha-256

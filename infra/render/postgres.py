@@ -46,7 +46,9 @@ log_disconnections = off
     return RenderedFile(layout.etc / "postgresql.conf", text)
 
 
-def pg_hba_conf(config: StackConfig, layout: StateLayout) -> RenderedFile:
+def pg_hba_conf(config: StackConfig, layout: StateLayout,
+                client_networks: tuple[str, ...] = ("127.0.0.1/32", "::1/128")) -> RenderedFile:
+    tcp = "".join(f"host    all       all       {network:<14} scram-sha-256\n" for network in client_networks)
     text = """\
 # Rendered by prefect-stack. Unix socket: the operating-system users mapped in pg_ident.conf (the operator and
 # the service user) may act as the superuser without a password, so a lost password never locks out an admin.
@@ -54,9 +56,7 @@ def pg_hba_conf(config: StackConfig, layout: StateLayout) -> RenderedFile:
 # TYPE  DATABASE  USER      ADDRESS        METHOD
 local   all       postgres                 peer map=admins
 local   all       all                      scram-sha-256
-host    all       all       127.0.0.1/32   scram-sha-256
-host    all       all       ::1/128        scram-sha-256
-"""
+""" + tcp
     return RenderedFile(layout.etc / "pg_hba.conf", text)
 
 

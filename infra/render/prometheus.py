@@ -33,10 +33,11 @@ def scrape_jobs(config: StackConfig, addresses: Addresses, etc: Path) -> list[di
         _job("node", f"{addresses.node_exporter}:{monitoring.node_exporter_port}", "node"),
         # HAProxy's built-in exporter: per-replica request rates, 5xx, response times, queue, server states.
         _job("haproxy", f"{addresses.load_balancer}:{lb.stats_port}", "haproxy"),
-        _job("postgres", f"{addresses.exporters}:{monitoring.postgres_exporter_port}", "postgres"),
-        _job("redis", f"{addresses.exporters}:{monitoring.redis_exporter_port}", "redis"),
+        _job("postgres", f"{addresses.exporter('postgres')}:{monitoring.postgres_exporter_port}", "postgres"),
+        _job("redis", f"{addresses.exporter('redis')}:{monitoring.redis_exporter_port}", "redis"),
         # Prefect's flow runs, work pools and event pipeline, and PgBouncer's pools (infra/exporter).
-        _job("prefect-exporter", f"{addresses.exporters}:{monitoring.prefect_exporter_port}", "prefect-exporter"),
+        _job("prefect-exporter", f"{addresses.exporter('prefect')}:{monitoring.prefect_exporter_port}",
+             "prefect-exporter"),
         {"job_name": "prefect-api", "metrics_path": "/api/metrics",
          # The replicas' basic auth: user from the generated "admin:<password>" secret, password from a file.
          "basic_auth": {"username": "admin", "password_file": str(etc / API_PASSWORD_FILE)},
