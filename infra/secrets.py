@@ -26,6 +26,7 @@ SECRET_NAMES: dict[str, str] = {
     "backup_encryption": "client-side backup encryption key (256 bits, URL-safe base64)",
     "postgres_monitor": "PostgreSQL role prefect_monitor (pg_monitor, read-only on Prefect's tables): the exporters",
     "redis_monitor": "Redis ACL user 'monitor' (INFO, XINFO and other read-only commands): the exporters",
+    "grafana_admin": "Grafana's 'admin' user (compose target; Grafana is not run by the local target)",
 }
 _USER_PREFIXED = {"prefect_auth", "haproxy_stats"}
 
@@ -41,6 +42,7 @@ class Secrets:
     backup_encryption: SecretStr
     postgres_monitor: SecretStr
     redis_monitor: SecretStr
+    grafana_admin: SecretStr
 
     def get(self, name: str) -> str:
         value: SecretStr = getattr(self, name)

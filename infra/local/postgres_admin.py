@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import pwd
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
@@ -89,10 +90,19 @@ def _set_role(cur: psycopg.Cursor[Row], role: str, password: str, create: bool) 
     cur.execute(sql.SQL(verb).format(sql.Identifier(role), sql.Literal(password)))
 
 
-def ensure_database(config: StackConfig, layout: StateLayout, secrets: Secrets) -> None:
-    """Roles with the current passwords (so rotation is one deploy), the database, and pg_trgm. Idempotent."""
+AdminConnect = Callable[[str], "psycopg.Connection[Row]"]
+
+
+def ensure_database(
+    config: StackConfig, layout: StateLayout, secrets: Secrets, connect: AdminConnect | None = None
+) -> None:
+    """Roles with the current passwords (so rotation is one deploy), the database, and pg_trgm. Idempotent.
+
+    ``connect(dbname)`` opens a superuser connection: the Unix socket locally, TCP with the password in a container.
+    """
     pg = config.postgres
-    with admin_connect(config, layout) as conn, conn.cursor() as cur:
+    connect = connect or (lambda dbname: admin_connect(config, layout, dbname))
+    with connect("postgres") as conn, conn.cursor() as cur:
         # Statements carrying passwords must not end up in the server log.
         cur.execute("SET log_statement = 'none'")
         cur.execute("SET log_min_duration_statement = -1")
@@ -108,7 +118,7 @@ def ensure_database(config: StackConfig, layout: StateLayout, secrets: Secrets) 
         _set_role(cur, MONITOR_ROLE, secrets.get("postgres_monitor"), create=cur.fetchone() is None)
         # pg_monitor: the statistics views postgres_exporter reads, and nothing else.
         cur.execute(sql.SQL("GRANT pg_monitor TO {}").format(sql.Identifier(MONITOR_ROLE)))
-    with admin_connect(config, layout, pg.database) as conn:
+    with connect(pg.database) as conn:
         conn.execute("CREATE EXTENSION IF NOT EXISTS pg_trgm")
         # The Prefect exporter reads flow runs, work pools and workers: read-only, also on tables that later
         # migrations create (default privileges of the role that runs the migrations).

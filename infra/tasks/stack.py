@@ -12,7 +12,9 @@ from rich.table import Table
 
 from infra import console
 from infra.alerts import alertmanager_url, firing_alerts, prometheus_url
-from infra.config import load_config
+from infra.compose import deploy as compose_deploy
+from infra.compose import operate as compose_operate
+from infra.config import StackConfig, load_config
 from infra.errors import UserError
 from infra.layout import StateLayout
 from infra.local import operate
@@ -25,6 +27,16 @@ from infra.secrets import load_secrets
 from infra.tasks import reports_user_errors
 
 SETTLE_TIMEOUT_S = 30
+TARGET_HELP = "local, compose or kubernetes (default: target in the configuration)."
+
+
+def _config(target: str | None) -> StackConfig:
+    """The configuration, with the target chosen on the command line if given."""
+    config = load_config(**({"target": target} if target else {}))
+    if config.target == "kubernetes":
+        raise UserError("the kubernetes target cannot deploy or operate yet",
+                        fix="use target local or compose")
+    return config
 
 
 def _status_table(statuses: list[ComponentStatus]) -> Table:
@@ -37,12 +49,38 @@ def _status_table(statuses: list[ComponentStatus]) -> Table:
     return table
 
 
-@task(help={})
+def _deploy_compose(config: StackConfig) -> None:
+    _, report = compose_deploy.deploy(config, console.progress())
+    statuses = compose_operate.settle(config, SETTLE_TIMEOUT_S)
+    console.out.print(_status_table(statuses))
+    if report.changed_nothing:
+        console.step(f"nothing changed; no container recreated ({report.elapsed_s:.1f}s)")
+    else:
+        for label, names in (("created", report.created), ("recreated", report.recreated),
+                             ("replaced one at a time", report.rolled), ("removed", report.removed)):
+            if names:
+                console.note(f"{label}: {', '.join(names)}")
+        console.step(f"deployed in {report.elapsed_s:.1f}s")
+    directory = compose_deploy.project_dir(config)
+    console.out.print(
+        f"\n  Prefect API   {config.api_url}  (UI: {config.api_url.removesuffix('/api')})\n"
+        f"  Credentials   eval \"$(invoke env --target compose)\"   (secrets in {config.state_dir / 'secrets'}, 0600)\n"
+        f"  Project       {config.compose.project} (compose file {directory / 'compose.yaml'})\n"
+        f"  Operate       invoke status|logs SERVICE|restart SERVICE|stop --target compose\n"
+    )
+    if not all(s.healthy for s in statuses):
+        raise Exit("error: deployed, but some services are unhealthy (see the table above)", code=1)
+
+
+@task(help={"target": TARGET_HELP})
 @reports_user_errors
-def deploy(c: Context) -> None:
-    """Bring up or update the stack on this host; restarts only what the configuration change affects."""
-    config = load_config()
+def deploy(c: Context, target: str | None = None) -> None:
+    """Bring up or update the stack; restarts (recreates) only what the configuration change affects."""
+    config = _config(target)
     console.step(f"deploying prefect-stack (target {config.target}, state in {config.state_dir})")
+    if config.target == "compose":
+        _deploy_compose(config)
+        return
     plan, report = deploy_local(config)
     # The verdict is the stack's state once settled, within a bound.
     statuses = operate.settle(config, SETTLE_TIMEOUT_S)
@@ -69,12 +107,12 @@ def deploy(c: Context) -> None:
         raise Exit("error: deployed, but some components are unhealthy (see the table above)", code=1)
 
 
-@task(help={"json": "Print machine-readable JSON instead of a table."})
+@task(help={"json": "Print machine-readable JSON instead of a table.", "target": TARGET_HELP})
 @reports_user_errors
-def status(c: Context, json_: bool = False) -> None:
+def status(c: Context, json_: bool = False, target: str | None = None) -> None:
     """Show every component: running, healthy, pid, port, version. Exits 0 only when all are healthy."""
-    config = load_config()
-    statuses = operate.status(config)
+    config = _config(target)
+    statuses = compose_operate.status(config) if config.target == "compose" else operate.status(config)
     healthy = all(s.healthy for s in statuses)
     if json_:
         print(json.dumps({"healthy": healthy, "components": [s.as_dict() for s in statuses]}, indent=2))
@@ -91,44 +129,58 @@ def status(c: Context, json_: bool = False) -> None:
         "component": "postgres, pgbouncer, redis, api-N, services-N, haproxy, supervisord or migrate.",
         "lines": "How many of the last lines to show (default 100).",
         "follow": "Keep printing new lines until interrupted.",
+        "target": TARGET_HELP,
     },
 )
 @reports_user_errors
-def logs(c: Context, component: str, lines: int = 100, follow: bool = False) -> None:
+def logs(c: Context, component: str, lines: int = 100, follow: bool = False, target: str | None = None) -> None:
     """Show the log of one component."""
-    path = operate.log_path(load_config(), component)
+    config = _config(target)
+    if config.target == "compose":
+        raise Exit(code=compose_operate.logs(config, component, lines, follow))
+    path = operate.log_path(config, component)
     raise Exit(code=operate.follow_log(path, lines, follow))
 
 
-@task(positional=["component"], help={"component": "postgres, pgbouncer, redis, api-N, services-N or haproxy."})
+@task(positional=["component"], help={"component": "postgres, pgbouncer, redis, api-N, services-N or haproxy.",
+                                      "target": TARGET_HELP})
 @reports_user_errors
-def restart(c: Context, component: str) -> None:
+def restart(c: Context, component: str, target: str | None = None) -> None:
     """Restart one component and wait until it is healthy (an API replica is drained first: no client errors)."""
-    elapsed = restart_component(load_config(), component)
+    config = _config(target)
+    restart_one = compose_operate.restart if config.target == "compose" else restart_component
+    elapsed = restart_one(config, component)
     console.step(f"{component} restarted and healthy in {elapsed:.1f}s")
 
 
-@task
+@task(help={"target": TARGET_HELP})
 @reports_user_errors
-def stop(c: Context) -> None:
+def stop(c: Context, target: str | None = None) -> None:
     """Stop every process of the stack (data and secrets are kept; invoke deploy starts it again)."""
-    if operate.stop(load_config()):
+    config = _config(target)
+    if (compose_operate.stop(config) if config.target == "compose" else operate.stop(config)):
         console.step("stopped every component and supervisord")
     else:
         console.step("nothing was running")
 
 
-@task(help={"yes": "Confirm: delete all data, secrets and logs of this deployment."})
+@task(help={"yes": "Confirm: delete all data, secrets and logs of this deployment.", "target": TARGET_HELP})
 @reports_user_errors
-def destroy(c: Context, yes: bool = False) -> None:
+def destroy(c: Context, yes: bool = False, target: str | None = None) -> None:
     """Stop the stack and delete its state directory: database, secrets, logs. Refuses without --yes."""
-    config = load_config()
+    config = _config(target)
     if not yes:
         raise Exit(
             f"error: this deletes every flow run, log and secret in {config.state_dir}\n"
             "  fix: take a backup first, then run: invoke destroy --yes",
             code=1,
         )
+    if config.target == "compose":
+        gone = compose_operate.destroy(config)
+        console.step(f"destroyed compose project {config.compose.project}: {len(gone)} objects removed")
+        for item in gone:
+            console.note(item)
+        return
     removed = operate.destroy(config)
     console.step(f"destroyed: {removed} removed")
 
@@ -137,11 +189,13 @@ def destroy(c: Context, yes: bool = False) -> None:
     "backups": "Print what boto3 or the aws CLI needs to reach the backup bucket instead.",
     "monitoring": "Print the Prometheus and Alertmanager URLs instead (PROMETHEUS_URL, ALERTMANAGER_URL).",
     "tracing": "Print the OTEL_* settings a worker or flow process needs to send its spans where the server's go.",
+    "target": TARGET_HELP,
 })
 @reports_user_errors
-def env(c: Context, backups: bool = False, monitoring: bool = False, tracing: bool = False) -> None:
+def env(c: Context, backups: bool = False, monitoring: bool = False, tracing: bool = False,
+        target: str | None = None) -> None:
     """Print shell exports for Prefect clients: eval "$(invoke env)"; prefect flow-run ls."""
-    config = load_config()
+    config = _config(target)
     if tracing:
         variables = exporter_environment(config, "prefect-flows")
         if not variables:

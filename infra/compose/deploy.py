@@ -1,0 +1,264 @@
+"""``invoke deploy`` for the compose target: render, build what is missing, and converge with Compose v2.
+
+Compose recreates exactly the services whose definition changed; every service carries a hash of the files it
+mounts, so a changed configuration file changes its definition too. API replicas are the exception to letting
+Compose do it all at once: each changed replica is drained in HAProxy, replaced, and put back once HAProxy sees
+it healthy, one at a time, so clients see no error.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from docker import DockerClient
+from docker.errors import ImageNotFound, NotFound
+from docker.models.containers import Container
+
+from infra.compose.engine import compose_binary, docker_client
+from infra.compose.images import ensure_images
+from infra.compose.project import CONTAINER, CONTAINER_UID, ComposeProject, render_project, write_project
+from infra.config import StackConfig
+from infra.errors import UserError
+from infra.progress import Progress
+from infra.render.haproxy import BACKEND
+from infra.secrets import Secrets, ensure_secrets
+
+LABEL_DEFINITION = "io.prefect-stack.definition"
+PROJECT_LABEL = "com.docker.compose.project"
+SERVICE_LABEL = "com.docker.compose.service"
+UP_TIMEOUT_S = 300
+HAPROXY_WAIT_S = 60
+
+
+def project_dir(config: StackConfig) -> Path:
+    """Where the rendered project lives: <state>/compose (compose.yaml, config/, secrets/ at 0600)."""
+    return config.state_dir / "compose"
+
+
+def compose_command(config: StackConfig, *args: str) -> list[str]:
+    directory = project_dir(config)
+    return [*compose_binary(), "--project-name", config.compose.project, "--project-directory", str(directory),
+            "--file", str(directory / "compose.yaml"), *args]
+
+
+def compose_env(config: StackConfig) -> dict[str, str]:
+    env = dict(os.environ)
+    if config.compose.docker_host:
+        env["DOCKER_HOST"] = config.compose.docker_host
+    return env
+
+
+def run_compose(config: StackConfig, *args: str, timeout_s: float = UP_TIMEOUT_S) -> subprocess.CompletedProcess[str]:
+    """Run Compose; a failure raises UserError with Compose's own words (they name the service)."""
+    try:
+        result = subprocess.run(compose_command(config, *args), capture_output=True, text=True, check=False,
+                                env=compose_env(config), timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        raise UserError(f"docker compose {' '.join(args)} did not finish within {timeout_s:.0f} s",
+                        fix="see which service is not healthy: invoke status --target compose, "
+                            "then invoke logs SERVICE --target compose") from None
+    if result.returncode != 0:
+        tail = "\n    ".join((result.stderr or result.stdout).strip().splitlines()[-15:])
+        raise UserError(f"docker compose {' '.join(args[:2])} failed:\n    {tail}",
+                        fix="see the failing service's log: invoke logs SERVICE --target compose")
+    return result
+
+
+def containers(client: DockerClient, project: str) -> dict[str, Container]:
+    """The project's containers by service name (stopped ones included)."""
+    found = client.containers.list(all=True, filters={"label": f"{PROJECT_LABEL}={project}"})
+    return {c.labels.get(SERVICE_LABEL, c.name): c for c in found}
+
+
+def _definition_hashes(project: ComposeProject) -> dict[str, str]:
+    hashes = {}
+    for name, service in project.document["services"].items():
+        text = json.dumps(service, sort_keys=True)
+        hashes[name] = hashlib.sha256(text.encode()).hexdigest()[:16]
+        service["labels"][LABEL_DEFINITION] = hashes[name]
+    return hashes
+
+
+@dataclass
+class ComposeDeployReport:
+    created: list[str] = field(default_factory=list)
+    recreated: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    rolled: list[str] = field(default_factory=list)  # API replicas replaced one at a time
+    images_built: list[str] = field(default_factory=list)
+    elapsed_s: float = 0.0
+
+    @property
+    def changed_nothing(self) -> bool:
+        return not (self.created or self.recreated or self.removed or self.rolled)
+
+
+def _check_upstream_images(config: StackConfig, client: DockerClient) -> None:
+    """Grafana and Jaeger come from their registries: present locally, or pulled now, or a clear refusal."""
+    for enabled, image, setting in ((config.compose.grafana, config.compose.grafana_image, "grafana"),
+                                    (config.compose.jaeger, config.compose.jaeger_image, "jaeger")):
+        if not (enabled and config.monitoring.enabled):
+            continue
+        try:
+            client.images.get(image)
+            continue
+        except ImageNotFound:
+            pass
+        try:
+            client.images.pull(image)
+        except Exception as exc:  # any pull failure (no registry, no such digest, no auth) has one fix
+            raise UserError(f"cannot pull {image} ({exc.__class__.__name__}: {str(exc)[:200]})",
+                            fix=f"make the registry reachable (or load the image with docker load), or set "
+                                f"compose.{setting}: false (its configuration is still rendered and checked)") from None
+
+
+def _port_in_use(host: str, port: int) -> bool:
+    with socket.socket() as probe:
+        probe.settimeout(0.5)
+        return probe.connect_ex((host if host not in ("0.0.0.0", "::") else "127.0.0.1", port)) == 0  # noqa: S104
+
+
+def _preflight(config: StackConfig, running: dict[str, Container]) -> None:
+    if running:
+        return  # our own containers hold the ports
+    lb, compose = config.load_balancer, config.compose
+    wanted = {"load_balancer.port": (lb.bind_address, lb.port), "load_balancer.stats_port": (lb.bind_address,
+                                                                                            lb.stats_port)}
+    if config.monitoring.enabled:
+        wanted["monitoring.prometheus_port"] = ("127.0.0.1", config.monitoring.prometheus_port)
+        wanted["monitoring.alertmanager_port"] = ("127.0.0.1", config.monitoring.alertmanager_port)
+        if compose.grafana:
+            wanted["compose.grafana_port"] = ("127.0.0.1", compose.grafana_port)
+        if compose.jaeger:
+            wanted["compose.jaeger_ui_port"] = ("127.0.0.1", compose.jaeger_ui_port)
+    busy = [f"{field_name} ({host}:{port})" for field_name, (host, port) in wanted.items() if _port_in_use(host, port)]
+    if busy:
+        raise UserError(f"ports already in use on this host: {', '.join(busy)}",
+                        fix="stop what listens there, or choose other ports in the configuration")
+
+
+def haproxy_command(client: DockerClient, project: str, command: str) -> str:
+    """One HAProxy runtime-API command, through the admin socket inside the load balancer's container."""
+    found = containers(client, project).get("haproxy")
+    if found is None or found.status != "running":
+        return ""
+    code = ("import socket,sys\ns=socket.socket(socket.AF_UNIX)\n"
+            f"s.connect({str(CONTAINER.haproxy_socket)!r})\ns.sendall(sys.argv[1].encode()+b'\\n')\n"
+            "out=b''\nwhile True:\n  d=s.recv(65536)\n  if not d: break\n  out+=d\nsys.stdout.write(out.decode())")
+    result = found.exec_run(["python3", "-c", code, command])
+    return result.output.decode(errors="replace") if result.exit_code == 0 else ""
+
+
+def haproxy_server_states(client: DockerClient, project: str) -> dict[str, str]:
+    """HAProxy's view of each API replica: UP, DOWN, DRAIN, MAINT (from ``show stat``)."""
+    text = haproxy_command(client, project, "show stat")
+    lines = text.splitlines()
+    if not lines:
+        return {}
+    header = lines[0].lstrip("# ").split(",")
+    states = {}
+    for line in lines[1:]:
+        row = dict(zip(header, line.split(","), strict=False))
+        if row.get("pxname") == BACKEND and row.get("svname") not in ("BACKEND", "FRONTEND", None):
+            states[row["svname"]] = row.get("status", "")
+    return states
+
+
+def _wait_haproxy(client: DockerClient, project: str, server: str, want: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        state = haproxy_server_states(client, project).get(server, "")
+        if state.startswith(want):
+            return
+        if time.monotonic() > deadline:
+            raise UserError(f"HAProxy still reports {server} as {state or 'unknown'} after {timeout_s:.0f} s "
+                            f"(expected {want})",
+                            fix=f"see the replica's log: invoke logs {server} --target compose")
+        time.sleep(0.25)
+
+
+def _sessions(client: DockerClient, project: str, server: str) -> int:
+    for line in haproxy_command(client, project, "show stat").splitlines()[1:]:
+        cells = line.split(",")
+        if len(cells) > 4 and cells[0] == BACKEND and cells[1] == server:
+            return int(cells[4] or 0)  # scur: current sessions
+    return 0
+
+
+def roll_replica(config: StackConfig, client: DockerClient, service: str, recreate: bool = True) -> None:
+    """Replace (or only restart) one API replica with no failed request: drain, wait for its sessions,
+    maintenance, replace, then back in service once HAProxy's checks pass."""
+    project = config.compose.project
+    haproxy_command(client, project, f"set server {BACKEND}/{service} state drain")
+    deadline = time.monotonic() + config.load_balancer.timeout_server_s
+    while _sessions(client, project, service) > 0 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    haproxy_command(client, project, f"set server {BACKEND}/{service} state maint")
+    if recreate:
+        run_compose(config, "up", "--detach", "--no-deps", "--wait", "--wait-timeout", str(UP_TIMEOUT_S), service)
+    else:
+        run_compose(config, "restart", "--timeout", "30", service)
+    haproxy_command(client, project, f"set server {BACKEND}/{service} state ready")
+    _wait_haproxy(client, project, service, "UP", HAPROXY_WAIT_S)
+
+
+def deploy(config: StackConfig, progress: Progress) -> tuple[ComposeProject, ComposeDeployReport]:
+    started = time.monotonic()
+    report = ComposeDeployReport()
+    client = docker_client(config)
+    secrets: Secrets = ensure_secrets(config.state_dir / "secrets")
+    refs = ensure_images(config, client, progress)
+    _check_upstream_images(config, client)
+    project = render_project(config, secrets, refs)
+    hashes = _definition_hashes(project)
+    before = containers(client, config.compose.project)
+    _preflight(config, {k: v for k, v in before.items() if v.status == "running"})
+    write_project(project, project_dir(config), CONTAINER_UID if os.geteuid() == 0 else None)
+
+    def changed(service: str) -> bool:
+        existing = before.get(service)
+        return existing is not None and existing.labels.get(LABEL_DEFINITION) != hashes[service]
+
+    # Replicas that exist and changed are replaced one at a time behind HAProxy; the rest goes in one `up`.
+    # A new image may bring a new schema: the migration runs (and must succeed) before the first replica rolls.
+    rolling = [s for s in project.service_names() if s.startswith("api-") and changed(s)
+               and before[s].status == "running" and "haproxy" in before]
+    if rolling:
+        run_compose(config, "up", "--no-deps", "--exit-code-from", "migrate", "migrate")
+    for service in rolling:
+        roll_replica(config, client, service)
+        report.rolled.append(service)
+    run_compose(config, "up", "--detach", "--wait", "--wait-timeout", str(UP_TIMEOUT_S), "--remove-orphans")
+    after = containers(client, config.compose.project)
+    for service in project.service_names():
+        if service in report.rolled:
+            continue
+        if service not in before:
+            report.created.append(service)
+        elif after.get(service) is not None and after[service].id != before[service].id:
+            report.recreated.append(service)
+    report.removed = [s for s in before if s not in hashes]
+    report.elapsed_s = time.monotonic() - started
+    return project, report
+
+
+def wait_gone(client: DockerClient, container_id: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            client.containers.get(container_id)
+        except NotFound:
+            return
+        time.sleep(0.2)
+
+
+def labels_of(document: dict[str, Any], service: str) -> dict[str, str]:
+    return dict(document["services"][service].get("labels", {}))

@@ -1,0 +1,416 @@
+"""The compose project: the compose file and every file its containers read, rendered from the one model.
+
+Every configuration file comes from the same renderers as the local target (``infra/render``), with compose
+service names as addresses and the container layout as paths. What holds a credential (redis.conf, the
+PgBouncer user list, haproxy.cfg, Prefect's environment, password files) is a compose *secret*: a file mounted
+into the containers that need it, never a value in the compose file or in a container's environment listing.
+Everything else is a compose *config*.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any, Protocol
+
+import yaml
+
+from infra.config import StackConfig
+from infra.layout import StateLayout
+from infra.local.plan import monitoring_programs
+from infra.render import Addresses, RenderedFile
+from infra.render.dashboards import dashboards, grafana_provisioning
+from infra.render.haproxy import haproxy_cfg
+from infra.render.pgbouncer import pgbouncer_ini, pgbouncer_userlist
+from infra.render.postgres import pg_hba_conf, pg_ident_conf, postgresql_conf
+from infra.render.prefect import api_environment, migration_environment, services_environment
+from infra.render.redis import redis_conf
+from infra.render.supervisor import Program
+from infra.render.tracing import server_tracing_environment
+from infra.secrets import SECRET_NAMES, Secrets
+
+# The container layout, created by the images (compose/images/system/Dockerfile): one unprivileged user, the
+# same directory tree as a local state directory, the project's venv and code under /opt/prefect-stack.
+CONTAINER_ROOT = Path("/var/lib/prefect-stack")
+CONTAINER = StateLayout(CONTAINER_ROOT)
+CONTAINER_UID = 10001
+APP_ROOT = PurePosixPath("/opt/prefect-stack")
+VENV_BIN = APP_ROOT / ".venv" / "bin"
+PYTHON = str(VENV_BIN / "python")
+PG_BIN = PurePosixPath("/usr/lib/postgresql/15/bin")
+SECRETS_IN_CONTAINER = PurePosixPath("/run/secrets")
+LABEL_FILES = "io.prefect-stack.files"  # hash of the files a service mounts: a change recreates the service
+LABEL_COMPONENT = "io.prefect-stack.component"
+
+BACKEND, FRONTEND = "backend", "frontend"
+LOOPBACK = "127.0.0.1"
+MIGRATE = "migrate"
+GRAFANA_PORT, JAEGER_OTLP_HTTP, JAEGER_UI = 3000, 4318, 16686
+# The one-shot migration creates the roles with their passwords, as the superuser: it needs these and no others.
+MIGRATION_SECRETS = ("postgres_superuser", "postgres_prefect", "postgres_monitor")
+
+
+class Images(Protocol):
+    """The project's image references (``infra.compose.images.ImageRefs``)."""
+
+    @property
+    def system(self) -> str: ...
+
+    @property
+    def prefect(self) -> str: ...
+
+
+def compose_addresses(config: StackConfig) -> Addresses:
+    """Service names as addresses; every server binds all interfaces of its container."""
+    return Addresses(
+        postgres="postgres", pgbouncer="pgbouncer", redis="redis",
+        api=tuple(f"api-{i}" for i in range(1, config.api.replicas + 1)),
+        load_balancer="haproxy", prometheus="prometheus", alertmanager="alertmanager",
+        node_exporter="node-exporter", exporters="prefect-exporter",
+        postgres_exporter="postgres-exporter", redis_exporter="redis-exporter", prefect_exporter="prefect-exporter",
+        listen="0.0.0.0",  # noqa: S104 - inside a container; the compose networks are the boundary
+        # Any address of the stack's own networks: "samenet" is every subnet the server's interfaces are on.
+        client_networks=("samenet",),
+    )
+
+
+@dataclass
+class ComposeProject:
+    """The rendered project: ``document`` is the compose file; ``files`` are relative to the project directory."""
+
+    name: str
+    document: dict[str, Any]
+    files: list[RenderedFile] = field(default_factory=list)
+
+    @property
+    def compose_yaml(self) -> str:
+        header = ("# Rendered by prefect-stack from the configuration model (infra/config.py): edit the model and\n"
+                  "# run `invoke deploy --target compose`, not this file.\n")
+        return header + yaml.safe_dump(self.document, sort_keys=False, width=120)
+
+    def service_names(self) -> list[str]:
+        return list(self.document["services"])
+
+
+@dataclass
+class _Builder:
+    config: StackConfig
+    secrets: Secrets
+    images: Images
+    project: ComposeProject
+    mounted: dict[str, list[RenderedFile]] = field(default_factory=dict)
+
+    def file(self, service: str, rendered: RenderedFile, target: PurePosixPath | Path | None = None) -> dict[str, str]:
+        """Mount one rendered file into ``service`` at ``target`` (default: its path in the container layout)."""
+        target = target or rendered.path
+        kind = "secrets" if rendered.secret else "config"
+        relative = PurePosixPath(str(rendered.path)).relative_to("/").as_posix().replace("/", "__")
+        name = relative.removeprefix("var__lib__prefect-stack__etc__").replace("__", "-")
+        key = name.replace(".", "_")
+        project_path = Path(kind) / name
+        top = self.project.document.setdefault("secrets" if rendered.secret else "configs", {})
+        top[key] = {"file": f"./{project_path.as_posix()}"}
+        if all(f.path != project_path for f in self.project.files):
+            self.project.files.append(RenderedFile(project_path, rendered.content, rendered.secret))
+        self.mounted.setdefault(service, []).append(rendered)
+        return {"source": key, "target": str(target)}
+
+    def secret(self, service: str, name: str) -> dict[str, str]:
+        """One generated secret (``infra.secrets``) at /run/secrets/<name>."""
+        top = self.project.document.setdefault("secrets", {})
+        top[name] = {"file": f"./secrets/{name}"}
+        project_path = Path("secrets") / name
+        if all(f.path != project_path for f in self.project.files):
+            self.project.files.append(RenderedFile(project_path, self.secrets.get(name), secret=True))
+        self.mounted.setdefault(service, [])
+        return {"source": name, "target": str(SECRETS_IN_CONTAINER / name)}
+
+    def add(self, name: str, component: str, image: str, command: list[str], *,
+            files: tuple[RenderedFile, ...] = (), secrets: tuple[str, ...] = (),
+            environment: dict[str, str] | None = None, networks: tuple[str, ...] = (BACKEND,),
+            ports: tuple[str, ...] = (), volumes: tuple[str, ...] = (), healthcheck: list[str] | None = None,
+            depends_on: dict[str, str] | None = None, memory: str | None = None, stop_signal: str | None = None,
+            stop_grace_s: int | None = None, restart: str = "unless-stopped", start_period_s: int = 30,
+            user: str | None = f"{CONTAINER_UID}:{CONTAINER_UID}") -> dict[str, Any]:
+        mounts_config = [self.file(name, f) for f in files if not f.secret]
+        mounts_secret = [self.file(name, f) for f in files if f.secret] + [self.secret(name, s) for s in secrets]
+        service: dict[str, Any] = {"image": image, "command": command}
+        if user:
+            service["user"] = user
+        if environment:
+            service["environment"] = dict(sorted(environment.items()))
+        if mounts_config:
+            service["configs"] = mounts_config
+        if mounts_secret:
+            service["secrets"] = mounts_secret
+        if volumes:
+            service["volumes"] = list(volumes)
+        if ports:
+            service["ports"] = list(ports)
+        service["networks"] = list(networks)
+        if depends_on:
+            service["depends_on"] = {dep: {"condition": cond} for dep, cond in depends_on.items()}
+        if healthcheck:
+            service["healthcheck"] = {"test": ["CMD", *healthcheck], "interval": "5s", "timeout": "5s",
+                                      "retries": 6, "start_period": f"{start_period_s}s"}
+        service["restart"] = restart
+        if stop_signal:
+            service["stop_signal"] = f"SIG{stop_signal}"
+        if stop_grace_s:
+            service["stop_grace_period"] = f"{stop_grace_s}s"
+        service["deploy"] = {"resources": {"limits": {"cpus": str(self.config.compose.cpus),
+                                                      "memory": memory or self.config.compose.memory}}}
+        service["labels"] = {LABEL_COMPONENT: component}
+        self.project.document["services"][name] = service
+        for volume in volumes:
+            source = volume.split(":", 1)[0]
+            if not source.startswith(("/", ".")):
+                self.project.document.setdefault("volumes", {})[source] = {}
+        return service
+
+    def seal(self, secrets: Secrets) -> None:
+        """Label each service with a hash of what it mounts, so changed content recreates it (compose compares
+        only the compose file)."""
+        for name, service in self.project.document["services"].items():
+            digest = hashlib.sha256()
+            for rendered in sorted(self.mounted.get(name, []), key=lambda f: str(f.path)):
+                digest.update(str(rendered.path).encode() + b"\0" + rendered.content.encode() + b"\0")
+            for mount in service.get("secrets", []):
+                if mount["source"] in SECRET_NAMES:
+                    digest.update(mount["source"].encode() + b"\0" + secrets.get(mount["source"]).encode())
+            service["labels"][LABEL_FILES] = digest.hexdigest()[:16]
+
+
+def _env_file(role: str, environment: dict[str, str]) -> RenderedFile:
+    """A Prefect process's environment as a secret file, read by ``infra.compose.entrypoint`` at start."""
+    return RenderedFile(CONTAINER.etc / f"{role}.env.json", json.dumps(environment, indent=2, sort_keys=True) + "\n",
+                        secret=True)
+
+
+def _with_env(env_file: RenderedFile, command: list[str]) -> list[str]:
+    return [PYTHON, "-m", "infra.compose.entrypoint", str(env_file.path), "--", *command]
+
+
+def _traced(config: StackConfig, command: list[str]) -> list[str]:
+    return [str(VENV_BIN / "opentelemetry-instrument"), *command] if config.tracing.enabled else command
+
+
+def _prefect_in_containers(config: StackConfig, env: dict[str, str]) -> dict[str, str]:
+    """Prefect processes that call the API do so through the load balancer's service name."""
+    scheme = "https" if config.api_url.startswith("https") else "http"
+    env = {**env, "PREFECT_API_URL": f"{scheme}://haproxy:{config.load_balancer.port}/api"}
+    return env
+
+
+def _http_check(port: int, path: str) -> list[str]:
+    return ["curl", "-fsS", "-o", "/dev/null", "--max-time", "4", f"http://127.0.0.1:{port}{path}"]
+
+
+def _tcp_check(*targets: tuple[str, int]) -> list[str]:
+    """Connectable, for processes that serve nothing of their own (background services)."""
+    pairs = ", ".join(f"({host!r}, {port})" for host, port in targets)
+    code = f"import socket\nfor t in [{pairs}]: socket.create_connection(t, 3).close()"
+    return [PYTHON, "-c", code]
+
+
+def _container_config(config: StackConfig) -> StackConfig:
+    """The model as seen from inside the containers: the container layout is the state directory."""
+    local = config.local.model_copy(update={"state_dir": CONTAINER_ROOT})
+    return config.model_copy(update={"local": local})
+
+
+def render_project(config: StackConfig, secrets: Secrets, images: Images) -> ComposeProject:
+    """The whole compose project for ``config``: pure, so the repository's compose/ folder can be checked."""
+    inner = _container_config(config)
+    addresses = compose_addresses(config)
+    etc = CONTAINER.etc
+    project = ComposeProject(name=config.compose.project, document={"name": config.compose.project, "services": {}})
+    b = _Builder(config, secrets, images, project)
+    pg, lb = config.postgres, config.load_balancer
+    published = lb.bind_address
+
+    # --- data layer ---------------------------------------------------------------------------------------------
+    start_postgres = RenderedFile(etc / "postgres-start.sh", f"""\
+#!/bin/sh
+# Rendered by prefect-stack. First start: create the cluster (superuser password from a compose secret, data
+# checksums on); then run PostgreSQL with the rendered configuration.
+set -eu
+data={CONTAINER.postgres_data}
+if [ ! -s "$data/PG_VERSION" ]; then
+  {PG_BIN / "initdb"} -D "$data" --username postgres --pwfile {SECRETS_IN_CONTAINER / "postgres_superuser"} \\
+    --auth-local peer --auth-host scram-sha-256 --encoding UTF8 --locale C.UTF-8 --data-checksums
+fi
+exec {PG_BIN / "postgres"} -c config_file={etc / "postgresql.conf"}
+""")
+    b.add("postgres", "postgres", images.system, ["sh", str(start_postgres.path)],
+          files=(start_postgres, postgresql_conf(inner, CONTAINER, listen="*"),
+                 pg_hba_conf(inner, CONTAINER, addresses.client_networks),
+                 pg_ident_conf(["prefect-stack"], CONTAINER)),
+          secrets=("postgres_superuser",),
+          volumes=(f"postgres-data:{CONTAINER.postgres_data}",),
+          healthcheck=[str(PG_BIN / "pg_isready"), "-q", "-h", LOOPBACK, "-p", str(pg.port), "-U", "postgres"],
+          stop_signal="INT", stop_grace_s=120)
+    b.add("pgbouncer", "pgbouncer", images.system, ["pgbouncer", str(etc / "pgbouncer.ini")],
+          files=(pgbouncer_ini(inner, CONTAINER, addresses), pgbouncer_userlist(inner, secrets, CONTAINER)),
+          healthcheck=[str(PG_BIN / "pg_isready"), "-q", "-h", LOOPBACK, "-p", str(config.pgbouncer.port)],
+          depends_on={"postgres": "service_healthy"}, stop_signal="INT", stop_grace_s=30)
+    b.add("redis", "redis", images.system, ["redis-server", str(etc / "redis.conf")],
+          files=(redis_conf(inner, secrets, CONTAINER, bind="0.0.0.0 -::*"),),
+          volumes=(f"redis-data:{CONTAINER.redis_data}",),
+          # PING answers (PONG, or NOAUTH without a password): the server is up and serving.
+          healthcheck=["sh", "-c", f"redis-cli -p {config.redis.port} ping 2>&1 | grep -qE 'PONG|NOAUTH'"])
+    if config.backups.s3.endpoint_url is None:
+        port = config.backups.s3.local_port
+        b.add("s3", "s3", images.prefect, [str(VENV_BIN / "moto_server"), "-H", "0.0.0.0", "-p", str(port)],  # noqa: S104
+              environment={"HOME": str(CONTAINER.prefect_home)},
+              healthcheck=["curl", "-s", "-o", "/dev/null", "--max-time", "4", f"http://127.0.0.1:{port}/"])
+
+    # --- Prefect ------------------------------------------------------------------------------------------------
+    migrate_env = _env_file("migrate", _prefect_in_containers(
+        config, migration_environment(inner, secrets, CONTAINER, addresses)))
+    b.add(MIGRATE, "migrate", images.prefect,
+          _with_env(migrate_env, [PYTHON, "-m", "infra.compose.migrate", "--host", "postgres", "--port", str(pg.port),
+                                  "--database", pg.database, "--user", pg.user,
+                                  "--secrets", str(SECRETS_IN_CONTAINER)]),
+          files=(migrate_env,), secrets=MIGRATION_SECRETS,
+          depends_on={"postgres": "service_healthy"}, restart="no", memory=config.compose.api_memory)
+    api_env = _env_file("api", _prefect_in_containers(config, api_environment(inner, secrets, CONTAINER, addresses)))
+    prefect = str(VENV_BIN / "prefect")
+    data_ready = {MIGRATE: "service_completed_successfully", "pgbouncer": "service_healthy",
+                  "redis": "service_healthy"}
+    for i in range(1, config.api.replicas + 1):
+        port = config.api_port(i)
+        b.add(f"api-{i}", "api", images.prefect,
+              _with_env(api_env, _traced(config, [prefect, "server", "start", "--no-services",
+                                                  "--host", "0.0.0.0", "--port", str(port)])),  # noqa: S104
+              files=(api_env,), environment=server_tracing_environment(config, "prefect-api", f"api-{i}"),
+              healthcheck=_http_check(port, "/api/health"), depends_on=data_ready,
+              memory=config.compose.api_memory, stop_grace_s=30)
+    services_env = _env_file("services", _prefect_in_containers(
+        config, services_environment(inner, secrets, CONTAINER, addresses)))
+    for i in range(1, config.services.replicas + 1):
+        b.add(f"services-{i}", "services", images.prefect,
+              _with_env(services_env, _traced(config, [prefect, "server", "services", "start"])),
+              files=(services_env,),
+              environment=server_tracing_environment(config, "prefect-services", f"services-{i}"),
+              healthcheck=_tcp_check(("pgbouncer", config.pgbouncer.port), ("redis", config.redis.port)),
+              depends_on=data_ready, memory=config.compose.api_memory, stop_grace_s=30)
+    b.add("haproxy", "haproxy", images.system, ["haproxy", "-W", "-db", "-f", str(etc / "haproxy.cfg")],
+          files=(haproxy_cfg(inner, secrets, CONTAINER, addresses),),
+          networks=(BACKEND, FRONTEND),
+          ports=(f"{published}:{lb.port}:{lb.port}", f"{published}:{lb.stats_port}:{lb.stats_port}"),
+          healthcheck=_http_check(lb.stats_port, "/metrics"),
+          depends_on={f"api-{i}": "service_started" for i in range(1, config.api.replicas + 1)},
+          stop_signal="USR1", stop_grace_s=30)
+
+    # --- observability ------------------------------------------------------------------------------------------
+    if config.monitoring.enabled:
+        _monitoring(b, inner, secrets, addresses)
+    b.seal(secrets)
+    project.document["networks"] = {
+        # Back-end traffic (database, Redis, replicas, exporters) never leaves the host's bridge.
+        BACKEND: {"internal": True},
+        # Only what is published (load balancer, Prometheus, Alertmanager, Grafana, Jaeger UI).
+        FRONTEND: {},
+    }
+    return project
+
+
+def _monitoring(b: _Builder, inner: StackConfig, secrets: Secrets, addresses: Addresses) -> None:
+    config, etc = b.config, CONTAINER.etc
+    monitoring = config.monitoring
+    programs = {p.name: p for p in monitoring_programs(inner, secrets, CONTAINER, addresses, python=PYTHON,
+                                                       repo_root=Path(str(APP_ROOT)))}
+    probes = {"prometheus": "/-/ready", "alertmanager": "/-/ready"}
+    published = {"prometheus": monitoring.prometheus_port, "alertmanager": monitoring.alertmanager_port}
+    volumes = {"prometheus": f"prometheus-data:{CONTAINER.prometheus_data}",
+               "alertmanager": f"alertmanager-data:{CONTAINER.alertmanager_data}",
+               "node-exporter": f"metrics:{CONTAINER.metrics}"}
+    depends = {"postgres-exporter": "postgres", "redis-exporter": "redis", "prefect-exporter": "pgbouncer"}
+    for name, program in programs.items():
+        image = b.images.prefect if name == "prefect-exporter" else b.images.system
+        port = program.port or 0
+        b.add(name, program.component, image, list(program.command), files=program.files,
+              environment=_plain(program), networks=(BACKEND, FRONTEND) if name in published else (BACKEND,),
+              ports=(f"{LOOPBACK}:{published[name]}:{published[name]}",) if name in published else (),
+              volumes=(volumes[name],) if name in volumes else (),
+              healthcheck=_http_check(port, probes.get(name, "/metrics")),
+              depends_on={depends[name]: "service_healthy"} if name in depends else None)
+    if config.compose.grafana:
+        grafana_dir = PurePosixPath("/etc/grafana")
+        files = [RenderedFile(Path(str(grafana_dir / "dashboards" / name)), json.dumps(model, indent=2) + "\n")
+                 for name, model in dashboards(config).items()]
+        jaeger = f"http://jaeger:{JAEGER_UI}" if config.compose.jaeger else None
+        for relative, text in grafana_provisioning(config, f"http://prometheus:{monitoring.prometheus_port}", jaeger,
+                                                   str(grafana_dir / "dashboards")).items():
+            files.append(RenderedFile(Path(str(grafana_dir / "provisioning" / relative)), text))
+        b.add("grafana", "grafana", config.compose.grafana_image, [], files=tuple(files),
+              secrets=("grafana_admin",),
+              environment={"GF_SECURITY_ADMIN_USER": "admin",
+                           "GF_SECURITY_ADMIN_PASSWORD__FILE": str(SECRETS_IN_CONTAINER / "grafana_admin"),
+                           "GF_PATHS_PROVISIONING": str(grafana_dir / "provisioning"),
+                           "GF_ANALYTICS_REPORTING_ENABLED": "false", "GF_USERS_ALLOW_SIGN_UP": "false"},
+              networks=(BACKEND, FRONTEND), ports=(f"{LOOPBACK}:{config.compose.grafana_port}:{GRAFANA_PORT}",),
+              volumes=("grafana-data:/var/lib/grafana",),
+              healthcheck=["wget", "-q", "-O", "/dev/null", f"http://127.0.0.1:{GRAFANA_PORT}/api/health"],
+              depends_on={"prometheus": "service_healthy"}, user=None)
+        b.project.document["services"]["grafana"].pop("command")
+    if config.compose.jaeger:
+        jaeger_config = RenderedFile(etc / "jaeger.yaml", jaeger_yaml(config))
+        b.add("jaeger", "jaeger", config.compose.jaeger_image, ["--config", str(etc / "jaeger.yaml")],
+              files=(jaeger_config,), environment={"JAEGER_LISTEN_HOST": "0.0.0.0"},  # noqa: S104
+              networks=(BACKEND, FRONTEND), ports=(f"{LOOPBACK}:{config.compose.jaeger_ui_port}:{JAEGER_UI}",),
+              volumes=("jaeger-data:/var/lib/jaeger",), user=None)
+
+
+def _plain(program: Program) -> dict[str, str]:
+    return dict(program.environment)
+
+
+def jaeger_yaml(config: StackConfig) -> str:
+    """Jaeger v2 (an OpenTelemetry Collector distribution): OTLP in, Badger storage with a retention, UI out."""
+    document = {
+        "service": {"extensions": ["jaeger_storage", "jaeger_query", "healthcheckv2"],
+                    "pipelines": {"traces": {"receivers": ["otlp"], "processors": ["batch"],
+                                             "exporters": ["jaeger_storage_exporter"]}}},
+        "extensions": {
+            "healthcheckv2": {"use_v2": True, "http": {"endpoint": "0.0.0.0:13133"}},
+            "jaeger_query": {"storage": {"traces": "main"}, "http": {"endpoint": f"0.0.0.0:{JAEGER_UI}"}},
+            "jaeger_storage": {"backends": {"main": {"badger": {
+                "directories": {"keys": "/var/lib/jaeger/keys", "values": "/var/lib/jaeger/values"},
+                "ephemeral": False, "ttl": {"spans": "168h"}}}}},
+        },
+        "receivers": {"otlp": {"protocols": {"grpc": {"endpoint": "0.0.0.0:4317"},
+                                             "http": {"endpoint": f"0.0.0.0:{JAEGER_OTLP_HTTP}"}}}},
+        "processors": {"batch": {}},
+        "exporters": {"jaeger_storage_exporter": {"trace_storage": "main"}},
+    }
+    return "# Rendered by prefect-stack from the configuration model.\n" + yaml.safe_dump(document, sort_keys=False)
+
+
+def write_project(project: ComposeProject, directory: Path, owner_uid: int | None) -> list[Path]:
+    """Write the project files atomically; secret files 0600, owned by the containers' user when we can chown.
+
+    Compose mounts file secrets as they are on the host (no uid/mode for file secrets outside Swarm), so the
+    containers' unprivileged user must own them. Returns the files whose content changed.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    directory.chmod(0o700)
+    changed = []
+    for rendered in [*project.files, RenderedFile(Path("compose.yaml"), project.compose_yaml)]:
+        path = directory / rendered.path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.exists() and path.read_text() == rendered.content:
+            continue
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(rendered.content)
+        tmp.chmod(rendered.mode)
+        if rendered.secret and owner_uid is not None:
+            import os
+
+            os.chown(tmp, owner_uid, owner_uid)
+        tmp.replace(path)
+        changed.append(path)
+    return changed
