@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
+from types import ModuleType
 
 from invoke.context import Context
 from invoke.exceptions import Exit
@@ -12,8 +13,6 @@ from rich.table import Table
 
 from infra import console
 from infra.alerts import alertmanager_url, firing_alerts, prometheus_url
-from infra.compose import deploy as compose_deploy
-from infra.compose import operate as compose_operate
 from infra.config import StackConfig, load_config
 from infra.errors import UserError
 from infra.layout import StateLayout
@@ -27,6 +26,13 @@ from infra.secrets import load_secrets
 from infra.tasks import reports_user_errors
 
 SETTLE_TIMEOUT_S = 30
+
+
+def _compose() -> ModuleType:
+    """The compose target's operations, imported on use (the Docker SDK is not needed by the local target)."""
+    from infra.compose import operate as compose_operate
+
+    return compose_operate
 TARGET_HELP = "local, compose or kubernetes (default: target in the configuration)."
 
 
@@ -50,8 +56,9 @@ def _status_table(statuses: list[ComponentStatus]) -> Table:
 
 
 def _deploy_compose(config: StackConfig) -> None:
+    from infra.compose import deploy as compose_deploy
     _, report = compose_deploy.deploy(config, console.progress())
-    statuses = compose_operate.settle(config, SETTLE_TIMEOUT_S)
+    statuses = _compose().settle(config, SETTLE_TIMEOUT_S)
     console.out.print(_status_table(statuses))
     if report.changed_nothing:
         console.step(f"nothing changed; no container recreated ({report.elapsed_s:.1f}s)")
@@ -112,7 +119,7 @@ def deploy(c: Context, target: str | None = None) -> None:
 def status(c: Context, json_: bool = False, target: str | None = None) -> None:
     """Show every component: running, healthy, pid, port, version. Exits 0 only when all are healthy."""
     config = _config(target)
-    statuses = compose_operate.status(config) if config.target == "compose" else operate.status(config)
+    statuses = _compose().status(config) if config.target == "compose" else operate.status(config)
     healthy = all(s.healthy for s in statuses)
     if json_:
         print(json.dumps({"healthy": healthy, "components": [s.as_dict() for s in statuses]}, indent=2))
@@ -137,7 +144,7 @@ def logs(c: Context, component: str, lines: int = 100, follow: bool = False, tar
     """Show the log of one component."""
     config = _config(target)
     if config.target == "compose":
-        raise Exit(code=compose_operate.logs(config, component, lines, follow))
+        raise Exit(code=_compose().logs(config, component, lines, follow))
     path = operate.log_path(config, component)
     raise Exit(code=operate.follow_log(path, lines, follow))
 
@@ -148,7 +155,7 @@ def logs(c: Context, component: str, lines: int = 100, follow: bool = False, tar
 def restart(c: Context, component: str, target: str | None = None) -> None:
     """Restart one component and wait until it is healthy (an API replica is drained first: no client errors)."""
     config = _config(target)
-    restart_one = compose_operate.restart if config.target == "compose" else restart_component
+    restart_one = _compose().restart if config.target == "compose" else restart_component
     elapsed = restart_one(config, component)
     console.step(f"{component} restarted and healthy in {elapsed:.1f}s")
 
@@ -158,7 +165,7 @@ def restart(c: Context, component: str, target: str | None = None) -> None:
 def stop(c: Context, target: str | None = None) -> None:
     """Stop every process of the stack (data and secrets are kept; invoke deploy starts it again)."""
     config = _config(target)
-    if (compose_operate.stop(config) if config.target == "compose" else operate.stop(config)):
+    if (_compose().stop(config) if config.target == "compose" else operate.stop(config)):
         console.step("stopped every component and supervisord")
     else:
         console.step("nothing was running")
@@ -176,7 +183,7 @@ def destroy(c: Context, yes: bool = False, target: str | None = None) -> None:
             code=1,
         )
     if config.target == "compose":
-        gone = compose_operate.destroy(config)
+        gone = _compose().destroy(config)
         console.step(f"destroyed compose project {config.compose.project}: {len(gone)} objects removed")
         for item in gone:
             console.note(item)
