@@ -6,6 +6,7 @@ from infra.tasks import backup, bench, dev, secrets, stack
 
 ns = Collection(
     stack.deploy, stack.status, stack.alerts, stack.logs, stack.restart, stack.stop, stack.destroy, stack.env,
+    stack.render,
     dev.test, dev.lint,
 )
 ns.add_collection(Collection.from_module(secrets), name="secrets")

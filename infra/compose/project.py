@@ -16,6 +16,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
 
 import yaml
+from pydantic import SecretStr
 
 from infra.config import StackConfig
 from infra.layout import StateLayout
@@ -414,3 +415,36 @@ def write_project(project: ComposeProject, directory: Path, owner_uid: int | Non
         tmp.replace(path)
         changed.append(path)
     return changed
+
+
+@dataclass(frozen=True)
+class _Placeholders:
+    """Image references of a rendering made without building: the tags are content hashes computed at deploy."""
+
+    system: str = "prefect-stack/system:content-hash"
+    prefect: str = "prefect-stack/prefect:content-hash"
+
+
+def placeholder_secrets() -> Secrets:
+    """Stand-ins for a rendering that is shown, not deployed: every real secret is generated at deploy."""
+    return Secrets(**{name: SecretStr(f"generated-at-deploy-{name}") for name in SECRET_NAMES})
+
+
+def reference_rendering(config: StackConfig) -> ComposeProject:
+    """What the repository's compose/ folder holds: the project for ``config`` without its secret files."""
+    project = render_project(config, placeholder_secrets(), _Placeholders())
+    project.files = [f for f in project.files if not f.secret]
+    return project
+
+
+def write_reference(project: ComposeProject, directory: Path) -> list[Path]:
+    """Write a reference rendering (no secret in it) into ``directory``; stale files there are removed."""
+    wanted = {directory / "compose.yaml": project.compose_yaml}
+    wanted.update({directory / f.path: f.content for f in project.files})
+    for stale in (directory / "config").glob("*") if (directory / "config").exists() else []:
+        if stale not in wanted:
+            stale.unlink()
+    for path, content in wanted.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(content)
+    return sorted(wanted)

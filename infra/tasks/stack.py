@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
+from pathlib import Path
 from types import ModuleType
 
 from invoke.context import Context
@@ -13,7 +14,7 @@ from rich.table import Table
 
 from infra import console
 from infra.alerts import alertmanager_url, firing_alerts, prometheus_url
-from infra.config import StackConfig, load_config
+from infra.config import REPO_ROOT, StackConfig, load_config
 from infra.errors import UserError
 from infra.layout import StateLayout
 from infra.local import operate
@@ -221,6 +222,21 @@ def env(c: Context, backups: bool = False, monitoring: bool = False, tracing: bo
     else:
         variables = operate.client_environment(config)
     print(operate.shell_exports(variables))
+
+
+@task(help={"target": "compose (kubernetes comes with its target).",
+            "out": "Directory to write into (default: the repository's compose/ folder)."})
+@reports_user_errors
+def render(c: Context, target: str = "compose", out: str | None = None) -> None:
+    """Write a target's files for the configuration, without deploying and without any secret in them."""
+    from infra.compose.project import reference_rendering, write_reference
+
+    if target != "compose":
+        raise UserError(f"cannot render target {target!r} yet", fix="use --target compose")
+    config = load_config(target=target)
+    directory = Path(out) if out else REPO_ROOT / "compose"
+    written = write_reference(reference_rendering(config), directory)
+    console.step(f"rendered {len(written)} files into {directory} (secrets are generated at deploy, not here)")
 
 
 @task(help={"json": "Print JSON: a list of {name, severity, since, summary, description, runbook, labels}."})

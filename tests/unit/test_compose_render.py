@@ -1,0 +1,145 @@
+"""The compose project rendered from the model: valid compose-spec, the repository's copy up to date, secrets only
+as files, and every service hardened (health check, restart policy, limits, non-root, internal back end)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from infra.compose.project import (
+    BACKEND,
+    CONTAINER_UID,
+    ComposeProject,
+    reference_rendering,
+    render_project,
+    write_project,
+)
+from infra.config import REPO_ROOT, StackConfig, load_config
+from infra.secrets import SECRET_NAMES, Secrets, ensure_secrets
+
+CHECK_JSONSCHEMA = Path(sys.executable).parent / "check-jsonschema"
+UPSTREAM = {"grafana", "jaeger"}  # upstream images with users of their own
+PUBLISHED = {"haproxy", "prometheus", "alertmanager", "grafana", "jaeger"}
+
+
+@dataclass(frozen=True)
+class Images:
+    system: str = "prefect-stack/system:0123456789ab"
+    prefect: str = "prefect-stack/prefect:0123456789ab"
+
+
+@pytest.fixture
+def secrets(tmp_path: Path) -> Secrets:
+    return ensure_secrets(tmp_path / "secrets")
+
+
+def _project(secrets: Secrets, **overrides: Any) -> ComposeProject:
+    return render_project(StackConfig(target="compose", **overrides), secrets, Images())
+
+
+def _services(project: ComposeProject) -> dict[str, dict[str, Any]]:
+    return dict(project.document["services"])
+
+
+def test_the_repository_copy_is_the_rendering_of_the_default_configuration() -> None:
+    """compose/ shows what deploy writes for infra/stack.yaml; `invoke render` refreshes it."""
+    project = reference_rendering(load_config(target="compose"))
+    directory = REPO_ROOT / "compose"
+    assert (directory / "compose.yaml").read_text() == project.compose_yaml, "run: invoke render --target compose"
+    for rendered in project.files:
+        assert (directory / rendered.path).read_text() == rendered.content, f"stale {rendered.path}: invoke render"
+    shipped = {p.relative_to(directory) for p in (directory / "config").iterdir()}
+    assert shipped == {f.path for f in project.files}, "compose/config holds a file the model does not render"
+
+
+@pytest.mark.parametrize("overrides", [{}, {"api": {"replicas": 4}, "services": {"replicas": 2}},
+                                       {"monitoring": {"enabled": False}},
+                                       {"backups": {"s3": {"endpoint_url": "https://s3.eu-west-1.amazonaws.com"}}}],
+                         ids=["default", "scaled", "no-monitoring", "real-s3"])
+def test_compose_file_is_valid_compose_spec(tmp_path: Path, secrets: Secrets, overrides: dict[str, Any]) -> None:
+    write_project(_project(secrets, **overrides), tmp_path / "project", None)
+    result = subprocess.run([str(CHECK_JSONSCHEMA), "--builtin-schema", "vendor.compose-spec",
+                             str(tmp_path / "project" / "compose.yaml")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_no_secret_value_in_the_compose_file_configs_or_environment(tmp_path: Path, secrets: Secrets) -> None:
+    project = _project(secrets)
+    public = [project.compose_yaml] + [f.content for f in project.files if not f.secret]
+    for name in SECRET_NAMES:
+        value = secrets.get(name).partition(":")[2] or secrets.get(name)
+        for text in public:
+            assert value not in text, f"secret {name} appears in a file that is not a compose secret"
+
+
+def test_secret_files_are_private_and_owned_by_the_containers_user(tmp_path: Path, secrets: Secrets) -> None:
+    project = _project(secrets)
+    write_project(project, tmp_path / "project", CONTAINER_UID if os.geteuid() == 0 else None)
+    secret_files = [tmp_path / "project" / f.path for f in project.files if f.secret]
+    assert secret_files
+    for path in secret_files:
+        assert path.stat().st_mode & 0o777 == 0o600, path
+    assert (tmp_path / "project").stat().st_mode & 0o777 == 0o700
+
+
+@pytest.mark.parametrize("service", sorted(_services(reference_rendering(StackConfig(target="compose")))))
+def test_every_service_is_hardened(service: str, secrets: Secrets) -> None:
+    definition = _services(_project(secrets))[service]
+    assert definition["restart"] in ("unless-stopped", "no")
+    limits = definition["deploy"]["resources"]["limits"]
+    assert limits["memory"] and float(limits["cpus"]) > 0
+    if service not in UPSTREAM:
+        assert definition["user"] == f"{CONTAINER_UID}:{CONTAINER_UID}"
+        assert "healthcheck" in definition or service == "migrate"
+    if service not in PUBLISHED:
+        assert "ports" not in definition
+        assert definition["networks"] == [BACKEND]
+
+
+def test_back_end_network_is_internal_and_only_the_load_balancer_publishes_beyond_loopback(secrets: Secrets) -> None:
+    project = _project(secrets, load_balancer={"bind_address": "10.0.0.5"})
+    assert project.document["networks"][BACKEND] == {"internal": True}
+    for name, definition in _services(project).items():
+        for port in definition.get("ports", []):
+            host = port.split(":")[0]
+            assert host == ("10.0.0.5" if name == "haproxy" else "127.0.0.1"), f"{name} publishes {port}"
+
+
+def test_api_replicas_start_only_after_the_migration_completed(secrets: Secrets) -> None:
+    services = _services(_project(secrets, api={"replicas": 3}))
+    for i in (1, 2, 3):
+        depends = services[f"api-{i}"]["depends_on"]
+        assert depends["migrate"] == {"condition": "service_completed_successfully"}
+        assert depends["pgbouncer"] == {"condition": "service_healthy"}
+    assert services["migrate"]["restart"] == "no"
+    assert set(services["migrate"]["secrets"][1]) == {"source", "target"}
+
+
+def test_changed_file_content_changes_the_service_definition(secrets: Secrets) -> None:
+    """Compose compares service definitions only: the files' hash label makes a config change recreate."""
+    before = _services(_project(secrets))
+    after = _services(_project(secrets, pgbouncer={"default_pool_size": 77}))
+    assert before["pgbouncer"]["labels"] != after["pgbouncer"]["labels"]
+    assert before["redis"]["labels"] == after["redis"]["labels"]
+
+
+def test_without_a_real_s3_endpoint_the_stack_runs_its_own(secrets: Secrets) -> None:
+    assert "s3" in _services(_project(secrets))
+    assert "s3" not in _services(_project(secrets, backups={"s3": {"endpoint_url": "https://s3.example.com"}}))
+
+
+def test_grafana_and_jaeger_can_be_turned_off(secrets: Secrets) -> None:
+    services = _services(_project(secrets, compose={"grafana": False, "jaeger": False}))
+    assert not UPSTREAM & set(services)
+
+
+def test_rendered_compose_yaml_parses_back(secrets: Secrets) -> None:
+    project = _project(secrets)
+    assert yaml.safe_load(project.compose_yaml) == project.document
