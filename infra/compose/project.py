@@ -138,8 +138,9 @@ class _Builder:
         mounts_config = [self.file(name, f) for f in files if not f.secret]
         mounts_secret = [self.file(name, f) for f in files if f.secret] + [self.secret(name, s) for s in secrets]
         service: dict[str, Any] = {"image": image, "command": command}
-        if user:
+        if user:  # the project's images: an init reaps zombies and forwards signals to the program
             service["user"] = user
+            service["init"] = True
         if environment:
             service["environment"] = dict(sorted(environment.items()))
         if mounts_config:
