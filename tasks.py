@@ -2,7 +2,7 @@
 
 from invoke.collection import Collection
 
-from infra.tasks import backup, bench, dev, secrets, stack
+from infra.tasks import backup, bench, dev, images, secrets, stack
 
 ns = Collection(
     stack.deploy, stack.status, stack.alerts, stack.logs, stack.restart, stack.stop, stack.destroy, stack.env,
@@ -11,6 +11,7 @@ ns = Collection(
 )
 ns.add_collection(Collection.from_module(secrets), name="secrets")
 ns.add_collection(Collection.from_module(bench), name="bench")
+ns.add_collection(Collection.from_module(images), name="images")
 backups = Collection.from_module(backup)
 backups.tasks.pop("restore")  # an operator's word, not a backup sub-step: it stands at the top level
 ns.add_collection(backups, name="backup")

@@ -1,1 +1,1 @@
-"""The Docker Compose target: the same stack as the local target, in containers, from the same model and renderers."""
+"""The Docker Compose target: the project's images, the engine that runs them, and (elsewhere) the compose project."""

@@ -1,0 +1,44 @@
+"""Tasks on the compose target's container images: build what is missing, list what exists."""
+
+from __future__ import annotations
+
+from invoke.context import Context
+from invoke.tasks import task
+from rich.table import Table
+
+from infra import console
+from infra.compose.engine import docker_client, docker_host
+from infra.compose.images import ensure_images, image_refs, image_size
+from infra.config import load_config
+from infra.tasks import reports_user_errors
+
+
+@task(help={"force": "Rebuild every image (and re-run debootstrap) even when its tag already exists."})
+@reports_user_errors
+def build(c: Context, force: bool = False) -> None:
+    """Build the compose target's images (Debian base, system, prefect); an image whose tag exists is kept."""
+    config = load_config()
+    client = docker_client(config)
+    console.step(f"images for the compose target on {docker_host(config)} (base: {config.compose.base})")
+    results = ensure_images(config, client, console.progress(), force=force)
+    for result in results:
+        console.note(result.describe())
+    built = sum(r.seconds for r in results if r.action != "up to date")
+    console.step(f"images ready ({built:.1f}s of building)" if built else "images up to date: nothing built")
+
+
+@task(name="list")
+@reports_user_errors
+def list_(c: Context) -> None:
+    """List the images this configuration uses: reference, present on the engine or not, size."""
+    config = load_config()
+    refs = image_refs(config)
+    client = docker_client(config)
+    table = Table(box=None, pad_edge=False)
+    for column in ("image", "reference", "present", "size"):
+        table.add_column(column)
+    for role, ref in refs.all().items():
+        size = image_size(client, ref)
+        present = "[green]yes[/green]" if size is not None else "[red]no[/red]"
+        table.add_row(role, ref, present, f"{size / 1e6:.0f} MB" if size is not None else "-")
+    console.out.print(table)
