@@ -23,7 +23,7 @@ from docker.errors import ImageNotFound, NotFound
 from docker.models.containers import Container
 
 from infra.compose.engine import compose_binary, docker_client
-from infra.compose.images import ensure_images
+from infra.compose.images import ensure_images, image_refs
 from infra.compose.project import CONTAINER, CONTAINER_UID, ComposeProject, render_project, write_project
 from infra.config import StackConfig
 from infra.errors import UserError
@@ -215,7 +215,8 @@ def deploy(config: StackConfig, progress: Progress) -> tuple[ComposeProject, Com
     report = ComposeDeployReport()
     client = docker_client(config)
     secrets: Secrets = ensure_secrets(config.state_dir / "secrets")
-    refs = ensure_images(config, client, progress)
+    report.images_built = [r.ref for r in ensure_images(config, client, progress) if r.action != "up to date"]
+    refs = image_refs(config)
     _check_upstream_images(config, client)
     project = render_project(config, secrets, refs)
     hashes = _definition_hashes(project)

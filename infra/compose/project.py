@@ -18,6 +18,7 @@ from typing import Any, Protocol
 import yaml
 from pydantic import SecretStr
 
+from infra.compose import images
 from infra.config import StackConfig
 from infra.layout import StateLayout
 from infra.local.plan import monitoring_programs
@@ -34,10 +35,10 @@ from infra.secrets import SECRET_NAMES, Secrets
 
 # The container layout, created by the images (compose/images/system/Dockerfile): one unprivileged user, the
 # same directory tree as a local state directory, the project's venv and code under /opt/prefect-stack.
-CONTAINER_ROOT = Path("/var/lib/prefect-stack")
+CONTAINER_ROOT = Path(str(images.APP_ROOT))
 CONTAINER = StateLayout(CONTAINER_ROOT)
-CONTAINER_UID = 10001
-APP_ROOT = PurePosixPath("/opt/prefect-stack")
+CONTAINER_UID = images.APP_UID
+APP_ROOT = images.APP_HOME
 VENV_BIN = APP_ROOT / ".venv" / "bin"
 PYTHON = str(VENV_BIN / "python")
 PG_BIN = PurePosixPath("/usr/lib/postgresql/15/bin")

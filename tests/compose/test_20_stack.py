@@ -73,7 +73,8 @@ class ComposeStack:
 
 
 @pytest.fixture(scope="module")
-def stack(docker_engine: str, compose_images: object, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ComposeStack]:
+def stack(docker_engine: str, compose_images: object,
+          tmp_path_factory: pytest.TempPathFactory) -> Iterator[ComposeStack]:
     lb, stats, prometheus, alertmanager = free_ports(4)
     state = tmp_path_factory.mktemp("compose") / "state"
     env = {
