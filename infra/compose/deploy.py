@@ -193,6 +193,19 @@ def _sessions(client: DockerClient, project: str, server: str) -> int:
     return 0
 
 
+def wait_container_healthy(client: DockerClient, project: str, service: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        container = containers(client, project).get(service)
+        health = ((container.attrs.get("State", {}).get("Health") or {}).get("Status")) if container else None
+        if container is not None and container.status == "running" and health == "healthy":
+            return
+        if time.monotonic() > deadline:
+            raise UserError(f"{service} is not healthy {timeout_s:.0f} s after its restart (health: {health})",
+                            fix=f"see its log: invoke logs {service} --target compose")
+        time.sleep(0.5)
+
+
 def roll_replica(config: StackConfig, client: DockerClient, service: str, recreate: bool = True) -> None:
     """Replace (or only restart) one API replica with no failed request: drain, wait for its sessions,
     maintenance, replace, then back in service once HAProxy's checks pass."""
@@ -206,6 +219,8 @@ def roll_replica(config: StackConfig, client: DockerClient, service: str, recrea
         run_compose(config, "up", "--detach", "--no-deps", "--wait", "--wait-timeout", str(UP_TIMEOUT_S), service)
     else:
         run_compose(config, "restart", "--timeout", "30", service)
+        # A restarted container's health starts over ("starting"); back in service only once it passes again.
+        wait_container_healthy(client, project, service, UP_TIMEOUT_S)
     haproxy_command(client, project, f"set server {BACKEND}/{service} state ready")
     _wait_haproxy(client, project, service, "UP", HAPROXY_WAIT_S)
 
