@@ -423,8 +423,10 @@ def trim_rootfs(rootfs: Path, mirror: str, security: str | None) -> None:
                     shutil.rmtree(child)
                 else:
                     child.unlink()
-    for path in (rootfs / "var/cache/apt").glob("*.bin"):
-        path.unlink()
+    # debootstrap leaves the packages it installed in apt's cache (about 30 MB).
+    for pattern in ("*.bin", "archives/*.deb"):
+        for path in (rootfs / "var/cache/apt").glob(pattern):
+            path.unlink()
     # Logs are emptied, not removed: apt and dpkg expect their directories and files to exist.
     for path in (rootfs / "var/log").rglob("*"):
         if path.is_file() and not path.is_symlink():
@@ -510,7 +512,8 @@ def wheelhouse(progress: Progress, repo: Path = REPO_ROOT) -> Path:
         raise UserError(f"the wheelhouse must be made by Python 3.11 (the image's Debian python3); this is "
                         f"{sys.version.split()[0]}", fix="run invoke from the project's .venv (scripts/bootstrap.sh)")
     requirements = image_requirements(repo)
-    key = _digest([requirements, (repo / "constraints.txt").read_bytes(), (repo / "pyproject.toml").read_bytes()])
+    # Keyed by what decides the wheels (not by the whole pyproject.toml: a linter setting must not refetch them).
+    key = _digest([requirements, (repo / "constraints.txt").read_bytes(), sys.version.split()[0]])
     directory = wheel_cache_root() / key
     if (directory / ".complete").is_file():
         return directory

@@ -248,6 +248,7 @@ class TestTrim:
         root = tmp_path / "rootfs"
         for path in ("usr/share/doc/bash/copyright", "usr/share/doc/bash/README.gz", "usr/share/man/man1/ls.1.gz",
                      "usr/share/locale/de/LC_MESSAGES/x.mo", "var/lib/apt/lists/deb_Packages", "var/cache/apt/pkg.bin",
+                     "var/cache/apt/archives/apt_2.6.1_amd64.deb",
                      "var/log/dpkg.log", "dev/null", "etc/hostname", "etc/resolv.conf"):
             (root / path).parent.mkdir(parents=True, exist_ok=True)
             (root / path).write_text("x")
@@ -257,7 +258,8 @@ class TestTrim:
         return root
 
     @pytest.mark.parametrize("gone", ["usr/share/doc/bash/README.gz", "usr/share/man/man1", "usr/share/locale/de",
-                                      "var/lib/apt/lists/deb_Packages", "var/cache/apt/pkg.bin", "dev/null",
+                                      "var/lib/apt/lists/deb_Packages", "var/cache/apt/pkg.bin",
+                     "var/cache/apt/archives/apt_2.6.1_amd64.deb", "dev/null",
                                       "etc/hostname"])
     def test_removed(self, rootfs: Path, gone: str) -> None:
         assert not (rootfs / gone).exists()

@@ -1,0 +1,128 @@
+"""The compose target's images, built for real: what each contains, who it runs as, and that an unchanged image
+is never rebuilt. The engine itself is checked the way Compose will use it (service names, published ports)."""
+
+from __future__ import annotations
+
+import subprocess
+import textwrap
+from pathlib import Path
+
+import docker
+import httpx
+import pytest
+
+from infra.compose.engine import compose_binary
+from infra.compose.images import APP_DIRS, APP_PRIVATE_DIRS, APP_ROOT, APP_UID, ImageRefs, ImageResult, ensure_images
+from infra.config import StackConfig
+from infra.progress import QuietProgress
+from tests.conftest import free_ports
+
+pytestmark = pytest.mark.compose
+
+# Each Debian component's binary, and what its version output contains.
+BINARIES = {
+    "postgres": ("/usr/lib/postgresql/15/bin/postgres --version", "(PostgreSQL) 15."),
+    "psql": ("psql --version", "(PostgreSQL) 15."),
+    "pgbouncer": ("pgbouncer --version", "PgBouncer 1."),
+    "redis-server": ("redis-server --version", "Redis server v=7."),
+    "haproxy": ("haproxy -v", "HAProxy version 2.6"),
+    "pgbackrest": ("pgbackrest version", "pgBackRest 2."),
+    "prometheus": ("prometheus --version", "prometheus, version 2."),
+    "alertmanager": ("prometheus-alertmanager --version", "alertmanager, version 0."),
+    "node-exporter": ("prometheus-node-exporter --version", "node_exporter, version"),
+    "postgres-exporter": ("prometheus-postgres-exporter --version", "postgres_exporter"),
+    "redis-exporter": ("prometheus-redis-exporter --version", "Redis Metrics Exporter"),
+    "tini": ("tini --version", "tini version"),
+}
+
+
+def _run(client: docker.DockerClient, image: str, command: str) -> str:
+    output: bytes = client.containers.run(image, ["sh", "-c", command], remove=True, network_mode="none",
+                                          stderr=True)
+    return output.decode()
+
+
+def test_first_ensure_built_or_found_every_image(compose_build: list[ImageResult]) -> None:
+    assert [r.role for r in compose_build] == ["base", "system", "prefect"]
+
+
+def test_second_ensure_builds_nothing(compose_images: ImageRefs, compose_config: StackConfig,
+                                      docker_client: docker.DockerClient) -> None:
+    again = ensure_images(compose_config, docker_client, QuietProgress())
+    assert [(r.ref, r.action) for r in again] == [(ref, "up to date") for ref in compose_images.all().values()]
+
+
+def test_prefect_imports_prefect_and_the_project(compose_images: ImageRefs,
+                                                 docker_client: docker.DockerClient) -> None:
+    command = 'python -c "import prefect, infra; print(prefect.__version__)"'
+    output = _run(docker_client, compose_images.prefect, command)
+    assert output.strip() == "3.8.8"
+
+
+def test_prefect_has_no_dev_tools(compose_images: ImageRefs, docker_client: docker.DockerClient) -> None:
+    output = _run(docker_client, compose_images.prefect, 'python -c "import pytest" 2>&1; echo "exit $?"')
+    assert output.strip().endswith("exit 1")
+
+
+def test_prefect_runs_the_projects_tasks(compose_images: ImageRefs, docker_client: docker.DockerClient) -> None:
+    assert "images.build" in _run(docker_client, compose_images.prefect, "invoke --list")
+
+
+@pytest.mark.parametrize("binary", BINARIES)
+def test_system_has(compose_images: ImageRefs, docker_client: docker.DockerClient, binary: str) -> None:
+    command, expected = BINARIES[binary]
+    assert expected in _run(docker_client, compose_images.system, command)
+
+
+def test_no_postgres_cluster_created(compose_images: ImageRefs, docker_client: docker.DockerClient) -> None:
+    assert _run(docker_client, compose_images.system, "ls /etc/postgresql 2>/dev/null | wc -l").strip() == "0"
+
+
+@pytest.mark.parametrize("image", ["system", "prefect"])
+def test_runs_as_the_unprivileged_user(compose_images: ImageRefs, docker_client: docker.DockerClient,
+                                       image: str) -> None:
+    assert _run(docker_client, getattr(compose_images, image), "id -u").strip() == str(APP_UID)
+
+
+@pytest.fixture(scope="module")
+def layout(compose_images: ImageRefs, docker_client: docker.DockerClient) -> dict[str, str]:
+    """Owner, group and mode of every layout directory in the system image, read by one container."""
+    paths = " ".join(str(APP_ROOT / d) for d in (*APP_DIRS, *APP_PRIVATE_DIRS))
+    output = _run(docker_client, compose_images.system, f"stat -c '%n %u %g %a' {paths}")
+    return {line.split()[0]: " ".join(line.split()[1:]) for line in output.splitlines()}
+
+
+@pytest.mark.parametrize("directory", APP_DIRS + APP_PRIVATE_DIRS)
+def test_layout_directory(layout: dict[str, str], directory: str) -> None:
+    mode = "700" if directory in APP_PRIVATE_DIRS else "755"
+    assert layout.get(str(APP_ROOT / directory)) == f"{APP_UID} {APP_UID} {mode}"
+
+
+def test_compose_network_and_published_port(compose_images: ImageRefs, docker_engine: str, tmp_path: Path) -> None:
+    """Compose on this engine: a service reaches another by name, and a port published on 127.0.0.1 answers."""
+    port = free_ports(1)[0]
+    compose_file = tmp_path / "compose.yaml"
+    compose_file.write_text(textwrap.dedent(f"""\
+        name: prefect-stack-engine-check
+        services:
+          web:
+            image: {compose_images.system}
+            command: ["python3", "-m", "http.server", "8000", "--directory", "/var/lib/prefect-stack"]
+            ports: ["127.0.0.1:{port}:8000"]
+          client:
+            image: {compose_images.system}
+            command: ["sh", "-c", "until curl -sf http://web:8000/ >/dev/null; do sleep 0.2; done; sleep infinity"]
+            healthcheck:
+              test: ["CMD", "curl", "-sf", "http://web:8000/"]
+              interval: 1s
+              retries: 30
+    """))
+    compose = [*compose_binary(), "-f", str(compose_file)]
+    env = {"DOCKER_HOST": docker_engine, "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+    try:
+        up = subprocess.run([*compose, "up", "-d", "--wait", "--wait-timeout", "60"], env=env, capture_output=True,
+                            text=True, timeout=120, check=False)
+        assert up.returncode == 0, up.stderr
+        assert httpx.get(f"http://127.0.0.1:{port}/", timeout=10).status_code == 200
+    finally:
+        subprocess.run([*compose, "down", "-t", "1"], env=env, capture_output=True, timeout=120, check=False)
