@@ -171,7 +171,7 @@ def test_a_second_deploy_with_nothing_changed_recreates_nothing(stack: ComposeSt
     before = stack.containers()
     result = stack.invoke("deploy")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "nothing changed" in result.stdout
+    assert "nothing changed" in result.stderr
     assert stack.containers() == before
 
 
@@ -275,7 +275,7 @@ def test_a_configuration_change_replaces_replicas_one_at_a_time_without_errors(s
 
         deployed, sent = asyncio.run(main())
         assert deployed.returncode == 0, deployed.stdout[-3000:] + deployed.stderr[-2000:]
-        assert "replaced one at a time: api-1, api-2" in " ".join(deployed.stdout.split())
+        assert "replaced one at a time: api-1, api-2" in " ".join(deployed.stderr.split())
         assert sum(sent) > 0 and failures == []
     finally:
         del stack.env["PREFECT_STACK_API__LOG_LEVEL"]
