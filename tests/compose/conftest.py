@@ -12,18 +12,26 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import docker
+import httpx
 import pytest
 
+from infra.compose.deploy import containers
 from infra.compose.engine import DEFAULT_DOCKER_HOST, PrivateDockerEngine, ping
 from infra.compose.images import ImageRefs, ImageResult, ensure_images
-from infra.config import ENV_PREFIX, StackConfig
+from infra.config import ENV_PREFIX, StackConfig, load_config
 from infra.errors import UserError
 from infra.progress import PlainProgress
+from infra.secrets import load_secrets
+from tests.conftest import free_ports
 
 
 @pytest.fixture(scope="session")
@@ -77,3 +85,92 @@ def compose_images(compose_build: list[ImageResult]) -> ImageRefs:
     """The image references, every image present on the engine."""
     refs = {result.role: result.ref for result in compose_build}
     return ImageRefs(base=refs["base"], system=refs["system"], prefect=refs["prefect"])
+
+
+REPO = Path(__file__).resolve().parents[2]
+INVOKE = str(Path(sys.executable).parent / "invoke")
+BACK_TIMEOUT_S = 180
+
+
+@dataclass
+class ComposeStack:
+    env: dict[str, str]
+    config: StackConfig
+    docker: docker.DockerClient
+
+    def invoke(self, *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+        """Run the real CLI against this stack, as an operator would (only this stack's PREFECT_STACK_* set)."""
+        inherited = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
+        return subprocess.run([INVOKE, *args, "--target", "compose"], cwd=REPO, env={**inherited, **self.env},
+                              capture_output=True, text=True, timeout=timeout, check=False)
+
+    @property
+    def auth(self) -> tuple[str, str]:
+        user, _, password = load_secrets(self.config.state_dir / "secrets").get("prefect_auth").partition(":")
+        return user, password
+
+    @property
+    def verify(self) -> str | bool:
+        ca = self.config.state_dir / "secrets" / "lb_ca.crt"
+        return str(ca) if ca.exists() else True
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(base_url=self.config.api_url, auth=self.auth, timeout=30, verify=self.verify)
+
+    def containers(self) -> dict[str, str]:
+        return {name: c.id for name, c in containers(self.docker, self.config.compose.project).items()}
+
+    def wait_healthy(self, why: str) -> None:
+        deadline = time.monotonic() + BACK_TIMEOUT_S
+        while True:
+            result = self.invoke("status", "--json")
+            if result.returncode == 0:
+                return
+            if time.monotonic() > deadline:
+                pytest.fail(f"compose stack not healthy {why} after {BACK_TIMEOUT_S} s:\n{result.stdout[-3000:]}"
+                            f"\n{result.stderr[-2000:]}")
+            time.sleep(1)
+
+
+@pytest.fixture(scope="session")
+def compose_stack(docker_engine: str, compose_images: ImageRefs,
+                  tmp_path_factory: pytest.TempPathFactory) -> Iterator[ComposeStack]:
+    """One compose deployment for the session (tests/compose/test_99_destroy.py destroys it last, and checks)."""
+    lb, stats, prometheus, alertmanager = free_ports(4)
+    state = tmp_path_factory.mktemp("compose") / "state"
+    env = {
+        "PREFECT_STACK_TARGET": "compose",
+        "PREFECT_STACK_LOCAL__STATE_DIR": str(state),
+        "PREFECT_STACK_COMPOSE__PROJECT": f"pstest-{os.getpid()}",
+        "PREFECT_STACK_COMPOSE__DOCKER_HOST": docker_engine,
+        "PREFECT_STACK_COMPOSE__BASE": "debootstrap",
+        # Their upstream images cannot be pulled here; their files are validated offline (unit tests).
+        "PREFECT_STACK_COMPOSE__GRAFANA": "false",
+        "PREFECT_STACK_COMPOSE__JAEGER": "false",
+        "PREFECT_STACK_LOAD_BALANCER__PORT": str(lb),
+        "PREFECT_STACK_LOAD_BALANCER__STATS_PORT": str(stats),
+        "PREFECT_STACK_MONITORING__PROMETHEUS_PORT": str(prometheus),
+        "PREFECT_STACK_MONITORING__ALERTMANAGER_PORT": str(alertmanager),
+        "PREFECT_STACK_MONITORING__SCRAPE_INTERVAL_S": "2",
+        "PREFECT_STACK_API__REPLICAS": "2",
+    }
+    # Hermetic: the operator's own PREFECT_STACK_* settings must not reach the test stack, and the session's
+    # environment stays untouched (the local target's tests run after these).
+    with pytest.MonkeyPatch.context() as patch:
+        for name in list(os.environ):
+            if name.startswith(ENV_PREFIX):
+                patch.delenv(name)
+        for name, value in env.items():
+            patch.setenv(name, value)
+        config = load_config()
+    client = docker.DockerClient(base_url=docker_engine)
+    stack = ComposeStack(env, config, client)
+    try:
+        result = stack.invoke("deploy")
+        assert result.returncode == 0, f"deploy failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+        yield stack
+    finally:
+        stack.invoke("destroy", "--yes")
+        client.close()
+
+
