@@ -239,11 +239,12 @@ def render(c: Context, target: str = "compose", out: str | None = None) -> None:
     console.step(f"rendered {len(written)} files into {directory} (secrets are generated at deploy, not here)")
 
 
-@task(help={"json": "Print JSON: a list of {name, severity, since, summary, description, runbook, labels}."})
+@task(help={"json": "Print JSON: a list of {name, severity, since, summary, description, runbook, labels}.",
+            "target": TARGET_HELP})
 @reports_user_errors
-def alerts(c: Context, json_: bool = False) -> None:
+def alerts(c: Context, json_: bool = False, target: str | None = None) -> None:
     """List the alerts firing now (from Alertmanager), most severe first, with the runbook for each."""
-    config = load_config()
+    config = _config(target)
     firing = firing_alerts(config)
     if json_:
         print(json.dumps([a.as_dict() for a in firing], indent=2))

@@ -32,6 +32,7 @@ from infra.errors import UserError
 from infra.progress import PlainProgress
 from infra.secrets import load_secrets
 from tests.conftest import free_ports
+from tests.integration.conftest import MONITORING_AT_TEST_SPEED
 
 
 @pytest.fixture(scope="session")
@@ -151,7 +152,7 @@ def compose_stack(docker_engine: str, compose_images: ImageRefs,
         "PREFECT_STACK_LOAD_BALANCER__STATS_PORT": str(stats),
         "PREFECT_STACK_MONITORING__PROMETHEUS_PORT": str(prometheus),
         "PREFECT_STACK_MONITORING__ALERTMANAGER_PORT": str(alertmanager),
-        "PREFECT_STACK_MONITORING__SCRAPE_INTERVAL_S": "2",
+        **MONITORING_AT_TEST_SPEED,
         "PREFECT_STACK_API__REPLICAS": "2",
     }
     # Hermetic: the operator's own PREFECT_STACK_* settings must not reach the test stack, and the session's
