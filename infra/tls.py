@@ -1,9 +1,14 @@
-"""TLS at the load balancer, for every target: the certificate HAProxy serves and what clients must trust.
+"""TLS at the load balancer, for every target: the certificates HAProxy serves and what clients must trust.
 
-Either the operator's certificate chain and key (load_balancer.tls.cert_file / key_file), checked before use, or a
-certificate from a CA generated once per deployment: ``<secrets>/lb_ca.key`` and ``lb_ca.crt``. The CA is never
-re-created while its files exist (clients keep trusting it); the server certificate it signs is re-issued when the
-names it must carry change or when it is within RENEW_BEFORE of expiry. Every file here is written 0600.
+A CA generated once per deployment (``<secrets>/lb_ca.key`` and ``lb_ca.crt``) signs the certificate HAProxy serves
+by default: for loopback, the bind address, public_url's host, extra_names and the target's own names (a compose
+service name). The CA is never re-created while its files exist (clients keep trusting it); the certificate it signs
+is re-issued when those names change or within RENEW_BEFORE of expiry. Every file here is written 0600.
+
+The operator's certificate chain and key (load_balancer.tls.cert_file / key_file), checked before use, are served to
+every client that asks for one of its names (SNI). The generated certificate still serves the rest: the stack's own
+processes and probes reach HAProxy on 127.0.0.1 or a service name, which no public CA certifies, and they trust
+exactly the deployment's CA.
 """
 
 from __future__ import annotations
@@ -37,18 +42,37 @@ _WILDCARD_BINDS = ("0.0.0.0", "::")  # noqa: S104 - addresses compared, not boun
 
 
 @dataclass(frozen=True)
+class OperatorCertificate:
+    """The operator's chain (leaf first) and key, checked, and the names its leaf certifies."""
+
+    chain: str
+    key: str
+    names: frozenset[str]
+
+    @property
+    def pem_bundle(self) -> str:
+        return _bundle(self.chain, self.key)
+
+
+@dataclass(frozen=True)
 class LoadBalancerTls:
-    """What a target needs: the PEM HAProxy serves and the PEM (and its path on this host) clients trust."""
+    """What a target needs: the PEM HAProxy serves by default, the operator's (by SNI) if any, and the CA clients of
+    the default certificate trust (its PEM, and its path on this host)."""
 
     certificate_chain: str  # leaf first
     private_key: str
-    trusted: str  # the generated CA's certificate, or the operator's chain
+    trusted: str  # the deployment's CA certificate
     ca_file: Path  # where ``trusted`` is on this host
+    operator: OperatorCertificate | None = None
 
     @property
     def pem_bundle(self) -> str:
         """Chain and key in one file, as HAProxy's ``crt`` takes it. A secret."""
-        return self.certificate_chain.rstrip("\n") + "\n" + self.private_key
+        return _bundle(self.certificate_chain, self.private_key)
+
+
+def _bundle(chain: str, key: str) -> str:
+    return chain.rstrip("\n") + "\n" + key
 
 
 def certificate_names(config: StackConfig, names: Iterable[str] = ()) -> list[str]:
@@ -66,22 +90,26 @@ def certificate_names(config: StackConfig, names: Iterable[str] = ()) -> list[st
 
 
 def load_balancer_tls(config: StackConfig, secrets_dir: Path, names: Sequence[str] = ()) -> LoadBalancerTls:
-    """The load balancer's certificate: the operator's, or one from this deployment's CA carrying
-    ``certificate_names(config, names)`` (targets add their own, e.g. a compose service name)."""
+    """The load balancer's certificates: one from this deployment's CA carrying ``certificate_names(config, names)``
+    (targets add their own, e.g. a compose service name), and the operator's when configured. Names the operator's
+    certificate covers are left to it, so that SNI picks it for them."""
     tls = config.load_balancer.tls
+    operator = None
     if tls.cert_file is not None and tls.key_file is not None:
-        return operator_certificate(tls.cert_file, tls.key_file)
+        operator = operator_certificate(tls.cert_file, tls.key_file)
+    # The generated certificate needs one name; if the operator's covers them all it is only served to strangers.
+    wanted = [n for n in certificate_names(config, names) if operator is None or n not in operator.names] or [
+        "localhost"]
     secrets_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     ca_key, ca_cert = ensure_ca(secrets_dir)
-    chain, key = _ensure_server_certificate(secrets_dir, ca_key, ca_cert, certificate_names(config, names))
-    ca_pem = _pem(ca_cert)
-    return LoadBalancerTls(chain, key, ca_pem, secrets_dir / CA_CERT)
+    chain, key = _ensure_server_certificate(secrets_dir, ca_key, ca_cert, wanted)
+    return LoadBalancerTls(chain, key, _pem(ca_cert), secrets_dir / CA_CERT, operator)
 
 
 # ---------------------------------------------------------------- the operator's certificate
 
 
-def operator_certificate(cert_file: Path, key_file: Path) -> LoadBalancerTls:
+def operator_certificate(cert_file: Path, key_file: Path) -> OperatorCertificate:
     """The operator's chain and key, refused with the reason when unreadable, mismatched or expired."""
     cert_file, key_file = cert_file.expanduser(), key_file.expanduser()
     chain_pem, key_pem = _read(cert_file, "load_balancer.tls.cert_file"), _read(key_file, "load_balancer.tls.key_file")
@@ -112,7 +140,14 @@ def operator_certificate(cert_file: Path, key_file: Path) -> LoadBalancerTls:
     if mode & 0o077:
         raise UserError(f"the private key {key_file} has mode {mode:04o}: others can read it",
                         fix=f"chmod 600 {key_file}, and replace the certificate if the key may have leaked")
-    return LoadBalancerTls(chain_pem, key_pem, chain_pem, cert_file.resolve())
+    try:
+        san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        raise UserError(f"the certificate in {cert_file} names no host (no subjectAltName); clients refuse it",
+                        fix="issue it with the DNS names (and IPs) clients use as subjectAltName") from None
+    names = {str(n) for n in san.get_values_for_type(x509.DNSName)}
+    names |= {str(a) for a in san.get_values_for_type(x509.IPAddress)}
+    return OperatorCertificate(chain_pem, key_pem, frozenset(_canonical(n) for n in names))
 
 
 def _read(path: Path, field: str) -> str:

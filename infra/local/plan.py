@@ -21,7 +21,7 @@ from infra.render import Addresses, RenderedFile
 from infra.render.alert_rules import alert_rules_yml
 from infra.render.alertmanager import alertmanager_yml
 from infra.render.dashboards import dashboards, grafana_provisioning
-from infra.render.haproxy import TLS_PEM, TRUSTED_CA, haproxy_cfg
+from infra.render.haproxy import OPERATOR_TLS_PEM, TLS_PEM, TRUSTED_CA, haproxy_cfg
 from infra.render.pgbackrest import pgbackrest_conf
 from infra.render.pgbouncer import pgbouncer_ini, pgbouncer_userlist
 from infra.render.postgres import MONITOR_ROLE, pg_hba_conf, pg_ident_conf, postgresql_conf
@@ -315,6 +315,8 @@ def build_plan(config: StackConfig, secrets: Secrets, addresses: Addresses | Non
     if config.tls_enabled:
         lb_tls = load_balancer_tls(config, layout.secrets)
         haproxy_files.append(RenderedFile(etc / TLS_PEM, lb_tls.pem_bundle, secret=True))
+        if lb_tls.operator is not None:
+            haproxy_files.append(RenderedFile(etc / OPERATOR_TLS_PEM, lb_tls.operator.pem_bundle, secret=True))
         # Read by every HTTPS client of the load balancer, the stack's own processes included (not a secret).
         extra_files += (RenderedFile(etc / TRUSTED_CA, lb_tls.trusted),)
     if config.backups.physical.enabled:

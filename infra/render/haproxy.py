@@ -11,8 +11,8 @@ Why each setting is there:
 - ``http-buffer-request``: L7 retries need the whole request body held by HAProxy;
 - ``timeout tunnel``: websockets (/api/events/in, /api/events/out, /api/logs/out) stay open while idle;
 - a separate stats listener with the stats page (basic auth) and the Prometheus exporter;
-- TLS (load_balancer.tls): the API frontend, and the stats listener when it is not on loopback, serve the certificate
-  of infra/tls.py from ``etc/lb-tls.pem``; TLS 1.2 at least, forward-secret AEAD ciphers only (Mozilla's
+- TLS (load_balancer.tls): the API frontend, and the stats listener when it is not on loopback, serve the certificates
+  of infra/tls.py (``etc/lb-tls.pem``, and the operator's by SNI); TLS 1.2 at least, forward-secret AEAD ciphers only (Mozilla's
   "intermediate" profile without DHE, which would need DH parameters), HTTP/1.1 over ALPN (websockets need it).
 """
 
@@ -27,6 +27,7 @@ BACKEND = "prefect_api"
 # Under the rendered-files directory: the certificate chain and key HAProxy serves (a secret), and the certificate
 # clients and the stack's own processes trust (the generated CA, or the operator's chain; not a secret).
 TLS_PEM = "lb-tls.pem"
+OPERATOR_TLS_PEM = "lb-tls-operator.pem"  # load_balancer.tls.cert_file and key_file, served by SNI for their names
 TRUSTED_CA = "lb-ca.crt"
 _CIPHERS = ":".join([
     "ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-RSA-AES128-GCM-SHA256", "ECDHE-ECDSA-AES256-GCM-SHA384",
@@ -41,7 +42,10 @@ def server_name(replica: int) -> str:
 
 def haproxy_cfg(config: StackConfig, secrets: Secrets, layout: StateLayout, addresses: Addresses) -> RenderedFile:
     lb = config.load_balancer
-    tls = f" ssl crt {layout.etc / TLS_PEM} alpn http/1.1"
+    # The first certificate is HAProxy's default (clients without SNI: IP addresses); the operator's is chosen by
+    # SNI for the names it carries.
+    operator = f" crt {layout.etc / OPERATOR_TLS_PEM}" if lb.tls.cert_file is not None else ""
+    tls = f" ssl crt {layout.etc / TLS_PEM}{operator} alpn http/1.1"
     api_tls = tls if config.tls_enabled else ""
     stats_tls = tls if config.stats_tls_enabled else ""
     servers = []

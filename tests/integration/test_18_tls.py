@@ -1,8 +1,10 @@
 """TLS at the load balancer on the local target, end to end, on a second small stack of its own.
 
-One API replica, no monitoring, no backup schedule, load_balancer.tls.mode on: a real Prefect client configured
-only by `invoke env` writes and reads over HTTPS; plain HTTP to the TLS port and a client that does not trust the
-deployment's CA both fail. The session stack (plaintext on loopback) is neither used nor disturbed.
+One API replica, no monitoring, no backup schedule, load_balancer.tls.mode on, and an operator's certificate for
+one name: a real Prefect client configured only by `invoke env` writes and reads over HTTPS (on 127.0.0.1, with the
+deployment's CA); a client asking for the operator's name gets the operator's certificate; plain HTTP to the TLS
+port and a client that does not trust the CA both fail. The session stack (plaintext on loopback) is neither used
+nor disturbed.
 """
 
 from __future__ import annotations
@@ -19,10 +21,12 @@ import httpx
 import pytest
 from cryptography import x509
 
+from tests.certificates import issue_self_signed
 from tests.integration.conftest import Stack, deployed_stack, stack_env, temporary_state_root
 
 pytestmark = pytest.mark.integration
 
+OPERATOR_NAME = "prefect.test"
 TLS_STACK = {
     "PREFECT_STACK_LOAD_BALANCER__TLS__MODE": "on",
     "PREFECT_STACK_MONITORING__ENABLED": "false",
@@ -43,9 +47,17 @@ def healthy_stack() -> None:
 
 
 @pytest.fixture(scope="module")
-def tls_stack() -> Iterator[Stack]:
+def operator_certificate() -> Iterator[Path]:
+    with temporary_state_root("prefect-stack-tls-operator-") as root:
+        yield issue_self_signed(root, [OPERATOR_NAME])[0]
+
+
+@pytest.fixture(scope="module")
+def tls_stack(operator_certificate: Path) -> Iterator[Stack]:
+    operator = {"PREFECT_STACK_LOAD_BALANCER__TLS__CERT_FILE": str(operator_certificate),
+                "PREFECT_STACK_LOAD_BALANCER__TLS__KEY_FILE": str(operator_certificate.with_name("key.pem"))}
     with (temporary_state_root("prefect-stack-tls-") as root,
-          deployed_stack({**stack_env(root / "state", 1), **TLS_STACK}) as deployed):
+          deployed_stack({**stack_env(root / "state", 1), **TLS_STACK, **operator}) as deployed):
         yield deployed
 
 
@@ -101,3 +113,18 @@ def test_trusted_client_reaches_the_api(tls_stack: Stack) -> None:
     with tls_stack.client() as client:
         assert client.get("/health").status_code == 200
 
+
+
+def test_operator_certificate_for_its_name(tls_stack: Stack, operator_certificate: Path) -> None:
+    # SNI asks for the operator's name: HAProxy serves the operator's certificate, which is all this client trusts.
+    trusts_only_it = ssl.create_default_context(cafile=str(operator_certificate))
+    with httpx.Client(trust_env=False, verify=trusts_only_it, timeout=10) as client:
+        response = client.get(f"{tls_stack.url}/health", extensions={"sni_hostname": OPERATOR_NAME})
+    assert response.status_code == 200
+
+
+def test_generated_certificate_without_sni(tls_stack: Stack, operator_certificate: Path) -> None:
+    # A client on 127.0.0.1 (no SNI) gets the deployment CA's certificate, not the operator's.
+    trusts_only_operator = ssl.create_default_context(cafile=str(operator_certificate))
+    with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+        httpx.get(f"{tls_stack.url}/health", trust_env=False, verify=trusts_only_operator, timeout=10)

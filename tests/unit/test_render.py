@@ -25,13 +25,14 @@ from infra.config import StackConfig, load_config
 from infra.layout import StateLayout
 from infra.local.plan import LocalPlan, build_plan, os_user_name, service_user
 from infra.render import Addresses, RenderedFile
-from infra.render.haproxy import TLS_PEM, TRUSTED_CA, haproxy_cfg
+from infra.render.haproxy import OPERATOR_TLS_PEM, TLS_PEM, TRUSTED_CA, haproxy_cfg
 from infra.render.pgbouncer import pgbouncer_ini, pgbouncer_userlist
 from infra.render.postgres import pg_hba_conf, pg_ident_conf, postgresql_conf
 from infra.render.prefect import api_environment, migration_environment, services_environment
 from infra.render.redis import DOCKET_DB, MESSAGING_DB, redis_conf
 from infra.render.supervisor import Program, supervisord_conf
 from infra.secrets import SECRET_NAMES, Secrets, ensure_secrets, rotate_secret
+from tests.certificates import issue_self_signed
 
 # Ports, names and sizes that all differ from the defaults. Nothing listens on these ports: they are only text.
 NON_DEFAULT: dict[str, dict[str, Any]] = {
@@ -502,6 +503,31 @@ class TestHaproxyTls:
     def test_no_ca_setting_when_off(self, config: StackConfig, secrets: Secrets, layout: StateLayout,
                                     kind: str) -> None:
         assert "PREFECT_API_SSL_CERT_FILE" not in ENVIRONMENTS[kind](config, secrets, layout, Addresses())
+
+    @pytest.fixture
+    def with_operator_certificate(self, make_config: Callable[..., StackConfig], secrets: Secrets,
+                                  tmp_path: Path) -> LocalPlan:
+        cert, key = issue_self_signed(tmp_path / "operator", ["prefect.example.com"])
+        return build_plan(make_config(load_balancer={"tls": {"mode": "on", "cert_file": str(cert),
+                                                             "key_file": str(key)}}), secrets)
+
+    def test_operator_certificate_by_sni(self, with_operator_certificate: LocalPlan, layout: StateLayout) -> None:
+        # The generated certificate first: HAProxy's default, for clients without SNI (the stack's own, on 127.0.0.1).
+        bind = (f"bind 127.0.0.1:24200 ssl crt {layout.etc / TLS_PEM} crt {layout.etc / OPERATOR_TLS_PEM} "
+                "alpn http/1.1")
+        assert bind in self._sections(with_operator_certificate)["frontend prefect"]
+
+    def test_operator_pem_is_a_secret(self, with_operator_certificate: LocalPlan) -> None:
+        assert _file(with_operator_certificate, OPERATOR_TLS_PEM).mode == 0o600
+
+    @pytest.mark.skipif(shutil.which("haproxy") is None, reason="haproxy is not installed")
+    def test_haproxy_accepts_the_operator_certificate(self, with_operator_certificate: LocalPlan) -> None:
+        for rendered in with_operator_certificate.program("haproxy").files:
+            rendered.path.parent.mkdir(parents=True, exist_ok=True)
+            rendered.path.write_text(rendered.content)
+        config_file = str(_file(with_operator_certificate, "haproxy.cfg").path)
+        result = subprocess.run(["haproxy", "-c", "-f", config_file], capture_output=True, text=True, timeout=30)
+        assert result.returncode == 0, result.stdout + result.stderr
 
     def test_prometheus_scrapes_stats_over_tls(self, on_network: LocalPlan, layout: StateLayout) -> None:
         document = yaml.safe_load(_file(on_network, "prometheus.yml").content)

@@ -15,6 +15,7 @@ from infra import tls
 from infra.config import StackConfig, load_config
 from infra.errors import UserError
 from infra.tls import CA_CERT, CA_KEY, SERVER_CERT, SERVER_KEY, LoadBalancerTls, load_balancer_tls
+from tests.certificates import issue_self_signed
 
 
 @pytest.fixture
@@ -120,31 +121,39 @@ class TestReissue:
 
 class TestOperatorCertificate:
     @pytest.fixture
-    def issued(self, make_config: Callable[..., StackConfig], tmp_path: Path) -> tuple[Path, Path]:
-        """A certificate and key as an operator would bring them (issued here by a throwaway CA)."""
-        load_balancer_tls(make_config(), tmp_path / "operator")
-        return tmp_path / "operator" / SERVER_CERT, tmp_path / "operator" / SERVER_KEY
+    def issued(self, tmp_path: Path) -> tuple[Path, Path]:
+        return issue_self_signed(tmp_path / "operator", ["prefect.example.com"])
 
     def _config(self, make_config: Callable[..., StackConfig], cert: Path, key: Path) -> StackConfig:
-        return make_config(tls={"mode": "on", "cert_file": str(cert), "key_file": str(key)})
+        return make_config(public_url="https://prefect.example.com/api",
+                           tls={"mode": "on", "cert_file": str(cert), "key_file": str(key)})
 
-    def test_used_as_given(self, make_config: Callable[..., StackConfig], issued: tuple[Path, Path],
-                           secrets_dir: Path) -> None:
-        cert, key = issued
-        bundle = load_balancer_tls(self._config(make_config, cert, key), secrets_dir)
-        assert (bundle.certificate_chain, bundle.private_key, bundle.ca_file) == (
-            cert.read_text(), key.read_text(), cert.resolve())
-
-    def test_no_ca_generated(self, make_config: Callable[..., StackConfig], issued: tuple[Path, Path],
+    def test_served_as_given(self, make_config: Callable[..., StackConfig], issued: tuple[Path, Path],
                              secrets_dir: Path) -> None:
-        load_balancer_tls(self._config(make_config, *issued), secrets_dir)
-        assert not (secrets_dir / CA_KEY).exists()
+        cert, key = issued
+        operator = load_balancer_tls(self._config(make_config, cert, key), secrets_dir).operator
+        assert operator is not None
+        assert (operator.chain, operator.key, operator.names) == (
+            cert.read_text(), key.read_text(), frozenset({"prefect.example.com"}))
+
+    def test_its_names_are_left_to_it(self, make_config: Callable[..., StackConfig], issued: tuple[Path, Path],
+                                      secrets_dir: Path) -> None:
+        # SNI picks the operator's certificate for its names only if the generated one does not carry them too.
+        bundle = load_balancer_tls(self._config(make_config, *issued), secrets_dir)
+        assert x509.DNSName("prefect.example.com") not in _san(_leaf(bundle))
+
+    def test_loopback_keeps_the_generated_certificate(self, make_config: Callable[..., StackConfig],
+                                                      issued: tuple[Path, Path], secrets_dir: Path) -> None:
+        # The stack's own clients reach HAProxy on 127.0.0.1, which no public CA certifies.
+        bundle = load_balancer_tls(self._config(make_config, *issued), secrets_dir)
+        assert (x509.IPAddress(ipaddress.ip_address("127.0.0.1")) in _san(_leaf(bundle)),
+                bundle.ca_file) == (True, secrets_dir / CA_CERT)
 
     def test_key_of_another_certificate_refused(self, make_config: Callable[..., StackConfig],
                                                 issued: tuple[Path, Path], tmp_path: Path) -> None:
-        load_balancer_tls(make_config(), tmp_path / "other")
+        _, other_key = issue_self_signed(tmp_path / "other", ["prefect.example.com"])
         with pytest.raises(UserError, match="does not belong to the certificate"):
-            load_balancer_tls(self._config(make_config, issued[0], tmp_path / "other" / SERVER_KEY), tmp_path / "s")
+            load_balancer_tls(self._config(make_config, issued[0], other_key), tmp_path / "s")
 
     def test_unreadable_refused(self, make_config: Callable[..., StackConfig], issued: tuple[Path, Path],
                                 tmp_path: Path) -> None:
@@ -156,6 +165,11 @@ class TestOperatorCertificate:
         (tmp_path / "junk.pem").write_text("not a certificate\n")
         with pytest.raises(UserError, match="holds no PEM certificate"):
             load_balancer_tls(self._config(make_config, tmp_path / "junk.pem", issued[1]), tmp_path / "s")
+
+    def test_without_names_refused(self, make_config: Callable[..., StackConfig], tmp_path: Path) -> None:
+        cert, key = issue_self_signed(tmp_path / "nameless", ["prefect.example.com"], san=False)
+        with pytest.raises(UserError, match="no subjectAltName"):
+            load_balancer_tls(self._config(make_config, cert, key), tmp_path / "s")
 
     def test_world_readable_key_refused(self, make_config: Callable[..., StackConfig], issued: tuple[Path, Path],
                                         tmp_path: Path) -> None:
