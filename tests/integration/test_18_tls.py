@@ -128,3 +128,12 @@ def test_generated_certificate_without_sni(tls_stack: Stack, operator_certificat
     trusts_only_operator = ssl.create_default_context(cafile=str(operator_certificate))
     with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
         httpx.get(f"{tls_stack.url}/health", trust_env=False, verify=trusts_only_operator, timeout=10)
+
+
+def test_second_deploy_restarts_nothing(tls_stack: Stack) -> None:
+    # The certificate is re-issued only when its names change or it nears expiry, not on every deploy.
+    pem = (tls_stack.layout.etc / "lb-tls.pem").read_text()
+    result = tls_stack.invoke("deploy")
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "nothing changed; nothing restarted" in result.stderr
+    assert (tls_stack.layout.etc / "lb-tls.pem").read_text() == pem
