@@ -11,9 +11,10 @@ Why each setting is there:
 - ``http-buffer-request``: L7 retries need the whole request body held by HAProxy;
 - ``timeout tunnel``: websockets (/api/events/in, /api/events/out, /api/logs/out) stay open while idle;
 - a separate stats listener with the stats page (basic auth) and the Prometheus exporter;
-- TLS (load_balancer.tls): the API frontend, and the stats listener when it is not on loopback, serve the certificates
-  of infra/tls.py (``etc/lb-tls.pem``, and the operator's by SNI); TLS 1.2 at least, forward-secret AEAD ciphers only (Mozilla's
-  "intermediate" profile without DHE, which would need DH parameters), HTTP/1.1 over ALPN (websockets need it).
+- TLS (load_balancer.tls): the API frontend, and the stats listener when it is not on loopback, serve the
+  certificates of infra/tls.py (``etc/lb-tls.pem``, and the operator's by SNI); TLS 1.2 at least, forward-secret
+  AEAD ciphers only (Mozilla's "intermediate" profile without DHE, which would need DH parameters), HTTP/1.1 over
+  ALPN (websockets need it).
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ from infra.render import Addresses, RenderedFile
 from infra.secrets import Secrets
 
 BACKEND = "prefect_api"
-# Under the rendered-files directory: the certificate chain and key HAProxy serves (a secret), and the certificate
-# clients and the stack's own processes trust (the generated CA, or the operator's chain; not a secret).
+# Under the rendered-files directory: the certificate chains and keys HAProxy serves (secrets), and the deployment's
+# CA, which the stack's own processes and invoke env's clients trust (not a secret).
 TLS_PEM = "lb-tls.pem"
 OPERATOR_TLS_PEM = "lb-tls-operator.pem"  # load_balancer.tls.cert_file and key_file, served by SNI for their names
 TRUSTED_CA = "lb-ca.crt"
