@@ -24,7 +24,7 @@ from infra.layout import StateLayout
 from infra.local.plan import monitoring_programs
 from infra.render import Addresses, RenderedFile
 from infra.render.dashboards import dashboards, grafana_provisioning
-from infra.render.haproxy import haproxy_cfg
+from infra.render.haproxy import OPERATOR_TLS_PEM, TLS_PEM, TRUSTED_CA, haproxy_cfg
 from infra.render.pgbouncer import pgbouncer_ini, pgbouncer_userlist
 from infra.render.postgres import pg_hba_conf, pg_ident_conf, postgresql_conf
 from infra.render.prefect import api_environment, migration_environment, services_environment
@@ -32,6 +32,7 @@ from infra.render.redis import redis_conf
 from infra.render.supervisor import Program
 from infra.render.tracing import server_tracing_environment
 from infra.secrets import SECRET_NAMES, Secrets
+from infra.tls import LoadBalancerTls
 
 # The container layout, created by the images (compose/images/system/Dockerfile): one unprivileged user, the
 # same directory tree as a local state directory, the project's venv and code under /opt/prefect-stack.
@@ -75,6 +76,7 @@ def compose_addresses(config: StackConfig) -> Addresses:
         listen="0.0.0.0",  # noqa: S104 - inside a container; the compose networks are the boundary
         # Any address of the stack's own networks: "samenet" is every subnet the server's interfaces are on.
         client_networks=("samenet",),
+        dns_resolver="127.0.0.11:53",  # Docker's embedded DNS, in every container on a user-defined network
     )
 
 
@@ -203,7 +205,7 @@ def _traced(config: StackConfig, command: list[str]) -> list[str]:
 def _prefect_in_containers(config: StackConfig, env: dict[str, str]) -> dict[str, str]:
     """Prefect processes that call the API do so through the load balancer's service name."""
     scheme = "https" if config.api_url.startswith("https") else "http"
-    env = {**env, "PREFECT_API_URL": f"{scheme}://haproxy:{config.load_balancer.port}/api"}
+    env = {**env, "PREFECT_API_URL": f"{scheme}://{LB_NAME}:{config.load_balancer.port}/api"}
     return env
 
 
@@ -224,8 +226,18 @@ def _container_config(config: StackConfig) -> StackConfig:
     return config.model_copy(update={"local": local})
 
 
-def render_project(config: StackConfig, secrets: Secrets, images: Images) -> ComposeProject:
-    """The whole compose project for ``config``: pure, so the repository's compose/ folder can be checked."""
+LB_NAME = "haproxy"  # the load balancer's service name: Prefect processes in the containers call the API by it
+
+
+def render_project(config: StackConfig, secrets: Secrets, images: Images,
+                   tls: LoadBalancerTls | None = None) -> ComposeProject:
+    """The whole compose project for ``config``: pure, so the repository's compose/ folder can be checked.
+
+    ``tls``: the load balancer's certificates (``infra.tls.load_balancer_tls`` with the name ``haproxy``), needed
+    when ``config.tls_enabled``."""
+    if config.tls_enabled and tls is None:
+        raise ValueError("TLS is on: render_project needs the load balancer's certificates")
+    trusted = (RenderedFile(CONTAINER.etc / TRUSTED_CA, tls.trusted),) if tls and config.tls_enabled else ()
     inner = _container_config(config)
     addresses = compose_addresses(config)
     etc = CONTAINER.etc
@@ -277,7 +289,7 @@ exec {PG_BIN / "postgres"} -c config_file={etc / "postgresql.conf"}
           _with_env(migrate_env, [PYTHON, "-m", "infra.compose.migrate", "--host", "postgres", "--port", str(pg.port),
                                   "--database", pg.database, "--user", pg.user,
                                   "--secrets", str(SECRETS_IN_CONTAINER)]),
-          files=(migrate_env,), secrets=MIGRATION_SECRETS,
+          files=(migrate_env, *trusted), secrets=MIGRATION_SECRETS,
           depends_on={"postgres": "service_healthy"}, restart="no", memory=config.compose.api_memory)
     api_env = _env_file("api", _prefect_in_containers(config, api_environment(inner, secrets, CONTAINER, addresses)))
     prefect = str(VENV_BIN / "prefect")
@@ -288,7 +300,8 @@ exec {PG_BIN / "postgres"} -c config_file={etc / "postgresql.conf"}
         b.add(f"api-{i}", "api", images.prefect,
               _with_env(api_env, _traced(config, [prefect, "server", "start", "--no-services",
                                                   "--host", "0.0.0.0", "--port", str(port)])),  # noqa: S104
-              files=(api_env,), environment=server_tracing_environment(config, "prefect-api", f"api-{i}"),
+              files=(api_env, *trusted),
+              environment=server_tracing_environment(config, "prefect-api", f"api-{i}"),
               healthcheck=_http_check(port, "/api/health"), depends_on=data_ready,
               memory=config.compose.api_memory, stop_grace_s=30)
     services_env = _env_file("services", _prefect_in_containers(
@@ -296,21 +309,30 @@ exec {PG_BIN / "postgres"} -c config_file={etc / "postgresql.conf"}
     for i in range(1, config.services.replicas + 1):
         b.add(f"services-{i}", "services", images.prefect,
               _with_env(services_env, _traced(config, [prefect, "server", "services", "start"])),
-              files=(services_env,),
+              files=(services_env, *trusted),
               environment=server_tracing_environment(config, "prefect-services", f"services-{i}"),
               healthcheck=_tcp_check(("pgbouncer", config.pgbouncer.port), ("redis", config.redis.port)),
               depends_on=data_ready, memory=config.compose.api_memory, stop_grace_s=30)
-    b.add("haproxy", "haproxy", images.system, ["haproxy", "-W", "-db", "-f", str(etc / "haproxy.cfg")],
-          files=(haproxy_cfg(inner, secrets, CONTAINER, addresses),),
+    haproxy_files = [haproxy_cfg(inner, secrets, CONTAINER, addresses)]
+    if tls is not None and config.tls_enabled:
+        haproxy_files += [RenderedFile(etc / TLS_PEM, tls.pem_bundle, secret=True), *trusted]
+        if tls.operator is not None:
+            haproxy_files.append(RenderedFile(etc / OPERATOR_TLS_PEM, tls.operator.pem_bundle, secret=True))
+    stats_probe = _http_check(lb.stats_port, "/metrics")
+    if config.stats_tls_enabled:
+        stats_probe = [*stats_probe[:-1], "--cacert", str(etc / TRUSTED_CA),
+                       f"https://127.0.0.1:{lb.stats_port}/metrics"]
+    b.add(LB_NAME, "haproxy", images.system, ["haproxy", "-W", "-db", "-f", str(etc / "haproxy.cfg")],
+          files=tuple(haproxy_files),
           networks=(BACKEND, FRONTEND),
           ports=(f"{published}:{lb.port}:{lb.port}", f"{published}:{lb.stats_port}:{lb.stats_port}"),
-          healthcheck=_http_check(lb.stats_port, "/metrics"),
+          healthcheck=stats_probe,
           depends_on={f"api-{i}": "service_started" for i in range(1, config.api.replicas + 1)},
           stop_signal="USR1", stop_grace_s=30)
 
     # --- observability ------------------------------------------------------------------------------------------
     if config.monitoring.enabled:
-        _monitoring(b, inner, secrets, addresses)
+        _monitoring(b, inner, secrets, addresses, trusted if config.stats_tls_enabled else ())
     b.seal(secrets)
     project.document["networks"] = {
         # Back-end traffic (database, Redis, replicas, exporters) never leaves the host's bridge.
@@ -321,7 +343,8 @@ exec {PG_BIN / "postgres"} -c config_file={etc / "postgresql.conf"}
     return project
 
 
-def _monitoring(b: _Builder, inner: StackConfig, secrets: Secrets, addresses: Addresses) -> None:
+def _monitoring(b: _Builder, inner: StackConfig, secrets: Secrets, addresses: Addresses,
+                trusted: tuple[RenderedFile, ...]) -> None:
     config, etc = b.config, CONTAINER.etc
     monitoring = config.monitoring
     programs = {p.name: p for p in monitoring_programs(inner, secrets, CONTAINER, addresses, python=PYTHON,
@@ -335,7 +358,8 @@ def _monitoring(b: _Builder, inner: StackConfig, secrets: Secrets, addresses: Ad
     for name, program in programs.items():
         image = b.images.prefect if name == "prefect-exporter" else b.images.system
         port = program.port or 0
-        b.add(name, program.component, image, list(program.command), files=program.files,
+        mounted = (*program.files, *trusted) if name == "prometheus" else program.files
+        b.add(name, program.component, image, list(program.command), files=mounted,
               environment=_plain(program), networks=(BACKEND, FRONTEND) if name in published else (BACKEND,),
               ports=(f"{LOOPBACK}:{published[name]}:{published[name]}",) if name in published else (),
               volumes=(volumes[name],) if name in volumes else (),
@@ -432,9 +456,15 @@ def placeholder_secrets() -> Secrets:
     return Secrets(**{name: SecretStr(f"generated-at-deploy-{name}") for name in SECRET_NAMES})
 
 
+def placeholder_tls() -> LoadBalancerTls:
+    """Stand-in certificates: the deployment's CA and certificate are generated at deploy (infra/tls.py)."""
+    generated = "generated at deploy\n"
+    return LoadBalancerTls(generated, generated, "the deployment's CA, " + generated, Path("lb_ca.crt"))
+
+
 def reference_rendering(config: StackConfig) -> ComposeProject:
     """What the repository's compose/ folder holds: the project for ``config`` without its secret files."""
-    project = render_project(config, placeholder_secrets(), _Placeholders())
+    project = render_project(config, placeholder_secrets(), _Placeholders(), placeholder_tls())
     project.files = [f for f in project.files if not f.secret]
     return project
 

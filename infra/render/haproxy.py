@@ -50,9 +50,19 @@ def haproxy_cfg(config: StackConfig, secrets: Secrets, layout: StateLayout, addr
     api_tls = tls if config.tls_enabled else ""
     stats_tls = tls if config.stats_tls_enabled else ""
     servers = []
+    # With a resolver, a name that does not resolve yet (container not created) still starts HAProxy.
+    resolve = " resolvers runtime init-addr last,libc,none" if addresses.dns_resolver else ""
     for i in range(1, config.api.replicas + 1):
         host = addresses.api_host(i)
-        servers.append(f"    server {server_name(i)} {host}:{config.api_port(i)} check")
+        servers.append(f"    server {server_name(i)} {host}:{config.api_port(i)} check{resolve}")
+    resolvers = f"""
+resolvers runtime
+    nameserver dns {addresses.dns_resolver}
+    hold valid 1s
+    hold obsolete 1s
+    timeout resolve 1s
+    timeout retry 1s
+""" if addresses.dns_resolver else ""
     text = f"""\
 # Rendered by prefect-stack from the configuration model; edit the model, not this file.
 global
@@ -98,7 +108,7 @@ backend {BACKEND}
     # serves again after 2 good checks (a restore or restart is over sooner for clients).
     default-server inter 1s fastinter 250ms downinter 500ms fall 2 rise 2 observe layer4 error-limit 1 on-error mark-down
 {chr(10).join(servers)}
-
+{resolvers}
 frontend stats
     bind {addresses.bind(lb.bind_address)}:{lb.stats_port}{stats_tls}
     http-request use-service prometheus-exporter if {{ path /metrics }}

@@ -112,7 +112,7 @@ class ComposeStack:
 
     @property
     def verify(self) -> str | bool:
-        ca = self.config.state_dir / "secrets" / "lb_ca.crt"
+        ca = self.config.state_dir / "etc" / "lb-ca.crt"
         return str(ca) if ca.exists() else True
 
     def client(self) -> httpx.Client:

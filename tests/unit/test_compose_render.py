@@ -17,12 +17,14 @@ from infra.compose.project import (
     BACKEND,
     CONTAINER_UID,
     ComposeProject,
+    placeholder_tls,
     reference_rendering,
     render_project,
     write_project,
 )
 from infra.config import REPO_ROOT, StackConfig, load_config
 from infra.secrets import SECRET_NAMES, Secrets, ensure_secrets
+from infra.tls import LoadBalancerTls, load_balancer_tls
 
 CHECK_JSONSCHEMA = Path(sys.executable).parent / "check-jsonschema"
 UPSTREAM = {"grafana", "jaeger"}  # upstream images with users of their own
@@ -40,8 +42,8 @@ def secrets(tmp_path: Path) -> Secrets:
     return ensure_secrets(tmp_path / "secrets")
 
 
-def _project(secrets: Secrets, **overrides: Any) -> ComposeProject:
-    return render_project(StackConfig(target="compose", **overrides), secrets, Images())
+def _project(secrets: Secrets, tls: LoadBalancerTls | None = None, **overrides: Any) -> ComposeProject:
+    return render_project(StackConfig(target="compose", **overrides), secrets, Images(), tls or placeholder_tls())
 
 
 def _services(project: ComposeProject) -> dict[str, dict[str, Any]]:
@@ -71,12 +73,16 @@ def test_compose_file_is_valid_compose_spec(tmp_path: Path, secrets: Secrets, ov
 
 
 def test_no_secret_value_in_the_compose_file_configs_or_environment(tmp_path: Path, secrets: Secrets) -> None:
-    project = _project(secrets)
+    config = StackConfig(target="compose")
+    tls = load_balancer_tls(config, tmp_path / "secrets", names=("haproxy",))
+    project = _project(secrets, tls)
     public = [project.compose_yaml] + [f.content for f in project.files if not f.secret]
-    for name in SECRET_NAMES:
-        value = secrets.get(name).partition(":")[2] or secrets.get(name)
+    values = {name: secrets.get(name).partition(":")[2] or secrets.get(name) for name in SECRET_NAMES}
+    values["load balancer private key"] = tls.private_key.strip().splitlines()[1]
+    for name, value in values.items():
         for text in public:
             assert value not in text, f"secret {name} appears in a file that is not a compose secret"
+    assert tls.trusted in [f.content for f in project.files if not f.secret]  # the CA is public: a config
 
 
 def test_secret_files_are_private_and_owned_by_the_containers_user(tmp_path: Path, secrets: Secrets) -> None:
