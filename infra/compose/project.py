@@ -194,8 +194,9 @@ def _env_file(role: str, environment: dict[str, str]) -> RenderedFile:
                         secret=True)
 
 
-def _with_env(env_file: RenderedFile, command: list[str]) -> list[str]:
-    return [PYTHON, "-m", "infra.compose.entrypoint", str(env_file.path), "--", *command]
+def _with_env(env_file: RenderedFile, command: list[str], follow_redis: bool = False) -> list[str]:
+    follow = ["--follow-redis"] if follow_redis else []
+    return [PYTHON, "-m", "infra.compose.entrypoint", str(env_file.path), *follow, "--", *command]
 
 
 def _traced(config: StackConfig, command: list[str]) -> list[str]:
@@ -308,7 +309,8 @@ exec {PG_BIN / "postgres"} -c config_file={etc / "postgresql.conf"}
         config, services_environment(inner, secrets, CONTAINER, addresses)))
     for i in range(1, config.services.replicas + 1):
         b.add(f"services-{i}", "services", images.prefect,
-              _with_env(services_env, _traced(config, [prefect, "server", "services", "start"])),
+              # Restarted with Redis: they silently stop consuming its streams after it restarts otherwise.
+              _with_env(services_env, _traced(config, [prefect, "server", "services", "start"]), follow_redis=True),
               files=(services_env, *trusted),
               environment=server_tracing_environment(config, "prefect-services", f"services-{i}"),
               healthcheck=_tcp_check(("pgbouncer", config.pgbouncer.port), ("redis", config.redis.port)),

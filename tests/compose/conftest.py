@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -111,9 +112,10 @@ class ComposeStack:
         return user, password
 
     @property
-    def verify(self) -> str | bool:
+    def verify(self) -> ssl.SSLContext | bool:
+        """Trust the deployment's CA (written by deploy where `invoke env` points clients)."""
         ca = self.config.state_dir / "etc" / "lb-ca.crt"
-        return str(ca) if ca.exists() else True
+        return ssl.create_default_context(cafile=str(ca)) if ca.exists() else True
 
     def client(self) -> httpx.Client:
         return httpx.Client(base_url=self.config.api_url, auth=self.auth, timeout=30, verify=self.verify)
