@@ -89,6 +89,10 @@ defaults
     # reuses a connection the replica is closing.
     timeout http-keep-alive 10s
     timeout queue 30s
+    # A replica answering its health check slowly is busy, not dead (dead ones refuse connections, which marks them
+    # down at once). Under a burst, one replica doing the work of two answered /api/ready in over a second; with
+    # the check timeout at its default (inter, 1 s) both were marked down together and clients got 503s.
+    timeout check 5s
     timeout tunnel {lb.timeout_tunnel_s}s
     retries {lb.retries}
     option redispatch 1
