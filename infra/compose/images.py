@@ -14,6 +14,7 @@ writes exact ``image:`` lines, and ``ensure_images`` builds only what is missing
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import os
 import re
@@ -280,8 +281,9 @@ def code_files(repo: Path = REPO_ROOT) -> list[Path]:
 def _debian_base_ref(config: StackConfig) -> str:
     if config.compose.base == "registry":
         return config.compose.base_image
+    # The trimming is code: its source is an input too, so a change to it makes a new base.
     inputs = [DEBIAN_SUITE, "minbase", debian_mirror(config), str(debian_security_mirror()),
-              _json([DPKG_EXCLUDES, TRIMMED_PATHS, APT_CONFIG])]
+              _json([DPKG_EXCLUDES, TRIMMED_PATHS, APT_CONFIG]), inspect.getsource(trim_rootfs)]
     return f"{DEBIAN_REPOSITORY}:{DEBIAN_SUITE}-{_digest(inputs)}"
 
 
