@@ -374,8 +374,9 @@ def _pull(client: docker.DockerClient, ref: str, progress: Progress) -> None:
             if "error" in event:
                 raise docker.errors.APIError(str(event["error"]))
     except (docker.errors.APIError, requests.exceptions.RequestException) as exc:
+        reason = getattr(exc, "explanation", None) or str(exc)
         raise UserError(
-            f"cannot pull the base image {ref}: {exc}",
+            f"cannot pull the base image {ref}: {reason}",
             fix="set compose.base: debootstrap to build the Debian base on this host (from the Debian mirror apt "
                 "uses), or make the registry reachable from the Docker engine",
         ) from None
@@ -518,7 +519,9 @@ def wheelhouse(progress: Progress, repo: Path = REPO_ROOT) -> Path:
     key = _digest([requirements, (repo / "constraints.txt").read_bytes(), sys.version.split()[0]])
     directory = wheel_cache_root() / key
     if (directory / ".complete").is_file():
+        progress(f"wheelhouse up to date: {directory}")
         return directory
+    started = time.monotonic()
     partial = directory.with_name(key + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
@@ -533,6 +536,9 @@ def wheelhouse(progress: Progress, repo: Path = REPO_ROOT) -> Path:
     (partial / ".complete").touch()
     shutil.rmtree(directory, ignore_errors=True)
     partial.rename(directory)
+    wheels = list(directory.glob("*.whl"))
+    progress(f"wheelhouse made in {time.monotonic() - started:.1f}s: {len(wheels)} wheels, "
+             f"{sum(w.stat().st_size for w in wheels) / 1e6:.0f} MB")
     return directory
 
 
