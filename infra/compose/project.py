@@ -222,9 +222,18 @@ def _tcp_check(*targets: tuple[str, int]) -> list[str]:
 
 
 def _container_config(config: StackConfig) -> StackConfig:
-    """The model as seen from inside the containers: the container layout is the state directory."""
+    """The model as seen from inside the containers: the container layout is the state directory, and with the
+    stack's own Jaeger (and no other collector configured) the Prefect processes send their spans to it."""
     local = config.local.model_copy(update={"state_dir": CONTAINER_ROOT})
-    return config.model_copy(update={"local": local})
+    update: dict[str, object] = {"local": local}
+    if jaeger_runs(config) and config.tracing.otlp_endpoint is None:
+        update["tracing"] = config.tracing.model_copy(
+            update={"enabled": True, "otlp_endpoint": f"http://jaeger:{JAEGER_OTLP_HTTP}"})
+    return config.model_copy(update=update)
+
+
+def jaeger_runs(config: StackConfig) -> bool:
+    return config.compose.jaeger and config.monitoring.enabled
 
 
 LB_NAME = "haproxy"  # the load balancer's service name: Prefect processes in the containers call the API by it
@@ -299,10 +308,10 @@ exec {PG_BIN / "postgres"} -c config_file={etc / "postgresql.conf"}
     for i in range(1, config.api.replicas + 1):
         port = config.api_port(i)
         b.add(f"api-{i}", "api", images.prefect,
-              _with_env(api_env, _traced(config, [prefect, "server", "start", "--no-services",
+              _with_env(api_env, _traced(inner, [prefect, "server", "start", "--no-services",
                                                   "--host", "0.0.0.0", "--port", str(port)])),  # noqa: S104
               files=(api_env, *trusted),
-              environment=server_tracing_environment(config, "prefect-api", f"api-{i}"),
+              environment=server_tracing_environment(inner, "prefect-api", f"api-{i}"),
               healthcheck=_http_check(port, "/api/health"), depends_on=data_ready,
               memory=config.compose.api_memory, stop_grace_s=30)
     services_env = _env_file("services", _prefect_in_containers(
@@ -310,9 +319,9 @@ exec {PG_BIN / "postgres"} -c config_file={etc / "postgresql.conf"}
     for i in range(1, config.services.replicas + 1):
         b.add(f"services-{i}", "services", images.prefect,
               # Restarted with Redis: they silently stop consuming its streams after it restarts otherwise.
-              _with_env(services_env, _traced(config, [prefect, "server", "services", "start"]), follow_redis=True),
+              _with_env(services_env, _traced(inner, [prefect, "server", "services", "start"]), follow_redis=True),
               files=(services_env, *trusted),
-              environment=server_tracing_environment(config, "prefect-services", f"services-{i}"),
+              environment=server_tracing_environment(inner, "prefect-services", f"services-{i}"),
               healthcheck=_tcp_check(("pgbouncer", config.pgbouncer.port), ("redis", config.redis.port)),
               depends_on=data_ready, memory=config.compose.api_memory, stop_grace_s=30)
     haproxy_files = [haproxy_cfg(inner, secrets, CONTAINER, addresses)]
@@ -386,7 +395,7 @@ def _monitoring(b: _Builder, inner: StackConfig, secrets: Secrets, addresses: Ad
               healthcheck=["wget", "-q", "-O", "/dev/null", f"http://127.0.0.1:{GRAFANA_PORT}/api/health"],
               depends_on={"prometheus": "service_healthy"}, user=None)
         b.project.document["services"]["grafana"].pop("command")
-    if config.compose.jaeger:
+    if jaeger_runs(config):
         jaeger_config = RenderedFile(etc / "jaeger.yaml", jaeger_yaml(config))
         b.add("jaeger", "jaeger", config.compose.jaeger_image, ["--config", str(etc / "jaeger.yaml")],
               files=(jaeger_config,), environment={"JAEGER_LISTEN_HOST": "0.0.0.0"},  # noqa: S104

@@ -149,3 +149,34 @@ def test_grafana_and_jaeger_can_be_turned_off(secrets: Secrets) -> None:
 def test_rendered_compose_yaml_parses_back(secrets: Secrets) -> None:
     project = _project(secrets)
     assert yaml.safe_load(project.compose_yaml) == project.document
+
+
+def test_with_the_stacks_jaeger_the_prefect_processes_send_it_their_spans(secrets: Secrets) -> None:
+    services = _services(_project(secrets))
+    for name in ("api-1", "services-1"):
+        assert services[name]["environment"]["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://jaeger:4318"
+        assert "opentelemetry-instrument" in " ".join(services[name]["command"])
+    quiet = _services(_project(secrets, compose={"jaeger": False}))
+    assert "OTEL_EXPORTER_OTLP_ENDPOINT" not in quiet["api-1"].get("environment", {})
+
+
+def test_jaeger_receives_otlp_and_keeps_spans_on_a_volume(secrets: Secrets) -> None:
+    project = _project(secrets)
+    jaeger = yaml.safe_load(next(f.content for f in project.files if f.path.name == "jaeger.yaml"))
+    assert jaeger["receivers"]["otlp"]["protocols"]["http"]["endpoint"] == "0.0.0.0:4318"
+    assert jaeger["service"]["pipelines"]["traces"]["receivers"] == ["otlp"]
+    badger = jaeger["extensions"]["jaeger_storage"]["backends"]["main"]["badger"]
+    assert badger["ttl"]["spans"] and not badger["ephemeral"]
+    assert "jaeger-data:/var/lib/jaeger" in _services(project)["jaeger"]["volumes"]
+
+
+def test_grafana_is_provisioned_with_prometheus_jaeger_and_every_dashboard(secrets: Secrets) -> None:
+    project = _project(secrets)
+    grafana = _services(project)["grafana"]
+    targets = {m["target"] for m in grafana["configs"]}
+    assert {t for t in targets if t.startswith("/etc/grafana/dashboards/")}
+    datasources = yaml.safe_load(next(f.content for f in project.files
+                                      if f.path.name.endswith("provisioning-datasources-prefect-stack.yaml")))
+    urls = {d["type"]: d["url"] for d in datasources["datasources"]}
+    assert urls == {"prometheus": "http://prometheus:19090", "jaeger": "http://jaeger:16686"}
+    assert grafana["environment"]["GF_SECURITY_ADMIN_PASSWORD__FILE"] == "/run/secrets/grafana_admin"
