@@ -33,12 +33,15 @@ from infra.compose.deploy import (
     wait_container_healthy,
 )
 from infra.compose.engine import docker_client
+from infra.compose.project import BACKEND as BACKEND_NETWORK
 from infra.compose.project import BACKUP_SCHEDULER, MIGRATE, PYTHON
 from infra.config import StackConfig
 from infra.errors import UserError
 from infra.local.drill import DrillBackup
 from infra.progress import Progress
 from infra.render.haproxy import BACKEND
+
+STOP_TIMEOUT_S = 30
 
 
 def _require_backup_container(config: StackConfig) -> None:
@@ -132,13 +135,17 @@ class ComposeDowntime:
         self.replicas = [f"api-{i}" for i in range(1, self.config.api.replicas + 1)]
         self.services = [f"services-{i}" for i in range(1, self.config.services.replicas + 1)]
 
-    def _haproxy(self, replica: str, state: str) -> None:
-        haproxy_command(self.client, self.project, f"set server {BACKEND}/{replica} state {state}")
+    def _haproxy(self, replica: str, setting: str) -> None:
+        haproxy_command(self.client, self.project, f"set server {BACKEND}/{replica} {setting}")
 
     def stop(self) -> None:
         for replica in self.replicas:
-            self._haproxy(replica, "maint")  # clients get a clean 503 meanwhile
-        run_compose(self.config, "stop", "--timeout", "30", *self.replicas, *self.services)
+            self._haproxy(replica, "state maint")  # clients get a clean 503 meanwhile
+        found = containers(self.client, self.project)
+        # The engine's own stop and start, not Compose's: those bring a service's dependencies along (the
+        # one-shot migration would run again at every start).
+        for service in [*self.replicas, *self.services]:
+            found[service].stop(timeout=STOP_TIMEOUT_S)
 
     def migrate_if_needed(self, swapped: Swapped) -> bool:
         # The replaced database carried the schema of the deployed Prefect (the deploy's migration brought it
@@ -150,13 +157,28 @@ class ComposeDowntime:
         run_compose(self.config, "up", "--no-deps", "--exit-code-from", MIGRATE, MIGRATE)
         return True
 
+    def _point_haproxy_at(self, replica: str, port: int) -> None:
+        """A stopped container gives its address back, and a started one may get another (even a stopped
+        neighbour's): HAProxy resolved the service names once, at its start, so it is told the new address."""
+        container = containers(self.client, self.project)[replica]
+        networks = container.attrs.get("NetworkSettings", {}).get("Networks", {})
+        address = next((n.get("IPAddress") for name, n in networks.items() if name.endswith(f"_{BACKEND_NETWORK}")),
+                       None)
+        if not address:
+            raise UserError(f"{replica} has no address on the {BACKEND_NETWORK} network after its start",
+                            fix=f"see its log: invoke logs {replica} --target compose")
+        self._haproxy(replica, f"addr {address} port {port}")
+
     def start(self) -> None:
-        run_compose(self.config, "start", *self.replicas, *self.services)
+        found = containers(self.client, self.project)
+        for service in [*self.replicas, *self.services]:
+            found[service].start()
         for service in [*self.replicas, *self.services]:
             wait_container_healthy(self.client, self.project, service, UP_TIMEOUT_S)
         # Done when clients can use it: through the load balancer, whose checks must see every replica up.
-        for replica in self.replicas:
-            self._haproxy(replica, "ready")
+        for i, replica in enumerate(self.replicas, start=1):
+            self._point_haproxy_at(replica, self.config.api_port(i))
+            self._haproxy(replica, "state ready")
         for replica in self.replicas:
             _wait_haproxy(self.client, self.project, replica, "UP", HAPROXY_WAIT_S)
 
