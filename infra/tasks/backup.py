@@ -29,10 +29,11 @@ from infra.secrets import load_secrets
 from infra.tasks import reports_user_errors
 from infra.tasks.stack import TARGET_HELP, _config
 
-PHYSICAL_ON_COMPOSE = UserError(
-    "physical (pgBackRest) backups and restores are not supported on the compose target",
-    fix="use logical backups there (--method logical, the default), or the local target for pgBackRest",
-)
+
+def _physical_on_compose() -> UserError:
+    return UserError("physical (pgBackRest) backups and restores are not supported on the compose target",
+                     fix="use logical backups there (--method logical, the default), or the local target for "
+                         "pgBackRest and point-in-time recovery")
 
 
 def _on_compose_host(config: StackConfig) -> bool:
@@ -60,7 +61,7 @@ def backup(c: Context, method: str = "logical", type: str = "incr", json_: bool 
     """Back up the Prefect database to S3 now; prints the backup id."""
     config = _config(target)
     if config.target == "compose" and method == "physical":
-        raise PHYSICAL_ON_COMPOSE
+        raise _physical_on_compose()
     _in_backup_container(config, ["backup", "--method", method, "--type", type, *(["--json"] if json_ else [])])
     layout = StateLayout(config.state_dir)
     secrets = load_secrets(layout.secrets)
@@ -156,7 +157,7 @@ def restore(c: Context, id: str | None = None, latest: bool = False, yes: bool =
     config = _config(target)
     if config.target == "compose":
         if to_time is not None or method == "physical":
-            raise PHYSICAL_ON_COMPOSE
+            raise _physical_on_compose()
         if in_project_container():
             raise UserError("a restore stops and starts containers: it runs from the host, not in a container",
                             fix="run on the host: invoke restore --target compose")
