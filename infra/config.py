@@ -7,6 +7,7 @@ nested fields (``PREFECT_STACK_API__REPLICAS=3``). Every rendered file is derive
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -81,15 +82,49 @@ class ServicesConfig(_Section):
     events_retention: str = Field("P7D", pattern=r"^P(\d+D|T\d+H)$", description="ISO 8601 duration.")
 
 
+def is_loopback(host: str) -> bool:
+    """True for an address (or ``localhost``) that only this host can reach."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a DNS name: whatever it resolves to, it may be reached from elsewhere
+
+
+class TlsConfig(_Section):
+    # auto: on for the compose and kubernetes targets (client traffic crosses a network) and for a local
+    # bind_address that is not loopback; off for a local loopback bind (traffic never leaves the host).
+    mode: Literal["auto", "on", "off"] = "auto"
+    # The operator's PEM certificate (chain, leaf first) and private key; both or neither. Neither: the stack
+    # generates a CA per deployment (<state>/secrets/lb_ca.*) and a server certificate signed by it.
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    # More DNS names or IP addresses for the generated certificate (localhost, loopback, the bind address and
+    # the host of public_url are always in it).
+    extra_names: list[str] = Field(default_factory=list)
+    # The explicit opt-out: serve plain HTTP on a non-loopback address (e.g. behind a TLS-terminating proxy).
+    allow_plaintext_on_network: bool = False
+
+    @model_validator(mode="after")
+    def _certificate_and_key_together(self) -> TlsConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            given, missing = ("cert_file", "key_file") if self.key_file is None else ("key_file", "cert_file")
+            raise ValueError(f"load_balancer.tls.{given} is set but load_balancer.tls.{missing} is not; give both "
+                             "(your certificate chain and its private key) or neither (the stack generates them)")
+        return self
+
+
 class LoadBalancerConfig(_Section):
     bind_address: str = "127.0.0.1"
     port: int = Field(4200, ge=1, le=65535, description="Where clients and the UI reach Prefect.")
     stats_port: int = Field(8404, ge=1, le=65535, description="HAProxy stats page and Prometheus /metrics.")
-    # The URL browsers use to reach the API (UI); defaults to http://bind_address:port/api.
+    # The URL browsers use to reach the API (UI); defaults to http(s)://bind_address:port/api.
     public_url: str | None = None
     retries: int = Field(3, ge=0, le=10)
     timeout_server_s: int = Field(60, ge=1)
     timeout_tunnel_s: int = Field(3600, ge=1, description="Idle timeout of websocket connections.")
+    tls: TlsConfig = TlsConfig()
 
 
 class S3Config(_Section):
@@ -279,6 +314,21 @@ class StackConfig(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _no_plaintext_on_the_network(self) -> StackConfig:
+        tls = self.load_balancer.tls
+        if self.tls_enabled or tls.allow_plaintext_on_network:
+            return self
+        if self.target != "local":
+            where = f"target {self.target} serves clients over a network"
+        elif not is_loopback(self.load_balancer.bind_address):
+            where = f"load_balancer.bind_address {self.load_balancer.bind_address} is not loopback"
+        else:
+            return self
+        raise ValueError(f"{where} but load_balancer.tls.mode is off: clients would send credentials in plain "
+                         "text; set load_balancer.tls.mode to auto or on, or (behind your own TLS proxy) set "
+                         "load_balancer.tls.allow_plaintext_on_network: true")
+
+    @model_validator(mode="after")
     def _ports_are_distinct(self) -> StackConfig:
         last_api_port = self.api_port(self.api.replicas)
         if last_api_port > 65535:
@@ -321,12 +371,28 @@ class StackConfig(BaseSettings):
         return self.api.base_port + replica - 1
 
     @property
+    def tls_enabled(self) -> bool:
+        """Whether HAProxy terminates TLS for the API (load_balancer.tls.mode, with auto resolved)."""
+        mode = self.load_balancer.tls.mode
+        if mode != "auto":
+            return mode == "on"
+        return self.target != "local" or not is_loopback(self.load_balancer.bind_address)
+
+    @property
+    def stats_tls_enabled(self) -> bool:
+        """The stats listener (stats page, /metrics) uses TLS too when it can be reached from elsewhere."""
+        return self.tls_enabled and not is_loopback(self.load_balancer.bind_address)
+
+    @property
     def api_url(self) -> str:
         """The API URL clients use: always through the load balancer."""
         host = self.load_balancer.bind_address
         if host in ("0.0.0.0", "::"):  # noqa: S104 - comparing, not binding
             host = "127.0.0.1"
-        return f"http://{host}:{self.load_balancer.port}/api"
+        elif ":" in host:
+            host = f"[{host}]"
+        scheme = "https" if self.tls_enabled else "http"
+        return f"{scheme}://{host}:{self.load_balancer.port}/api"
 
     @property
     def public_api_url(self) -> str:

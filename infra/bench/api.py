@@ -28,6 +28,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -45,6 +46,7 @@ from infra import console
 from infra.config import StackConfig, load_config
 from infra.errors import UserError
 from infra.local.deploy import deploy
+from infra.local.health import load_balancer_verify
 from infra.local.operate import client_environment, destroy
 from infra.progress import StepMeter
 
@@ -265,6 +267,8 @@ class Target:
     key: str
     api_url: str
     description: str
+    # What its HTTPS clients trust (the stack's CA when load_balancer.tls is on); True: the default, or plain HTTP.
+    verify: ssl.SSLContext | bool = field(default=True, compare=False)
 
     @property
     def label(self) -> str:
@@ -362,6 +366,7 @@ async def measure_level(
     warmup_s: float = WARMUP_S,
     auth: tuple[str, str] | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
+    verify: ssl.SSLContext | bool = True,
 ) -> list[RequestSample]:
     """Create one flow, then run ``concurrency`` clients creating flow runs of it for warm-up + duration."""
     check_loopback(api_url)
@@ -375,7 +380,7 @@ async def measure_level(
                 httpx.AsyncClient(
                     base_url=base_url, auth=auth, timeout=REQUEST_TIMEOUT_S, limits=limits,
                     trust_env=False,  # never through a proxy from the environment: loopback only
-                    transport=transport,
+                    transport=transport, verify=verify,
                 )
             )
             for _ in range(concurrency)
@@ -402,7 +407,8 @@ def run_level(target: Target, concurrency: int, settings: BenchSettings, auth: t
         f"{target.label}: {concurrency} client(s), {settings.warmup_s:g}s warm-up + {settings.duration_s:g}s measured"
     )
     samples = asyncio.run(
-        measure_level(target.api_url, concurrency, settings.duration_s, settings.warmup_s, auth)
+        measure_level(target.api_url, concurrency, settings.duration_s, settings.warmup_s, auth,
+                      verify=target.verify)
     )
     result = summarise(target.key, concurrency, samples, settings.warmup_s, settings.duration_s)
     errors = f"[red]{result.errors} errors ({describe_errors(result)})[/red]" if result.errors else "0 errors"
@@ -606,6 +612,7 @@ def _stack_phase(
         lb = Target(
             LOAD_BALANCER, config.api_url,
             f"HAProxy in front of {settings.replicas} API replicas (PgBouncer, PostgreSQL 15, Redis)",
+            load_balancer_verify(config),
         )
         direct = Target(
             ONE_REPLICA, f"http://127.0.0.1:{config.api_port(1)}/api",

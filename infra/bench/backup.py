@@ -55,7 +55,7 @@ from infra.config import StackConfig
 from infra.errors import UserError
 from infra.layout import StateLayout
 from infra.local.deploy import deploy
-from infra.local.health import api_ready, lb_ready
+from infra.local.health import api_ready, lb_ready, load_balancer_verify
 from infra.local.operate import client_environment, destroy
 from infra.local.pgbackrest import physical_restore
 from infra.local.plan import LocalPlan
@@ -505,7 +505,7 @@ def _measure(config: StackConfig, plan: LocalPlan, workdir: Path, settings: Back
         console.step(f"generating a {settings.size_gb:g} GB Prefect database")
         data = generate(local_database(config), settings.target_bytes, console.progress())
         auth = _basic_auth(client_environment(config)["PREFECT_API_AUTH_STRING"])
-        check_api_serves(config.api_url, auth, data.rows.get("flow_run", 0))
+        check_api_serves(config.api_url, auth, data.rows.get("flow_run", 0), load_balancer_verify(config))
         steps.step(f"{data.database_bytes / MB:.0f} MB in {data.seconds:.0f}s; the API serves it "
                    f"({data.rows.get('flow_run', 0)} flow runs, {data.rows.get('log', 0)} log lines, "
                    f"{data.rows.get('events', 0)} events)")

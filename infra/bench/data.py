@@ -14,6 +14,7 @@ column fails here with the column's name, not half-way through a batch.
 from __future__ import annotations
 
 import re
+import ssl
 import time
 import uuid
 from collections.abc import Mapping
@@ -422,9 +423,11 @@ def generate(database: DatabaseAccess, target_bytes: int, progress: Progress,
 # ---------------------------------------------------------------- the API still serves it
 
 
-def check_api_serves(api_url: str, auth: tuple[str, str], expected_flow_runs: int) -> None:
+def check_api_serves(api_url: str, auth: tuple[str, str], expected_flow_runs: int,
+                     verify: ssl.SSLContext | bool = True) -> None:
     """The generated rows must be data Prefect can read: count them, and read a page of each kind through the API."""
-    with httpx.Client(base_url=api_url.rstrip("/") + "/", auth=auth, timeout=60, trust_env=False) as client:
+    with httpx.Client(base_url=api_url.rstrip("/") + "/", auth=auth, timeout=60, trust_env=False,
+                      verify=verify) as client:
         try:
             count = client.post("flow_runs/count", json={})
             pages = {path: client.post(path, json={"limit": 10})

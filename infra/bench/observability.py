@@ -39,6 +39,7 @@ from infra.bench.otlp_sink import OtlpSink
 from infra.config import StackConfig
 from infra.errors import UserError
 from infra.local.deploy import deploy
+from infra.local.health import load_balancer_verify
 from infra.local.operate import client_environment, destroy, settle, unhealthy_summary
 
 THROUGHPUT_GOAL = 0.95
@@ -201,7 +202,7 @@ def run_observability_benchmark(settings: ObservabilitySettings) -> Observabilit
                 _deploy_settled(config)
                 auth = _basic_auth(client_environment(config)["PREFECT_API_AUTH_STRING"])
                 target = Target("observability-on" if on else "observability-off", config.api_url,
-                                "with" if on else "without")
+                                "with" if on else "without", load_balancer_verify(config))
                 result = run_level(target, settings.clients, level, auth)
                 (report.on if on else report.off).append(result)
                 steps.step(f"round {round_}, layer {'on' if on else 'off'}: {result.throughput_rps:.1f} runs/s")

@@ -24,12 +24,21 @@ from docker.models.containers import Container
 
 from infra.compose.engine import compose_binary, docker_client
 from infra.compose.images import ensure_images, image_refs
-from infra.compose.project import CONTAINER, CONTAINER_UID, ComposeProject, render_project, write_project
+from infra.compose.project import (
+    CONTAINER,
+    CONTAINER_UID,
+    LB_NAME,
+    ComposeProject,
+    render_project,
+    write_project,
+)
 from infra.config import StackConfig
 from infra.errors import UserError
+from infra.layout import StateLayout
 from infra.progress import Progress
-from infra.render.haproxy import BACKEND
+from infra.render.haproxy import BACKEND, TRUSTED_CA
 from infra.secrets import Secrets, ensure_secrets
+from infra.tls import load_balancer_tls
 
 LABEL_DEFINITION = "io.prefect-stack.definition"
 PROJECT_LABEL = "com.docker.compose.project"
@@ -233,11 +242,16 @@ def deploy(config: StackConfig, progress: Progress) -> tuple[ComposeProject, Com
     report.images_built = [r.ref for r in ensure_images(config, client, progress) if r.action != "up to date"]
     refs = image_refs(config)
     _check_upstream_images(config, client)
-    project = render_project(config, secrets, refs)
+    tls = load_balancer_tls(config, config.state_dir / "secrets", names=(LB_NAME,)) if config.tls_enabled else None
+    project = render_project(config, secrets, refs, tls)
     hashes = _definition_hashes(project)
     before = containers(client, config.compose.project)
     _preflight(config, {k: v for k, v in before.items() if v.status == "running"})
     write_project(project, project_dir(config), CONTAINER_UID if os.geteuid() == 0 else None)
+    if tls is not None:  # where `invoke env` points Prefect clients on this host (as on the local target)
+        trusted = StateLayout(config.state_dir).etc / TRUSTED_CA
+        trusted.parent.mkdir(parents=True, exist_ok=True)
+        trusted.write_text(tls.trusted)
 
     def changed(service: str) -> bool:
         existing = before.get(service)

@@ -13,7 +13,9 @@ writes exact ``image:`` lines, and ``ensure_images`` builds only what is missing
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import inspect
 import json
 import os
 import re
@@ -281,8 +283,9 @@ def code_files(repo: Path = REPO_ROOT) -> list[Path]:
 def _debian_base_ref(config: StackConfig) -> str:
     if config.compose.base == "registry":
         return config.compose.base_image
+    # The trimming is code: its source is an input too, so a change to it makes a new base.
     inputs = [DEBIAN_SUITE, "minbase", debian_mirror(config), str(debian_security_mirror()),
-              _json([DPKG_EXCLUDES, TRIMMED_PATHS, APT_CONFIG])]
+              _json([DPKG_EXCLUDES, TRIMMED_PATHS, APT_CONFIG]), inspect.getsource(trim_rootfs)]
     return f"{DEBIAN_REPOSITORY}:{DEBIAN_SUITE}-{_digest(inputs)}"
 
 
@@ -333,10 +336,13 @@ def ensure_images(config: StackConfig, client: docker.DockerClient, progress: Pr
                                          progress, force))
         meter.step(results[-1].describe())
         if image_size(client, refs.prefect) is None or force:
+            started = time.monotonic()
             with tempfile.TemporaryDirectory(prefix="images-", dir=_scratch(config)) as tmp:
                 context = _prefect_context(Path(tmp), progress)
-                results.append(_ensure_built(client, "prefect", refs.prefect, context,
-                                             prefect_build_args(refs.system), progress, force))
+                built = _ensure_built(client, "prefect", refs.prefect, context, prefect_build_args(refs.system),
+                                      progress, force)
+            # Its duration includes making the wheelhouse and the context: part of what building it costs.
+            results.append(dataclasses.replace(built, seconds=time.monotonic() - started))
         else:
             results.append(ImageResult("prefect", refs.prefect, "up to date", 0.0, image_size(client, refs.prefect)))
         meter.step(results[-1].describe())
@@ -373,8 +379,9 @@ def _pull(client: docker.DockerClient, ref: str, progress: Progress) -> None:
             if "error" in event:
                 raise docker.errors.APIError(str(event["error"]))
     except (docker.errors.APIError, requests.exceptions.RequestException) as exc:
+        reason = getattr(exc, "explanation", None) or str(exc)
         raise UserError(
-            f"cannot pull the base image {ref}: {exc}",
+            f"cannot pull the base image {ref}: {reason}",
             fix="set compose.base: debootstrap to build the Debian base on this host (from the Debian mirror apt "
                 "uses), or make the registry reachable from the Docker engine",
         ) from None
@@ -517,7 +524,9 @@ def wheelhouse(progress: Progress, repo: Path = REPO_ROOT) -> Path:
     key = _digest([requirements, (repo / "constraints.txt").read_bytes(), sys.version.split()[0]])
     directory = wheel_cache_root() / key
     if (directory / ".complete").is_file():
+        progress(f"wheelhouse up to date: {directory}")
         return directory
+    started = time.monotonic()
     partial = directory.with_name(key + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
@@ -532,6 +541,9 @@ def wheelhouse(progress: Progress, repo: Path = REPO_ROOT) -> Path:
     (partial / ".complete").touch()
     shutil.rmtree(directory, ignore_errors=True)
     partial.rename(directory)
+    wheels = list(directory.glob("*.whl"))
+    progress(f"wheelhouse made in {time.monotonic() - started:.1f}s: {len(wheels)} wheels, "
+             f"{sum(w.stat().st_size for w in wheels) / 1e6:.0f} MB")
     return directory
 
 

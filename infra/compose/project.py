@@ -24,7 +24,7 @@ from infra.layout import StateLayout
 from infra.local.plan import effective_config_file, monitoring_programs
 from infra.render import Addresses, RenderedFile
 from infra.render.dashboards import dashboards, grafana_provisioning
-from infra.render.haproxy import haproxy_cfg
+from infra.render.haproxy import OPERATOR_TLS_PEM, TLS_PEM, TRUSTED_CA, haproxy_cfg
 from infra.render.pgbouncer import pgbouncer_ini, pgbouncer_userlist
 from infra.render.postgres import pg_hba_conf, pg_ident_conf, postgresql_conf
 from infra.render.prefect import api_environment, migration_environment, services_environment
@@ -32,6 +32,7 @@ from infra.render.redis import redis_conf
 from infra.render.supervisor import Program
 from infra.render.tracing import server_tracing_environment
 from infra.secrets import SECRET_NAMES, Secrets
+from infra.tls import LoadBalancerTls
 
 # The container layout, created by the images (compose/images/system/Dockerfile): one unprivileged user, the
 # same directory tree as a local state directory, the project's venv and code under /opt/prefect-stack.
@@ -76,6 +77,7 @@ def compose_addresses(config: StackConfig) -> Addresses:
         listen="0.0.0.0",  # noqa: S104 - inside a container; the compose networks are the boundary
         # Any address of the stack's own networks: "samenet" is every subnet the server's interfaces are on.
         client_networks=("samenet",),
+        dns_resolver="127.0.0.11:53",  # Docker's embedded DNS, in every container on a user-defined network
     )
 
 
@@ -195,8 +197,9 @@ def _env_file(role: str, environment: dict[str, str]) -> RenderedFile:
                         secret=True)
 
 
-def _with_env(env_file: RenderedFile, command: list[str]) -> list[str]:
-    return [PYTHON, "-m", "infra.compose.entrypoint", str(env_file.path), "--", *command]
+def _with_env(env_file: RenderedFile, command: list[str], follow_redis: bool = False) -> list[str]:
+    follow = ["--follow-redis"] if follow_redis else []
+    return [PYTHON, "-m", "infra.compose.entrypoint", str(env_file.path), *follow, "--", *command]
 
 
 def _traced(config: StackConfig, command: list[str]) -> list[str]:
@@ -206,7 +209,7 @@ def _traced(config: StackConfig, command: list[str]) -> list[str]:
 def _prefect_in_containers(config: StackConfig, env: dict[str, str]) -> dict[str, str]:
     """Prefect processes that call the API do so through the load balancer's service name."""
     scheme = "https" if config.api_url.startswith("https") else "http"
-    env = {**env, "PREFECT_API_URL": f"{scheme}://haproxy:{config.load_balancer.port}/api"}
+    env = {**env, "PREFECT_API_URL": f"{scheme}://{LB_NAME}:{config.load_balancer.port}/api"}
     return env
 
 
@@ -223,14 +226,33 @@ def _tcp_check(*targets: tuple[str, int]) -> list[str]:
 
 def _container_config(config: StackConfig) -> StackConfig:
     """The model as seen from inside the containers: the compose target, the container layout as the state
-    directory (scratch space included: a host's scratch_dir means nothing in a container)."""
+    directory (scratch space included: a host's scratch_dir means nothing in a container), and with the stack's
+    own Jaeger (and no other collector configured) the Prefect processes send their spans to it."""
     local = config.local.model_copy(update={"state_dir": CONTAINER_ROOT})
     backups = config.backups.model_copy(update={"scratch_dir": None})
-    return config.model_copy(update={"target": "compose", "local": local, "backups": backups})
+    update: dict[str, object] = {"target": "compose", "local": local, "backups": backups}
+    if jaeger_runs(config) and config.tracing.otlp_endpoint is None:
+        update["tracing"] = config.tracing.model_copy(
+            update={"enabled": True, "otlp_endpoint": f"http://jaeger:{JAEGER_OTLP_HTTP}"})
+    return config.model_copy(update=update)
 
 
-def render_project(config: StackConfig, secrets: Secrets, images: Images) -> ComposeProject:
-    """The whole compose project for ``config``: pure, so the repository's compose/ folder can be checked."""
+def jaeger_runs(config: StackConfig) -> bool:
+    return config.compose.jaeger and config.monitoring.enabled
+
+
+LB_NAME = "haproxy"  # the load balancer's service name: Prefect processes in the containers call the API by it
+
+
+def render_project(config: StackConfig, secrets: Secrets, images: Images,
+                   tls: LoadBalancerTls | None = None) -> ComposeProject:
+    """The whole compose project for ``config``: pure, so the repository's compose/ folder can be checked.
+
+    ``tls``: the load balancer's certificates (``infra.tls.load_balancer_tls`` with the name ``haproxy``), needed
+    when ``config.tls_enabled``."""
+    if config.tls_enabled and tls is None:
+        raise ValueError("TLS is on: render_project needs the load balancer's certificates")
+    trusted = (RenderedFile(CONTAINER.etc / TRUSTED_CA, tls.trusted),) if tls and config.tls_enabled else ()
     inner = _container_config(config)
     addresses = compose_addresses(config)
     etc = CONTAINER.etc
@@ -282,7 +304,7 @@ exec {PG_BIN / "postgres"} -c config_file={etc / "postgresql.conf"}
           _with_env(migrate_env, [PYTHON, "-m", "infra.compose.migrate", "--host", "postgres", "--port", str(pg.port),
                                   "--database", pg.database, "--user", pg.user,
                                   "--secrets", str(SECRETS_IN_CONTAINER)]),
-          files=(migrate_env,), secrets=MIGRATION_SECRETS,
+          files=(migrate_env, *trusted), secrets=MIGRATION_SECRETS,
           depends_on={"postgres": "service_healthy"}, restart="no", memory=config.compose.api_memory)
     api_env = _env_file("api", _prefect_in_containers(config, api_environment(inner, secrets, CONTAINER, addresses)))
     prefect = str(VENV_BIN / "prefect")
@@ -291,25 +313,36 @@ exec {PG_BIN / "postgres"} -c config_file={etc / "postgresql.conf"}
     for i in range(1, config.api.replicas + 1):
         port = config.api_port(i)
         b.add(f"api-{i}", "api", images.prefect,
-              _with_env(api_env, _traced(config, [prefect, "server", "start", "--no-services",
+              _with_env(api_env, _traced(inner, [prefect, "server", "start", "--no-services",
                                                   "--host", "0.0.0.0", "--port", str(port)])),  # noqa: S104
-              files=(api_env,), environment=server_tracing_environment(config, "prefect-api", f"api-{i}"),
+              files=(api_env, *trusted),
+              environment=server_tracing_environment(inner, "prefect-api", f"api-{i}"),
               healthcheck=_http_check(port, "/api/health"), depends_on=data_ready,
               memory=config.compose.api_memory, stop_grace_s=30)
     services_env = _env_file("services", _prefect_in_containers(
         config, services_environment(inner, secrets, CONTAINER, addresses)))
     for i in range(1, config.services.replicas + 1):
         b.add(f"services-{i}", "services", images.prefect,
-              _with_env(services_env, _traced(config, [prefect, "server", "services", "start"])),
-              files=(services_env,),
-              environment=server_tracing_environment(config, "prefect-services", f"services-{i}"),
+              # Restarted with Redis: they silently stop consuming its streams after it restarts otherwise.
+              _with_env(services_env, _traced(inner, [prefect, "server", "services", "start"]), follow_redis=True),
+              files=(services_env, *trusted),
+              environment=server_tracing_environment(inner, "prefect-services", f"services-{i}"),
               healthcheck=_tcp_check(("pgbouncer", config.pgbouncer.port), ("redis", config.redis.port)),
               depends_on=data_ready, memory=config.compose.api_memory, stop_grace_s=30)
-    b.add("haproxy", "haproxy", images.system, ["haproxy", "-W", "-db", "-f", str(etc / "haproxy.cfg")],
-          files=(haproxy_cfg(inner, secrets, CONTAINER, addresses),),
+    haproxy_files = [haproxy_cfg(inner, secrets, CONTAINER, addresses)]
+    if tls is not None and config.tls_enabled:
+        haproxy_files += [RenderedFile(etc / TLS_PEM, tls.pem_bundle, secret=True), *trusted]
+        if tls.operator is not None:
+            haproxy_files.append(RenderedFile(etc / OPERATOR_TLS_PEM, tls.operator.pem_bundle, secret=True))
+    stats_probe = _http_check(lb.stats_port, "/metrics")
+    if config.stats_tls_enabled:
+        stats_probe = [*stats_probe[:-1], "--cacert", str(etc / TRUSTED_CA),
+                       f"https://127.0.0.1:{lb.stats_port}/metrics"]
+    b.add(LB_NAME, "haproxy", images.system, ["haproxy", "-W", "-db", "-f", str(etc / "haproxy.cfg")],
+          files=tuple(haproxy_files),
           networks=(BACKEND, FRONTEND),
           ports=(f"{published}:{lb.port}:{lb.port}", f"{published}:{lb.stats_port}:{lb.stats_port}"),
-          healthcheck=_http_check(lb.stats_port, "/metrics"),
+          healthcheck=stats_probe,
           depends_on={f"api-{i}": "service_started" for i in range(1, config.api.replicas + 1)},
           stop_signal="USR1", stop_grace_s=30)
 
@@ -318,7 +351,7 @@ exec {PG_BIN / "postgres"} -c config_file={etc / "postgresql.conf"}
 
     # --- observability ------------------------------------------------------------------------------------------
     if config.monitoring.enabled:
-        _monitoring(b, inner, secrets, addresses)
+        _monitoring(b, inner, secrets, addresses, trusted if config.stats_tls_enabled else ())
     b.seal(secrets)
     project.document["networks"] = {
         # Back-end traffic (database, Redis, replicas, exporters) never leaves the host's bridge.
@@ -356,7 +389,8 @@ def _backup_scheduler(b: _Builder, inner: StackConfig) -> None:
           stop_grace_s=300)
 
 
-def _monitoring(b: _Builder, inner: StackConfig, secrets: Secrets, addresses: Addresses) -> None:
+def _monitoring(b: _Builder, inner: StackConfig, secrets: Secrets, addresses: Addresses,
+                trusted: tuple[RenderedFile, ...]) -> None:
     config, etc = b.config, CONTAINER.etc
     monitoring = config.monitoring
     programs = {p.name: p for p in monitoring_programs(inner, secrets, CONTAINER, addresses, python=PYTHON,
@@ -370,7 +404,8 @@ def _monitoring(b: _Builder, inner: StackConfig, secrets: Secrets, addresses: Ad
     for name, program in programs.items():
         image = b.images.prefect if name == "prefect-exporter" else b.images.system
         port = program.port or 0
-        b.add(name, program.component, image, list(program.command), files=program.files,
+        mounted = (*program.files, *trusted) if name == "prometheus" else program.files
+        b.add(name, program.component, image, list(program.command), files=mounted,
               environment=_plain(program), networks=(BACKEND, FRONTEND) if name in published else (BACKEND,),
               ports=(f"{LOOPBACK}:{published[name]}:{published[name]}",) if name in published else (),
               volumes=(volumes[name],) if name in volumes else (),
@@ -395,7 +430,7 @@ def _monitoring(b: _Builder, inner: StackConfig, secrets: Secrets, addresses: Ad
               healthcheck=["wget", "-q", "-O", "/dev/null", f"http://127.0.0.1:{GRAFANA_PORT}/api/health"],
               depends_on={"prometheus": "service_healthy"}, user=None)
         b.project.document["services"]["grafana"].pop("command")
-    if config.compose.jaeger:
+    if jaeger_runs(config):
         jaeger_config = RenderedFile(etc / "jaeger.yaml", jaeger_yaml(config))
         b.add("jaeger", "jaeger", config.compose.jaeger_image, ["--config", str(etc / "jaeger.yaml")],
               files=(jaeger_config,), environment={"JAEGER_LISTEN_HOST": "0.0.0.0"},  # noqa: S104
@@ -467,9 +502,15 @@ def placeholder_secrets() -> Secrets:
     return Secrets(**{name: SecretStr(f"generated-at-deploy-{name}") for name in SECRET_NAMES})
 
 
+def placeholder_tls() -> LoadBalancerTls:
+    """Stand-in certificates: the deployment's CA and certificate are generated at deploy (infra/tls.py)."""
+    generated = "generated at deploy\n"
+    return LoadBalancerTls(generated, generated, "the deployment's CA, " + generated, Path("lb_ca.crt"))
+
+
 def reference_rendering(config: StackConfig) -> ComposeProject:
     """What the repository's compose/ folder holds: the project for ``config`` without its secret files."""
-    project = render_project(config, placeholder_secrets(), _Placeholders())
+    project = render_project(config, placeholder_secrets(), _Placeholders(), placeholder_tls())
     project.files = [f for f in project.files if not f.secret]
     return project
 

@@ -23,6 +23,7 @@ from infra.backup.storage import BackupStore
 from infra.config import StackConfig
 from infra.errors import UserError
 from infra.layout import StateLayout
+from infra.local.health import load_balancer_client
 from infra.local.plan import build_plan
 from infra.local.restore import RestoreReport, restore_backup
 from infra.local.supervisor import Supervisor
@@ -51,7 +52,7 @@ class DrillReport:
 
 def _client(config: StackConfig, secrets: Secrets) -> httpx.Client:
     user, _, password = secrets.get("prefect_auth").partition(":")
-    return httpx.Client(base_url=config.api_url, auth=(user, password), timeout=30, trust_env=False)
+    return load_balancer_client(config, auth=(user, password), timeout=30)
 
 
 def _write_known_data(client: httpx.Client, label: str) -> dict[str, str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import ssl
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -15,7 +16,7 @@ from infra.console import wait_until
 from infra.layout import StateLayout
 from infra.local.haproxy_runtime import all_servers_up, server_stats
 from infra.local.haproxy_runtime import version as haproxy_version
-from infra.local.plan import LocalPlan
+from infra.local.plan import LocalPlan, trusted_ca_file
 from infra.local.postgres_admin import admin_connect
 from infra.local.supervisor import ProcessInfo, Supervisor
 from infra.render.supervisor import Program
@@ -43,6 +44,24 @@ class ComponentStatus:
         return asdict(self)
 
 
+def load_balancer_verify(config: StackConfig) -> ssl.SSLContext | bool:
+    """What an HTTPS client of the load balancer trusts: this deployment's certificate only (True: TLS is off)."""
+    ca_file = trusted_ca_file(config)
+    return True if ca_file is None else ssl.create_default_context(cafile=str(ca_file))
+
+
+def load_balancer_client(config: StackConfig, **kwargs: Any) -> httpx.Client:
+    """An httpx client for the API through the load balancer, trusting its certificate when TLS is on."""
+    return httpx.Client(base_url=config.api_url, trust_env=False, verify=load_balancer_verify(config), **kwargs)
+
+
+def _probe_lb(config: StackConfig, url: str) -> int:
+    """Status code of a GET through the load balancer (or its stats listener), one fresh connection."""
+    with httpx.Client(timeout=PROBE_TIMEOUT_S, trust_env=False, verify=load_balancer_verify(config),
+                      limits=httpx.Limits(max_keepalive_connections=0)) as client:
+        return client.get(url).status_code
+
+
 def port_open(port: int, host: str = "127.0.0.1") -> bool:
     try:
         with socket.create_connection((host, port), timeout=1):
@@ -58,7 +77,7 @@ def api_ready(port: int) -> bool:
 
 def lb_ready(config: StackConfig) -> bool:
     """The API answers ready through the load balancer (at least one replica is up in HAProxy)."""
-    return _http.get(f"{config.api_url}/ready").status_code == 200
+    return _probe_lb(config, f"{config.api_url}/ready") == 200
 
 
 def wait_for_load_balancer(config: StackConfig, layout: StateLayout, timeout_s: float = 120) -> None:
@@ -117,11 +136,12 @@ def probe(program: Program, plan: LocalPlan, secrets: Secrets) -> tuple[bool, st
         return True, version.json() if version.status_code == 200 else None, ""
     if program.component == "haproxy":
         lb = config.load_balancer
-        through = _http.get(f"{config.api_url}/health")
-        metrics = _http.get(f"http://127.0.0.1:{lb.stats_port}/metrics")
+        through = _probe_lb(config, f"{config.api_url}/health")
+        scheme = "https" if config.stats_tls_enabled else "http"
+        metrics = _probe_lb(config, f"{scheme}://127.0.0.1:{lb.stats_port}/metrics")
         problems = []
-        if through.status_code != 200 or metrics.status_code != 200:
-            problems.append(f"/api/health via LB: {through.status_code}, /metrics: {metrics.status_code}")
+        if through != 200 or metrics != 200:
+            problems.append(f"/api/health via LB: {through}, /metrics: {metrics}")
         # HAProxy's own view of the replicas: a replica that answers but is not routed to (still DOWN after a
         # restart, drained, in maintenance) means the stack is not yet serving at full strength.
         not_routed = not_routed_replicas(plan.layout)

@@ -16,7 +16,7 @@ from infra.config import StackConfig
 from infra.errors import UserError
 from infra.layout import StateLayout
 from infra.local.health import ComponentStatus, stack_status
-from infra.local.plan import LocalPlan, build_plan
+from infra.local.plan import LocalPlan, build_plan, trusted_ca_file
 from infra.local.postgres_admin import admin_connect
 from infra.local.supervisor import Supervisor
 from infra.secrets import load_secrets
@@ -136,7 +136,14 @@ def destroy(config: StackConfig) -> Path:
 def client_environment(config: StackConfig) -> dict[str, str]:
     layout = StateLayout(config.state_dir)
     secrets = load_secrets(layout.secrets)
-    return {"PREFECT_API_URL": config.api_url, "PREFECT_API_AUTH_STRING": secrets.get("prefect_auth")}
+    env = {"PREFECT_API_URL": config.api_url, "PREFECT_API_AUTH_STRING": secrets.get("prefect_auth")}
+    ca_file = trusted_ca_file(config)
+    if ca_file is not None:
+        if not ca_file.is_file():
+            raise UserError(f"TLS is on but {ca_file} (the certificate clients trust) is missing",
+                            fix="run invoke deploy, which renders it")
+        env["PREFECT_API_SSL_CERT_FILE"] = str(ca_file)
+    return env
 
 
 def backup_environment(config: StackConfig) -> dict[str, str]:

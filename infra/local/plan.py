@@ -21,7 +21,7 @@ from infra.render import Addresses, RenderedFile
 from infra.render.alert_rules import alert_rules_yml
 from infra.render.alertmanager import alertmanager_yml
 from infra.render.dashboards import dashboards, grafana_provisioning
-from infra.render.haproxy import haproxy_cfg
+from infra.render.haproxy import OPERATOR_TLS_PEM, TLS_PEM, TRUSTED_CA, haproxy_cfg
 from infra.render.pgbackrest import pgbackrest_conf
 from infra.render.pgbouncer import pgbouncer_ini, pgbouncer_userlist
 from infra.render.postgres import MONITOR_ROLE, pg_hba_conf, pg_ident_conf, postgresql_conf
@@ -31,6 +31,7 @@ from infra.render.redis import MESSAGING_DB, MONITOR_USER, redis_conf
 from infra.render.supervisor import Program, supervisord_conf
 from infra.render.tracing import server_tracing_environment
 from infra.secrets import Secrets
+from infra.tls import load_balancer_tls
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,11 @@ def _binary(name: str, *candidates: str) -> str:
     if found is None:
         raise UserError(f"{name} is not installed", fix="run scripts/bootstrap.sh to install the stack's packages")
     return found
+
+
+def trusted_ca_file(config: StackConfig) -> Path | None:
+    """The certificate HTTPS clients of the load balancer trust (rendered by deploy), or None when TLS is off."""
+    return StateLayout(config.state_dir).etc / TRUSTED_CA if config.tls_enabled else None
 
 
 def venv_bin() -> Path:
@@ -309,6 +315,13 @@ def build_plan(config: StackConfig, secrets: Secrets, addresses: Addresses | Non
             )
         )
     haproxy_files = [haproxy_cfg(config, secrets, layout, addresses)]
+    if config.tls_enabled:
+        lb_tls = load_balancer_tls(config, layout.secrets)
+        haproxy_files.append(RenderedFile(etc / TLS_PEM, lb_tls.pem_bundle, secret=True))
+        if lb_tls.operator is not None:
+            haproxy_files.append(RenderedFile(etc / OPERATOR_TLS_PEM, lb_tls.operator.pem_bundle, secret=True))
+        # Read by every HTTPS client of the load balancer, the stack's own processes included (not a secret).
+        extra_files += (RenderedFile(etc / TRUSTED_CA, lb_tls.trusted),)
     if config.backups.physical.enabled:
         extra_files += (pgbackrest_conf(config, secrets, layout),)
         if config.backups.s3.endpoint_url is None:

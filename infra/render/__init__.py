@@ -32,6 +32,9 @@ class Addresses:
     listen: str | None = None
     # Clients of other components connect from these networks (pg_hba.conf); loopback on a single host.
     client_networks: tuple[str, ...] = ("127.0.0.1/32", "::1/128")
+    # A DNS server the load balancer asks again at run time ("127.0.0.11:53", Docker's): a replaced container
+    # comes back with a new address, which a name resolved once at start would never learn.
+    dns_resolver: str | None = None
 
     def bind(self, host: str) -> str:
         """The address a server whose clients reach it at ``host`` listens on."""

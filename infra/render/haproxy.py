@@ -10,7 +10,11 @@ Why each setting is there:
   dying. Clients that create objects pass Prefect's idempotency keys to make those safe too;
 - ``http-buffer-request``: L7 retries need the whole request body held by HAProxy;
 - ``timeout tunnel``: websockets (/api/events/in, /api/events/out, /api/logs/out) stay open while idle;
-- a separate stats listener with the stats page (basic auth) and the Prometheus exporter.
+- a separate stats listener with the stats page (basic auth) and the Prometheus exporter;
+- TLS (load_balancer.tls): the API frontend, and the stats listener when it is not on loopback, serve the
+  certificates of infra/tls.py (``etc/lb-tls.pem``, and the operator's by SNI); TLS 1.2 at least, forward-secret
+  AEAD ciphers only (Mozilla's "intermediate" profile without DHE, which would need DH parameters), HTTP/1.1 over
+  ALPN (websockets need it).
 """
 
 from __future__ import annotations
@@ -21,6 +25,16 @@ from infra.render import Addresses, RenderedFile
 from infra.secrets import Secrets
 
 BACKEND = "prefect_api"
+# Under the rendered-files directory: the certificate chains and keys HAProxy serves (secrets), and the deployment's
+# CA, which the stack's own processes and invoke env's clients trust (not a secret).
+TLS_PEM = "lb-tls.pem"
+OPERATOR_TLS_PEM = "lb-tls-operator.pem"  # load_balancer.tls.cert_file and key_file, served by SNI for their names
+TRUSTED_CA = "lb-ca.crt"
+_CIPHERS = ":".join([
+    "ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-RSA-AES128-GCM-SHA256", "ECDHE-ECDSA-AES256-GCM-SHA384",
+    "ECDHE-RSA-AES256-GCM-SHA384", "ECDHE-ECDSA-CHACHA20-POLY1305", "ECDHE-RSA-CHACHA20-POLY1305",
+])
+_CIPHERSUITES = "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256"
 
 
 def server_name(replica: int) -> str:
@@ -29,10 +43,26 @@ def server_name(replica: int) -> str:
 
 def haproxy_cfg(config: StackConfig, secrets: Secrets, layout: StateLayout, addresses: Addresses) -> RenderedFile:
     lb = config.load_balancer
+    # The first certificate is HAProxy's default (clients without SNI: IP addresses); the operator's is chosen by
+    # SNI for the names it carries.
+    operator = f" crt {layout.etc / OPERATOR_TLS_PEM}" if lb.tls.cert_file is not None else ""
+    tls = f" ssl crt {layout.etc / TLS_PEM}{operator} alpn http/1.1"
+    api_tls = tls if config.tls_enabled else ""
+    stats_tls = tls if config.stats_tls_enabled else ""
     servers = []
+    # With a resolver, a name that does not resolve yet (container not created) still starts HAProxy.
+    resolve = " resolvers runtime init-addr last,libc,none" if addresses.dns_resolver else ""
     for i in range(1, config.api.replicas + 1):
         host = addresses.api_host(i)
-        servers.append(f"    server {server_name(i)} {host}:{config.api_port(i)} check")
+        servers.append(f"    server {server_name(i)} {host}:{config.api_port(i)} check{resolve}")
+    resolvers = f"""
+resolvers runtime
+    nameserver dns {addresses.dns_resolver}
+    hold valid 1s
+    hold obsolete 1s
+    timeout resolve 1s
+    timeout retry 1s
+""" if addresses.dns_resolver else ""
     text = f"""\
 # Rendered by prefect-stack from the configuration model; edit the model, not this file.
 global
@@ -41,6 +71,9 @@ global
     log stdout format raw local0 info
     stats socket {layout.haproxy_socket} mode 600 level admin expose-fd listeners
     stats timeout 30s
+    ssl-default-bind-ciphers {_CIPHERS}
+    ssl-default-bind-ciphersuites {_CIPHERSUITES}
+    ssl-default-bind-options ssl-min-ver TLSv1.2 no-tls-tickets
 
 defaults
     mode http
@@ -56,6 +89,10 @@ defaults
     # reuses a connection the replica is closing.
     timeout http-keep-alive 10s
     timeout queue 30s
+    # A replica answering its health check slowly is busy, not dead (dead ones refuse connections, which marks them
+    # down at once). Under a burst, one replica doing the work of two answered /api/ready in over a second; with
+    # the check timeout at its default (inter, 1 s) both were marked down together and clients got 503s.
+    timeout check 5s
     timeout tunnel {lb.timeout_tunnel_s}s
     retries {lb.retries}
     option redispatch 1
@@ -63,8 +100,8 @@ defaults
     option http-buffer-request
 
 frontend prefect
-    bind {addresses.bind(lb.bind_address)}:{lb.port}
-    http-request set-header X-Forwarded-Proto http
+    bind {addresses.bind(lb.bind_address)}:{lb.port}{api_tls}
+    http-request set-header X-Forwarded-Proto {"https" if api_tls else "http"}
     default_backend {BACKEND}
 
 backend {BACKEND}
@@ -75,9 +112,9 @@ backend {BACKEND}
     # serves again after 2 good checks (a restore or restart is over sooner for clients).
     default-server inter 1s fastinter 250ms downinter 500ms fall 2 rise 2 observe layer4 error-limit 1 on-error mark-down
 {chr(10).join(servers)}
-
+{resolvers}
 frontend stats
-    bind {addresses.bind(lb.bind_address)}:{lb.stats_port}
+    bind {addresses.bind(lb.bind_address)}:{lb.stats_port}{stats_tls}
     http-request use-service prometheus-exporter if {{ path /metrics }}
     stats enable
     stats uri /stats

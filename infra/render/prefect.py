@@ -13,6 +13,7 @@ from __future__ import annotations
 from infra.config import StackConfig
 from infra.layout import StateLayout
 from infra.render import Addresses
+from infra.render.haproxy import TRUSTED_CA
 from infra.render.pgbouncer import SESSION_POOL_SUFFIX
 from infra.render.redis import DOCKET_DB, MESSAGING_DB
 from infra.secrets import Secrets
@@ -20,7 +21,7 @@ from infra.secrets import Secrets
 
 def _common(config: StackConfig, secrets: Secrets, layout: StateLayout, addresses: Addresses) -> dict[str, str]:
     redis_password = secrets.get("redis")
-    return {
+    env = {
         "PREFECT_HOME": str(layout.prefect_home),
         "HOME": str(layout.prefect_home),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
@@ -43,6 +44,10 @@ def _common(config: StackConfig, secrets: Secrets, layout: StateLayout, addresse
         "PREFECT_SERVER_LOGGING_LEVEL": config.api.log_level,
         "PREFECT_LOGGING_LEVEL": config.api.log_level,
     }
+    if config.tls_enabled:
+        # The load balancer's certificate is signed by the deployment's CA (or is the operator's): trust exactly it.
+        env["PREFECT_API_SSL_CERT_FILE"] = str(layout.etc / TRUSTED_CA)
+    return env
 
 
 def _database_url(config: StackConfig, secrets: Secrets, host: str, port: int, database: str) -> str:

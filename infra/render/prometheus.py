@@ -14,6 +14,7 @@ import yaml
 
 from infra.config import StackConfig
 from infra.render import Addresses, RenderedFile
+from infra.render.haproxy import TRUSTED_CA
 
 RULES_FILE = "prometheus-rules.yml"
 # Prefect's /api/metrics sits behind the API's basic auth; the password is read from this file by Prometheus.
@@ -32,7 +33,9 @@ def scrape_jobs(config: StackConfig, addresses: Addresses, etc: Path) -> list[di
         _job("alertmanager", f"{addresses.alertmanager}:{monitoring.alertmanager_port}", "alertmanager"),
         _job("node", f"{addresses.node_exporter}:{monitoring.node_exporter_port}", "node"),
         # HAProxy's built-in exporter: per-replica request rates, 5xx, response times, queue, server states.
-        _job("haproxy", f"{addresses.load_balancer}:{lb.stats_port}", "haproxy"),
+        _job("haproxy", f"{addresses.load_balancer}:{lb.stats_port}", "haproxy",
+             **({"scheme": "https", "tls_config": {"ca_file": str(etc / TRUSTED_CA)}}
+                if config.stats_tls_enabled else {})),
         _job("postgres", f"{addresses.exporter('postgres')}:{monitoring.postgres_exporter_port}", "postgres"),
         _job("redis", f"{addresses.exporter('redis')}:{monitoring.redis_exporter_port}", "redis"),
         # Prefect's flow runs, work pools and event pipeline, and PgBouncer's pools (infra/exporter).

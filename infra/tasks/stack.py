@@ -22,6 +22,7 @@ from infra.local.deploy import deploy as deploy_local
 from infra.local.deploy import restart_component
 from infra.local.drill import run_drill
 from infra.local.health import ComponentStatus
+from infra.local.plan import trusted_ca_file
 from infra.render.tracing import exporter_environment
 from infra.secrets import load_secrets
 from infra.tasks import reports_user_errors
@@ -103,10 +104,13 @@ def deploy(c: Context, target: str | None = None) -> None:
         console.step(f"deployed in {report.elapsed_s:.1f}s")
     lb = config.load_balancer
     layout = plan.layout
+    ca_file = trusted_ca_file(config)
+    trust = f"  TLS           clients trust {ca_file} (exported by invoke env)\n" if ca_file else ""
+    stats_scheme = "https" if config.stats_tls_enabled else "http"
     console.out.print(
-        f"\n  Prefect API   {config.api_url}  (UI: {config.api_url.removesuffix('/api')})\n"
+        f"\n  Prefect API   {config.api_url}  (UI: {config.api_url.removesuffix('/api')})\n{trust}"
         f"  Credentials   eval \"$(invoke env)\"   (basic auth; secrets in {layout.secrets}, mode 0600)\n"
-        f"  HAProxy stats http://{lb.bind_address}:{lb.stats_port}/stats  (user admin, password in "
+        f"  HAProxy stats {stats_scheme}://{lb.bind_address}:{lb.stats_port}/stats  (user admin, password in "
         f"{layout.secrets / 'haproxy_stats'}); Prometheus: /metrics\n"
         f"  State         {layout.root}  (data {layout.data}, logs {layout.logs})\n"
         f"  Operate       invoke status | invoke logs COMPONENT | invoke stop\n"
@@ -202,7 +206,7 @@ def destroy(c: Context, yes: bool = False, target: str | None = None) -> None:
 @reports_user_errors
 def env(c: Context, backups: bool = False, monitoring: bool = False, tracing: bool = False,
         target: str | None = None) -> None:
-    """Print shell exports for Prefect clients: eval "$(invoke env)"; prefect flow-run ls."""
+    """Print shell exports for Prefect clients (URL, credentials, the CA to trust): eval "$(invoke env)"."""
     config = _config(target)
     if tracing:
         variables = exporter_environment(config, "prefect-flows")
@@ -239,11 +243,12 @@ def render(c: Context, target: str = "compose", out: str | None = None) -> None:
     console.step(f"rendered {len(written)} files into {directory} (secrets are generated at deploy, not here)")
 
 
-@task(help={"json": "Print JSON: a list of {name, severity, since, summary, description, runbook, labels}."})
+@task(help={"json": "Print JSON: a list of {name, severity, since, summary, description, runbook, labels}.",
+            "target": TARGET_HELP})
 @reports_user_errors
-def alerts(c: Context, json_: bool = False) -> None:
+def alerts(c: Context, json_: bool = False, target: str | None = None) -> None:
     """List the alerts firing now (from Alertmanager), most severe first, with the runbook for each."""
-    config = load_config()
+    config = _config(target)
     firing = firing_alerts(config)
     if json_:
         print(json.dumps([a.as_dict() for a in firing], indent=2))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -32,6 +33,7 @@ from infra.errors import UserError
 from infra.progress import PlainProgress
 from infra.secrets import load_secrets
 from tests.conftest import free_ports
+from tests.integration.conftest import MONITORING_AT_TEST_SPEED
 
 
 @pytest.fixture(scope="session")
@@ -110,9 +112,10 @@ class ComposeStack:
         return user, password
 
     @property
-    def verify(self) -> str | bool:
-        ca = self.config.state_dir / "secrets" / "lb_ca.crt"
-        return str(ca) if ca.exists() else True
+    def verify(self) -> ssl.SSLContext | bool:
+        """Trust the deployment's CA (written by deploy where `invoke env` points clients)."""
+        ca = self.config.state_dir / "etc" / "lb-ca.crt"
+        return ssl.create_default_context(cafile=str(ca)) if ca.exists() else True
 
     def client(self) -> httpx.Client:
         return httpx.Client(base_url=self.config.api_url, auth=self.auth, timeout=30, verify=self.verify)
@@ -151,7 +154,7 @@ def compose_stack(docker_engine: str, compose_images: ImageRefs,
         "PREFECT_STACK_LOAD_BALANCER__STATS_PORT": str(stats),
         "PREFECT_STACK_MONITORING__PROMETHEUS_PORT": str(prometheus),
         "PREFECT_STACK_MONITORING__ALERTMANAGER_PORT": str(alertmanager),
-        "PREFECT_STACK_MONITORING__SCRAPE_INTERVAL_S": "2",
+        **MONITORING_AT_TEST_SPEED,
         "PREFECT_STACK_API__REPLICAS": "2",
     }
     # Hermetic: the operator's own PREFECT_STACK_* settings must not reach the test stack, and the session's

@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from infra.compose.deploy import containers
+from infra.console import wait_until
 from infra.secrets import load_secrets
 from tests.compose.conftest import ComposeStack
 
@@ -193,3 +194,37 @@ def test_a_configuration_change_replaces_replicas_one_at_a_time_without_errors(c
         del compose_stack.env["PREFECT_STACK_API__LOG_LEVEL"]
         compose_stack.invoke("deploy")
         compose_stack.wait_healthy("after the configuration was restored")
+
+
+def _events_of(compose_stack: ComposeStack, flow_run_id: str) -> list[str]:
+    with compose_stack.client() as client:
+        response = client.post("/events/filter", json={"filter": {"any_resource": {
+            "id": [f"prefect.flow-run.{flow_run_id}"]}}, "limit": 50})
+    assert response.status_code == 200, response.text
+    return [e["event"] for e in response.json()["events"]]
+
+
+def test_after_a_redis_crash_the_background_services_still_persist_events(compose_stack: ComposeStack) -> None:
+    """Redis dies (SIGKILL, as a crash) and Docker restarts it; the services follow it (they would silently stop
+    consuming otherwise), and a state change made afterwards reaches the events table."""
+    found = containers(compose_stack.docker, compose_stack.config.compose.project)
+    redis, services = found["redis"], found["services-1"]
+    redis_restarts, services_restarts = redis.attrs["RestartCount"], services.attrs["RestartCount"]
+    os.kill(redis.attrs["State"]["Pid"], signal.SIGKILL)
+
+    def restarted() -> bool:
+        redis.reload()
+        services.reload()
+        return (redis.attrs["RestartCount"] > redis_restarts and services.attrs["RestartCount"] > services_restarts
+                and redis.status == services.status == "running")
+
+    wait_until(restarted, 120, "Redis and the background services restarted by Docker",
+               fix="invoke logs services-1 --target compose")
+    compose_stack.wait_healthy("after Redis crashed")
+    flow_id = _flow(compose_stack, "after-redis")
+    with compose_stack.client() as client:
+        run = client.post("/flow_runs/", json={"flow_id": flow_id}).json()["id"]
+        assert client.post(f"/flow_runs/{run}/set_state", json={"state": {"type": "RUNNING"}, "force": True}).is_success
+    wait_until(lambda: "prefect.flow-run.Running" in _events_of(compose_stack, run), 120,
+               "the flow run's event persisted by the background services",
+               fix="invoke logs services-1 --target compose")

@@ -23,6 +23,7 @@ import pytest
 from infra.config import StackConfig, load_config
 from infra.layout import StateLayout
 from infra.local.deploy import DeployReport, deploy
+from infra.local.health import load_balancer_verify
 from infra.local.operate import destroy, settle, unhealthy_summary
 from infra.secrets import load_secrets
 from tests.conftest import free_ports
@@ -54,7 +55,9 @@ class Stack:
         return self.config.api_url
 
     def client(self, **kwargs: object) -> httpx.Client:
-        return httpx.Client(base_url=self.url, auth=self.auth, timeout=30, **kwargs)  # type: ignore[arg-type]
+        """Through the load balancer, trusting its certificate when TLS is on."""
+        return httpx.Client(base_url=self.url, auth=self.auth, timeout=30, verify=load_balancer_verify(self.config),
+                            **kwargs)  # type: ignore[arg-type]
 
     def invoke(self, *args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
         """Run the real CLI against this stack, as an operator would."""
@@ -130,29 +133,46 @@ def stack_env(state_dir: Path, replicas: int) -> dict[str, str]:
     }
 
 
-@pytest.fixture(scope="session")
-def stack() -> Iterator[Stack]:
-    # Directly under /tmp (not pytest's 0700 tmp tree): the service user must be able to reach it.
-    state_dir = Path(tempfile.mkdtemp(prefix="prefect-stack-test-"))
-    os.chmod(state_dir, 0o755)  # noqa: S103 - holds no secret itself; the state dir below is locked down
-    env = stack_env(state_dir / "state", REPLICAS)
-    # Hermetic: an operator's own PREFECT_STACK_* settings must not leak into the test stack.
+@contextmanager
+def temporary_state_root(prefix: str = "prefect-stack-test-") -> Iterator[Path]:
+    """A directory for a test stack's state, removed afterwards. Directly under /tmp (not pytest's 0700 tmp tree):
+    the service user must be able to reach it."""
+    root = Path(tempfile.mkdtemp(prefix=prefix))
+    os.chmod(root, 0o755)  # noqa: S103 - holds no secret itself; the state dir below is locked down
+    try:
+        yield root
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@contextmanager
+def deployed_stack(env: dict[str, str]) -> Iterator[Stack]:
+    """Deploy the stack ``env`` selects, yield it once healthy, and destroy it (also when the deploy fails).
+
+    Hermetic: every other PREFECT_STACK_* setting (an operator's own, or another test stack's) is out of the
+    environment meanwhile, and back afterwards.
+    """
     inherited = {k: v for k, v in os.environ.items() if k.startswith("PREFECT_STACK_")}
     for key in inherited:
         del os.environ[key]
-    with _environment(env):
-        config = load_config()
-        try:
-            _, report = deploy(config)
-            stack = Stack(env, config, StateLayout(config.state_dir), report)
-            stack.wait_healthy("after the first deploy")
-            yield stack
-        finally:
+    try:
+        with _environment(env):
+            config = load_config()
             try:
-                destroy(config)
+                _, report = deploy(config)
+                stack = Stack(env, config, StateLayout(config.state_dir), report)
+                stack.wait_healthy("after the first deploy")
+                yield stack
             finally:
-                os.environ.update(inherited)
-                shutil.rmtree(state_dir, ignore_errors=True)
+                destroy(config)
+    finally:
+        os.environ.update(inherited)
+
+
+@pytest.fixture(scope="session")
+def stack() -> Iterator[Stack]:
+    with temporary_state_root() as root, deployed_stack(stack_env(root / "state", REPLICAS)) as deployed:
+        yield deployed
 
 
 @pytest.fixture(autouse=True)

@@ -16,7 +16,7 @@ from invoke.exceptions import Exit
 from infra.backup.database import api_database_url, database_access
 from infra.backup.restore import Swapped, restore_with_downtime
 from infra.compose import backups as compose_backups
-from infra.compose.project import BACKUP_SCHEDULER, CONTAINER, ComposeProject, render_project
+from infra.compose.project import BACKUP_SCHEDULER, CONTAINER, ComposeProject, placeholder_tls, render_project
 from infra.config import CONFIG_FILE_ENV, IN_CONTAINER_ENV, StackConfig
 from infra.progress import QuietProgress
 from infra.secrets import SECRET_NAMES, Secrets, ensure_secrets
@@ -34,7 +34,7 @@ def secrets(tmp_path: Path) -> Secrets:
 
 
 def _project(secrets: Secrets, **overrides: Any) -> ComposeProject:
-    return render_project(StackConfig(target="compose", **overrides), secrets, Images())
+    return render_project(StackConfig(target="compose", **overrides), secrets, Images(), placeholder_tls())
 
 
 def _scheduler(project: ComposeProject) -> dict[str, Any]:

@@ -17,12 +17,14 @@ from infra.compose.project import (
     BACKEND,
     CONTAINER_UID,
     ComposeProject,
+    placeholder_tls,
     reference_rendering,
     render_project,
     write_project,
 )
 from infra.config import REPO_ROOT, StackConfig, load_config
 from infra.secrets import SECRET_NAMES, Secrets, ensure_secrets
+from infra.tls import LoadBalancerTls, load_balancer_tls
 
 CHECK_JSONSCHEMA = Path(sys.executable).parent / "check-jsonschema"
 UPSTREAM = {"grafana", "jaeger"}  # upstream images with users of their own
@@ -40,8 +42,8 @@ def secrets(tmp_path: Path) -> Secrets:
     return ensure_secrets(tmp_path / "secrets")
 
 
-def _project(secrets: Secrets, **overrides: Any) -> ComposeProject:
-    return render_project(StackConfig(target="compose", **overrides), secrets, Images())
+def _project(secrets: Secrets, tls: LoadBalancerTls | None = None, **overrides: Any) -> ComposeProject:
+    return render_project(StackConfig(target="compose", **overrides), secrets, Images(), tls or placeholder_tls())
 
 
 def _services(project: ComposeProject) -> dict[str, dict[str, Any]]:
@@ -71,12 +73,16 @@ def test_compose_file_is_valid_compose_spec(tmp_path: Path, secrets: Secrets, ov
 
 
 def test_no_secret_value_in_the_compose_file_configs_or_environment(tmp_path: Path, secrets: Secrets) -> None:
-    project = _project(secrets)
+    config = StackConfig(target="compose")
+    tls = load_balancer_tls(config, tmp_path / "secrets", names=("haproxy",))
+    project = _project(secrets, tls)
     public = [project.compose_yaml] + [f.content for f in project.files if not f.secret]
-    for name in SECRET_NAMES:
-        value = secrets.get(name).partition(":")[2] or secrets.get(name)
+    values = {name: secrets.get(name).partition(":")[2] or secrets.get(name) for name in SECRET_NAMES}
+    values["load balancer private key"] = tls.private_key.strip().splitlines()[1]
+    for name, value in values.items():
         for text in public:
             assert value not in text, f"secret {name} appears in a file that is not a compose secret"
+    assert tls.trusted in [f.content for f in project.files if not f.secret]  # the CA is public: a config
 
 
 def test_secret_files_are_private_and_owned_by_the_containers_user(tmp_path: Path, secrets: Secrets) -> None:
@@ -143,3 +149,34 @@ def test_grafana_and_jaeger_can_be_turned_off(secrets: Secrets) -> None:
 def test_rendered_compose_yaml_parses_back(secrets: Secrets) -> None:
     project = _project(secrets)
     assert yaml.safe_load(project.compose_yaml) == project.document
+
+
+def test_with_the_stacks_jaeger_the_prefect_processes_send_it_their_spans(secrets: Secrets) -> None:
+    services = _services(_project(secrets))
+    for name in ("api-1", "services-1"):
+        assert services[name]["environment"]["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://jaeger:4318"
+        assert "opentelemetry-instrument" in " ".join(services[name]["command"])
+    quiet = _services(_project(secrets, compose={"jaeger": False}))
+    assert "OTEL_EXPORTER_OTLP_ENDPOINT" not in quiet["api-1"].get("environment", {})
+
+
+def test_jaeger_receives_otlp_and_keeps_spans_on_a_volume(secrets: Secrets) -> None:
+    project = _project(secrets)
+    jaeger = yaml.safe_load(next(f.content for f in project.files if f.path.name == "jaeger.yaml"))
+    assert jaeger["receivers"]["otlp"]["protocols"]["http"]["endpoint"] == "0.0.0.0:4318"
+    assert jaeger["service"]["pipelines"]["traces"]["receivers"] == ["otlp"]
+    badger = jaeger["extensions"]["jaeger_storage"]["backends"]["main"]["badger"]
+    assert badger["ttl"]["spans"] and not badger["ephemeral"]
+    assert "jaeger-data:/var/lib/jaeger" in _services(project)["jaeger"]["volumes"]
+
+
+def test_grafana_is_provisioned_with_prometheus_jaeger_and_every_dashboard(secrets: Secrets) -> None:
+    project = _project(secrets)
+    grafana = _services(project)["grafana"]
+    targets = {m["target"] for m in grafana["configs"]}
+    assert {t for t in targets if t.startswith("/etc/grafana/dashboards/")}
+    datasources = yaml.safe_load(next(f.content for f in project.files
+                                      if f.path.name.endswith("provisioning-datasources-prefect-stack.yaml")))
+    urls = {d["type"]: d["url"] for d in datasources["datasources"]}
+    assert urls == {"prometheus": "http://prometheus:19090", "jaeger": "http://jaeger:16686"}
+    assert grafana["environment"]["GF_SECURITY_ADMIN_PASSWORD__FILE"] == "/run/secrets/grafana_admin"

@@ -245,9 +245,11 @@ class TestUrls:
         ("bind", "url"),
         [
             ("127.0.0.1", "http://127.0.0.1:24200/api"),
-            ("0.0.0.0", "http://127.0.0.1:24200/api"),  # noqa: S104 - a URL under test, not a bind
-            ("::", "http://127.0.0.1:24200/api"),
-            ("10.1.2.3", "http://10.1.2.3:24200/api"),
+            ("::1", "http://[::1]:24200/api"),
+            # A non-loopback bind turns TLS on (mode auto); clients on this host still use loopback.
+            ("0.0.0.0", "https://127.0.0.1:24200/api"),  # noqa: S104 - a URL under test, not a bind
+            ("::", "https://127.0.0.1:24200/api"),
+            ("10.1.2.3", "https://10.1.2.3:24200/api"),
         ],
     )
     def test_api_url_goes_through_the_load_balancer(self, bind: str, url: str) -> None:
@@ -260,6 +262,63 @@ class TestUrls:
     def test_public_url_when_set(self) -> None:
         url = "https://prefect.example.com/api"
         assert load_config(load_balancer={"public_url": url}).public_api_url == url
+
+
+class TestTls:
+    @pytest.mark.parametrize(
+        ("target", "bind", "mode", "enabled"),
+        [
+            ("local", "127.0.0.1", "auto", False),
+            ("local", "localhost", "auto", False),
+            ("local", "::1", "auto", False),
+            ("local", "0.0.0.0", "auto", True),  # noqa: S104 - configuration under test, not a bind
+            ("local", "10.1.2.3", "auto", True),
+            ("local", "prefect.internal", "auto", True),
+            ("compose", "127.0.0.1", "auto", True),
+            ("kubernetes", "127.0.0.1", "auto", True),
+            ("local", "127.0.0.1", "on", True),
+            ("local", "127.0.0.1", "off", False),
+        ],
+    )
+    def test_mode_resolves(self, target: str, bind: str, mode: str, enabled: bool) -> None:
+        config = load_config(target=target, load_balancer={"bind_address": bind, "tls": {"mode": mode}})
+        assert config.tls_enabled is enabled
+
+    def test_urls_are_https_when_on(self) -> None:
+        config = load_config(load_balancer={"port": 24200, "tls": {"mode": "on"}})
+        assert (config.api_url, config.public_api_url) == ("https://127.0.0.1:24200/api",) * 2
+
+    @pytest.mark.parametrize(
+        ("target", "bind", "named"),
+        [
+            ("local", "0.0.0.0", "load_balancer.bind_address 0.0.0.0 is not loopback"),  # noqa: S104
+            ("local", "10.1.2.3", "load_balancer.bind_address 10.1.2.3 is not loopback"),
+            ("compose", "127.0.0.1", "target compose serves clients over a network"),
+        ],
+    )
+    def test_plaintext_on_the_network_is_refused(self, target: str, bind: str, named: str) -> None:
+        with pytest.raises(UserError) as caught:
+            load_config(target=target, load_balancer={"bind_address": bind, "tls": {"mode": "off"}})
+        message = str(caught.value)
+        for words in (named, "load_balancer.tls.mode", "load_balancer.tls.allow_plaintext_on_network"):
+            assert words in message
+
+    def test_opt_out_allows_plaintext_on_the_network(self) -> None:
+        config = load_config(load_balancer={"bind_address": "0.0.0.0",  # noqa: S104 - configuration, not a bind
+                                            "tls": {"mode": "off", "allow_plaintext_on_network": True}})
+        assert config.api_url.startswith("http://")
+
+    def test_plaintext_on_loopback_needs_no_opt_out(self) -> None:
+        assert not load_config(load_balancer={"tls": {"mode": "off"}}).tls_enabled
+
+    @pytest.mark.parametrize(("given", "missing"), [("cert_file", "key_file"), ("key_file", "cert_file")])
+    def test_certificate_and_key_go_together(self, given: str, missing: str) -> None:
+        with pytest.raises(UserError, match=f"load_balancer.tls.{given} is set but load_balancer.tls.{missing}"):
+            load_config(load_balancer={"tls": {given: "/etc/ssl/prefect.pem"}})
+
+    def test_nested_environment_variable(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv("PREFECT_STACK_LOAD_BALANCER__TLS__MODE", "on")
+        assert load_config().tls_enabled
 
 
 class TestStateDir:

@@ -7,9 +7,10 @@ import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import docker.errors
 import pytest
 from invoke import MockContext
 from invoke.exceptions import Exit
@@ -34,6 +35,7 @@ from infra.compose.images import (
 )
 from infra.config import REPO_ROOT, StackConfig
 from infra.errors import UserError
+from infra.progress import QuietProgress
 from infra.tasks import images as images_tasks
 
 SYSTEM_DOCKERFILE = REPO_ROOT / "compose" / "images" / "system" / "Dockerfile"
@@ -283,6 +285,50 @@ class TestTrim:
             f"deb {MIRROR} bookworm main", f"deb {MIRROR} bookworm-updates main",
             "deb http://security.example/debian-security bookworm-security main",
         ]
+
+
+class _FakeApi:
+    """The few engine calls ensure_images makes, answering as an engine without images or registry would."""
+
+    def __init__(self, build_log: list[dict[str, str]]) -> None:
+        self.build_log = build_log
+
+    def inspect_image(self, ref: str) -> dict[str, object]:
+        raise docker.errors.ImageNotFound(f"no such image: {ref}")
+
+    def pull(self, ref: str, **kwargs: object) -> Iterator[dict[str, str]]:
+        raise docker.errors.APIError("500 Server Error", explanation="lookup registry-1.docker.io: no such host")
+
+    def build(self, **kwargs: object) -> Iterator[dict[str, str]]:
+        yield from self.build_log
+
+
+class _FakeClient:
+    def __init__(self, build_log: list[dict[str, str]] | None = None) -> None:
+        self.api = _FakeApi(build_log or [])
+
+
+class TestFailures:
+    def test_failed_pull_says_use_debootstrap(self, tmp_path: Path) -> None:
+        config = StackConfig(compose={"base": "registry"}, local={"state_dir": tmp_path})
+        with pytest.raises(UserError) as caught:
+            images.ensure_images(config, _FakeClient(), QuietProgress())  # type: ignore[arg-type]
+        assert "set compose.base: debootstrap" in str(caught.value.fix)
+
+    def test_failed_pull_names_the_reason(self, tmp_path: Path) -> None:
+        config = StackConfig(compose={"base": "registry"}, local={"state_dir": tmp_path})
+        with pytest.raises(UserError) as caught:
+            images.ensure_images(config, _FakeClient(), QuietProgress())  # type: ignore[arg-type]
+        assert "no such host" in caught.value.problem
+
+    def test_failed_build_shows_the_end_of_its_log(self, tmp_path: Path) -> None:
+        log = [{"stream": f"line {i}\n"} for i in range(100)] + [{"error": "The command returned 100"}]
+        with pytest.raises(UserError) as caught:
+            images._build(_FakeClient(log), "prefect-stack/system:x", tmp_path, {},  # type: ignore[arg-type]
+                          QuietProgress(), nocache=False)
+        problem = caught.value.problem
+        assert ("The command returned 100" in problem, "line 99" in problem, "line 10\n" in problem) == (
+            True, True, False)
 
 
 class TestEngine:

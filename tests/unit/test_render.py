@@ -19,18 +19,20 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+import yaml
 
 from infra.config import StackConfig, load_config
 from infra.layout import StateLayout
 from infra.local.plan import LocalPlan, build_plan, os_user_name, service_user
 from infra.render import Addresses, RenderedFile
-from infra.render.haproxy import haproxy_cfg
+from infra.render.haproxy import OPERATOR_TLS_PEM, TLS_PEM, TRUSTED_CA, haproxy_cfg
 from infra.render.pgbouncer import pgbouncer_ini, pgbouncer_userlist
 from infra.render.postgres import pg_hba_conf, pg_ident_conf, postgresql_conf
 from infra.render.prefect import api_environment, migration_environment, services_environment
 from infra.render.redis import DOCKET_DB, MESSAGING_DB, redis_conf
 from infra.render.supervisor import Program, supervisord_conf
 from infra.secrets import SECRET_NAMES, Secrets, ensure_secrets, rotate_secret
+from tests.certificates import issue_self_signed
 
 # Ports, names and sizes that all differ from the defaults. Nothing listens on these ports: they are only text.
 NON_DEFAULT: dict[str, dict[str, Any]] = {
@@ -410,8 +412,11 @@ class TestHaproxy:
             pytest.param({"api": {"replicas": 1}}, id="one-replica"),
             pytest.param(
                 {"load_balancer": {"bind_address": "0.0.0.0", "retries": 0}},  # noqa: S104 - rendered text, not a bind
-                id="all-interfaces",
+                id="all-interfaces",  # TLS on by itself, the stats listener too
             ),
+            pytest.param({"load_balancer": {"tls": {"mode": "on"}}}, id="tls-on-loopback"),
+            pytest.param({"backups": {"physical": {"enabled": True}}, "load_balancer": {"tls": {"mode": "on"}}},
+                         id="tls-and-s3-tls"),
         ],
     )
     def test_haproxy_accepts_it(
@@ -422,11 +427,112 @@ class TestHaproxy:
         tmp_path: Path,
         overrides: dict[str, dict[str, object]],
     ) -> None:
-        # `haproxy -c` parses and validates without binding a port or creating the stats socket.
+        # `haproxy -c` parses and validates without binding a port or creating the stats socket; it does load the
+        # certificates, so the plan's files are written where the configuration names them.
+        config = make_config(**overrides)
+        for rendered in build_plan(config, secrets).program("haproxy").files:
+            rendered.path.parent.mkdir(parents=True, exist_ok=True)
+            rendered.path.write_text(rendered.content)
         path = tmp_path / "haproxy.cfg"
-        path.write_text(haproxy_cfg(make_config(**overrides), secrets, layout, Addresses()).content)
+        path.write_text(haproxy_cfg(config, secrets, layout, Addresses()).content)
         result = subprocess.run(["haproxy", "-c", "-f", str(path)], capture_output=True, text=True, timeout=30)
         assert result.returncode == 0, result.stdout + result.stderr
+
+
+class TestHaproxyTls:
+    """TLS at the load balancer: on loopback by choice (mode on), and on all interfaces (auto)."""
+
+    @pytest.fixture
+    def on_loopback(self, make_config: Callable[..., StackConfig], secrets: Secrets) -> LocalPlan:
+        return build_plan(make_config(load_balancer={"tls": {"mode": "on"}}), secrets)
+
+    @pytest.fixture
+    def on_network(self, make_config: Callable[..., StackConfig], secrets: Secrets) -> LocalPlan:
+        return build_plan(make_config(load_balancer={"bind_address": "0.0.0.0"}), secrets)  # noqa: S104 - text
+
+    @staticmethod
+    def _sections(plan: LocalPlan) -> dict[str, list[str]]:
+        return haproxy_sections(_file(plan, "haproxy.cfg").content)
+
+    def test_api_frontend_serves_the_certificate(self, on_loopback: LocalPlan, layout: StateLayout) -> None:
+        bind = f"bind 127.0.0.1:24200 ssl crt {layout.etc / TLS_PEM} alpn http/1.1"
+        assert bind in self._sections(on_loopback)["frontend prefect"]
+
+    def test_forwarded_proto_is_https(self, on_loopback: LocalPlan) -> None:
+        assert "http-request set-header X-Forwarded-Proto https" in self._sections(on_loopback)["frontend prefect"]
+
+    def test_stats_on_loopback_stays_plain(self, on_loopback: LocalPlan) -> None:
+        assert "bind 127.0.0.1:28404" in self._sections(on_loopback)["frontend stats"]
+
+    def test_stats_on_the_network_uses_tls(self, on_network: LocalPlan, layout: StateLayout) -> None:
+        bind = f"bind 0.0.0.0:28404 ssl crt {layout.etc / TLS_PEM} alpn http/1.1"
+        assert bind in self._sections(on_network)["frontend stats"]
+
+    @pytest.mark.parametrize("line", ["ssl-default-bind-options ssl-min-ver TLSv1.2 no-tls-tickets"])
+    def test_global_tls_defaults(self, on_loopback: LocalPlan, line: str) -> None:
+        assert line in self._sections(on_loopback)["global"]
+
+    def test_only_forward_secret_aead_ciphers(self, on_loopback: LocalPlan) -> None:
+        line = next(line for line in self._sections(on_loopback)["global"]
+                    if line.startswith("ssl-default-bind-ciphers "))
+        weak = [c for c in line.split()[1].split(":")
+                if not (c.startswith("ECDHE-") and c.endswith(("GCM-SHA256", "GCM-SHA384", "CHACHA20-POLY1305")))]
+        assert weak == []
+
+    def test_plaintext_frontend_when_off(self, plan: LocalPlan) -> None:
+        assert "bind 127.0.0.1:24200" in self._sections(plan)["frontend prefect"]
+        assert all(f.path.name not in (TLS_PEM, TRUSTED_CA) for f in plan.files)
+
+    def test_pem_is_a_secret(self, on_loopback: LocalPlan) -> None:
+        assert _file(on_loopback, TLS_PEM).mode == 0o600
+
+    def test_pem_is_haproxys(self, on_loopback: LocalPlan, layout: StateLayout) -> None:
+        assert layout.etc / TLS_PEM in [f.path for f in on_loopback.program("haproxy").files]
+
+    def test_trusted_ca_is_readable_and_holds_no_key(self, on_loopback: LocalPlan) -> None:
+        trusted = _file(on_loopback, TRUSTED_CA)
+        assert (trusted.mode, "PRIVATE KEY" in trusted.content) == (0o644, False)
+
+    @pytest.mark.parametrize("kind", ["api", "services", "migration"])
+    def test_prefect_processes_trust_the_ca(self, on_loopback: LocalPlan, layout: StateLayout, kind: str) -> None:
+        env = ENVIRONMENTS[kind](on_loopback.config, ensure_secrets(layout.secrets), layout, Addresses())
+        assert (env["PREFECT_API_URL"].startswith("https://"), env["PREFECT_API_SSL_CERT_FILE"]) == (
+            True, str(layout.etc / TRUSTED_CA))
+
+    @pytest.mark.parametrize("kind", ["api", "services", "migration"])
+    def test_no_ca_setting_when_off(self, config: StackConfig, secrets: Secrets, layout: StateLayout,
+                                    kind: str) -> None:
+        assert "PREFECT_API_SSL_CERT_FILE" not in ENVIRONMENTS[kind](config, secrets, layout, Addresses())
+
+    @pytest.fixture
+    def with_operator_certificate(self, make_config: Callable[..., StackConfig], secrets: Secrets,
+                                  tmp_path: Path) -> LocalPlan:
+        cert, key = issue_self_signed(tmp_path / "operator", ["prefect.example.com"])
+        return build_plan(make_config(load_balancer={"tls": {"mode": "on", "cert_file": str(cert),
+                                                             "key_file": str(key)}}), secrets)
+
+    def test_operator_certificate_by_sni(self, with_operator_certificate: LocalPlan, layout: StateLayout) -> None:
+        # The generated certificate first: HAProxy's default, for clients without SNI (the stack's own, on 127.0.0.1).
+        bind = (f"bind 127.0.0.1:24200 ssl crt {layout.etc / TLS_PEM} crt {layout.etc / OPERATOR_TLS_PEM} "
+                "alpn http/1.1")
+        assert bind in self._sections(with_operator_certificate)["frontend prefect"]
+
+    def test_operator_pem_is_a_secret(self, with_operator_certificate: LocalPlan) -> None:
+        assert _file(with_operator_certificate, OPERATOR_TLS_PEM).mode == 0o600
+
+    @pytest.mark.skipif(shutil.which("haproxy") is None, reason="haproxy is not installed")
+    def test_haproxy_accepts_the_operator_certificate(self, with_operator_certificate: LocalPlan) -> None:
+        for rendered in with_operator_certificate.program("haproxy").files:
+            rendered.path.parent.mkdir(parents=True, exist_ok=True)
+            rendered.path.write_text(rendered.content)
+        config_file = str(_file(with_operator_certificate, "haproxy.cfg").path)
+        result = subprocess.run(["haproxy", "-c", "-f", config_file], capture_output=True, text=True, timeout=30)
+        assert result.returncode == 0, result.stdout + result.stderr
+
+    def test_prometheus_scrapes_stats_over_tls(self, on_network: LocalPlan, layout: StateLayout) -> None:
+        document = yaml.safe_load(_file(on_network, "prometheus.yml").content)
+        job = next(j for j in document["scrape_configs"] if j["job_name"] == "haproxy")
+        assert (job["scheme"], job["tls_config"]["ca_file"]) == ("https", str(layout.etc / TRUSTED_CA))
 
 
 ENVIRONMENTS = {"api": api_environment, "services": services_environment, "migration": migration_environment}

@@ -184,6 +184,24 @@ class TestTasksWithoutAStack:
             f"export PREFECT_API_AUTH_STRING={secrets.get('prefect_auth')}",
         ]
 
+    def test_env_with_tls_exports_the_ca(self, state: Path, monkeypatch: pytest.MonkeyPatch,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+        monkeypatch.setenv("PREFECT_STACK_LOAD_BALANCER__TLS__MODE", "on")
+        ensure_secrets(StateLayout(state).secrets)
+        (StateLayout(state).etc).mkdir()
+        (StateLayout(state).etc / "lb-ca.crt").write_text("the deployment's CA\n")
+        env(MockContext())
+        lines = capsys.readouterr().out.splitlines()
+        assert (lines[0], lines[-1]) == ("export PREFECT_API_URL=https://127.0.0.1:4200/api",
+                                         f"export PREFECT_API_SSL_CERT_FILE={StateLayout(state).etc / 'lb-ca.crt'}")
+
+    def test_env_with_tls_before_deploy_says_deploy_first(self, state: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv("PREFECT_STACK_LOAD_BALANCER__TLS__MODE", "on")
+        ensure_secrets(StateLayout(state).secrets)
+        with pytest.raises(Exit) as caught:
+            env(MockContext())
+        assert "invoke deploy" in str(caught.value.message)
+
     def test_bad_configuration_exits_1(self, state: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setenv("PREFECT_STACK_API__REPLICAS", "abc")
         with pytest.raises(Exit) as caught:
