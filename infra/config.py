@@ -27,6 +27,12 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG_FILE = Path(__file__).resolve().parent / "stack.yaml"
 ENV_PREFIX = "PREFECT_STACK_"
 CONFIG_FILE_ENV = "PREFECT_STACK_CONFIG"
+# Set in the environment of the compose target's project containers: a task run there does the work itself
+# instead of handing it to a container (it is in one). Not a configuration field.
+IN_CONTAINER_ENV = "PREFECT_STACK_IN_CONTAINER"
+# The compose service of the local S3 endpoint (backups.s3.endpoint_url null) and of PostgreSQL.
+COMPOSE_S3_SERVICE = "s3"
+COMPOSE_POSTGRES_SERVICE = "postgres"
 
 Port = int  # validated by Field(ge=1, le=65535) where used
 
@@ -394,7 +400,12 @@ class StackConfig(BaseSettings):
 
     @property
     def s3_endpoint_url(self) -> str:
-        return self.backups.s3.endpoint_url or f"http://127.0.0.1:{self.backups.s3.local_port}"
+        """The bucket's endpoint: the configured one, else the stack's own (loopback locally; on compose, its
+        service name, reachable from the project's containers, where the backup code runs)."""
+        if self.backups.s3.endpoint_url:
+            return self.backups.s3.endpoint_url
+        host = COMPOSE_S3_SERVICE if self.target == "compose" else "127.0.0.1"
+        return f"http://{host}:{self.backups.s3.local_port}"
 
     @property
     def scratch_dir(self) -> Path:
@@ -407,6 +418,11 @@ class StackConfig(BaseSettings):
         if os.geteuid() == 0:
             return Path("/var/lib/prefect-stack")
         return Path("~/.local/state/prefect-stack").expanduser()
+
+
+def in_project_container() -> bool:
+    """True inside a compose project container (its service environment sets IN_CONTAINER_ENV)."""
+    return os.environ.get(IN_CONTAINER_ENV) == "1"
 
 
 def _describe(error: dict[str, Any]) -> str:

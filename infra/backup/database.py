@@ -1,16 +1,19 @@
-"""How backup code reaches PostgreSQL, independent of the target (Unix socket locally, a Service on Kubernetes)."""
+"""How backup code reaches PostgreSQL, independent of the target: the Unix socket locally, the ``postgres`` service
+over TCP on compose (the code runs in a project container there), a Service on Kubernetes."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
 from psycopg import sql
 
-from infra.config import StackConfig
+from infra.config import COMPOSE_POSTGRES_SERVICE, StackConfig
 from infra.layout import StateLayout
+from infra.secrets import Secrets
 
 Row = tuple[object, ...]
 
@@ -50,6 +53,30 @@ def local_database(config: StackConfig) -> DatabaseAccess:
         host=str(StateLayout(config.state_dir).run), port=config.postgres.port, user="postgres",
         dbname=config.postgres.database, bin_dir=config.postgres.bin_dir,
     )
+
+
+def database_access(config: StackConfig, secrets: Secrets) -> DatabaseAccess:
+    """The superuser's way in on this configuration's target: compose, TCP to the ``postgres`` service with the
+    superuser's password (pg_hba.conf allows SCRAM from the project's networks); local, the Unix socket."""
+    if config.target == "compose":
+        return DatabaseAccess(
+            host=COMPOSE_POSTGRES_SERVICE, port=config.postgres.port, user="postgres",
+            dbname=config.postgres.database, bin_dir=config.postgres.bin_dir,
+            password=secrets.get("postgres_superuser"),
+        )
+    return local_database(config)
+
+
+def api_database_url(config: StackConfig, secrets: Secrets) -> Callable[[str], str]:
+    """How a temporary Prefect API (started by verification beside the backup code) reaches a restored database:
+    directly, not through PgBouncer, whose pools know only the live database."""
+    host = COMPOSE_POSTGRES_SERVICE if config.target == "compose" else "127.0.0.1"
+
+    def url(dbname: str) -> str:
+        password = secrets.get("postgres_prefect")
+        return f"postgresql+asyncpg://{config.postgres.user}:{password}@{host}:{config.postgres.port}/{dbname}"
+
+    return url
 
 
 def table_data_bytes(conn: psycopg.Connection[Row]) -> int:

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from infra.backup import metrics
 from infra.backup.catalog import BackupEntry, find_backup
-from infra.backup.database import local_database
+from infra.backup.database import api_database_url, database_access
 from infra.backup.logical import backup_lock, run_logical_backup
 from infra.backup.manifest import Manifest, Verification
 from infra.backup.storage import BackupStore
@@ -17,19 +15,10 @@ from infra.progress import Progress
 from infra.secrets import Secrets
 
 
-def local_api_database_url(config: StackConfig, secrets: Secrets) -> Callable[[str], str]:
-    """How a temporary Prefect API reaches a (restored) database on the local target."""
-    def url(dbname: str) -> str:
-        password = secrets.get("postgres_prefect")
-        return f"postgresql+asyncpg://{config.postgres.user}:{password}@127.0.0.1:{config.postgres.port}/{dbname}"
-
-    return url
-
-
 def backup_job(config: StackConfig, secrets: Secrets, progress: Progress) -> Manifest:
     layout = StateLayout(config.state_dir)
     try:
-        manifest = run_logical_backup(config, secrets, local_database(config), layout.run, progress)
+        manifest = run_logical_backup(config, secrets, database_access(config, secrets), layout.run, progress)
     except BaseException:
         metrics.record(layout.metrics, {"last_attempt_timestamp_seconds": metrics.now(), "last_attempt_success": 0})
         raise
@@ -48,8 +37,8 @@ def verify_job(
     store = BackupStore.from_config(config, secrets)
     entry = find_backup(store, backup_id, latest=backup_id is None)
     with backup_lock(layout.run):
-        verdict = verify_backup(config, secrets, store, entry, local_database(config),
-                                local_api_database_url(config, secrets), progress)
+        verdict = verify_backup(config, secrets, store, entry, database_access(config, secrets),
+                                api_database_url(config, secrets), progress)
     updates = {"last_verification_success": 1.0 if verdict.ok else 0.0,
                "last_verification_timestamp_seconds": verdict.verified_at.timestamp()}
     if verdict.ok:

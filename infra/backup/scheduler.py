@@ -1,8 +1,9 @@
-"""The nightly job on the local target: backup, then verify it, once a day at backups.schedule (UTC).
+"""The nightly job: backup, then verify it, once a day at backups.schedule (UTC).
 
-Runs under supervisord as ``python -m infra.backup.scheduler`` with PREFECT_STACK_CONFIG pointing at the
-deployment's effective configuration. One loop, one run at a time: runs never overlap (and the backup lock
-refuses a manual backup that would). A failure is logged and recorded in the metrics; the loop goes on.
+Runs as ``python -m infra.backup.scheduler`` with PREFECT_STACK_CONFIG pointing at the deployment's effective
+configuration: under supervisord on the local target, as the ``backup-scheduler`` service on compose. One loop,
+one run at a time: runs never overlap (and the backup lock refuses a manual backup that would). A failure is
+logged and recorded in the metrics; the loop goes on.
 """
 
 from __future__ import annotations
@@ -67,6 +68,12 @@ def main() -> int:
         del os.environ[name]
     stop = _Stop()
     config = load_config()
+    if not config.backups.schedule_enabled:
+        # The compose target's backup container: it hosts the on-demand tasks (docker compose exec) and schedules
+        # nothing. A deploy that enables the schedule recreates it.
+        log.info("nightly backups are off (backups.schedule_enabled: false): on-demand tasks only")
+        while True:
+            time.sleep(3600)
     log.info("backup scheduler started: daily at %s UTC, state %s", config.backups.schedule, config.state_dir)
     while not stop.requested:
         due = next_run(config.backups.schedule, datetime.now(UTC))

@@ -52,8 +52,9 @@ APP_DIRS = (
     "etc", "data", "data/redis", "data/prometheus", "data/alertmanager", "data/grafana", "run", "run/pgbackrest",
     "log", "log/pgbackrest", "home", "metrics", "scratch",
 )
-# Mode 0700: PostgreSQL refuses to start on a data directory that others can read.
-APP_PRIVATE_DIRS = ("data/postgres",)
+# Mode 0700: PostgreSQL refuses to start on a data directory that others can read; secrets/ is where the backup
+# container mounts the generated secrets, and ensure_secrets keeps that directory 0700 (it must own it).
+APP_PRIVATE_DIRS = ("data/postgres", "secrets")
 # Where the Prefect image keeps its virtual environment (.venv) and the project's code.
 APP_HOME = PurePosixPath("/opt/prefect-stack")
 

@@ -19,9 +19,9 @@ import yaml
 from pydantic import SecretStr
 
 from infra.compose import images
-from infra.config import StackConfig
+from infra.config import CONFIG_FILE_ENV, IN_CONTAINER_ENV, StackConfig
 from infra.layout import StateLayout
-from infra.local.plan import monitoring_programs
+from infra.local.plan import effective_config_file, monitoring_programs
 from infra.render import Addresses, RenderedFile
 from infra.render.dashboards import dashboards, grafana_provisioning
 from infra.render.haproxy import OPERATOR_TLS_PEM, TLS_PEM, TRUSTED_CA, haproxy_cfg
@@ -50,6 +50,7 @@ LABEL_COMPONENT = "io.prefect-stack.component"
 BACKEND, FRONTEND = "backend", "frontend"
 LOOPBACK = "127.0.0.1"
 MIGRATE = "migrate"
+BACKUP_SCHEDULER = "backup-scheduler"
 GRAFANA_PORT, JAEGER_OTLP_HTTP, JAEGER_UI = 3000, 4318, 16686
 # The one-shot migration creates the roles with their passwords, as the superuser: it needs these and no others.
 MIGRATION_SECRETS = ("postgres_superuser", "postgres_prefect", "postgres_monitor")
@@ -121,25 +122,27 @@ class _Builder:
         self.mounted.setdefault(service, []).append(rendered)
         return {"source": key, "target": str(target)}
 
-    def secret(self, service: str, name: str) -> dict[str, str]:
-        """One generated secret (``infra.secrets``) at /run/secrets/<name>."""
+    def secret(self, service: str, name: str, directory: PurePosixPath | Path = SECRETS_IN_CONTAINER) -> dict[str, str]:
+        """One generated secret (``infra.secrets``) at <directory>/<name> (default /run/secrets/<name>)."""
         top = self.project.document.setdefault("secrets", {})
         top[name] = {"file": f"./secrets/{name}"}
         project_path = Path("secrets") / name
         if all(f.path != project_path for f in self.project.files):
             self.project.files.append(RenderedFile(project_path, self.secrets.get(name), secret=True))
         self.mounted.setdefault(service, [])
-        return {"source": name, "target": str(SECRETS_IN_CONTAINER / name)}
+        return {"source": name, "target": str(PurePosixPath(str(directory)) / name)}
 
     def add(self, name: str, component: str, image: str, command: list[str], *,
             files: tuple[RenderedFile, ...] = (), secrets: tuple[str, ...] = (),
-            environment: dict[str, str] | None = None, networks: tuple[str, ...] = (BACKEND,),
+            state_secrets: tuple[str, ...] = (), environment: dict[str, str] | None = None,
+            networks: tuple[str, ...] = (BACKEND,),
             ports: tuple[str, ...] = (), volumes: tuple[str, ...] = (), healthcheck: list[str] | None = None,
             depends_on: dict[str, str] | None = None, memory: str | None = None, stop_signal: str | None = None,
             stop_grace_s: int | None = None, restart: str = "unless-stopped", start_period_s: int = 30,
             user: str | None = f"{CONTAINER_UID}:{CONTAINER_UID}") -> dict[str, Any]:
         mounts_config = [self.file(name, f) for f in files if not f.secret]
-        mounts_secret = [self.file(name, f) for f in files if f.secret] + [self.secret(name, s) for s in secrets]
+        mounts_secret = ([self.file(name, f) for f in files if f.secret] + [self.secret(name, s) for s in secrets]
+                         + [self.secret(name, s, CONTAINER.secrets) for s in state_secrets])
         service: dict[str, Any] = {"image": image, "command": command}
         if user:  # the project's images: an init reaps zombies and forwards signals to the program
             service["user"] = user
@@ -222,10 +225,12 @@ def _tcp_check(*targets: tuple[str, int]) -> list[str]:
 
 
 def _container_config(config: StackConfig) -> StackConfig:
-    """The model as seen from inside the containers: the container layout is the state directory, and with the
-    stack's own Jaeger (and no other collector configured) the Prefect processes send their spans to it."""
+    """The model as seen from inside the containers: the compose target, the container layout as the state
+    directory (scratch space included: a host's scratch_dir means nothing in a container), and with the stack's
+    own Jaeger (and no other collector configured) the Prefect processes send their spans to it."""
     local = config.local.model_copy(update={"state_dir": CONTAINER_ROOT})
-    update: dict[str, object] = {"local": local}
+    backups = config.backups.model_copy(update={"scratch_dir": None})
+    update: dict[str, object] = {"target": "compose", "local": local, "backups": backups}
     if jaeger_runs(config) and config.tracing.otlp_endpoint is None:
         update["tracing"] = config.tracing.model_copy(
             update={"enabled": True, "otlp_endpoint": f"http://jaeger:{JAEGER_OTLP_HTTP}"})
@@ -341,6 +346,9 @@ exec {PG_BIN / "postgres"} -c config_file={etc / "postgresql.conf"}
           depends_on={f"api-{i}": "service_started" for i in range(1, config.api.replicas + 1)},
           stop_signal="USR1", stop_grace_s=30)
 
+    # --- backups ------------------------------------------------------------------------------------------------
+    _backup_scheduler(b, inner)
+
     # --- observability ------------------------------------------------------------------------------------------
     if config.monitoring.enabled:
         _monitoring(b, inner, secrets, addresses, trusted if config.stats_tls_enabled else ())
@@ -352,6 +360,33 @@ exec {PG_BIN / "postgres"} -c config_file={etc / "postgresql.conf"}
         FRONTEND: {},
     }
     return project
+
+
+def _backup_scheduler(b: _Builder, inner: StackConfig) -> None:
+    """The nightly backup and verification (``python -m infra.backup.scheduler``, as the local target supervises
+    it), and the container where `invoke backup|restore|... --target compose` run their work (docker compose exec):
+    the same code, next to the database. With backups.schedule_enabled false it only hosts those tasks."""
+    config = b.config
+    effective = effective_config_file(inner, CONTAINER)
+    reachable = [("postgres", config.postgres.port)]
+    depends = {"postgres": "service_healthy"}
+    if config.backups.s3.endpoint_url is None:
+        reachable.append(("s3", config.backups.s3.local_port))
+        depends["s3"] = "service_healthy"
+    b.add(BACKUP_SCHEDULER, "backup-scheduler", b.images.prefect, [PYTHON, "-m", "infra.backup.scheduler"],
+          files=(effective,),
+          # The code reads its secrets where the local target keeps them (<state>/secrets): one typed set, all of
+          # them (it holds the superuser's password anyway, which outweighs the rest).
+          state_secrets=tuple(SECRET_NAMES),
+          environment={CONFIG_FILE_ENV: str(effective.path), IN_CONTAINER_ENV: "1"},
+          # The back-end network is internal: a real S3 endpoint is reached through the front-end one.
+          networks=(BACKEND,) if config.backups.s3.endpoint_url is None else (BACKEND, FRONTEND),
+          # metrics: the textfiles node-exporter serves (the backup-age alert); scratch: dumps and restores.
+          volumes=(f"metrics:{CONTAINER.metrics}", f"backup-scratch:{inner.scratch_dir}"),
+          healthcheck=_tcp_check(*reachable), depends_on=depends, memory=config.compose.api_memory,
+          # A stop lets a running backup finish for this long (the scheduler finishes its run on SIGTERM); a longer
+          # one is cut, leaves no manifest, and shows as a failed run in the metrics.
+          stop_grace_s=300)
 
 
 def _monitoring(b: _Builder, inner: StackConfig, secrets: Secrets, addresses: Addresses,

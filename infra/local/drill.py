@@ -11,13 +11,13 @@ import time
 import uuid
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 from psycopg import sql
 
 from infra.backup.catalog import find_backup
-from infra.backup.database import local_database
+from infra.backup.database import database_access
 from infra.backup.jobs import backup_job, verify_job
 from infra.backup.storage import BackupStore
 from infra.config import StackConfig
@@ -25,7 +25,7 @@ from infra.errors import UserError
 from infra.layout import StateLayout
 from infra.local.health import load_balancer_client
 from infra.local.plan import build_plan
-from infra.local.restore import restore_backup
+from infra.local.restore import RestoreReport, restore_backup
 from infra.local.supervisor import Supervisor
 from infra.progress import Progress
 from infra.secrets import Secrets
@@ -75,37 +75,78 @@ def _read_back(client: httpx.Client, runs: dict[str, str]) -> tuple[int, int]:
     return found, len(logs.raise_for_status().json())
 
 
-def run_drill(config: StackConfig, secrets: Secrets, progress: Progress) -> DrillReport:
-    layout = StateLayout(config.state_dir)
+@dataclass(frozen=True)
+class DrillBackup:
+    """The drill's backup, taken and verified."""
+
+    id: str
+    started_at: datetime
+    row_counts: dict[str, int]
+    verified: bool
+    detail: str
+
+
+class DrillTarget(Protocol):
+    """What the drill does to a target: back up and verify, destroy the database, restore."""
+
+    def backup_and_verify(self, progress: Progress) -> DrillBackup: ...
+
+    def destroy_database(self, progress: Progress) -> None: ...
+
+    def restore(self, backup_id: str, progress: Progress) -> RestoreReport: ...
+
+
+@dataclass
+class LocalDrillTarget:
+    """The local target: the jobs in this process, supervisord for Prefect's processes."""
+
+    config: StackConfig
+    secrets: Secrets
+
+    def backup_and_verify(self, progress: Progress) -> DrillBackup:
+        manifest = backup_job(self.config, self.secrets, progress)
+        progress(f"backup {manifest.id} taken")
+        _, verdict = verify_job(self.config, self.secrets, manifest.id, progress)
+        return DrillBackup(manifest.id, manifest.started_at, manifest.row_counts, verdict.ok, verdict.detail)
+
+    def destroy_database(self, progress: Progress) -> None:
+        config = self.config
+        supervisor = Supervisor(StateLayout(config.state_dir))
+        for program in build_plan(config, self.secrets).programs:
+            if program.component in ("api", "services"):
+                supervisor.stop(program.name)
+        with database_access(config, self.secrets).connect("postgres") as conn:
+            conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(config.postgres.database)))
+
+    def restore(self, backup_id: str, progress: Progress) -> RestoreReport:
+        store = BackupStore.from_config(self.config, self.secrets)
+        return restore_backup(self.config, self.secrets, store, find_backup(store, backup_id, False), progress)
+
+
+def run_drill(config: StackConfig, secrets: Secrets, progress: Progress,
+              target: DrillTarget | None = None) -> DrillReport:
+    target = target or LocalDrillTarget(config, secrets)
     label = f"drill-{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:4]}"
     with _client(config, secrets) as client:
         progress(f"writing {RUNS} flow runs and their logs through the API ({label})")
         runs = _write_known_data(client, label)
         written = _read_back(client, runs)
-    manifest = backup_job(config, secrets, progress)
-    progress(f"backup {manifest.id} taken")
-    _, verdict = verify_job(config, secrets, manifest.id, progress)
-    if not verdict.ok:
-        raise UserError(f"the drill's backup {manifest.id} failed verification: {verdict.detail}",
+    manifest = target.backup_and_verify(progress)
+    if not manifest.verified:
+        raise UserError(f"the drill's backup {manifest.id} failed verification: {manifest.detail}",
                         fix="the database was NOT destroyed; investigate the backup pipeline first")
     # The disaster: the Prefect processes lose their database.
     destroyed_at = time.monotonic()
     destroyed_wall = datetime.now(UTC)
-    supervisor = Supervisor(layout)
-    for program in build_plan(config, secrets).programs:
-        if program.component in ("api", "services"):
-            supervisor.stop(program.name)
-    with local_database(config).connect("postgres") as conn:
-        conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(config.postgres.database)))
+    target.destroy_database(progress)
     progress(f"database {config.postgres.database} destroyed")
-    store = BackupStore.from_config(config, secrets)
-    report = restore_backup(config, secrets, store, find_backup(store, manifest.id, False), progress)
+    report = target.restore(manifest.id, progress)
     recovery = time.monotonic() - destroyed_at
     with _client(config, secrets) as client:
         recovered = _read_back(client, runs)
     counts_ok = all(report.row_counts.get(t, 0) >= n for t, n in manifest.row_counts.items())
     return DrillReport(
-        backup_id=manifest.id, verified=verdict.ok,
+        backup_id=manifest.id, verified=manifest.verified,
         flow_runs_written=written[0], flow_runs_recovered=recovered[0],
         logs_written=written[1], logs_recovered=recovered[1],
         identical=recovered == written and written == (RUNS, RUNS),

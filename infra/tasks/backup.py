@@ -1,4 +1,8 @@
-"""Backup tasks: take, list, verify and prune backups of the Prefect database."""
+"""Backup tasks: take, list, verify and prune backups of the Prefect database.
+
+On the compose target the host hands each task to the project's backup container, where the same task runs
+next to the database (``infra.compose.backups``); a restore's downtime is driven from the host.
+"""
 
 from __future__ import annotations
 
@@ -15,25 +19,50 @@ from infra.backup.catalog import find_backup, list_backups
 from infra.backup.jobs import backup_job, verify_job
 from infra.backup.retention import run_prune
 from infra.backup.storage import BackupStore
-from infra.config import load_config
+from infra.config import StackConfig, in_project_container
 from infra.errors import UserError
 from infra.layout import StateLayout
 from infra.local.pgbackrest import PhysicalBackup, info, physical_backup, physical_restore
-from infra.local.restore import restore_backup
+from infra.local.restore import RestoreReport, restore_backup
 from infra.progress import human_bytes
 from infra.secrets import load_secrets
 from infra.tasks import reports_user_errors
+from infra.tasks.stack import TARGET_HELP, _config
+
+
+def _physical_on_compose() -> UserError:
+    return UserError("physical (pgBackRest) backups and restores are not supported on the compose target",
+                     fix="use logical backups there (--method logical, the default), or the local target for "
+                         "pgBackRest and point-in-time recovery")
+
+
+def _on_compose_host(config: StackConfig) -> bool:
+    """The compose target, seen from the host: the work belongs in the backup container."""
+    return config.target == "compose" and not in_project_container()
+
+
+def _in_backup_container(config: StackConfig, argv: list[str]) -> None:
+    """On the compose target's host: run ``invoke ARGV`` in the backup container and exit with its status."""
+    if _on_compose_host(config):
+        from infra.compose.backups import run_task
+
+        raise Exit(code=run_task(config, argv))
 
 
 @task(default=True, help={
     "method": "logical (pg_dump, the default) or physical (pgBackRest, with point-in-time recovery).",
     "type": "physical only: full, diff or incr (default incr; pgBackRest takes a full one when none exists).",
     "json": "Print the result as JSON ({\"id\": ..., ...}).",
+    "target": TARGET_HELP,
 })
 @reports_user_errors
-def backup(c: Context, method: str = "logical", type: str = "incr", json_: bool = False) -> None:
+def backup(c: Context, method: str = "logical", type: str = "incr", json_: bool = False,
+           target: str | None = None) -> None:
     """Back up the Prefect database to S3 now; prints the backup id."""
-    config = load_config()
+    config = _config(target)
+    if config.target == "compose" and method == "physical":
+        raise _physical_on_compose()
+    _in_backup_container(config, ["backup", "--method", method, "--type", type, *(["--json"] if json_ else [])])
     layout = StateLayout(config.state_dir)
     secrets = load_secrets(layout.secrets)
     if method == "physical":
@@ -62,11 +91,13 @@ def backup(c: Context, method: str = "logical", type: str = "incr", json_: bool 
         print(manifest.id)
 
 
-@task(name="list", help={"json": "Print JSON: a list of {id, method, time, size, verified, location, ...}."})
+@task(name="list", help={"json": "Print JSON: a list of {id, method, time, size, verified, location, ...}.",
+                         "target": TARGET_HELP})
 @reports_user_errors
-def list_(c: Context, json_: bool = False) -> None:
+def list_(c: Context, json_: bool = False, target: str | None = None) -> None:
     """List complete backups (those with a manifest), oldest first, with their verification state."""
-    config = load_config()
+    config = _config(target)
+    _in_backup_container(config, ["backup.list", *(["--json"] if json_ else [])])
     store = BackupStore.from_config(config, load_secrets(StateLayout(config.state_dir).secrets))
     entries = list_backups(store)
     rows = [e.as_dict(store.location) for e in entries]
@@ -91,11 +122,13 @@ def list_(c: Context, json_: bool = False) -> None:
     console.out.print(table if rows else f"no backups in {store.location}")
 
 
-@task(help={"id": "The backup to verify (see invoke backup.list).", "latest": "Verify the newest backup."})
+@task(help={"id": "The backup to verify (see invoke backup.list).", "latest": "Verify the newest backup.",
+            "target": TARGET_HELP})
 @reports_user_errors
-def verify(c: Context, id: str | None = None, latest: bool = False) -> None:
+def verify(c: Context, id: str | None = None, latest: bool = False, target: str | None = None) -> None:
     """Prove a backup restores: checksums, pg_restore, pg_amcheck, row counts, a Prefect API on the copy."""
-    config = load_config()
+    config = _config(target)
+    _in_backup_container(config, ["backup.verify", *(["--id", id] if id else []), *(["--latest"] if latest else [])])
     layout = StateLayout(config.state_dir)
     secrets = load_secrets(layout.secrets)
     console.step(f"verifying backup {id or 'latest'}")
@@ -114,13 +147,32 @@ def verify(c: Context, id: str | None = None, latest: bool = False) -> None:
     "to_time": "Point-in-time recovery (physical backups): e.g. '2026-11-23 20:15:00+00'.",
     "method": "logical (default) or physical (pgBackRest; implied by --to-time).",
     "json": "Print the result as JSON.",
+    "target": TARGET_HELP,
 })
 @reports_user_errors
 def restore(c: Context, id: str | None = None, latest: bool = False, yes: bool = False,
             keep_previous: bool = False, to_time: str | None = None, method: str = "logical",
-            json_: bool = False) -> None:
+            json_: bool = False, target: str | None = None) -> None:
     """Restore the Prefect database from a backup, with a safety backup first and row counts checked after."""
-    config = load_config()
+    config = _config(target)
+    if config.target == "compose":
+        if to_time is not None or method == "physical":
+            raise _physical_on_compose()
+        if in_project_container():
+            raise UserError("a restore stops and starts containers: it runs from the host, not in a container",
+                            fix="run on the host: invoke restore --target compose")
+        from infra.compose import backups as compose_backups
+
+        described = compose_backups.describe_backup(config, id, latest)
+        if not yes:
+            raise Exit(f"error: this replaces the live Prefect database with backup {described['id']} "
+                       f"({described['finished_at'][:19].replace('T', ' ')} UTC)\n"
+                       f"  fix: run again with --yes (a safety backup of the current database is taken first)",
+                       code=1)
+        console.step(f"restoring backup {described['id']} from {described['location']}")
+        done = compose_backups.restore(config, described, console.progress(), keep_previous)
+        _report_restore(done.report, done.expected_rows, json_)
+        return
     layout = StateLayout(config.state_dir)
     secrets = load_secrets(layout.secrets)
     if to_time is not None or method == "physical":
@@ -144,7 +196,10 @@ def restore(c: Context, id: str | None = None, latest: bool = False, yes: bool =
                    f"  fix: run again with --yes (a safety backup of the current database is taken first)", code=1)
     console.step(f"restoring backup {entry.manifest.id} from {store.location}")
     report = restore_backup(config, secrets, store, entry, console.progress(), keep_previous)
-    expected = entry.manifest.row_counts
+    _report_restore(report, entry.manifest.row_counts, json_)
+
+
+def _report_restore(report: RestoreReport, expected: dict[str, int], json_: bool) -> None:
     lost = {t: (n, report.row_counts.get(t, 0)) for t, n in expected.items() if report.row_counts.get(t, 0) < n}
     result = {
         "id": report.backup_id, "safety_backup_id": report.safety_backup_id, "migrated": report.migrated,
@@ -173,11 +228,13 @@ def restore(c: Context, id: str | None = None, latest: bool = False, yes: bool =
 @task(help={
     "apply": "Delete what the plan marks DELETE. Without it: a dry run that shows the plan and deletes nothing.",
     "json": "Print JSON: {dry_run, backups: [{id, ..., action, reasons}], orphans: [...], keep, delete, deleted}.",
+    "target": TARGET_HELP,
 })
 @reports_user_errors
-def prune(c: Context, apply: bool = False, json_: bool = False) -> None:
+def prune(c: Context, apply: bool = False, json_: bool = False, target: str | None = None) -> None:
     """Apply the retention rules (backups.retention): keep N daily, weekly, monthly; a dry run unless --apply."""
-    config = load_config()
+    config = _config(target)
+    _in_backup_container(config, ["backup.prune", *(["--apply"] if apply else []), *(["--json"] if json_ else [])])
     layout = StateLayout(config.state_dir)
     store = BackupStore.from_config(config, load_secrets(layout.secrets))
     rules = config.backups.retention

@@ -272,17 +272,23 @@ def alerts(c: Context, json_: bool = False, target: str | None = None) -> None:
 @task(help={
     "yes": "Confirm: the drill destroys the live database and restores it from the backup it takes.",
     "json": "Print the report as JSON.",
+    "target": TARGET_HELP,
 })
 @reports_user_errors
-def drill(c: Context, yes: bool = False, json_: bool = False) -> None:
+def drill(c: Context, yes: bool = False, json_: bool = False, target: str | None = None) -> None:
     """Disaster drill: write data, back up, verify, destroy the database, restore, prove nothing was lost."""
-    config = load_config()
+    config = _config(target)
     if not yes:
         raise Exit("error: the drill destroys the live Prefect database (and restores it from a fresh, verified "
                    "backup; writes made during the drill are lost)\n  fix: run invoke drill --yes", code=1)
     secrets = load_secrets(StateLayout(config.state_dir).secrets)
     console.step("disaster drill on the running stack")
-    report = run_drill(config, secrets, console.progress())
+    drill_target = None
+    if config.target == "compose":
+        from infra.compose.backups import ComposeDrillTarget
+
+        drill_target = ComposeDrillTarget(config)
+    report = run_drill(config, secrets, console.progress(), drill_target)
     if json_:
         print(json.dumps(report.as_dict()))
     else:

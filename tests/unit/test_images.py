@@ -43,7 +43,8 @@ PREFECT_DOCKERFILE = REPO_ROOT / "compose" / "images" / "prefect" / "Dockerfile"
 MIRROR = "http://mirror.example/debian"
 # The layout every container of the compose target finds (the compose renderer mounts volumes on these).
 EXPECTED_LAYOUT = {"etc", "data", "data/postgres", "data/redis", "data/prometheus", "data/alertmanager",
-                   "data/grafana", "run", "log", "log/pgbackrest", "run/pgbackrest", "home", "metrics", "scratch"}
+                   "data/grafana", "run", "log", "log/pgbackrest", "run/pgbackrest", "home", "metrics", "scratch",
+                   "secrets"}
 
 
 def _config(**compose: object) -> StackConfig:
@@ -150,8 +151,9 @@ class TestDockerfilesAgree:
     def test_layout(self) -> None:
         assert set(APP_DIRS) | set(APP_PRIVATE_DIRS) == EXPECTED_LAYOUT
 
-    def test_postgres_data_is_private(self) -> None:
-        assert "data/postgres" in APP_PRIVATE_DIRS
+    @pytest.mark.parametrize("directory", ["data/postgres", "secrets"])
+    def test_private_directories(self, directory: str) -> None:
+        assert directory in APP_PRIVATE_DIRS
 
     @pytest.mark.parametrize("dockerfile", [SYSTEM_DOCKERFILE, PREFECT_DOCKERFILE], ids=["system", "prefect"])
     def test_no_syntax_line(self, dockerfile: Path) -> None:
