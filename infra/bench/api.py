@@ -407,6 +407,14 @@ async def measure_level(
 
 
 def run_level(target: Target, concurrency: int, settings: BenchSettings, auth: tuple[str, str] | None) -> LevelResult:
+    return run_level_counted(target, concurrency, settings, auth)[0]
+
+
+def run_level_counted(
+    target: Target, concurrency: int, settings: BenchSettings, auth: tuple[str, str] | None
+) -> tuple[LevelResult, int]:
+    """``run_level``, and the flow runs created over the whole level, warm-up included: what the target's CPU
+    time during the level paid for."""
     console.step(
         f"{target.label}: {concurrency} client(s), {settings.warmup_s:g}s warm-up + {settings.duration_s:g}s measured"
     )
@@ -420,7 +428,7 @@ def run_level(target: Target, concurrency: int, settings: BenchSettings, auth: t
         f"{result.throughput_rps:.1f} flow runs/s, p50 {_ms(result.p50_ms)}, p99 {_ms(result.p99_ms)}, "
         f"{result.requests} requests, {errors}"
     )
-    return result
+    return result, sum(s.ok for s in samples)
 
 
 # ---------------------------------------------------------------- ports

@@ -22,8 +22,8 @@ import shutil
 import statistics
 import tempfile
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -45,15 +45,17 @@ from infra.bench.api import (
     _ms,
     allocate_stack_ports,
     free_port,
-    run_level,
+    run_level_counted,
     stack_config,
 )
+from infra.compose.deploy import containers
 from infra.compose.deploy import deploy as compose_deploy
 from infra.compose.engine import docker_client
 from infra.compose.images import ImageResult, ensure_images
 from infra.compose.operate import destroy as compose_destroy
 from infra.config import StackConfig, load_config
 from infra.errors import UserError
+from infra.layout import StateLayout
 from infra.local.deploy import deploy as local_deploy
 from infra.local.health import load_balancer_verify
 from infra.local.operate import client_environment
@@ -104,6 +106,27 @@ def abba_order(rounds: int) -> list[str]:
 
 
 @dataclass(frozen=True)
+class RoundCpu:
+    """The CPU time the target's own processes used during one round (warm-up included), and what it paid for.
+
+    On a shared host the throughput says how much CPU the target was given; the CPU time per flow run says how
+    much each one cost, whoever else runs there.
+    """
+
+    cpu_s: float  # the stack's processes (local) or containers (compose), user + system
+    wall_s: float
+    created: int  # flow runs created during the round, warm-up included
+
+    @property
+    def cores(self) -> float:
+        return self.cpu_s / self.wall_s if self.wall_s > 0 else 0.0
+
+    @property
+    def cpu_ms_per_flow_run(self) -> float | None:
+        return 1000 * self.cpu_s / self.created if self.created else None
+
+
+@dataclass(frozen=True)
 class TargetSummary:
     """One target's rounds, side by side with the other's."""
 
@@ -113,29 +136,47 @@ class TargetSummary:
     median_p50_ms: float | None
     requests: int
     errors: int
+    median_cores: float | None = None  # CPU cores the stack used during its rounds (None: not measured)
+    median_cpu_ms_per_flow_run: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
+        def rounded(value: float | None) -> float | None:
+            return None if value is None else round(value, 3)
+
         return {
             "target": self.target,
             "throughputs_rps": [round(t, 3) for t in self.throughputs],
-            "median_rps": None if self.median_rps is None else round(self.median_rps, 3),
-            "median_p50_ms": None if self.median_p50_ms is None else round(self.median_p50_ms, 3),
+            "median_rps": rounded(self.median_rps),
+            "median_p50_ms": rounded(self.median_p50_ms),
             "requests": self.requests,
             "errors": self.errors,
+            "median_cores": rounded(self.median_cores),
+            "median_cpu_ms_per_flow_run": rounded(self.median_cpu_ms_per_flow_run),
         }
 
 
-def summarise_target(target: str, results: Sequence[LevelResult]) -> TargetSummary:
-    """Medians over the target's rounds (of throughput, and of each round's p50), and the totals."""
-    own = [r for r in results if r.target == target]
-    p50s = [r.p50_ms for r in own if r.p50_ms is not None]
+def _median(values: Sequence[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+def summarise_target(target: str, results: Sequence[LevelResult],
+                     cpu: Sequence[RoundCpu | None] = ()) -> TargetSummary:
+    """Medians over the target's rounds (of throughput, each round's p50 and CPU), and the totals.
+
+    ``cpu`` runs parallel to ``results`` (None where a round's CPU time could not be read).
+    """
+    rounds = [(r, cpu[i] if i < len(cpu) else None) for i, r in enumerate(results) if r.target == target]
+    own = [r for r, _ in rounds]
+    used = [c for _, c in rounds if c is not None]
     return TargetSummary(
         target=target,
         throughputs=tuple(r.throughput_rps for r in own),
-        median_rps=statistics.median(r.throughput_rps for r in own) if own else None,
-        median_p50_ms=statistics.median(p50s) if p50s else None,
+        median_rps=_median([r.throughput_rps for r in own]),
+        median_p50_ms=_median([r.p50_ms for r in own if r.p50_ms is not None]),
         requests=sum(r.requests for r in own),
         errors=sum(r.errors for r in own),
+        median_cores=_median([c.cores for c in used]),
+        median_cpu_ms_per_flow_run=_median([m for c in used if (m := c.cpu_ms_per_flow_run) is not None]),
     )
 
 
@@ -167,10 +208,11 @@ class ComposeBenchReport:
     images: list[ImageResult]
     deploy_s: dict[str, float]  # "local", "compose" (cold, from built images)
     clients: int = THROUGHPUT_CLIENTS
+    cpu: list[RoundCpu | None] = field(default_factory=list)  # parallel to results
 
     @property
     def summaries(self) -> dict[str, TargetSummary]:
-        return {key: summarise_target(key, self.results) for key in (LOCAL, COMPOSE)}
+        return {key: summarise_target(key, self.results, self.cpu) for key in (LOCAL, COMPOSE)}
 
     @property
     def ratio(self) -> float | None:
@@ -186,7 +228,8 @@ class ComposeBenchReport:
             "clients": self.clients,
             "targets": {key: {"label": t.label, "api_url": t.api_url, "description": t.description}
                         for key, t in self.targets.items()},
-            "results": [{"round": i, **r.as_dict()} for i, r in enumerate(self.results, 1)],
+            "results": [{"round": i, **r.as_dict(), **_cpu_dict(self.cpu[i - 1] if i <= len(self.cpu) else None)}
+                        for i, r in enumerate(self.results, 1)],
             "summaries": {key: s.as_dict() for key, s in self.summaries.items()},
             "ratio": None if self.ratio is None else round(self.ratio, 3),
             "images": [{"role": i.role, "ref": i.ref, "action": i.action, "seconds": round(i.seconds, 1),
@@ -210,6 +253,10 @@ class ComposeBenchReport:
             ("median flow runs/s", median(local), median(compose)),
             ("median p50", _ms(local.median_p50_ms), _ms(compose.median_p50_ms)),
             ("errors / requests", f"{local.errors} / {local.requests}", f"{compose.errors} / {compose.requests}"),
+            ("median CPU cores used by the stack", _figure(local.median_cores, "{:.2f}"),
+             _figure(compose.median_cores, "{:.2f}")),
+            ("median CPU ms per flow run", _figure(local.median_cpu_ms_per_flow_run, "{:.1f}"),
+             _figure(compose.median_cpu_ms_per_flow_run, "{:.1f}")),
             ("deploy", _seconds(self.deploy_s.get("local")), _seconds(self.deploy_s.get("compose"))
              + (" (cold, images built)" if "compose" in self.deploy_s else "")),
         ]
@@ -217,6 +264,92 @@ class ComposeBenchReport:
 
 def _seconds(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f} s"
+
+
+def _figure(value: float | None, form: str) -> str:
+    return "-" if value is None else form.format(value)
+
+
+def _cpu_dict(cpu: RoundCpu | None) -> dict[str, float | None]:
+    if cpu is None:
+        return {"cpu_s": None, "cores": None, "cpu_ms_per_flow_run": None}
+    per_run = cpu.cpu_ms_per_flow_run
+    return {"cpu_s": round(cpu.cpu_s, 3), "cores": round(cpu.cores, 3),
+            "cpu_ms_per_flow_run": None if per_run is None else round(per_run, 3)}
+
+
+# ---------------------------------------------------------------- CPU time of each stack
+
+CpuClock = Callable[[], float | None]  # CPU seconds used so far by a stack's processes; None: cannot tell
+
+
+def _process_cpu_s(pid: int) -> float:
+    """utime + stime of one process (and of its children it has waited for), in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    # After "pid (comm)": state is field 3, utime 14, stime 15, cutime 16, cstime 17 (proc(5)).
+    return sum(int(fields[i - 3]) for i in (14, 15, 16, 17)) / os.sysconf("SC_CLK_TCK")
+
+
+def _descendants(root: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(stat.parent.name))
+    found, queue = [], [root]
+    while queue:
+        pid = queue.pop()
+        found.append(pid)
+        queue += children.get(pid, [])
+    return found
+
+
+def local_cpu_clock(config: StackConfig) -> CpuClock:
+    """The CPU time of the local stack: supervisord and every process under it."""
+    pidfile = StateLayout(config.state_dir).supervisor_pidfile
+
+    def read() -> float | None:
+        try:
+            root = int(pidfile.read_text().strip())
+        except (OSError, ValueError):
+            return None
+        total = 0.0
+        for pid in _descendants(root):
+            try:
+                total += _process_cpu_s(pid)
+            except (OSError, ValueError, IndexError):
+                continue  # exited meanwhile
+        return total
+
+    return read
+
+
+def compose_cpu_clock(config: StackConfig) -> CpuClock:
+    """The CPU time of the compose project's containers, as the engine accounts it (their cgroups), and of the
+    engine's docker-proxy for the load balancer's published port when it runs on this host (outside any
+    container, but on every request's path)."""
+    client = docker_client(config)
+    proxy_argument = f"-host-port\0{config.load_balancer.port}\0"
+
+    def read() -> float | None:
+        total = 0.0
+        for container in containers(client, config.compose.project).values():
+            if container.status != "running":
+                continue
+            stats = client.api.stats(container.id, stream=False, one_shot=True)
+            total += int(stats.get("cpu_stats", {}).get("cpu_usage", {}).get("total_usage", 0)) / 1e9
+        for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+            try:
+                argv = cmdline.read_bytes().decode(errors="replace")
+                if "docker-proxy" in argv.split("\0", 1)[0] and proxy_argument in argv:
+                    total += _process_cpu_s(int(cmdline.parent.name))
+            except (OSError, ValueError, IndexError):
+                continue
+        return total
+
+    return read
 
 
 # ---------------------------------------------------------------- the run
@@ -260,6 +393,7 @@ def run_compose_benchmark(settings: CompareSettings) -> ComposeBenchReport:
     progress = console.progress()
     deploy_s: dict[str, float] = {}
     results: list[LevelResult] = []
+    cpu: list[RoundCpu | None] = []
     with _cleaned_up(f"remove {workdir}", lambda: shutil.rmtree(workdir, ignore_errors=True)), \
             progress.steps("compose vs local", 3 + len(order)) as steps:
         console.step("container images of the compose target (built only when missing)")
@@ -291,10 +425,16 @@ def run_compose_benchmark(settings: CompareSettings) -> ComposeBenchReport:
                 }
                 auth = {LOCAL: _basic_auth(client_environment(local_config)["PREFECT_API_AUTH_STRING"]),
                         COMPOSE: _basic_auth(client_environment(compose_config)["PREFECT_API_AUTH_STRING"])}
+                clocks = {LOCAL: local_cpu_clock(local_config), COMPOSE: compose_cpu_clock(compose_config)}
                 for key in order:
-                    results.append(run_level(targets[key], settings.clients, bench, auth[key]))
-                    _level_done(steps, results[-1])
+                    before, started = clocks[key](), time.monotonic()
+                    result, created = run_level_counted(targets[key], settings.clients, bench, auth[key])
+                    after, wall_s = clocks[key](), time.monotonic() - started
+                    results.append(result)
+                    cpu.append(None if before is None or after is None else RoundCpu(after - before, wall_s,
+                                                                                     created))
+                    _level_done(steps, result)
                 console.step(f"destroying compose project {compose_config.compose.project}")
             console.step("destroying the temporary local stack")
-    return ComposeBenchReport(targets, results, images, deploy_s, settings.clients)
+    return ComposeBenchReport(targets, results, images, deploy_s, settings.clients, cpu)
 

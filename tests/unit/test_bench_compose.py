@@ -13,8 +13,9 @@ from infra.bench.api import LevelResult, Target
 from infra.bench.compose import (
     COMPOSE,
     LOCAL,
-    ComposeBenchReport,
     CompareSettings,
+    ComposeBenchReport,
+    RoundCpu,
     TargetSummary,
     abba_order,
     describe_image,
@@ -99,7 +100,8 @@ def _report() -> ComposeBenchReport:
     results = [_round(LOCAL, 50.0), _round(COMPOSE, 46.0), _round(COMPOSE, 48.0), _round(LOCAL, 54.0)]
     images = [ImageResult("base", "b:1", "up to date", 0.0, 1), ImageResult("system", "s:1", "up to date", 0.0, 1),
               ImageResult("prefect", "p:1", "built", 75.04, 1)]
-    return ComposeBenchReport(targets, results, images, {"local": 41.23, "compose": 63.31})
+    cpu = [RoundCpu(30.0, 17.0, 850), RoundCpu(15.0, 17.0, 780), None, RoundCpu(34.0, 17.0, 900)]
+    return ComposeBenchReport(targets, results, images, {"local": 41.23, "compose": 63.31}, cpu=cpu)
 
 
 def test_report_ratio_and_verdict() -> None:
@@ -121,6 +123,9 @@ def test_report_json_has_every_figure() -> None:
                                      "size_bytes": 1}
     assert document["verdicts"][0]["status"] == "pass"
     assert set(document["targets"]) == {LOCAL, COMPOSE}
+    assert document["results"][0]["cpu_s"] == 30.0
+    assert document["results"][2]["cores"] is None  # that round's CPU time could not be read
+    assert document["summaries"][COMPOSE]["median_cpu_ms_per_flow_run"] == pytest.approx(19.231, abs=1e-3)
 
 
 def test_side_by_side_rows() -> None:
@@ -144,3 +149,20 @@ def test_task_refuses_before_deploying(kwargs: dict[str, str], message: str) -> 
     with pytest.raises(Exit) as raised:
         api(MockContext(), **kwargs)
     assert message in str(raised.value.message)
+
+
+def test_round_cpu() -> None:
+    cpu = RoundCpu(cpu_s=8.5, wall_s=17.0, created=500)
+    assert cpu.cores == 0.5
+    assert cpu.cpu_ms_per_flow_run == 17.0
+    assert RoundCpu(1.0, 17.0, 0).cpu_ms_per_flow_run is None
+
+
+def test_summary_takes_medians_of_cpu_and_skips_unread_rounds() -> None:
+    results = [_round(LOCAL, 50.0), _round(COMPOSE, 10.0), _round(LOCAL, 40.0), _round(LOCAL, 70.0)]
+    cpu = [RoundCpu(34.0, 17.0, 1000), RoundCpu(5.0, 17.0, 200), None, RoundCpu(17.0, 17.0, 1000)]
+    local = summarise_target(LOCAL, results, cpu)
+    assert local.median_cores == 1.5  # of 2.0 and 1.0; the unread round does not count
+    assert local.median_cpu_ms_per_flow_run == 25.5  # of 34 and 17
+    assert summarise_target(COMPOSE, results, cpu).median_cpu_ms_per_flow_run == 25.0
+    assert summarise_target(LOCAL, results).median_cores is None  # no CPU time given
