@@ -258,7 +258,7 @@ class ComposeBenchReport:
             ("median CPU ms per flow run", _figure(local.median_cpu_ms_per_flow_run, "{:.1f}"),
              _figure(compose.median_cpu_ms_per_flow_run, "{:.1f}")),
             ("deploy", _seconds(self.deploy_s.get("local")), _seconds(self.deploy_s.get("compose"))
-             + (" (cold, images built)" if "compose" in self.deploy_s else "")),
+             + (" (cold, from built images)" if "compose" in self.deploy_s else "")),
         ]
 
 
