@@ -13,6 +13,9 @@ Both stacks run during the whole measurement; the load generator and the statist
 Each round measures both targets at 20 clients, in ABBA order (local, compose, compose, local, ...) so neither
 always goes first on a database that grows or a host that gets busier; the verdict compares the medians. Both
 stacks are destroyed afterwards, also after a failure or Ctrl-C.
+
+Each round also records the CPU time the measured stack used: on a shared host the throughput says how much CPU
+a stack was given, the CPU time per flow run how much each cost, so the two causes of a gap can be told apart.
 """
 
 from __future__ import annotations
