@@ -252,16 +252,16 @@ class ComposeBenchReport:
             return "-" if s.median_rps is None else f"{s.median_rps:.1f}"
 
         return [
-            (f"flow runs/s at {self.clients} clients, each round", rounds(local), rounds(compose)),
+            ("flow runs/s, each round", rounds(local), rounds(compose)),
             ("median flow runs/s", median(local), median(compose)),
             ("median p50", _ms(local.median_p50_ms), _ms(compose.median_p50_ms)),
             ("errors / requests", f"{local.errors} / {local.requests}", f"{compose.errors} / {compose.requests}"),
-            ("median CPU cores used by the stack", _figure(local.median_cores, "{:.2f}"),
+            ("median CPU cores used", _figure(local.median_cores, "{:.2f}"),
              _figure(compose.median_cores, "{:.2f}")),
             ("median CPU ms per flow run", _figure(local.median_cpu_ms_per_flow_run, "{:.1f}"),
              _figure(compose.median_cpu_ms_per_flow_run, "{:.1f}")),
-            ("deploy", _seconds(self.deploy_s.get("local")), _seconds(self.deploy_s.get("compose"))
-             + (" (cold, from built images)" if "compose" in self.deploy_s else "")),
+            # The compose deploy is a cold one (a new project) from images already built.
+            ("deploy (compose: cold)", _seconds(self.deploy_s.get("local")), _seconds(self.deploy_s.get("compose"))),
         ]
 
 

@@ -91,7 +91,8 @@ def _print_compose_report(report: ComposeBenchReport) -> None:
         table.add_row(*row)
     console.out.print(table)
     ratio = "-" if report.ratio is None else f"{report.ratio:.2f}x"
-    console.out.print(f"\ncompose / local (medians): {ratio} (goal >= {MIN_COMPOSE_RATIO:g}x)")
+    console.out.print(f"\nat {report.clients} clients; compose / local (medians): {ratio} "
+                      f"(goal >= {MIN_COMPOSE_RATIO:g}x)")
     console.out.print("\nImages (ensure_images, before the deploy):")
     for image in report.images:
         console.out.print(f"  {describe_image(image)}")
