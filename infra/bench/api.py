@@ -73,7 +73,11 @@ MAX_P50_RATIO = 1.5
 LOAD_BALANCER = "load_balancer"
 ONE_REPLICA = "one_replica_direct"
 SQLITE = "sqlite_single"
-LABELS = {LOAD_BALANCER: "load balancer", ONE_REPLICA: "one replica direct", SQLITE: "sqlite single"}
+LABELS = {
+    LOAD_BALANCER: "load balancer", ONE_REPLICA: "one replica direct", SQLITE: "sqlite single",
+    # --target compose (infra/bench/compose.py): both load balancers, side by side
+    "local_load_balancer": "local load balancer", "compose_load_balancer": "compose load balancer",
+}
 
 # ApiConfig.replicas accepts at most this many, so a default deployment may use base_port..base_port+31.
 _MAX_API_REPLICAS = 32
@@ -403,6 +407,14 @@ async def measure_level(
 
 
 def run_level(target: Target, concurrency: int, settings: BenchSettings, auth: tuple[str, str] | None) -> LevelResult:
+    return run_level_counted(target, concurrency, settings, auth)[0]
+
+
+def run_level_counted(
+    target: Target, concurrency: int, settings: BenchSettings, auth: tuple[str, str] | None
+) -> tuple[LevelResult, int]:
+    """``run_level``, and the flow runs created over the whole level, warm-up included: what the target's CPU
+    time during the level paid for."""
     console.step(
         f"{target.label}: {concurrency} client(s), {settings.warmup_s:g}s warm-up + {settings.duration_s:g}s measured"
     )
@@ -416,7 +428,7 @@ def run_level(target: Target, concurrency: int, settings: BenchSettings, auth: t
         f"{result.throughput_rps:.1f} flow runs/s, p50 {_ms(result.p50_ms)}, p99 {_ms(result.p99_ms)}, "
         f"{result.requests} requests, {errors}"
     )
-    return result
+    return result, sum(s.ok for s in samples)
 
 
 # ---------------------------------------------------------------- ports
@@ -485,10 +497,14 @@ def allocate_stack_ports(replicas: int, taken: set[int]) -> StackPorts:
 # ---------------------------------------------------------------- targets
 
 
-def stack_config(state_dir: Path, ports: StackPorts, replicas: int, monitoring: bool = False) -> StackConfig:
+def stack_config(
+    state_dir: Path, ports: StackPorts, replicas: int, monitoring: bool = False,
+    tls_mode: Literal["auto", "on", "off"] = "auto",
+) -> StackConfig:
     """The operator's configuration (pool sizes, timeouts...) with the benchmark's own ports and state directory.
 
     Monitoring is off unless asked for: the API and backup benchmarks compare the stack itself with its baselines.
+    TLS at the load balancer follows ``tls_mode`` (auto: off on loopback; the compose comparison turns it on).
     """
     prom, am, node, pg_exporter, redis_exporter, prefect_exporter = ports.monitoring
     return load_config(
@@ -497,7 +513,8 @@ def stack_config(state_dir: Path, ports: StackPorts, replicas: int, monitoring: 
                     "redis_exporter_port": redis_exporter, "prefect_exporter_port": prefect_exporter},
         target="local",
         local={"state_dir": str(state_dir)},
-        load_balancer={"bind_address": "127.0.0.1", "port": ports.load_balancer, "stats_port": ports.stats},
+        load_balancer={"bind_address": "127.0.0.1", "port": ports.load_balancer, "stats_port": ports.stats,
+                       "tls": {"mode": tls_mode}},
         postgres={"port": ports.postgres},
         pgbouncer={"port": ports.pgbouncer},
         redis={"port": ports.redis},

@@ -23,7 +23,16 @@ from infra.bench.api import (
     run_benchmark,
 )
 from infra.bench.backup import DEFAULT_SIZE_GB, BackupBenchReport, BackupBenchSettings, run_backup_benchmark
+from infra.bench.compose import (
+    DEFAULT_ROUNDS,
+    MIN_COMPOSE_RATIO,
+    CompareSettings,
+    ComposeBenchReport,
+    describe_image,
+    run_compose_benchmark,
+)
 from infra.bench.observability import ObservabilitySettings, run_observability_benchmark
+from infra.errors import UserError
 from infra.tasks import reports_user_errors
 
 STATUS_MARKS = {
@@ -74,13 +83,42 @@ def _summary(verdicts: Sequence[Verdict]) -> str:
     return f"[red]{len(missed)} of {len(judged)} measured goal(s) MISSED[/red]: {names}"
 
 
+def _print_compose_report(report: ComposeBenchReport) -> None:
+    table = Table(box=None, pad_edge=False)
+    for column in ("", "local", "compose"):
+        table.add_column(column, justify="left" if not column else "right")
+    for row in report.side_by_side():
+        table.add_row(*row)
+    console.out.print(table)
+    ratio = "-" if report.ratio is None else f"{report.ratio:.2f}x"
+    console.out.print(f"\nat {report.clients} clients; compose / local (medians): {ratio} "
+                      f"(goal >= {MIN_COMPOSE_RATIO:g}x)")
+    console.out.print("\nImages (ensure_images, before the deploy):")
+    for image in report.images:
+        console.out.print(f"  {describe_image(image)}")
+    failed = [r for r in report.results if r.errors]
+    if failed:
+        console.out.print("\nErrors:")
+    for r in failed:
+        console.out.print(f"  {report.targets[r.target].label}: {describe_errors(r)}")
+    _print_goals(report.verdicts)
+
+
 @task(
     help={
-        "json": "Print one JSON document (targets, results, verdicts) on stdout instead of a table.",
+        "json": "Print one JSON document (targets, results, verdicts; with --target compose also images, deploy "
+        "times and the ratio) on stdout instead of a table.",
         "duration": f"Measured seconds per target and concurrency level, after a {WARMUP_S:g} s warm-up "
         f"(default {DEFAULT_DURATION_S:g}).",
-        "replicas": f"API replicas behind the load balancer in the temporary stack (default {DEFAULT_REPLICAS}).",
-        "concurrency": "Comma-separated numbers of concurrent clients to measure (default 1,20,50).",
+        "replicas": f"API replicas behind the load balancer in the temporary stack(s) (default {DEFAULT_REPLICAS}).",
+        "concurrency": "Comma-separated numbers of concurrent clients to measure (default 1,20,50; local only: "
+        "--target compose measures at 20).",
+        "target": "local (default): load balancer vs one replica vs SQLite. compose: a temporary compose project "
+        f"next to a temporary local stack, both at 20 clients, goal compose >= {MIN_COMPOSE_RATIO:g}x local; "
+        "also reports the image build and the compose cold deploy time. Uses compose.docker_host and "
+        "compose.base from the configuration.",
+        "rounds": f"With --target compose: rounds, each measuring both targets, in ABBA order (default "
+        f"{DEFAULT_ROUNDS}).",
     }
 )
 @reports_user_errors
@@ -89,11 +127,28 @@ def api(
     json_: bool = False,
     duration: float = DEFAULT_DURATION_S,
     replicas: int = DEFAULT_REPLICAS,
-    concurrency: str = "1,20,50",
+    concurrency: str = "",
+    target: str = "local",
+    rounds: int = DEFAULT_ROUNDS,
 ) -> None:
-    """Flow-run creations/s and p50/p99 latency: load balancer vs one replica vs `prefect server start` (SQLite)."""
+    """Flow-run creations/s and latency: load balancer vs one replica vs SQLite; --target compose: compose vs local."""
+    if target == "compose":
+        if concurrency:
+            raise UserError("--concurrency applies to --target local",
+                            fix="drop it: the compose comparison measures at 20 clients, the issue's level")
+        compared = run_compose_benchmark(
+            CompareSettings(duration_s=float(duration), replicas=int(replicas), rounds=int(rounds))
+        )
+        if json_:
+            print(json.dumps(compared.as_dict(), indent=2))
+        else:
+            _print_compose_report(compared)
+        console.err.print(_summary(compared.verdicts))
+        return
+    if target != "local":
+        raise UserError(f"--target {target} is not benchmarked", fix="use --target local or --target compose")
     settings = BenchSettings(
-        concurrency=parse_concurrency(concurrency), duration_s=float(duration), replicas=int(replicas)
+        concurrency=parse_concurrency(concurrency or "1,20,50"), duration_s=float(duration), replicas=int(replicas)
     )
     report = run_benchmark(settings)
     if json_:
