@@ -396,8 +396,12 @@ async def measure_level(
         loops = (_simulated_client(c, flow_id, i, origin, stop_s, budget, samples) for i, c in enumerate(clients, 1))
         # Each request is bounded by its timeout, so the last one ends at most that long after the window.
         limit_s = stop_s + REQUEST_TIMEOUT_S + 10
+        gathered = asyncio.gather(*loops)
+        # On Ctrl-C, asyncio.run cancels this coroutine and wait_for leaves the gathered future's CancelledError
+        # unread, which asyncio then logs as a traceback at exit: read it, the interruption is reported anyway.
+        gathered.add_done_callback(lambda done: None if done.cancelled() else done.exception())
         try:
-            await asyncio.wait_for(asyncio.gather(*loops), timeout=limit_s)
+            await asyncio.wait_for(gathered, timeout=limit_s)
         except TimeoutError:
             raise UserError(
                 f"the load generator against {api_url} did not finish within {limit_s:.0f}s",
