@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import socket
 
+import httpx
+
 # Never used by tests, so a deployment running on the defaults is never disturbed.
 DEFAULT_PORTS = {4200, 8404, 15432, 16432, 16379, 19000, 14200, 14201, 14202, 19090, 19093, 19100, 19121, 19187, 19200}
 
@@ -32,3 +34,22 @@ def free_ports(count: int, consecutive: int = 1) -> list[int]:
         if ok:
             return ports + run
     raise RuntimeError("no free run of ports")
+
+
+# What Prefect's own client retries (prefect/client/base.py): a connection that broke after the request went out,
+# e.g. a replica killed between its response headers and body, which the load balancer can no longer retry. With an
+# idempotency key the retry returns the run the first attempt created, never a second one.
+PREFECT_CLIENT_RETRIES = (httpx.RemoteProtocolError, httpx.ReadError)
+
+
+async def post_like_prefect_client(client: httpx.AsyncClient, path: str, body: dict[str, object],
+                                   retried: list[str], attempts: int = 3) -> httpx.Response:
+    """POST as Prefect's client does: the same request again on a broken connection (recorded in ``retried``)."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return await client.post(path, json=body)
+        except PREFECT_CLIENT_RETRIES as exc:
+            retried.append(f"{type(exc).__name__}: {exc}")
+            if attempt == attempts:
+                raise
+    raise AssertionError("unreachable")

@@ -20,6 +20,7 @@ from infra.compose.deploy import containers
 from infra.console import wait_until
 from infra.secrets import load_secrets
 from tests.compose.conftest import ComposeStack
+from tests.conftest import post_like_prefect_client
 
 pytestmark = pytest.mark.compose
 
@@ -92,6 +93,7 @@ def test_a_second_deploy_with_nothing_changed_recreates_nothing(compose_stack: C
 async def _create_runs(compose_stack: ComposeStack, flow_id: str, kill: object) -> tuple[list[str], list[str]]:
     done: list[str] = []
     failures: list[str] = []
+    retried: list[str] = []  # broken connections retried as Prefect's client does (idempotent)
     killed = asyncio.Event()
 
     async def one_client() -> None:
@@ -100,7 +102,7 @@ async def _create_runs(compose_stack: ComposeStack, flow_id: str, kill: object) 
             for _ in range(REQUESTS_PER_CLIENT):
                 body = {"flow_id": flow_id, "idempotency_key": str(uuid.uuid4())}
                 try:
-                    response = await client.post("/flow_runs/", json=body)
+                    response = await post_like_prefect_client(client, "/flow_runs/", body, retried)
                     if response.status_code in (200, 201):
                         done.append(body["idempotency_key"])
                     else:

@@ -11,6 +11,7 @@ import httpx
 
 from infra.console import wait_until
 from infra.local.health import api_ready
+from tests.conftest import post_like_prefect_client
 from tests.integration.conftest import Stack
 
 CLIENTS = 20
@@ -22,6 +23,7 @@ REPLICA_BACK_TIMEOUT_S = 120
 async def _create_runs_while_killing(stack: Stack, flow_id: str, victim_pid: int) -> tuple[list[str], list[str]]:
     done: list[str] = []
     failures: list[str] = []
+    retried: list[str] = []  # broken connections retried as Prefect's client does (idempotent)
     killed = asyncio.Event()
 
     async def one_client() -> None:
@@ -30,7 +32,7 @@ async def _create_runs_while_killing(stack: Stack, flow_id: str, victim_pid: int
                 # The idempotency key makes a retried POST return the run it already created, never a second one.
                 body = {"flow_id": flow_id, "idempotency_key": str(uuid.uuid4())}
                 try:
-                    response = await client.post("/flow_runs/", json=body)
+                    response = await post_like_prefect_client(client, "/flow_runs/", body, retried)
                     if response.status_code in (200, 201):
                         done.append(body["idempotency_key"])
                     else:
