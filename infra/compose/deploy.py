@@ -16,10 +16,9 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from docker import DockerClient
-from docker.errors import ImageNotFound, NotFound
+from docker.errors import ImageNotFound
 from docker.models.containers import Container
 
 from infra.compose.engine import compose_binary, docker_client
@@ -35,6 +34,7 @@ from infra.compose.project import (
 from infra.config import StackConfig
 from infra.errors import UserError
 from infra.layout import StateLayout
+from infra.local.haproxy_runtime import parse_server_stats
 from infra.progress import Progress
 from infra.render.haproxy import BACKEND, TRUSTED_CA
 from infra.secrets import Secrets, ensure_secrets
@@ -168,17 +168,8 @@ def haproxy_command(client: DockerClient, project: str, command: str) -> str:
 
 def haproxy_server_states(client: DockerClient, project: str) -> dict[str, str]:
     """HAProxy's view of each API replica: UP, DOWN, DRAIN, MAINT (from ``show stat``)."""
-    text = haproxy_command(client, project, "show stat")
-    lines = text.splitlines()
-    if not lines:
-        return {}
-    header = lines[0].lstrip("# ").split(",")
-    states = {}
-    for line in lines[1:]:
-        row = dict(zip(header, line.split(","), strict=False))
-        if row.get("pxname") == BACKEND and row.get("svname") not in ("BACKEND", "FRONTEND", None):
-            states[row["svname"]] = row.get("status", "")
-    return states
+    rows = parse_server_stats(haproxy_command(client, project, "show stat"))
+    return {server: row.get("status", "") for server, row in rows.items()}
 
 
 def _wait_haproxy(client: DockerClient, project: str, server: str, want: str, timeout_s: float) -> None:
@@ -195,11 +186,8 @@ def _wait_haproxy(client: DockerClient, project: str, server: str, want: str, ti
 
 
 def _sessions(client: DockerClient, project: str, server: str) -> int:
-    for line in haproxy_command(client, project, "show stat").splitlines()[1:]:
-        cells = line.split(",")
-        if len(cells) > 4 and cells[0] == BACKEND and cells[1] == server:
-            return int(cells[4] or 0)  # scur: current sessions
-    return 0
+    row = parse_server_stats(haproxy_command(client, project, "show stat")).get(server, {})
+    return int(row.get("scur") or 0)  # current sessions
 
 
 def wait_container_healthy(client: DockerClient, project: str, service: str, timeout_s: float) -> None:
@@ -278,17 +266,3 @@ def deploy(config: StackConfig, progress: Progress) -> tuple[ComposeProject, Com
     report.removed = [s for s in before if s not in hashes]
     report.elapsed_s = time.monotonic() - started
     return project, report
-
-
-def wait_gone(client: DockerClient, container_id: str, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            client.containers.get(container_id)
-        except NotFound:
-            return
-        time.sleep(0.2)
-
-
-def labels_of(document: dict[str, Any], service: str) -> dict[str, str]:
-    return dict(document["services"][service].get("labels", {}))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
@@ -29,7 +30,6 @@ from infra.render.pgbouncer import pgbouncer_ini, pgbouncer_userlist
 from infra.render.postgres import pg_hba_conf, pg_ident_conf, postgresql_conf
 from infra.render.prefect import api_environment, migration_environment, services_environment
 from infra.render.redis import redis_conf
-from infra.render.supervisor import Program
 from infra.render.tracing import server_tracing_environment
 from infra.secrets import SECRET_NAMES, Secrets
 from infra.tls import LoadBalancerTls
@@ -406,7 +406,7 @@ def _monitoring(b: _Builder, inner: StackConfig, secrets: Secrets, addresses: Ad
         port = program.port or 0
         mounted = (*program.files, *trusted) if name == "prometheus" else program.files
         b.add(name, program.component, image, list(program.command), files=mounted,
-              environment=_plain(program), networks=(BACKEND, FRONTEND) if name in published else (BACKEND,),
+              environment=dict(program.environment), networks=(BACKEND, FRONTEND) if name in published else (BACKEND,),
               ports=(f"{LOOPBACK}:{published[name]}:{published[name]}",) if name in published else (),
               volumes=(volumes[name],) if name in volumes else (),
               healthcheck=_http_check(port, probes.get(name, "/metrics")),
@@ -436,10 +436,6 @@ def _monitoring(b: _Builder, inner: StackConfig, secrets: Secrets, addresses: Ad
               files=(jaeger_config,), environment={"JAEGER_LISTEN_HOST": "0.0.0.0"},  # noqa: S104
               networks=(BACKEND, FRONTEND), ports=(f"{LOOPBACK}:{config.compose.jaeger_ui_port}:{JAEGER_UI}",),
               volumes=("jaeger-data:/var/lib/jaeger",), user=None)
-
-
-def _plain(program: Program) -> dict[str, str]:
-    return dict(program.environment)
 
 
 def jaeger_yaml(config: StackConfig) -> str:
@@ -481,8 +477,6 @@ def write_project(project: ComposeProject, directory: Path, owner_uid: int | Non
         tmp.write_text(rendered.content)
         tmp.chmod(rendered.mode)
         if rendered.secret and owner_uid is not None:
-            import os
-
             os.chown(tmp, owner_uid, owner_uid)
         tmp.replace(path)
         changed.append(path)

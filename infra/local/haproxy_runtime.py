@@ -26,7 +26,11 @@ def set_server_state(sock_path: Path, server: str, state: str) -> None:
 
 def server_stats(sock_path: Path) -> dict[str, dict[str, str]]:
     """Per-server rows of ``show stat`` for the API backend, keyed by server name."""
-    text = command(sock_path, "show stat")
+    return parse_server_stats(command(sock_path, "show stat"))
+
+
+def parse_server_stats(text: str) -> dict[str, dict[str, str]]:
+    """The API backend's server rows of a ``show stat`` answer (CSV), keyed by server name; {} for no answer."""
     lines = [line for line in text.splitlines() if line]
     if not lines or not lines[0].startswith("# "):
         return {}

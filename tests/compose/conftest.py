@@ -30,6 +30,7 @@ from infra.compose.engine import DEFAULT_DOCKER_HOST, PrivateDockerEngine, ping
 from infra.compose.images import ImageRefs, ImageResult, ensure_images
 from infra.config import ENV_PREFIX, StackConfig, load_config
 from infra.errors import UserError
+from infra.local.health import load_balancer_verify
 from infra.progress import PlainProgress
 from infra.secrets import load_secrets
 from tests.conftest import free_ports
@@ -114,8 +115,7 @@ class ComposeStack:
     @property
     def verify(self) -> ssl.SSLContext | bool:
         """Trust the deployment's CA (written by deploy where `invoke env` points clients)."""
-        ca = self.config.state_dir / "etc" / "lb-ca.crt"
-        return ssl.create_default_context(cafile=str(ca)) if ca.exists() else True
+        return load_balancer_verify(self.config)
 
     def client(self) -> httpx.Client:
         return httpx.Client(base_url=self.config.api_url, auth=self.auth, timeout=30, verify=self.verify)

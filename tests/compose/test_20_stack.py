@@ -11,7 +11,9 @@ import subprocess
 import sys
 import textwrap
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -20,7 +22,7 @@ from infra.compose.deploy import containers
 from infra.console import wait_until
 from infra.secrets import load_secrets
 from tests.compose.conftest import ComposeStack
-from tests.conftest import post_like_prefect_client
+from tests.conftest import create_runs_while_killing
 
 pytestmark = pytest.mark.compose
 
@@ -90,32 +92,9 @@ def test_a_second_deploy_with_nothing_changed_recreates_nothing(compose_stack: C
     assert compose_stack.containers() == before
 
 
-async def _create_runs(compose_stack: ComposeStack, flow_id: str, kill: object) -> tuple[list[str], list[str]]:
-    done: list[str] = []
-    failures: list[str] = []
-    retried: list[str] = []  # broken connections retried as Prefect's client does (idempotent)
-    killed = asyncio.Event()
-
-    async def one_client() -> None:
-        async with httpx.AsyncClient(base_url=compose_stack.config.api_url, auth=compose_stack.auth, timeout=60,
-                                     verify=compose_stack.verify) as client:
-            for _ in range(REQUESTS_PER_CLIENT):
-                body = {"flow_id": flow_id, "idempotency_key": str(uuid.uuid4())}
-                try:
-                    response = await post_like_prefect_client(client, "/flow_runs/", body, retried)
-                    if response.status_code in (200, 201):
-                        done.append(body["idempotency_key"])
-                    else:
-                        failures.append(f"{response.status_code}: {response.text[:200]}")
-                except httpx.HTTPError as exc:
-                    failures.append(f"{type(exc).__name__}: {exc}")
-                if len(done) >= KILL_AFTER and not killed.is_set():
-                    killed.set()
-                    kill()  # type: ignore[operator]
-
-    await asyncio.gather(*(one_client() for _ in range(CLIENTS)))
-    assert killed.is_set(), "the replica was never killed: the test proved nothing"
-    return done, failures
+def _create_runs(compose_stack: ComposeStack, flow_id: str, kill: Callable[[], object]) -> Any:
+    return create_runs_while_killing(compose_stack.config.api_url, compose_stack.auth, compose_stack.verify, flow_id,
+                                     kill, CLIENTS, REQUESTS_PER_CLIENT, KILL_AFTER)
 
 
 def _count(compose_stack: ComposeStack, flow_id: str) -> int:

@@ -4,8 +4,6 @@ and every dashboard panel's query returns data. The same rules, scrape jobs and 
 from __future__ import annotations
 
 import json
-import uuid
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -17,6 +15,7 @@ from infra.config import StackConfig
 from infra.console import wait_until
 from infra.render.dashboards import dashboards, panel_queries
 from tests.compose.conftest import ComposeStack
+from tests.conftest import create_monitored_workload
 
 pytestmark = pytest.mark.compose
 
@@ -75,20 +74,7 @@ def workload(compose_stack: ComposeStack) -> None:
     """What every panel shows data for (as on the local target): a deployment in a work pool with a worker, late,
     running and failed runs, a running task run, traffic through the load balancer, a verified backup."""
     with compose_stack.client() as client:
-        pool = f"pool-{uuid.uuid4().hex[:6]}"
-        assert client.post("/work_pools/", json={"name": pool, "type": "process"}).status_code == 201
-        flow_id = client.post("/flows/", json={"name": "monitored"}).json()["id"]
-        deployment = client.post("/deployments/", json={"name": "hourly", "flow_id": flow_id,
-                                                          "work_pool_name": pool}).json()["id"]
-        missed = (datetime.now(UTC) - timedelta(minutes=10)).isoformat()
-        for _ in range(2):
-            scheduled = {"type": "SCHEDULED", "state_details": {"scheduled_time": missed}}
-            assert client.post(f"/deployments/{deployment}/create_flow_run", json={"state": scheduled}).is_success
-        running = client.post("/flow_runs/", json={"flow_id": flow_id, "state": {"type": "RUNNING"}}).json()["id"]
-        assert client.post("/flow_runs/", json={"flow_id": flow_id, "state": {"type": "FAILED"}}).is_success
-        task = {"flow_run_id": running, "task_key": "extract", "dynamic_key": "0", "state": {"type": "RUNNING"}}
-        assert client.post("/task_runs/", json=task).is_success
-        assert client.post(f"/work_pools/{pool}/workers/heartbeat", json={"name": "worker-1"}).is_success
+        create_monitored_workload(client)
     for command in (("backup",), ("backup.verify", "--latest")):
         result = compose_stack.invoke(*command)
         assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]

@@ -4,8 +4,6 @@ end (Prometheus -> Alertmanager -> invoke alerts), and every dashboard panel's q
 from __future__ import annotations
 
 import json
-import uuid
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -16,6 +14,7 @@ from infra.config import StackConfig
 from infra.console import wait_until
 from infra.local.supervisor import Supervisor
 from infra.render.dashboards import dashboards, panel_queries
+from tests.conftest import create_monitored_workload
 from tests.integration.conftest import Stack
 
 ALERT_TIMEOUT_S = 120  # scrape 1 s + for 2 s + evaluation 1 s + Alertmanager; generous for a busy machine
@@ -103,20 +102,7 @@ def workload(stack: Stack) -> None:
     """What every panel shows data for: a deployment in a work pool with a worker, late, running and failed flow
     runs, a running task run, traffic through the load balancer, and a verified backup's metrics."""
     with stack.client() as client:
-        pool = f"pool-{uuid.uuid4().hex[:6]}"
-        assert client.post("/work_pools/", json={"name": pool, "type": "process"}).status_code == 201
-        flow_id = client.post("/flows/", json={"name": "monitored"}).json()["id"]
-        deployment = client.post("/deployments/", json={"name": "hourly", "flow_id": flow_id,
-                                                          "work_pool_name": pool}).json()["id"]
-        missed = (datetime.now(UTC) - timedelta(minutes=10)).isoformat()
-        for _ in range(2):
-            scheduled = {"type": "SCHEDULED", "state_details": {"scheduled_time": missed}}
-            assert client.post(f"/deployments/{deployment}/create_flow_run", json={"state": scheduled}).is_success
-        running = client.post("/flow_runs/", json={"flow_id": flow_id, "state": {"type": "RUNNING"}}).json()["id"]
-        assert client.post("/flow_runs/", json={"flow_id": flow_id, "state": {"type": "FAILED"}}).is_success
-        task = {"flow_run_id": running, "task_key": "extract", "dynamic_key": "0", "state": {"type": "RUNNING"}}
-        assert client.post("/task_runs/", json=task).is_success
-        assert client.post(f"/work_pools/{pool}/workers/heartbeat", json={"name": "worker-1"}).is_success
+        create_monitored_workload(client)
     for command in (("backup",), ("backup.verify", "--latest")):
         result = stack.invoke(*command)
         assert result.returncode == 0, result.stderr[-2000:]
