@@ -271,6 +271,109 @@ class ComposeTargetConfig(_Section):
     cpus: float = Field(1.0, gt=0, le=64, description="CPU limit of each container.")
 
 
+class ResourcesConfig(_Section):
+    # Kubernetes requests (what the scheduler reserves) and limits (what the kubelet enforces). A CPU limit
+    # throttles a busy replica instead of letting it use an idle core, so it is off unless set.
+    cpu_request: str = Field("100m", pattern=r"^\d+(\.\d+)?m?$")
+    memory_request: str = Field("256Mi", pattern=r"^\d+(Ki|Mi|Gi)$")
+    cpu_limit: str | None = Field(None, pattern=r"^\d+(\.\d+)?m?$")
+    memory_limit: str = Field("512Mi", pattern=r"^\d+(Ki|Mi|Gi)$")
+
+
+class KubernetesPostgresConfig(_Section):
+    # cnpg: a CloudNativePG Cluster (one primary, instances - 1 streaming replicas, automatic failover) behind
+    # two Poolers. external: an existing PostgreSQL at host:port (its password in <state>/secrets/postgres_prefect).
+    mode: Literal["cnpg", "external"] = "cnpg"
+    instances: int = Field(3, ge=1, le=9, description="PostgreSQL instances of the CloudNativePG Cluster.")
+    # PostgreSQL 15, the major version of the pg_dump/pg_restore in the project's image (logical backups need
+    # a client at least as new as the server). Tag, since no registry is reachable here to resolve a digest.
+    image: str = "ghcr.io/cloudnative-pg/postgresql:15.14-standard-bookworm"
+    storage_size: str = Field("20Gi", pattern=r"^\d+(Mi|Gi|Ti)$")
+    wal_storage_size: str = Field("10Gi", pattern=r"^\d+(Mi|Gi|Ti)$")
+    pooler_instances: int = Field(2, ge=1, le=16, description="PgBouncer pods of each Pooler.")
+    resources: ResourcesConfig = ResourcesConfig(cpu_request="500m", memory_request="1Gi", memory_limit="2Gi")
+    # external mode only
+    host: str | None = None
+    port: int = Field(5432, ge=1, le=65535)
+    sslmode: Literal["require", "verify-ca", "verify-full"] = "require"
+
+    @model_validator(mode="after")
+    def _external_has_a_host(self) -> KubernetesPostgresConfig:
+        if self.mode == "external" and not self.host:
+            raise ValueError("kubernetes.postgres.mode is external but kubernetes.postgres.host is not set; set it "
+                             "to your PostgreSQL's host name, or use mode cnpg")
+        return self
+
+
+class KubernetesRedisConfig(_Section):
+    # sentinel: `replicas` Redis pods (one primary, the rest replicas) each with a Sentinel beside it; a failed
+    # primary is replaced by a replica within seconds, and clients follow through redis+sentinel:// URLs.
+    # standalone: one Redis pod (a restart loses nothing on disk, but the API waits for it). external: host:port.
+    mode: Literal["sentinel", "standalone", "external"] = "sentinel"
+    replicas: int = Field(3, ge=3, le=9, description="Redis pods in sentinel mode (and as many Sentinels).")
+    storage_size: str = Field("5Gi", pattern=r"^\d+(Mi|Gi|Ti)$")
+    resources: ResourcesConfig = ResourcesConfig(memory_request="512Mi", memory_limit="1536Mi")
+    # external mode only: a redis:// or redis+sentinel:// URL without the password (from <state>/secrets/redis).
+    external_url: str | None = Field(None, pattern=r"^rediss?(\+sentinel)?://[^\s@]+$")
+
+    @model_validator(mode="after")
+    def _external_has_a_url(self) -> KubernetesRedisConfig:
+        if self.mode == "external" and not self.external_url:
+            raise ValueError("kubernetes.redis.mode is external but kubernetes.redis.external_url is not set; set "
+                             "it (redis://host:6379 or redis+sentinel://s1:26379,s2:26379/mymaster), or use "
+                             "mode sentinel")
+        return self
+
+
+class IngressConfig(_Section):
+    # The API and UI leave the cluster through an Ingress with TLS; cert-manager issues its certificate.
+    enabled: bool = True
+    host: str = Field("prefect.example.com", pattern=r"^[a-z0-9]([a-z0-9.-]*[a-z0-9])?$")
+    class_name: str = "nginx"
+    cluster_issuer: str | None = Field("letsencrypt", description="cert-manager ClusterIssuer; null: bring tls_secret.")
+    tls_secret: str = Field("prefect-tls", pattern=r"^[a-z0-9]([a-z0-9.-]*[a-z0-9])?$")
+
+
+class KubernetesTargetConfig(_Section):
+    # The namespace everything lives in (created with the Pod Security "restricted" labels).
+    namespace: str = Field("prefect", pattern=r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+    # Prefix of every object's name, and the app.kubernetes.io/instance label: two stacks can share a namespace.
+    name: str = Field("prefect", pattern=r"^[a-z]([a-z0-9-]{0,22}[a-z0-9])?$")
+    # The Kubernetes version whose API schemas the rendered objects are validated against.
+    version: str = Field("1.32", pattern=r"^1\.(2[5-9]|3[0-7])$")
+    # Where the project's images (invoke images.build) are pushed; null: their local names (a cluster whose nodes
+    # have them loaded, e.g. kind load docker-image). Tags are content hashes, never latest.
+    image_registry: str | None = Field(None, pattern=r"^[a-z0-9.-]+(:\d+)?(/[a-z0-9._-]+)*$")
+    storage_class: str | None = Field(None, description="StorageClass of every volume; null: the cluster's default.")
+    postgres: KubernetesPostgresConfig = KubernetesPostgresConfig()
+    redis: KubernetesRedisConfig = KubernetesRedisConfig()
+    ingress: IngressConfig = IngressConfig()
+    api_resources: ResourcesConfig = ResourcesConfig(cpu_request="500m", memory_request="512Mi", memory_limit="1Gi")
+    services_resources: ResourcesConfig = ResourcesConfig(cpu_request="250m", memory_request="512Mi",
+                                                          memory_limit="1Gi")
+    backup_resources: ResourcesConfig = ResourcesConfig(cpu_request="250m", memory_request="512Mi",
+                                                        memory_limit="2Gi")
+    # Scratch space of the backup CronJob (dump before upload, verification restore): an ephemeral volume.
+    backup_scratch_size: str = Field("20Gi", pattern=r"^\d+(Mi|Gi|Ti)$")
+    # Default-deny NetworkPolicies plus exactly the flows the stack needs (needs a CNI that enforces them).
+    network_policies: bool = True
+    # Namespaces allowed in: the ingress controller's and Prometheus's.
+    ingress_namespace: str = "ingress-nginx"
+    prometheus_namespace: str = "monitoring"
+    # kube-prometheus-stack selects ServiceMonitors, PodMonitors and PrometheusRules labelled release: <this>.
+    prometheus_release: str = "kube-prometheus-stack"
+    # S3 credentials: "secret" (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY at deploy, into a Secret) or
+    # "iam-role" (the pods' cloud identity: IRSA, workload identity).
+    s3_credentials: Literal["secret", "iam-role"] = "secret"
+    # A Jaeger (all-in-one, Badger storage) in the namespace, with the Prefect pods' spans sent to it (unless
+    # tracing.otlp_endpoint names another collector). Part of the monitoring component.
+    jaeger: bool = True
+    jaeger_image: str = (
+        "cr.jaegertracing.io/jaegertracing/jaeger:2.20.0@sha256:46a886260e04002d8f45e213fc39063fa11a50446048fdaa64786fc0840cb9f8")
+    # A CNPG switchover or a rollout waits this long per phase before deploy gives up and names the phase.
+    wait_timeout_s: int = Field(600, ge=30, le=7200)
+
+
 class StackConfig(BaseSettings):
     """Everything a deployment needs to know, for every target."""
 
@@ -290,6 +393,7 @@ class StackConfig(BaseSettings):
     load_balancer: LoadBalancerConfig = LoadBalancerConfig()
     local: LocalTargetConfig = LocalTargetConfig()
     compose: ComposeTargetConfig = ComposeTargetConfig()
+    kubernetes: KubernetesTargetConfig = KubernetesTargetConfig()
     backups: BackupConfig = BackupConfig()
     monitoring: MonitoringConfig = MonitoringConfig()
     tracing: TracingConfig = TracingConfig()
@@ -404,6 +508,8 @@ class StackConfig(BaseSettings):
         service name, reachable from the project's containers, where the backup code runs)."""
         if self.backups.s3.endpoint_url:
             return self.backups.s3.endpoint_url
+        if self.target == "kubernetes":  # no endpoint of its own in a cluster: AWS S3 in the configured region
+            return f"https://s3.{self.backups.s3.region}.amazonaws.com"
         host = COMPOSE_S3_SERVICE if self.target == "compose" else "127.0.0.1"
         return f"http://{host}:{self.backups.s3.local_port}"
 

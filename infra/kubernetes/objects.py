@@ -1,0 +1,288 @@
+"""The building blocks every Kubernetes renderer shares: names, labels, hardened pods, and the Manifest record.
+
+One object is one ``Manifest``: the object itself (a plain dict, as kubectl reads it), the kustomize component it
+belongs to (``None``: the base) and the deploy phase that applies it. Names and labels come from here only, so a
+Service, its workload, its PDB and its NetworkPolicies always agree.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+from typing import Any, Literal
+
+from infra.config import ResourcesConfig, StackConfig
+
+# The order `invoke deploy --target kubernetes` applies them in, waiting between phases.
+Phase = Literal["namespace", "data", "migrate", "apps", "monitoring"]
+PHASES: tuple[Phase, ...] = ("namespace", "data", "migrate", "apps", "monitoring")
+
+# Optional features, one kustomize component each (k8s/components/<name>).
+Component = Literal["monitoring", "network-policies", "physical-backups", "redis-sentinel"]
+COMPONENTS: tuple[Component, ...] = ("monitoring", "network-policies", "physical-backups", "redis-sentinel")
+
+PART_OF = "prefect-stack"
+MANAGED_BY = "prefect-stack"
+LABEL_NAME = "app.kubernetes.io/name"
+LABEL_INSTANCE = "app.kubernetes.io/instance"
+LABEL_COMPONENT = "app.kubernetes.io/component"
+LABEL_PART_OF = "app.kubernetes.io/part-of"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+LABEL_VERSION = "app.kubernetes.io/version"
+
+# The uid of the project's images (compose/images): every container of ours runs as it.
+APP_UID = 10001
+CONTAINER_ROOT = PurePosixPath("/var/lib/prefect-stack")
+APP_HOME = PurePosixPath("/opt/prefect-stack")
+VENV_BIN = APP_HOME / ".venv" / "bin"
+PYTHON = str(VENV_BIN / "python")
+
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """One rendered object, where it lives in the kustomize tree, and when deploy applies it."""
+
+    obj: dict[str, Any]
+    phase: Phase
+    component: Component | None = None  # None: the base
+
+    @property
+    def kind(self) -> str:
+        return str(self.obj["kind"])
+
+    @property
+    def name(self) -> str:
+        return str(self.obj["metadata"]["name"])
+
+    @property
+    def api_version(self) -> str:
+        return str(self.obj["apiVersion"])
+
+    @property
+    def file_name(self) -> str:
+        """One object per file, named for the object and its kind: ``prefect-api-deployment.yaml``."""
+        return f"{self.name}-{_kebab(self.kind)}.yaml"
+
+    @property
+    def directory(self) -> str:
+        return "base" if self.component is None else f"components/{self.component}"
+
+
+def _kebab(kind: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "-", kind).lower()
+
+
+def is_dns_label(name: str) -> bool:
+    return len(name) <= 63 and bool(_DNS_LABEL.match(name))
+
+
+@dataclass(frozen=True)
+class Names:
+    """Every object name, derived from kubernetes.name (default ``prefect``)."""
+
+    prefix: str
+
+    @classmethod
+    def of(cls, config: StackConfig) -> Names:
+        return cls(config.kubernetes.name)
+
+    def __call__(self, part: str) -> str:
+        return f"{self.prefix}-{part}"
+
+    # Prefect
+    @property
+    def api(self) -> str:
+        return self("api")
+
+    @property
+    def services(self) -> str:
+        return self("services")
+
+    @property
+    def backup(self) -> str:
+        return self("backup")
+
+    # PostgreSQL (CloudNativePG): the Cluster, its read-write Service, the two Poolers (each a Service too).
+    @property
+    def database(self) -> str:
+        return self("db")
+
+    @property
+    def database_rw(self) -> str:
+        return self("db-rw")
+
+    @property
+    def pooler_transaction(self) -> str:
+        return self("pooler-transaction")
+
+    @property
+    def pooler_session(self) -> str:
+        return self("pooler-session")
+
+    # Redis
+    @property
+    def redis(self) -> str:
+        return self("redis")
+
+    @property
+    def redis_headless(self) -> str:
+        return self("redis-headless")
+
+    @property
+    def redis_sentinel(self) -> str:
+        return self("redis-sentinel")
+
+    # Observability
+    @property
+    def jaeger(self) -> str:
+        return self("jaeger")
+
+    @property
+    def exporter(self) -> str:
+        return self("exporter")
+
+
+def labels(config: StackConfig, component: str, version: str | None = None) -> dict[str, str]:
+    """The recommended labels (kubernetes.io/docs/concepts/overview/working-with-objects/common-labels)."""
+    result = {
+        LABEL_NAME: component,
+        LABEL_INSTANCE: config.kubernetes.name,
+        LABEL_COMPONENT: component,
+        LABEL_PART_OF: PART_OF,
+        LABEL_MANAGED_BY: MANAGED_BY,
+    }
+    if version:
+        result[LABEL_VERSION] = version
+    return result
+
+
+def selector(config: StackConfig, component: str) -> dict[str, str]:
+    """What a Service, PDB or NetworkPolicy selects a workload's pods by: stable across versions."""
+    return {LABEL_NAME: component, LABEL_INSTANCE: config.kubernetes.name}
+
+
+def prune_selector(config: StackConfig) -> str:
+    """The label selector of everything deploy manages for this stack (what prune may delete)."""
+    return f"{LABEL_MANAGED_BY}={MANAGED_BY},{LABEL_INSTANCE}={config.kubernetes.name}"
+
+
+def metadata(config: StackConfig, name: str, component: str, *, version: str | None = None,
+             annotations: dict[str, str] | None = None, extra_labels: dict[str, str] | None = None) -> dict[str, Any]:
+    result: dict[str, Any] = {"name": name, "namespace": config.kubernetes.namespace,
+                              "labels": {**labels(config, component, version), **(extra_labels or {})}}
+    if annotations:
+        result["annotations"] = dict(annotations)
+    return result
+
+
+def resources(spec: ResourcesConfig) -> dict[str, dict[str, str]]:
+    limits = {"memory": spec.memory_limit}
+    if spec.cpu_limit:
+        limits["cpu"] = spec.cpu_limit
+    return {"requests": {"cpu": spec.cpu_request, "memory": spec.memory_request}, "limits": limits}
+
+
+def container_security_context(uid: int | None = APP_UID) -> dict[str, Any]:
+    """Pod Security "restricted", plus a read-only root filesystem: what every container of the stack gets."""
+    context: dict[str, Any] = {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    if uid is not None:
+        context["runAsUser"] = uid
+        context["runAsGroup"] = uid
+    return context
+
+
+def pod_security_context(uid: int | None = APP_UID) -> dict[str, Any]:
+    context: dict[str, Any] = {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
+    if uid is not None:
+        context.update({"runAsUser": uid, "runAsGroup": uid, "fsGroup": uid,
+                        "fsGroupChangePolicy": "OnRootMismatch"})
+    return context
+
+
+def container(name: str, image: str, command: list[str] | None, spec: ResourcesConfig, *,
+              args: list[str] | None = None, env: dict[str, str] | None = None,
+              ports: dict[str, int] | None = None, mounts: dict[str, str] | None = None,
+              read_only_mounts: frozenset[str] = frozenset(), uid: int | None = APP_UID,
+              **probes_and_more: Any) -> dict[str, Any]:
+    """A hardened container. ``mounts``: volume name -> mount path; ``probes_and_more``: readinessProbe,
+    livenessProbe, startupProbe, lifecycle... as Kubernetes spells them."""
+    result: dict[str, Any] = {"name": name, "image": image, "imagePullPolicy": "IfNotPresent"}
+    if command is not None:
+        result["command"] = command
+    if args:
+        result["args"] = args
+    if env:
+        result["env"] = [{"name": k, "value": v} for k, v in sorted(env.items())]
+    if ports:
+        result["ports"] = [{"name": port_name, "containerPort": port, "protocol": "TCP"}
+                           for port_name, port in ports.items()]
+    if mounts:
+        result["volumeMounts"] = [{"name": volume, "mountPath": path, **({"readOnly": True}
+                                                                          if volume in read_only_mounts else {})}
+                                  for volume, path in mounts.items()]
+    result["resources"] = resources(spec)
+    result["securityContext"] = container_security_context(uid)
+    result.update(probes_and_more)
+    return result
+
+
+def http_probe(path: str, port: int | str, *, period_s: int = 5, timeout_s: int = 3, failures: int = 3,
+               scheme: str = "HTTP") -> dict[str, Any]:
+    return {"httpGet": {"path": path, "port": port, "scheme": scheme}, "periodSeconds": period_s,
+            "timeoutSeconds": timeout_s, "failureThreshold": failures}
+
+
+def exec_probe(command: list[str], *, period_s: int = 10, timeout_s: int = 5, failures: int = 3) -> dict[str, Any]:
+    return {"exec": {"command": command}, "periodSeconds": period_s, "timeoutSeconds": timeout_s,
+            "failureThreshold": failures}
+
+
+def secret_volume(volume: str, secret_name: str, items: dict[str, str] | None = None) -> dict[str, Any]:
+    """A Secret as files (0400 to the pod's fsGroup): how every credential reaches a container."""
+    source: dict[str, Any] = {"secretName": secret_name, "defaultMode": 0o440}
+    if items:
+        source["items"] = [{"key": key, "path": path} for key, path in items.items()]
+    return {"name": volume, "secret": source}
+
+
+def config_map_volume(volume: str, config_map: str) -> dict[str, Any]:
+    return {"name": volume, "configMap": {"name": config_map, "defaultMode": 0o444}}
+
+
+def empty_dir(volume: str, size_limit: str | None = None) -> dict[str, Any]:
+    return {"name": volume, "emptyDir": {"sizeLimit": size_limit} if size_limit else {}}
+
+
+def topology_spread(config: StackConfig, component: str) -> list[dict[str, Any]]:
+    """Replicas across nodes (required when the nodes allow it) and zones (preferred)."""
+    match = {"labelSelector": {"matchLabels": selector(config, component)}}
+    return [
+        {"maxSkew": 1, "topologyKey": "kubernetes.io/hostname", "whenUnsatisfiable": "ScheduleAnyway", **match},
+        {"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone", "whenUnsatisfiable": "ScheduleAnyway", **match},
+    ]
+
+
+def pod_spec(containers: list[dict[str, Any]], volumes: list[dict[str, Any]], *,
+             init_containers: list[dict[str, Any]] | None = None, uid: int | None = APP_UID,
+             service_account: str | None = None, **more: Any) -> dict[str, Any]:
+    """A pod with no service-account token unless it names a service account that needs one."""
+    spec: dict[str, Any] = {"automountServiceAccountToken": service_account is not None}
+    if service_account:
+        spec["serviceAccountName"] = service_account
+    spec["securityContext"] = pod_security_context(uid)
+    if init_containers:
+        spec["initContainers"] = init_containers
+    spec["containers"] = containers
+    if volumes:
+        spec["volumes"] = volumes
+    spec.update(more)
+    return spec
