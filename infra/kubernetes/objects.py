@@ -135,6 +135,39 @@ class Names:
     def redis_sentinel(self) -> str:
         return self("redis-sentinel")
 
+    # Secrets: created by `invoke deploy` from the generated secrets (infra/kubernetes/secrets.py), never
+    # rendered into a file; the manifests only reference them by these names.
+    @property
+    def secret_db_superuser(self) -> str:
+        """kubernetes.io/basic-auth: username postgres, password (CloudNativePG's superuserSecret)."""
+        return self("db-superuser")
+
+    @property
+    def secret_db_app(self) -> str:
+        """kubernetes.io/basic-auth: the role Prefect connects as (CloudNativePG's initdb owner secret)."""
+        return self("db-app")
+
+    @property
+    def secret_redis(self) -> str:
+        """Keys ``password`` (requirepass, masterauth, Sentinel) and ``monitor-password`` (the exporters' user)."""
+        return self("redis")
+
+    @property
+    def secret_s3(self) -> str:
+        """Keys ``ACCESS_KEY_ID``, ``ACCESS_SECRET_KEY`` (kubernetes.s3_credentials: secret)."""
+        return self("s3")
+
+    @property
+    def secret_prefect_env(self) -> str:
+        """Keys ``api.env.json``, ``services.env.json``, ``migrate.env.json``: each Prefect process's environment,
+        read by the entrypoint (infra/compose/entrypoint.py) so no credential is in a pod's env listing."""
+        return self("prefect-env")
+
+    @property
+    def secret_stack(self) -> str:
+        """Every generated secret (infra/secrets.py), one key each: the backup CronJob reads them as files."""
+        return self("stack-secrets")
+
     # Observability
     @property
     def jaeger(self) -> str:
