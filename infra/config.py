@@ -359,6 +359,8 @@ class KubernetesTargetConfig(_Section):
     network_policies: bool = True
     # Namespaces allowed in: the ingress controller's and Prometheus's.
     ingress_namespace: str = "ingress-nginx"
+    # CloudNativePG's operator (it reaches the instances on 8000 and 5432) and its Barman Cloud plugin.
+    operator_namespace: str = "cnpg-system"
     prometheus_namespace: str = "monitoring"
     # kube-prometheus-stack selects ServiceMonitors, PodMonitors and PrometheusRules labelled release: <this>.
     prometheus_release: str = "kube-prometheus-stack"

@@ -1,0 +1,27 @@
+"""PostgreSQL: a CloudNativePG Cluster and its two Poolers, or an external PostgreSQL. (Being written.)"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from infra.config import StackConfig
+from infra.kubernetes.objects import Manifest
+
+
+@dataclass(frozen=True)
+class DatabaseEndpoints:
+    """Where each kind of Prefect process connects: host, port; sslmode for every connection."""
+
+    api: tuple[str, int]        # transaction pooling (the API replicas)
+    services: tuple[str, int]   # session pooling (the background services LISTEN)
+    direct: tuple[str, int]     # the primary itself (migrations, pg_dump, restores)
+    sslmode: str = "require"
+
+
+def database_endpoints(config: StackConfig) -> DatabaseEndpoints:
+    raise NotImplementedError
+
+
+def database_manifests(config: StackConfig, images: Any) -> list[Manifest]:
+    return []
