@@ -20,7 +20,14 @@ class DatabaseEndpoints:
 
 
 def database_endpoints(config: StackConfig) -> DatabaseEndpoints:
-    raise NotImplementedError
+    from infra.kubernetes.objects import Names
+
+    pg = config.kubernetes.postgres
+    if pg.mode == "external":
+        host = pg.host or ""
+        return DatabaseEndpoints((host, pg.port), (host, pg.port), (host, pg.port), pg.sslmode)
+    names = Names.of(config)
+    return DatabaseEndpoints((names.pooler_transaction, 5432), (names.pooler_session, 5432), (names.database_rw, 5432))
 
 
 def database_manifests(config: StackConfig, images: Any) -> list[Manifest]:

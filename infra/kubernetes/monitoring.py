@@ -10,3 +10,7 @@ from infra.kubernetes.objects import Manifest
 
 def monitoring_manifests(config: StackConfig, images: Any) -> list[Manifest]:
     return []
+
+
+def tracing_endpoint(config: StackConfig) -> str | None:
+    return config.tracing.otlp_endpoint if config.tracing.enabled else None

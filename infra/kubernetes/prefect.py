@@ -1,12 +1,513 @@
-"""Prefect: the API and background services Deployments, the migration Job, the backup CronJob. (Being written.)"""
+"""Prefect on Kubernetes: the API and background-services Deployments, the migration Job, the Service and Ingress,
+the nightly logical backup CronJob, their PodDisruptionBudgets and NetworkPolicies.
+
+The processes are the other targets' processes, from the project's prefect image: the same environment renderer
+(``infra.render.prefect``) with the cluster's endpoints, read from a Secret file by the same entrypoint
+(``infra.compose.entrypoint``) so no credential is in a pod's environment listing. The ordering the local target
+gets from its deploy steps comes from Kubernetes objects here: the migration Job is named after the image (a new
+Prefect migrates once), and every API pod waits in an init container until the schema is at its Prefect's head.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import importlib.metadata
+import json
+from pathlib import Path, PurePosixPath
 from typing import Any
 
+import yaml
+
 from infra.config import StackConfig
-from infra.kubernetes.objects import Manifest
+from infra.kubernetes import database, monitoring
+from infra.kubernetes import redis as redis_part
+from infra.kubernetes.objects import (
+    CONTAINER_ROOT,
+    PYTHON,
+    VENV_BIN,
+    Manifest,
+    Names,
+    config_map_volume,
+    container,
+    empty_dir,
+    exec_probe,
+    http_probe,
+    labels,
+    metadata,
+    pod_spec,
+    secret_volume,
+    selector,
+    topology_spread,
+)
+from infra.layout import StateLayout
+from infra.render import Addresses
+from infra.render.prefect import api_environment, migration_environment, services_environment
+from infra.render.tracing import server_tracing_environment
+from infra.secrets import Secrets
+
+API_PORT = 4200
+POSTGRES_PORT = 5432
+REDIS_PORTS = (6379, 26379)
+LAYOUT = StateLayout(Path(str(CONTAINER_ROOT)))
+ETC = PurePosixPath("/etc/prefect-stack")
+ENV_DIR = ETC / "env"
+DB_CA_DIR = ETC / "db-ca"
+CONFIG_DIR = ETC / "config"
+S3_DIR = ETC / "s3"
+ENTRYPOINT = [PYTHON, "-m", "infra.compose.entrypoint"]
+# A pod leaving a rollout keeps serving this long after it is marked terminating: the endpoints controller and
+# the ingress controller need a few seconds to stop sending it requests (no client error during a rollout).
+PRE_STOP_DELAY_S = 10
+# Then Uvicorn's graceful shutdown finishes in-flight requests within the rest of the grace period.
+API_GRACE_S = 45
+ENV_FILES = {"api": "api.env.json", "services": "services.env.json", "migrate": "migrate.env.json"}
+EFFECTIVE_CONFIG = "stack.effective.yaml"
+
+
+def _prefect_version() -> str:
+    # The installed distribution's version (the image installs the same lock): importing prefect takes seconds.
+    return importlib.metadata.version("prefect")
+
+
+def in_cluster_config(config: StackConfig) -> StackConfig:
+    """The model as the pods see it: the container layout as state directory, the cluster's fixed ports, and tracing
+    pointed at the stack's Jaeger unless another collector is configured."""
+    update: dict[str, object] = {
+        "target": "kubernetes",
+        "local": config.local.model_copy(update={"state_dir": Path(str(CONTAINER_ROOT))}),
+        "backups": config.backups.model_copy(update={"scratch_dir": None}),
+        "postgres": config.postgres.model_copy(update={"port": POSTGRES_PORT}),
+        "pgbouncer": config.pgbouncer.model_copy(update={"port": POSTGRES_PORT}),
+        "redis": config.redis.model_copy(update={"port": REDIS_PORTS[0]}),
+    }
+    endpoint = monitoring.tracing_endpoint(config)
+    if endpoint and not config.tracing.enabled:
+        update["tracing"] = config.tracing.model_copy(update={"enabled": True, "otlp_endpoint": endpoint})
+    return config.model_copy(update=update)
+
+
+def public_api_url(config: StackConfig) -> str:
+    if config.load_balancer.public_url:
+        return config.load_balancer.public_url
+    return f"https://{config.kubernetes.ingress.host}/api"
+
+
+def _database_url(config: StackConfig, secrets: Secrets, endpoint: tuple[str, int], dbname: str,
+                  sslmode: str) -> str:
+    user, password = config.postgres.user, secrets.get("postgres_prefect")
+    host, port = endpoint
+    # "require" encrypts without verifying (asyncpg's ssl=require); the verify modes use Prefect's TLS settings.
+    query = "?ssl=require" if sslmode == "require" else ""
+    return f"postgresql+asyncpg://{user}:{password}@{host}:{port}/{dbname}{query}"
+
+
+def prefect_environment(config: StackConfig, secrets: Secrets, role: str) -> dict[str, str]:
+    """The environment of the ``api``, ``services`` or ``migrate`` processes (it holds credentials: a Secret)."""
+    inner = in_cluster_config(config)
+    names = Names.of(config)
+    endpoints = database.database_endpoints(config)
+    addresses = Addresses(postgres=endpoints.direct[0], pgbouncer=endpoints.api[0], redis=names.redis)
+    render = {"api": api_environment, "services": services_environment, "migrate": migration_environment}[role]
+    env = render(inner, secrets, LAYOUT, addresses)
+    endpoint = {"api": endpoints.api, "services": endpoints.services, "migrate": endpoints.direct}[role]
+    cnpg = config.kubernetes.postgres.mode == "cnpg"
+    sslmode = "verify-ca" if cnpg else endpoints.sslmode
+    env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = _database_url(config, secrets, endpoint, config.postgres.database,
+                                                                  sslmode)
+    if sslmode != "require":
+        env["PREFECT_SERVER_DATABASE_SQLALCHEMY_CONNECT_ARGS_TLS_ENABLED"] = "true"
+        # The poolers' and instances' certificates are signed by the Cluster's CA (CloudNativePG's <cluster>-ca):
+        # trusting exactly that CA is the check; host names are not, since the certificate names the -rw Service.
+        env["PREFECT_SERVER_DATABASE_SQLALCHEMY_CONNECT_ARGS_TLS_CHECK_HOSTNAME"] = str(
+            sslmode == "verify-full").lower()
+        if cnpg:
+            env["PREFECT_SERVER_DATABASE_SQLALCHEMY_CONNECT_ARGS_TLS_CA_FILE"] = str(DB_CA_DIR / "ca.crt")
+    for stale in ("PREFECT_SERVER_DOCKET_URL", "PREFECT_REDIS_MESSAGING_HOST", "PREFECT_REDIS_MESSAGING_PORT",
+                  "PREFECT_REDIS_MESSAGING_DB", "PREFECT_REDIS_MESSAGING_PASSWORD"):
+        env.pop(stale, None)
+    env.update(redis_part.redis_environment(config, secrets))
+    # Inside the cluster the API is its Service (plain HTTP on the pod network; TLS ends at the Ingress).
+    env["PREFECT_API_URL"] = f"http://{names.api}:{API_PORT}/api"
+    env.pop("PREFECT_API_SSL_CERT_FILE", None)
+    if role == "api":
+        env["PREFECT_SERVER_UI_API_URL"] = public_api_url(config)
+    return env
+
+
+def environment_files(config: StackConfig, secrets: Secrets) -> dict[str, str]:
+    """The Secret ``Names.secret_prefect_env``'s data: one JSON file per role."""
+    return {file: json.dumps(prefect_environment(config, secrets, role), indent=2, sort_keys=True) + "\n"
+            for role, file in ENV_FILES.items()}
+
+
+def effective_config(config: StackConfig) -> str:
+    """The configuration the backup CronJob runs with (no secret in it: credentials are files)."""
+    document = in_cluster_config(config).model_dump(mode="json")
+    document["local"]["state_dir"] = str(CONTAINER_ROOT)
+    return "# Rendered by prefect-stack: the configuration of the backup CronJob.\n" + yaml.safe_dump(
+        document, sort_keys=False)
+
+
+def migration_job_name(config: StackConfig, image: str) -> str:
+    """Named after the Prefect version and the image: a new version (or image) migrates once, a re-deploy of
+    the same one finds the Job done and does nothing."""
+    version = _prefect_version().replace(".", "-").replace("+", "-").lower()
+    digest = hashlib.sha256(image.encode()).hexdigest()[:8]
+    return Names.of(config)(f"migrate-{version}-{digest}")[:63].rstrip("-")
+
+
+# --- pods ---------------------------------------------------------------------------------------------------------
+
+
+def _env_volume(config: StackConfig, role: str) -> dict[str, Any]:
+    return secret_volume("env", Names.of(config).secret_prefect_env, {ENV_FILES[role]: ENV_FILES[role]})
+
+
+def _db_ca_volume(config: StackConfig) -> list[dict[str, Any]]:
+    if config.kubernetes.postgres.mode != "cnpg":
+        return []
+    # Only the certificate: the CA secret also holds its private key, which no Prefect pod may read.
+    return [secret_volume("db-ca", f"{Names.of(config).database}-ca", {"ca.crt": "ca.crt"})]
+
+
+def _common_mounts(config: StackConfig) -> dict[str, str]:
+    mounts = {"env": str(ENV_DIR), "state": str(CONTAINER_ROOT), "tmp": "/tmp"}  # noqa: S108 - an emptyDir
+    if config.kubernetes.postgres.mode == "cnpg":
+        mounts["db-ca"] = str(DB_CA_DIR)
+    return mounts
+
+
+def _common_volumes(config: StackConfig, role: str) -> list[dict[str, Any]]:
+    # The root filesystem is read-only: Prefect's home (the UI it rewrites at start) and /tmp are emptyDirs.
+    return [_env_volume(config, role), *_db_ca_volume(config), empty_dir("state", "1Gi"), empty_dir("tmp", "1Gi")]
+
+
+def _traced(config: StackConfig, command: list[str]) -> list[str]:
+    if in_cluster_config(config).tracing.enabled:
+        return [str(VENV_BIN / "opentelemetry-instrument"), *command]
+    return command
+
+
+def _tracing_env(config: StackConfig, service: str) -> dict[str, str]:
+    env = server_tracing_environment(in_cluster_config(config), service, "$(POD_NAME)")
+    return env
+
+
+def _pod_name_env(env: dict[str, str]) -> list[dict[str, Any]]:
+    """The pod's name first (the tracing resource attributes refer to it), then plain values."""
+    if not env:
+        return []
+    return [{"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+            *({"name": k, "value": v} for k, v in sorted(env.items()))]
+
+
+def _template(config: StackConfig, component: str, spec: dict[str, Any], version: str) -> dict[str, Any]:
+    return {"metadata": {"labels": labels(config, component, version)}, "spec": spec}
+
+
+def _api(config: StackConfig, image: str, version: str) -> list[Manifest]:
+    names = Names.of(config)
+    k8s = config.kubernetes
+    env_file = str(ENV_DIR / ENV_FILES["api"])
+    wait = container("wait-for-migrations", image, [*ENTRYPOINT, env_file, "--", PYTHON, "-m",
+                                                    "infra.kubernetes.migrations", "wait", "--timeout", "600"],
+                     k8s.api_resources, mounts=_common_mounts(config), read_only_mounts=frozenset({"env", "db-ca"}))
+    serve = _traced(config, [str(VENV_BIN / "prefect"), "server", "start", "--no-services", "--host", "0.0.0.0",  # noqa: S104
+                             "--port", str(API_PORT)])
+    api = container(
+        "api", image, [*ENTRYPOINT, env_file, "--", *serve], k8s.api_resources,
+        ports={"http": API_PORT}, mounts=_common_mounts(config), read_only_mounts=frozenset({"env", "db-ca"}),
+        # Start-up (UI copy, first connections) may take a minute on a busy node; liveness only after it.
+        startupProbe=http_probe("/api/health", "http", period_s=2, failures=60),
+        readinessProbe=http_probe("/api/ready", "http", period_s=5, failures=2),
+        livenessProbe=http_probe("/api/health", "http", period_s=10, timeout_s=5, failures=6),
+        lifecycle={"preStop": {"sleep": {"seconds": PRE_STOP_DELAY_S}}},
+    )
+    tracing = _pod_name_env(_tracing_env(config, "prefect-api"))
+    if tracing:
+        api["env"] = tracing
+    spec = pod_spec([api], _common_volumes(config, "api"), init_containers=[wait],
+                    terminationGracePeriodSeconds=API_GRACE_S, topologySpreadConstraints=topology_spread(config, "api"))
+    deployment = {
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": metadata(config, names.api, "api", version=version),
+        "spec": {
+            "replicas": config.api.replicas,
+            # Never fewer ready replicas than asked during a rollout: one new pod, ready, then one old one goes.
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+            "minReadySeconds": 5,
+            "revisionHistoryLimit": 5,
+            "selector": {"matchLabels": selector(config, "api")},
+            "template": _template(config, "api", spec, version),
+        },
+    }
+    service = {
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": metadata(config, names.api, "api"),
+        "spec": {"type": "ClusterIP", "selector": selector(config, "api"),
+                 "ports": [{"name": "http", "port": API_PORT, "targetPort": "http", "protocol": "TCP"}]},
+    }
+    manifests = [Manifest(deployment, "apps"), Manifest(service, "apps")]
+    if config.api.replicas >= 2:
+        manifests.append(Manifest(_pdb(config, names.api, "api"), "apps"))
+    if k8s.ingress.enabled:
+        manifests.append(Manifest(_ingress(config), "apps"))
+    return manifests
+
+
+def _ingress(config: StackConfig) -> dict[str, Any]:
+    names, ingress = Names.of(config), config.kubernetes.ingress
+    annotations = {
+        # Websockets (events, logs) stay open: HAProxy's tunnel timeout on the other targets.
+        "nginx.ingress.kubernetes.io/proxy-read-timeout": str(config.load_balancer.timeout_tunnel_s),
+        "nginx.ingress.kubernetes.io/proxy-send-timeout": str(config.load_balancer.timeout_tunnel_s),
+        "nginx.ingress.kubernetes.io/proxy-body-size": "64m",
+        # A replica that fails a request before answering: the next one gets it (HAProxy's retries elsewhere).
+        "nginx.ingress.kubernetes.io/proxy-next-upstream": "error timeout http_502 http_503",
+        "nginx.ingress.kubernetes.io/proxy-next-upstream-tries": str(config.load_balancer.retries + 1),
+    }
+    if ingress.cluster_issuer:
+        annotations["cert-manager.io/cluster-issuer"] = ingress.cluster_issuer
+    return {
+        "apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+        "metadata": metadata(config, names.api, "api", annotations=annotations),
+        "spec": {
+            "ingressClassName": ingress.class_name,
+            "tls": [{"hosts": [ingress.host], "secretName": ingress.tls_secret}],
+            "rules": [{"host": ingress.host, "http": {"paths": [{
+                "path": "/", "pathType": "Prefix",
+                "backend": {"service": {"name": names.api, "port": {"name": "http"}}}}]}}],
+        },
+    }
+
+
+def _pdb(config: StackConfig, name: str, component: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
+        "metadata": metadata(config, name, component),
+        # A node drain takes one replica at a time; the others serve meanwhile.
+        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector(config, component)},
+                 "unhealthyPodEvictionPolicy": "AlwaysAllow"},
+    }
+
+
+def _services(config: StackConfig, image: str, version: str) -> list[Manifest]:
+    names, k8s = Names.of(config), config.kubernetes
+    env_file = str(ENV_DIR / ENV_FILES["services"])
+    endpoints = database.database_endpoints(config)
+    host, port = endpoints.services
+    # No port of its own to probe: alive while it can reach its database pool (a hung process cannot answer).
+    check = f"import socket; socket.create_connection(({host!r}, {port}), 3).close()"
+    run = _traced(config, [str(VENV_BIN / "prefect"), "server", "services", "start"])
+    services = container(
+        "services", image, [*ENTRYPOINT, env_file, "--follow-redis", "--", *run], k8s.services_resources,
+        mounts=_common_mounts(config), read_only_mounts=frozenset({"env", "db-ca"}),
+        livenessProbe=exec_probe([PYTHON, "-c", check], period_s=20, timeout_s=10, failures=3),
+    )
+    tracing = _pod_name_env(_tracing_env(config, "prefect-services"))
+    if tracing:
+        services["env"] = tracing
+    spec = pod_spec([services], _common_volumes(config, "services"), terminationGracePeriodSeconds=30,
+                    topologySpreadConstraints=topology_spread(config, "services"))
+    wait = container("wait-for-migrations", image, [*ENTRYPOINT, env_file, "--", PYTHON, "-m",
+                                                    "infra.kubernetes.migrations", "wait", "--timeout", "600"],
+                     k8s.services_resources, mounts=_common_mounts(config),
+                     read_only_mounts=frozenset({"env", "db-ca"}))
+    spec["initContainers"] = [wait]
+    deployment = {
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": metadata(config, names.services, "services", version=version),
+        "spec": {
+            "replicas": config.services.replicas,
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+            "revisionHistoryLimit": 5,
+            "selector": {"matchLabels": selector(config, "services")},
+            "template": _template(config, "services", spec, version),
+        },
+    }
+    manifests = [Manifest(deployment, "apps")]
+    if config.services.replicas >= 2:
+        manifests.append(Manifest(_pdb(config, names.services, "services"), "apps"))
+    return manifests
+
+
+def _migration_job(config: StackConfig, image: str, version: str) -> Manifest:
+    names, k8s = Names.of(config), config.kubernetes
+    env_file = str(ENV_DIR / ENV_FILES["migrate"])
+    host, port = database.database_endpoints(config).direct
+    secrets_dir = ETC / "db-superuser"
+    command = [*ENTRYPOINT, env_file, "--", PYTHON, "-m", "infra.compose.migrate", "--host", host, "--port",
+               str(port), "--database", config.postgres.database, "--user", config.postgres.user,
+               "--secrets", str(secrets_dir)]
+    mounts = {**_common_mounts(config), "superuser": str(secrets_dir)}
+    job_container = container("migrate", image, command, k8s.api_resources, mounts=mounts,
+                              read_only_mounts=frozenset({"env", "db-ca", "superuser"}))
+    # Roles and passwords are brought up to the model by the superuser (as on the other targets).
+    superuser = secret_volume("superuser", names.secret_stack,
+                              {name: name for name in ("postgres_superuser", "postgres_prefect", "postgres_monitor")})
+    spec = pod_spec([job_container], [*_common_volumes(config, "migrate"), superuser], restartPolicy="Never")
+    job = {
+        "apiVersion": "batch/v1", "kind": "Job",
+        "metadata": metadata(config, migration_job_name(config, image), "migrate", version=version),
+        "spec": {
+            "backoffLimit": 3,
+            "activeDeadlineSeconds": 1800,
+            "template": _template(config, "migrate", spec, version),
+        },
+    }
+    return Manifest(job, "migrate")
+
+
+def _backup(config: StackConfig, image: str, version: str) -> list[Manifest]:
+    names, k8s = Names.of(config), config.kubernetes
+    config_map = {
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": metadata(config, names.backup, "backup"),
+        "data": {EFFECTIVE_CONFIG: effective_config(config)},
+    }
+    env = {"PREFECT_STACK_CONFIG": str(CONFIG_DIR / EFFECTIVE_CONFIG), "HOME": str(LAYOUT.prefect_home)}
+    volumes = [
+        config_map_volume("config", names.backup),
+        secret_volume("secrets", names.secret_stack),
+        *_db_ca_volume(config),
+        empty_dir("state", "1Gi"), empty_dir("tmp", "1Gi"),
+        # Dumps wait here for upload and restores are staged here: an ephemeral volume sized for the database.
+        {"name": "scratch", "ephemeral": {"volumeClaimTemplate": {"spec": {
+            "accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": k8s.backup_scratch_size}},
+            **({"storageClassName": k8s.storage_class} if k8s.storage_class else {})}}}},
+    ]
+    mounts = {"config": str(CONFIG_DIR), "state": str(CONTAINER_ROOT), "secrets": str(LAYOUT.secrets),
+              "scratch": str(CONTAINER_ROOT / "scratch"), "tmp": "/tmp"}  # noqa: S108 - an emptyDir
+    read_only = {"config", "secrets"}
+    if config.kubernetes.postgres.mode == "cnpg":
+        mounts["db-ca"] = str(DB_CA_DIR)
+        read_only.add("db-ca")
+    if k8s.s3_credentials == "secret":
+        # boto3 reads a shared credentials file: the keys never enter the process environment.
+        volumes.append(secret_volume("s3", names.secret_s3, {"credentials": "credentials"}))
+        mounts["s3"] = str(S3_DIR)
+        read_only.add("s3")
+        env["AWS_SHARED_CREDENTIALS_FILE"] = str(S3_DIR / "credentials")
+    backup = container("backup", image, [PYTHON, "-m", "infra.backup.scheduler", "--once"], k8s.backup_resources,
+                       env=env, mounts=mounts, read_only_mounts=frozenset(read_only))
+    spec = pod_spec([backup], volumes, restartPolicy="Never")
+    hour, minute = config.backups.schedule.split(":")
+    cronjob = {
+        "apiVersion": "batch/v1", "kind": "CronJob",
+        "metadata": metadata(config, names.backup, "backup", version=version),
+        "spec": {
+            "schedule": f"{int(minute)} {int(hour)} * * *",
+            "timeZone": "Etc/UTC",
+            # Never two runs at once (a slow night does not overlap the next); a missed run starts late, not never.
+            "concurrencyPolicy": "Forbid",
+            "startingDeadlineSeconds": 6 * 3600,
+            "suspend": not config.backups.schedule_enabled,
+            "successfulJobsHistoryLimit": 3,
+            "failedJobsHistoryLimit": 3,
+            "jobTemplate": {"metadata": {"labels": labels(config, "backup", version)}, "spec": {
+                # A failed backup is reported (the backup-age alert), not retried into the next night.
+                "backoffLimit": 0,
+                "activeDeadlineSeconds": 6 * 3600,
+                "template": _template(config, "backup", spec, version),
+            }},
+        },
+    }
+    return [Manifest(config_map, "apps"), Manifest(cronjob, "apps")]
+
+
+# --- network policies -----------------------------------------------------------------------------------------
+
+
+def _policy(config: StackConfig, name: str, pod_selector: dict[str, Any], *, ingress: list[dict[str, Any]] | None,
+            egress: list[dict[str, Any]] | None, component: str) -> Manifest:
+    types = [t for t, rules in (("Ingress", ingress), ("Egress", egress)) if rules is not None]
+    spec: dict[str, Any] = {"podSelector": pod_selector, "policyTypes": types}
+    if ingress is not None:
+        spec["ingress"] = ingress
+    if egress is not None:
+        spec["egress"] = egress
+    obj = {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+           "metadata": metadata(config, Names.of(config)(name), component), "spec": spec}
+    return Manifest(obj, "namespace", "network-policies")
+
+
+def _ports(*ports: int) -> list[dict[str, Any]]:
+    return [{"protocol": "TCP", "port": port} for port in ports]
+
+
+def _namespace_peer(name: str) -> dict[str, Any]:
+    return {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": name}}}
+
+
+def _in_namespace() -> dict[str, Any]:
+    return {"podSelector": {}}
+
+
+def _database_egress(config: StackConfig, endpoint: tuple[str, int]) -> dict[str, Any]:
+    """To the poolers and instances (pods of this namespace) or to an external PostgreSQL (wherever it is)."""
+    if config.kubernetes.postgres.mode == "cnpg":
+        return {"to": [_in_namespace()], "ports": _ports(POSTGRES_PORT)}
+    return {"to": [{"ipBlock": {"cidr": "0.0.0.0/0"}}, {"ipBlock": {"cidr": "::/0"}}], "ports": _ports(endpoint[1])}
+
+
+def _redis_egress(config: StackConfig) -> dict[str, Any]:
+    if config.kubernetes.redis.mode != "external":
+        return {"to": [_in_namespace()], "ports": _ports(*REDIS_PORTS)}
+    return {"to": [{"ipBlock": {"cidr": "0.0.0.0/0"}}, {"ipBlock": {"cidr": "::/0"}}], "ports": _ports(*REDIS_PORTS)}
+
+
+def _tracing_egress(config: StackConfig) -> list[dict[str, Any]]:
+    endpoint = monitoring.tracing_endpoint(config)
+    if not endpoint:
+        return []
+    from urllib.parse import urlsplit
+
+    port = urlsplit(endpoint).port or (443 if endpoint.startswith("https") else 80)
+    return [{"to": [_in_namespace()] if Names.of(config).jaeger in endpoint else [{"ipBlock": {"cidr": "0.0.0.0/0"}}],
+             "ports": _ports(port)}]
+
+
+def _s3_port(config: StackConfig) -> int:
+    from urllib.parse import urlsplit
+
+    url = urlsplit(config.s3_endpoint_url)
+    return url.port or (443 if url.scheme == "https" else 80)
+
+
+def network_policies(config: StackConfig) -> list[Manifest]:
+    """Default deny for every pod of the namespace, DNS for all, then the Prefect pods' own flows."""
+    if not config.kubernetes.network_policies:
+        return []
+    k8s = config.kubernetes
+    endpoints = database.database_endpoints(config)
+    dns = {"to": [_namespace_peer("kube-system")],
+           "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]}
+    anywhere = [{"ipBlock": {"cidr": "0.0.0.0/0"}}, {"ipBlock": {"cidr": "::/0"}}]
+    policies = [
+        _policy(config, "default-deny", {}, ingress=[], egress=[], component="network-policies"),
+        _policy(config, "allow-dns", {}, ingress=None, egress=[dns], component="network-policies"),
+        _policy(config, "api", {"matchLabels": selector(config, "api")}, component="api",
+                ingress=[{"from": [_namespace_peer(k8s.ingress_namespace), _namespace_peer(k8s.prometheus_namespace),
+                                   _in_namespace()], "ports": _ports(API_PORT)}],
+                egress=[_database_egress(config, endpoints.api), _redis_egress(config), *_tracing_egress(config)]),
+        _policy(config, "services", {"matchLabels": selector(config, "services")}, component="services", ingress=None,
+                # The services call the API too (cancellations, automations' actions).
+                egress=[_database_egress(config, endpoints.services), _redis_egress(config),
+                        {"to": [_in_namespace()], "ports": _ports(API_PORT)}, *_tracing_egress(config)]),
+        _policy(config, "migrate", {"matchLabels": selector(config, "migrate")}, component="migrate", ingress=None,
+                egress=[_database_egress(config, endpoints.direct)]),
+        _policy(config, "backup", {"matchLabels": selector(config, "backup")}, component="backup", ingress=None,
+                egress=[_database_egress(config, endpoints.direct),
+                        # S3 (the bucket's endpoint) and the temporary API verification starts on loopback.
+                        {"to": anywhere, "ports": _ports(_s3_port(config))}]),
+    ]
+    return policies
 
 
 def prefect_manifests(config: StackConfig, images: Any) -> list[Manifest]:
-    return []
+    version = _prefect_version()
+    image = images.prefect
+    manifests = [_migration_job(config, image, version), *_api(config, image, version),
+                 *_services(config, image, version), *_backup(config, image, version), *network_policies(config)]
+    return manifests
+
