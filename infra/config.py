@@ -436,6 +436,8 @@ class StackConfig(BaseSettings):
 
     @model_validator(mode="after")
     def _ports_are_distinct(self) -> StackConfig:
+        if self.target == "kubernetes":  # every component has its own pod address: ports may repeat
+            return self
         last_api_port = self.api_port(self.api.replicas)
         if last_api_port > 65535:
             raise ValueError(

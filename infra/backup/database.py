@@ -26,11 +26,13 @@ class DatabaseAccess:
     dbname: str
     bin_dir: Path
     password: str | None = None
+    sslmode: str | None = None  # libpq's; None: its default (prefer)
 
     def connect(self, dbname: str | None = None, autocommit: bool = True) -> psycopg.Connection[Row]:
+        # libpq's default sslmode (prefer) when none is set: the socket and compose targets use no TLS.
         return psycopg.connect(
             host=self.host, port=self.port, user=self.user, dbname=dbname or self.dbname,
-            password=self.password, autocommit=autocommit, connect_timeout=10,
+            password=self.password, autocommit=autocommit, connect_timeout=10, sslmode=self.sslmode or "prefer",
         )
 
     def env(self) -> dict[str, str]:
@@ -38,13 +40,15 @@ class DatabaseAccess:
         env = {**os.environ, "PGHOST": self.host, "PGPORT": str(self.port), "PGUSER": self.user}
         if self.password:
             env["PGPASSWORD"] = self.password
+        if self.sslmode:
+            env["PGSSLMODE"] = self.sslmode
         return env
 
     def tool(self, name: str) -> str:
         return str(self.bin_dir / name)
 
     def with_db(self, dbname: str) -> DatabaseAccess:
-        return DatabaseAccess(self.host, self.port, self.user, dbname, self.bin_dir, self.password)
+        return DatabaseAccess(self.host, self.port, self.user, dbname, self.bin_dir, self.password, self.sslmode)
 
 
 def local_database(config: StackConfig) -> DatabaseAccess:
@@ -58,6 +62,15 @@ def local_database(config: StackConfig) -> DatabaseAccess:
 def database_access(config: StackConfig, secrets: Secrets) -> DatabaseAccess:
     """The superuser's way in on this configuration's target: compose, TCP to the ``postgres`` service with the
     superuser's password (pg_hba.conf allows SCRAM from the project's networks); local, the Unix socket."""
+    if config.target == "kubernetes":
+        # The CronJob's pod: the Cluster's primary (or the external server) over TLS, as the superuser.
+        from infra.kubernetes.database import database_endpoints
+
+        endpoints = database_endpoints(config)
+        host, port = endpoints.direct
+        return DatabaseAccess(host=host, port=port, user="postgres", dbname=config.postgres.database,
+                              bin_dir=config.postgres.bin_dir, password=secrets.get("postgres_superuser"),
+                              sslmode=endpoints.sslmode)
     if config.target == "compose":
         return DatabaseAccess(
             host=COMPOSE_POSTGRES_SERVICE, port=config.postgres.port, user="postgres",
@@ -70,11 +83,16 @@ def database_access(config: StackConfig, secrets: Secrets) -> DatabaseAccess:
 def api_database_url(config: StackConfig, secrets: Secrets) -> Callable[[str], str]:
     """How a temporary Prefect API (started by verification beside the backup code) reaches a restored database:
     directly, not through PgBouncer, whose pools know only the live database."""
-    host = COMPOSE_POSTGRES_SERVICE if config.target == "compose" else "127.0.0.1"
+    host, port, query = (COMPOSE_POSTGRES_SERVICE if config.target == "compose" else "127.0.0.1",
+                         config.postgres.port, "")
+    if config.target == "kubernetes":
+        from infra.kubernetes.database import database_endpoints
+
+        (host, port), query = database_endpoints(config).direct, "?ssl=require"
 
     def url(dbname: str) -> str:
         password = secrets.get("postgres_prefect")
-        return f"postgresql+asyncpg://{config.postgres.user}:{password}@{host}:{config.postgres.port}/{dbname}"
+        return f"postgresql+asyncpg://{config.postgres.user}:{password}@{host}:{port}/{dbname}{query}"
 
     return url
 

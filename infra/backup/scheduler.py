@@ -60,8 +60,16 @@ class _Stop:
         log.info("stop requested: finishing the current backup run first")
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stdout)
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args == ["--once"]:
+        # The Kubernetes CronJob: the schedule is the CronJob's (concurrencyPolicy Forbid: runs never overlap); one
+        # backup and its verification, and the exit status says whether both succeeded.
+        return 0 if run_once(load_config()) else 1
+    if args:
+        sys.stderr.write("usage: python -m infra.backup.scheduler [--once]\n")
+        return 2
     # supervisord hands its children the environment of the deploy that started it, possibly stale: the
     # effective configuration file rendered by the latest deploy is the only source.
     for name in [n for n in os.environ if n.startswith(ENV_PREFIX) and n != CONFIG_FILE_ENV]:

@@ -161,7 +161,7 @@ class Names:
     def secret_prefect_env(self) -> str:
         """Keys ``api.env.json``, ``services.env.json``, ``migrate.env.json``: each Prefect process's environment,
         read by the entrypoint (infra/compose/entrypoint.py) so no credential is in a pod's env listing."""
-        return self("prefect-env")
+        return self("env")
 
     @property
     def secret_stack(self) -> str:

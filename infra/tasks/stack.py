@@ -228,18 +228,33 @@ def env(c: Context, backups: bool = False, monitoring: bool = False, tracing: bo
     print(operate.shell_exports(variables))
 
 
-@task(help={"target": "compose (kubernetes comes with its target).",
-            "out": "Directory to write into (default: the repository's compose/ folder)."})
+@task(help={"target": "compose or kubernetes.",
+            "out": "Directory to write into (default: the repository's compose/ or k8s/ folder, with placeholder "
+                   "image references; with --out, kubernetes manifests name the images deploy would use)."})
 @reports_user_errors
 def render(c: Context, target: str = "compose", out: str | None = None) -> None:
     """Write a target's files for the configuration, without deploying and without any secret in them."""
-    from infra.compose.project import reference_rendering, write_reference
+    if target == "kubernetes":
+        from infra.kubernetes.render import kubernetes_images, reference_rendering, write_tree
+        from infra.kubernetes.render import render as render_manifests
 
+        config = load_config(target=target)
+        rendering = render_manifests(config, kubernetes_images(config)) if out else reference_rendering(config)
+        directory = Path(out) if out else REPO_ROOT / "k8s"
+        written = write_tree(rendering, directory)
+        console.step(f"rendered {len(rendering.manifests)} objects ({len(written)} files) into {directory}; "
+                     f"build them with: kubectl kustomize {directory / 'overlays' / 'example'}")
+        console.step("no Secret is rendered; the manifests reference these, made at deploy (by invoke deploy, "
+                     "CloudNativePG or cert-manager): " + ", ".join(sorted(rendering.external_secrets)))
+        return
     if target != "compose":
-        raise UserError(f"cannot render target {target!r} yet", fix="use --target compose")
+        raise UserError(f"cannot render target {target!r}", fix="use --target compose or --target kubernetes")
+    from infra.compose.project import reference_rendering as compose_reference
+    from infra.compose.project import write_reference
+
     config = load_config(target=target)
     directory = Path(out) if out else REPO_ROOT / "compose"
-    written = write_reference(reference_rendering(config), directory)
+    written = write_reference(compose_reference(config), directory)
     console.step(f"rendered {len(written)} files into {directory} (secrets are generated at deploy, not here)")
 
 

@@ -1,0 +1,373 @@
+"""The Kubernetes target's Prefect part: workloads, migration ordering, environments, deploy-time Secrets, the
+kustomize tree and the repository's k8s/ folder."""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from infra.backup import scheduler
+from infra.backup.database import api_database_url, database_access
+from infra.compose.project import placeholder_secrets
+from infra.config import REPO_ROOT, StackConfig, load_config
+from infra.errors import UserError
+from infra.kubernetes import migrations, prefect, secrets
+from infra.kubernetes.objects import Names
+from infra.kubernetes.render import (
+    OVERLAY,
+    KubernetesImages,
+    PlaceholderImages,
+    Rendering,
+    kustomize_tree,
+    reference_rendering,
+    render,
+    write_tree,
+)
+
+AWS = {"AWS_ACCESS_KEY_ID": "AKIDEXAMPLE", "AWS_SECRET_ACCESS_KEY": "wJalrXUtnFEMI-example-secret"}
+
+
+def _config(**kubernetes: Any) -> StackConfig:
+    return load_config(target="kubernetes", **({"kubernetes": kubernetes} if kubernetes else {}))
+
+
+EXTERNAL_DB = {"postgres": {"mode": "external", "host": "db.example.com", "sslmode": "require"}}
+
+
+def _find(rendering: Rendering, kind: str, name: str) -> dict[str, Any]:
+    matches = [o for o in rendering.objects() if o["kind"] == kind and o["metadata"]["name"] == name]
+    assert len(matches) == 1, f"{kind}/{name}: {len(matches)} objects"
+    return matches[0]
+
+
+@pytest.fixture(scope="module")
+def default() -> Rendering:
+    return reference_rendering(_config())
+
+
+class TestApiDeployment:
+    def _deployment(self, rendering: Rendering) -> dict[str, Any]:
+        return _find(rendering, "Deployment", Names.of(rendering.config).api)
+
+    def test_replicas_come_from_the_model(self) -> None:
+        rendering = reference_rendering(load_config(target="kubernetes", api={"replicas": 4}))
+        assert self._deployment(rendering)["spec"]["replicas"] == 4
+
+    def test_rollout_never_has_fewer_ready_replicas(self, default: Rendering) -> None:
+        assert self._deployment(default)["spec"]["strategy"]["rollingUpdate"] == {"maxUnavailable": 0, "maxSurge": 1}
+
+    def test_pre_stop_delay_lets_endpoints_drain(self, default: Rendering) -> None:
+        api = self._deployment(default)["spec"]["template"]["spec"]["containers"][0]
+        assert api["lifecycle"]["preStop"]["sleep"]["seconds"] >= 5
+
+    def test_grace_period_covers_the_delay(self, default: Rendering) -> None:
+        spec = self._deployment(default)["spec"]["template"]["spec"]
+        assert spec["terminationGracePeriodSeconds"] > prefect.PRE_STOP_DELAY_S + 20
+
+    @pytest.mark.parametrize(("probe", "path"), [("readinessProbe", "/api/ready"), ("livenessProbe", "/api/health"),
+                                                 ("startupProbe", "/api/health")])
+    def test_probes(self, default: Rendering, probe: str, path: str) -> None:
+        api = self._deployment(default)["spec"]["template"]["spec"]["containers"][0]
+        assert api[probe]["httpGet"]["path"] == path
+
+    def test_api_runs_without_services(self, default: Rendering) -> None:
+        api = self._deployment(default)["spec"]["template"]["spec"]["containers"][0]
+        assert "--no-services" in api["command"]
+
+    def test_pods_wait_for_the_migration(self, default: Rendering) -> None:
+        init = self._deployment(default)["spec"]["template"]["spec"]["initContainers"]
+        assert [c["name"] for c in init] == ["wait-for-migrations"]
+        assert init[0]["command"][-4:-2] == ["infra.kubernetes.migrations", "wait"]
+
+    def test_spread_across_nodes_and_zones(self, default: Rendering) -> None:
+        spread = self._deployment(default)["spec"]["template"]["spec"]["topologySpreadConstraints"]
+        assert {c["topologyKey"] for c in spread} == {"kubernetes.io/hostname", "topology.kubernetes.io/zone"}
+
+    def test_no_credential_in_the_environment_listing(self, default: Rendering) -> None:
+        api = self._deployment(default)["spec"]["template"]["spec"]["containers"][0]
+        assert not any(e["name"].endswith(("PASSWORD", "AUTH_STRING", "URL")) for e in api.get("env", []))
+
+    def test_tracing_points_at_the_stacks_jaeger(self) -> None:
+        config = load_config(target="kubernetes", tracing={"enabled": True, "otlp_endpoint": "http://collector:4318"})
+        api = self._deployment(reference_rendering(config))["spec"]["template"]["spec"]["containers"][0]
+        env = {e["name"]: e.get("value") for e in api["env"]}
+        assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://collector:4318"
+        assert env["OTEL_RESOURCE_ATTRIBUTES"] == "service.instance.id=$(POD_NAME)"
+
+    def test_single_replica_has_no_pdb(self) -> None:
+        rendering = reference_rendering(load_config(target="kubernetes", api={"replicas": 1}))
+        assert not [o for o in rendering.objects() if o["kind"] == "PodDisruptionBudget"
+                    and o["metadata"]["name"] == Names.of(rendering.config).api]
+
+
+class TestIngress:
+    def test_tls_for_the_host(self, default: Rendering) -> None:
+        ingress = _find(default, "Ingress", Names.of(default.config).api)
+        assert ingress["spec"]["tls"] == [{"hosts": ["prefect.example.com"], "secretName": "prefect-tls"}]
+
+    def test_cert_manager_issues_it(self, default: Rendering) -> None:
+        ingress = _find(default, "Ingress", Names.of(default.config).api)
+        assert ingress["metadata"]["annotations"]["cert-manager.io/cluster-issuer"] == "letsencrypt"
+
+    def test_websockets_stay_open(self, default: Rendering) -> None:
+        annotations = _find(default, "Ingress", Names.of(default.config).api)["metadata"]["annotations"]
+        assert annotations["nginx.ingress.kubernetes.io/proxy-read-timeout"] == "3600"
+
+    def test_off(self) -> None:
+        rendering = reference_rendering(_config(ingress={"enabled": False}))
+        assert not [o for o in rendering.objects() if o["kind"] == "Ingress"]
+
+
+class TestMigrationJob:
+    def _jobs(self, rendering: Rendering) -> list[dict[str, Any]]:
+        return [o for o in rendering.objects() if o["kind"] == "Job"]
+
+    def test_one_job_before_the_apps(self, default: Rendering) -> None:
+        phases = [m.phase for m in default.manifests if m.kind == "Job"]
+        assert phases == ["migrate"]
+
+    def test_named_after_the_image(self) -> None:
+        config = _config()
+        one = prefect.migration_job_name(config, "registry/prefect-stack/prefect:aaaa")
+        other = prefect.migration_job_name(config, "registry/prefect-stack/prefect:bbbb")
+        assert one != other
+        assert one == prefect.migration_job_name(config, "registry/prefect-stack/prefect:aaaa")
+
+    def test_name_is_a_dns_label_with_the_version(self) -> None:
+        name = prefect.migration_job_name(_config(), "x" * 300)
+        assert len(name) <= 63 and name.startswith("prefect-migrate-3-")
+
+    def test_superuser_password_is_a_file(self, default: Rendering) -> None:
+        job = self._jobs(default)[0]
+        volumes = {v["name"]: v for v in job["spec"]["template"]["spec"]["volumes"]}
+        assert volumes["superuser"]["secret"]["secretName"] == Names.of(default.config).secret_stack
+
+
+class TestBackupCronJob:
+    def _cronjob(self, rendering: Rendering) -> dict[str, Any]:
+        return _find(rendering, "CronJob", Names.of(rendering.config).backup)
+
+    def test_runs_at_the_models_schedule_in_utc(self) -> None:
+        cron = self._cronjob(reference_rendering(load_config(target="kubernetes", backups={"schedule": "03:05"})))
+        assert (cron["spec"]["schedule"], cron["spec"]["timeZone"]) == ("5 3 * * *", "Etc/UTC")
+
+    def test_runs_never_overlap(self, default: Rendering) -> None:
+        assert self._cronjob(default)["spec"]["concurrencyPolicy"] == "Forbid"
+
+    def test_runs_the_same_code_once(self, default: Rendering) -> None:
+        container = self._cronjob(default)["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
+        assert container["command"][1:] == ["-m", "infra.backup.scheduler", "--once"]
+
+    def test_scratch_is_an_ephemeral_volume(self, default: Rendering) -> None:
+        spec = self._cronjob(default)["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+        scratch = next(v for v in spec["volumes"] if v["name"] == "scratch")
+        assert scratch["ephemeral"]["volumeClaimTemplate"]["spec"]["resources"]["requests"]["storage"] == "20Gi"
+
+    def test_s3_keys_come_as_a_credentials_file(self, default: Rendering) -> None:
+        container = self._cronjob(default)["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
+        env = {e["name"]: e["value"] for e in container["env"]}
+        assert env["AWS_SHARED_CREDENTIALS_FILE"].endswith("/credentials")
+        assert "AWS_SECRET_ACCESS_KEY" not in env
+
+    def test_iam_role_mounts_no_keys(self) -> None:
+        cron = self._cronjob(reference_rendering(_config(s3_credentials="iam-role")))
+        volumes = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["volumes"]
+        assert "s3" not in {v["name"] for v in volumes}
+
+    def test_schedule_off_suspends_it(self) -> None:
+        cron = self._cronjob(reference_rendering(load_config(target="kubernetes",
+                                                             backups={"schedule_enabled": False})))
+        assert cron["spec"]["suspend"] is True
+
+    def test_its_configuration_is_the_clusters(self, default: Rendering) -> None:
+        config_map = _find(default, "ConfigMap", Names.of(default.config).backup)
+        effective = yaml.safe_load(config_map["data"][prefect.EFFECTIVE_CONFIG])
+        assert StackConfig(**effective).target == "kubernetes"
+
+
+class TestEnvironment:
+    secrets = placeholder_secrets()
+
+    def _env(self, role: str, **kubernetes: Any) -> dict[str, str]:
+        return prefect.prefect_environment(_config(**kubernetes), self.secrets, role)
+
+    @pytest.mark.parametrize(("role", "host"), [("api", "prefect-pooler-transaction"),
+                                                ("services", "prefect-pooler-session"), ("migrate", "prefect-db-rw")])
+    def test_each_role_its_endpoint(self, role: str, host: str) -> None:
+        assert f"@{host}:5432/prefect" in self._env(role)["PREFECT_SERVER_DATABASE_CONNECTION_URL"]
+
+    def test_cnpg_connections_verify_the_clusters_ca(self) -> None:
+        env = self._env("api")
+        assert env["PREFECT_SERVER_DATABASE_SQLALCHEMY_CONNECT_ARGS_TLS_ENABLED"] == "true"
+        assert env["PREFECT_SERVER_DATABASE_SQLALCHEMY_CONNECT_ARGS_TLS_CA_FILE"].endswith("/ca.crt")
+
+    def test_external_require_encrypts(self) -> None:
+        url = self._env("api", **EXTERNAL_DB)["PREFECT_SERVER_DATABASE_CONNECTION_URL"]
+        assert url.endswith("@db.example.com:5432/prefect?ssl=require")
+
+    def test_the_api_is_called_through_its_service(self) -> None:
+        assert self._env("services")["PREFECT_API_URL"] == "http://prefect-api:4200/api"
+
+    def test_the_ui_uses_the_public_url(self) -> None:
+        assert self._env("api")["PREFECT_SERVER_UI_API_URL"] == "https://prefect.example.com/api"
+
+    def test_replicas_neither_migrate_nor_register(self) -> None:
+        env = self._env("api")
+        assert (env["PREFECT_SERVER_DATABASE_MIGRATE_ON_START"], env["PREFECT_SERVER_REGISTER_BLOCKS_ON_START"]) == (
+            "false", "false")
+
+    def test_docket_uses_redis(self) -> None:
+        assert "PREFECT_SERVER_DOCKET_URL" in self._env("services")
+
+
+class TestSecretObjects:
+    secrets = placeholder_secrets()
+
+    def _objects(self, config: StackConfig, environ: dict[str, str] = AWS) -> dict[str, dict[str, str]]:
+        return {o["metadata"]["name"]: {k: base64.b64decode(v).decode() for k, v in o["data"].items()}
+                for o in secrets.secret_objects(config, self.secrets, environ)}
+
+    def test_every_generated_secret_is_in_the_stack_secret(self) -> None:
+        stack = self._objects(_config())[Names.of(_config()).secret_stack]
+        assert stack["redis"] == self.secrets.get("redis")
+
+    def test_cnpg_gets_basic_auth_secrets(self) -> None:
+        app = self._objects(_config())[Names.of(_config()).secret_db_app]
+        assert app == {"username": "prefect", "password": self.secrets.get("postgres_prefect")}
+
+    def test_the_environment_files_are_json(self) -> None:
+        env = self._objects(_config())[Names.of(_config()).secret_prefect_env]
+        assert json.loads(env["api.env.json"])["PREFECT_API_AUTH_STRING"] == self.secrets.get("prefect_auth")
+
+    def test_s3_keys_from_the_shell(self) -> None:
+        s3 = self._objects(_config())[Names.of(_config()).secret_s3]
+        assert s3["ACCESS_KEY_ID"] == AWS["AWS_ACCESS_KEY_ID"]
+
+    def test_missing_s3_keys_name_the_fix(self) -> None:
+        with pytest.raises(UserError, match="AWS_ACCESS_KEY_ID") as caught:
+            self._objects(_config(), environ={})
+        assert "iam-role" in caught.value.fix
+
+    def test_iam_role_needs_no_keys(self) -> None:
+        assert Names.of(_config()).secret_s3 not in self._objects(_config(s3_credentials="iam-role"), environ={})
+
+    def test_every_made_secret_is_declared(self) -> None:
+        config = _config()
+        made = set(self._objects(config))
+        assert made <= set(secrets.external_secrets(config))
+
+
+class TestNamespace:
+    def test_pod_security_restricted(self, default: Rendering) -> None:
+        namespace = _find(default, "Namespace", "prefect")
+        assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+
+
+class TestNetworkPolicies:
+    def _policies(self, rendering: Rendering) -> dict[str, dict[str, Any]]:
+        return {o["metadata"]["name"]: o for o in rendering.objects() if o["kind"] == "NetworkPolicy"}
+
+    def test_default_deny_selects_every_pod(self, default: Rendering) -> None:
+        deny = self._policies(default)["prefect-default-deny"]["spec"]
+        assert (deny["podSelector"], deny["ingress"], deny["egress"]) == ({}, [], [])
+
+    def test_api_reachable_from_the_ingress_controller(self, default: Rendering) -> None:
+        rule = self._policies(default)["prefect-api"]["spec"]["ingress"][0]
+        namespaces = [p["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
+                      for p in rule["from"] if "namespaceSelector" in p]
+        assert "ingress-nginx" in namespaces
+
+    def test_external_database_reached_on_its_port(self) -> None:
+        config = _config(postgres={"mode": "external", "host": "db.example.com", "port": 6432})
+        egress = self._policies(reference_rendering(config))["prefect-migrate"]["spec"]["egress"]
+        assert egress[0]["ports"] == [{"protocol": "TCP", "port": 6432}]
+
+    def test_off(self) -> None:
+        assert not self._policies(reference_rendering(_config(network_policies=False)))
+
+
+class TestKustomizeTree:
+    def test_each_object_one_file_named_for_it_and_its_kind(self, default: Rendering) -> None:
+        tree = kustomize_tree(default)
+        assert "base/prefect-api-deployment.yaml" in tree
+
+    def test_optional_features_are_components(self, default: Rendering) -> None:
+        tree = kustomize_tree(default)
+        component = yaml.safe_load(tree["components/network-policies/kustomization.yaml"])
+        assert component["kind"] == "Component"
+
+    def test_the_overlay_builds_to_the_rendering(self, default: Rendering, tmp_path: Path) -> None:
+        write_tree(default, tmp_path)
+        built = subprocess.run(["kubectl", "kustomize", str(tmp_path / OVERLAY)], capture_output=True, text=True,
+                               check=True, timeout=60).stdout
+        key = lambda o: (o["kind"], o["metadata"]["name"])  # noqa: E731
+        assert sorted(yaml.safe_load_all(built), key=key) == sorted(default.objects(), key=key)
+
+    def test_stale_files_are_removed(self, default: Rendering, tmp_path: Path) -> None:
+        stale = tmp_path / "base" / "gone-deployment.yaml"
+        stale.parent.mkdir(parents=True)
+        stale.write_text("{}\n")
+        write_tree(default, tmp_path)
+        assert not stale.exists()
+
+    def test_the_repository_copy_is_the_rendering_of_the_default_configuration(
+            self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.delenv("PREFECT_STACK_CONFIG", raising=False)
+        expected = kustomize_tree(reference_rendering(load_config(target="kubernetes")))
+        actual = {str(p.relative_to(REPO_ROOT / "k8s")): p.read_text()
+                  for p in (REPO_ROOT / "k8s").rglob("*") if p.is_file() and p.parent != REPO_ROOT / "k8s"}
+        assert actual == expected, "k8s/ is stale: run `invoke render --target kubernetes`"
+
+    def test_real_images_are_pinned_by_content(self) -> None:
+        images = KubernetesImages(system="r/prefect-stack/system:abc", prefect="r/prefect-stack/prefect:def")
+        api = _find(render(_config(), images), "Deployment", "prefect-api")
+        assert api["spec"]["template"]["spec"]["containers"][0]["image"] == images.prefect
+
+    def test_placeholders_are_not_latest(self) -> None:
+        assert not PlaceholderImages().prefect.endswith(":latest")
+
+
+class TestWaitForMigrations:
+    def test_head_is_a_revision(self) -> None:
+        assert len(migrations.head_revision()) == 12
+
+    def test_returns_once_the_schema_is_at_head(self) -> None:
+        seen = iter([None, "old", "old", "head"])
+        lines: list[str] = []
+        assert migrations.wait_for_head(lambda: next(seen), "head", 60, lines.append, clock=lambda: 0.0,
+                                        pause=lambda s: None)
+        assert lines[-1] == "schema at head: ready"
+
+    def test_gives_up_naming_the_job(self) -> None:
+        clock = iter(range(0, 1000, 10))
+        lines: list[str] = []
+        assert not migrations.wait_for_head(lambda: "old", "head", 30, lines.append,
+                                            clock=lambda: float(next(clock)), pause=lambda s: None)
+        assert "migration Job" in lines[-1]
+
+    def test_libpq_url_requires_tls(self) -> None:
+        assert migrations.libpq_url("postgresql+asyncpg://u:p@h:5432/db") == "postgresql://u:p@h:5432/db?sslmode=require"
+
+
+class TestBackupCodeOnKubernetes:
+    def test_superuser_to_the_primary_over_tls(self) -> None:
+        access = database_access(_config(), placeholder_secrets())
+        assert (access.host, access.port, access.user, access.sslmode) == ("prefect-db-rw", 5432, "postgres",
+                                                                           "require")
+
+    def test_verification_api_reaches_the_restored_database_directly(self) -> None:
+        url = api_database_url(_config(), placeholder_secrets())("verify_1")
+        assert url.endswith("@prefect-db-rw:5432/verify_1?ssl=require")
+
+    def test_scheduler_once_reports_the_run(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setattr(scheduler, "run_once", lambda config: False)
+        assert scheduler.main(["--once"]) == 1
+
+    def test_scheduler_rejects_unknown_arguments(self) -> None:
+        assert scheduler.main(["--twice"]) == 2
