@@ -185,8 +185,9 @@ def is_built_in(api_version: str) -> bool:
 def schema_problems(obj: Obj, version: str, crds: CrdSchemas | None = None) -> list[str]:
     """What a strict API server of Kubernetes ``version`` would reject in ``obj`` (``[]``: nothing).
 
-    Built-in kinds: kubernetes-validate's strict schemas (it stops at the first error). Custom resources: their
-    CRD (``crds``, default the CRD folder's, which must then exist), every error."""
+    Built-in kinds: kubernetes-validate's strict schemas (it stops at the first error). Custom resources, and
+    kinds this Kubernetes version does not have: their CRD (``crds``, default the CRD folder's, which must then
+    exist), every error; a kind no CRD defines is a problem."""
     api_version = obj.get("apiVersion", "")
     if not is_built_in(api_version):
         return (crds or crd_schemas()).problems(obj)
@@ -195,7 +196,8 @@ def schema_problems(obj: Obj, version: str, crds: CrdSchemas | None = None) -> l
     except kubernetes_validate.ValidationError as error:
         return [f"{describe(obj)}: {_path(error)}: {error.message}"]
     except kubernetes_validate.SchemaNotFoundError:
-        return [f"{describe(obj)}: {obj.get('kind')} ({api_version}) is not a kind of Kubernetes {version}"]
+        # Not a kind of this Kubernetes version: a CRD in a *.k8s.io group (Gateway API), or no kind at all.
+        return (crds or crd_schemas()).problems(obj)
     return []
 
 
@@ -217,11 +219,12 @@ PossibleLabels = dict[str, frozenset[str] | None]
 
 def pod_template(obj: Obj) -> Obj | None:
     """The pod template of a workload we render (``None`` for any other kind)."""
+    template: Obj | None = None
     if obj.get("kind") == "CronJob":
-        return obj.get("spec", {}).get("jobTemplate", {}).get("spec", {}).get("template")
-    if obj.get("kind") in POD_TEMPLATE_KINDS:
-        return obj.get("spec", {}).get("template")
-    return None
+        template = obj.get("spec", {}).get("jobTemplate", {}).get("spec", {}).get("template")
+    elif obj.get("kind") in POD_TEMPLATE_KINDS:
+        template = obj.get("spec", {}).get("template")
+    return template
 
 
 def _is_cnpg(obj: Obj, kind: str) -> bool:
@@ -292,7 +295,8 @@ def selects(selector: Obj | None, labels: PossibleLabels, *, match_labels_only: 
 
 
 def _namespace(obj: Obj) -> str | None:
-    return obj.get("metadata", {}).get("namespace")
+    namespace: str | None = obj.get("metadata", {}).get("namespace")
+    return namespace
 
 
 def workloads(objects: Iterable[Obj]) -> Iterator[tuple[Obj, PossibleLabels]]:
