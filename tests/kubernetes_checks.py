@@ -17,7 +17,6 @@ is checked on the plain dicts the renderers produce:
 from __future__ import annotations
 
 import base64
-import copy
 import functools
 import json
 import os
@@ -157,7 +156,7 @@ class CrdSchemas:
 
 @functools.cache
 def _crd_validator(crds: CrdSchemas, api_version: str, kind: str) -> jsonschema.protocols.Validator:
-    schema = _structural_to_json_schema(copy.deepcopy(crds.schemas[(api_version, kind)]))
+    schema = _structural_to_json_schema(crds.schemas[(api_version, kind)])  # copies what it changes
     # OpenAPI v3.0's schema object is draft 4's (boolean exclusiveMinimum), not 2020-12's.
     return jsonschema.Draft4Validator(schema)
 
@@ -240,20 +239,24 @@ def pod_labels(obj: Obj) -> PossibleLabels | None:
     name, spec = obj.get("metadata", {}).get("name", ""), obj.get("spec", {})
     if _is_cnpg(obj, "Cluster"):
         roles = frozenset({"primary", "replica"})
-        labels: PossibleLabels = {
-            "cnpg.io/cluster": frozenset({name}), "cnpg.io/podRole": frozenset({"instance"}),
-            "cnpg.io/instanceRole": roles, "role": roles, "cnpg.io/instanceName": ANY,
-            "app.kubernetes.io/name": frozenset({"cloudnative-pg"}), "app.kubernetes.io/instance": frozenset({name}),
-            "app.kubernetes.io/component": frozenset({"database"}),
-            "app.kubernetes.io/managed-by": frozenset({"cloudnative-pg"})}
         inherited = spec.get("inheritedMetadata", {}).get("labels", {})
-        return {**{k: frozenset({v}) for k, v in inherited.items()}, **labels}
+        return {**{k: frozenset({v}) for k, v in inherited.items()}, **_cnpg_labels(name, "database"),
+                "cnpg.io/cluster": frozenset({name}), "cnpg.io/podRole": frozenset({"instance"}),
+                "cnpg.io/instanceRole": roles, "role": roles, "cnpg.io/instanceName": ANY}
     if _is_cnpg(obj, "Pooler"):
+        cluster = spec.get("cluster", {}).get("name", "")
         extra = spec.get("template", {}).get("metadata", {}).get("labels", {})
-        return {**{k: frozenset({v}) for k, v in extra.items()},
+        return {**{k: frozenset({v}) for k, v in extra.items()}, **_cnpg_labels(cluster, "pooler"),
                 "cnpg.io/poolerName": frozenset({name}), "cnpg.io/podRole": frozenset({"pooler"}),
-                "cnpg.io/cluster": frozenset({spec.get("cluster", {}).get("name", "")})}
+                "cnpg.io/cluster": frozenset({cluster})}
     return None
+
+
+def _cnpg_labels(cluster: str, component: str) -> PossibleLabels:
+    """The recommended labels CloudNativePG puts on its pods (pkg/utils/labels_annotations.go)."""
+    return {"app.kubernetes.io/name": frozenset({"postgresql"}), "app.kubernetes.io/instance": frozenset({cluster}),
+            "app.kubernetes.io/component": frozenset({component}),
+            "app.kubernetes.io/managed-by": frozenset({"cloudnative-pg"})}
 
 
 def replicas(obj: Obj) -> int:
@@ -575,6 +578,15 @@ INVARIANTS: dict[str, Callable[[list[Obj]], list[str]]] = {
     "names_valid": names_valid,
     "namespace_restricted": namespace_restricted,
 }
+
+
+def invariant_problems(objects: list[Obj], *, external_secrets: Iterable[str] = (),
+                       external_config_maps: Iterable[str] = (), secrets: Iterable[str] = ()) -> dict[str, list[str]]:
+    """Every invariant's problems by its name, the two that need the caller's knowledge included."""
+    result = {name: check(objects) for name, check in INVARIANTS.items()}
+    result["references_exist"] = references_exist(objects, external_secrets, external_config_maps)
+    result["no_secret_values"] = no_secret_values(objects, secrets)
+    return result
 
 
 # --- kustomize ------------------------------------------------------------------------------------------------------
