@@ -1,0 +1,96 @@
+"""Every rendered Kubernetes object, across a matrix of configurations: strict schemas (built-in kinds for the
+configured Kubernetes version, custom resources against their CRDs from ../shared/k8s-crds), the stack's
+invariants, and kustomize building the example overlay back into the rendering."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from infra.compose.project import placeholder_secrets
+from infra.config import StackConfig, load_config
+from infra.kubernetes.objects import COMPONENTS, PHASES
+from infra.kubernetes.render import OVERLAY, Rendering, reference_rendering, write_tree
+from infra.kubernetes.secrets import secret_objects
+from infra.secrets import SECRET_NAMES
+from tests import kubernetes_checks as checks
+
+AWS = {"AWS_ACCESS_KEY_ID": "AKIDEXAMPLE", "AWS_SECRET_ACCESS_KEY": "wJalrXUtnFEMI-example-secret"}
+
+# minimal: the smallest install; ha: more of everything; external: PostgreSQL and Redis the operator runs;
+# everything: every component on, physical backups and tracing included.
+MATRIX: dict[str, dict[str, Any]] = {
+    "default": {},
+    "minimal": {"api": {"replicas": 1}, "monitoring": {"enabled": False},
+                "kubernetes": {"postgres": {"instances": 1, "pooler_instances": 1}, "redis": {"mode": "standalone"},
+                               "network_policies": False, "ingress": {"enabled": False}}},
+    "ha": {"api": {"replicas": 4}, "services": {"replicas": 2},
+           "kubernetes": {"postgres": {"instances": 5, "pooler_instances": 3}, "redis": {"replicas": 5},
+                          "storage_class": "fast-ssd", "version": "1.34", "image_registry": "registry.example.com"}},
+    "external": {"kubernetes": {"postgres": {"mode": "external", "host": "db.example.com", "sslmode": "verify-full"},
+                                "redis": {"mode": "external",
+                                          "external_url": "redis+sentinel://s1:26379,s2:26379/mymaster"},
+                                "s3_credentials": "iam-role"},
+                 "backups": {"s3": {"endpoint_url": "https://minio.example.com:9000"}}},
+    "everything": {"backups": {"physical": {"enabled": True}},
+                   "tracing": {"enabled": True, "otlp_endpoint": "http://otel-collector.observability:4318"},
+                   "kubernetes": {"ingress": {"cluster_issuer": None}}},
+}
+
+
+def _config(name: str) -> StackConfig:
+    return load_config(target="kubernetes", **MATRIX[name])
+
+
+@pytest.fixture(scope="module", params=sorted(MATRIX))
+def rendering(request: pytest.FixtureRequest) -> Rendering:
+    return reference_rendering(_config(request.param))
+
+
+class TestSchemas:
+    def test_every_object_validates_strictly(self, rendering: Rendering) -> None:
+        problems = checks.validate_objects(rendering.objects(), rendering.config.kubernetes.version)
+        assert problems == []
+
+    def test_the_deploy_time_secrets_validate(self, rendering: Rendering) -> None:
+        made = secret_objects(rendering.config, placeholder_secrets(), AWS)
+        assert checks.validate_objects(made, rendering.config.kubernetes.version) == []
+
+
+class TestInvariants:
+    @pytest.mark.parametrize("invariant", sorted(checks.INVARIANTS))
+    def test_holds(self, rendering: Rendering, invariant: str) -> None:
+        assert checks.INVARIANTS[invariant](rendering.objects()) == []
+
+    def test_every_reference_exists_or_is_made_at_deploy(self, rendering: Rendering) -> None:
+        assert checks.references_exist(rendering.objects(), external_secrets=rendering.external_secrets) == []
+
+    def test_no_secret_value_in_any_object(self, rendering: Rendering) -> None:
+        values = [placeholder_secrets().get(name) for name in SECRET_NAMES] + list(AWS.values())
+        assert checks.no_secret_values(rendering.objects(), values) == []
+
+    def test_every_made_secret_is_declared(self, rendering: Rendering) -> None:
+        made = {o["metadata"]["name"] for o in secret_objects(rendering.config, placeholder_secrets(), AWS)}
+        assert made <= set(rendering.external_secrets)
+
+    def test_names_are_unique(self, rendering: Rendering) -> None:
+        keys = [checks.key_of(o) for o in rendering.objects()]
+        assert len(keys) == len(set(keys))
+
+    def test_everything_in_the_namespace(self, rendering: Rendering) -> None:
+        namespaces = {o["metadata"].get("namespace") for o in rendering.objects() if o["kind"] != "Namespace"}
+        assert namespaces == {rendering.config.kubernetes.namespace}
+
+    def test_phases_and_components_are_known(self, rendering: Rendering) -> None:
+        assert {m.phase for m in rendering.manifests} <= set(PHASES)
+        assert {m.component for m in rendering.manifests} <= {None, *COMPONENTS}
+
+
+class TestKustomize:
+    def test_the_overlay_builds_to_the_rendering(self, rendering: Rendering, tmp_path: Path) -> None:
+        write_tree(rendering, tmp_path)
+        built = checks.kustomize_build(tmp_path / OVERLAY)
+        assert checks.compare_objects(rendering.objects(), built) == []
+
