@@ -457,8 +457,17 @@ def _namespace_peer(namespace: str) -> dict[str, Any]:
     return {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}}}
 
 
-def _instances_peer(config: StackConfig) -> dict[str, Any]:
-    return {"podSelector": {"matchLabels": _instance_labels(config)}}
+def _database_pods(config: StackConfig) -> dict[str, Any]:
+    """The instances and the operator's Jobs that make them (initdb, join: a new replica's pg_basebackup from the
+    primary, recovery), which carry cnpg.io/cluster but no pod role; not the Poolers' pods (which may carry
+    cnpg.io/cluster too)."""
+    return {"matchExpressions": [
+        {"key": CNPG_CLUSTER, "operator": "In", "values": [Names.of(config).database]},
+        {"key": CNPG_POOLER, "operator": "DoesNotExist"}]}
+
+
+def _database_peer(config: StackConfig) -> dict[str, Any]:
+    return {"podSelector": _database_pods(config)}
 
 
 def _anywhere() -> list[dict[str, Any]]:
@@ -470,10 +479,11 @@ def _ports(*ports: int, protocol: str = "TCP") -> list[dict[str, Any]]:
 
 
 def _common_egress(config: StackConfig) -> list[dict[str, Any]]:
-    """What every CloudNativePG pod needs out: DNS, the primary (and the other instances), the Kubernetes API."""
+    """What every CloudNativePG pod needs out: DNS, the primary (and the other instances), the Kubernetes API (the
+    instance managers and PgBouncer's manager read their Cluster, Pooler and Secrets from it, and report status)."""
     return [
         {"to": [_namespace_peer("kube-system")], "ports": _ports(53, protocol="UDP") + _ports(53)},
-        {"to": [_instances_peer(config)], "ports": _ports(POSTGRES_PORT)},
+        {"to": [_database_peer(config)], "ports": _ports(POSTGRES_PORT)},
         # The API server is not a pod: no selector reaches it, and its address is the cluster's own, so any
         # address on its ports.
         {"to": _anywhere(), "ports": _ports(*API_SERVER_PORTS)},
@@ -486,8 +496,9 @@ def s3_port(config: StackConfig) -> int:
 
 
 def instances_network_policy(config: StackConfig) -> dict[str, Any]:
-    """Into the instances: PostgreSQL from the poolers, the other instances and the Prefect Jobs that connect
-    directly (migrations, backups); the operator; Prometheus. Out: see _common_egress, plus S3 for the WAL archive."""
+    """Into the database pods (_database_pods): PostgreSQL from the poolers, each other and the Prefect Jobs that
+    connect directly (migrations, backups); the operator; Prometheus. Out: see _common_egress, plus S3 for the WAL
+    archive (and a recovery's restore)."""
     names = Names.of(config)
     k8s = config.kubernetes
     poolers = {"podSelector": {"matchExpressions": [
@@ -496,7 +507,7 @@ def instances_network_policy(config: StackConfig) -> dict[str, Any]:
     egress = _common_egress(config)
     # Replication, pg_rewind and the instance managers' status calls between instances (CloudNativePG asks that its
     # pods reach each other).
-    egress.append({"to": [_instances_peer(config)], "ports": _ports(INSTANCE_MANAGER_PORT)})
+    egress.append({"to": [_database_peer(config)], "ports": _ports(INSTANCE_MANAGER_PORT)})
     if config.backups.physical.enabled:
         # Object stores have no fixed addresses (an in-cluster one needs a namespace rule of its own).
         egress.append({"to": _anywhere(), "ports": _ports(s3_port(config))})
@@ -504,11 +515,11 @@ def instances_network_policy(config: StackConfig) -> dict[str, Any]:
         "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
         "metadata": metadata(config, names.database, "database"),
         "spec": {
-            "podSelector": {"matchLabels": _instance_labels(config)},
+            "podSelector": _database_pods(config),
             "policyTypes": ["Ingress", "Egress"],
             "ingress": [
-                {"from": [poolers, _instances_peer(config), *jobs], "ports": _ports(POSTGRES_PORT)},
-                {"from": [_instances_peer(config)], "ports": _ports(INSTANCE_MANAGER_PORT)},
+                {"from": [poolers, _database_peer(config), *jobs], "ports": _ports(POSTGRES_PORT)},
+                {"from": [_database_peer(config)], "ports": _ports(INSTANCE_MANAGER_PORT)},
                 # The operator checks each instance's status (8000) and connects to PostgreSQL (5432).
                 {"from": [_namespace_peer(k8s.operator_namespace)],
                  "ports": _ports(INSTANCE_MANAGER_PORT, POSTGRES_PORT)},

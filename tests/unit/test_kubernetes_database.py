@@ -435,12 +435,16 @@ def _namespace(name: str) -> dict[str, Any]:
 
 
 CONFIG = config_of()
-INSTANCES = {"podSelector": {"matchLabels": {"cnpg.io/cluster": NAMES.database, "cnpg.io/podRole": "instance"}}}
+# The instances and the operator's initdb/join/recovery Jobs (no pod role), not the Poolers.
+DATABASE_PODS = {"matchExpressions": [{"key": "cnpg.io/cluster", "operator": "In", "values": [NAMES.database]},
+                                      {"key": "cnpg.io/poolerName", "operator": "DoesNotExist"}]}
+INSTANCES = {"podSelector": DATABASE_PODS}
 POOLER_PODS = {"podSelector": {"matchExpressions": [
     {"key": "cnpg.io/poolerName", "operator": "In", "values": [NAMES.pooler_transaction, NAMES.pooler_session]}]}}
 INSTANCE_INGRESS = {
     "poolers": (POOLER_PODS, 5432),
     "replication": (INSTANCES, 5432),
+    "instance-managers": (INSTANCES, 8000),
     "migrate": ({"podSelector": {"matchLabels": selector(CONFIG, "migrate")}}, 5432),
     "backup": ({"podSelector": {"matchLabels": selector(CONFIG, "backup")}}, 5432),
     "operator-status": (_namespace("cnpg-system"), 8000),
@@ -466,11 +470,11 @@ class TestNetworkPolicies:
         assert (m.phase, m.component) == ("namespace", "network-policies")
 
     @pytest.mark.parametrize(("name", "selected"), [
-        (NAMES.database, {"cnpg.io/cluster": NAMES.database, "cnpg.io/podRole": "instance"}),
-        (NAMES.pooler_transaction, {"cnpg.io/poolerName": NAMES.pooler_transaction}),
-        (NAMES.pooler_session, {"cnpg.io/poolerName": NAMES.pooler_session})])
-    def test_selects(self, name: str, selected: dict[str, str]) -> None:
-        assert the("default", "NetworkPolicy", name)["spec"]["podSelector"] == {"matchLabels": selected}
+        (NAMES.database, DATABASE_PODS),
+        (NAMES.pooler_transaction, {"matchLabels": {"cnpg.io/poolerName": NAMES.pooler_transaction}}),
+        (NAMES.pooler_session, {"matchLabels": {"cnpg.io/poolerName": NAMES.pooler_session}})])
+    def test_selects(self, name: str, selected: dict[str, Any]) -> None:
+        assert the("default", "NetworkPolicy", name)["spec"]["podSelector"] == selected
 
     @pytest.mark.parametrize(("peer", "port"), INSTANCE_INGRESS.values(), ids=INSTANCE_INGRESS.keys())
     def test_instance_ingress(self, peer: dict[str, Any], port: int) -> None:
