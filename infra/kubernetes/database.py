@@ -43,8 +43,8 @@ POSTGRES_PORT = 5432
 INSTANCE_MANAGER_PORT = 8000
 INSTANCE_METRICS_PORT = 9187
 POOLER_METRICS_PORT = 9127
-# Where the instance managers and PgBouncer's manager reach the Kubernetes API: the kubernetes Service (443) or,
-# after kube-proxy's DNAT, the API server itself (6443 on most distributions). NetworkPolicies see the latter.
+# Where the instance managers and PgBouncer's manager reach the Kubernetes API: the kubernetes Service (443) and,
+# after kube-proxy's DNAT, the API server itself (often 6443); which of the two a CNI's policies see varies.
 API_SERVER_PORTS = (443, 6443)
 
 # CloudNativePG's pod labels.
@@ -183,15 +183,16 @@ def postgresql_parameters(config: StackConfig) -> dict[str, str]:
         "max_connections": str(pg.max_connections),
         # PostgreSQL's own cache; CloudNativePG checks it fits within the pods' memory limit.
         "shared_buffers": pg.shared_buffers,
-        # A replica that falls this far behind loses its replication slot and is re-cloned by the operator, instead
-        # of its slot holding WAL until the primary's WAL volume is full (which stops the primary): half the volume.
+        # A replica that falls this far behind loses its replication slot (it catches up from the WAL archive, or is
+        # re-created) instead of its slot holding WAL until the primary's WAL volume is full, which stops the
+        # primary: half the WAL volume.
         "max_slot_wal_keep_size": f"{_mebibytes(config.kubernetes.postgres.wal_storage_size) // 2}MB",
         # Slow statements in the instance logs, as on the other targets (milliseconds).
         "log_min_duration_statement": "5000",
     }
     if config.backups.physical.enabled:
-        # An idle database still ships a WAL segment at least this often: bounds what a lost cluster loses beyond
-        # the replicas (CloudNativePG's default is 5 minutes; the local target's pgBackRest setting is the same 60 s).
+        # A WAL segment with changes is archived within this time even when not full: bounds what losing the whole
+        # Cluster loses (CloudNativePG's default is 5 minutes; the local target archives every 60 s too).
         parameters["archive_timeout"] = "60s"
     return parameters
 
