@@ -122,6 +122,11 @@ class Names:
     def pooler_session(self) -> str:
         return self("pooler-session")
 
+    @property
+    def database_backups(self) -> str:
+        """The Barman Cloud plugin's ObjectStore (physical backups: base backups and the WAL archive)."""
+        return self("db-backups")
+
     # Redis
     @property
     def redis(self) -> str:
@@ -295,12 +300,16 @@ def empty_dir(volume: str, size_limit: str | None = None) -> dict[str, Any]:
     return {"name": volume, "emptyDir": {"sizeLimit": size_limit} if size_limit else {}}
 
 
-def topology_spread(config: StackConfig, component: str) -> list[dict[str, Any]]:
-    """Replicas across nodes (required when the nodes allow it) and zones (preferred)."""
-    match = {"labelSelector": {"matchLabels": selector(config, component)}}
+def topology_spread(config: StackConfig, component: str,
+                    match_labels: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    """Replicas across nodes (required when the nodes allow it) and zones (preferred). ``match_labels``: the pods'
+    own labels when an operator makes them (CloudNativePG's ``cnpg.io/poolerName``), else the component's."""
+    labels = match_labels or selector(config, component)
+    # A fresh selector per constraint: a dict shared between two places is written as a YAML anchor and alias.
     return [
-        {"maxSkew": 1, "topologyKey": "kubernetes.io/hostname", "whenUnsatisfiable": "ScheduleAnyway", **match},
-        {"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone", "whenUnsatisfiable": "ScheduleAnyway", **match},
+        {"maxSkew": 1, "topologyKey": key, "whenUnsatisfiable": "ScheduleAnyway",
+         "labelSelector": {"matchLabels": dict(labels)}}
+        for key in ("kubernetes.io/hostname", "topology.kubernetes.io/zone")
     ]
 
 
