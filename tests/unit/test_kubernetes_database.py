@@ -5,11 +5,8 @@ from __future__ import annotations
 
 import functools
 import os
-from pathlib import Path
 from typing import Any
 
-import jsonschema
-import kubernetes_validate
 import pytest
 import yaml
 
@@ -18,52 +15,11 @@ from infra.errors import UserError
 from infra.kubernetes.database import database_endpoints, database_manifests
 from infra.kubernetes.objects import Manifest, Names, selector
 from infra.kubernetes.render import PlaceholderImages
-
-# The operators' CRDs, kept outside the repository (see ../shared/k8s-crds/SOURCE).
-CRD_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "k8s-crds"
-CRD_FILES = {
-    ("postgresql.cnpg.io/v1", "Cluster"): "postgresql.cnpg.io_clusters.yaml",
-    ("postgresql.cnpg.io/v1", "Pooler"): "postgresql.cnpg.io_poolers.yaml",
-    ("postgresql.cnpg.io/v1", "ScheduledBackup"): "postgresql.cnpg.io_scheduledbackups.yaml",
-    ("barmancloud.cnpg.io/v1", "ObjectStore"): "barmancloud.cnpg.io_objectstores.yaml",
-    ("monitoring.coreos.com/v1", "PodMonitor"): "monitoring.coreos.com_podmonitors.yaml",
-}
-
-
-def _strict(schema: Any) -> Any:
-    """What kubectl's strict field validation does: no field the schema does not name, unless it says so."""
-    if isinstance(schema, dict):
-        result = {key: _strict(value) for key, value in schema.items()}
-        if ("properties" in result and "additionalProperties" not in result
-                and not result.get("x-kubernetes-preserve-unknown-fields")):
-            result["additionalProperties"] = False
-        return result
-    if isinstance(schema, list):
-        return [_strict(item) for item in schema]
-    return schema
-
-
-@functools.cache
-def _crd_validator(api_version: str, kind: str) -> jsonschema.Draft7Validator:
-    path = CRD_DIR / CRD_FILES[(api_version, kind)]
-    if not path.is_file():
-        pytest.fail(f"{path} is missing: the CRD schemas come from the operators' releases listed in "
-                    f"{CRD_DIR / 'SOURCE'} (CloudNativePG 1.30, Barman Cloud plugin 0.14, prometheus-operator 0.93)")
-    crd = yaml.safe_load(path.read_text())
-    version = api_version.split("/")[1]
-    (schema,) = [v["schema"]["openAPIV3Schema"] for v in crd["spec"]["versions"] if v["name"] == version]
-    return jsonschema.Draft7Validator(_strict(schema))
+from tests import kubernetes_checks as checks
 
 
 def schema_errors(obj: dict[str, Any]) -> list[str]:
-    key = (obj["apiVersion"], obj["kind"])
-    if key in CRD_FILES:
-        return [f"{'.'.join(map(str, e.absolute_path))}: {e.message}" for e in _crd_validator(*key).iter_errors(obj)]
-    try:
-        kubernetes_validate.validate(obj, "1.32", strict=True)
-    except kubernetes_validate.ValidationError as exc:
-        return [str(exc)]
-    return []
+    return checks.schema_problems(obj, "1.32")
 
 
 def config_of(**overrides: Any) -> StackConfig:
