@@ -8,7 +8,7 @@ the local, compose and Kubernetes targets.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -152,19 +152,105 @@ def host_rules() -> list[dict[str, Any]]:
     ]
 
 
-def alert_rules_yml(config: StackConfig) -> str:
-    groups: list[dict[str, Any]] = [
-        {"name": "prefect-api", "rules": api_rules(config)},
-        {"name": "database", "rules": database_rules()},
-        {"name": "redis", "rules": redis_rules()},
-        {"name": "prefect-flows", "rules": prefect_rules()},
-        {"name": "host", "rules": host_rules()},
+Target = Literal["local", "compose", "kubernetes"]
+
+
+def kubernetes_api_rules(config: StackConfig) -> list[dict[str, Any]]:
+    """The API rules where no HAProxy exists: an Ingress and a Service balance the replicas, so replica health is
+    read from kube-state-metrics (which kube-prometheus-stack runs) instead of HAProxy's server states."""
+    k8s, monitoring = config.kubernetes, config.monitoring
+    deployment = f'namespace="{k8s.namespace}",deployment="{k8s.name}-api"'
+    return [
+        _rule("PrefectApiAllReplicasDown", f"kube_deployment_status_replicas_available{{{deployment}}} == 0", "30s",
+              "page", "api",
+              "No Prefect API replica is available: the API is down for every client",
+              "The Service has no ready endpoint. Run invoke status --target kubernetes; kubectl describe the "
+              "API pods. A database or Redis outage makes every replica unready at once: check those first."),
+        _rule("PrefectApiReplicaDown",
+              f"kube_deployment_spec_replicas{{{deployment}}} - kube_deployment_status_replicas_available"
+              f"{{{deployment}}} > 0", monitoring.replica_down_for, "warning", "api",
+              "{{ $value }} Prefect API replica(s) are not available",
+              "The Service sends them no traffic; the other replicas carry the load. kubectl describe the API "
+              "pods (scheduling, probes, image pulls) and read their logs (invoke logs api)."),
     ]
-    groups += yaml.safe_load(backup_alert_rules(config.backups.max_age_hours))["groups"]
+
+
+def kubernetes_backup_rules(config: StackConfig) -> list[dict[str, Any]]:
+    """Backup freshness where no node_exporter textfile exists: the backup CronJob takes and verifies a backup in
+    one Job that fails if either fails, so its last successful completion (kube-state-metrics) is the time of the
+    last verified backup, and the newest Job's failure is the last attempt's failure. A failed verification and a
+    failed backup are one alert here: the Job's log says which."""
+    k8s = config.kubernetes
+    max_hours = config.backups.max_age_hours
+    cronjob = f'namespace="{k8s.namespace}",cronjob="{k8s.name}-backup"'
+    jobs = f'namespace="{k8s.namespace}",job_name=~"{k8s.name}-backup-.+"'
+    return [
+        _rule("PrefectBackupTooOld",
+              f"time() - max(kube_cronjob_status_last_successful_time{{{cronjob}}}) > {max_hours * 3600}", "5m",
+              "critical", "backups",
+              f"The newest verified Prefect backup is older than {max_hours}h",
+              "No backup Job has completed (backup and verification) for {{ $value | humanizeDuration }}. Read "
+              "the last Jobs' logs (kubectl logs job/NAME) and invoke backup.list."),
+        _rule("PrefectBackupMissing", f"absent(kube_cronjob_status_last_successful_time{{{cronjob}}})",
+              f"{max_hours}h", "critical", "backups",
+              "No verified Prefect backup has ever been recorded",
+              "The backup CronJob has never completed. Check it is scheduled (kubectl get cronjob) and take one "
+              f"now: kubectl create job --from=cronjob/{k8s.name}-backup {k8s.name}-backup-manual."),
+        _rule("PrefectBackupFailed",
+              f"topk(1, kube_job_status_start_time{{{jobs}}}) and on (job_name) "
+              f'(kube_job_failed{{{jobs},condition="true"}} == 1)', "5m", "critical", "backups",
+              "The last Prefect backup Job failed (the backup or its verification)",
+              "Read its log (kubectl logs job/{{ $labels.job_name }}): S3 unreachable, credentials, scratch space, "
+              "or a failed verification (then do not rely on that backup). Take a new one once fixed."),
+    ]
+
+
+def alert_groups(config: StackConfig, target: Target = "local") -> list[dict[str, Any]]:
+    """The rule groups for ``target``. Kubernetes differs only where the other targets read components it does
+    not run (see each adaptation below); every other rule is the same object."""
+    if target != "kubernetes":
+        groups: list[dict[str, Any]] = [
+            {"name": "prefect-api", "rules": api_rules(config)},
+            {"name": "database", "rules": database_rules()},
+            {"name": "redis", "rules": redis_rules()},
+            {"name": "prefect-flows", "rules": prefect_rules()},
+            {"name": "host", "rules": host_rules()},
+        ]
+        groups += yaml.safe_load(backup_alert_rules(config.backups.max_age_hours))["groups"]
+    else:
+        namespace = config.kubernetes.namespace
+        groups = [
+            # No HAProxy: replica availability from kube-state-metrics; the HAProxy-only signals (5xx rate,
+            # response time, queue, LoadBalancerDown) have no equivalent of ours (the ingress controller's
+            # metrics belong to whoever runs it).
+            {"name": "prefect-api", "rules": kubernetes_api_rules(config)},
+            # No "database" group: PostgreSQL and PgBouncer are CloudNativePG's (its own cnpg_* metrics, scraped by
+            # the operator's PodMonitors, with the alerts CloudNativePG publishes) or external; postgres_exporter's
+            # pg_* and this project's PgBouncer console reader do not run there.
+            # Redis: the Redis exporter beside Redis serves the same redis_* names; the stream rules read this
+            # project's exporter, which runs there too.
+            {"name": "redis", "rules": redis_rules()},
+            {"name": "prefect-flows", "rules": prefect_rules()},
+            # No host group: there is no node_exporter of ours (kube-prometheus-stack runs its own, with its node
+            # and PersistentVolume alerts). A scrape target down, restricted to the stack's namespace: up{} holds
+            # the whole cluster's targets there. The API is covered by its replica rules.
+            {"name": "monitoring", "rules": [
+                _rule("MonitoringTargetDown", f'up{{namespace="{namespace}",job!="prefect-api"}} == 0', "5m",
+                      "warning", "monitoring",
+                      "Prometheus cannot scrape {{ $labels.pod }} ({{ $labels.job }})",
+                      "Its metrics and the alerts built on them are blind meanwhile. kubectl describe the pod; "
+                      "read its logs."),
+            ]},
+            {"name": "prefect-backups", "rules": kubernetes_backup_rules(config)},
+        ]
     for group in groups:
         for rule in group["rules"]:
             rule["labels"].setdefault("area", "backups")
             rule["annotations"].setdefault("runbook", RUNBOOK.format(anchor=rule["alert"].lower()))
             rule["annotations"].setdefault("description", rule["annotations"]["summary"])
+    return groups
+
+
+def alert_rules_yml(config: StackConfig, target: Target = "local") -> str:
     header = "# Rendered by prefect-stack from the configuration model; edit the model, not this file.\n"
-    return header + yaml.safe_dump({"groups": groups}, sort_keys=False, width=1000)
+    return header + yaml.safe_dump({"groups": alert_groups(config, target)}, sort_keys=False, width=1000)
