@@ -98,9 +98,8 @@ def tracing_endpoint(config: StackConfig) -> str | None:
 
 
 def api_metrics_secret(config: StackConfig) -> str:
-    """kubernetes.io/basic-auth Secret (username ``admin``, password: the prefect_auth password) that Prometheus
-    scrapes /api/metrics with; created by deploy with the other Secrets, never rendered."""
-    return Names.of(config)("api-metrics-auth")
+    """The basic-auth Secret Prometheus scrapes /api/metrics with; created by deploy, never rendered."""
+    return Names.of(config).secret_api_metrics
 
 
 def external_secrets(config: StackConfig) -> dict[str, str]:
@@ -109,10 +108,6 @@ def external_secrets(config: StackConfig) -> dict[str, str]:
         return {}
     return {api_metrics_secret(config): "basic-auth: admin and the Prefect API password (prefect_auth), for "
                                         "Prometheus's scrape of /api/metrics"}
-
-
-def _monitoring(config: StackConfig, obj: dict[str, Any]) -> Manifest:
-    return Manifest(obj, "monitoring", "monitoring")
 
 
 def _operator_metadata(config: StackConfig, name: str, component: str) -> dict[str, Any]:
@@ -334,7 +329,7 @@ def monitoring_manifests(config: StackConfig, images: Any) -> list[Manifest]:
                exporter_deployment(config, images), exporter_service(config), *dashboard_config_maps(config)]
     if jaeger_runs(config):
         objects += jaeger_manifests(config)
-    manifests = [_monitoring(config, obj) for obj in objects]
+    manifests = [Manifest(obj, "monitoring", "monitoring") for obj in objects]
     if config.kubernetes.network_policies:
         policies = [exporter_network_policy(config)]
         if jaeger_runs(config):

@@ -70,4 +70,5 @@ def render(config: StackConfig, images: Images) -> Rendering:
     rendering.manifests += redis.redis_manifests(config, images)
     rendering.manifests += prefect.prefect_manifests(config, images)
     rendering.manifests += monitoring.monitoring_manifests(config, images)
+    rendering.external_secrets.update(monitoring.external_secrets(config))
     return rendering

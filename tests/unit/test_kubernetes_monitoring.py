@@ -20,10 +20,10 @@ import yaml
 import infra.kubernetes.database as database
 from infra.compose.project import placeholder_secrets
 from infra.config import StackConfig, load_config
-from infra.exporter.server import parse_arguments
+from infra.exporter.server import Sources, StackCollector, parse_arguments
 from infra.kubernetes import monitoring
 from infra.kubernetes.objects import Manifest
-from infra.kubernetes.render import PlaceholderImages
+from infra.kubernetes.render import PlaceholderImages, render
 from infra.render.alert_rules import alert_groups
 from infra.secrets import SECRET_NAMES
 
@@ -254,7 +254,10 @@ class TestServiceMonitors:
         assert {auth["username"]["name"], auth["password"]["name"]} == {"prefect-api-metrics-auth"}
 
     def test_api_auth_secret_is_declared_external(self) -> None:
-        assert "prefect-api-metrics-auth" in monitoring.external_secrets(config_of("default"))
+        assert "prefect-api-metrics-auth" in render(config_of("default"), PlaceholderImages()).external_secrets
+
+    def test_no_auth_secret_without_monitoring(self) -> None:
+        assert monitoring.external_secrets(load_config(target="kubernetes", monitoring={"enabled": False})) == {}
 
     @pytest.mark.parametrize(("name", "component"), [("prefect-api", "api"), ("prefect-exporter", "exporter")])
     def test_selects_the_service(self, name: str, component: str) -> None:
@@ -302,6 +305,16 @@ class TestExporter:
                                       f"--postgres-password-file={tmp_path / 'pw'}",
                                       f"--redis-password-file={tmp_path / 'pw'}"])
         assert (sources.pgbouncer_host, sources.redis_host, sources.sslmode) == ("127.0.0.1", "127.0.0.1", "prefer")
+
+    def test_sources_left_out_are_not_reported(self) -> None:
+        """Without --pgbouncer and --redis, only PostgreSQL is read (and reported down here: nothing listens)."""
+        sources = Sources(postgres_host="127.0.0.1", postgres_port=1, database="prefect", pgbouncer_host=None,
+                          pgbouncer_port=0, redis_host=None, redis_port=0, postgres_password="pw",
+                          redis_password="", finished_runs_window_s=3600, sslmode="disable")
+        families = list(StackCollector(sources).collect())
+        [up] = [f for f in families if f.name == "prefect_exporter_source_up"]
+        assert ([s.labels["source"] for s in up.samples], "pgbouncer_up" in {f.name for f in families}) == (
+            ["postgres"], False)
 
     def test_credentials_are_read_only_files(self) -> None:
         [exporter] = containers(one("Deployment", "prefect-exporter"))
