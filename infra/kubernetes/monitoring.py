@@ -62,7 +62,8 @@ EXPORTER_RESOURCES = ResourcesConfig(cpu_request="50m", memory_request="128Mi", 
 JAEGER_OTLP_GRPC, JAEGER_HEALTH = 4317, 13133
 JAEGER_PORTS = {"otlp-grpc": JAEGER_OTLP_GRPC, "otlp-http": JAEGER_OTLP_HTTP, "ui": JAEGER_UI,
                 "health": JAEGER_HEALTH}
-# The upstream image's user (its Dockerfile's USER 10001): stated, so the pod is "restricted" whatever the image.
+# The upstream image's user (jaegertracing/jaeger cmd/jaeger/Dockerfile: USER 10001), stated so the pod's
+# runAsNonRoot check does not depend on the image's metadata.
 JAEGER_UID = 10001
 JAEGER_CONFIG_DIR = "/etc/jaeger"
 JAEGER_DATA_DIR = "/var/lib/jaeger"  # jaeger_yaml's Badger directories live under it
@@ -244,16 +245,18 @@ def jaeger_manifests(config: StackConfig) -> list[dict[str, Any]]:
         claim_spec["storageClassName"] = k8s.storage_class
     claim = {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
              "metadata": metadata(config, names.jaeger, JAEGER), "spec": claim_spec}
+    # healthcheckv2's status endpoint (its default path; jaeger_yaml sets only the address).
     health = {"httpGet": {"path": "/status", "port": "health", "scheme": "HTTP"}, "periodSeconds": 10,
               "timeoutSeconds": 3, "failureThreshold": 3}
     jaeger = container(
         JAEGER, k8s.jaeger_image, None, JAEGER_RESOURCES, args=["--config", f"{JAEGER_CONFIG_DIR}/config.yaml"],
-        # Jaeger listens on localhost unless told otherwise; the Service needs the pod's address.
+        # The image sets it too; stated so the Service reaches the pod's address whatever the image's defaults.
         env={"JAEGER_LISTEN_HOST": "0.0.0.0"},  # noqa: S104
         ports=JAEGER_PORTS, mounts={"config": JAEGER_CONFIG_DIR, "data": JAEGER_DATA_DIR, "tmp": "/tmp"},  # noqa: S108
         read_only_mounts=frozenset({"config"}), uid=JAEGER_UID,
         startupProbe={**health, "failureThreshold": 30, "periodSeconds": 2}, readinessProbe=health,
         livenessProbe=health)
+    # /tmp: the image declares it a VOLUME; with a read-only root it must be one.
     volumes = [config_map_volume("config", names.jaeger),
                {"name": "data", "persistentVolumeClaim": {"claimName": names.jaeger}},
                empty_dir("tmp", "64Mi")]
