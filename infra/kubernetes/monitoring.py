@@ -11,6 +11,7 @@ exporter's monitor belong to infra/kubernetes/database.py and redis.py.
 
 from __future__ import annotations
 
+import copy
 import json
 from typing import Any
 from urllib.parse import urlsplit
@@ -195,7 +196,7 @@ def exporter_deployment(config: StackConfig, images: Any) -> dict[str, Any]:
         args=exporter_arguments(config),
         env={"PYTHONPATH": str(APP_HOME), "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1"},
         ports={METRICS_PORT_NAME: port}, mounts={"secrets": SECRETS_DIR, "tmp": "/tmp"},  # noqa: S108 - a volume
-        read_only_mounts=frozenset({"secrets"}), readinessProbe=probe, livenessProbe=probe)
+        read_only_mounts=frozenset({"secrets"}), readinessProbe=probe, livenessProbe=copy.deepcopy(probe))
     # Only the two monitor credentials, as files: nothing secret in the environment or the arguments.
     volumes = [secret_volume("secrets", names.secret_stack,
                              {"postgres_monitor": "postgres_monitor", "redis_monitor": "redis_monitor"}),
@@ -254,8 +255,8 @@ def jaeger_manifests(config: StackConfig) -> list[dict[str, Any]]:
         env={"JAEGER_LISTEN_HOST": "0.0.0.0"},  # noqa: S104
         ports=JAEGER_PORTS, mounts={"config": JAEGER_CONFIG_DIR, "data": JAEGER_DATA_DIR, "tmp": "/tmp"},  # noqa: S108
         read_only_mounts=frozenset({"config"}), uid=JAEGER_UID,
-        startupProbe={**health, "failureThreshold": 30, "periodSeconds": 2}, readinessProbe=health,
-        livenessProbe=health)
+        startupProbe={**copy.deepcopy(health), "failureThreshold": 30, "periodSeconds": 2}, readinessProbe=health,
+        livenessProbe=copy.deepcopy(health))
     # /tmp: the image declares it a VOLUME; with a read-only root it must be one.
     volumes = [config_map_volume("config", names.jaeger),
                {"name": "data", "persistentVolumeClaim": {"claimName": names.jaeger}},
@@ -277,11 +278,10 @@ def _ports(*ports: int, protocol: str = "TCP") -> list[dict[str, Any]]:
     return [{"protocol": protocol, "port": port} for port in ports]
 
 
-DNS_EGRESS: dict[str, Any] = {
+def _dns_egress() -> dict[str, Any]:
     # The cluster DNS, wherever it runs (kube-dns or CoreDNS both carry k8s-app: kube-dns).
-    "to": [{"namespaceSelector": {}, "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}],
-    "ports": _ports(53, protocol="UDP") + _ports(53),
-}
+    return {"to": [{"namespaceSelector": {}, "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}],
+            "ports": _ports(53, protocol="UDP") + _ports(53)}
 
 
 def _network_policy(config: StackConfig, name: str, component: str, ingress: list[dict[str, Any]],
@@ -302,7 +302,7 @@ def exporter_network_policy(config: StackConfig) -> dict[str, Any]:
     else:
         # An external PostgreSQL is a host name whose address no policy can name: its port, anywhere.
         database_egress = {"ports": _ports(k8s.postgres.port)}
-    egress = [DNS_EGRESS, database_egress]
+    egress = [_dns_egress(), database_egress]
     redis = _redis_address(config)
     if k8s.redis.mode != "external":
         egress.append({"to": [{"podSelector": {"matchLabels": selector(config, "redis")}}],

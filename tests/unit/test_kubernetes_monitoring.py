@@ -482,3 +482,10 @@ class TestNetworkPolicies:
     def test_selects_its_pods(self, name: str) -> None:
         component = name.removeprefix("prefect-").removesuffix("-allow")
         assert self.policy(name)["podSelector"]["matchLabels"]["app.kubernetes.io/name"] == component
+
+
+class TestPlainData:
+    @pytest.mark.parametrize("config", CONFIGS)
+    def test_no_yaml_anchors(self, config: str) -> None:
+        """No dict shared inside an object: the written files carry no &id001/*id001 aliases."""
+        assert [o["metadata"]["name"] for o in objects(config) if "&id" in yaml.safe_dump(o)] == []
