@@ -175,6 +175,41 @@ def kubernetes_api_rules(config: StackConfig) -> list[dict[str, Any]]:
     ]
 
 
+def kubernetes_database_rules(config: StackConfig) -> list[dict[str, Any]]:
+    """The database rules where CloudNativePG runs PostgreSQL and PgBouncer: the same alerts, read from the
+    operator's own exporters (cnpg_* on every instance and every Pooler pod, scraped through the database's
+    PodMonitors) instead of postgres_exporter and this project's PgBouncer reader. Several instances and pooler
+    pods stand in for the one of the other targets, so "down" means none of them answers."""
+    k8s = config.kubernetes
+    prefix = k8s.name
+    instances = f'namespace="{k8s.namespace}",pod=~"{prefix}-db-[0-9]+"'
+    poolers = [f'namespace="{k8s.namespace}",pod=~"{prefix}-pooler-{mode}-.+"' for mode in ("transaction", "session")]
+    return [
+        _rule("PostgresDown", f"max(cnpg_collector_up{{{instances}}}) == 0", "1m", "page", "database",
+              "No PostgreSQL instance answers: every Prefect API replica is failing",
+              "kubectl get cluster (CloudNativePG's status and events) and the instances' logs. A full volume or "
+              "a failed switchover are the usual causes; if the data is lost, follow the restore runbook."),
+        _rule("PostgresConnectionsNearLimit",
+              f"max(sum by (pod) (cnpg_backends_total{{{instances}}}) / on (pod) "
+              f'cnpg_pg_settings_setting{{{instances},name="max_connections"}}) > 0.85', "5m", "warning", "database",
+              "A PostgreSQL instance uses {{ $value | humanizePercentage }} of max_connections",
+              "New connections will soon be refused. Check the Poolers' pool sizes against max_connections; look "
+              "for clients bypassing the Poolers."),
+        _rule("PgBouncerClientsWaiting",
+              f'max(cnpg_pgbouncer_pools_cl_waiting{{namespace="{k8s.namespace}"}}) > 0', "2m", "warning",
+              "database",
+              "Clients wait for a PostgreSQL connection in a Pooler ({{ $value }} waiting)",
+              "The pool is exhausted: slow queries hold connections, or the Pooler's default_pool_size is too "
+              "small for the replicas' db_pool_size. Check slow queries first."),
+        _rule("PgBouncerDown",
+              " or ".join(f"max(cnpg_pgbouncer_up{{{pods}}}) == 0" for pods in poolers), "1m", "page",
+              "database",
+              "No PgBouncer of a Pooler answers: Prefect cannot reach its database",
+              "kubectl get pooler and describe its pods; the operator recreates them. Check the Cluster is "
+              "healthy (the Poolers authenticate against it)."),
+    ]
+
+
 def kubernetes_backup_rules(config: StackConfig) -> list[dict[str, Any]]:
     """Backup freshness where no node_exporter textfile exists: the backup CronJob takes and verifies a backup in
     one Job that fails if either fails, so its last successful completion (kube-state-metrics) is the time of the
@@ -224,9 +259,10 @@ def alert_groups(config: StackConfig, target: Target = "local") -> list[dict[str
             # response time, queue, LoadBalancerDown) have no equivalent of ours (the ingress controller's
             # metrics belong to whoever runs it).
             {"name": "prefect-api", "rules": kubernetes_api_rules(config)},
-            # No "database" group: PostgreSQL and PgBouncer are CloudNativePG's (its own cnpg_* metrics, scraped by
-            # the operator's PodMonitors, with the alerts CloudNativePG publishes) or external; postgres_exporter's
-            # pg_* and this project's PgBouncer console reader do not run there.
+            # PostgreSQL and PgBouncer: CloudNativePG's own metrics; an external PostgreSQL is watched by whoever
+            # runs it (no exporter of ours reaches its internals), so there is no database group then.
+            *([{"name": "database", "rules": kubernetes_database_rules(config)}]
+              if config.kubernetes.postgres.mode == "cnpg" else []),
             # Redis: the Redis exporter beside Redis serves the same redis_* names; the stream rules read this
             # project's exporter, which runs there too.
             {"name": "redis", "rules": redis_rules()},

@@ -152,10 +152,14 @@ class TestAlertRules:
     def test_keeps(self, alert: str) -> None:
         assert alert in {r["alert"] for r in self.rules()}
 
-    @pytest.mark.parametrize("alert", ["LoadBalancerDown", "PrefectApiRequestsQueued", "HostDiskAlmostFull",
-                                       "PgBouncerDown"])
+    @pytest.mark.parametrize("alert", ["LoadBalancerDown", "PrefectApiRequestsQueued", "HostDiskAlmostFull"])
     def test_leaves_out_what_kubernetes_does_not_run(self, alert: str) -> None:
         assert alert not in {r["alert"] for r in self.rules()}
+
+    @pytest.mark.parametrize("alert", ["PostgresDown", "PgBouncerDown"])
+    def test_database_rules_only_with_cloudnativepg(self, alert: str) -> None:
+        assert (alert in {r["alert"] for r in self.rules()}, alert in {r["alert"] for r in self.rules("external")}) == (
+            True, False)
 
     def test_no_rule_reads_haproxy_or_node_exporter(self) -> None:
         assert not [r["alert"] for r in self.rules() if "haproxy_" in r["expr"] or "node_" in r["expr"]]
@@ -179,6 +183,9 @@ class TestAlertRules:
 DEPLOYMENT = 'namespace="prefect",deployment="prefect-api"'
 CRONJOB = 'namespace="prefect",cronjob="prefect-backup"'
 NEW_JOB, OLD_JOB = 'namespace="prefect",job_name="prefect-backup-2"', 'namespace="prefect",job_name="prefect-backup-1"'
+DB_POD, DB_POD2 = 'namespace="prefect",pod="prefect-db-1"', 'namespace="prefect",pod="prefect-db-2"'
+POOLER_POD = 'namespace="prefect",pod="prefect-pooler-transaction-7f9c-x2"'
+SESSION_POD = 'namespace="prefect",pod="prefect-pooler-session-5d8b-k4"'
 # The rules written for Kubernetes only: alert -> (eval time, series when it fires, series when it must not).
 KUBERNETES_CASES: dict[str, tuple[str, dict[str, str], dict[str, str]]] = {
     "PrefectApiAllReplicasDown": (
@@ -203,6 +210,20 @@ KUBERNETES_CASES: dict[str, tuple[str, dict[str, str], dict[str, str]]] = {
         {f"kube_job_status_start_time{{{OLD_JOB}}}": "100x20", f"kube_job_status_start_time{{{NEW_JOB}}}": "200x20",
          f'kube_job_failed{{{OLD_JOB},condition="true"}}': "1x20",
          f'kube_job_failed{{{NEW_JOB},condition="true"}}': "0x20"}),
+    "PostgresDown": (
+        "10m", {f'cnpg_collector_up{{{DB_POD}}}': "0x20", f'cnpg_collector_up{{{DB_POD2}}}': "0x20"},
+        {f'cnpg_collector_up{{{DB_POD}}}': "0x20", f'cnpg_collector_up{{{DB_POD2}}}': "1x20"}),
+    "PostgresConnectionsNearLimit": (
+        "10m", {f'cnpg_backends_total{{{DB_POD},datname="prefect",state="idle"}}': "180x20",
+                f'cnpg_pg_settings_setting{{{DB_POD},name="max_connections"}}': "200x20"},
+        {f'cnpg_backends_total{{{DB_POD},datname="prefect",state="idle"}}': "20x20",
+         f'cnpg_pg_settings_setting{{{DB_POD},name="max_connections"}}': "200x20"}),
+    "PgBouncerClientsWaiting": (
+        "10m", {f'cnpg_pgbouncer_pools_cl_waiting{{{POOLER_POD},database="prefect",user="prefect"}}': "4x20"},
+        {f'cnpg_pgbouncer_pools_cl_waiting{{{POOLER_POD},database="prefect",user="prefect"}}': "0x20"}),
+    "PgBouncerDown": (
+        "10m", {f"cnpg_pgbouncer_up{{{POOLER_POD}}}": "0x20", f"cnpg_pgbouncer_up{{{SESSION_POD}}}": "1x20"},
+        {f"cnpg_pgbouncer_up{{{POOLER_POD}}}": "1x20", f"cnpg_pgbouncer_up{{{SESSION_POD}}}": "1x20"}),
     "MonitoringTargetDown": (
         "10m", {'up{namespace="prefect",job="prefect-exporter",pod="prefect-exporter-1"}': "0x20"},
         {'up{namespace="prefect",job="prefect-exporter",pod="prefect-exporter-1"}': "1x20",
