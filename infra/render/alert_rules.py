@@ -3,7 +3,10 @@
 Every rule carries ``severity`` (page: wake someone; critical: act today; warning: look soon), an ``area``
 label that Alertmanager inhibits by, a ``summary``, a ``description`` that says what to do, and a ``runbook``
 anchor in the README. The rules read only metric names and job labels, never addresses: the same file serves
-the local, compose and Kubernetes targets.
+the local and compose targets. Kubernetes (``alert_groups(config, "kubernetes")``, rendered as a PrometheusRule
+by infra/kubernetes/monitoring.py) keeps every rule whose source runs there and replaces the ones that read
+HAProxy, node_exporter textfiles or postgres_exporter with the same alerts over kube-state-metrics and
+CloudNativePG's metrics; each replacement says why.
 """
 
 from __future__ import annotations
