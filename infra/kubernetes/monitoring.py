@@ -74,7 +74,8 @@ JAEGER_DATA_DIR = "/var/lib/jaeger"  # jaeger_yaml's Badger directories live und
 JAEGER_STORAGE = "5Gi"
 JAEGER_RESOURCES = ResourcesConfig(cpu_request="100m", memory_request="256Mi", memory_limit="1Gi")
 
-# Grafana's dashboard sidecar (kube-prometheus-stack) loads ConfigMaps with this label in any namespace it watches.
+# Grafana's dashboard sidecar loads ConfigMaps with this label; kube-prometheus-stack (since 45.x) watches every
+# namespace for them (grafana.sidecar.dashboards.searchNamespace: ALL).
 DASHBOARD_LABEL = {"grafana_dashboard": "1"}
 # The API server refuses a ConfigMap over 1 MiB (data plus metadata).
 CONFIG_MAP_LIMIT = 1024 * 1024
