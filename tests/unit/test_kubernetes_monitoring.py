@@ -197,11 +197,11 @@ KUBERNETES_CASES: dict[str, tuple[str, dict[str, str], dict[str, str]]] = {
         {f"kube_deployment_spec_replicas{{{DEPLOYMENT}}}": "2x20",
          f"kube_deployment_status_replicas_available{{{DEPLOYMENT}}}": "2x20"}),
     "PrefectBackupTooOld": (
-        # backups.max_age_hours (26) after the last success, with one at the start (fires) or 1 h ago (quiet)
-        "27h", {f"kube_cronjob_status_last_successful_time{{{CRONJOB}}}": "0x1700"},
-        {f"kube_cronjob_status_last_successful_time{{{CRONJOB}}}": "93600x1700"}),
-    "PrefectBackupMissing": ("27h", {"kube_cronjob_status_last_successful_time{namespace=\"other\"}": "0x1700"},
-                             {f"kube_cronjob_status_last_successful_time{{{CRONJOB}}}": "0x1700"}),
+        # backups.max_age_hours (1 here) after the last success: one at the start (fires) or 10 min ago (quiet)
+        "80m", {f"kube_cronjob_status_last_successful_time{{{CRONJOB}}}": "0x90"},
+        {f"kube_cronjob_status_last_successful_time{{{CRONJOB}}}": "4200x90"}),
+    "PrefectBackupMissing": ("80m", {'kube_cronjob_status_last_successful_time{namespace="other"}': "0x90"},
+                             {f"kube_cronjob_status_last_successful_time{{{CRONJOB}}}": "0x90"}),
     "PrefectBackupFailed": (
         "10m", {f"kube_job_status_start_time{{{OLD_JOB}}}": "100x20",
                 f"kube_job_status_start_time{{{NEW_JOB}}}": "200x20",
@@ -234,7 +234,10 @@ KUBERNETES_CASES: dict[str, tuple[str, dict[str, str], dict[str, str]]] = {
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed")
 class TestKubernetesRulesFire:
     def run(self, tmp_path: Path, alert: str, series: dict[str, str]) -> list[str]:
-        [rule] = objects(kind="PrometheusRule")
+        # A one-hour backup age keeps the evaluated span (and promtool's time) short.
+        config = load_config(target="kubernetes", backups={"max_age_hours": 1})
+        [rule] = [m.obj for m in monitoring.monitoring_manifests(config, PlaceholderImages())
+                  if m.kind == "PrometheusRule"]
         (tmp_path / "rules.yml").write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}))
         wait = KUBERNETES_CASES[alert][0]
         tests = {"rule_files": ["rules.yml"], "evaluation_interval": "1m", "tests": [{
