@@ -43,13 +43,17 @@ class Sources:
     postgres_host: str
     postgres_port: int
     database: str
-    pgbouncer_host: str
+    pgbouncer_host: str | None  # None: no PgBouncer of ours (Kubernetes: CloudNativePG's Poolers export their own)
     pgbouncer_port: int
-    redis_host: str
+    redis_host: str | None  # None: no Redis reachable directly (an external Redis behind Sentinel)
     redis_port: int
     postgres_password: str
     redis_password: str
     finished_runs_window_s: int
+    # libpq's sslmode for PostgreSQL and PgBouncer: "prefer" (libpq's default) on loopback; "require" or stricter
+    # where the database is across a network (Kubernetes).
+    sslmode: str = "prefer"
+    redis_tls: bool = False
 
 
 class StackCollector(Collector):
@@ -60,14 +64,14 @@ class StackCollector(Collector):
         s = self.sources
         return psycopg.connect(host=s.postgres_host, port=s.postgres_port, dbname=s.database, user=MONITOR_ROLE,
                                password=s.postgres_password, connect_timeout=CONNECT_TIMEOUT_S, autocommit=True,
-                               options=f"-c statement_timeout={STATEMENT_TIMEOUT_MS}",
+                               sslmode=s.sslmode, options=f"-c statement_timeout={STATEMENT_TIMEOUT_MS}",
                                application_name="prefect-stack-exporter")
 
     def _pgbouncer(self) -> psycopg.Connection[tuple[object, ...]]:
         s = self.sources
         return psycopg.connect(host=s.pgbouncer_host, port=s.pgbouncer_port, dbname="pgbouncer", user=MONITOR_ROLE,
                                password=s.postgres_password, connect_timeout=CONNECT_TIMEOUT_S, autocommit=True,
-                               cursor_factory=psycopg.ClientCursor)
+                               sslmode=s.sslmode, cursor_factory=psycopg.ClientCursor)
 
     def _prefect(self) -> Iterator[Metric]:
         with self._database() as conn:
@@ -76,8 +80,10 @@ class StackCollector(Collector):
 
     def _streams(self) -> Iterator[Metric]:
         s = self.sources
+        if s.redis_host is None:  # not a source then (collect() does not list it)
+            return
         client = redis.Redis(host=s.redis_host, port=s.redis_port, db=MESSAGING_DB, username=MONITOR_USER,
-                             password=s.redis_password, socket_timeout=CONNECT_TIMEOUT_S)
+                             password=s.redis_password, socket_timeout=CONNECT_TIMEOUT_S, ssl=s.redis_tls)
         try:
             yield from collect_event_streams(client)
         finally:
@@ -91,9 +97,11 @@ class StackCollector(Collector):
         started = time.monotonic()
         up = GaugeMetricFamily("prefect_exporter_source_up", "1 when the last scrape could read this source.",
                                labels=["source"])
-        sources: dict[str, Callable[[], Iterator[Metric]]] = {
-            "postgres": self._prefect, "redis": self._streams, "pgbouncer": self._pools,
-        }
+        sources: dict[str, Callable[[], Iterator[Metric]]] = {"postgres": self._prefect}
+        if self.sources.redis_host is not None:
+            sources["redis"] = self._streams
+        if self.sources.pgbouncer_host is not None:
+            sources["pgbouncer"] = self._pools
         for name, read in sources.items():
             try:
                 metrics = list(read())  # all or nothing per source: no half-read families
@@ -121,28 +129,40 @@ def _host_port(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_arguments(argv: list[str] | None = None) -> tuple[tuple[str, int], Sources]:
+    """Where to listen and what to read, from the command line (password files are read here, once)."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--listen", type=_host_port, required=True, help="host:port to serve /metrics on")
     parser.add_argument("--postgres", required=True, help="host:port/database of PostgreSQL (direct, not pooled)")
-    parser.add_argument("--pgbouncer", type=_host_port, required=True, help="host:port of PgBouncer")
-    parser.add_argument("--redis", type=_host_port, required=True, help="host:port of Redis")
+    parser.add_argument("--pgbouncer", type=_host_port, help="host:port of PgBouncer (omitted: no PgBouncer source)")
+    parser.add_argument("--redis", type=_host_port, help="host:port of Redis (omitted: no event-stream source)")
     parser.add_argument("--postgres-password-file", type=Path, required=True)
-    parser.add_argument("--redis-password-file", type=Path, required=True)
+    parser.add_argument("--redis-password-file", type=Path)
+    parser.add_argument("--sslmode", default="prefer",
+                        choices=["disable", "allow", "prefer", "require", "verify-ca", "verify-full"],
+                        help="libpq sslmode for PostgreSQL and PgBouncer (default prefer)")
+    parser.add_argument("--redis-tls", action="store_true", help="connect to Redis over TLS (rediss://)")
     parser.add_argument("--finished-runs-window", type=int, default=3600, help="seconds (default 3600)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stdout)
+    if args.redis is not None and args.redis_password_file is None:
+        parser.error("--redis needs --redis-password-file")
     postgres, _, database = args.postgres.partition("/")
     postgres_host, postgres_port = _host_port(postgres)
     sources = Sources(
         postgres_host=postgres_host, postgres_port=postgres_port, database=database or "prefect",
-        pgbouncer_host=args.pgbouncer[0], pgbouncer_port=args.pgbouncer[1],
-        redis_host=args.redis[0], redis_port=args.redis[1],
+        pgbouncer_host=args.pgbouncer[0] if args.pgbouncer else None,
+        pgbouncer_port=args.pgbouncer[1] if args.pgbouncer else 0,
+        redis_host=args.redis[0] if args.redis else None, redis_port=args.redis[1] if args.redis else 0,
         postgres_password=args.postgres_password_file.read_text().strip(),
-        redis_password=args.redis_password_file.read_text().strip(),
-        finished_runs_window_s=args.finished_runs_window,
+        redis_password=args.redis_password_file.read_text().strip() if args.redis_password_file else "",
+        finished_runs_window_s=args.finished_runs_window, sslmode=args.sslmode, redis_tls=args.redis_tls,
     )
-    host, port = args.listen
+    return args.listen, sources
+
+
+def main(argv: list[str] | None = None) -> int:
+    (host, port), sources = parse_arguments(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stdout)
     REGISTRY.register(StackCollector(sources))
     start_http_server(port, addr=host)
     log.info("serving metrics on http://%s:%d/metrics", host, port)

@@ -1,16 +1,342 @@
-"""Observability as prometheus-operator resources, dashboards for Grafana's sidecar, Jaeger. (Being written.)"""
+"""Observability on Kubernetes, in kube-prometheus-stack's conventions: the stack's alert rules as a
+``PrometheusRule``, ``ServiceMonitor``s for the API replicas and the project's exporter, the exporter itself,
+Grafana dashboards as ConfigMaps for Grafana's sidecar, an optional Jaeger, and the NetworkPolicies of the
+exporter's and Jaeger's pods.
+
+Everything is rendered from the same sources as the other targets: the rules from infra/render/alert_rules.py
+(its Kubernetes variant), the dashboards from infra/render/dashboards.py, Jaeger's configuration from the compose
+target's ``jaeger_yaml``, the exporter from infra/exporter. The PostgreSQL/PgBouncer PodMonitors and the Redis
+exporter's monitor belong to infra/kubernetes/database.py and redis.py.
+"""
 
 from __future__ import annotations
 
+import copy
+import json
 from typing import Any
+from urllib.parse import urlsplit
 
-from infra.config import StackConfig
-from infra.kubernetes.objects import Manifest
+from infra.compose.project import JAEGER_OTLP_HTTP, JAEGER_UI, jaeger_yaml
+from infra.config import ResourcesConfig, StackConfig
+from infra.kubernetes import database
+from infra.kubernetes.objects import (
+    APP_HOME,
+    PYTHON,
+    Manifest,
+    Names,
+    config_map_volume,
+    container,
+    empty_dir,
+    metadata,
+    pod_spec,
+    secret_volume,
+    selector,
+)
+from infra.render.alert_rules import alert_groups
+from infra.render.dashboards import dashboards
+
+MONITORING_API = "monitoring.coreos.com/v1"
+EXPORTER = "exporter"
+JAEGER = "jaeger"
+API = "api"
+SERVICES = "services"
+
+# The API Service's port (infra/kubernetes/prefect.py): named "http", Prefect's default 4200.
+API_PORT_NAME = "http"
+# Job names are part of the alert rules' and dashboards' contract (infra/render/prometheus.py): relabelled to the
+# local target's, whatever the Service is called.
+API_JOB = "prefect-api"
+EXPORTER_JOB = "prefect-exporter"
+METRICS_PORT_NAME = "metrics"
+
+# The Redis pods' ports (infra/kubernetes/redis.py): Redis and, in sentinel mode, Sentinel beside it.
+REDIS_PORT, SENTINEL_PORT = 6379, 26379
+POSTGRES_PORT = 5432
+# CloudNativePG labels every instance pod with its Cluster's name.
+CNPG_CLUSTER_LABEL = "cnpg.io/cluster"
+
+SECRETS_DIR = "/run/secrets/prefect-stack"
+# One scrape reads PostgreSQL and Redis with bounded queries: a small, steady footprint.
+EXPORTER_RESOURCES = ResourcesConfig(cpu_request="50m", memory_request="128Mi", memory_limit="256Mi")
+
+# Jaeger: OTLP gRPC and HTTP in, the UI, and the health-check extension (jaeger_yaml).
+JAEGER_OTLP_GRPC, JAEGER_HEALTH = 4317, 13133
+JAEGER_PORTS = {"otlp-grpc": JAEGER_OTLP_GRPC, "otlp-http": JAEGER_OTLP_HTTP, "ui": JAEGER_UI,
+                "health": JAEGER_HEALTH}
+# The upstream image's user (jaegertracing/jaeger cmd/jaeger/Dockerfile: USER 10001), stated so the pod's
+# runAsNonRoot check does not depend on the image's metadata.
+JAEGER_UID = 10001
+JAEGER_CONFIG_DIR = "/etc/jaeger"
+JAEGER_DATA_DIR = "/var/lib/jaeger"  # jaeger_yaml's Badger directories live under it
+# Badger's volume: a PersistentVolumeClaim, so a restarted or rescheduled pod keeps the retained traces (ttl
+# 168h in jaeger_yaml); an emptyDir would lose them and be evicted once spans outgrow its size limit. One replica
+# with a ReadWriteOnce volume, hence the Recreate strategy.
+JAEGER_STORAGE = "5Gi"
+JAEGER_RESOURCES = ResourcesConfig(cpu_request="100m", memory_request="256Mi", memory_limit="1Gi")
+
+# Grafana's dashboard sidecar loads ConfigMaps with this label; kube-prometheus-stack (since 45.x) watches every
+# namespace for them (grafana.sidecar.dashboards.searchNamespace: ALL).
+DASHBOARD_LABEL = {"grafana_dashboard": "1"}
+# The API server refuses a ConfigMap over 1 MiB (data plus metadata).
+CONFIG_MAP_LIMIT = 1024 * 1024
+# Dashboards whose every panel reads a source Kubernetes does not run, so they are not shipped there: the host
+# one (node_exporter on the stack's machine; kube-prometheus-stack has its own node dashboards), PostgreSQL
+# (postgres_exporter's pg_* and this project's PgBouncer reader; CloudNativePG publishes a dashboard for its
+# cnpg_* metrics) and backups (node_exporter textfile metrics; the backup alerts read the CronJob's Jobs instead).
+KUBERNETES_DASHBOARDS_LEFT_OUT = frozenset({"prefect-host.json", "prefect-postgres.json", "prefect-backups.json"})
 
 
-def monitoring_manifests(config: StackConfig, images: Any) -> list[Manifest]:
-    return []
+def jaeger_runs(config: StackConfig) -> bool:
+    return config.kubernetes.jaeger and config.monitoring.enabled
 
 
 def tracing_endpoint(config: StackConfig) -> str | None:
-    return config.tracing.otlp_endpoint if config.tracing.enabled else None
+    """The OTLP/HTTP base URL the Prefect pods export spans to: the configured collector, else the stack's Jaeger
+    when it runs, else none."""
+    if config.tracing.otlp_endpoint:
+        return config.tracing.otlp_endpoint
+    if jaeger_runs(config):
+        return f"http://{Names.of(config).jaeger}:{JAEGER_OTLP_HTTP}"
+    return None
+
+
+def api_metrics_secret(config: StackConfig) -> str:
+    """The basic-auth Secret Prometheus scrapes /api/metrics with; created by deploy, never rendered."""
+    return Names.of(config).secret_api_metrics
+
+
+def external_secrets(config: StackConfig) -> dict[str, str]:
+    """Secrets these manifests reference that deploy creates: name -> what it holds."""
+    if not config.monitoring.enabled:
+        return {}
+    return {api_metrics_secret(config): "basic-auth: admin and the Prefect API password (prefect_auth), for "
+                                        "Prometheus's scrape of /api/metrics"}
+
+
+def _operator_metadata(config: StackConfig, name: str, component: str) -> dict[str, Any]:
+    """kube-prometheus-stack's Prometheus selects monitors and rules by ``release``."""
+    return metadata(config, name, component, extra_labels={"release": config.kubernetes.prometheus_release})
+
+
+def prometheus_rule(config: StackConfig) -> dict[str, Any]:
+    return {"apiVersion": MONITORING_API, "kind": "PrometheusRule",
+            "metadata": _operator_metadata(config, Names.of(config)("alerts"), "monitoring"),
+            "spec": {"groups": alert_groups(config, "kubernetes")}}
+
+
+def _relabel_job(job: str) -> list[dict[str, Any]]:
+    # ``component`` is the pod, as the other targets' ``component`` is the process (api-2).
+    return [{"action": "replace", "targetLabel": "job", "replacement": job},
+            {"action": "replace", "sourceLabels": ["__meta_kubernetes_pod_name"], "targetLabel": "component"}]
+
+
+def _service_monitor(config: StackConfig, name: str, component: str, endpoint: dict[str, Any]) -> dict[str, Any]:
+    return {"apiVersion": MONITORING_API, "kind": "ServiceMonitor",
+            "metadata": _operator_metadata(config, name, component),
+            "spec": {"selector": {"matchLabels": selector(config, component)},
+                     "namespaceSelector": {"matchNames": [config.kubernetes.namespace]},
+                     "endpoints": [{"interval": f"{config.monitoring.scrape_interval_s}s", **endpoint}]}}
+
+
+def api_service_monitor(config: StackConfig) -> dict[str, Any]:
+    """Every API replica's /api/metrics (process and Prefect's own metrics), behind the API's basic auth."""
+    secret = api_metrics_secret(config)
+    return _service_monitor(config, Names.of(config).api, API, {
+        "port": API_PORT_NAME, "path": "/api/metrics", "scheme": "http",
+        "basicAuth": {"username": {"name": secret, "key": "username"},
+                      "password": {"name": secret, "key": "password"}},
+        "relabelings": _relabel_job(API_JOB)})
+
+
+def exporter_service_monitor(config: StackConfig) -> dict[str, Any]:
+    return _service_monitor(config, Names.of(config).exporter, EXPORTER, {
+        "port": METRICS_PORT_NAME, "path": "/metrics", "scheme": "http",
+        # A scrape runs the exporter's queries: bounded by its statement timeout, well under this.
+        "scrapeTimeout": "10s",
+        "relabelings": _relabel_job(EXPORTER_JOB)})
+
+
+def _redis_address(config: StackConfig) -> tuple[str, int, bool] | None:
+    """Where the exporter reads Prefect's event streams (host, port, TLS). In sentinel mode any Redis pod serves
+    XINFO (replicas hold the same streams); an external Redis behind Sentinel has no fixed address: None."""
+    redis = config.kubernetes.redis
+    if redis.mode != "external":
+        return Names.of(config).redis, REDIS_PORT, False
+    url = urlsplit(redis.external_url or "")
+    if url.scheme not in ("redis", "rediss") or url.hostname is None:
+        return None
+    return url.hostname, url.port or REDIS_PORT, url.scheme == "rediss"
+
+
+def exporter_arguments(config: StackConfig) -> list[str]:
+    """The exporter's command line: the same program as the other targets, with Kubernetes' addresses."""
+    endpoints = database.database_endpoints(config)  # called here, not at import: tests replace it
+    host, port = endpoints.direct
+    args = [f"--listen=0.0.0.0:{config.monitoring.prefect_exporter_port}",  # the pod's own address
+            f"--postgres={host}:{port}/{config.postgres.database}",
+            f"--postgres-password-file={SECRETS_DIR}/postgres_monitor",
+            f"--sslmode={endpoints.sslmode}",
+            f"--finished-runs-window={config.monitoring.finished_runs_window_s}"]
+    # No --pgbouncer: the Poolers are CloudNativePG's PgBouncers, whose console only the operator's user reaches;
+    # they export their own metrics (the database's PodMonitors).
+    redis = _redis_address(config)
+    if redis is not None:
+        redis_host, redis_port, tls = redis
+        args += [f"--redis={redis_host}:{redis_port}", f"--redis-password-file={SECRETS_DIR}/redis_monitor",
+                 *(["--redis-tls"] if tls else [])]
+    return args
+
+
+def exporter_deployment(config: StackConfig, images: Any) -> dict[str, Any]:
+    names, port = Names.of(config), config.monitoring.prefect_exporter_port
+    # A TCP probe: an HTTP GET of /metrics would run every query of a scrape each period.
+    probe = {"tcpSocket": {"port": METRICS_PORT_NAME}, "periodSeconds": 10, "timeoutSeconds": 3,
+             "failureThreshold": 3}
+    exporter = container(
+        EXPORTER, images.prefect, [PYTHON, "-m", "infra.exporter.server"], EXPORTER_RESOURCES,
+        args=exporter_arguments(config),
+        env={"PYTHONPATH": str(APP_HOME), "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1"},
+        ports={METRICS_PORT_NAME: port}, mounts={"secrets": SECRETS_DIR, "tmp": "/tmp"},  # noqa: S108 - a volume
+        read_only_mounts=frozenset({"secrets"}), readinessProbe=probe, livenessProbe=copy.deepcopy(probe))
+    # Only the two monitor credentials, as files: nothing secret in the environment or the arguments.
+    volumes = [secret_volume("secrets", names.secret_stack,
+                             {"postgres_monitor": "postgres_monitor", "redis_monitor": "redis_monitor"}),
+               empty_dir("tmp", "64Mi")]
+    return {"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": metadata(config, names.exporter, EXPORTER),
+            "spec": {"replicas": 1, "selector": {"matchLabels": selector(config, EXPORTER)},
+                     "template": {"metadata": {"labels": metadata(config, names.exporter, EXPORTER)["labels"]},
+                                  "spec": pod_spec([exporter], volumes)}}}
+
+
+def _service(config: StackConfig, name: str, component: str, ports: dict[str, int]) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Service", "metadata": metadata(config, name, component),
+            "spec": {"selector": selector(config, component),
+                     "ports": [{"name": port_name, "port": port, "targetPort": port_name, "protocol": "TCP"}
+                               for port_name, port in ports.items()]}}
+
+
+def exporter_service(config: StackConfig) -> dict[str, Any]:
+    return _service(config, Names.of(config).exporter, EXPORTER,
+                    {METRICS_PORT_NAME: config.monitoring.prefect_exporter_port})
+
+
+def dashboard_config_maps(config: StackConfig) -> list[dict[str, Any]]:
+    """One ConfigMap per dashboard. The dashboards query through their ``datasource`` variable (any Prometheus
+    datasource, the default one first), so kube-prometheus-stack's Prometheus (uid ``prometheus``) needs no
+    rewrite. The API dashboard's HAProxy panels stay empty there: an Ingress balances the replicas."""
+    maps = []
+    for file_name, document in dashboards(config).items():
+        if file_name in KUBERNETES_DASHBOARDS_LEFT_OUT:
+            continue
+        name = Names.of(config)("dashboard-" + file_name.removesuffix(".json").removeprefix("prefect-"))
+        maps.append({"apiVersion": "v1", "kind": "ConfigMap",
+                     "metadata": metadata(config, name, "monitoring", extra_labels=DASHBOARD_LABEL),
+                     "data": {file_name: json.dumps(document, indent=1, sort_keys=True)}})
+    return maps
+
+
+def jaeger_manifests(config: StackConfig) -> list[dict[str, Any]]:
+    """Jaeger v2 with Badger storage, configured by the compose target's ``jaeger_yaml``."""
+    names, k8s = Names.of(config), config.kubernetes
+    config_map = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": metadata(config, names.jaeger, JAEGER),
+                  "data": {"config.yaml": jaeger_yaml(config)}}
+    claim_spec: dict[str, Any] = {"accessModes": ["ReadWriteOnce"],
+                                  "resources": {"requests": {"storage": JAEGER_STORAGE}}}
+    if k8s.storage_class:
+        claim_spec["storageClassName"] = k8s.storage_class
+    claim = {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+             "metadata": metadata(config, names.jaeger, JAEGER), "spec": claim_spec}
+    # healthcheckv2's status endpoint (its default path; jaeger_yaml sets only the address).
+    health = {"httpGet": {"path": "/status", "port": "health", "scheme": "HTTP"}, "periodSeconds": 10,
+              "timeoutSeconds": 3, "failureThreshold": 3}
+    jaeger = container(
+        JAEGER, k8s.jaeger_image, None, JAEGER_RESOURCES, args=["--config", f"{JAEGER_CONFIG_DIR}/config.yaml"],
+        # The image sets it too; stated so the Service reaches the pod's address whatever the image's defaults.
+        env={"JAEGER_LISTEN_HOST": "0.0.0.0"},  # noqa: S104
+        ports=JAEGER_PORTS, mounts={"config": JAEGER_CONFIG_DIR, "data": JAEGER_DATA_DIR, "tmp": "/tmp"},  # noqa: S108
+        read_only_mounts=frozenset({"config"}), uid=JAEGER_UID,
+        startupProbe={**copy.deepcopy(health), "failureThreshold": 30, "periodSeconds": 2}, readinessProbe=health,
+        livenessProbe=copy.deepcopy(health))
+    # /tmp: the image declares it a VOLUME; with a read-only root it must be one.
+    volumes = [config_map_volume("config", names.jaeger),
+               {"name": "data", "persistentVolumeClaim": {"claimName": names.jaeger}},
+               empty_dir("tmp", "64Mi")]
+    template_labels = metadata(config, names.jaeger, JAEGER)["labels"]
+    deployment = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": metadata(config, names.jaeger, JAEGER),
+                  "spec": {"replicas": 1, "strategy": {"type": "Recreate"},
+                           "selector": {"matchLabels": selector(config, JAEGER)},
+                           "template": {"metadata": {"labels": template_labels},
+                                        "spec": pod_spec([jaeger], volumes, uid=JAEGER_UID)}}}
+    return [config_map, claim, deployment, _service(config, names.jaeger, JAEGER, JAEGER_PORTS)]
+
+
+def _namespace_peer(namespace: str) -> dict[str, Any]:
+    return {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}}}
+
+
+def _ports(*ports: int, protocol: str = "TCP") -> list[dict[str, Any]]:
+    return [{"protocol": protocol, "port": port} for port in ports]
+
+
+def _dns_egress() -> dict[str, Any]:
+    # The cluster DNS, wherever it runs (kube-dns or CoreDNS both carry k8s-app: kube-dns).
+    return {"to": [{"namespaceSelector": {}, "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}],
+            "ports": _ports(53, protocol="UDP") + _ports(53)}
+
+
+def _network_policy(config: StackConfig, name: str, component: str, ingress: list[dict[str, Any]],
+                    egress: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": metadata(config, name, component),
+            "spec": {"podSelector": {"matchLabels": selector(config, component)},
+                     "policyTypes": ["Ingress", "Egress"], "ingress": ingress, "egress": egress}}
+
+
+def exporter_network_policy(config: StackConfig) -> dict[str, Any]:
+    """In: Prometheus's scrape. Out: DNS, PostgreSQL, Redis (and Sentinel's port, for a Sentinel-mode pod)."""
+    k8s = config.kubernetes
+    prometheus = _namespace_peer(k8s.prometheus_namespace)
+    if k8s.postgres.mode == "cnpg":
+        database_egress = {"to": [{"podSelector": {"matchLabels": {CNPG_CLUSTER_LABEL: Names.of(config).database}}}],
+                           "ports": _ports(POSTGRES_PORT)}
+    else:
+        # An external PostgreSQL is a host name whose address no policy can name: its port, anywhere.
+        database_egress = {"ports": _ports(k8s.postgres.port)}
+    egress = [_dns_egress(), database_egress]
+    redis = _redis_address(config)
+    if k8s.redis.mode != "external":
+        egress.append({"to": [{"podSelector": {"matchLabels": selector(config, "redis")}}],
+                       "ports": _ports(REDIS_PORT, SENTINEL_PORT)})
+    elif redis is not None:
+        egress.append({"ports": _ports(redis[1])})
+    return _network_policy(config, Names.of(config)("exporter-allow"), EXPORTER,
+                           [{"from": [prometheus], "ports": _ports(config.monitoring.prefect_exporter_port)}],
+                           egress)
+
+
+def jaeger_network_policy(config: StackConfig) -> dict[str, Any]:
+    """In: spans from the API and services pods (OTLP); the UI and query API from Prometheus's namespace, where
+    kube-prometheus-stack's Grafana has its Jaeger datasource. Operators reach the UI by kubectl port-forward,
+    which enters through the kubelet, not the pod network. Out: nothing; Jaeger calls no one."""
+    prefect = [{"podSelector": {"matchLabels": selector(config, component)}} for component in (API, SERVICES)]
+    ingress = [{"from": prefect, "ports": _ports(JAEGER_OTLP_GRPC, JAEGER_OTLP_HTTP)},
+               {"from": [_namespace_peer(config.kubernetes.prometheus_namespace)], "ports": _ports(JAEGER_UI)}]
+    return _network_policy(config, Names.of(config)("jaeger-allow"), JAEGER, ingress, [])
+
+
+def monitoring_manifests(config: StackConfig, images: Any) -> list[Manifest]:
+    """Every observability object, or none when monitoring is off."""
+    if not config.monitoring.enabled:
+        return []
+    objects = [prometheus_rule(config), api_service_monitor(config), exporter_service_monitor(config),
+               exporter_deployment(config, images), exporter_service(config), *dashboard_config_maps(config)]
+    if jaeger_runs(config):
+        objects += jaeger_manifests(config)
+    manifests = [Manifest(obj, "monitoring", "monitoring") for obj in objects]
+    if config.kubernetes.network_policies:
+        policies = [exporter_network_policy(config)]
+        if jaeger_runs(config):
+            policies.append(jaeger_network_policy(config))
+        manifests += [Manifest(policy, "namespace", "network-policies") for policy in policies]
+    return manifests

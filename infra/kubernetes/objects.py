@@ -173,6 +173,12 @@ class Names:
         """Every generated secret (infra/secrets.py), one key each: the backup CronJob reads them as files."""
         return self("stack-secrets")
 
+    @property
+    def secret_api_metrics(self) -> str:
+        """kubernetes.io/basic-auth: username ``admin`` and the Prefect API password (from prefect_auth), which
+        Prometheus scrapes the replicas' /api/metrics with (its ServiceMonitor reads only Secrets)."""
+        return self("api-metrics-auth")
+
     # Observability
     @property
     def jaeger(self) -> str:

@@ -73,7 +73,7 @@ def render(config: StackConfig, images: Images) -> Rendering:
     rendering.manifests += redis.redis_manifests(config, images)
     rendering.manifests += prefect.prefect_manifests(config, images)
     rendering.manifests += monitoring.monitoring_manifests(config, images)
-    rendering.external_secrets = secrets.external_secrets(config)
+    rendering.external_secrets = {**secrets.external_secrets(config), **monitoring.external_secrets(config)}
     return rendering
 
 

@@ -3,12 +3,15 @@
 Every rule carries ``severity`` (page: wake someone; critical: act today; warning: look soon), an ``area``
 label that Alertmanager inhibits by, a ``summary``, a ``description`` that says what to do, and a ``runbook``
 anchor in the README. The rules read only metric names and job labels, never addresses: the same file serves
-the local, compose and Kubernetes targets.
+the local and compose targets. Kubernetes (``alert_groups(config, "kubernetes")``, rendered as a PrometheusRule
+by infra/kubernetes/monitoring.py) keeps every rule whose source runs there and replaces the ones that read
+HAProxy, node_exporter textfiles or postgres_exporter with the same alerts over kube-state-metrics and
+CloudNativePG's metrics; each replacement says why.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -152,19 +155,141 @@ def host_rules() -> list[dict[str, Any]]:
     ]
 
 
-def alert_rules_yml(config: StackConfig) -> str:
-    groups: list[dict[str, Any]] = [
-        {"name": "prefect-api", "rules": api_rules(config)},
-        {"name": "database", "rules": database_rules()},
-        {"name": "redis", "rules": redis_rules()},
-        {"name": "prefect-flows", "rules": prefect_rules()},
-        {"name": "host", "rules": host_rules()},
+Target = Literal["local", "compose", "kubernetes"]
+
+
+def kubernetes_api_rules(config: StackConfig) -> list[dict[str, Any]]:
+    """The API rules where no HAProxy exists: an Ingress and a Service balance the replicas, so replica health is
+    read from kube-state-metrics (which kube-prometheus-stack runs) instead of HAProxy's server states."""
+    k8s, monitoring = config.kubernetes, config.monitoring
+    deployment = f'namespace="{k8s.namespace}",deployment="{k8s.name}-api"'
+    return [
+        _rule("PrefectApiAllReplicasDown", f"kube_deployment_status_replicas_available{{{deployment}}} == 0", "30s",
+              "page", "api",
+              "No Prefect API replica is available: the API is down for every client",
+              "The Service has no ready endpoint. Run invoke status --target kubernetes; kubectl describe the "
+              "API pods. A database or Redis outage makes every replica unready at once: check those first."),
+        _rule("PrefectApiReplicaDown",
+              f"kube_deployment_spec_replicas{{{deployment}}} - kube_deployment_status_replicas_available"
+              f"{{{deployment}}} > 0", monitoring.replica_down_for, "warning", "api",
+              "{{ $value }} Prefect API replica(s) are not available",
+              "The Service sends them no traffic; the other replicas carry the load. kubectl describe the API "
+              "pods (scheduling, probes, image pulls) and read their logs (invoke logs api)."),
     ]
-    groups += yaml.safe_load(backup_alert_rules(config.backups.max_age_hours))["groups"]
+
+
+def kubernetes_database_rules(config: StackConfig) -> list[dict[str, Any]]:
+    """The database rules where CloudNativePG runs PostgreSQL and PgBouncer: the same alerts, read from the
+    operator's own exporters (cnpg_* on every instance and every Pooler pod, scraped through the database's
+    PodMonitors) instead of postgres_exporter and this project's PgBouncer reader. Several instances and pooler
+    pods stand in for the one of the other targets, so "down" means none of them answers."""
+    k8s = config.kubernetes
+    prefix = k8s.name
+    instances = f'namespace="{k8s.namespace}",pod=~"{prefix}-db-[0-9]+"'
+    poolers = [f'namespace="{k8s.namespace}",pod=~"{prefix}-pooler-{mode}-.+"' for mode in ("transaction", "session")]
+    return [
+        _rule("PostgresDown", f"max(cnpg_collector_up{{{instances}}}) == 0", "1m", "page", "database",
+              "No PostgreSQL instance answers: every Prefect API replica is failing",
+              "kubectl get cluster (CloudNativePG's status and events) and the instances' logs. A full volume or "
+              "a failed switchover are the usual causes; if the data is lost, follow the restore runbook."),
+        _rule("PostgresConnectionsNearLimit",
+              f"max(sum by (pod) (cnpg_backends_total{{{instances}}}) / on (pod) "
+              f'cnpg_pg_settings_setting{{{instances},name="max_connections"}}) > 0.85', "5m", "warning", "database",
+              "A PostgreSQL instance uses {{ $value | humanizePercentage }} of max_connections",
+              "New connections will soon be refused. Check the Poolers' pool sizes against max_connections; look "
+              "for clients bypassing the Poolers."),
+        _rule("PgBouncerClientsWaiting",
+              f'max(cnpg_pgbouncer_pools_cl_waiting{{namespace="{k8s.namespace}"}}) > 0', "2m", "warning",
+              "database",
+              "Clients wait for a PostgreSQL connection in a Pooler ({{ $value }} waiting)",
+              "The pool is exhausted: slow queries hold connections, or the Pooler's default_pool_size is too "
+              "small for the replicas' db_pool_size. Check slow queries first."),
+        _rule("PgBouncerDown",
+              " or ".join(f"max(cnpg_pgbouncer_up{{{pods}}}) == 0" for pods in poolers), "1m", "page",
+              "database",
+              "No PgBouncer of a Pooler answers: Prefect cannot reach its database",
+              "kubectl get pooler and describe its pods; the operator recreates them. Check the Cluster is "
+              "healthy (the Poolers authenticate against it)."),
+    ]
+
+
+def kubernetes_backup_rules(config: StackConfig) -> list[dict[str, Any]]:
+    """Backup freshness where no node_exporter textfile exists: the backup CronJob takes and verifies a backup in
+    one Job that fails if either fails, so its last successful completion (kube-state-metrics) is the time of the
+    last verified backup, and the newest Job's failure is the last attempt's failure. A failed verification and a
+    failed backup are one alert here: the Job's log says which."""
+    k8s = config.kubernetes
+    max_hours = config.backups.max_age_hours
+    cronjob = f'namespace="{k8s.namespace}",cronjob="{k8s.name}-backup"'
+    jobs = f'namespace="{k8s.namespace}",job_name=~"{k8s.name}-backup-.+"'
+    return [
+        _rule("PrefectBackupTooOld",
+              f"time() - max(kube_cronjob_status_last_successful_time{{{cronjob}}}) > {max_hours * 3600}", "5m",
+              "critical", "backups",
+              f"The newest verified Prefect backup is older than {max_hours}h",
+              "No backup Job has completed (backup and verification) for {{ $value | humanizeDuration }}. Read "
+              "the last Jobs' logs (kubectl logs job/NAME) and invoke backup.list."),
+        _rule("PrefectBackupMissing", f"absent(kube_cronjob_status_last_successful_time{{{cronjob}}})",
+              f"{max_hours}h", "critical", "backups",
+              "No verified Prefect backup has ever been recorded",
+              "The backup CronJob has never completed. Check it is scheduled (kubectl get cronjob) and take one "
+              f"now: kubectl create job --from=cronjob/{k8s.name}-backup {k8s.name}-backup-manual."),
+        _rule("PrefectBackupFailed",
+              f"topk(1, kube_job_status_start_time{{{jobs}}}) and on (job_name) "
+              f'(kube_job_failed{{{jobs},condition="true"}} == 1)', "5m", "critical", "backups",
+              "The last Prefect backup Job failed (the backup or its verification)",
+              "Read its log (kubectl logs job/{{ $labels.job_name }}): S3 unreachable, credentials, scratch space, "
+              "or a failed verification (then do not rely on that backup). Take a new one once fixed."),
+    ]
+
+
+def alert_groups(config: StackConfig, target: Target = "local") -> list[dict[str, Any]]:
+    """The rule groups for ``target``. Kubernetes differs only where the other targets read components it does
+    not run (see each adaptation below); every other rule is the same object."""
+    if target != "kubernetes":
+        groups: list[dict[str, Any]] = [
+            {"name": "prefect-api", "rules": api_rules(config)},
+            {"name": "database", "rules": database_rules()},
+            {"name": "redis", "rules": redis_rules()},
+            {"name": "prefect-flows", "rules": prefect_rules()},
+            {"name": "host", "rules": host_rules()},
+        ]
+        groups += yaml.safe_load(backup_alert_rules(config.backups.max_age_hours))["groups"]
+    else:
+        namespace = config.kubernetes.namespace
+        groups = [
+            # No HAProxy: replica availability from kube-state-metrics; the HAProxy-only signals (5xx rate,
+            # response time, queue, LoadBalancerDown) have no equivalent of ours (the ingress controller's
+            # metrics belong to whoever runs it).
+            {"name": "prefect-api", "rules": kubernetes_api_rules(config)},
+            # PostgreSQL and PgBouncer: CloudNativePG's own metrics; an external PostgreSQL is watched by whoever
+            # runs it (no exporter of ours reaches its internals), so there is no database group then.
+            *([{"name": "database", "rules": kubernetes_database_rules(config)}]
+              if config.kubernetes.postgres.mode == "cnpg" else []),
+            # Redis: the Redis exporter beside Redis serves the same redis_* names; the stream rules read this
+            # project's exporter, which runs there too.
+            {"name": "redis", "rules": redis_rules()},
+            {"name": "prefect-flows", "rules": prefect_rules()},
+            # No host group: there is no node_exporter of ours (kube-prometheus-stack runs its own, with its node
+            # and PersistentVolume alerts). A scrape target down, restricted to the stack's namespace: up{} holds
+            # the whole cluster's targets there. The API is covered by its replica rules.
+            {"name": "monitoring", "rules": [
+                _rule("MonitoringTargetDown", f'up{{namespace="{namespace}",job!="prefect-api"}} == 0', "5m",
+                      "warning", "monitoring",
+                      "Prometheus cannot scrape {{ $labels.pod }} ({{ $labels.job }})",
+                      "Its metrics and the alerts built on them are blind meanwhile. kubectl describe the pod; "
+                      "read its logs."),
+            ]},
+            {"name": "prefect-backups", "rules": kubernetes_backup_rules(config)},
+        ]
     for group in groups:
         for rule in group["rules"]:
             rule["labels"].setdefault("area", "backups")
             rule["annotations"].setdefault("runbook", RUNBOOK.format(anchor=rule["alert"].lower()))
             rule["annotations"].setdefault("description", rule["annotations"]["summary"])
+    return groups
+
+
+def alert_rules_yml(config: StackConfig, target: Target = "local") -> str:
     header = "# Rendered by prefect-stack from the configuration model; edit the model, not this file.\n"
-    return header + yaml.safe_dump({"groups": groups}, sort_keys=False, width=1000)
+    return header + yaml.safe_dump({"groups": alert_groups(config, target)}, sort_keys=False, width=1000)
