@@ -65,7 +65,8 @@ NEVER_PRUNED = frozenset({"Secret", "PersistentVolumeClaim", "Namespace"})
 KEPT_HOLDING_DATA = frozenset({(CNPG_GROUP, "Cluster")})
 
 _NO_MATCH = re.compile(r'no matches for kind "([^"]+)" in version "([^"/]+)/[^"]*"')
-_UNKNOWN_RESOURCE = ("doesn't have a resource type", "could not find the requested resource", "no matches for kind")
+# What kubectl says about a resource the cluster does not serve (its CRD is not installed).
+NOT_SERVED_MARKERS = ("doesn't have a resource type", "could not find the requested resource", "no matches for kind")
 
 
 @dataclass(frozen=True)
@@ -312,10 +313,16 @@ def prunable_kinds(manifests: Sequence[Manifest]) -> list[tuple[str, str]]:
     return kinds
 
 
-def managed_objects(kubectl: Kubectl, config: StackConfig, kinds: Sequence[tuple[str, str]]) \
-        -> list[tuple[str, dict[str, Any]]]:
-    """(resource, object) of every live object this stack applied, of ``kinds``, in the order of ``kinds``; a kind
-    the cluster does not serve (its operator is not installed) has none.
+def not_served(exc: KubectlError) -> bool:
+    """kubectl failed because the cluster does not know the resource (its operator is not installed)."""
+    return any(marker in exc.stderr for marker in NOT_SERVED_MARKERS)
+
+
+def list_stack_objects(kubectl: Kubectl, config: StackConfig, kinds: Sequence[tuple[str, str]],
+                       applied_only: bool = True) -> list[tuple[str, dict[str, Any]]]:
+    """(resource, object) of every live object with the stack's labels, of ``kinds``, in the order of ``kinds``;
+    none made by a controller (its owner decides its life), and with ``applied_only`` only those deploy applied.
+    A kind the cluster does not serve (its operator is not installed) has none.
 
     One ``kubectl get`` per API group (an operator installs all kinds of its group at once), one per kind of a
     group the cluster does not fully serve."""
@@ -333,7 +340,7 @@ def managed_objects(kubectl: Kubectl, config: StackConfig, kinds: Sequence[tuple
                 except _NotServed:
                     continue
     order = {(_group(v), k): i for i, (v, k) in enumerate(kinds)}
-    ours = [obj for obj in live if _applied_by_us(obj) and not _controlled(obj)]
+    ours = [obj for obj in live if (_applied_by_us(obj) or not applied_only) and not _controlled(obj)]
     ours.sort(key=lambda o: order.get((_group(str(o["apiVersion"])), str(o["kind"])), len(order)))
     return [(resource_of(obj), obj) for obj in ours]
 
@@ -346,7 +353,7 @@ def _list(kubectl: Kubectl, config: StackConfig, what: str) -> list[dict[str, An
     try:
         return kubectl.get(what, selector=prune_selector(config), managed_fields=True)
     except KubectlError as exc:
-        if any(marker in exc.stderr for marker in _UNKNOWN_RESOURCE):
+        if not_served(exc):
             raise _NotServed(what) from None
         raise UserError(f"cannot list the stack's {what} objects: {exc.tail(3)}",
                         fix=f"check the kubeconfig user's right to list {what} in namespace "
@@ -358,7 +365,7 @@ def prune(kubectl: Kubectl, config: StackConfig, manifests: Sequence[Manifest]) 
     rendered = {(_group(m.api_version), m.kind, m.name) for m in manifests}
     pruned: list[str] = []
     kept: list[str] = []
-    for what, obj in managed_objects(kubectl, config, prunable_kinds(manifests)):
+    for what, obj in list_stack_objects(kubectl, config, prunable_kinds(manifests)):
         group, kind, name = _group(str(obj["apiVersion"])), str(obj["kind"]), str(obj["metadata"]["name"])
         if (group, kind, name) in rendered or kind in NEVER_PRUNED:
             continue
@@ -366,7 +373,7 @@ def prune(kubectl: Kubectl, config: StackConfig, manifests: Sequence[Manifest]) 
             kept.append(f"{what}/{name}")
             continue
         try:
-            kubectl.delete(what, name, config.kubernetes.wait_timeout_s)
+            kubectl.delete(what, name, timeout_s=config.kubernetes.wait_timeout_s)
         except KubectlError as exc:
             raise UserError(f"prune: cannot delete {kind} {name}, no longer rendered: {exc.tail(3)}",
                             fix=f"{kubectl_hint(config)} describe {what} {name} (a finalizer may hold it)") from None

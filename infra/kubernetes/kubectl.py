@@ -151,8 +151,9 @@ class Kubectl:
         document = json.loads(out)
         return list(document["items"]) if "items" in document else [document]
 
-    def delete(self, what: str, name: str, timeout_s: float) -> None:
-        self.run("delete", what, name, "--ignore-not-found", f"--timeout={timeout_s:.0f}s",
+    def delete(self, what: str, *names: str, timeout_s: float) -> None:
+        """Delete objects by name, waiting (bounded) until they are gone."""
+        self.run("delete", what, *names, "--ignore-not-found", f"--timeout={timeout_s:.0f}s",
                  timeout_s=timeout_s + WAIT_GRACE_S)
 
     def wait(self, target: str, condition: str, timeout_s: float) -> None:
