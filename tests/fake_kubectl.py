@@ -4,7 +4,7 @@
 call appends one JSON line to ``calls.jsonl`` (argv without the binary, stdin, environment); answers come from
 ``state.json``, which the test writes through ``StandIn.script``:
 
-- ``unreachable``: ``kubectl version`` fails as with no API server;
+- ``unreachable``: ``kubectl version`` fails as with no API server; ``client_version``: what it reports for itself;
 - ``missing_kinds``: an apply holding one of these kinds fails with kubectl's "no matches for kind" error;
 - ``apply_errors``: {substring of stdin: stderr}: an apply whose input contains it fails with that message;
 - ``conditions``: {target: {"condition=Ready": false}}: that ``kubectl wait`` times out (any other holds at once,
@@ -75,7 +75,7 @@ def _answer(argv: list[str], stdin: str, state: dict[str, Any]) -> tuple[int, st
         if state.get("unreachable"):
             return 1, "", ("The connection to the server 127.0.0.1:6443 was refused - did you specify the right "
                            "host or port?")
-        return 0, json.dumps({"clientVersion": {"gitVersion": "v1.32.4"},
+        return 0, json.dumps({"clientVersion": {"gitVersion": state.get("client_version", "v1.32.4")},
                               "serverVersion": {"gitVersion": "v1.32.4"}}), ""
     if verb == "apply":
         for needle, message in (state.get("apply_errors") or {}).items():

@@ -161,7 +161,11 @@ def _apply_failed(config: StackConfig, phase: Phase, exc: KubectlError, redact: 
         fixes = [known[g].install if g in known else f"install the CRDs of {g}" for g in groups]
         return UserError(f"deploy stopped in phase {phase}: the cluster does not know {kinds}: "
                          f"{' and '.join(names)} is not installed", fix="; ".join(fixes) + ", then deploy again")
-    if "failed calling webhook" in exc.stderr:
+    if "field is immutable" in exc.stderr:
+        fix = (f"an existing object cannot take the new definition (a Job's pod template, a StatefulSet's volume "
+               f"claims): delete the object kubectl names ({kubectl_hint(config)} delete KIND NAME) and deploy "
+               f"again; a StatefulSet can be deleted with --cascade=orphan to keep its pods and volumes")
+    elif "failed calling webhook" in exc.stderr:
         fix = (f"an operator's admission webhook did not answer: check that its pods run (kubectl -n "
                f"{config.kubernetes.operator_namespace} get pods) and deploy again")
     elif "forbidden" in exc.stderr:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import re
 import shutil
 import subprocess
 import threading
@@ -32,6 +33,8 @@ REACHABLE_TIMEOUT_S = 15
 # Ordinary reads and writes (get, apply, delete); waits get their own bound plus this grace.
 CALL_TIMEOUT_S = 120
 WAIT_GRACE_S = 30
+# `kubectl wait --for=create` (a Pooler's Deployment appears after the Pooler) arrived in kubectl 1.31.
+MIN_CLIENT_MINOR = 31
 
 INSTALL_FIX = ("install kubectl (https://kubernetes.io/docs/tasks/tools/, a version within one minor of the "
                "cluster's) and put it on PATH")
@@ -127,8 +130,13 @@ class Kubectl:
                             f"(KUBECONFIG={os.environ.get('KUBECONFIG', '~/.kube/config')}): {exc.tail(3)}",
                             fix="point KUBECONFIG at your cluster's kubeconfig and check `kubectl cluster-info`; "
                                 "set kubernetes.context to pick a context of it") from None
-        server = json.loads(out or "{}").get("serverVersion", {})
-        return str(server.get("gitVersion", "unknown"))
+        versions = json.loads(out or "{}")
+        client = str(versions.get("clientVersion", {}).get("gitVersion", ""))
+        found = re.match(r"v1\.(\d+)\.", client)
+        if found and int(found.group(1)) < MIN_CLIENT_MINOR:
+            raise UserError(f"kubectl {client} is too old: deploy waits with `kubectl wait --for=create`, "
+                            f"new in 1.{MIN_CLIENT_MINOR}", fix=INSTALL_FIX)
+        return str(versions.get("serverVersion", {}).get("gitVersion", "unknown"))
 
     def apply(self, objects: Sequence[dict[str, Any]]) -> str:
         """Server-side apply of ``objects`` (a YAML stream on stdin), taking over fields other managers set."""

@@ -18,9 +18,10 @@ import yaml
 from infra.config import StackConfig, load_config
 from infra.errors import UserError
 from infra.kubernetes.deploy import KubernetesDeployReport, deploy
+from infra.kubernetes.kubectl import Kubectl, KubectlError, resource
 from infra.kubernetes.objects import PHASES, Manifest, Names, labels, metadata
 from infra.kubernetes.render import Rendering
-from infra.progress import QuietProgress
+from infra.progress import PlainProgress, QuietProgress
 from tests.fake_kubectl import Call, StandIn
 
 SECRET_VALUES = ("pg-superuser-Zq81xP", "redis-pass-Lm29Kd")
@@ -96,6 +97,7 @@ class Outcome:
     tmp: Path
     report: KubernetesDeployReport | None
     error: UserError | None
+    lines: list[str]  # what the operator saw (plain progress)
 
     @property
     def calls(self) -> list[Call]:
@@ -138,12 +140,12 @@ def run_deploy(tmp: Path, state: dict[str, Any], config: StackConfig | None = No
         patch.setenv("TMPDIR", str(tmp / "tmp"))  # a temporary file kubectl were given would land here
         patch.setenv("KUBECONFIG", str(tmp / "no-kubeconfig"))  # never the operator's real cluster
         standin.script(**state)
-        report, error = None, None
+        report, error, lines = None, None, []
         try:
-            report = deploy(config, rendering, sample_secrets(config), QuietProgress())
+            report = deploy(config, rendering, sample_secrets(config), PlainProgress(lines.append))
         except UserError as exc:
             error = exc
-    return Outcome(config, rendering, standin, tmp, report, error)
+    return Outcome(config, rendering, standin, tmp, report, error, lines)
 
 
 def prune_candidates(config: StackConfig) -> list[dict[str, Any]]:
@@ -234,6 +236,10 @@ class TestPhases:
 
     def test_every_namespaced_call_names_the_namespace(self, happy: Outcome) -> None:
         assert all("--namespace=prefect" in c.argv for c in happy.calls if c.verb != "version")
+
+    @pytest.mark.parametrize("phase", PHASES)
+    def test_progress_line_per_phase(self, happy: Outcome, phase: str) -> None:
+        assert any(line.split("] ", 1)[-1].startswith(f"{phase}: ") and "applied" in line for line in happy.lines)
 
     def test_report_lists_applied_objects_by_phase(self, happy: Outcome) -> None:
         assert happy.report is not None
@@ -415,6 +421,10 @@ class TestPrune:
         selector = "--selector=app.kubernetes.io/managed-by=prefect-stack,app.kubernetes.io/instance=prefect"
         assert gets and all(selector in c.args for c in gets)
 
+    def test_tells_how_to_delete_the_kept_cluster(self, happy: Outcome) -> None:
+        assert any("kubectl --context=staging -n prefect delete cluster.postgresql.cnpg.io prefect-db-old" in line
+                   for line in happy.lines)
+
     def test_prunes_after_the_last_phase(self, happy: Outcome) -> None:
         first_get = next(i for i, c in enumerate(happy.calls) if c.verb == "get")
         monitoring = happy.apply_index("monitoring")
@@ -443,3 +453,62 @@ class TestPreconditions:
         with pytest.raises(ValueError, match="namespace elsewhere"):
             deploy(config, sample_rendering(config), [secret], QuietProgress())
 
+
+
+@pytest.fixture
+def standin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> StandIn:
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "no-kubeconfig"))
+    return StandIn.install(tmp_path, monkeypatch)
+
+
+class TestKubectl:
+    @pytest.mark.parametrize("api_version, kind, expected", [
+        ("apps/v1", "Deployment", "deployment.apps"),
+        ("v1", "Service", "service"),
+        ("postgresql.cnpg.io/v1", "Cluster", "cluster.postgresql.cnpg.io"),
+        ("monitoring.coreos.com/v1", "ServiceMonitor", "servicemonitor.monitoring.coreos.com"),
+    ])
+    def test_resource_is_fully_qualified(self, api_version: str, kind: str, expected: str) -> None:
+        assert resource(api_version, kind) == expected
+
+    def test_error_carries_stderr(self, standin: StandIn) -> None:
+        standin.script(conditions={"job.batch/x": {"condition=complete": False}})
+        with pytest.raises(KubectlError) as raised:
+            Kubectl("prefect").wait("job.batch/x", "condition=complete", 30)
+        assert "timed out waiting for the condition on job.batch/x" in raised.value.stderr
+
+    def test_apply_sends_objects_on_stdin_only(self, standin: StandIn) -> None:
+        objects = [{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "marker-7q"}}]
+        Kubectl("prefect").apply(objects)
+        call = standin.calls()[-1]
+        assert list(yaml.safe_load_all(call.stdin)) == objects and not any("marker-7q" in a for a in call.argv)
+
+    def test_wait_any_names_the_condition_that_held(self, standin: StandIn) -> None:
+        standin.script(conditions={"job.batch/x": {"condition=complete": False, "condition=failed": True}})
+        held = Kubectl("prefect").wait_any("job.batch/x", ("condition=complete", "condition=failed"), 30)
+        assert held == "condition=failed"
+
+    def test_wait_any_none_when_nothing_held(self, standin: StandIn) -> None:
+        standin.script(conditions={"job.batch/x": {"condition=complete": False}})
+        assert Kubectl("prefect").wait_any("job.batch/x", ("condition=complete", "condition=failed"), 30) is None
+
+    def test_old_kubectl_refused(self, standin: StandIn) -> None:
+        standin.script(client_version="v1.29.3")
+        with pytest.raises(UserError, match="too old"):
+            Kubectl("prefect").ensure_reachable()
+
+    def test_context_on_every_call(self, standin: StandIn) -> None:
+        Kubectl("prefect", context="prod-eu").get("pod")
+        assert standin.calls()[-1].argv[:2] == ["--context=prod-eu", "--namespace=prefect"]
+
+
+class TestApplyErrors:
+    def test_immutable_job_names_the_phase(self, tmp_path: Path) -> None:
+        outcome = run_deploy(tmp_path, {"apply_errors": {f"name: {MIGRATE_JOB}": (
+            f'The Job "{MIGRATE_JOB}" is invalid: spec.template: Invalid value: "...": field is immutable')}})
+        assert "phase migrate" in outcome.message and "delete" in outcome.fix
+
+    def test_webhook_down_points_at_the_operator(self, tmp_path: Path) -> None:
+        outcome = run_deploy(tmp_path, {"apply_errors": {"kind: Cluster": (
+            'Internal error occurred: failed calling webhook "mcluster.cnpg.io": connection refused')}})
+        assert "kubectl -n cnpg-system get pods" in outcome.fix
