@@ -240,9 +240,9 @@ def _wait_one(kubectl: Kubectl, config: StackConfig, phase: Phase, wait: _Wait, 
             fix = f"see why: {hint} describe job {wait.name}; {hint} logs job/{wait.name} --all-containers"
         else:
             fix = f"see why: {hint} describe {target}; {hint} logs {target} --all-containers --prefix"
-        state = "is not ready" if exc.timed_out else "could not be waited for"
-        raise UserError(f"deploy stopped in phase {phase}: {wait.what} {state} after {timeout_s:.0f} s "
-                        f"({exc.tail(3)})", fix=fix + slow) from None
+        state = f"is not ready after {timeout_s:.0f} s" if exc.timed_out else "could not be waited for"
+        raise UserError(f"deploy stopped in phase {phase}: {wait.what} {state} ({exc.tail(3)})",
+                        fix=fix + (slow if exc.timed_out else "")) from None
 
 
 def _check_secret_objects(config: StackConfig, secret_objects: Sequence[dict[str, Any]]) -> None:
