@@ -374,6 +374,9 @@ class KubernetesTargetConfig(_Section):
         "cr.jaegertracing.io/jaegertracing/jaeger:2.20.0@sha256:46a886260e04002d8f45e213fc39063fa11a50446048fdaa64786fc0840cb9f8")
     # A CNPG switchover or a rollout waits this long per phase before deploy gives up and names the phase.
     wait_timeout_s: int = Field(600, ge=30, le=7200)
+    # The kubeconfig context deploy, status, logs, restart and destroy talk to; null: the current context (of
+    # KUBECONFIG, which kubectl honours itself). Pinning it keeps a deploy from landing on the wrong cluster.
+    context: str | None = Field(None, pattern=r"^[^\s]+$")
 
 
 class StackConfig(BaseSettings):
