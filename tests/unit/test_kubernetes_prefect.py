@@ -371,3 +371,11 @@ class TestBackupCodeOnKubernetes:
 
     def test_scheduler_rejects_unknown_arguments(self) -> None:
         assert scheduler.main(["--twice"]) == 2
+
+
+def test_prometheus_scrapes_the_api_with_its_basic_auth() -> None:
+    config = _config()
+    made = {o["metadata"]["name"]: o for o in secrets.secret_objects(config, placeholder_secrets(), AWS)}
+    metrics = made[Names.of(config).secret_api_metrics]
+    user, password = (base64.b64decode(metrics["data"][k]).decode() for k in ("username", "password"))
+    assert f"{user}:{password}" == placeholder_secrets().get("prefect_auth")
