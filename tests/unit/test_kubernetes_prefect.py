@@ -4,6 +4,7 @@ kustomize tree and the repository's k8s/ folder."""
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import subprocess
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any
 
 import pytest
 import yaml
+from pydantic import SecretStr
 
 from infra.backup import scheduler
 from infra.backup.database import api_database_url, database_access
@@ -260,7 +262,7 @@ class TestSecretObjects:
     def test_every_made_secret_is_declared(self) -> None:
         config = _config()
         made = set(self._objects(config))
-        assert made <= set(secrets.external_secrets(config))
+        assert made <= set(reference_rendering(config).external_secrets)
 
 
 class TestNamespace:
@@ -375,7 +377,8 @@ class TestBackupCodeOnKubernetes:
 
 def test_prometheus_scrapes_the_api_with_its_basic_auth() -> None:
     config = _config()
-    made = {o["metadata"]["name"]: o for o in secrets.secret_objects(config, placeholder_secrets(), AWS)}
+    generated = dataclasses.replace(placeholder_secrets(), prefect_auth=SecretStr("admin:s3cret"))
+    made = {o["metadata"]["name"]: o for o in secrets.secret_objects(config, generated, AWS)}
     metrics = made[Names.of(config).secret_api_metrics]
-    user, password = (base64.b64decode(metrics["data"][k]).decode() for k in ("username", "password"))
-    assert f"{user}:{password}" == placeholder_secrets().get("prefect_auth")
+    assert {k: base64.b64decode(v).decode() for k, v in metrics["data"].items()} == {"username": "admin",
+                                                                                     "password": "s3cret"}
