@@ -38,13 +38,56 @@ def _compose() -> ModuleType:
 TARGET_HELP = "local, compose or kubernetes (default: target in the configuration)."
 
 
-def _config(target: str | None) -> StackConfig:
-    """The configuration, with the target chosen on the command line if given."""
+def _config(target: str | None, kubernetes: bool = False) -> StackConfig:
+    """The configuration, with the target chosen on the command line if given. ``kubernetes``: the task has a
+    Kubernetes form (deploy, status, logs, restart, destroy); the others name what to use instead."""
     config = load_config(**({"target": target} if target else {}))
-    if config.target == "kubernetes":
-        raise UserError("the kubernetes target cannot deploy or operate yet",
-                        fix="use target local or compose")
+    if config.target == "kubernetes" and not kubernetes:
+        raise UserError("this task has no kubernetes form: on Kubernetes, kubectl and the operators do it",
+                        fix="use kubectl (the README's 'Operating it on Kubernetes' maps each task), or "
+                            "invoke deploy|status|logs|restart|destroy --target kubernetes")
     return config
+
+
+def _kubernetes() -> ModuleType:
+    """The Kubernetes target's operations, imported on use."""
+    from infra.kubernetes import operate as kubernetes_operate
+
+    return kubernetes_operate
+
+
+def _deploy_kubernetes(config: StackConfig) -> None:
+    from infra.kubernetes import deploy as kubernetes_deploy
+    from infra.kubernetes.render import kubernetes_images, render
+    from infra.kubernetes.secrets import secret_objects
+    from infra.secrets import ensure_secrets
+
+    secrets = ensure_secrets(config.state_dir / "secrets")
+    images = kubernetes_images(config)
+    console.note(f"images: {images.prefect}, {images.system} (invoke images.build; pushed to "
+                 f"{config.kubernetes.image_registry or 'the nodes (kubernetes.image_registry is null)'})")
+    rendering = render(config, images)
+    report = kubernetes_deploy.deploy(config, rendering, secret_objects(config, secrets), console.progress())
+    for phase, applied in report.applied.items():
+        console.note(f"{phase}: {len(applied)} objects applied")
+    if report.pruned:
+        console.note(f"pruned (no longer rendered): {', '.join(report.pruned)}")
+    for kept in report.kept:
+        console.note(f"kept, holds data (delete it yourself if you mean it): {kept}")
+    statuses = _kubernetes().status(config)
+    console.out.print(_status_table(statuses))
+    console.step(f"deployed to namespace {config.kubernetes.namespace} on Kubernetes {report.server_version} "
+                 f"in {report.elapsed_s:.1f}s")
+    from infra.kubernetes.prefect import public_api_url
+
+    console.out.print(
+        f"\n  Prefect API   {public_api_url(config)}  (Ingress {config.kubernetes.ingress.host}; "
+        f"kubectl -n {config.kubernetes.namespace} port-forward svc/{config.kubernetes.name}-api 4200 otherwise)\n"
+        f"  Credentials   basic auth 'admin' and the password in {config.state_dir / 'secrets' / 'prefect_auth'}\n"
+        f"  Operate       invoke status|logs COMPONENT|restart COMPONENT --target kubernetes\n"
+    )
+    if not all(s.healthy for s in statuses):
+        raise Exit("error: deployed, but some components are not ready (see the table above)", code=1)
 
 
 def _status_table(statuses: list[ComponentStatus]) -> Table:
@@ -85,10 +128,13 @@ def _deploy_compose(config: StackConfig) -> None:
 @reports_user_errors
 def deploy(c: Context, target: str | None = None) -> None:
     """Bring up or update the stack; restarts (recreates) only what the configuration change affects."""
-    config = _config(target)
+    config = _config(target, kubernetes=True)
     console.step(f"deploying prefect-stack (target {config.target}, state in {config.state_dir})")
     if config.target == "compose":
         _deploy_compose(config)
+        return
+    if config.target == "kubernetes":
+        _deploy_kubernetes(config)
         return
     plan, report = deploy_local(config)
     # The verdict is the stack's state once settled, within a bound.
@@ -123,8 +169,9 @@ def deploy(c: Context, target: str | None = None) -> None:
 @reports_user_errors
 def status(c: Context, json_: bool = False, target: str | None = None) -> None:
     """Show every component: running, healthy, pid, port, version. Exits 0 only when all are healthy."""
-    config = _config(target)
-    statuses = _compose().status(config) if config.target == "compose" else operate.status(config)
+    config = _config(target, kubernetes=True)
+    statuses = {"compose": _compose().status, "kubernetes": _kubernetes().status}.get(
+        config.target, operate.status)(config)
     healthy = all(s.healthy for s in statuses)
     if json_:
         print(json.dumps({"healthy": healthy, "components": [s.as_dict() for s in statuses]}, indent=2))
@@ -147,9 +194,11 @@ def status(c: Context, json_: bool = False, target: str | None = None) -> None:
 @reports_user_errors
 def logs(c: Context, component: str, lines: int = 100, follow: bool = False, target: str | None = None) -> None:
     """Show the log of one component."""
-    config = _config(target)
+    config = _config(target, kubernetes=True)
     if config.target == "compose":
         raise Exit(code=_compose().logs(config, component, lines, follow))
+    if config.target == "kubernetes":
+        raise Exit(code=_kubernetes().logs(config, component, follow, lines))
     path = operate.log_path(config, component)
     raise Exit(code=operate.follow_log(path, lines, follow))
 
@@ -159,8 +208,9 @@ def logs(c: Context, component: str, lines: int = 100, follow: bool = False, tar
 @reports_user_errors
 def restart(c: Context, component: str, target: str | None = None) -> None:
     """Restart one component and wait until it is healthy (an API replica is drained first: no client errors)."""
-    config = _config(target)
-    restart_one = _compose().restart if config.target == "compose" else restart_component
+    config = _config(target, kubernetes=True)
+    restart_one = {"compose": _compose().restart, "kubernetes": _kubernetes().restart}.get(
+        config.target, restart_component)
     elapsed = restart_one(config, component)
     console.step(f"{component} restarted and healthy in {elapsed:.1f}s")
 
@@ -176,17 +226,24 @@ def stop(c: Context, target: str | None = None) -> None:
         console.step("nothing was running")
 
 
-@task(help={"yes": "Confirm: delete all data, secrets and logs of this deployment.", "target": TARGET_HELP})
+@task(help={"yes": "Confirm: delete all data, secrets and logs of this deployment.", "target": TARGET_HELP,
+            "volumes": "kubernetes: also delete the database Cluster and every volume (default: kept)."})
 @reports_user_errors
-def destroy(c: Context, yes: bool = False, target: str | None = None) -> None:
+def destroy(c: Context, yes: bool = False, target: str | None = None, volumes: bool = False) -> None:
     """Stop the stack and delete its state directory: database, secrets, logs. Refuses without --yes."""
-    config = _config(target)
+    config = _config(target, kubernetes=True)
     if not yes:
         raise Exit(
             f"error: this deletes every flow run, log and secret in {config.state_dir}\n"
             "  fix: take a backup first, then run: invoke destroy --yes",
             code=1,
         )
+    if config.target == "kubernetes":
+        destroyed = _kubernetes().destroy(config, delete_volumes=volumes)
+        console.step(f"destroyed {len(destroyed.removed)} objects in namespace {config.kubernetes.namespace}")
+        for kept in destroyed.kept:
+            console.note(f"kept (holds data; invoke destroy --yes --volumes deletes it): {kept}")
+        return
     if config.target == "compose":
         gone = _compose().destroy(config)
         console.step(f"destroyed compose project {config.compose.project}: {len(gone)} objects removed")
