@@ -4,7 +4,7 @@
 #     Alertmanager and the exporters),
 #   - the unprivileged system user every stack process runs as (when run as root),
 #   - the Python virtual environment (.venv) pinned by constraints.txt.
-# Usage: scripts/bootstrap.sh [--dev]     (--dev adds the test and lint tools, docker.io and debootstrap)
+# Usage: scripts/bootstrap.sh [--dev]     (--dev adds the test and lint tools, docker.io, debootstrap, docker-registry)
 # Running it twice changes nothing the second time.
 set -euo pipefail
 
@@ -50,18 +50,19 @@ fi
 
 # --dev: the test suite builds and runs the compose target's images. Debian's docker.io provides dockerd (the suite
 # starts a private engine of its own when none answers) and debootstrap makes the Debian base image where no
-# registry is reachable. No daemon is started here: the package's own services are stopped and disabled again.
+# registry is reachable; docker-registry is the registry `invoke images.push` is tested against (the Kubernetes
+# target pulls the images from one). No daemon is started here: the package's own services are stopped and disabled again.
 if [[ -n "$extras" ]]; then
   dev_missing=()
-  for p in docker.io debootstrap; do
+  for p in docker.io debootstrap docker-registry; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || dev_missing+=("$p")
   done
   if ((${#dev_missing[@]})); then
     say "installing Debian packages for the tests: ${dev_missing[*]}"
     "${sudo_cmd[@]}" apt-get update -q
     "${sudo_cmd[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${dev_missing[@]}"
-    if [[ " ${dev_missing[*]} " == *" docker.io "* ]]; then
-      for svc in docker.socket docker.service containerd.service; do
+    if [[ " ${dev_missing[*]} " == *" docker.io "* || " ${dev_missing[*]} " == *" docker-registry "* ]]; then
+      for svc in docker.socket docker.service containerd.service docker-registry.service; do
         "${sudo_cmd[@]}" systemctl disable --now "$svc" >/dev/null 2>&1 || true
       done
     fi

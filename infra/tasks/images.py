@@ -1,4 +1,4 @@
-"""Tasks on the compose target's container images: build what is missing, list what exists."""
+"""Tasks on the project's container images: build what is missing, list what exists, push them for Kubernetes."""
 
 from __future__ import annotations
 
@@ -42,3 +42,16 @@ def list_(c: Context) -> None:
         present = "[green]yes[/green]" if size is not None else "[red]no[/red]"
         table.add_row(role, ref, present, f"{size / 1e6:.0f} MB" if size is not None else "-")
     console.out.print(table)
+
+
+@task
+@reports_user_errors
+def push(c: Context) -> None:
+    """Push the built images to kubernetes.image_registry (what the Kubernetes manifests name)."""
+    from infra.kubernetes.images import push_images
+
+    config = load_config()
+    pushed = push_images(config, docker_client(config), console.progress())
+    for ref in pushed:
+        console.note(ref)
+    console.step(f"pushed {len(pushed)} images to {config.kubernetes.image_registry}")

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import subprocess
 import textwrap
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import docker
@@ -14,6 +16,7 @@ import pytest
 from infra.compose.engine import compose_binary
 from infra.compose.images import APP_DIRS, APP_PRIVATE_DIRS, APP_ROOT, APP_UID, ImageRefs, ImageResult, ensure_images
 from infra.config import StackConfig
+from infra.kubernetes.images import push_images
 from infra.progress import QuietProgress
 from tests.conftest import free_ports
 
@@ -126,3 +129,53 @@ def test_compose_network_and_published_port(compose_images: ImageRefs, docker_en
         assert httpx.get(f"http://127.0.0.1:{port}/", timeout=10).status_code == 200
     finally:
         subprocess.run([*compose, "down", "-t", "1"], env=env, capture_output=True, timeout=120, check=False)
+
+
+@pytest.fixture
+def registry(tmp_path: Path) -> Iterator[str]:
+    """Debian's docker-registry (the distribution registry) on a free loopback port: what a cluster pulls from.
+    Docker treats a 127.0.0.0/8 registry as insecure (plain HTTP) by default, so no engine setting is needed."""
+    binary = Path("/usr/bin/docker-registry")
+    if not binary.exists():
+        pytest.fail("docker-registry is missing: scripts/bootstrap.sh --dev installs it", pytrace=False)
+    (port,) = free_ports(1)
+    config = tmp_path / "registry.yml"
+    config.write_text(textwrap.dedent(f"""\
+        version: 0.1
+        storage:
+          filesystem:
+            rootdirectory: {tmp_path / "data"}
+        http:
+          addr: 127.0.0.1:{port}
+        """))
+    log = (tmp_path / "registry.log").open("w")
+    process = subprocess.Popen([str(binary), "serve", str(config)], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/v2/", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"docker-registry did not start: {(tmp_path / 'registry.log').read_text()[-2000:]}")
+            time.sleep(0.2)
+        yield f"127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        log.close()
+
+
+def test_push_for_kubernetes_puts_the_pinned_tags_in_the_registry(
+        compose_images: ImageRefs, compose_config: StackConfig, docker_client: docker.DockerClient,
+        registry: str) -> None:
+    config = compose_config.model_copy(update={"kubernetes": compose_config.kubernetes.model_copy(
+        update={"image_registry": f"{registry}/pstest"})})
+    pushed = push_images(config, docker_client, QuietProgress())
+    for ref in (compose_images.system, compose_images.prefect):
+        repository, tag = ref.rsplit(":", 1)
+        tags = httpx.get(f"http://{registry}/v2/pstest/{repository}/tags/list", timeout=10).json()["tags"]
+        assert tag in tags
+    assert pushed == [f"{registry}/pstest/{compose_images.system}", f"{registry}/pstest/{compose_images.prefect}"]
