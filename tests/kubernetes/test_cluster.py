@@ -1,0 +1,109 @@
+"""The Kubernetes target on a real cluster: what no offline test can show (see conftest.py for what it needs)."""
+
+from __future__ import annotations
+
+import os
+
+import boto3
+import pytest
+
+from tests.kubernetes.conftest import ClusterStack, load_during
+
+pytestmark = pytest.mark.kubernetes_cluster
+
+
+def test_every_component_is_ready(cluster_stack: ClusterStack) -> None:
+    result = cluster_stack.invoke("status", "--target", "kubernetes", timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_a_second_deploy_changes_nothing_and_succeeds(cluster_stack: ClusterStack) -> None:
+    result = cluster_stack.invoke("deploy", "--target", "kubernetes")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "pruned 0 objects" in result.stderr
+
+
+def test_rollout_under_load_fails_no_request(cluster_stack: ClusterStack) -> None:
+    api = f"deployment/{cluster_stack.name}-api"
+
+    def rollout() -> None:
+        cluster_stack.kubectl("rollout", "restart", api)
+        cluster_stack.kubectl("rollout", "status", api, "--timeout=600s")
+
+    result = load_during(cluster_stack, rollout)
+    assert result.failures == []
+
+
+def test_an_api_pod_killed_under_load_fails_no_request(cluster_stack: ClusterStack) -> None:
+    pods = cluster_stack.get("pod", "-l", f"app.kubernetes.io/name=api,app.kubernetes.io/instance={cluster_stack.name}")
+    victim = pods["items"][0]["metadata"]["name"]
+
+    def kill() -> None:
+        cluster_stack.kubectl("delete", "pod", victim, "--grace-period=0", "--force")
+        cluster_stack.kubectl("rollout", "status", f"deployment/{cluster_stack.name}-api", "--timeout=600s")
+
+    result = load_during(cluster_stack, kill)
+    assert result.failures == []
+
+
+def test_database_switchover_keeps_every_run(cluster_stack: ClusterStack) -> None:
+    cluster = f"{cluster_stack.name}-db"
+    status = cluster_stack.get("cluster.postgresql.cnpg.io", cluster)["status"]
+    primary = status["currentPrimary"]
+    replica = next(p for p in status["instancesStatus"]["healthy"] if p != primary)
+
+    def switchover() -> None:
+        # What `kubectl cnpg promote` does: the operator switches over to the named instance.
+        cluster_stack.kubectl("patch", "cluster.postgresql.cnpg.io", cluster, "--type=merge", "--subresource=status",
+                              "-p", f'{{"status":{{"targetPrimary":"{replica}"}}}}')
+        cluster_stack.wait_until("the switchover", lambda: cluster_stack.get(
+            "cluster.postgresql.cnpg.io", cluster)["status"].get("currentPrimary") == replica)
+
+    result = load_during(cluster_stack, switchover)
+    with cluster_stack.client() as client:
+        missing = [run for run in result.created if client.get(f"/flow_runs/{run}").status_code != 200]
+        assert client.post("/flows/", json={"name": "after-switchover"}).status_code in (200, 201)
+    assert missing == [], f"{len(missing)} acknowledged runs lost ({len(result.failures)} requests failed)"
+
+
+def test_redis_primary_killed_services_keep_persisting_events(cluster_stack: ClusterStack) -> None:
+    name = cluster_stack.name
+    pods = cluster_stack.get("pod", "-l", f"app.kubernetes.io/name=redis,app.kubernetes.io/instance={name}")["items"]
+    roles = {p["metadata"]["name"]: cluster_stack.kubectl(
+        "exec", p["metadata"]["name"], "-c", "redis", "--", "sh", "-c",
+        'REDISCLI_AUTH="$(cat /etc/redis-secret/password)" redis-cli role | head -1') for p in pods}
+    primary = next(pod for pod, role in roles.items() if role.strip() == "master")
+    cluster_stack.kubectl("delete", "pod", primary, "--grace-period=0", "--force")
+
+    def new_primary() -> bool:
+        for pod in roles:
+            if pod == primary:
+                continue
+            role = cluster_stack.kubectl("exec", pod, "-c", "redis", "--", "sh", "-c",
+                                         'REDISCLI_AUTH="$(cat /etc/redis-secret/password)" redis-cli role | head -1',
+                                         check=False)
+            if role.strip() == "master":
+                return True
+        return False
+
+    cluster_stack.wait_until("a replica promoted by the Sentinels", new_primary, timeout_s=120)
+    with cluster_stack.client() as client:
+        flow = client.post("/flows/", json={"name": "after-redis-failover"}).json()["id"]
+        run = client.post("/flow_runs/", json={"flow_id": flow, "state": {"type": "PENDING"}}).json()["id"]
+        assert client.post(f"/flow_runs/{run}/set_state", json={"state": {"type": "RUNNING"}}).is_success
+
+        def event_persisted() -> bool:
+            body = {"filter": {"resource": {"id": [f"prefect.flow-run.{run}"]}}}
+            return bool(client.post("/events/filter", json=body).json().get("events"))
+
+        cluster_stack.wait_until("the state change persisted as an event", event_persisted, timeout_s=180)
+
+
+def test_backup_job_backs_up_and_verifies(cluster_stack: ClusterStack) -> None:
+    job = f"{cluster_stack.name}-backup-now"
+    cluster_stack.kubectl("create", "job", job, f"--from=cronjob/{cluster_stack.name}-backup")
+    cluster_stack.kubectl("wait", "--for=condition=complete", f"job/{job}", "--timeout=1800s", timeout=1900)
+    s3 = boto3.client("s3", endpoint_url=os.environ["PREFECT_STACK_TEST_S3_ENDPOINT"])
+    listed = s3.list_objects_v2(Bucket=os.environ["PREFECT_STACK_TEST_S3_BUCKET"],
+                                Prefix=f"{cluster_stack.namespace}/logical/")
+    assert any(item["Key"].endswith("manifest.json") for item in listed.get("Contents", []))
