@@ -280,6 +280,31 @@ class ResourcesConfig(_Section):
     memory_limit: str = Field("512Mi", pattern=r"^\d+(Ki|Mi|Gi)$")
 
 
+class KubernetesRecoveryConfig(_Section):
+    # Point-in-time recovery of the CloudNativePG Cluster from its Barman Cloud archive (backups.physical.enabled).
+    # With enabled, the Cluster is rendered to bootstrap from the archive of source_server, replaying WAL up to
+    # target_time, and to archive its own WAL as server_name (a new timeline must not write into the archive it
+    # is recovered from). `invoke restore --target kubernetes --yes` then replaces the live Cluster with it. Leave
+    # it set afterwards: it records where the running Cluster came from (bootstrap only acts at creation).
+    enabled: bool = False
+    target_time: str | None = Field(None, pattern=r"^\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d(\.\d+)?([+-]\d\d(:?\d\d)?|Z)$",
+                                    description="RFC 3339 with its offset; null: replay every archived WAL")
+    source_server: str | None = Field(None, description="Archive to recover from; null: the Cluster's own name.")
+    server_name: str | None = Field(None, pattern=r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$",
+                                    description="Archive name of the recovered Cluster, e.g. prefect-db-r1.")
+
+    @model_validator(mode="after")
+    def _names_a_new_archive(self) -> KubernetesRecoveryConfig:
+        if self.enabled and not self.server_name:
+            raise ValueError("kubernetes.postgres.recovery.enabled needs kubernetes.postgres.recovery.server_name: "
+                             "the recovered Cluster's own archive name (e.g. prefect-db-r1), different from the "
+                             "archive it recovers from")
+        if self.enabled and self.source_server and self.source_server == self.server_name:
+            raise ValueError("kubernetes.postgres.recovery.server_name must differ from source_server: a new "
+                             "timeline must not be archived into the archive it is recovered from")
+        return self
+
+
 class KubernetesPostgresConfig(_Section):
     # cnpg: a CloudNativePG Cluster (one primary, instances - 1 streaming replicas, automatic failover) behind
     # two Poolers. external: an existing PostgreSQL at host:port (its password in <state>/secrets/postgres_prefect).
@@ -296,6 +321,7 @@ class KubernetesPostgresConfig(_Section):
     host: str | None = None
     port: int = Field(5432, ge=1, le=65535)
     sslmode: Literal["require", "verify-ca", "verify-full"] = "require"
+    recovery: KubernetesRecoveryConfig = KubernetesRecoveryConfig()
 
     @model_validator(mode="after")
     def _external_has_a_host(self) -> KubernetesPostgresConfig:

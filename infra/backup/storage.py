@@ -78,7 +78,8 @@ class BackupStore:
     def from_config(cls, config: StackConfig, secrets: Secrets | None) -> BackupStore:
         s3 = config.backups.s3
         credentials: dict[str, str] = {}
-        if s3.endpoint_url is None and secrets is not None:
+        # The stack's own endpoint (local and compose targets) has generated keys; Kubernetes has none of its own.
+        if s3.endpoint_url is None and secrets is not None and config.target != "kubernetes":
             credentials = {"aws_access_key_id": LOCAL_ACCESS_KEY_ID, "aws_secret_access_key": secrets.get("s3_local")}
         client = boto3.client(
             "s3",

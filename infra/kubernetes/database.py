@@ -36,6 +36,8 @@ CNPG_API = "postgresql.cnpg.io/v1"
 BARMAN_API = "barmancloud.cnpg.io/v1"
 MONITORING_API = "monitoring.coreos.com/v1"
 BARMAN_PLUGIN = "barman-cloud.cloudnative-pg.io"
+# The externalClusters entry a recovery bootstraps from (a name within the Cluster's spec).
+RECOVERY_SOURCE = "archive"
 
 # CloudNativePG's fixed ports: PostgreSQL (instances and PgBouncer alike), the instance manager's status endpoint
 # (the operator calls it), and the metrics exporters of the instances and of the poolers.
@@ -107,6 +109,11 @@ def database_manifests(config: StackConfig, images: Any) -> list[Manifest]:
                     "(logical backups still run), or use kubernetes.postgres.mode cnpg")
         return []
     check_connection_budget(config)
+    if config.kubernetes.postgres.recovery.enabled and not config.backups.physical.enabled:
+        raise UserError("kubernetes.postgres.recovery.enabled needs backups.physical.enabled: the recovery replays "
+                        "the Barman Cloud archive, which only physical backups write",
+                        fix="set backups.physical.enabled: true (and let it archive a base backup and WAL first), "
+                            "or restore a logical backup instead")
     manifests = [Manifest(cluster(config), "data")]
     for pooler_name, pool_mode in _poolers(config):
         manifests.append(Manifest(pooler(config, pooler_name, pool_mode), "data"))
@@ -264,16 +271,41 @@ def cluster(config: StackConfig) -> dict[str, Any]:
         # by deploy, whose prune must never see a PVC.
         "inheritedMetadata": {"labels": {LABEL_PART_OF: PART_OF}},
     }
+    recovery = k8s_pg.recovery
     if config.backups.physical.enabled:
+        parameters = {"barmanObjectName": names.database_backups}
+        if recovery.enabled and recovery.server_name:
+            # A recovered Cluster starts a new timeline: it archives under a name of its own, never into the archive
+            # it was recovered from (which stays intact for another recovery).
+            parameters["serverName"] = recovery.server_name
         spec["plugins"] = [{
             "name": BARMAN_PLUGIN,
             "enabled": True,
             # This plugin archives every WAL segment (continuous archiving, the basis of point-in-time recovery).
             "isWALArchiver": True,
-            "parameters": {"barmanObjectName": names.database_backups},
+            "parameters": parameters,
         }]
+    if recovery.enabled:
+        spec["bootstrap"] = {"recovery": recovery_bootstrap(config)}
+        spec["externalClusters"] = [{"name": RECOVERY_SOURCE, "plugin": {
+            "name": BARMAN_PLUGIN,
+            "parameters": {"barmanObjectName": names.database_backups,
+                           "serverName": recovery.source_server or names.database}}}]
     return {"apiVersion": CNPG_API, "kind": "Cluster",
             "metadata": metadata(config, names.database, "database"), "spec": spec}
+
+
+def recovery_bootstrap(config: StackConfig) -> dict[str, Any]:
+    """Bootstrap from the archive (base backup + WAL) up to recovery.target_time, keeping the database, its owner and
+    the owner's Secret as initdb would have made them."""
+    recovery = config.kubernetes.postgres.recovery
+    bootstrap: dict[str, Any] = {"source": RECOVERY_SOURCE, "database": config.postgres.database,
+                                 "owner": config.postgres.user, "secret": {"name": Names.of(config).secret_db_app}}
+    if recovery.target_time:
+        # The last transaction committed before this time is the last one kept; the newest base backup before it
+        # is chosen by the operator.
+        bootstrap["recoveryTarget"] = {"targetTime": recovery.target_time}
+    return bootstrap
 
 
 def pooler(config: StackConfig, name: str, pool_mode: str) -> dict[str, Any]:

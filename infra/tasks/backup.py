@@ -96,12 +96,15 @@ def backup(c: Context, method: str = "logical", type: str = "incr", json_: bool 
 @reports_user_errors
 def list_(c: Context, json_: bool = False, target: str | None = None) -> None:
     """List complete backups (those with a manifest), oldest first, with their verification state."""
-    config = _config(target)
+    config = _config(target, kubernetes=True)
     _in_backup_container(config, ["backup.list", *(["--json"] if json_ else [])])
     store = BackupStore.from_config(config, load_secrets(StateLayout(config.state_dir).secrets))
     entries = list_backups(store)
     rows = [e.as_dict(store.location) for e in entries]
-    if config.backups.physical.enabled:
+    if config.target == "kubernetes" and config.backups.physical.enabled:
+        # CloudNativePG's base backups are Backup objects of the cluster: kubectl lists them, not pgBackRest.
+        console.note(f"physical backups: kubectl -n {config.kubernetes.namespace} get backups.postgresql.cnpg.io")
+    elif config.backups.physical.enabled:
         for raw in info(config):
             taken = PhysicalBackup.from_info(raw)
             rows.append({
@@ -154,7 +157,10 @@ def restore(c: Context, id: str | None = None, latest: bool = False, yes: bool =
             keep_previous: bool = False, to_time: str | None = None, method: str = "logical",
             json_: bool = False, target: str | None = None) -> None:
     """Restore the Prefect database from a backup, with a safety backup first and row counts checked after."""
-    config = _config(target)
+    config = _config(target, kubernetes=True)
+    if config.target == "kubernetes":
+        _restore_kubernetes(config, yes, to_time, id, json_)
+        return
     if config.target == "compose":
         if to_time is not None or method == "physical":
             raise _physical_on_compose()
@@ -197,6 +203,35 @@ def restore(c: Context, id: str | None = None, latest: bool = False, yes: bool =
     console.step(f"restoring backup {entry.manifest.id} from {store.location}")
     report = restore_backup(config, secrets, store, entry, console.progress(), keep_previous)
     _report_restore(report, entry.manifest.row_counts, json_)
+
+
+def _restore_kubernetes(config: StackConfig, yes: bool, to_time: str | None, backup_id: str | None,
+                        json_: bool) -> None:
+    """Point-in-time recovery of the CloudNativePG Cluster, driven by kubernetes.postgres.recovery."""
+    from infra.kubernetes.recovery import recover
+    from infra.kubernetes.render import kubernetes_images, render
+    from infra.kubernetes.secrets import secret_objects
+    from infra.secrets import ensure_secrets
+
+    recovery = config.kubernetes.postgres.recovery
+    if to_time is not None or backup_id is not None:
+        raise UserError("on Kubernetes the recovery target is configuration, not an option: every later deploy "
+                        "must render the Cluster the same way",
+                        fix="set kubernetes.postgres.recovery.target_time (and enabled, server_name), then run "
+                            "invoke restore --target kubernetes --yes")
+    if not yes:
+        raise Exit(f"error: this deletes the live database Cluster and re-creates it from its archive up to "
+                   f"{recovery.target_time or 'the last archived WAL'}; Prefect is stopped meanwhile\n"
+                   "  fix: run again with --yes (the archive itself is kept, so this can be repeated)", code=1)
+    secrets = ensure_secrets(config.state_dir / "secrets")
+    rendering = render(config, kubernetes_images(config))
+    done = recover(config, rendering, secret_objects(config, secrets), console.progress())
+    summary = {"base_backup": done.base_backup, "target_time": done.target_time,
+               "downtime_s": round(done.downtime_s, 2), "pruned": done.deploy.pruned}
+    if json_:
+        print(json.dumps(summary))
+    console.step(f"recovered to {done.target_time or 'the last archived WAL'} from base backup {done.base_backup}; "
+                 f"Prefect was stopped for {done.downtime_s:.0f}s")
 
 
 def _report_restore(report: RestoreReport, expected: dict[str, int], json_: bool) -> None:

@@ -37,6 +37,9 @@ MATRIX: dict[str, dict[str, Any]] = {
     "everything": {"backups": {"physical": {"enabled": True}},
                    "tracing": {"enabled": True, "otlp_endpoint": "http://otel-collector.observability:4318"},
                    "kubernetes": {"ingress": {"cluster_issuer": None}}},
+    "recovered": {"backups": {"physical": {"enabled": True}},
+                  "kubernetes": {"postgres": {"recovery": {"enabled": True, "target_time": "2026-11-27T02:15:00Z",
+                                                           "server_name": "prefect-db-r1"}}}},
 }
 
 

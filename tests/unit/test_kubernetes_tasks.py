@@ -125,6 +125,13 @@ class TestOtherTasks:
         result = _invoke(["stop"], env)
         assert result.returncode == 1 and "kubectl" in result.stderr and "Traceback" not in result.stderr
 
+    def test_restore_asks_for_confirmation_naming_what_it_deletes(
+            self, cluster: tuple[StandIn, dict[str, str], Path]) -> None:
+        standin, env, _ = cluster
+        result = _invoke(["restore", "--target", "kubernetes"], env)
+        assert result.returncode == 1 and "--yes" in result.stderr and "archive" in result.stderr
+        assert not [c for c in standin.calls() if c.verb in ("scale", "delete")]
+
     def test_render_out_writes_a_buildable_tree(self, cluster: tuple[StandIn, dict[str, str], Path],
                                                 tmp_path: Path) -> None:
         _, env, _ = cluster
