@@ -65,7 +65,7 @@ class TestRecoveryCluster:
     def test_needs_physical_backups(self) -> None:
         config = load_config(target="kubernetes", kubernetes={"postgres": {"recovery": {
             "enabled": True, "server_name": "prefect-db-r1"}}})
-        with pytest.raises(UserError, match="backups.physical.enabled"):
+        with pytest.raises(UserError, match=r"backups\.physical\.enabled"):
             database_manifests(config, PlaceholderImages())
 
 
@@ -115,6 +115,6 @@ class TestRecover:
 
     def test_not_configured_names_the_settings(self) -> None:
         config = load_config(target="kubernetes")
-        with pytest.raises(UserError, match="recovery.enabled") as caught:
+        with pytest.raises(UserError, match=r"recovery\.enabled") as caught:
             recover(config, render(config, PlaceholderImages()), [], PlainProgress(lambda s: None))
         assert "server_name" in (caught.value.fix or "")
