@@ -1,0 +1,293 @@
+"""Real processes: the Kubernetes target's Redis Sentinel scripts and templates, run on loopback ports.
+
+Three "pods" (a directory each, standing in for the ConfigMap, the Secret, the emptyDir and the volume) run the
+rendered start-redis.sh and start-sentinel.sh with Debian's redis-server, as the StatefulSet would, all at once.
+A client built from ``redis_environment``'s URLs through prefect-redis and through Docket writes; the primary is
+SIGKILLed; the Sentinels promote a replica; the same clients work again, and the killed pod, started again, joins
+the new primary as a replica. About 15 s; every process is killed at the end, pass or fail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+import redis
+
+from infra.compose.entrypoint import _redis_run_id
+from infra.config import load_config
+from infra.kubernetes.redis import (
+    MASTER_SET,
+    SECRET_KEY_MONITOR,
+    SECRET_KEY_PASSWORD,
+    config_files,
+    redis_environment,
+)
+from infra.render.redis import DOCKET_DB, MESSAGING_DB
+from infra.secrets import Secrets, ensure_secrets
+from tests.conftest import free_ports
+
+pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs Debian's redis-server")
+
+PODS = 3
+LOOPBACK = "127.0.0.1"
+SETTLE_TIMEOUT_S = 25.0
+FAILOVER_TIMEOUT_S = 25.0
+T = TypeVar("T")
+
+
+def wait_for(what: str, check: Callable[[], T | None], timeout_s: float) -> T:
+    """Poll ``check`` until it returns something other than None (or False); fail naming ``what``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            result = check()
+        except (redis.RedisError, OSError):
+            result = None
+        if result is not None and result is not False:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+        time.sleep(0.1)
+
+
+@dataclass
+class Pod:
+    index: int
+    redis_port: int
+    sentinel_port: int
+    root: Path
+    password: str
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    def env(self, pods: list[Pod]) -> dict[str, str]:
+        return {
+            "PATH": os.environ["PATH"],
+            "POD_NAME": f"redis-{self.index}",
+            "ANNOUNCE_HOST": LOOPBACK,
+            "REDIS_PORT": str(self.redis_port),
+            "SENTINEL_PORT": str(self.sentinel_port),
+            "REDIS_NODES": " ".join(f"{LOOPBACK}:{p.redis_port}" for p in pods),
+            "SENTINELS": " ".join(f"{LOOPBACK}:{p.sentinel_port}" for p in pods),
+            "SCRIPTS_DIR": str(self.root / "scripts"),
+            "SECRET_DIR": str(self.root / "secret"),
+            "RUN_DIR": str(self.root / "run"),
+        }
+
+    def start(self, script: str, pods: list[Pod]) -> None:
+        log = (self.root / f"{script}.log").open("ab")
+        self.processes[script] = subprocess.Popen(
+            ["sh", str(self.root / "scripts" / f"start-{script}.sh")], env=self.env(pods), stdout=log,
+            stderr=subprocess.STDOUT, start_new_session=True)
+
+    def redis(self) -> redis.Redis:
+        return redis.Redis(host=LOOPBACK, port=self.redis_port, password=self.password, socket_timeout=2,
+                           socket_connect_timeout=2, decode_responses=True)
+
+    def sentinel(self) -> redis.Redis:
+        return redis.Redis(host=LOOPBACK, port=self.sentinel_port, password=self.password, socket_timeout=2,
+                           socket_connect_timeout=2, decode_responses=True)
+
+    def probe(self, check: str, pods: list[Pod]) -> int:
+        return subprocess.run(["sh", str(self.root / "scripts" / "probe.sh"), check], env=self.env(pods),
+                              capture_output=True, timeout=15, check=False).returncode
+
+
+def make_pods(tmp: Path, secrets: Secrets) -> list[Pod]:
+    config = load_config(target="kubernetes")
+    ports = free_ports(2 * PODS)
+    pods = []
+    for i in range(PODS):
+        root = tmp / f"redis-{i}"
+        pod = Pod(i, ports[2 * i], ports[2 * i + 1], root, secrets.get("redis"))
+        for directory in ("scripts", "secret", "run", "data"):
+            (root / directory).mkdir(parents=True, mode=0o700)
+        files = config_files(config, sentinel=True, redis_port=pod.redis_port, sentinel_port=pod.sentinel_port,
+                             bind=LOOPBACK, data_dir=str(root / "data"), run_dir=str(root / "run"))
+        for name, text in files.items():
+            (root / "scripts" / name).write_text(text)
+        (root / "secret" / SECRET_KEY_PASSWORD).write_text(secrets.get("redis"))
+        (root / "secret" / SECRET_KEY_MONITOR).write_text(secrets.get("redis_monitor"))
+        pods.append(pod)
+    return pods
+
+
+def primary_port(pod: Pod) -> int | None:
+    with pod.sentinel() as client:
+        answer = client.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", MASTER_SET)
+    return int(answer[1]) if answer else None
+
+
+def settled(pods: list[Pod], primary: Pod) -> bool:
+    """Every replica follows the primary and every Sentinel knows the primary, both replicas, both other Sentinels."""
+    with primary.redis() as client:
+        replication = client.info("replication")
+    if replication["role"] != "master" or replication["connected_slaves"] != PODS - 1:
+        return False
+    for pod in pods:
+        with pod.sentinel() as client:
+            state = client.execute_command("SENTINEL", "MASTER", MASTER_SET)
+        state = dict(zip(state[::2], state[1::2], strict=True)) if isinstance(state, list) else state
+        if int(state["num-slaves"]) != PODS - 1 or int(state["num-other-sentinels"]) != PODS - 1:
+            return False
+    return True
+
+
+def loopback_url(url: str, pods: list[Pod]) -> str:
+    """The rendered URL with the pods' DNS names replaced by this test's loopback Sentinels."""
+    members = ",".join(f"{LOOPBACK}:{p.sentinel_port}" for p in pods)
+    return re.sub(r"@[^/]+/", f"@{members}/", url, count=1)
+
+
+async def until_ok(what: str, action: Callable[[], Any], timeout_s: float = 15.0) -> Any:
+    """Run ``action`` until it succeeds: clients see one broken connection to the dead primary, then reconnect."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return await action()
+        except (redis.RedisError, OSError):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{what} still failing after {timeout_s:.0f} s") from None
+            await asyncio.sleep(0.2)
+
+
+@dataclass
+class Observations:
+    pod_0_port: int = 0
+    initial_primary: int = 0
+    promoted_primary: int = 0
+    before: dict[str, Any] = field(default_factory=dict)
+    after: dict[str, Any] = field(default_factory=dict)
+    run_ids: tuple[str | None, str | None] = (None, None)
+    rejoined: dict[str, Any] = field(default_factory=dict)
+    probes: dict[str, int] = field(default_factory=dict)
+
+
+async def scenario(pods: list[Pod], env: dict[str, str], stop_primary: Callable[[Pod], None],
+                   restart: Callable[[Pod], None]) -> Observations:
+    from docket._redis import RedisConnection
+    from prefect_redis.client import get_async_redis_client
+
+    seen = Observations()
+    seen.pod_0_port = pods[0].redis_port
+    seen.initial_primary = await asyncio.to_thread(primary_port, pods[1])
+    messaging_url = env["PREFECT_REDIS_MESSAGING_URL"]
+    docket_url = env["PREFECT_SERVER_DOCKET_URL"]
+    prefect_client = get_async_redis_client(url=messaging_url)
+    async with RedisConnection(docket_url) as docket, docket.client() as docket_client:
+        await prefect_client.set("k8s-test:messaging", "before")
+        await prefect_client.xadd("k8s-test:events", {"event": "before"})
+        await docket_client.set("k8s-test:docket", "before")
+        # Both replicas have it before the primary dies: the write is not lost in the failover.
+        seen.before["replicas acknowledged"] = await prefect_client.execute_command("WAIT", PODS - 1, 5000)
+        seen.before["messaging db"] = int((await prefect_client.client_info())["db"])
+        seen.before["docket db"] = int((await docket_client.client_info())["db"])
+        seen.run_ids = (await asyncio.to_thread(_redis_run_id, env), None)
+
+        old = next(p for p in pods if p.redis_port == seen.initial_primary)
+        stop_primary(old)
+        seen.promoted_primary = await asyncio.to_thread(
+            wait_for, "a Sentinel to name a new primary",
+            lambda: next((port for p in pods if p is not old and (port := primary_port(p)) != old.redis_port),
+                         None), FAILOVER_TIMEOUT_S)
+
+        seen.after["messaging read"] = await until_ok("prefect-redis read",
+                                                      lambda: prefect_client.get("k8s-test:messaging"))
+        seen.after["stream length"] = await until_ok("prefect-redis xlen",
+                                                     lambda: prefect_client.xlen("k8s-test:events"))
+        await until_ok("prefect-redis write", lambda: prefect_client.set("k8s-test:messaging", "after"))
+        seen.after["messaging write"] = await prefect_client.get("k8s-test:messaging")
+        seen.after["docket read"] = await until_ok("docket read", lambda: docket_client.get("k8s-test:docket"))
+        await until_ok("docket write", lambda: docket_client.set("k8s-test:docket", "after"))
+        seen.after["docket write"] = await docket_client.get("k8s-test:docket")
+        seen.after["served by"] = int(
+            (await until_ok("prefect-redis info", lambda: prefect_client.info("server")))["tcp_port"])
+        seen.run_ids = (seen.run_ids[0], await asyncio.to_thread(_redis_run_id, env))
+
+    restart(old)
+
+    def rejoined() -> dict[str, Any] | None:
+        with old.redis() as client:
+            info = client.info("replication")
+        return info if info.get("master_link_status") == "up" else None
+
+    info = await asyncio.to_thread(wait_for, "the old primary to rejoin as a replica", rejoined, SETTLE_TIMEOUT_S)
+    seen.rejoined = {"role": info["role"], "master_port": int(info["master_port"])}
+    for pod in pods:
+        seen.probes[f"redis-{pod.index} redis-ready"] = await asyncio.to_thread(pod.probe, "redis-ready", pods)
+        seen.probes[f"redis-{pod.index} sentinel"] = await asyncio.to_thread(pod.probe, "sentinel", pods)
+    return seen
+
+
+@pytest.fixture(scope="module")
+def observed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Observations]:
+    tmp = tmp_path_factory.mktemp("sentinel")
+    secrets = ensure_secrets(tmp / "secrets")
+    pods = make_pods(tmp, secrets)
+    env = {name: loopback_url(url, pods) for name, url in
+           redis_environment(load_config(target="kubernetes"), secrets).items()}
+    try:
+        # As the StatefulSet does (podManagementPolicy Parallel): every Redis and every Sentinel at once.
+        for pod in pods:
+            pod.start("redis", pods)
+            pod.start("sentinel", pods)
+        wait_for("the pods to settle (replication and Sentinel discovery)", lambda: settled(pods, pods[0]),
+                 SETTLE_TIMEOUT_S)
+
+        def stop_primary(pod: Pod) -> None:
+            pod.processes["redis"].kill()  # SIGKILL: no shutdown, no goodbye to the replicas
+            pod.processes["redis"].wait(10)
+
+        yield asyncio.run(scenario(pods, env, stop_primary, lambda pod: pod.start("redis", pods)))
+    finally:
+        for pod in pods:
+            for process in pod.processes.values():
+                if process.poll() is None:
+                    process.kill()
+                process.wait(10)
+
+
+class TestSentinelFailover:
+    def test_pod_0_is_the_first_primary(self, observed: Observations) -> None:
+        assert observed.initial_primary == observed.pod_0_port
+
+    def test_both_replicas_acknowledged_the_writes(self, observed: Observations) -> None:
+        assert observed.before["replicas acknowledged"] == PODS - 1
+
+    @pytest.mark.parametrize(("client", "db"), [("messaging db", MESSAGING_DB), ("docket db", DOCKET_DB)])
+    def test_each_url_selects_its_database(self, observed: Observations, client: str, db: int) -> None:
+        assert observed.before[client] == db
+
+    def test_a_replica_is_promoted(self, observed: Observations) -> None:
+        assert observed.promoted_primary != observed.initial_primary
+
+    def test_clients_are_served_by_the_promoted_replica(self, observed: Observations) -> None:
+        assert observed.after["served by"] == observed.promoted_primary
+
+    @pytest.mark.parametrize(("fact", "expected"), [
+        ("messaging read", "before"), ("stream length", 1), ("docket read", b"before"),
+        ("messaging write", "after"), ("docket write", b"after"),  # Docket decodes nothing
+    ])
+    def test_same_url_works_after_failover(self, observed: Observations, fact: str, expected: object) -> None:
+        assert observed.after[fact] == expected
+
+    def test_entrypoint_sees_a_new_primary(self, observed: Observations) -> None:
+        before, after = observed.run_ids
+        assert before is not None and after is not None and before != after
+
+    def test_old_primary_rejoins_as_replica(self, observed: Observations) -> None:
+        assert observed.rejoined == {"role": "slave", "master_port": observed.promoted_primary}
+
+    @pytest.mark.parametrize("probe", [f"redis-{i} {check}" for i in range(PODS)
+                                       for check in ("redis-ready", "sentinel")])
+    def test_probes_pass_after_rejoin(self, observed: Observations, probe: str) -> None:
+        assert observed.probes[probe] == 0
