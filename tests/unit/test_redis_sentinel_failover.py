@@ -10,6 +10,7 @@ the new primary as a replica. About 15 s; every process is killed at the end, pa
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import re
 import shutil
@@ -97,9 +98,16 @@ class Pod:
         return redis.Redis(host=LOOPBACK, port=self.sentinel_port, password=self.password, socket_timeout=2,
                            socket_connect_timeout=2, decode_responses=True)
 
+    def run(self, script: str, pods: list[Pod], *args: str) -> int:
+        return subprocess.run(["sh", str(self.root / "scripts" / script), *args], env=self.env(pods),
+                              capture_output=True, timeout=40, check=False).returncode
+
     def probe(self, check: str, pods: list[Pod]) -> int:
-        return subprocess.run(["sh", str(self.root / "scripts" / "probe.sh"), check], env=self.env(pods),
-                              capture_output=True, timeout=15, check=False).returncode
+        return self.run("probe.sh", pods, check)
+
+
+def passes(pod: Pod, check: str, pods: list[Pod]) -> bool:
+    return pod.probe(check, pods) == 0
 
 
 def make_pods(tmp: Path, secrets: Secrets) -> list[Pod]:
@@ -169,13 +177,23 @@ class Observations:
     after: dict[str, Any] = field(default_factory=dict)
     run_ids: tuple[str | None, str | None] = (None, None)
     rejoined: dict[str, Any] = field(default_factory=dict)
-    probes: dict[str, int] = field(default_factory=dict)
+    probes: dict[str, bool] = field(default_factory=dict)
+    replica_ready_without_primary: bool = True
+    replica_alive_without_primary: bool = False
+    restarted_sentinel_primary: int = 0
+    switchover: dict[str, Any] = field(default_factory=dict)
+
+
+async def _until(condition: Callable[[], bool]) -> None:
+    while not condition():
+        await asyncio.sleep(0.05)
 
 
 async def scenario(pods: list[Pod], env: dict[str, str], stop_primary: Callable[[Pod], None],
-                   restart: Callable[[Pod], None]) -> Observations:
+                   restart: Callable[[Pod], None], restart_sentinel: Callable[[Pod], None]) -> Observations:
     from docket._redis import RedisConnection
     from prefect_redis.client import get_async_redis_client
+    from prefect_redis.connection import aclose_redis_client
 
     seen = Observations()
     seen.pod_0_port = pods[0].redis_port
@@ -195,6 +213,9 @@ async def scenario(pods: list[Pod], env: dict[str, str], stop_primary: Callable[
 
         old = next(p for p in pods if p.redis_port == seen.initial_primary)
         stop_primary(old)
+        replica = next(p for p in pods if p is not old)
+        seen.replica_ready_without_primary = await asyncio.to_thread(replica.probe, "redis-ready", pods) == 0
+        seen.replica_alive_without_primary = await asyncio.to_thread(replica.probe, "redis-alive", pods) == 0
         seen.promoted_primary = await asyncio.to_thread(
             wait_for, "a Sentinel to name a new primary",
             lambda: next((port for p in pods if p is not old and (port := primary_port(p)) != old.redis_port),
@@ -222,9 +243,51 @@ async def scenario(pods: list[Pod], env: dict[str, str], stop_primary: Callable[
 
     info = await asyncio.to_thread(wait_for, "the old primary to rejoin as a replica", rejoined, SETTLE_TIMEOUT_S)
     seen.rejoined = {"role": info["role"], "master_port": int(info["master_port"])}
+
+    # A restarted Sentinel learns the current primary from the others (start-sentinel.sh asks them).
+    restart_sentinel(old)
+    seen.restarted_sentinel_primary = await asyncio.to_thread(
+        wait_for, "the restarted Sentinel to answer", lambda: primary_port(old), SETTLE_TIMEOUT_S)
+
+    # A rollout: pre-stop.sh on the primary while a client keeps incrementing a counter.
+    promoted = next(p for p in pods if p.redis_port == seen.promoted_primary)
+    stop = asyncio.Event()
+    tally = {"acknowledged": 0, "failed": 0}
+    errors: list[str] = []
+    started = time.monotonic()
+
+    async def writer() -> None:
+        while not stop.is_set():
+            try:
+                await prefect_client.incr("k8s-test:counter")
+                tally["acknowledged"] += 1
+            except (redis.RedisError, OSError) as exc:
+                tally["failed"] += 1
+                errors.append(f"{time.monotonic() - started:.2f} {type(exc).__name__}: {exc}")
+                await asyncio.sleep(0.05)
+
+    writing = asyncio.create_task(writer())
+    await until_ok("the first counted write", lambda: prefect_client.get("k8s-test:counter"))
+    started = time.monotonic()
+    seen.switchover["pre-stop exit"] = await asyncio.to_thread(promoted.run, "pre-stop.sh", pods)
+    seen.switchover["pre-stop s"] = time.monotonic() - started
+    before = tally["acknowledged"]
+    # The writer goes on through the new primary: twenty more writes, bounded.
+    await asyncio.wait_for(_until(lambda: tally["acknowledged"] >= before + 20), 10)
+    stop.set()
+    await writing
+    seen.switchover["counter"] = int(await prefect_client.get("k8s-test:counter"))
+    seen.switchover.update(tally)
+    seen.switchover["errors"] = errors
+    with promoted.redis() as client:
+        seen.switchover["old primary role"] = client.info("replication")["role"]
+    seen.switchover["new primary"] = primary_port(pods[0])
+    await aclose_redis_client(prefect_client)
     for pod in pods:
-        seen.probes[f"redis-{pod.index} redis-ready"] = await asyncio.to_thread(pod.probe, "redis-ready", pods)
-        seen.probes[f"redis-{pod.index} sentinel"] = await asyncio.to_thread(pod.probe, "sentinel", pods)
+        for check in ("redis-ready", "sentinel"):
+            seen.probes[f"redis-{pod.index} {check}"] = await asyncio.to_thread(
+                wait_for, f"probe {check} of redis-{pod.index}", functools.partial(passes, pod, check, pods),
+                SETTLE_TIMEOUT_S)
     return seen
 
 
@@ -247,7 +310,12 @@ def observed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Observations]
             pod.processes["redis"].kill()  # SIGKILL: no shutdown, no goodbye to the replicas
             pod.processes["redis"].wait(10)
 
-        yield asyncio.run(scenario(pods, env, stop_primary, lambda pod: pod.start("redis", pods)))
+        def restart_sentinel(pod: Pod) -> None:
+            pod.processes["sentinel"].kill()
+            pod.processes["sentinel"].wait(10)
+            pod.start("sentinel", pods)
+
+        yield asyncio.run(scenario(pods, env, stop_primary, lambda pod: pod.start("redis", pods), restart_sentinel))
     finally:
         for pod in pods:
             for process in pod.processes.values():
@@ -290,4 +358,39 @@ class TestSentinelFailover:
     @pytest.mark.parametrize("probe", [f"redis-{i} {check}" for i in range(PODS)
                                        for check in ("redis-ready", "sentinel")])
     def test_probes_pass_after_rejoin(self, observed: Observations, probe: str) -> None:
-        assert observed.probes[probe] == 0
+        assert observed.probes[probe]
+
+    def test_replica_without_primary_not_ready(self, observed: Observations) -> None:
+        assert not observed.replica_ready_without_primary
+
+    def test_replica_without_primary_alive(self, observed: Observations) -> None:
+        assert observed.replica_alive_without_primary
+
+
+class TestRestartedSentinel:
+    def test_learns_the_current_primary(self, observed: Observations) -> None:
+        assert observed.restarted_sentinel_primary == observed.promoted_primary
+
+
+class TestGracefulSwitchover:
+    """pre-stop.sh on the primary, as a rollout or a drain runs it, under a steady stream of writes."""
+
+    def test_pre_stop_succeeds(self, observed: Observations) -> None:
+        assert observed.switchover["pre-stop exit"] == 0
+
+    def test_another_pod_is_primary(self, observed: Observations) -> None:
+        assert observed.switchover["new primary"] != observed.promoted_primary
+
+    def test_old_primary_is_a_replica(self, observed: Observations) -> None:
+        assert observed.switchover["old primary role"] == "slave"
+
+    def test_no_acknowledged_write_lost(self, observed: Observations) -> None:
+        assert observed.switchover["counter"] >= observed.switchover["acknowledged"]
+
+    def test_only_the_write_in_flight_fails(self, observed: Observations) -> None:
+        # The paused write is answered READONLY once the pod is a replica; prefect-redis builds its clients
+        # without retries, so that one write fails (and was not applied). A SIGKILL fails writes for seconds.
+        assert observed.switchover["failed"] <= 1, observed.switchover["errors"]
+
+    def test_quick(self, observed: Observations) -> None:
+        assert observed.switchover["pre-stop s"] < 10
