@@ -316,7 +316,7 @@ esac
 """
 
 
-def start_exporter_sh(port: int = REDIS_PORT) -> str:
+def start_exporter_sh(port: int = REDIS_PORT, listen_port: int = EXPORTER_PORT) -> str:
     streams = ",".join(f"db{MESSAGING_DB}={s}" for s in STREAMS)
     address = f"redis://127.0.0.1:{port}"
     return f"""\
@@ -326,14 +326,14 @@ umask 077
 password=$(cat "$SECRET_DIR/{SECRET_KEY_MONITOR}")
 printf '{{"{address}": "%s"}}\\n' "$password" > "$EXPORTER_RUN_DIR/passwords.json"
 exec prometheus-redis-exporter -redis.addr={address} -redis.user={MONITOR_USER} \\
-    -redis.password-file="$EXPORTER_RUN_DIR/passwords.json" -web.listen-address=:{EXPORTER_PORT} \\
+    -redis.password-file="$EXPORTER_RUN_DIR/passwords.json" -web.listen-address=:{listen_port} \\
     -check-single-streams={streams}
 """
 
 
 def config_files(config: StackConfig, *, sentinel: bool, redis_port: int = REDIS_PORT,
-                 sentinel_port: int = SENTINEL_PORT, bind: str = "* -::*", data_dir: str = DATA_DIR,
-                 run_dir: str = RUN_DIR) -> dict[str, str]:
+                 sentinel_port: int = SENTINEL_PORT, exporter_port: int = EXPORTER_PORT, bind: str = "* -::*",
+                 data_dir: str = DATA_DIR, run_dir: str = RUN_DIR) -> dict[str, str]:
     """The ConfigMap's files. The parameters exist for the real-process test (loopback ports, temp dirs)."""
     files = {
         "common.sh": COMMON_SH,
@@ -346,7 +346,7 @@ def config_files(config: StackConfig, *, sentinel: bool, redis_port: int = REDIS
         files["pre-stop.sh"] = PRE_STOP_SH
         files["sentinel.conf"] = sentinel_conf_template(config, port=sentinel_port, bind=bind, run_dir=run_dir)
     if config.monitoring.enabled:
-        files["start-exporter.sh"] = start_exporter_sh(redis_port)
+        files["start-exporter.sh"] = start_exporter_sh(redis_port, exporter_port)
     return files
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import json
+import re
+import subprocess
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -189,6 +191,14 @@ class TestSentinelMode:
         # $(POD_NAME) expands only in variables defined after it.
         assert containers("sentinel")[name]["env"][0]["name"] == "POD_NAME"
 
+    def test_pre_stop_hands_over_the_primary(self) -> None:
+        assert containers("sentinel")["redis"]["lifecycle"]["preStop"]["exec"]["command"] == \
+            ["sh", "/etc/redis-scripts/pre-stop.sh"]
+
+    def test_grace_period_outlasts_the_pre_stop(self) -> None:
+        # pre-stop.sh: 3 s for a replica to catch up, a failover, 10 s for the Sentinels to agree.
+        assert pod_spec_of("sentinel")["terminationGracePeriodSeconds"] >= 30
+
     def test_readiness_checks_replication(self) -> None:
         probe = containers("sentinel")["redis"]["readinessProbe"]["exec"]["command"]
         assert probe[-1] == "redis-ready"
@@ -246,6 +256,9 @@ class TestStandaloneMode:
 
     def test_no_sentinel_config(self) -> None:
         assert "sentinel.conf" not in one("standalone", "ConfigMap").obj["data"]
+
+    def test_no_pre_stop(self) -> None:
+        assert "lifecycle" not in containers("standalone")["redis"]
 
     def test_no_replication_settings(self) -> None:
         assert "masterauth" not in one("standalone", "ConfigMap").obj["data"]["redis.conf"]
@@ -308,6 +321,25 @@ class TestEveryObject:
         pod_labels = one(mode, "StatefulSet").obj["spec"]["template"]["metadata"]["labels"]
         assert all(m.obj["spec"]["selector"].items() <= pod_labels.items()
                    for m in rendered(mode) if m.kind == "Service")
+
+
+class TestScripts:
+    @pytest.mark.parametrize(("mode", "script"), [(mode, name) for mode in ALL_MODES
+                                                  for name in one(mode, "ConfigMap").obj["data"]
+                                                  if name.endswith(".sh")])
+    def test_parses_as_posix_sh(self, mode: str, script: str) -> None:
+        text = one(mode, "ConfigMap").obj["data"][script]
+        result = subprocess.run(["sh", "-n"], input=text, capture_output=True, text=True, check=False)
+        assert result.returncode == 0, result.stderr
+
+    @pytest.mark.parametrize("mode", ALL_MODES)
+    def test_no_placeholder_unfilled(self, mode: str) -> None:
+        data = one(mode, "ConfigMap").obj["data"]
+        templates = data["redis.conf"] + data.get("sentinel.conf", "")
+        placeholders = set(re.findall(r"@([A-Z_]+)@", templates))
+        filled = set(re.findall(r"@([A-Z_]+)@|([A-Z_]+)=\$", data["common.sh"] + data["start-redis.sh"]
+                                + data.get("start-sentinel.sh", "")))
+        assert placeholders <= {name for pair in filled for name in pair if name}
 
 
 def network_policy(mode: str = "sentinel") -> dict[str, Any]:

@@ -82,6 +82,7 @@ class Pod:
             "SCRIPTS_DIR": str(self.root / "scripts"),
             "SECRET_DIR": str(self.root / "secret"),
             "RUN_DIR": str(self.root / "run"),
+            "EXPORTER_RUN_DIR": str(self.root / "exporter"),
         }
 
     def start(self, script: str, pods: list[Pod]) -> None:
@@ -117,7 +118,7 @@ def make_pods(tmp: Path, secrets: Secrets) -> list[Pod]:
     for i in range(PODS):
         root = tmp / f"redis-{i}"
         pod = Pod(i, ports[2 * i], ports[2 * i + 1], root, secrets.get("redis"))
-        for directory in ("scripts", "secret", "run", "data"):
+        for directory in ("scripts", "secret", "run", "data", "exporter"):
             (root / directory).mkdir(parents=True, mode=0o700)
         files = config_files(config, sentinel=True, redis_port=pod.redis_port, sentinel_port=pod.sentinel_port,
                              bind=LOOPBACK, data_dir=str(root / "data"), run_dir=str(root / "run"))
@@ -394,3 +395,73 @@ class TestGracefulSwitchover:
 
     def test_quick(self, observed: Observations) -> None:
         assert observed.switchover["pre-stop s"] < 10
+
+
+@dataclass
+class StandaloneObservations:
+    role: str = ""
+    ready: bool = False
+    served: str | None = None
+    metrics: dict[str, str] = field(default_factory=dict)
+
+
+@pytest.fixture(scope="module")
+def standalone(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StandaloneObservations]:
+    """The standalone mode's pod: one Redis from the same scripts, with the exporter beside it."""
+    import urllib.request
+
+    tmp = tmp_path_factory.mktemp("standalone")
+    secrets = ensure_secrets(tmp / "secrets")
+    config = load_config(target="kubernetes", kubernetes={"redis": {"mode": "standalone"}})
+    redis_port, exporter_port = free_ports(2)
+    pod = Pod(0, redis_port, 0, tmp / "redis-0", secrets.get("redis"))
+    for directory in ("scripts", "secret", "run", "data", "exporter"):
+        (pod.root / directory).mkdir(parents=True, mode=0o700)
+    files = config_files(config, sentinel=False, redis_port=redis_port, exporter_port=exporter_port, bind=LOOPBACK,
+                         data_dir=str(pod.root / "data"), run_dir=str(pod.root / "run"))
+    for name, text in files.items():
+        (pod.root / "scripts" / name).write_text(text)
+    (pod.root / "secret" / SECRET_KEY_PASSWORD).write_text(secrets.get("redis"))
+    (pod.root / "secret" / SECRET_KEY_MONITOR).write_text(secrets.get("redis_monitor"))
+    url = redis_environment(config, secrets)["PREFECT_REDIS_MESSAGING_URL"]
+    url = re.sub(r"@[^/]+/", f"@{LOOPBACK}:{redis_port}/", url, count=1)
+
+    def metrics() -> dict[str, str] | None:
+        with urllib.request.urlopen(f"http://{LOOPBACK}:{exporter_port}/metrics", timeout=2) as response:
+            lines = response.read().decode().splitlines()
+        found = dict(line.rsplit(" ", 1) for line in lines if line.startswith(("redis_up ", "redis_stream_length")))
+        return found if found.get("redis_up") == "1" and "redis_stream_length{db=\"db0\",stream=\"events\"}" in \
+            found else None
+
+    seen = StandaloneObservations()
+    try:
+        pod.start("redis", [pod])
+        pod.start("exporter", [pod])
+        seen.ready = wait_for("the standalone Redis to be ready", lambda: pod.probe("redis-ready", [pod]) == 0,
+                              SETTLE_TIMEOUT_S)
+        with pod.redis() as client:
+            seen.role = client.info("replication")["role"]
+        with redis.Redis.from_url(url, socket_timeout=2, decode_responses=True) as client:
+            client.xadd("events", {"event": "standalone"})
+            seen.served = client.xrange("events")[0][1]["event"]
+        seen.metrics = wait_for("the exporter to report the events stream", metrics, SETTLE_TIMEOUT_S)
+        yield seen
+    finally:
+        for process in pod.processes.values():
+            if process.poll() is None:
+                process.kill()
+            process.wait(10)
+
+
+class TestStandalonePod:
+    def test_primary(self, standalone: StandaloneObservations) -> None:
+        assert standalone.role == "master"
+
+    def test_ready(self, standalone: StandaloneObservations) -> None:
+        assert standalone.ready
+
+    def test_url_serves(self, standalone: StandaloneObservations) -> None:
+        assert standalone.served == "standalone"
+
+    def test_exporter_reads_the_events_stream_as_the_monitor_user(self, standalone: StandaloneObservations) -> None:
+        assert standalone.metrics['redis_stream_length{db="db0",stream="events"}'] == "1"
