@@ -38,6 +38,7 @@ from infra.kubernetes.objects import (
     selector,
     topology_spread,
 )
+from infra.render.prefect import REDIS_BACKENDS
 from infra.render.redis import DOCKET_DB, MESSAGING_DB, MONITOR_USER, redis_settings
 from infra.secrets import Secrets
 
@@ -373,7 +374,8 @@ def sentinel_members(config: StackConfig) -> list[str]:
 
 
 def redis_environment(config: StackConfig, secrets: Secrets) -> dict[str, str]:
-    """Prefect's Redis settings (messaging, Docket...) for this mode, with the password in the URLs.
+    """Prefect's Redis settings for this mode, with the password in the URLs: the prefect-redis backends, the
+    connection URLs, a connect timeout.
 
     One URL per database: ``PREFECT_REDIS_MESSAGING_URL`` (prefect-redis: messaging, ordering, lease storage) and
     ``PREFECT_SERVER_DOCKET_URL``; both libraries parse ``redis+sentinel://`` the same way. The Sentinel URL lists
@@ -394,7 +396,15 @@ def redis_environment(config: StackConfig, secrets: Secrets) -> dict[str, str]:
         urls = {db: f"redis://:{quote(password, safe='')}@{host}:{REDIS_PORT}/{db}" for db in (MESSAGING_DB, DOCKET_DB)}
     else:
         urls = {db: _external_url(config, password, db) for db in (MESSAGING_DB, DOCKET_DB)}
-    return {"PREFECT_REDIS_MESSAGING_URL": urls[MESSAGING_DB], "PREFECT_SERVER_DOCKET_URL": urls[DOCKET_DB]}
+    return {
+        **REDIS_BACKENDS,
+        "PREFECT_REDIS_MESSAGING_URL": urls[MESSAGING_DB],
+        "PREFECT_SERVER_DOCKET_URL": urls[DOCKET_DB],
+        # prefect-redis connects without a timeout by default: a connection to the address of a pod that is
+        # gone would hang for minutes of SYN retries instead of moving on to the next Sentinel or the new
+        # primary. (Docket bounds its connects itself.)
+        "PREFECT_REDIS_MESSAGING_SOCKET_CONNECT_TIMEOUT": "5",
+    }
 
 
 def _external_url(config: StackConfig, password: str, db: int) -> str:

@@ -448,8 +448,25 @@ class TestEnvironment:
     @pytest.mark.parametrize("mode", [SENTINEL, STANDALONE, EXTERNAL])
     def test_no_discrete_settings(self, mode: dict[str, Any], secrets: Secrets) -> None:
         # prefect-redis warns and ignores HOST/PORT/... beside a URL.
-        assert not [k for k in redis_environment(config(**mode), secrets) if k.startswith("PREFECT_REDIS_MESSAGING_")
-                    and k != "PREFECT_REDIS_MESSAGING_URL"]
+        discrete = {"HOST", "PORT", "DB", "USERNAME", "PASSWORD", "SSL"}
+        assert not [k for k in redis_environment(config(**mode), secrets)
+                    if k.removeprefix("PREFECT_REDIS_MESSAGING_") in discrete]
+
+    @pytest.mark.parametrize("mode", [SENTINEL, STANDALONE, EXTERNAL])
+    @pytest.mark.parametrize("name", ["PREFECT_SERVER_EVENTS_MESSAGING_BROKER", "PREFECT_SERVER_EVENTS_MESSAGING_CACHE",
+                                      "PREFECT_SERVER_EVENTS_CAUSAL_ORDERING",
+                                      "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE"])
+    def test_redis_backends(self, mode: dict[str, Any], name: str, secrets: Secrets) -> None:
+        assert redis_environment(config(**mode), secrets)[name].startswith("prefect_redis.")
+
+    def test_settings_prefect_accepts(self, secrets: Secrets, monkeypatch: pytest.MonkeyPatch) -> None:
+        from prefect_redis.client import RedisMessagingSettings
+
+        env = redis_environment(config(**SENTINEL), secrets)
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        settings = RedisMessagingSettings()
+        assert (settings.url, settings.socket_connect_timeout) == (env["PREFECT_REDIS_MESSAGING_URL"], 5.0)
 
 
 class TestEntrypointFollowsTheUrl:
