@@ -10,7 +10,15 @@ configuration templates live in one ConfigMap; the redis.conf template is the lo
 Sentinel bootstrap (start-redis.sh and start-sentinel.sh, same rule in both): ask the other pods' Sentinels which
 Redis is the primary; if none answers (a first start, or every pod restarting at once), pod 0 is the primary and
 the others replicate it. So a pod that comes back after a failover joins the new primary as a replica, and pods
-may start in parallel.
+may start in parallel. The one case it cannot judge: every pod down at once after a failover, when pod 0's data
+may be older than the last primary's; pod 0 still wins (its replicas resynchronise from it).
+
+A primary that is being stopped (rollout, drain) hands its role over first (pre-stop.sh: writes paused, a
+Sentinel failover, the promoted replica followed), so a rollout costs clients a pause of about a second and the
+one write in flight, not down-after-milliseconds of errors. An unplanned loss of the primary is a Sentinel
+failover (DOWN_AFTER_MS, then a promotion); the background services' entrypoint (infra/compose/entrypoint.py
+``--follow-redis``) sees the new primary's run id through the Sentinel URL and restarts them against it.
+tests/unit/test_redis_sentinel_failover.py runs these scripts for real on loopback ports.
 """
 
 from __future__ import annotations
