@@ -162,7 +162,9 @@ export REDISCLI_AUTH="$password"
 fill() {{
     template=$1 out=$2
     shift 2
-    script="$RUN_DIR/.fill.sed"
+    # Named after the output: the redis and sentinel containers share RUN_DIR and start at the same moment
+    # (and $$ is no help: each container has its own process ids).
+    script="$out.sed"
     printf 's|{PASSWORD_PLACEHOLDER}|%s|g\\n' "$password" > "$script"
     for pair in "$@"; do
         printf 's|@%s@|%s|g\\n' "${{pair%%=*}}" "${{pair#*=}}" >> "$script"
