@@ -267,16 +267,21 @@ for sentinel in "127.0.0.1:$SENTINEL_PORT" $SENTINELS; do
         break
     fi
 done
-# The primary every answering Sentinel names, once they agree and it is not this pod (nothing until then):
-# clients ask any of them, and one still naming this pod would send them back here.
+# The primary every answering Sentinel names, once they agree, the failover is over and it is not this pod
+# (nothing until then): clients ask any of them, and one still naming this pod would send them back here.
 agreed_primary() {{
     agreed=
     for sentinel in $SENTINELS; do
+        # SENTINEL MASTER, as clients (redis-py) ask: it names the new primary only once the failover is over
+        # (get-master-addr-by-name names it earlier, while the replicas are still being reconfigured).
         answer=$(timeout 2 redis-cli -h "${{sentinel%:*}}" -p "${{sentinel##*:}}" --raw \\
-                 sentinel get-master-addr-by-name {MASTER_SET} 2>/dev/null || true)
+                 sentinel master {MASTER_SET} 2>/dev/null \\
+                 | awk 'NR % 2 == 1 {{ key = $0 }} NR % 2 == 0 {{ value[key] = $0 }}
+                        END {{ print value["ip"], value["port"], value["flags"] }}' || true)
         set -- $answer
-        [ "$#" -eq 2 ] || continue
-        if [ "$1 $2" = "$ANNOUNCE_HOST $REDIS_PORT" ] || {{ [ -n "$agreed" ] && [ "$agreed" != "$1 $2" ]; }}; then
+        [ "$#" -eq 3 ] || continue
+        if [ "$3" != master ] || [ "$1 $2" = "$ANNOUNCE_HOST $REDIS_PORT" ] || \\
+           {{ [ -n "$agreed" ] && [ "$agreed" != "$1 $2" ]; }}; then
             return
         fi
         agreed="$1 $2"
