@@ -4,7 +4,12 @@ Three "pods" (a directory each, standing in for the ConfigMap, the Secret, the e
 rendered start-redis.sh and start-sentinel.sh with Debian's redis-server, as the StatefulSet would, all at once.
 A client built from ``redis_environment``'s URLs through prefect-redis and through Docket writes; the primary is
 SIGKILLed; the Sentinels promote a replica; the same clients work again, and the killed pod, started again, joins
-the new primary as a replica. About 15 s; every process is killed at the end, pass or fail.
+the new primary as a replica; a restarted Sentinel finds the primary; pre-stop.sh hands the primary role over
+under a stream of writes. Then a standalone pod and its exporter.
+
+Unlike the rest of tests/unit this starts processes (Debian's redis-server and prometheus-redis-exporter, on
+free loopback ports; skipped without redis-server): the scripts only prove themselves by running. About 25 s;
+every process is killed at the end, pass or fail.
 """
 
 from __future__ import annotations
@@ -37,7 +42,8 @@ from infra.render.redis import DOCKET_DB, MESSAGING_DB
 from infra.secrets import Secrets, ensure_secrets
 from tests.conftest import free_ports
 
-pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs Debian's redis-server")
+pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None or shutil.which("prometheus-redis-exporter")
+                                is None, reason="needs Debian's redis-server and prometheus-redis-exporter")
 
 PODS = 3
 LOOPBACK = "127.0.0.1"
