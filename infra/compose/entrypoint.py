@@ -9,7 +9,9 @@ environment holds them. Usage::
 ``--follow-redis`` is for the background services: after Redis restarts (a crash, a new container) they keep
 running but silently stop consuming its streams (a known Prefect failure; the local target restarts them with
 Redis). Here the entrypoint watches Redis's run id and, when it changes, stops the services and exits non-zero,
-so Docker's restart policy starts them afresh against the new Redis.
+so Docker's restart policy starts them afresh against the new Redis. On Kubernetes, with a ``redis+sentinel://``
+URL, the watched server is the current primary: after a Sentinel failover the services restart against the
+promoted replica (the kubelet restarts the container).
 """
 
 from __future__ import annotations
@@ -29,16 +31,33 @@ EXIT_REDIS_RESTARTED = 75  # EX_TEMPFAIL: start again
 
 
 def _redis_run_id(env: dict[str, str]) -> str | None:
-    """Redis's run id (new at every server start), or None while it cannot be reached."""
+    """Redis's run id (new at every server start), or None while it cannot be reached.
+
+    Given ``PREFECT_REDIS_MESSAGING_URL`` (the Kubernetes target), it is the run id of the server that URL leads
+    to: with ``redis+sentinel://``, the current primary, so a failover (a different server) counts as a restart.
+    """
     import redis
 
+    url = env.get("PREFECT_REDIS_MESSAGING_URL")
     try:
+        if url:
+            # prefect-redis ships no py.typed marker.
+            from prefect_redis.connection import (  # type: ignore[import-untyped]
+                close_redis_client,
+                redis_from_url,
+            )
+
+            client = redis_from_url(url, socket_timeout=3, socket_connect_timeout=3)
+            try:
+                return str(client.info("server")["run_id"])
+            finally:
+                close_redis_client(client)
         client = redis.Redis(host=env["PREFECT_REDIS_MESSAGING_HOST"], port=int(env["PREFECT_REDIS_MESSAGING_PORT"]),
                              password=env.get("PREFECT_REDIS_MESSAGING_PASSWORD"), socket_timeout=3,
                              socket_connect_timeout=3)
         with client:
             return str(client.info("server")["run_id"])
-    except (redis.RedisError, OSError, KeyError):
+    except (redis.RedisError, OSError, KeyError, ValueError):
         return None
 
 

@@ -18,6 +18,14 @@ from infra.render.pgbouncer import SESSION_POOL_SUFFIX
 from infra.render.redis import DOCKET_DB, MESSAGING_DB
 from infra.secrets import Secrets
 
+# Prefect's shared state in Redis (prefect-redis), the same for every target and every Redis topology.
+REDIS_BACKENDS = {
+    "PREFECT_SERVER_EVENTS_MESSAGING_BROKER": "prefect_redis.messaging",
+    "PREFECT_SERVER_EVENTS_MESSAGING_CACHE": "prefect_redis.messaging",
+    "PREFECT_SERVER_EVENTS_CAUSAL_ORDERING": "prefect_redis.ordering",
+    "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE": "prefect_redis.lease_storage",
+}
+
 
 def _common(config: StackConfig, secrets: Secrets, layout: StateLayout, addresses: Addresses) -> dict[str, str]:
     redis_password = secrets.get("redis")
@@ -31,10 +39,7 @@ def _common(config: StackConfig, secrets: Secrets, layout: StateLayout, addresse
         "PREFECT_API_AUTH_STRING": secrets.get("prefect_auth"),
         "PREFECT_SERVER_DATABASE_MIGRATE_ON_START": "false",
         "PREFECT_SERVER_REGISTER_BLOCKS_ON_START": "false",
-        "PREFECT_SERVER_EVENTS_MESSAGING_BROKER": "prefect_redis.messaging",
-        "PREFECT_SERVER_EVENTS_MESSAGING_CACHE": "prefect_redis.messaging",
-        "PREFECT_SERVER_EVENTS_CAUSAL_ORDERING": "prefect_redis.ordering",
-        "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE": "prefect_redis.lease_storage",
+        **REDIS_BACKENDS,
         "PREFECT_SERVER_DOCKET_URL": f"redis://:{redis_password}@{addresses.redis}:{config.redis.port}/{DOCKET_DB}",
         "PREFECT_REDIS_MESSAGING_HOST": addresses.redis,
         "PREFECT_REDIS_MESSAGING_PORT": str(config.redis.port),

@@ -19,18 +19,21 @@ MONITOR_COMMANDS = (
 )
 
 
-def redis_conf(config: StackConfig, secrets: Secrets, layout: StateLayout, bind: str = "127.0.0.1") -> RenderedFile:
-    text = f"""\
+def redis_settings(config: StackConfig, *, password: str, monitor_password: str, data_dir: str, bind: str,
+                   port: int) -> str:
+    """The text of redis.conf. The Kubernetes target renders it with placeholders for the passwords (its pods
+    fill them in at start from the mounted Secret), so every target runs the same settings."""
+    return f"""\
 # Rendered by prefect-stack from the configuration model; edit the model, not this file.
 bind {bind}
-port {config.redis.port}
+port {port}
 protected-mode yes
-requirepass {secrets.get("redis")}
+requirepass {password}
 # The exporters' user: reads INFO, CONFIG maxmemory, client and stream state; can write nothing.
-user {MONITOR_USER} on >{secrets.get("redis_monitor")} ~* resetchannels {MONITOR_COMMANDS}
+user {MONITOR_USER} on >{monitor_password} ~* resetchannels {MONITOR_COMMANDS}
 daemonize no
 logfile ""
-dir {layout.redis_data}
+dir {data_dir}
 # Streams and leases must survive a restart: append-only file, fsync every second.
 appendonly yes
 appendfsync everysec
@@ -39,4 +42,9 @@ maxmemory {config.redis.maxmemory}
 # Evicting keys would silently drop Prefect events and leases; fail writes loudly instead.
 maxmemory-policy noeviction
 """
+
+
+def redis_conf(config: StackConfig, secrets: Secrets, layout: StateLayout, bind: str = "127.0.0.1") -> RenderedFile:
+    text = redis_settings(config, password=secrets.get("redis"), monitor_password=secrets.get("redis_monitor"),
+                          data_dir=str(layout.redis_data), bind=bind, port=config.redis.port)
     return RenderedFile(layout.etc / "redis.conf", text, secret=True)
