@@ -160,6 +160,10 @@ def _redis_address(config: StackConfig) -> tuple[str, int, bool] | None:
     """Where the exporter reads Prefect's event streams (host, port, TLS). In sentinel mode any Redis pod serves
     XINFO (replicas hold the same streams); an external Redis behind Sentinel has no fixed address: None."""
     redis = config.kubernetes.redis
+    if redis.mode == "sentinel":
+        # No Service fronts the primary in sentinel mode; the headless Service names every Redis pod, and any of
+        # them serves what the exporter reads (stream lengths and consumer groups replicate to the replicas).
+        return Names.of(config).redis_headless, REDIS_PORT, False
     if redis.mode != "external":
         return Names.of(config).redis, REDIS_PORT, False
     url = urlsplit(redis.external_url or "")

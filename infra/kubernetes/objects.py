@@ -323,7 +323,9 @@ def pod_spec(containers: list[dict[str, Any]], volumes: list[dict[str, Any]], *,
              init_containers: list[dict[str, Any]] | None = None, uid: int | None = APP_UID,
              service_account: str | None = None, **more: Any) -> dict[str, Any]:
     """A pod with no service-account token unless it names a service account that needs one."""
-    spec: dict[str, Any] = {"automountServiceAccountToken": service_account is not None}
+    # No service links: Kubernetes would inject every Service's address as environment variables (noise in every
+    # process's environment, and names like REDIS_PORT that some clients read as their own settings).
+    spec: dict[str, Any] = {"automountServiceAccountToken": service_account is not None, "enableServiceLinks": False}
     if service_account:
         spec["serviceAccountName"] = service_account
     spec["securityContext"] = pod_security_context(uid)

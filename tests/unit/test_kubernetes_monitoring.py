@@ -301,7 +301,7 @@ class TestExporter:
     def test_no_pgbouncer_source(self) -> None:
         assert not [a for a in self.args() if a.startswith("--pgbouncer")]
 
-    @pytest.mark.parametrize(("config", "redis"), [("default", "--redis=prefect-redis:6379"),
+    @pytest.mark.parametrize(("config", "redis"), [("default", "--redis=prefect-redis-headless:6379"),
                                                     ("standalone", "--redis=flows-redis:6379"),
                                                     ("external", "--redis=cache.example.com:6380")])
     def test_redis_address(self, config: str, redis: str) -> None:
