@@ -423,6 +423,57 @@ def pods_selected_by_network_policies(objects: list[Obj]) -> list[str]:
                        for p in policies)]
 
 
+def _peer_matches(peer: Obj, labels: PossibleLabels, namespace: str | None, peer_namespace: str | None) -> bool:
+    """Whether a NetworkPolicy peer admits pods with ``labels`` in ``namespace`` (the policy's own is
+    ``peer_namespace``). An ipBlock admits any address: the checks here are about pods, not CIDRs."""
+    if "ipBlock" in peer:
+        return True
+    namespaces = peer.get("namespaceSelector")
+    if namespaces is None:
+        same = namespace == peer_namespace
+    else:
+        same = selects(namespaces, {"kubernetes.io/metadata.name": frozenset({namespace or ""})})
+    pods = peer.get("podSelector")
+    return same and (pods is None or selects(pods, labels))
+
+
+def _port_allowed(rule: Obj, port: int) -> bool:
+    ports = rule.get("ports")
+    if not ports:
+        return True
+    def covers(entry: Obj) -> bool:
+        start = entry.get("port")
+        in_range = start is None or start == port or (
+            isinstance(start, int) and start <= port <= entry.get("endPort", start))
+        return in_range and entry.get("protocol", "TCP") == "TCP"
+
+    return any(covers(entry) for entry in ports)
+
+
+def flow_problems(objects: list[Obj], source: Obj, destination: Obj, port: int) -> list[str]:
+    """Whether the NetworkPolicies let ``source``'s pods reach ``destination``'s pods on TCP ``port`` (both its
+    egress and the destination's ingress); no policy selecting a side leaves that side open."""
+    policies = [o for o in objects if o.get("kind") == "NetworkPolicy"]
+    src, dst = pod_labels(source), pod_labels(destination)
+    assert src is not None and dst is not None, "flows are between workloads"
+    problems = []
+    for direction, side, other, other_obj, key, peers in (
+            ("Egress", src, dst, destination, "egress", "to"), ("Ingress", dst, src, source, "ingress", "from")):
+        owner = source if direction == "Egress" else destination
+        applying = [p for p in policies if _namespace(p) == _namespace(owner)
+                    and selects(p["spec"].get("podSelector", {}), side)
+                    and direction in p["spec"].get("policyTypes", ["Ingress"])]
+        if not applying:
+            continue
+        allowed = any(_port_allowed(rule, port) and (peers not in rule or any(
+            _peer_matches(peer, other, _namespace(other_obj), _namespace(p)) for peer in rule[peers]))
+            for p in applying for rule in p["spec"].get(key, []) or [])
+        if not allowed:
+            problems.append(f"{describe(source)} -> {describe(destination)}:{port}: no {direction.lower()} rule of "
+                            f"{_names(applying)} allows it")
+    return problems
+
+
 def _image_pinned(image: str) -> bool:
     if "@sha256:" in image:
         return True

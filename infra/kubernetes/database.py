@@ -536,7 +536,10 @@ def instances_network_policy(config: StackConfig) -> dict[str, Any]:
     k8s = config.kubernetes
     poolers = {"podSelector": {"matchExpressions": [
         {"key": CNPG_POOLER, "operator": "In", "values": [name for name, _ in _poolers(config)]}]}}
-    jobs = [{"podSelector": {"matchLabels": selector(config, component)}} for component in ("migrate", "backup")]
+    # Straight to the primary: the migration Job, the backup CronJob and, with monitoring, the project's exporter
+    # (its prefect_monitor role reads Prefect's tables; the Poolers only know the application's role).
+    direct = ("migrate", "backup", *(("exporter",) if config.monitoring.enabled else ()))
+    jobs = [{"podSelector": {"matchLabels": selector(config, component)}} for component in direct]
     egress = _common_egress(config)
     # Replication, pg_rewind and the instance managers' status calls between instances (CloudNativePG asks that its
     # pods reach each other).

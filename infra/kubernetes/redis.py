@@ -622,7 +622,9 @@ def _network_policy(config: StackConfig) -> dict[str, Any]:
     sentinel = config.kubernetes.redis.mode == "sentinel"
     redis_ports = [_port(REDIS_PORT), *([_port(SENTINEL_PORT)] if sentinel else [])]
     own_pods = {"podSelector": {"matchLabels": selector(config, COMPONENT)}}
-    clients = [{"podSelector": {"matchLabels": selector(config, name)}} for name in ("api", "services", "backup")]
+    # Prefect's processes, and with monitoring the project's exporter (stream lengths and consumer-group lag).
+    users = ("api", "services", *(("exporter",) if config.monitoring.enabled else ()))
+    clients = [{"podSelector": {"matchLabels": selector(config, name)}} for name in users]
     ingress: list[dict[str, Any]] = [
         # Prefect's processes, and the Redis pods themselves (replication, Sentinel gossip and bootstrap).
         {"from": [*clients, own_pods], "ports": redis_ports},

@@ -350,7 +350,7 @@ class TestNetworkPolicy:
     def test_selects_the_redis_pods(self) -> None:
         assert network_policy()["podSelector"]["matchLabels"] == selector(config(), "redis")
 
-    @pytest.mark.parametrize("client", ["api", "services", "backup", "redis"])
+    @pytest.mark.parametrize("client", ["api", "services", "exporter", "redis"])
     def test_clients_allowed_in(self, client: str) -> None:
         [rule] = [r for r in network_policy()["ingress"] if {"port": 6379, "protocol": "TCP"} in r["ports"]]
         assert {"podSelector": {"matchLabels": selector(config(), client)}} in rule["from"]

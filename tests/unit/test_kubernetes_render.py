@@ -97,3 +97,61 @@ class TestKustomize:
         built = checks.kustomize_build(tmp_path / OVERLAY)
         assert checks.compare_objects(rendering.objects(), built) == []
 
+
+
+# Every flow the stack needs: (source, destination, port), workloads named by kind and name suffix.
+REQUIRED_FLOWS = [
+    (("Deployment", "api"), ("Pooler", "pooler-transaction"), 5432),
+    (("Deployment", "services"), ("Pooler", "pooler-session"), 5432),
+    (("Pooler", "pooler-transaction"), ("Cluster", "db"), 5432),
+    (("Pooler", "pooler-session"), ("Cluster", "db"), 5432),
+    (("Cluster", "db"), ("Cluster", "db"), 5432),
+    (("Job", "migrate"), ("Cluster", "db"), 5432),
+    (("CronJob", "backup"), ("Cluster", "db"), 5432),
+    (("Deployment", "exporter"), ("Cluster", "db"), 5432),
+    (("Deployment", "api"), ("StatefulSet", "redis"), 6379),
+    (("Deployment", "api"), ("StatefulSet", "redis"), 26379),
+    (("Deployment", "services"), ("StatefulSet", "redis"), 6379),
+    (("Deployment", "services"), ("StatefulSet", "redis"), 26379),
+    (("Deployment", "exporter"), ("StatefulSet", "redis"), 6379),
+    (("StatefulSet", "redis"), ("StatefulSet", "redis"), 6379),
+    (("StatefulSet", "redis"), ("StatefulSet", "redis"), 26379),
+    (("Deployment", "api"), ("Deployment", "jaeger"), 4318),
+    (("Deployment", "services"), ("Deployment", "jaeger"), 4318),
+    (("Deployment", "services"), ("Deployment", "api"), 4200),
+]
+
+
+def _workload(rendering: Rendering, kind: str, suffix: str) -> dict[str, Any]:
+    prefix = rendering.config.kubernetes.name
+    found = [o for o in rendering.objects() if o["kind"] == kind
+             and (o["metadata"]["name"] == f"{prefix}-{suffix}"
+                  or o["metadata"]["name"].startswith(f"{prefix}-{suffix}-"))]
+    assert len(found) == 1, f"{kind} {prefix}-{suffix}: {len(found)}"
+    return found[0]
+
+
+@pytest.fixture(scope="module")
+def everything() -> Rendering:
+    """The default configuration: every component on, network policies included, tracing to the stack's Jaeger."""
+    return reference_rendering(_config("default"))
+
+
+class TestNetworkFlows:
+    @pytest.mark.parametrize(("source", "destination", "port"), REQUIRED_FLOWS,
+                             ids=[f"{s[1]}->{d[1]}:{p}" for s, d, p in REQUIRED_FLOWS])
+    def test_needed_flow_is_allowed(self, everything: Rendering, source: tuple[str, str],
+                                    destination: tuple[str, str], port: int) -> None:
+        src, dst = _workload(everything, *source), _workload(everything, *destination)
+        assert checks.flow_problems(everything.objects(), src, dst, port) == []
+
+    @pytest.mark.parametrize(("source", "destination", "port"), [
+        (("Deployment", "api"), ("Cluster", "db"), 5432),          # the API goes through its Pooler only
+        (("Deployment", "jaeger"), ("Cluster", "db"), 5432),
+        (("Deployment", "exporter"), ("Deployment", "api"), 4200),
+        (("CronJob", "backup"), ("StatefulSet", "redis"), 6379),
+    ], ids=["api->db", "jaeger->db", "exporter->api", "backup->redis"])
+    def test_unneeded_flow_is_denied(self, everything: Rendering, source: tuple[str, str],
+                                     destination: tuple[str, str], port: int) -> None:
+        src, dst = _workload(everything, *source), _workload(everything, *destination)
+        assert checks.flow_problems(everything.objects(), src, dst, port) != []
