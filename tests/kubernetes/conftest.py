@@ -8,7 +8,9 @@ project is developed on). With it, these are required too, and their absence fai
 - PREFECT_STACK_TEST_INGRESS_URL: the ingress controller's address (https://IP or a name); requests carry the
   stack's host name as ``Host``, so no DNS entry is needed;
 - PREFECT_STACK_TEST_S3_ENDPOINT, PREFECT_STACK_TEST_S3_BUCKET and AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY: the
-  bucket the backup CronJob writes to (a prefix of the session's own).
+  bucket the backup CronJob writes to (a prefix of the session's own);
+- optionally PREFECT_STACK_TEST_PHYSICAL_BACKUPS=1 when the cluster has the Barman Cloud plugin: WAL archiving on,
+  and the point-in-time recovery test runs.
 The cluster needs CloudNativePG, cert-manager and an ingress controller in namespace ingress-nginx.
 """
 
@@ -107,7 +109,9 @@ def cluster_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterS
         "local": {"state_dir": str(tmp / "state")},
         "monitoring": {"enabled": False},  # kube-prometheus-stack is optional: not assumed
         "backups": {"s3": {"endpoint_url": os.environ["PREFECT_STACK_TEST_S3_ENDPOINT"],
-                           "bucket": os.environ["PREFECT_STACK_TEST_S3_BUCKET"], "prefix": namespace}},
+                           "bucket": os.environ["PREFECT_STACK_TEST_S3_BUCKET"], "prefix": namespace},
+                    # WAL archiving and base backups need the Barman Cloud plugin in the cluster.
+                    "physical": {"enabled": os.environ.get("PREFECT_STACK_TEST_PHYSICAL_BACKUPS") == "1"}},
         "kubernetes": {"namespace": namespace, "name": name,
                        "image_registry": os.environ["PREFECT_STACK_TEST_REGISTRY"],
                        "ingress": {"host": host, "cluster_issuer": None, "tls_secret": f"{name}-tls"},

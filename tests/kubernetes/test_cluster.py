@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+from datetime import UTC, datetime
+from pathlib import Path
 
 import boto3
 import pytest
+import yaml
 
 from tests.kubernetes.conftest import ClusterStack, load_during
 
@@ -107,3 +112,39 @@ def test_backup_job_backs_up_and_verifies(cluster_stack: ClusterStack) -> None:
     listed = s3.list_objects_v2(Bucket=os.environ["PREFECT_STACK_TEST_S3_BUCKET"],
                                 Prefix=f"{cluster_stack.namespace}/logical/")
     assert any(item["Key"].endswith("manifest.json") for item in listed.get("Contents", []))
+
+
+def test_point_in_time_recovery_brings_back_exactly_the_past(cluster_stack: ClusterStack) -> None:
+    """Last: it replaces the session's database. Needs the Barman Cloud plugin in the cluster."""
+    if os.environ.get("PREFECT_STACK_TEST_PHYSICAL_BACKUPS") != "1":
+        pytest.skip("set PREFECT_STACK_TEST_PHYSICAL_BACKUPS=1 when the cluster has the Barman Cloud plugin")
+    name = cluster_stack.name
+    with cluster_stack.client() as client:
+        before = client.post("/flows/", json={"name": "before-the-mistake"}).json()["id"]
+    # A base backup now (what the ScheduledBackup does nightly), then the moment to return to.
+    backup = {"apiVersion": "postgresql.cnpg.io/v1", "kind": "Backup",
+              "metadata": {"name": f"{name}-pitr-base", "namespace": cluster_stack.namespace},
+              "spec": {"cluster": {"name": f"{name}-db"}, "method": "plugin",
+                       "pluginConfiguration": {"name": "barman-cloud.cloudnative-pg.io"}}}
+    subprocess.run(["kubectl", "apply", "-f", "-"], input=json.dumps(backup), text=True, check=True,
+                   env=cluster_stack.env, timeout=120)
+    cluster_stack.wait_until("the base backup", lambda: cluster_stack.get(
+        "backup.postgresql.cnpg.io", f"{name}-pitr-base").get("status", {}).get("phase") == "completed",
+        timeout_s=1200)
+    target = datetime.now(UTC).isoformat(timespec="seconds")
+    cluster_stack.wait_until("a second past the target", lambda: datetime.now(UTC).isoformat() > target)
+    with cluster_stack.client() as client:
+        after = client.post("/flows/", json={"name": "the-mistake"}).json()["id"]
+    # The WAL holding `after` must reach the archive (archive_timeout is 60 s) before it can be left out on purpose.
+    cluster_stack.kubectl("exec", f"{name}-db-1", "-c", "postgres", "--", "psql", "-c", "SELECT pg_switch_wal()",
+                          check=False)
+    config_file = Path(cluster_stack.env["PREFECT_STACK_CONFIG"])
+    config = yaml.safe_load(config_file.read_text())
+    config["kubernetes"]["postgres"] = {"recovery": {"enabled": True, "target_time": target,
+                                                     "server_name": f"{name}-db-r1"}}
+    config_file.write_text(yaml.safe_dump(config))
+    result = cluster_stack.invoke("restore", "--target", "kubernetes", "--yes")
+    assert result.returncode == 0, result.stdout + result.stderr
+    with cluster_stack.client() as client:
+        assert client.get(f"/flows/{before}").status_code == 200
+        assert client.get(f"/flows/{after}").status_code == 404
