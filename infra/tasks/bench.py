@@ -1,5 +1,5 @@
-"""Benchmarks: `invoke bench.api`, `invoke bench.backup` and `invoke bench.observability`. Each deploys what it
-measures on free ports and removes it afterwards."""
+"""Benchmarks: `invoke bench.api`, `invoke bench.backup`, `invoke bench.observability` (each deploys what it
+measures on free ports and removes it afterwards) and `invoke bench.render` (rendering alone, nothing deployed)."""
 
 from __future__ import annotations
 
@@ -230,3 +230,27 @@ def observability(
         _print_goals(report.verdicts)
     # A benchmark reports; a missed target is a finding, not a failed command (exit 0 either way).
     console.err.print(_summary(report.verdicts))
+
+
+@task(help={"json": "Print the timings as JSON.", "runs": "Warm renders per target (default 20)."})
+@reports_user_errors
+def render(c: Context, json_: bool = False, runs: int = 20) -> None:
+    """Time rendering the Kubernetes target's default configuration (goal: well under 1 s), with compose's as the
+    baseline in the same run."""
+    from infra.bench.render import GOAL_S, measure
+
+    timings = [measure("kubernetes", warm_runs=runs), measure("compose", warm_runs=runs)]
+    if json_:
+        print(json.dumps([{"target": t.target, "cold_s": t.cold_s, "warm_s": t.warm_s} for t in timings], indent=2))
+        return
+    table = Table(box=None, pad_edge=False)
+    for column in ("target", "cold median", "cold slowest", "warm median", "warm slowest"):
+        table.add_column(column, justify="left" if column == "target" else "right")
+    for t in timings:
+        table.add_row(t.target, f"{t.cold_median_s:.3f} s", f"{max(t.cold_s):.3f} s", f"{t.warm_median_s:.3f} s",
+                      f"{max(t.warm_s):.3f} s")
+    console.out.print(table)
+    kubernetes = timings[0]
+    verdict = "PASS" if max(kubernetes.cold_s) < GOAL_S else "MISSED"
+    console.step(f"kubernetes render, cold (a fresh process): median {kubernetes.cold_median_s:.3f} s, slowest "
+                 f"{max(kubernetes.cold_s):.3f} s; goal well under {GOAL_S:.0f} s: {verdict}")
