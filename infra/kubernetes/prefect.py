@@ -487,8 +487,11 @@ def network_policies(config: StackConfig) -> list[Manifest]:
         _policy(config, "default-deny", {}, ingress=[], egress=[], component="network-policies"),
         _policy(config, "allow-dns", {}, ingress=None, egress=[dns], component="network-policies"),
         _policy(config, "api", {"matchLabels": selector(config, "api")}, component="api",
+                # Clients through the ingress controller, Prometheus's scrapes, and the background services (the
+                # only pods of the stack that call the API).
                 ingress=[{"from": [_namespace_peer(k8s.ingress_namespace), _namespace_peer(k8s.prometheus_namespace),
-                                   _in_namespace()], "ports": _ports(API_PORT)}],
+                                   {"podSelector": {"matchLabels": selector(config, "services")}}],
+                          "ports": _ports(API_PORT)}],
                 egress=[_database_egress(config, endpoints.api), _redis_egress(config), *_tracing_egress(config)]),
         _policy(config, "services", {"matchLabels": selector(config, "services")}, component="services", ingress=None,
                 # The services call the API too (cancellations, automations' actions).

@@ -150,7 +150,8 @@ class TestNetworkFlows:
         (("Deployment", "jaeger"), ("Cluster", "db"), 5432),
         (("Deployment", "exporter"), ("Deployment", "api"), 4200),
         (("CronJob", "backup"), ("StatefulSet", "redis"), 6379),
-    ], ids=["api->db", "jaeger->db", "exporter->api", "backup->redis"])
+        (("StatefulSet", "redis"), ("Deployment", "api"), 4200),
+    ], ids=["api->db", "jaeger->db", "exporter->api", "backup->redis", "redis->api"])
     def test_unneeded_flow_is_denied(self, everything: Rendering, source: tuple[str, str],
                                      destination: tuple[str, str], port: int) -> None:
         src, dst = _workload(everything, *source), _workload(everything, *destination)
