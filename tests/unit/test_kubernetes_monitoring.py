@@ -4,16 +4,12 @@ dashboards Grafana's sidecar loads, the exporter and Jaeger hardened, and nothin
 
 from __future__ import annotations
 
-import copy
-import functools
 import json
 import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
 
-import jsonschema
-import kubernetes_validate
 import pytest
 import yaml
 
@@ -26,8 +22,8 @@ from infra.kubernetes.objects import Manifest
 from infra.kubernetes.render import PlaceholderImages, render
 from infra.render.alert_rules import alert_groups
 from infra.secrets import SECRET_NAMES
+from tests import kubernetes_checks as checks
 
-CRDS = Path(__file__).resolve().parents[2].parent / "shared" / "k8s-crds"
 CRD_FILES = {"PrometheusRule": "monitoring.coreos.com_prometheusrules.yaml",
              "ServiceMonitor": "monitoring.coreos.com_servicemonitors.yaml"}
 ENDPOINTS = database.DatabaseEndpoints(api=("prefect-pooler-transaction", 5432),
@@ -69,31 +65,6 @@ def one(kind: str, name: str, config: str = "default") -> dict[str, Any]:
     return obj
 
 
-def _strict(schema: Any) -> Any:
-    """What kubectl's strict validation does: unknown fields are errors where the schema lists the fields."""
-    if isinstance(schema, dict):
-        schema = {key: _strict(value) for key, value in schema.items()}
-        if "properties" in schema and not schema.get("x-kubernetes-preserve-unknown-fields"):
-            schema.setdefault("additionalProperties", False)
-        return schema
-    if isinstance(schema, list):
-        return [_strict(item) for item in schema]
-    return schema
-
-
-@functools.cache
-def crd_validator(kind: str) -> jsonschema.Draft7Validator:
-    """Not checked as a schema: the CRDs' patterns are Go regular expressions (``^(?i)...``), which Python's re
-    refuses at check time; only the fields present are matched."""
-    path = CRDS / CRD_FILES[kind]
-    if not path.exists():
-        pytest.fail(f"{path} is missing: the prometheus-operator v0.93.0 CRDs are read from ../shared/k8s-crds/ "
-                    "(see its SOURCE file), never copied into the repository")
-    document = yaml.safe_load(path.read_text())
-    [version] = [v for v in document["spec"]["versions"] if v["name"] == "v1"]
-    return jsonschema.Draft7Validator(_strict(copy.deepcopy(version["schema"]["openAPIV3Schema"])))
-
-
 def containers(obj: dict[str, Any]) -> list[dict[str, Any]]:
     spec = obj["spec"]["template"]["spec"]
     return [*spec.get("initContainers", []), *spec["containers"]]
@@ -102,15 +73,15 @@ def containers(obj: dict[str, Any]) -> list[dict[str, Any]]:
 class TestSchemas:
     @pytest.mark.parametrize("config", CONFIGS)
     def test_custom_resources_match_their_crd(self, config: str) -> None:
-        for obj in objects(config):
-            if obj["kind"] in CRD_FILES:
-                crd_validator(obj["kind"]).validate(obj)
+        problems = [p for obj in objects(config) if obj["kind"] in CRD_FILES
+                    for p in checks.schema_problems(obj, config_of(config).kubernetes.version)]
+        assert problems == []
 
     @pytest.mark.parametrize("config", CONFIGS)
     def test_builtin_kinds_are_valid(self, config: str) -> None:
-        for obj in objects(config):
-            if obj["kind"] not in CRD_FILES:
-                kubernetes_validate.validate(obj, config_of(config).kubernetes.version, strict=True)
+        problems = [p for obj in objects(config) if obj["kind"] not in CRD_FILES
+                    for p in checks.schema_problems(obj, config_of(config).kubernetes.version)]
+        assert problems == []
 
     @pytest.mark.parametrize("kind", CRD_FILES)
     def test_operator_objects_carry_the_release_label(self, kind: str) -> None:

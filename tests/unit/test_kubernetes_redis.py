@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 import re
 import subprocess
@@ -10,13 +9,10 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-import jsonschema
-import kubernetes_validate
 import pytest
-import yaml
 
 from infra.compose.entrypoint import _redis_run_id
-from infra.config import REPO_ROOT, StackConfig, load_config
+from infra.config import StackConfig, load_config
 from infra.errors import UserError
 from infra.kubernetes.objects import LABEL_NAME, Manifest, Names, selector
 from infra.kubernetes.redis import (
@@ -30,8 +26,8 @@ from infra.kubernetes.redis import (
 from infra.kubernetes.render import PlaceholderImages
 from infra.render.redis import DOCKET_DB, MESSAGING_DB
 from infra.secrets import Secrets, ensure_secrets
+from tests import kubernetes_checks as checks
 
-CRD_DIR = REPO_ROOT.parent / "shared" / "k8s-crds"
 SENTINEL = {"kubernetes": {"redis": {"mode": "sentinel"}}}
 STANDALONE = {"kubernetes": {"redis": {"mode": "standalone"}}}
 EXTERNAL = {"kubernetes": {"redis": {"mode": "external", "external_url": "redis://redis.example.com:6380"}}}
@@ -63,28 +59,6 @@ def containers(mode: str) -> dict[str, dict[str, Any]]:
 @pytest.fixture(scope="module")
 def secrets(tmp_path_factory: pytest.TempPathFactory) -> Secrets:
     return ensure_secrets(tmp_path_factory.mktemp("redis") / "secrets")
-
-
-def _closed(schema: Any) -> Any:
-    """kubectl's strict validation: no unknown field where the schema lists the properties."""
-    if isinstance(schema, dict):
-        schema = {k: _closed(v) for k, v in schema.items()}
-        if "properties" in schema and not schema.get("x-kubernetes-preserve-unknown-fields"):
-            schema.setdefault("additionalProperties", False)
-        return schema
-    if isinstance(schema, list):
-        return [_closed(item) for item in schema]
-    return schema
-
-
-def crd_schema(file_name: str) -> dict[str, Any]:
-    path = CRD_DIR / file_name
-    if not path.is_file():
-        pytest.fail(f"{path} is missing: the CRD schemas come from ../shared/k8s-crds (see its SOURCE file), "
-                    "next to the repository")
-    crd = yaml.safe_load(path.read_text())
-    [version] = [v for v in crd["spec"]["versions"] if v["name"] == "v1"]
-    return _closed(copy.deepcopy(version["schema"]["openAPIV3Schema"]))  # type: ignore[no-any-return]
 
 
 class TestSentinelMode:
@@ -225,7 +199,7 @@ class TestSentinelMode:
             containers("sentinel")["exporter"]["ports"]
 
     def test_pod_monitor_matches_its_crd(self) -> None:
-        jsonschema.validate(one("sentinel", "PodMonitor").obj, crd_schema("monitoring.coreos.com_podmonitors.yaml"))
+        assert checks.schema_problems(one("sentinel", "PodMonitor").obj, "1.32") == []
 
     def test_config_change_rolls_the_pods(self) -> None:
         other = redis_manifests(config(redis={"maxmemory": "2gb"}), PlaceholderImages())
@@ -281,7 +255,7 @@ class TestEveryObject:
                                                     if not m.api_version.startswith("monitoring.coreos.com")],
                              ids=lambda v: getattr(v, "file_name", v))
     def test_valid_for_kubernetes(self, mode: str, manifest: Manifest) -> None:
-        kubernetes_validate.validate(manifest.obj, "1.32", strict=True)
+        assert checks.schema_problems(manifest.obj, "1.32") == []
 
     @pytest.mark.parametrize(("mode", "manifest"), all_objects(), ids=lambda v: getattr(v, "file_name", v))
     def test_no_secret_value(self, mode: str, manifest: Manifest, secrets: Secrets) -> None:
