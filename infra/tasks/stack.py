@@ -232,6 +232,11 @@ def stop(c: Context, target: str | None = None) -> None:
 def destroy(c: Context, yes: bool = False, target: str | None = None, volumes: bool = False) -> None:
     """Stop the stack and delete its state directory: database, secrets, logs. Refuses without --yes."""
     config = _config(target, kubernetes=True)
+    if not yes and config.target == "kubernetes":
+        keep = "the database Cluster and every volume" if volumes else "every object but the database and volumes"
+        raise Exit(f"error: this deletes {keep} of stack {config.kubernetes.name} in namespace "
+                   f"{config.kubernetes.namespace}\n  fix: take a backup first, then run: invoke destroy --yes "
+                   f"--target kubernetes{' --volumes' if volumes else ''}", code=1)
     if not yes:
         raise Exit(
             f"error: this deletes every flow run, log and secret in {config.state_dir}\n"
