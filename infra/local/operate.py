@@ -136,6 +136,11 @@ def destroy(config: StackConfig) -> Path:
 def client_environment(config: StackConfig) -> dict[str, str]:
     layout = StateLayout(config.state_dir)
     secrets = load_secrets(layout.secrets)
+    if config.target == "kubernetes":
+        # Through the Ingress, whose certificate is a public CA's (cert-manager) or the operator's own.
+        from infra.kubernetes.prefect import public_api_url
+
+        return {"PREFECT_API_URL": public_api_url(config), "PREFECT_API_AUTH_STRING": secrets.get("prefect_auth")}
     env = {"PREFECT_API_URL": config.api_url, "PREFECT_API_AUTH_STRING": secrets.get("prefect_auth")}
     ca_file = trusted_ca_file(config)
     if ca_file is not None:
@@ -154,7 +159,7 @@ def backup_environment(config: StackConfig) -> dict[str, str]:
     s3 = config.backups.s3
     env = {"AWS_DEFAULT_REGION": s3.region, "AWS_ENDPOINT_URL_S3": config.s3_endpoint_url,
            "PREFECT_STACK_BACKUP_LOCATION": BackupStore(config, None).location}
-    if s3.endpoint_url is None:
+    if s3.endpoint_url is None and config.target != "kubernetes":  # the stack's own endpoint, with its own keys
         env["AWS_ACCESS_KEY_ID"] = LOCAL_ACCESS_KEY_ID
         env["AWS_SECRET_ACCESS_KEY"] = load_secrets(StateLayout(config.state_dir).secrets).get("s3_local")
     return env

@@ -269,7 +269,11 @@ def destroy(c: Context, yes: bool = False, target: str | None = None, volumes: b
 def env(c: Context, backups: bool = False, monitoring: bool = False, tracing: bool = False,
         target: str | None = None) -> None:
     """Print shell exports for Prefect clients (URL, credentials, the CA to trust): eval "$(invoke env)"."""
-    config = _config(target)
+    config = _config(target, kubernetes=True)
+    if config.target == "kubernetes" and monitoring:
+        raise UserError("on Kubernetes, Prometheus and Alertmanager are kube-prometheus-stack's, not the stack's",
+                        fix=f"kubectl -n {config.kubernetes.prometheus_namespace} port-forward "
+                            "svc/kube-prometheus-stack-prometheus 9090")
     if tracing:
         variables = exporter_environment(config, "prefect-flows")
         if not variables:

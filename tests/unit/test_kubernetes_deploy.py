@@ -77,6 +77,11 @@ def every_secret_form() -> list[str]:
     return [*SECRET_VALUES, *(base64.b64encode(v.encode()).decode() for v in SECRET_VALUES)]
 
 
+# Ids, not the values: pytest puts the running test's id in PYTEST_CURRENT_TEST, which kubectl inherits, so an id
+# holding a secret would "leak" into the very environment the tests inspect.
+SECRET_FORM_IDS = [f"form-{i}" for i in range(len(every_secret_form()))]
+
+
 def live(config: StackConfig, api_version: str, kind: str, name: str, *, manager: str = "prefect-stack",
          owner: str | None = None, instance: str | None = None) -> dict[str, Any]:
     """A live object as `kubectl get --show-managed-fields -o json` lists it."""
@@ -261,15 +266,15 @@ class TestSecrets:
     def test_no_other_apply_holds_a_secret(self, happy: Outcome) -> None:
         assert all(o["kind"] != "Secret" for _, objects in happy.applies() if len(objects) > 2 for o in objects)
 
-    @pytest.mark.parametrize("value", every_secret_form())
+    @pytest.mark.parametrize("value", every_secret_form(), ids=SECRET_FORM_IDS)
     def test_secret_never_on_argv(self, happy: Outcome, value: str) -> None:
         assert not any(value in arg for c in happy.calls for arg in c.argv)
 
-    @pytest.mark.parametrize("value", every_secret_form())
+    @pytest.mark.parametrize("value", every_secret_form(), ids=SECRET_FORM_IDS)
     def test_secret_never_in_environment(self, happy: Outcome, value: str) -> None:
         assert not any(value in json.dumps(c.env) for c in happy.calls)
 
-    @pytest.mark.parametrize("value", every_secret_form())
+    @pytest.mark.parametrize("value", every_secret_form(), ids=SECRET_FORM_IDS)
     def test_secret_in_no_file(self, happy: Outcome, value: str) -> None:
         recording = happy.standin.directory / "calls.jsonl"  # the stand-in's own log of what it read on stdin
         files = [p for p in happy.tmp.rglob("*") if p.is_file() and p != recording]

@@ -120,6 +120,14 @@ class TestOtherTasks:
         _invoke(["status"], env)
         assert any(c.verb == "get" for c in standin.calls())
 
+    def test_env_points_clients_at_the_ingress(self, cluster: tuple[StandIn, dict[str, str], Path]) -> None:
+        _, env, state = cluster
+        assert _invoke(["deploy"], env).returncode == 0
+        result = _invoke(["env"], env)
+        assert result.returncode == 0, result.stderr
+        assert "export PREFECT_API_URL=https://prefect.example.com/api" in result.stdout
+        assert load_secrets(state / "secrets").get("prefect_auth") in result.stdout
+
     def test_unsupported_task_names_the_alternative(self, cluster: tuple[StandIn, dict[str, str], Path]) -> None:
         _, env, _ = cluster
         result = _invoke(["stop"], env)
