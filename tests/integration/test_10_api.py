@@ -12,6 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from infra.kubernetes import migrations
+from infra.secrets import load_secrets
 from tests.integration.conftest import REPLICAS, Stack
 
 
@@ -169,3 +171,15 @@ def test_invoke_env_lets_the_prefect_cli_work(stack: Stack, tmp_path: Path) -> N
     command = f'{exports}\nexport PREFECT_HOME={tmp_path}\n"{Path(sys.executable).parent}/prefect" flow-run ls'
     result = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_the_kubernetes_schema_check_sees_the_migrated_database_as_current(stack: Stack) -> None:
+    """The API pods' init container on Kubernetes (infra.kubernetes.migrations), against this real migrated
+    database through PgBouncer's transaction pool, as the pods reach theirs."""
+    config = stack.config
+    password = load_secrets(stack.layout.secrets).get("postgres_prefect")
+    base = f"postgresql://{config.postgres.user}:{password}@127.0.0.1:{config.pgbouncer.port}"
+    head = migrations.head_revision()
+    assert migrations.current_revision(f"{base}/{config.postgres.database}?sslmode=disable") == head
+    # No database (or no schema yet): nothing to compare, the pods keep waiting.
+    assert migrations.current_revision(f"{base}/no_such_database?sslmode=disable") is None
