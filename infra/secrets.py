@@ -95,6 +95,22 @@ def load_secrets(directory: Path) -> Secrets:
     return ensure_secrets(directory)
 
 
+def mounted_secrets(directory: Path) -> Secrets:
+    """The secrets as a Kubernetes Secret volume presents them (the backup CronJob's pod): read-only, files
+    group-readable by the pod's fsGroup, nothing to generate or chmod. The Secret object is the boundary there;
+    the 0600 rule of a host's state directory does not apply."""
+    values: dict[str, SecretStr] = {}
+    for name in SECRET_NAMES:
+        path = directory / name
+        value = path.read_text().strip() if path.is_file() else ""
+        if not value:
+            raise UserError(f"secret {name} is missing or empty in {directory} (the mounted Secret)",
+                            fix="run invoke deploy --target kubernetes, which creates the Secret from the generated "
+                                "secrets")
+        values[name] = SecretStr(value)
+    return Secrets(**values)
+
+
 def rotate_secret(directory: Path, name: str) -> None:
     """Replace one secret with a freshly generated value (the next deploy applies it everywhere)."""
     if name not in SECRET_NAMES:

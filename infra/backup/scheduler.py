@@ -20,7 +20,7 @@ from infra.config import CONFIG_FILE_ENV, ENV_PREFIX, StackConfig, load_config
 from infra.errors import UserError
 from infra.layout import StateLayout
 from infra.progress import PlainProgress
-from infra.secrets import load_secrets
+from infra.secrets import load_secrets, mounted_secrets
 
 log = logging.getLogger("prefect-stack.backup-scheduler")
 
@@ -32,7 +32,9 @@ def next_run(schedule: str, now: datetime) -> datetime:
 
 
 def run_once(config: StackConfig) -> bool:
-    secrets = load_secrets(StateLayout(config.state_dir).secrets)
+    directory = StateLayout(config.state_dir).secrets
+    # In the Kubernetes CronJob the secrets are a mounted Secret volume (read-only, group-readable by design).
+    secrets = mounted_secrets(directory) if config.target == "kubernetes" else load_secrets(directory)
     try:
         manifest = backup_job(config, secrets, PlainProgress(log.info))
         log.info("backup %s complete (%d bytes)", manifest.id, manifest.size)

@@ -31,6 +31,7 @@ from infra.kubernetes.render import (
     render,
     write_tree,
 )
+from infra.secrets import SECRET_NAMES, load_secrets, mounted_secrets
 
 AWS = {"AWS_ACCESS_KEY_ID": "AKIDEXAMPLE", "AWS_SECRET_ACCESS_KEY": "wJalrXUtnFEMI-example-secret"}
 
@@ -370,6 +371,41 @@ class TestBackupCodeOnKubernetes:
     def test_scheduler_once_reports_the_run(self, monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setattr(scheduler, "run_once", lambda config: False)
         assert scheduler.main(["--once"]) == 1
+
+    def _mounted(self, directory: Path) -> Path:
+        """The stack Secret as kubelet mounts it: files 0440 (fsGroup), a read-only directory."""
+        directory.mkdir()
+        for name in SECRET_NAMES:
+            (directory / name).write_text(placeholder_secrets().get(name) + "\n")
+            (directory / name).chmod(0o440)
+        directory.chmod(0o555)
+        return directory
+
+    def test_mounted_secret_volume_is_readable_as_it_is(self, tmp_path: Path) -> None:
+        directory = self._mounted(tmp_path / "secrets")
+        assert mounted_secrets(directory).get("redis") == placeholder_secrets().get("redis")
+        with pytest.raises(UserError, match="others can read it"):
+            load_secrets(directory)  # the host's rule, which a Secret volume cannot meet
+
+    def test_a_missing_key_names_the_fix(self, tmp_path: Path) -> None:
+        directory = self._mounted(tmp_path / "secrets")
+        directory.chmod(0o755)
+        (directory / "redis").unlink()
+        with pytest.raises(UserError, match="secret redis is missing"):
+            mounted_secrets(directory)
+
+    def test_the_cronjob_reads_the_mounted_secret(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        self._mounted(tmp_path / "secrets")
+        seen: list[str] = []
+
+        def backup_job(config: StackConfig, generated: Any, progress: Any) -> None:
+            seen.append(generated.get("redis"))
+            raise UserError("stop here")
+
+        monkeypatch.setattr(scheduler, "backup_job", backup_job)
+        config = load_config(target="kubernetes", local={"state_dir": str(tmp_path)})
+        assert scheduler.run_once(config) is False
+        assert seen == [placeholder_secrets().get("redis")]
 
     def test_scheduler_rejects_unknown_arguments(self) -> None:
         assert scheduler.main(["--twice"]) == 2
