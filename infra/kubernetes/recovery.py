@@ -3,8 +3,9 @@
 `invoke restore --target kubernetes --yes` with ``kubernetes.postgres.recovery`` set: it checks that the archive
 holds a completed base backup, stops Prefect's writers (the API and services Deployments to zero), deletes the live
 Cluster (its volumes go with it; its archive in S3 stays whole, so nothing archived is lost and this recovery
-can be repeated with another target time), then deploys: the Cluster is re-created from the archive up to the
-target time, and the migration Job, the Poolers and Prefect come back as on any deploy.
+can be repeated with another target time) and the completed migration Job, then deploys: the Cluster is
+re-created from the archive up to the target time, the migration runs again on it (the recovered schema may
+predate the image), and the Poolers and Prefect come back as on any deploy.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from infra.config import StackConfig
 from infra.errors import UserError
 from infra.kubernetes.deploy import KubernetesDeployReport, deploy, kubectl_hint
 from infra.kubernetes.kubectl import Kubectl, KubectlError
-from infra.kubernetes.objects import Names
+from infra.kubernetes.objects import LABEL_COMPONENT, LABEL_INSTANCE, Names
 from infra.kubernetes.render import Rendering
 from infra.progress import Progress
 
@@ -76,5 +77,9 @@ def recover(config: StackConfig, rendering: Rendering, secret_objects: Sequence[
         kubectl.rollout_status(f"deployment.apps/{deployment}", timeout)
     progress(f"Prefect stopped; deleting Cluster {names.database} (its archive in S3 is kept)")
     kubectl.delete(CLUSTER, names.database, timeout_s=timeout)
+    # The recovered schema may predate the running image (a target time before an upgrade): the migration Job,
+    # complete for the old database, runs again on the recovered one (a no-op when the schema is current).
+    migration = f"{LABEL_COMPONENT}=migrate,{LABEL_INSTANCE}={config.kubernetes.name}"
+    kubectl.run("delete", "job.batch", f"--selector={migration}", "--ignore-not-found", f"--timeout={timeout:.0f}s")
     report = deploy(config, rendering, secret_objects, progress, kubectl)
     return RecoveryReport(base, recovery.target_time, time.monotonic() - stopped, report)

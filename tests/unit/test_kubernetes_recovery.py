@@ -104,6 +104,16 @@ class TestRecover:
         deleted = verbs.index(("delete", "cluster.postgresql.cnpg.io prefect-db"))
         assert len(scaled) == 2 and max(scaled) < deleted
 
+    def test_the_migration_runs_again_on_the_recovered_database(self, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+        standin, _ = _recover(tmp_path, monkeypatch, [_backup("completed")])
+        calls = standin.calls()
+        deleted_job = next(i for i, c in enumerate(calls) if c.verb == "delete" and "job.batch" in c.args)
+        reapplied = next(i for i, c in enumerate(calls) if c.verb == "apply" and "kind: Job" in c.stdin)
+        assert deleted_job < reapplied
+        assert "--selector=app.kubernetes.io/component=migrate,app.kubernetes.io/instance=prefect" in calls[
+            deleted_job].args
+
     def test_the_cluster_is_recreated_from_the_archive(self, tmp_path: Path,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
         standin, _ = _recover(tmp_path, monkeypatch, [_backup("completed")])
