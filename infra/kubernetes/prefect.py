@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from infra.config import StackConfig
+from infra.config import ResourcesConfig, StackConfig
 from infra.kubernetes import database, monitoring
 from infra.kubernetes import redis as redis_part
 from infra.kubernetes.objects import (
@@ -205,13 +205,33 @@ def _template(config: StackConfig, component: str, spec: dict[str, Any], version
     return {"metadata": {"labels": labels(config, component, version)}, "spec": spec}
 
 
+def _wait_for_migrations(config: StackConfig, image: str, env_file: str, spec: ResourcesConfig) -> dict[str, Any]:
+    """The init container that holds a pod until the schema is at its Prefect's head (infra.kubernetes.migrations)."""
+    return container("wait-for-migrations", image, [*ENTRYPOINT, env_file, "--", PYTHON, "-m",
+                                                    "infra.kubernetes.migrations", "wait", "--timeout", "600"],
+                     spec, mounts=_common_mounts(config), read_only_mounts=frozenset({"env", "db-ca"}))
+
+
+def _deployment(config: StackConfig, name: str, component: str, replicas: int, spec: dict[str, Any], version: str,
+                min_ready_s: int | None = None) -> dict[str, Any]:
+    deployment_spec: dict[str, Any] = {
+        "replicas": replicas,
+        # Never fewer ready replicas than asked during a rollout: one new pod, ready, then one old one goes.
+        "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+    }
+    if min_ready_s is not None:
+        deployment_spec["minReadySeconds"] = min_ready_s
+    deployment_spec.update({"revisionHistoryLimit": 5, "selector": {"matchLabels": selector(config, component)},
+                            "template": _template(config, component, spec, version)})
+    return {"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": metadata(config, name, component, version=version), "spec": deployment_spec}
+
+
 def _api(config: StackConfig, image: str, version: str) -> list[Manifest]:
     names = Names.of(config)
     k8s = config.kubernetes
     env_file = str(ENV_DIR / ENV_FILES["api"])
-    wait = container("wait-for-migrations", image, [*ENTRYPOINT, env_file, "--", PYTHON, "-m",
-                                                    "infra.kubernetes.migrations", "wait", "--timeout", "600"],
-                     k8s.api_resources, mounts=_common_mounts(config), read_only_mounts=frozenset({"env", "db-ca"}))
+    wait = _wait_for_migrations(config, image, env_file, k8s.api_resources)
     serve = _traced(config, [str(VENV_BIN / "prefect"), "server", "start", "--no-services", "--host", "0.0.0.0",  # noqa: S104
                              "--port", str(API_PORT)])
     api = container(
@@ -228,19 +248,8 @@ def _api(config: StackConfig, image: str, version: str) -> list[Manifest]:
         api["env"] = tracing
     spec = pod_spec([api], _common_volumes(config, "api"), init_containers=[wait],
                     terminationGracePeriodSeconds=API_GRACE_S, topologySpreadConstraints=topology_spread(config, "api"))
-    deployment = {
-        "apiVersion": "apps/v1", "kind": "Deployment",
-        "metadata": metadata(config, names.api, "api", version=version),
-        "spec": {
-            "replicas": config.api.replicas,
-            # Never fewer ready replicas than asked during a rollout: one new pod, ready, then one old one goes.
-            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
-            "minReadySeconds": 5,
-            "revisionHistoryLimit": 5,
-            "selector": {"matchLabels": selector(config, "api")},
-            "template": _template(config, "api", spec, version),
-        },
-    }
+    # A new replica counts as available once it has been ready for a few seconds, not at its first passed probe.
+    deployment = _deployment(config, names.api, "api", config.api.replicas, spec, version, min_ready_s=5)
     service = {
         "apiVersion": "v1", "kind": "Service",
         "metadata": metadata(config, names.api, "api"),
@@ -309,22 +318,8 @@ def _services(config: StackConfig, image: str, version: str) -> list[Manifest]:
         services["env"] = tracing
     spec = pod_spec([services], _common_volumes(config, "services"), terminationGracePeriodSeconds=30,
                     topologySpreadConstraints=topology_spread(config, "services"))
-    wait = container("wait-for-migrations", image, [*ENTRYPOINT, env_file, "--", PYTHON, "-m",
-                                                    "infra.kubernetes.migrations", "wait", "--timeout", "600"],
-                     k8s.services_resources, mounts=_common_mounts(config),
-                     read_only_mounts=frozenset({"env", "db-ca"}))
-    spec["initContainers"] = [wait]
-    deployment = {
-        "apiVersion": "apps/v1", "kind": "Deployment",
-        "metadata": metadata(config, names.services, "services", version=version),
-        "spec": {
-            "replicas": config.services.replicas,
-            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
-            "revisionHistoryLimit": 5,
-            "selector": {"matchLabels": selector(config, "services")},
-            "template": _template(config, "services", spec, version),
-        },
-    }
+    spec["initContainers"] = [_wait_for_migrations(config, image, env_file, k8s.services_resources)]
+    deployment = _deployment(config, names.services, "services", config.services.replicas, spec, version)
     manifests = [Manifest(deployment, "apps")]
     if config.services.replicas >= 2:
         manifests.append(Manifest(_pdb(config, names.services, "services"), "apps"))
