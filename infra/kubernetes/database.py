@@ -15,7 +15,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlparse
 
 from infra.config import ResourcesConfig, StackConfig
 from infra.errors import UserError
@@ -24,12 +23,16 @@ from infra.kubernetes.objects import (
     PART_OF,
     Manifest,
     Names,
+    anywhere,
     container_security_context,
     metadata,
+    namespace_peer,
+    network_ports,
     pod_security_context,
     resources,
     selector,
     topology_spread,
+    url_port,
 )
 
 CNPG_API = "postgresql.cnpg.io/v1"
@@ -486,8 +489,6 @@ def pooler_pod_monitor(config: StackConfig, name: str) -> dict[str, Any]:
     return _pod_monitor(config, name, "pooler", {CNPG_POOLER: name})
 
 
-def _namespace_peer(namespace: str) -> dict[str, Any]:
-    return {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}}}
 
 
 def _database_pods(config: StackConfig) -> dict[str, Any]:
@@ -503,29 +504,24 @@ def _database_peer(config: StackConfig) -> dict[str, Any]:
     return {"podSelector": _database_pods(config)}
 
 
-def _anywhere() -> list[dict[str, Any]]:
-    return [{"ipBlock": {"cidr": "0.0.0.0/0"}}, {"ipBlock": {"cidr": "::/0"}}]
 
 
-def _ports(*ports: int, protocol: str = "TCP") -> list[dict[str, Any]]:
-    return [{"protocol": protocol, "port": port} for port in ports]
 
 
 def _common_egress(config: StackConfig) -> list[dict[str, Any]]:
     """What every CloudNativePG pod needs out: DNS, the primary (and the other instances), the Kubernetes API (the
     instance managers and PgBouncer's manager read their Cluster, Pooler and Secrets from it, and report status)."""
     return [
-        {"to": [_namespace_peer("kube-system")], "ports": _ports(53, protocol="UDP") + _ports(53)},
-        {"to": [_database_peer(config)], "ports": _ports(POSTGRES_PORT)},
+        {"to": [namespace_peer("kube-system")], "ports": network_ports(53, protocol="UDP") + network_ports(53)},
+        {"to": [_database_peer(config)], "ports": network_ports(POSTGRES_PORT)},
         # The API server is not a pod: no selector reaches it, and its address is the cluster's own, so any
         # address on its ports.
-        {"to": _anywhere(), "ports": _ports(*API_SERVER_PORTS)},
+        {"to": anywhere(), "ports": network_ports(*API_SERVER_PORTS)},
     ]
 
 
 def s3_port(config: StackConfig) -> int:
-    endpoint = urlparse(config.s3_endpoint_url)
-    return endpoint.port or (80 if endpoint.scheme == "http" else 443)
+    return url_port(config.s3_endpoint_url)
 
 
 def instances_network_policy(config: StackConfig) -> dict[str, Any]:
@@ -543,10 +539,10 @@ def instances_network_policy(config: StackConfig) -> dict[str, Any]:
     egress = _common_egress(config)
     # Replication, pg_rewind and the instance managers' status calls between instances (CloudNativePG asks that its
     # pods reach each other).
-    egress.append({"to": [_database_peer(config)], "ports": _ports(INSTANCE_MANAGER_PORT)})
+    egress.append({"to": [_database_peer(config)], "ports": network_ports(INSTANCE_MANAGER_PORT)})
     if config.backups.physical.enabled:
         # Object stores have no fixed addresses (an in-cluster one needs a namespace rule of its own).
-        egress.append({"to": _anywhere(), "ports": _ports(s3_port(config))})
+        egress.append({"to": anywhere(), "ports": network_ports(s3_port(config))})
     return {
         "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
         "metadata": metadata(config, names.database, "database"),
@@ -554,12 +550,12 @@ def instances_network_policy(config: StackConfig) -> dict[str, Any]:
             "podSelector": _database_pods(config),
             "policyTypes": ["Ingress", "Egress"],
             "ingress": [
-                {"from": [poolers, _database_peer(config), *jobs], "ports": _ports(POSTGRES_PORT)},
-                {"from": [_database_peer(config)], "ports": _ports(INSTANCE_MANAGER_PORT)},
+                {"from": [poolers, _database_peer(config), *jobs], "ports": network_ports(POSTGRES_PORT)},
+                {"from": [_database_peer(config)], "ports": network_ports(INSTANCE_MANAGER_PORT)},
                 # The operator checks each instance's status (8000) and connects to PostgreSQL (5432).
-                {"from": [_namespace_peer(k8s.operator_namespace)],
-                 "ports": _ports(INSTANCE_MANAGER_PORT, POSTGRES_PORT)},
-                {"from": [_namespace_peer(k8s.prometheus_namespace)], "ports": _ports(INSTANCE_METRICS_PORT)},
+                {"from": [namespace_peer(k8s.operator_namespace)],
+                 "ports": network_ports(INSTANCE_MANAGER_PORT, POSTGRES_PORT)},
+                {"from": [namespace_peer(k8s.prometheus_namespace)], "ports": network_ports(INSTANCE_METRICS_PORT)},
             ],
             "egress": egress,
         },
@@ -577,9 +573,9 @@ def pooler_network_policy(config: StackConfig, name: str, client: str) -> dict[s
             "policyTypes": ["Ingress", "Egress"],
             "ingress": [
                 {"from": [{"podSelector": {"matchLabels": selector(config, client)}},
-                          _namespace_peer(k8s.operator_namespace)],
-                 "ports": _ports(POSTGRES_PORT)},
-                {"from": [_namespace_peer(k8s.prometheus_namespace)], "ports": _ports(POOLER_METRICS_PORT)},
+                          namespace_peer(k8s.operator_namespace)],
+                 "ports": network_ports(POSTGRES_PORT)},
+                {"from": [namespace_peer(k8s.prometheus_namespace)], "ports": network_ports(POOLER_METRICS_PORT)},
             ],
             "egress": _common_egress(config),
         },

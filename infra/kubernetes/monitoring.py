@@ -28,6 +28,8 @@ from infra.kubernetes.objects import (
     container,
     empty_dir,
     metadata,
+    namespace_peer,
+    network_ports,
     pod_spec,
     secret_volume,
     selector,
@@ -275,18 +277,14 @@ def jaeger_manifests(config: StackConfig) -> list[dict[str, Any]]:
     return [config_map, claim, deployment, _service(config, names.jaeger, JAEGER, JAEGER_PORTS)]
 
 
-def _namespace_peer(namespace: str) -> dict[str, Any]:
-    return {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}}}
 
 
-def _ports(*ports: int, protocol: str = "TCP") -> list[dict[str, Any]]:
-    return [{"protocol": protocol, "port": port} for port in ports]
 
 
 def _dns_egress() -> dict[str, Any]:
     # The cluster DNS, wherever it runs (kube-dns or CoreDNS both carry k8s-app: kube-dns).
     return {"to": [{"namespaceSelector": {}, "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}],
-            "ports": _ports(53, protocol="UDP") + _ports(53)}
+            "ports": network_ports(53, protocol="UDP") + network_ports(53)}
 
 
 def _network_policy(config: StackConfig, name: str, component: str, ingress: list[dict[str, Any]],
@@ -300,22 +298,22 @@ def _network_policy(config: StackConfig, name: str, component: str, ingress: lis
 def exporter_network_policy(config: StackConfig) -> dict[str, Any]:
     """In: Prometheus's scrape. Out: DNS, PostgreSQL, Redis (and Sentinel's port, for a Sentinel-mode pod)."""
     k8s = config.kubernetes
-    prometheus = _namespace_peer(k8s.prometheus_namespace)
+    prometheus = namespace_peer(k8s.prometheus_namespace)
     if k8s.postgres.mode == "cnpg":
         database_egress = {"to": [{"podSelector": {"matchLabels": {CNPG_CLUSTER_LABEL: Names.of(config).database}}}],
-                           "ports": _ports(POSTGRES_PORT)}
+                           "ports": network_ports(POSTGRES_PORT)}
     else:
         # An external PostgreSQL is a host name whose address no policy can name: its port, anywhere.
-        database_egress = {"ports": _ports(k8s.postgres.port)}
+        database_egress = {"ports": network_ports(k8s.postgres.port)}
     egress = [_dns_egress(), database_egress]
     redis = _redis_address(config)
     if k8s.redis.mode != "external":
         egress.append({"to": [{"podSelector": {"matchLabels": selector(config, "redis")}}],
-                       "ports": _ports(REDIS_PORT, SENTINEL_PORT)})
+                       "ports": network_ports(REDIS_PORT, SENTINEL_PORT)})
     elif redis is not None:
-        egress.append({"ports": _ports(redis[1])})
+        egress.append({"ports": network_ports(redis[1])})
     return _network_policy(config, Names.of(config)("exporter-allow"), EXPORTER,
-                           [{"from": [prometheus], "ports": _ports(config.monitoring.prefect_exporter_port)}],
+                           [{"from": [prometheus], "ports": network_ports(config.monitoring.prefect_exporter_port)}],
                            egress)
 
 
@@ -324,8 +322,8 @@ def jaeger_network_policy(config: StackConfig) -> dict[str, Any]:
     kube-prometheus-stack's Grafana has its Jaeger datasource. Operators reach the UI by kubectl port-forward,
     which enters through the kubelet, not the pod network. Out: nothing; Jaeger calls no one."""
     prefect = [{"podSelector": {"matchLabels": selector(config, component)}} for component in (API, SERVICES)]
-    ingress = [{"from": prefect, "ports": _ports(JAEGER_OTLP_GRPC, JAEGER_OTLP_HTTP)},
-               {"from": [_namespace_peer(config.kubernetes.prometheus_namespace)], "ports": _ports(JAEGER_UI)}]
+    ingress = [{"from": prefect, "ports": network_ports(JAEGER_OTLP_GRPC, JAEGER_OTLP_HTTP)},
+               {"from": [namespace_peer(config.kubernetes.prometheus_namespace)], "ports": network_ports(JAEGER_UI)}]
     return _network_policy(config, Names.of(config)("jaeger-allow"), JAEGER, ingress, [])
 
 

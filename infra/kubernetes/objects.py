@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from infra.config import ResourcesConfig, StackConfig
 
@@ -336,3 +337,26 @@ def pod_spec(containers: list[dict[str, Any]], volumes: list[dict[str, Any]], *,
         spec["volumes"] = volumes
     spec.update(more)
     return spec
+
+
+# --- NetworkPolicy building blocks, shared by every part's policies. ---
+
+
+def namespace_peer(namespace: str) -> dict[str, Any]:
+    """Every pod of a namespace (the label the API server sets on each namespace)."""
+    return {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}}}
+
+
+def anywhere() -> list[dict[str, Any]]:
+    """Any address, IPv4 and IPv6: for what is not a pod (the API server, S3, an external database)."""
+    return [{"ipBlock": {"cidr": "0.0.0.0/0"}}, {"ipBlock": {"cidr": "::/0"}}]
+
+
+def network_ports(*ports: int, protocol: str = "TCP") -> list[dict[str, Any]]:
+    return [{"protocol": protocol, "port": port} for port in ports]
+
+
+def url_port(url: str) -> int:
+    """The port a URL names, else its scheme's (443 for https, 80 otherwise)."""
+    parts = urlsplit(url)
+    return parts.port or (443 if parts.scheme == "https" else 80)

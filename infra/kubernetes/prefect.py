@@ -27,6 +27,7 @@ from infra.kubernetes.objects import (
     VENV_BIN,
     Manifest,
     Names,
+    anywhere,
     config_map_volume,
     container,
     empty_dir,
@@ -34,10 +35,13 @@ from infra.kubernetes.objects import (
     http_probe,
     labels,
     metadata,
+    namespace_peer,
+    network_ports,
     pod_spec,
     secret_volume,
     selector,
     topology_spread,
+    url_port,
 )
 from infra.layout import StateLayout
 from infra.render import Addresses
@@ -426,12 +430,8 @@ def _policy(config: StackConfig, name: str, pod_selector: dict[str, Any], *, ing
     return Manifest(obj, "namespace", "network-policies")
 
 
-def _ports(*ports: int) -> list[dict[str, Any]]:
-    return [{"protocol": "TCP", "port": port} for port in ports]
 
 
-def _namespace_peer(name: str) -> dict[str, Any]:
-    return {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": name}}}
 
 
 def _in_namespace() -> dict[str, Any]:
@@ -441,32 +441,25 @@ def _in_namespace() -> dict[str, Any]:
 def _database_egress(config: StackConfig, endpoint: tuple[str, int]) -> dict[str, Any]:
     """To the poolers and instances (pods of this namespace) or to an external PostgreSQL (wherever it is)."""
     if config.kubernetes.postgres.mode == "cnpg":
-        return {"to": [_in_namespace()], "ports": _ports(POSTGRES_PORT)}
-    return {"to": [{"ipBlock": {"cidr": "0.0.0.0/0"}}, {"ipBlock": {"cidr": "::/0"}}], "ports": _ports(endpoint[1])}
+        return {"to": [_in_namespace()], "ports": network_ports(POSTGRES_PORT)}
+    return {"to": anywhere(), "ports": network_ports(endpoint[1])}
 
 
 def _redis_egress(config: StackConfig) -> dict[str, Any]:
     if config.kubernetes.redis.mode != "external":
-        return {"to": [_in_namespace()], "ports": _ports(*REDIS_PORTS)}
-    return {"to": [{"ipBlock": {"cidr": "0.0.0.0/0"}}, {"ipBlock": {"cidr": "::/0"}}], "ports": _ports(*REDIS_PORTS)}
+        return {"to": [_in_namespace()], "ports": network_ports(*REDIS_PORTS)}
+    return {"to": anywhere(), "ports": network_ports(*REDIS_PORTS)}
 
 
 def _tracing_egress(config: StackConfig) -> list[dict[str, Any]]:
     endpoint = monitoring.tracing_endpoint(config)
     if not endpoint:
         return []
-    from urllib.parse import urlsplit
-
-    port = urlsplit(endpoint).port or (443 if endpoint.startswith("https") else 80)
+    port = url_port(endpoint)
     return [{"to": [_in_namespace()] if Names.of(config).jaeger in endpoint else [{"ipBlock": {"cidr": "0.0.0.0/0"}}],
-             "ports": _ports(port)}]
+             "ports": network_ports(port)}]
 
 
-def _s3_port(config: StackConfig) -> int:
-    from urllib.parse import urlsplit
-
-    url = urlsplit(config.s3_endpoint_url)
-    return url.port or (443 if url.scheme == "https" else 80)
 
 
 def network_policies(config: StackConfig) -> list[Manifest]:
@@ -475,29 +468,28 @@ def network_policies(config: StackConfig) -> list[Manifest]:
         return []
     k8s = config.kubernetes
     endpoints = database.database_endpoints(config)
-    dns = {"to": [_namespace_peer("kube-system")],
+    dns = {"to": [namespace_peer("kube-system")],
            "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]}
-    anywhere = [{"ipBlock": {"cidr": "0.0.0.0/0"}}, {"ipBlock": {"cidr": "::/0"}}]
     policies = [
         _policy(config, "default-deny", {}, ingress=[], egress=[], component="network-policies"),
         _policy(config, "allow-dns", {}, ingress=None, egress=[dns], component="network-policies"),
         _policy(config, "api", {"matchLabels": selector(config, "api")}, component="api",
                 # Clients through the ingress controller, Prometheus's scrapes, and the background services (the
                 # only pods of the stack that call the API).
-                ingress=[{"from": [_namespace_peer(k8s.ingress_namespace), _namespace_peer(k8s.prometheus_namespace),
+                ingress=[{"from": [namespace_peer(k8s.ingress_namespace), namespace_peer(k8s.prometheus_namespace),
                                    {"podSelector": {"matchLabels": selector(config, "services")}}],
-                          "ports": _ports(API_PORT)}],
+                          "ports": network_ports(API_PORT)}],
                 egress=[_database_egress(config, endpoints.api), _redis_egress(config), *_tracing_egress(config)]),
         _policy(config, "services", {"matchLabels": selector(config, "services")}, component="services", ingress=None,
                 # The services call the API too (cancellations, automations' actions).
                 egress=[_database_egress(config, endpoints.services), _redis_egress(config),
-                        {"to": [_in_namespace()], "ports": _ports(API_PORT)}, *_tracing_egress(config)]),
+                        {"to": [_in_namespace()], "ports": network_ports(API_PORT)}, *_tracing_egress(config)]),
         _policy(config, "migrate", {"matchLabels": selector(config, "migrate")}, component="migrate", ingress=None,
                 egress=[_database_egress(config, endpoints.direct)]),
         _policy(config, "backup", {"matchLabels": selector(config, "backup")}, component="backup", ingress=None,
                 egress=[_database_egress(config, endpoints.direct),
                         # S3 (the bucket's endpoint) and the temporary API verification starts on loopback.
-                        {"to": anywhere, "ports": _ports(_s3_port(config))}]),
+                        {"to": anywhere(), "ports": network_ports(database.s3_port(config))}]),
     ]
     return policies
 
