@@ -72,10 +72,31 @@ class CrdsMissing(Exception):
     """The CRD folder is absent or incomplete: custom resources cannot be validated."""
 
 
+def _origin_checkout() -> Path | None:
+    """The local repository this one was cloned from (a fresh clone in a temporary folder, as CI makes)."""
+    try:
+        url = subprocess.run(["git", "-C", str(REPO_ROOT), "remote", "get-url", "origin"], capture_output=True,
+                             text=True, timeout=10, check=False).stdout.strip()
+    except OSError:
+        return None
+    path = Path(url.removeprefix("file://"))
+    return path if url and path.is_absolute() and path.is_dir() else None
+
+
+def _beside_the_repository() -> Path:
+    """../shared/k8s-crds beside this checkout, else beside the checkout it was cloned from."""
+    own = REPO_ROOT.parent / "shared" / "k8s-crds"
+    origin = _origin_checkout()
+    if own.is_dir() or origin is None:
+        return own
+    return origin.parent / "shared" / "k8s-crds"
+
+
 def crd_folder() -> Path:
-    """``$K8S_CRDS_DIR``, else ``<repo root>/../shared/k8s-crds``; raises ``CrdsMissing`` saying what it must hold."""
+    """``$K8S_CRDS_DIR``, else ``<repo root>/../shared/k8s-crds`` (of this checkout or the one it was cloned from);
+    raises ``CrdsMissing`` saying what it must hold."""
     override = os.environ.get(CRDS_ENV)
-    folder = Path(override) if override else REPO_ROOT.parent / "shared" / "k8s-crds"
+    folder = Path(override) if override else _beside_the_repository()
     missing = [name for name in REQUIRED_CRDS if not (folder / name).is_file()]
     if missing:
         where = "does not exist" if not folder.is_dir() else f"lacks {', '.join(missing)}"
