@@ -43,10 +43,10 @@ from typing import Any, Literal
 import httpx
 
 from infra import console
+from infra.api_client import load_balancer_verify
 from infra.config import StackConfig, load_config
 from infra.errors import UserError
 from infra.local.deploy import deploy
-from infra.local.health import load_balancer_verify
 from infra.local.operate import client_environment, destroy
 from infra.progress import StepMeter
 

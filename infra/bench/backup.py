@@ -35,6 +35,7 @@ from typing import Any
 from psycopg import sql
 
 from infra import console
+from infra.api_client import load_balancer_verify
 from infra.backup.catalog import find_backup
 from infra.backup.database import DatabaseAccess, local_database
 from infra.backup.logical import run_logical_backup
@@ -52,14 +53,14 @@ from infra.bench.api import (
 )
 from infra.bench.data import MB, RUN_WINDOW, GeneratedData, check_api_serves, generate, iso_duration
 from infra.config import StackConfig
+from infra.database.admin import run_as_ids
 from infra.errors import UserError
 from infra.layout import StateLayout
 from infra.local.deploy import deploy
-from infra.local.health import api_ready, lb_ready, load_balancer_verify
+from infra.local.health import api_ready, lb_ready
 from infra.local.operate import client_environment, destroy
 from infra.local.pgbackrest import physical_restore
 from infra.local.plan import LocalPlan
-from infra.local.postgres_admin import run_as_ids
 from infra.local.restore import restore_backup
 from infra.local.supervisor import Supervisor
 from infra.secrets import Secrets, load_secrets

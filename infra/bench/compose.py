@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from infra import console
+from infra.api_client import load_balancer_verify
 from infra.bench.api import (
     _TEMP_ROOT,
     DEFAULT_DURATION_S,
@@ -54,13 +55,12 @@ from infra.bench.api import (
 from infra.compose.deploy import containers
 from infra.compose.deploy import deploy as compose_deploy
 from infra.compose.engine import docker_client
-from infra.compose.images import ImageResult, ensure_images
 from infra.compose.operate import destroy as compose_destroy
 from infra.config import StackConfig, load_config
+from infra.containers.images import ImageResult, ensure_images
 from infra.errors import UserError
 from infra.layout import StateLayout
 from infra.local.deploy import deploy as local_deploy
-from infra.local.health import load_balancer_verify
 from infra.local.operate import client_environment
 from infra.local.operate import destroy as local_destroy
 

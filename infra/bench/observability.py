@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 
 from infra import console
+from infra.api_client import load_balancer_verify
 from infra.backup.database import local_database
 from infra.bench.api import (
     _TEMP_ROOT,
@@ -39,7 +40,6 @@ from infra.bench.otlp_sink import OtlpSink
 from infra.config import StackConfig
 from infra.errors import UserError
 from infra.local.deploy import deploy
-from infra.local.health import load_balancer_verify
 from infra.local.operate import client_environment, destroy, settle, unhealthy_summary
 
 THROUGHPUT_GOAL = 0.95

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from infra.backup.drill import DrillBackup
 from infra.backup.restore import RestoreReport, Swapped, previous_database, restore_with_downtime
 from infra.compose.deploy import (
     HAPROXY_WAIT_S,
@@ -37,7 +38,6 @@ from infra.compose.project import BACKEND as BACKEND_NETWORK
 from infra.compose.project import BACKUP_SCHEDULER, MIGRATE, PYTHON
 from infra.config import StackConfig
 from infra.errors import UserError
-from infra.local.drill import DrillBackup
 from infra.progress import Progress
 from infra.render.haproxy import BACKEND
 

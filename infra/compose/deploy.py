@@ -22,7 +22,6 @@ from docker.errors import ImageNotFound
 from docker.models.containers import Container
 
 from infra.compose.engine import compose_binary, docker_client
-from infra.compose.images import ensure_images, image_refs
 from infra.compose.project import (
     CONTAINER,
     CONTAINER_UID,
@@ -32,9 +31,10 @@ from infra.compose.project import (
     write_project,
 )
 from infra.config import StackConfig
+from infra.containers.images import ensure_images, image_refs
 from infra.errors import UserError
+from infra.haproxy_runtime import parse_server_stats
 from infra.layout import StateLayout
-from infra.local.haproxy_runtime import parse_server_stats
 from infra.progress import Progress
 from infra.render.haproxy import BACKEND, TRUSTED_CA
 from infra.secrets import Secrets, ensure_secrets

@@ -30,7 +30,7 @@ from infra.compose.engine import docker_client
 from infra.compose.project import MIGRATE
 from infra.config import StackConfig
 from infra.errors import UserError
-from infra.local.health import ComponentStatus
+from infra.status import ComponentStatus
 
 DOWN_TIMEOUT_S = 150
 

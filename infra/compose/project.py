@@ -19,13 +19,15 @@ from typing import Any, Protocol
 import yaml
 from pydantic import SecretStr
 
-from infra.compose import images
 from infra.config import CONFIG_FILE_ENV, IN_CONTAINER_ENV, StackConfig
+from infra.containers import images
 from infra.layout import StateLayout
-from infra.local.plan import effective_config_file, monitoring_programs
 from infra.render import Addresses, RenderedFile
 from infra.render.dashboards import dashboards, grafana_provisioning
+from infra.render.effective_config import effective_config_file
 from infra.render.haproxy import OPERATOR_TLS_PEM, TLS_PEM, TRUSTED_CA, haproxy_cfg
+from infra.render.jaeger import JAEGER_OTLP_HTTP, JAEGER_UI, jaeger_yaml
+from infra.render.monitoring import monitoring_programs
 from infra.render.pgbouncer import pgbouncer_ini, pgbouncer_userlist
 from infra.render.postgres import pg_hba_conf, pg_ident_conf, postgresql_conf
 from infra.render.prefect import api_environment, migration_environment, services_environment
@@ -51,13 +53,13 @@ BACKEND, FRONTEND = "backend", "frontend"
 LOOPBACK = "127.0.0.1"
 MIGRATE = "migrate"
 BACKUP_SCHEDULER = "backup-scheduler"
-GRAFANA_PORT, JAEGER_OTLP_HTTP, JAEGER_UI = 3000, 4318, 16686
+GRAFANA_PORT = 3000
 # The one-shot migration creates the roles with their passwords, as the superuser: it needs these and no others.
 MIGRATION_SECRETS = ("postgres_superuser", "postgres_prefect", "postgres_monitor")
 
 
 class Images(Protocol):
-    """The project's image references (``infra.compose.images.ImageRefs``)."""
+    """The project's image references (``infra.containers.images.ImageRefs``)."""
 
     @property
     def system(self) -> str: ...
@@ -192,14 +194,14 @@ class _Builder:
 
 
 def _env_file(role: str, environment: dict[str, str]) -> RenderedFile:
-    """A Prefect process's environment as a secret file, read by ``infra.compose.entrypoint`` at start."""
+    """A Prefect process's environment as a secret file, read by ``infra.containers.entrypoint`` at start."""
     return RenderedFile(CONTAINER.etc / f"{role}.env.json", json.dumps(environment, indent=2, sort_keys=True) + "\n",
                         secret=True)
 
 
 def _with_env(env_file: RenderedFile, command: list[str], follow_redis: bool = False) -> list[str]:
     follow = ["--follow-redis"] if follow_redis else []
-    return [PYTHON, "-m", "infra.compose.entrypoint", str(env_file.path), *follow, "--", *command]
+    return [PYTHON, "-m", "infra.containers.entrypoint", str(env_file.path), *follow, "--", *command]
 
 
 def _traced(config: StackConfig, command: list[str]) -> list[str]:
@@ -301,8 +303,8 @@ exec {PG_BIN / "postgres"} -c config_file={etc / "postgresql.conf"}
     migrate_env = _env_file("migrate", _prefect_in_containers(
         config, migration_environment(inner, secrets, CONTAINER, addresses)))
     b.add(MIGRATE, "migrate", images.prefect,
-          _with_env(migrate_env, [PYTHON, "-m", "infra.compose.migrate", "--host", "postgres", "--port", str(pg.port),
-                                  "--database", pg.database, "--user", pg.user,
+          _with_env(migrate_env, [PYTHON, "-m", "infra.containers.migrate", "--host", "postgres",
+                                  "--port", str(pg.port), "--database", pg.database, "--user", pg.user,
                                   "--secrets", str(SECRETS_IN_CONTAINER)]),
           files=(migrate_env, *trusted), secrets=MIGRATION_SECRETS,
           depends_on={"postgres": "service_healthy"}, restart="no", memory=config.compose.api_memory)
@@ -436,27 +438,6 @@ def _monitoring(b: _Builder, inner: StackConfig, secrets: Secrets, addresses: Ad
               files=(jaeger_config,), environment={"JAEGER_LISTEN_HOST": "0.0.0.0"},  # noqa: S104
               networks=(BACKEND, FRONTEND), ports=(f"{LOOPBACK}:{config.compose.jaeger_ui_port}:{JAEGER_UI}",),
               volumes=("jaeger-data:/var/lib/jaeger",), user=None)
-
-
-def jaeger_yaml(config: StackConfig) -> str:
-    """Jaeger v2 (an OpenTelemetry Collector distribution): OTLP in, Badger storage with a retention, UI out."""
-    document = {
-        "service": {"extensions": ["jaeger_storage", "jaeger_query", "healthcheckv2"],
-                    "pipelines": {"traces": {"receivers": ["otlp"], "processors": ["batch"],
-                                             "exporters": ["jaeger_storage_exporter"]}}},
-        "extensions": {
-            "healthcheckv2": {"use_v2": True, "http": {"endpoint": "0.0.0.0:13133"}},
-            "jaeger_query": {"storage": {"traces": "main"}, "http": {"endpoint": f"0.0.0.0:{JAEGER_UI}"}},
-            "jaeger_storage": {"backends": {"main": {"badger": {
-                "directories": {"keys": "/var/lib/jaeger/keys", "values": "/var/lib/jaeger/values"},
-                "ephemeral": False, "ttl": {"spans": "168h"}}}}},
-        },
-        "receivers": {"otlp": {"protocols": {"grpc": {"endpoint": "0.0.0.0:4317"},
-                                             "http": {"endpoint": f"0.0.0.0:{JAEGER_OTLP_HTTP}"}}}},
-        "processors": {"batch": {}},
-        "exporters": {"jaeger_storage_exporter": {"trace_storage": "main"}},
-    }
-    return "# Rendered by prefect-stack from the configuration model.\n" + yaml.safe_dump(document, sort_keys=False)
 
 
 def write_project(project: ComposeProject, directory: Path, owner_uid: int | None) -> list[Path]:

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from infra.compose.images import image_refs
 from infra.config import StackConfig
+from infra.containers.images import image_refs
 from infra.errors import UserError
 from infra.progress import Progress
 

@@ -4,7 +4,7 @@ Prefect has no "check migrations" command, and the API replicas run with migrati
 them once, before any replica serves). So each API pod starts with this check: it compares the database's
 ``alembic_version`` with the newest migration shipped in the image's Prefect, and exits 0 once they match. A
 timeout exits 1, and Kubernetes restarts the init container, so a pod never serves a schema it does not know.
-Usage (with the API's environment, from ``infra.compose.entrypoint``)::
+Usage (with the API's environment, from ``infra.containers.entrypoint``)::
 
     python -m infra.kubernetes.migrations wait [--timeout SECONDS]
 """

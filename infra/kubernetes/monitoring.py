@@ -16,7 +16,6 @@ import json
 from typing import Any
 from urllib.parse import urlsplit
 
-from infra.compose.project import JAEGER_OTLP_HTTP, JAEGER_UI, jaeger_yaml
 from infra.config import ResourcesConfig, StackConfig
 from infra.kubernetes import database
 from infra.kubernetes.objects import (
@@ -36,6 +35,7 @@ from infra.kubernetes.objects import (
 )
 from infra.render.alert_rules import alert_groups
 from infra.render.dashboards import dashboards
+from infra.render.jaeger import JAEGER_OTLP_HTTP, JAEGER_UI, jaeger_yaml
 
 MONITORING_API = "monitoring.coreos.com/v1"
 EXPORTER = "exporter"

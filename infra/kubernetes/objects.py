@@ -166,7 +166,7 @@ class Names:
     @property
     def secret_prefect_env(self) -> str:
         """Keys ``api.env.json``, ``services.env.json``, ``migrate.env.json``: each Prefect process's environment,
-        read by the entrypoint (infra/compose/entrypoint.py) so no credential is in a pod's env listing."""
+        read by the entrypoint (infra/containers/entrypoint.py) so no credential is in a pod's env listing."""
         return self("env")
 
     @property

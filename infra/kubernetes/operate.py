@@ -28,7 +28,7 @@ from infra.kubernetes.objects import (
     prune_selector,
     selector,
 )
-from infra.local.health import ComponentStatus
+from infra.status import ComponentStatus
 
 CLUSTER = f"cluster.{CNPG_GROUP}"
 POOLER = f"pooler.{CNPG_GROUP}"

@@ -3,7 +3,7 @@ the nightly logical backup CronJob, their PodDisruptionBudgets and NetworkPolici
 
 The processes are the other targets' processes, from the project's prefect image: the same environment renderer
 (``infra.render.prefect``) with the cluster's endpoints, read from a Secret file by the same entrypoint
-(``infra.compose.entrypoint``) so no credential is in a pod's environment listing. The ordering the local target
+(``infra.containers.entrypoint``) so no credential is in a pod's environment listing. The ordering the local target
 gets from its deploy steps comes from Kubernetes objects here: the migration Job is named after the image (a new
 Prefect migrates once), and every API pod waits in an init container until the schema is at its Prefect's head.
 """
@@ -58,7 +58,7 @@ ENV_DIR = ETC / "env"
 DB_CA_DIR = ETC / "db-ca"
 CONFIG_DIR = ETC / "config"
 S3_DIR = ETC / "s3"
-ENTRYPOINT = [PYTHON, "-m", "infra.compose.entrypoint"]
+ENTRYPOINT = [PYTHON, "-m", "infra.containers.entrypoint"]
 # A pod leaving a rollout keeps serving this long after it is marked terminating: the endpoints controller and
 # the ingress controller need a few seconds to stop sending it requests (no client error during a rollout).
 PRE_STOP_DELAY_S = 10
@@ -335,7 +335,7 @@ def _migration_job(config: StackConfig, image: str, version: str) -> Manifest:
     env_file = str(ENV_DIR / ENV_FILES["migrate"])
     host, port = database.database_endpoints(config).direct
     secrets_dir = ETC / "db-superuser"
-    command = [*ENTRYPOINT, env_file, "--", PYTHON, "-m", "infra.compose.migrate", "--host", host, "--port",
+    command = [*ENTRYPOINT, env_file, "--", PYTHON, "-m", "infra.containers.migrate", "--host", host, "--port",
                str(port), "--database", config.postgres.database, "--user", config.postgres.user,
                "--secrets", str(secrets_dir)]
     mounts = {**_common_mounts(config), "superuser": str(secrets_dir)}

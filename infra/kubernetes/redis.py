@@ -16,7 +16,7 @@ may be older than the last primary's; pod 0 still wins (its replicas resynchroni
 A primary that is being stopped (rollout, drain) hands its role over first (pre-stop.sh: writes paused, a
 Sentinel failover, the promoted replica followed), so a rollout costs clients a pause of about a second and the
 one write in flight, not down-after-milliseconds of errors. An unplanned loss of the primary is a Sentinel
-failover (DOWN_AFTER_MS, then a promotion); the background services' entrypoint (infra/compose/entrypoint.py
+failover (DOWN_AFTER_MS, then a promotion); the background services' entrypoint (infra/containers/entrypoint.py
 ``--follow-redis``) sees the new primary's run id through the Sentinel URL and restarts them against it.
 tests/unit/test_redis_sentinel_failover.py runs these scripts for real on loopback ports.
 """

@@ -14,8 +14,8 @@ from typing import Protocol
 
 import yaml
 
-from infra.compose import images as project_images
 from infra.config import StackConfig
+from infra.containers import images as project_images
 from infra.kubernetes import database, monitoring, namespace, prefect, redis, secrets
 from infra.kubernetes.objects import COMPONENTS, Manifest
 

@@ -21,14 +21,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from infra import console
+from infra import console, haproxy_runtime
 from infra.config import StackConfig
+from infra.database.admin import ensure_database, initialise_cluster, run_as_ids
 from infra.errors import UserError
+from infra.executables import venv_bin
 from infra.layout import StateLayout
-from infra.local import haproxy_runtime
 from infra.local.health import api_ready, component_status
-from infra.local.plan import LocalPlan, build_plan, service_user, venv_bin
-from infra.local.postgres_admin import ensure_database, initialise_cluster, run_as_ids
+from infra.local.plan import LocalPlan, build_plan, service_user
 from infra.local.supervisor import Supervisor
 from infra.render import RenderedFile
 from infra.render.haproxy import server_name
@@ -268,7 +268,7 @@ class _Deployer:
         console.step("migrating the database schema and registering block types (once, before any replica)")
         uid, gid = run_as_ids(self.plan.run_as)
         result = subprocess.run(
-            [str(Path(sys.executable)), "-m", "infra.local.migrate"],
+            [str(Path(sys.executable)), "-m", "infra.database.migrate"],
             env={**self.plan.migration_env, "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
                  "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
             capture_output=True, text=True, check=False, cwd="/",

@@ -3,56 +3,29 @@
 from __future__ import annotations
 
 import socket
-import ssl
-from dataclasses import asdict, dataclass
 from typing import Any
 
 import httpx
 import psycopg
 import redis
 
+from infra.api_client import load_balancer_verify
 from infra.config import StackConfig
 from infra.console import wait_until
+from infra.database.admin import admin_connect
+from infra.haproxy_runtime import all_servers_up, server_stats
+from infra.haproxy_runtime import version as haproxy_version
 from infra.layout import StateLayout
-from infra.local.haproxy_runtime import all_servers_up, server_stats
-from infra.local.haproxy_runtime import version as haproxy_version
-from infra.local.plan import LocalPlan, trusted_ca_file
-from infra.local.postgres_admin import admin_connect
+from infra.local.plan import LocalPlan
 from infra.local.supervisor import ProcessInfo, Supervisor
 from infra.render.supervisor import Program
 from infra.secrets import Secrets
+from infra.status import ComponentStatus
 
 PROBE_TIMEOUT_S = 3.0
 # Probes target loopback only: never route them through an HTTP(S)_PROXY from the environment.
 # No keep-alive: a pooled connection to a replica that just restarted would fail a probe for nothing.
 _http = httpx.Client(timeout=PROBE_TIMEOUT_S, trust_env=False, limits=httpx.Limits(max_keepalive_connections=0))
-
-
-@dataclass
-class ComponentStatus:
-    name: str
-    component: str
-    healthy: bool
-    state: str
-    pid: int | None
-    port: int | None
-    version: str | None = None
-    uptime_s: int | None = None
-    detail: str = ""
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def load_balancer_verify(config: StackConfig) -> ssl.SSLContext | bool:
-    """What an HTTPS client of the load balancer trusts: this deployment's certificate only (True: TLS is off)."""
-    ca_file = trusted_ca_file(config)
-    return True if ca_file is None else ssl.create_default_context(cafile=str(ca_file))
-
-
-def load_balancer_client(config: StackConfig, **kwargs: Any) -> httpx.Client:
-    """An httpx client for the API through the load balancer, trusting its certificate when TLS is on."""
-    return httpx.Client(base_url=config.api_url, trust_env=False, verify=load_balancer_verify(config), **kwargs)
 
 
 def _probe_lb(config: StackConfig, url: str) -> int:

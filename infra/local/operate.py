@@ -12,14 +12,16 @@ from pathlib import Path
 
 import psycopg
 
+from infra.api_client import trusted_ca_file
 from infra.config import StackConfig
+from infra.database.admin import admin_connect
 from infra.errors import UserError
 from infra.layout import StateLayout
-from infra.local.health import ComponentStatus, stack_status
-from infra.local.plan import LocalPlan, build_plan, trusted_ca_file
-from infra.local.postgres_admin import admin_connect
+from infra.local.health import stack_status
+from infra.local.plan import LocalPlan, build_plan
 from infra.local.supervisor import Supervisor
 from infra.secrets import load_secrets
+from infra.status import ComponentStatus
 
 
 def deployed_plan(config: StackConfig) -> tuple[LocalPlan, StateLayout]:

@@ -16,16 +16,15 @@ from typing import Any
 
 import psycopg
 
-from infra import console
+from infra import console, haproxy_runtime
 from infra.backup.database import local_database, table_row_counts
 from infra.backup.logical import backup_lock, run_logical_backup
 from infra.config import StackConfig
+from infra.database.admin import run_as_ids
 from infra.errors import UserError
 from infra.layout import StateLayout
-from infra.local import haproxy_runtime
 from infra.local.health import wait_for_load_balancer
 from infra.local.plan import build_plan, service_user
-from infra.local.postgres_admin import run_as_ids
 from infra.local.supervisor import Supervisor
 from infra.progress import Progress
 from infra.render.pgbackrest import STANZA, pgbackrest_conf_path

@@ -5,29 +5,24 @@ from __future__ import annotations
 import json
 import os
 import pwd
-import shutil
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
 from infra.config import REPO_ROOT, StackConfig
 from infra.errors import UserError
-from infra.exporter.event_streams import STREAMS
+from infra.executables import binary, venv_bin, venv_python
 from infra.layout import StateLayout
 from infra.local.tls import ensure_loopback_certificate
 from infra.render import Addresses, RenderedFile
-from infra.render.alert_rules import alert_rules_yml
-from infra.render.alertmanager import alertmanager_yml
 from infra.render.dashboards import dashboards, grafana_provisioning
+from infra.render.effective_config import effective_config_file
 from infra.render.haproxy import OPERATOR_TLS_PEM, TLS_PEM, TRUSTED_CA, haproxy_cfg
+from infra.render.monitoring import monitoring_programs
 from infra.render.pgbackrest import pgbackrest_conf
 from infra.render.pgbouncer import pgbouncer_ini, pgbouncer_userlist
-from infra.render.postgres import MONITOR_ROLE, pg_hba_conf, pg_ident_conf, postgresql_conf
+from infra.render.postgres import pg_hba_conf, pg_ident_conf, postgresql_conf
 from infra.render.prefect import api_environment, migration_environment, services_environment
-from infra.render.prometheus import API_PASSWORD_FILE, RULES_FILE, prometheus_yml
-from infra.render.redis import MESSAGING_DB, MONITOR_USER, redis_conf
+from infra.render.redis import redis_conf
 from infra.render.supervisor import Program, supervisord_conf
 from infra.render.tracing import server_tracing_environment
 from infra.secrets import Secrets
@@ -75,44 +70,6 @@ def os_user_name() -> str:
     return pwd.getpwuid(os.geteuid()).pw_name
 
 
-def _binary(name: str, *candidates: str) -> str:
-    for candidate in candidates:
-        if Path(candidate).is_file():
-            return candidate
-    found = shutil.which(name)
-    if found is None:
-        raise UserError(f"{name} is not installed", fix="run scripts/bootstrap.sh to install the stack's packages")
-    return found
-
-
-def trusted_ca_file(config: StackConfig) -> Path | None:
-    """The certificate HTTPS clients of the load balancer trust (rendered by deploy), or None when TLS is off."""
-    return StateLayout(config.state_dir).etc / TRUSTED_CA if config.tls_enabled else None
-
-
-def venv_bin() -> Path:
-    """The interpreter running the tasks is the one with Prefect installed (bootstrap's .venv)."""
-    return Path(sys.executable).parent
-
-
-def venv_python() -> Path:
-    """The venv's interpreter under one stable name: ``sys.executable`` is python or python3 depending on how the
-    task was started, and a rendered command must not change with it (that would restart the program)."""
-    return venv_bin() / "python"
-
-
-def effective_config_file(config: StackConfig, layout: StateLayout) -> RenderedFile:
-    """The configuration this deploy applied, for processes that need it later (the backup scheduler)."""
-    document = config.model_dump(mode="json")
-    document["local"]["state_dir"] = str(config.state_dir)
-    text = "# Rendered by prefect-stack: the effective configuration of the last deploy.\n"
-    return RenderedFile(layout.etc / "stack.effective.yaml", text + yaml.safe_dump(document, sort_keys=False))
-
-
-EXPORTER_POSTGRES_PASSWORD = "exporter-postgres-password"  # noqa: S105 - a file name
-EXPORTER_REDIS_PASSWORD = "exporter-redis-password"  # noqa: S105 - a file name
-
-
 def traced(config: StackConfig, command: tuple[str, ...]) -> tuple[str, ...]:
     """The unchanged Prefect command, run under opentelemetry-instrument when tracing is on."""
     if not config.tracing.enabled:
@@ -130,98 +87,6 @@ def grafana_files(config: StackConfig, layout: StateLayout, addresses: Addresses
     for relative, text in grafana_provisioning(config, prometheus, None, str(grafana / "dashboards")).items():
         files.append(RenderedFile(grafana / "provisioning" / relative, text))
     return tuple(files)
-
-
-def monitoring_programs(
-    config: StackConfig, secrets: Secrets, layout: StateLayout, addresses: Addresses, python: str | None = None,
-    repo_root: Path = REPO_ROOT,
-) -> list[Program]:
-    """Prometheus, Alertmanager, node_exporter and the exporters, each with its own data directory. The compose
-    target runs the same programs in containers: ``python`` and ``repo_root`` are then the image's."""
-    python = python or str(venv_python())
-    monitoring, etc = config.monitoring, layout.etc
-    redis_url = f"redis://{addresses.redis}:{config.redis.port}"
-    password = secrets.get("prefect_auth").partition(":")[2]
-    prometheus_files = (
-        prometheus_yml(config, addresses, etc),
-        RenderedFile(etc / RULES_FILE, alert_rules_yml(config)),
-        RenderedFile(etc / API_PASSWORD_FILE, password, secret=True),
-    )
-    return [
-        Program(
-            name="prometheus",
-            component="prometheus",
-            command=(_binary("prometheus", "/usr/bin/prometheus"), f"--config.file={etc / 'prometheus.yml'}",
-                     f"--storage.tsdb.path={layout.prometheus_data}",
-                     f"--storage.tsdb.retention.time={monitoring.retention}",
-                     f"--web.listen-address={addresses.bind(addresses.prometheus)}:{monitoring.prometheus_port}"),
-            files=prometheus_files,
-            port=monitoring.prometheus_port,
-        ),
-        Program(
-            name="alertmanager",
-            component="alertmanager",
-            command=(_binary("prometheus-alertmanager", "/usr/bin/prometheus-alertmanager"),
-                     f"--config.file={etc / 'alertmanager.yml'}", f"--storage.path={layout.alertmanager_data}",
-                     f"--web.listen-address={addresses.bind(addresses.alertmanager)}:{monitoring.alertmanager_port}",
-                     # An empty address turns off gossip clustering, which would otherwise listen on *:9094.
-                     "--cluster.listen-address="),
-            files=(alertmanager_yml(config, etc, layout.secrets),),
-            port=monitoring.alertmanager_port,
-        ),
-        Program(
-            name="node-exporter",
-            component="node-exporter",
-            command=(_binary("prometheus-node-exporter", "/usr/bin/prometheus-node-exporter"),
-                     f"--web.listen-address={addresses.bind(addresses.node_exporter)}:{monitoring.node_exporter_port}",
-                     # The backup scheduler's metrics (last verified backup, failures) are textfiles here.
-                     f"--collector.textfile.directory={layout.metrics}"),
-            port=monitoring.node_exporter_port,
-        ),
-        Program(
-            name="postgres-exporter",
-            component="postgres-exporter",
-            command=(_binary("prometheus-postgres-exporter", "/usr/bin/prometheus-postgres-exporter"),
-                     f"--web.listen-address={addresses.bind(addresses.exporter('postgres'))}:{monitoring.postgres_exporter_port}"),
-            # The password stays in a file: the environment carries only where and who.
-            environment={
-                "DATA_SOURCE_URI": f"{addresses.postgres}:{config.postgres.port}/{config.postgres.database}"
-                                   "?sslmode=disable",
-                "DATA_SOURCE_USER": MONITOR_ROLE,
-                "DATA_SOURCE_PASS_FILE": str(etc / EXPORTER_POSTGRES_PASSWORD),
-            },
-            files=(RenderedFile(etc / EXPORTER_POSTGRES_PASSWORD, secrets.get("postgres_monitor"), secret=True),),
-            port=monitoring.postgres_exporter_port,
-        ),
-        Program(
-            name="redis-exporter",
-            component="redis-exporter",
-            command=(_binary("prometheus-redis-exporter", "/usr/bin/prometheus-redis-exporter"),
-                     f"-redis.addr={redis_url}", f"-redis.user={MONITOR_USER}",
-                     f"-redis.password-file={etc / 'exporter-redis-passwords.json'}",
-                     f"-web.listen-address={addresses.bind(addresses.exporter('redis'))}:{monitoring.redis_exporter_port}",
-                     "-check-single-streams=" + ",".join(f"db{MESSAGING_DB}={s}" for s in STREAMS)),
-            files=(RenderedFile(etc / "exporter-redis-passwords.json",
-                                json.dumps({redis_url: secrets.get("redis_monitor")}), secret=True),),
-            port=monitoring.redis_exporter_port,
-        ),
-        Program(
-            name="prefect-exporter",
-            component="prefect-exporter",
-            command=(python, "-m", "infra.exporter.server",
-                     f"--listen={addresses.bind(addresses.exporter('prefect'))}:{monitoring.prefect_exporter_port}",
-                     f"--postgres={addresses.postgres}:{config.postgres.port}/{config.postgres.database}",
-                     f"--pgbouncer={addresses.pgbouncer}:{config.pgbouncer.port}",
-                     f"--redis={addresses.redis}:{config.redis.port}",
-                     f"--postgres-password-file={etc / EXPORTER_POSTGRES_PASSWORD}",
-                     f"--redis-password-file={etc / EXPORTER_REDIS_PASSWORD}",
-                     f"--finished-runs-window={monitoring.finished_runs_window_s}"),
-            environment={"PYTHONPATH": str(repo_root)},
-            files=(RenderedFile(etc / EXPORTER_POSTGRES_PASSWORD, secrets.get("postgres_monitor"), secret=True),
-                   RenderedFile(etc / EXPORTER_REDIS_PASSWORD, secrets.get("redis_monitor"), secret=True)),
-            port=monitoring.prefect_exporter_port,
-        ),
-    ]
 
 
 def build_plan(config: StackConfig, secrets: Secrets, addresses: Addresses | None = None) -> LocalPlan:
@@ -249,7 +114,7 @@ def build_plan(config: StackConfig, secrets: Secrets, addresses: Addresses | Non
         Program(
             name="pgbouncer",
             component="pgbouncer",
-            command=(_binary("pgbouncer", "/usr/sbin/pgbouncer"), str(etc / "pgbouncer.ini")),
+            command=(binary("pgbouncer", "/usr/sbin/pgbouncer"), str(etc / "pgbouncer.ini")),
             files=(pgbouncer_ini(config, layout, addresses), pgbouncer_userlist(config, secrets, layout)),
             port=config.pgbouncer.port,
             stop_signal="INT",  # safe shutdown: wait for clients' transactions to finish
@@ -257,7 +122,7 @@ def build_plan(config: StackConfig, secrets: Secrets, addresses: Addresses | Non
         Program(
             name="redis",
             component="redis",
-            command=(_binary("redis-server", "/usr/bin/redis-server"), str(etc / "redis.conf")),
+            command=(binary("redis-server", "/usr/bin/redis-server"), str(etc / "redis.conf")),
             files=(redis_conf(config, secrets, layout),),
             port=config.redis.port,
         ),
@@ -332,7 +197,7 @@ def build_plan(config: StackConfig, secrets: Secrets, addresses: Addresses | Non
         Program(
             name="haproxy",
             component="haproxy",
-            command=(_binary("haproxy", "/usr/sbin/haproxy"), "-W", "-db", "-f", str(etc / "haproxy.cfg")),
+            command=(binary("haproxy", "/usr/sbin/haproxy"), "-W", "-db", "-f", str(etc / "haproxy.cfg")),
             files=tuple(haproxy_files),
             port=config.load_balancer.port,
             stop_signal="USR1",  # soft stop: finish in-flight requests

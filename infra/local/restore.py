@@ -15,17 +15,16 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from infra import console
+from infra import console, haproxy_runtime
 from infra.backup.catalog import BackupEntry
 from infra.backup.restore import DatabaseRestore, RestoreReport, Swapped, previous_database, restore_with_downtime
 from infra.backup.storage import BackupStore
 from infra.config import StackConfig
+from infra.database.admin import run_as_ids
 from infra.errors import UserError
 from infra.layout import StateLayout
-from infra.local import haproxy_runtime
 from infra.local.health import api_ready, wait_for_load_balancer
 from infra.local.plan import build_plan
-from infra.local.postgres_admin import run_as_ids
 from infra.local.supervisor import Supervisor
 from infra.progress import Progress
 from infra.secrets import Secrets
@@ -37,7 +36,7 @@ def _migrate(config: StackConfig, secrets: Secrets) -> None:
     plan = build_plan(config, secrets)
     uid, gid = run_as_ids(plan.run_as)
     result = subprocess.run(
-        [sys.executable, "-m", "infra.local.migrate"],
+        [sys.executable, "-m", "infra.database.migrate"],
         env={**plan.migration_env, "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
              "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
         capture_output=True, text=True, check=False, cwd="/", user=uid, group=gid,

@@ -15,8 +15,8 @@ from typing import Any, Literal
 
 import yaml
 
-from infra.backup.metrics import alert_rules as backup_alert_rules
 from infra.config import StackConfig
+from infra.render.backup_alerts import backup_alert_rules
 
 RUNBOOK = "README.md#runbook-{anchor}"
 BACKEND = 'proxy="prefect_api"'

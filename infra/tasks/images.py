@@ -8,8 +8,8 @@ from rich.table import Table
 
 from infra import console
 from infra.compose.engine import docker_client, docker_host
-from infra.compose.images import ensure_images, image_refs, image_size
 from infra.config import load_config
+from infra.containers.images import ensure_images, image_refs, image_size
 from infra.tasks import reports_user_errors
 
 

@@ -14,17 +14,18 @@ from rich.table import Table
 
 from infra import console
 from infra.alerts import alertmanager_url, firing_alerts, prometheus_url
+from infra.api_client import trusted_ca_file
+from infra.backup.drill import DrillTarget, run_drill
 from infra.config import REPO_ROOT, StackConfig, load_config
 from infra.errors import UserError
 from infra.layout import StateLayout
 from infra.local import operate
 from infra.local.deploy import deploy as deploy_local
 from infra.local.deploy import restart_component
-from infra.local.drill import run_drill
-from infra.local.health import ComponentStatus
-from infra.local.plan import trusted_ca_file
+from infra.local.drill import LocalDrillTarget
 from infra.render.tracing import exporter_environment
 from infra.secrets import load_secrets
+from infra.status import ComponentStatus
 from infra.tasks import reports_user_errors
 
 SETTLE_TIMEOUT_S = 30
@@ -364,7 +365,7 @@ def drill(c: Context, yes: bool = False, json_: bool = False, target: str | None
                    "backup; writes made during the drill are lost)\n  fix: run invoke drill --yes", code=1)
     secrets = load_secrets(StateLayout(config.state_dir).secrets)
     console.step("disaster drill on the running stack")
-    drill_target = None
+    drill_target: DrillTarget = LocalDrillTarget(config, secrets)
     if config.target == "compose":
         from infra.compose.backups import ComposeDrillTarget
 

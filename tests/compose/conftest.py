@@ -25,12 +25,12 @@ import docker
 import httpx
 import pytest
 
+from infra.api_client import load_balancer_verify
 from infra.compose.deploy import containers
 from infra.compose.engine import DEFAULT_DOCKER_HOST, PrivateDockerEngine, ping
-from infra.compose.images import ImageRefs, ImageResult, ensure_images
 from infra.config import ENV_PREFIX, StackConfig, load_config
+from infra.containers.images import ImageRefs, ImageResult, ensure_images
 from infra.errors import UserError
-from infra.local.health import load_balancer_verify
 from infra.progress import PlainProgress
 from infra.secrets import load_secrets
 from tests.conftest import free_ports

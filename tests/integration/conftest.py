@@ -20,10 +20,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from infra.api_client import load_balancer_verify
 from infra.config import StackConfig, load_config
 from infra.layout import StateLayout
 from infra.local.deploy import DeployReport, deploy
-from infra.local.health import load_balancer_verify
 from infra.local.operate import destroy, settle, unhealthy_summary
 from infra.secrets import load_secrets
 from tests.conftest import free_ports

@@ -59,7 +59,7 @@ def test_create_and_read_flow_runs(stack: Stack) -> None:
 
 def test_reads_are_spread_over_replicas(stack: Stack) -> None:
     """Each replica serves traffic: HAProxy's per-server request counters all move."""
-    from infra.local.haproxy_runtime import server_stats
+    from infra.haproxy_runtime import server_stats
 
     before = {k: int(v["stot"]) for k, v in server_stats(stack.layout.haproxy_socket).items()}
     with stack.client() as client:

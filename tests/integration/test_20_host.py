@@ -132,7 +132,7 @@ def test_redis_refuses_commands_without_the_password(stack: Stack) -> None:
 
 
 def test_pg_trgm_extension_is_installed(stack: Stack) -> None:
-    from infra.local.postgres_admin import admin_connect
+    from infra.database.admin import admin_connect
 
     with admin_connect(stack.config, stack.layout, stack.config.postgres.database) as conn:
         row = conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'pg_trgm'").fetchone()

@@ -7,8 +7,9 @@ import os
 import signal
 import uuid
 
+from infra.api_client import load_balancer_verify
 from infra.console import wait_until
-from infra.local.health import api_ready, load_balancer_verify
+from infra.local.health import api_ready
 from tests.conftest import create_runs_while_killing
 from tests.integration.conftest import Stack
 

@@ -12,6 +12,7 @@ import pytest
 
 from infra.backup import metrics
 from infra.backup.scheduler import next_run
+from infra.render.backup_alerts import backup_alert_rules
 
 
 @pytest.mark.parametrize(
@@ -55,14 +56,14 @@ promtool = pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool
 @promtool
 def test_alert_rules_are_valid(tmp_path: Path) -> None:
     rules = tmp_path / "rules.yml"
-    rules.write_text(metrics.alert_rules(26))
+    rules.write_text(backup_alert_rules(26))
     result = subprocess.run(["promtool", "check", "rules", str(rules)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 @promtool
 def test_too_old_backup_alert_fires_only_after_max_age(tmp_path: Path) -> None:
-    (tmp_path / "rules.yml").write_text(metrics.alert_rules(26))
+    (tmp_path / "rules.yml").write_text(backup_alert_rules(26))
     # promtool's clock starts at 0: a backup verified at t=0 is 25h old at 25h and 27h old at 27h.
     (tmp_path / "test.yml").write_text(textwrap.dedent("""\
         rule_files: [rules.yml]

@@ -22,7 +22,7 @@ from infra.bench.compose import (
     judge_compose,
     summarise_target,
 )
-from infra.compose.images import ImageResult
+from infra.containers.images import ImageResult
 from infra.errors import UserError
 from infra.tasks.bench import api
 

@@ -15,9 +15,10 @@ import pytest
 from invoke import MockContext
 from invoke.exceptions import Exit
 
-from infra.compose import images
 from infra.compose.engine import PINNED_COMPOSE_VERSION, compose_binary, compose_version, docker_client
-from infra.compose.images import (
+from infra.config import REPO_ROOT, StackConfig
+from infra.containers import images
+from infra.containers.images import (
     APP_DIRS,
     APP_PRIVATE_DIRS,
     APP_UID,
@@ -33,7 +34,6 @@ from infra.compose.images import (
     system_build_args,
     trim_rootfs,
 )
-from infra.config import REPO_ROOT, StackConfig
 from infra.errors import UserError
 from infra.progress import QuietProgress
 from infra.tasks import images as images_tasks

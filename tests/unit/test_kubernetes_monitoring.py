@@ -394,7 +394,7 @@ class TestJaeger:
         assert [o["kind"] for o in objects("no-jaeger") if "jaeger" in o["metadata"]["name"]] == []
 
     def test_config_is_the_compose_targets(self) -> None:
-        from infra.compose.project import jaeger_yaml
+        from infra.render.jaeger import jaeger_yaml
         assert one("ConfigMap", "prefect-jaeger")["data"]["config.yaml"] == jaeger_yaml(config_of("default"))
 
     def test_listens_on_the_pod_address(self) -> None:

@@ -12,7 +12,7 @@ from infra.config import StackConfig, load_config
 from infra.errors import UserError
 from infra.kubernetes import operate
 from infra.kubernetes.objects import LABEL_INSTANCE, metadata
-from infra.local.health import ComponentStatus
+from infra.status import ComponentStatus
 from tests.fake_kubectl import Call, StandIn
 
 POOLER_TX, POOLER_SESSION = "prefect-pooler-transaction", "prefect-pooler-session"

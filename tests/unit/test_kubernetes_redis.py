@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from infra.compose.entrypoint import _redis_run_id
 from infra.config import StackConfig, load_config
+from infra.containers.entrypoint import _redis_run_id
 from infra.errors import UserError
 from infra.kubernetes.objects import LABEL_NAME, Manifest, Names, selector
 from infra.kubernetes.redis import (

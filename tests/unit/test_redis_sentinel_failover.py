@@ -29,8 +29,8 @@ from typing import Any, TypeVar
 import pytest
 import redis
 
-from infra.compose.entrypoint import _redis_run_id
 from infra.config import load_config
+from infra.containers.entrypoint import _redis_run_id
 from infra.kubernetes.redis import (
     MASTER_SET,
     SECRET_KEY_MONITOR,

@@ -2,7 +2,7 @@
 
 It runs before any API replica starts (``service_completed_successfully``), as the local target's deploy does:
 the superuser (over TCP, password from a compose secret) brings roles, passwords, the database, pg_trgm and the
-exporters' grants up to the model; then ``infra.local.migrate`` upgrades the schema and registers the blocks once.
+exporters' grants up to the model; then ``infra.database.migrate`` upgrades the schema and registers the blocks once.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ import psycopg
 from pydantic import SecretStr
 
 from infra.config import load_config
+from infra.database import migrate
+from infra.database.admin import SUPERUSER, ensure_database
 from infra.layout import StateLayout
-from infra.local import migrate
-from infra.local.postgres_admin import SUPERUSER, ensure_database
 from infra.secrets import SECRET_NAMES, Secrets
 
 CONNECT_TIMEOUT_S = 60
@@ -32,7 +32,7 @@ def _secrets(directory: Path) -> Secrets:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m infra.compose.migrate")
+    parser = argparse.ArgumentParser(prog="python -m infra.containers.migrate")
     parser.add_argument("--host", required=True)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--database", required=True)

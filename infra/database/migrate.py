@@ -1,7 +1,7 @@
 """The one-shot migration step, run before any API replica starts: schema upgrade, then block registration.
 
 Replicas run with migrations and block registration off; doing both once here is what lets any number of
-replicas start at the same moment on a fresh database. Run as ``python -m infra.local.migrate`` with the
+replicas start at the same moment on a fresh database. Run as ``python -m infra.database.migrate`` with the
 migration environment (a direct PostgreSQL connection).
 """
 

@@ -4,7 +4,7 @@ Prefect reads its database URL, Redis password and API credentials from environm
 file, they would show in ``docker inspect``; here they live in a compose secret (JSON) and only this process's
 environment holds them. Usage::
 
-    python -m infra.compose.entrypoint ENV_FILE [--follow-redis] -- COMMAND [ARGS...]
+    python -m infra.containers.entrypoint ENV_FILE [--follow-redis] -- COMMAND [ARGS...]
 
 ``--follow-redis`` is for the background services: after Redis restarts (a crash, a new container) they keep
 running but silently stop consuming its streams (a known Prefect failure; the local target restarts them with
@@ -98,7 +98,8 @@ def main(argv: list[str]) -> int:
     follow = len(argv) > 1 and argv[1] == "--follow-redis"
     args = [argv[0], *argv[2:]] if follow else argv
     if len(args) < 3 or args[1] != "--":
-        sys.stderr.write("usage: python -m infra.compose.entrypoint ENV_FILE [--follow-redis] -- COMMAND [ARGS...]\n")
+        sys.stderr.write("usage: python -m infra.containers.entrypoint ENV_FILE [--follow-redis] -- "
+                         "COMMAND [ARGS...]\n")
         return 2
     env_file, command = Path(args[0]), args[2:]
     try:

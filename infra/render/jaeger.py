@@ -1,0 +1,31 @@
+"""Jaeger v2's configuration (the trace store and UI of the compose and Kubernetes targets), from the model."""
+
+from __future__ import annotations
+
+import yaml
+
+from infra.config import StackConfig
+
+# Jaeger's OTLP/HTTP receiver (what the Prefect processes export their spans to) and its UI.
+JAEGER_OTLP_HTTP, JAEGER_UI = 4318, 16686
+
+
+def jaeger_yaml(config: StackConfig) -> str:
+    """Jaeger v2 (an OpenTelemetry Collector distribution): OTLP in, Badger storage with a retention, UI out."""
+    document = {
+        "service": {"extensions": ["jaeger_storage", "jaeger_query", "healthcheckv2"],
+                    "pipelines": {"traces": {"receivers": ["otlp"], "processors": ["batch"],
+                                             "exporters": ["jaeger_storage_exporter"]}}},
+        "extensions": {
+            "healthcheckv2": {"use_v2": True, "http": {"endpoint": "0.0.0.0:13133"}},
+            "jaeger_query": {"storage": {"traces": "main"}, "http": {"endpoint": f"0.0.0.0:{JAEGER_UI}"}},
+            "jaeger_storage": {"backends": {"main": {"badger": {
+                "directories": {"keys": "/var/lib/jaeger/keys", "values": "/var/lib/jaeger/values"},
+                "ephemeral": False, "ttl": {"spans": "168h"}}}}},
+        },
+        "receivers": {"otlp": {"protocols": {"grpc": {"endpoint": "0.0.0.0:4317"},
+                                             "http": {"endpoint": f"0.0.0.0:{JAEGER_OTLP_HTTP}"}}}},
+        "processors": {"batch": {}},
+        "exporters": {"jaeger_storage_exporter": {"trace_storage": "main"}},
+    }
+    return "# Rendered by prefect-stack from the configuration model.\n" + yaml.safe_dump(document, sort_keys=False)
