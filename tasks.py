@@ -7,14 +7,13 @@ from infra.tasks import backup, bench, dev, images, secrets, stack
 ns = Collection(
     stack.deploy, stack.status, stack.alerts, stack.logs, stack.restart, stack.stop, stack.destroy, stack.env,
     stack.render,
+    # An operator's words, not backup sub-steps: restore and the disaster drill stand at the top level.
+    backup.restore, stack.drill,
     dev.test, dev.lint,
 )
 ns.add_collection(Collection.from_module(secrets), name="secrets")
 ns.add_collection(Collection.from_module(bench), name="bench")
 ns.add_collection(Collection.from_module(images), name="images")
-backups = Collection.from_module(backup)
-backups.tasks.pop("restore")  # an operator's word, not a backup sub-step: it stands at the top level
-ns.add_collection(backups, name="backup")
-ns.add_task(backup.restore)
-ns.add_task(stack.drill)
+# `invoke backup` takes one now (the collection's default); its siblings list, verify and prune what was taken.
+ns.add_collection(Collection("backup", backup.backup, backup.list_, backup.verify, backup.prune))
 ns.configure({"run": {"echo": True}})

@@ -9,8 +9,9 @@ from typing import Any
 import httpx
 
 from infra.config import StackConfig
-from infra.layout import StateLayout
-from infra.render.haproxy import TRUSTED_CA
+from infra.errors import UserError
+from infra.layout import TRUSTED_CA, StateLayout
+from infra.secrets import load_secrets
 
 
 def trusted_ca_file(config: StackConfig) -> Path | None:
@@ -27,3 +28,16 @@ def load_balancer_verify(config: StackConfig) -> ssl.SSLContext | bool:
 def load_balancer_client(config: StackConfig, **kwargs: Any) -> httpx.Client:
     """An httpx client for the API through the load balancer, trusting its certificate when TLS is on."""
     return httpx.Client(base_url=config.api_url, trust_env=False, verify=load_balancer_verify(config), **kwargs)
+
+
+def load_balancer_environment(config: StackConfig) -> dict[str, str]:
+    """What a Prefect client needs to reach the API through the load balancer: URL, credentials, the CA to trust."""
+    secrets = load_secrets(StateLayout(config.state_dir).secrets)
+    env = {"PREFECT_API_URL": config.api_url, "PREFECT_API_AUTH_STRING": secrets.get("prefect_auth")}
+    ca_file = trusted_ca_file(config)
+    if ca_file is not None:
+        if not ca_file.is_file():
+            raise UserError(f"TLS is on but {ca_file} (the certificate clients trust) is missing",
+                            fix="run invoke deploy, which renders it")
+        env["PREFECT_API_SSL_CERT_FILE"] = str(ca_file)
+    return env

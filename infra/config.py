@@ -33,6 +33,8 @@ IN_CONTAINER_ENV = "PREFECT_STACK_IN_CONTAINER"
 # The compose service of the local S3 endpoint (backups.s3.endpoint_url null) and of PostgreSQL.
 COMPOSE_S3_SERVICE = "s3"
 COMPOSE_POSTGRES_SERVICE = "postgres"
+# The key id of the stack's own S3 endpoint (its secret is generated): one id for boto3 and pgBackRest.
+LOCAL_ACCESS_KEY_ID = "prefect-stack-local"
 
 Port = int  # validated by Field(ge=1, le=65535) where used
 
@@ -545,6 +547,12 @@ class StackConfig(BaseSettings):
             return f"https://s3.{self.backups.s3.region}.amazonaws.com"
         host = COMPOSE_S3_SERVICE if self.target == "compose" else "127.0.0.1"
         return f"http://{host}:{self.backups.s3.local_port}"
+
+    @property
+    def own_s3_endpoint(self) -> bool:
+        """Whether the stack runs its own S3 endpoint, with generated keys: backups.s3.endpoint_url null on the local
+        and compose targets. A Kubernetes cluster has none of its own (AWS S3 in the configured region)."""
+        return self.backups.s3.endpoint_url is None and self.target != "kubernetes"
 
     @property
     def scratch_dir(self) -> Path:

@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+# The certificate HTTPS clients of the load balancer trust, rendered into etc/ (the CA of the generated one).
+TRUSTED_CA = "lb-ca.crt"
+
 
 @dataclass(frozen=True)
 class StateLayout:

@@ -11,9 +11,10 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from infra.config import COMPOSE_POSTGRES_SERVICE, StackConfig
+from infra.config import StackConfig
 from infra.layout import StateLayout
 from infra.secrets import Secrets
+from infra.targets import target_for
 
 Row = tuple[object, ...]
 
@@ -60,35 +61,20 @@ def local_database(config: StackConfig) -> DatabaseAccess:
 
 
 def database_access(config: StackConfig, secrets: Secrets) -> DatabaseAccess:
-    """The superuser's way in on this configuration's target: compose, TCP to the ``postgres`` service with the
-    superuser's password (pg_hba.conf allows SCRAM from the project's networks); local, the Unix socket."""
-    if config.target == "kubernetes":
-        # The CronJob's pod: the Cluster's primary (or the external server) over TLS, as the superuser.
-        from infra.kubernetes.database import database_endpoints
-
-        endpoints = database_endpoints(config)
-        host, port = endpoints.direct
-        return DatabaseAccess(host=host, port=port, user="postgres", dbname=config.postgres.database,
-                              bin_dir=config.postgres.bin_dir, password=secrets.get("postgres_superuser"),
-                              sslmode=endpoints.sslmode)
-    if config.target == "compose":
-        return DatabaseAccess(
-            host=COMPOSE_POSTGRES_SERVICE, port=config.postgres.port, user="postgres",
-            dbname=config.postgres.database, bin_dir=config.postgres.bin_dir,
-            password=secrets.get("postgres_superuser"),
-        )
-    return local_database(config)
+    """The superuser's way in on this configuration's target, from where the backup code runs there (the target
+    says which: the Unix socket on this host, the compose service over TCP, the Cluster's primary over TLS)."""
+    return target_for(config).database_access(secrets)
 
 
 def api_database_url(config: StackConfig, secrets: Secrets) -> Callable[[str], str]:
     """How a temporary Prefect API (started by verification beside the backup code) reaches a restored database:
     directly, not through PgBouncer, whose pools know only the live database."""
-    host, port, query = (COMPOSE_POSTGRES_SERVICE if config.target == "compose" else "127.0.0.1",
-                         config.postgres.port, "")
-    if config.target == "kubernetes":
-        from infra.kubernetes.database import database_endpoints
+    return target_for(config).api_database_url(secrets)
 
-        (host, port), query = database_endpoints(config).direct, "?ssl=require"
+
+def prefect_database_url(config: StackConfig, secrets: Secrets, host: str, port: int,
+                         query: str = "") -> Callable[[str], str]:
+    """A database URL for the Prefect user on host:port, for any database name (what api_database_url returns)."""
 
     def url(dbname: str) -> str:
         password = secrets.get("postgres_prefect")

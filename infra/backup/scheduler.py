@@ -20,7 +20,7 @@ from infra.config import CONFIG_FILE_ENV, ENV_PREFIX, StackConfig, load_config
 from infra.errors import UserError
 from infra.layout import StateLayout
 from infra.progress import PlainProgress
-from infra.secrets import load_secrets, mounted_secrets
+from infra.targets import target_for
 
 log = logging.getLogger("prefect-stack.backup-scheduler")
 
@@ -33,8 +33,8 @@ def next_run(schedule: str, now: datetime) -> datetime:
 
 def run_once(config: StackConfig) -> bool:
     directory = StateLayout(config.state_dir).secrets
-    # In the Kubernetes CronJob the secrets are a mounted Secret volume (read-only, group-readable by design).
-    secrets = mounted_secrets(directory) if config.target == "kubernetes" else load_secrets(directory)
+    # As the target lays them out (in the Kubernetes CronJob: a mounted Secret volume, read-only, group-readable).
+    secrets = target_for(config).load_secrets(directory)
     try:
         manifest = backup_job(config, secrets, PlainProgress(log.info))
         log.info("backup %s complete (%d bytes)", manifest.id, manifest.size)

@@ -20,9 +20,8 @@ from boto3.s3.transfer import TransferConfig
 from botocore.config import Config as BotoConfig
 from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError, NoCredentialsError
 
-from infra.config import StackConfig
+from infra.config import LOCAL_ACCESS_KEY_ID, StackConfig
 from infra.errors import UserError
-from infra.render.pgbackrest import LOCAL_ACCESS_KEY_ID  # one key id for boto3 and pgBackRest
 from infra.secrets import Secrets
 
 MIB = 1024 * 1024
@@ -79,7 +78,7 @@ class BackupStore:
         s3 = config.backups.s3
         credentials: dict[str, str] = {}
         # The stack's own endpoint (local and compose targets) has generated keys; Kubernetes has none of its own.
-        if s3.endpoint_url is None and secrets is not None and config.target != "kubernetes":
+        if config.own_s3_endpoint and secrets is not None:
             credentials = {"aws_access_key_id": LOCAL_ACCESS_KEY_ID, "aws_secret_access_key": secrets.get("s3_local")}
         client = boto3.client(
             "s3",

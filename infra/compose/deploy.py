@@ -34,9 +34,9 @@ from infra.config import StackConfig
 from infra.containers.images import ensure_images, image_refs
 from infra.errors import UserError
 from infra.haproxy_runtime import parse_server_stats
-from infra.layout import StateLayout
+from infra.layout import TRUSTED_CA, StateLayout
 from infra.progress import Progress
-from infra.render.haproxy import BACKEND, TRUSTED_CA
+from infra.render.haproxy import BACKEND
 from infra.secrets import Secrets, ensure_secrets
 from infra.tls import load_balancer_tls
 

@@ -21,11 +21,11 @@ from pydantic import SecretStr
 
 from infra.config import CONFIG_FILE_ENV, IN_CONTAINER_ENV, StackConfig
 from infra.containers import images
-from infra.layout import StateLayout
+from infra.layout import TRUSTED_CA, StateLayout
 from infra.render import Addresses, RenderedFile
 from infra.render.dashboards import dashboards, grafana_provisioning
 from infra.render.effective_config import effective_config_file
-from infra.render.haproxy import OPERATOR_TLS_PEM, TLS_PEM, TRUSTED_CA, haproxy_cfg
+from infra.render.haproxy import OPERATOR_TLS_PEM, TLS_PEM, haproxy_cfg
 from infra.render.jaeger import JAEGER_OTLP_HTTP, JAEGER_UI, jaeger_yaml
 from infra.render.monitoring import monitoring_programs
 from infra.render.pgbouncer import pgbouncer_ini, pgbouncer_userlist

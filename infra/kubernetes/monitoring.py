@@ -33,7 +33,7 @@ from infra.kubernetes.objects import (
     secret_volume,
     selector,
 )
-from infra.render.alert_rules import alert_groups
+from infra.render.alert_rules import kubernetes_alert_groups
 from infra.render.dashboards import dashboards
 from infra.render.jaeger import JAEGER_OTLP_HTTP, JAEGER_UI, jaeger_yaml
 
@@ -123,7 +123,7 @@ def _operator_metadata(config: StackConfig, name: str, component: str) -> dict[s
 def prometheus_rule(config: StackConfig) -> dict[str, Any]:
     return {"apiVersion": MONITORING_API, "kind": "PrometheusRule",
             "metadata": _operator_metadata(config, Names.of(config)("alerts"), "monitoring"),
-            "spec": {"groups": alert_groups(config, "kubernetes")}}
+            "spec": {"groups": kubernetes_alert_groups(config)}}
 
 
 def _relabel_job(job: str) -> list[dict[str, Any]]:

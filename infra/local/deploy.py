@@ -94,11 +94,6 @@ def _claimed_ports(previous: dict[str, Any]) -> set[int]:
 
 def preflight(config: StackConfig, layout: StateLayout, previous: dict[str, Any]) -> None:
     """Everything that would make the deploy fail half-way is checked before anything starts."""
-    if config.target != "local":
-        raise UserError(
-            f"target {config.target!r} is not deployable by this command yet",
-            fix="set target: local (the compose and kubernetes targets render files only)",
-        )
     ours = _claimed_ports(previous) if Supervisor(layout).is_running() else set()
     problems = []
     for field_name, port in config.port_fields().items():

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shlex
 import shutil
 import signal
 import subprocess
@@ -12,7 +11,7 @@ from pathlib import Path
 
 import psycopg
 
-from infra.api_client import trusted_ca_file
+from infra.api_client import load_balancer_environment
 from infra.config import StackConfig
 from infra.database.admin import admin_connect
 from infra.errors import UserError
@@ -136,39 +135,8 @@ def destroy(config: StackConfig) -> Path:
 
 
 def client_environment(config: StackConfig) -> dict[str, str]:
-    layout = StateLayout(config.state_dir)
-    secrets = load_secrets(layout.secrets)
-    if config.target == "kubernetes":
-        # Through the Ingress, whose certificate is a public CA's (cert-manager) or the operator's own.
-        from infra.kubernetes.prefect import public_api_url
-
-        return {"PREFECT_API_URL": public_api_url(config), "PREFECT_API_AUTH_STRING": secrets.get("prefect_auth")}
-    env = {"PREFECT_API_URL": config.api_url, "PREFECT_API_AUTH_STRING": secrets.get("prefect_auth")}
-    ca_file = trusted_ca_file(config)
-    if ca_file is not None:
-        if not ca_file.is_file():
-            raise UserError(f"TLS is on but {ca_file} (the certificate clients trust) is missing",
-                            fix="run invoke deploy, which renders it")
-        env["PREFECT_API_SSL_CERT_FILE"] = str(ca_file)
-    return env
-
-
-def backup_environment(config: StackConfig) -> dict[str, str]:
-    """What boto3 (>= 1.28) and the aws CLI need for the backup bucket; real S3 keeps its own credential chain."""
-    from infra.backup.storage import BackupStore
-    from infra.render.pgbackrest import LOCAL_ACCESS_KEY_ID
-
-    s3 = config.backups.s3
-    env = {"AWS_DEFAULT_REGION": s3.region, "AWS_ENDPOINT_URL_S3": config.s3_endpoint_url,
-           "PREFECT_STACK_BACKUP_LOCATION": BackupStore(config, None).location}
-    if s3.endpoint_url is None and config.target != "kubernetes":  # the stack's own endpoint, with its own keys
-        env["AWS_ACCESS_KEY_ID"] = LOCAL_ACCESS_KEY_ID
-        env["AWS_SECRET_ACCESS_KEY"] = load_secrets(StateLayout(config.state_dir).secrets).get("s3_local")
-    return env
-
-
-def shell_exports(env: dict[str, str]) -> str:
-    return "\n".join(f"export {key}={shlex.quote(value)}" for key, value in env.items())
+    """Shell exports for Prefect clients of this host's stack (through the load balancer)."""
+    return load_balancer_environment(config)
 
 
 def is_root() -> bool:

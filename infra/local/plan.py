@@ -11,12 +11,12 @@ from pathlib import Path
 from infra.config import REPO_ROOT, StackConfig
 from infra.errors import UserError
 from infra.executables import binary, venv_bin, venv_python
-from infra.layout import StateLayout
+from infra.layout import TRUSTED_CA, StateLayout
 from infra.local.tls import ensure_loopback_certificate
 from infra.render import Addresses, RenderedFile
 from infra.render.dashboards import dashboards, grafana_provisioning
 from infra.render.effective_config import effective_config_file
-from infra.render.haproxy import OPERATOR_TLS_PEM, TLS_PEM, TRUSTED_CA, haproxy_cfg
+from infra.render.haproxy import OPERATOR_TLS_PEM, TLS_PEM, haproxy_cfg
 from infra.render.monitoring import monitoring_programs
 from infra.render.pgbackrest import pgbackrest_conf
 from infra.render.pgbouncer import pgbouncer_ini, pgbouncer_userlist

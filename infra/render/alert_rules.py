@@ -3,7 +3,7 @@
 Every rule carries ``severity`` (page: wake someone; critical: act today; warning: look soon), an ``area``
 label that Alertmanager inhibits by, a ``summary``, a ``description`` that says what to do, and a ``runbook``
 anchor in the README. The rules read only metric names and job labels, never addresses: the same file serves
-the local and compose targets. Kubernetes (``alert_groups(config, "kubernetes")``, rendered as a PrometheusRule
+the local and compose targets. Kubernetes (``kubernetes_alert_groups(config)``, rendered as a PrometheusRule
 by infra/kubernetes/monitoring.py) keeps every rule whose source runs there and replaces the ones that read
 HAProxy, node_exporter textfiles or postgres_exporter with the same alerts over kube-state-metrics and
 CloudNativePG's metrics; each replacement says why.
@@ -11,7 +11,7 @@ CloudNativePG's metrics; each replacement says why.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 import yaml
 
@@ -155,7 +155,6 @@ def host_rules() -> list[dict[str, Any]]:
     ]
 
 
-Target = Literal["local", "compose", "kubernetes"]
 
 
 def kubernetes_api_rules(config: StackConfig) -> list[dict[str, Any]]:
@@ -243,45 +242,53 @@ def kubernetes_backup_rules(config: StackConfig) -> list[dict[str, Any]]:
     ]
 
 
-def alert_groups(config: StackConfig, target: Target = "local") -> list[dict[str, Any]]:
-    """The rule groups for ``target``. Kubernetes differs only where the other targets read components it does
-    not run (see each adaptation below); every other rule is the same object."""
-    if target != "kubernetes":
-        groups: list[dict[str, Any]] = [
-            {"name": "prefect-api", "rules": api_rules(config)},
-            {"name": "database", "rules": database_rules()},
-            {"name": "redis", "rules": redis_rules()},
-            {"name": "prefect-flows", "rules": prefect_rules()},
-            {"name": "host", "rules": host_rules()},
-        ]
-        groups += yaml.safe_load(backup_alert_rules(config.backups.max_age_hours))["groups"]
-    else:
-        namespace = config.kubernetes.namespace
-        groups = [
-            # No HAProxy: replica availability from kube-state-metrics; the HAProxy-only signals (5xx rate,
-            # response time, queue, LoadBalancerDown) have no equivalent of ours (the ingress controller's
-            # metrics belong to whoever runs it).
-            {"name": "prefect-api", "rules": kubernetes_api_rules(config)},
-            # PostgreSQL and PgBouncer: CloudNativePG's own metrics; an external PostgreSQL is watched by whoever
-            # runs it (no exporter of ours reaches its internals), so there is no database group then.
-            *([{"name": "database", "rules": kubernetes_database_rules(config)}]
-              if config.kubernetes.postgres.mode == "cnpg" else []),
-            # Redis: the Redis exporter beside Redis serves the same redis_* names; the stream rules read this
-            # project's exporter, which runs there too.
-            {"name": "redis", "rules": redis_rules()},
-            {"name": "prefect-flows", "rules": prefect_rules()},
-            # No host group: there is no node_exporter of ours (kube-prometheus-stack runs its own, with its node
-            # and PersistentVolume alerts). A scrape target down, restricted to the stack's namespace: up{} holds
-            # the whole cluster's targets there. The API is covered by its replica rules.
-            {"name": "monitoring", "rules": [
-                _rule("MonitoringTargetDown", f'up{{namespace="{namespace}",job!="prefect-api"}} == 0', "5m",
-                      "warning", "monitoring",
-                      "Prometheus cannot scrape {{ $labels.pod }} ({{ $labels.job }})",
-                      "Its metrics and the alerts built on them are blind meanwhile. kubectl describe the pod; "
-                      "read its logs."),
-            ]},
-            {"name": "prefect-backups", "rules": kubernetes_backup_rules(config)},
-        ]
+def alert_groups(config: StackConfig) -> list[dict[str, Any]]:
+    """The rule groups of a stack on one host (the local and compose targets: HAProxy, the host's exporters)."""
+    groups: list[dict[str, Any]] = [
+        {"name": "prefect-api", "rules": api_rules(config)},
+        {"name": "database", "rules": database_rules()},
+        {"name": "redis", "rules": redis_rules()},
+        {"name": "prefect-flows", "rules": prefect_rules()},
+        {"name": "host", "rules": host_rules()},
+    ]
+    groups += yaml.safe_load(backup_alert_rules(config.backups.max_age_hours))["groups"]
+    return _annotated(groups)
+
+
+def kubernetes_alert_groups(config: StackConfig) -> list[dict[str, Any]]:
+    """The rule groups on Kubernetes. They differ from ``alert_groups`` only where the other targets read
+    components it does not run (see each adaptation below); every other rule is the same object."""
+    namespace = config.kubernetes.namespace
+    groups: list[dict[str, Any]] = [
+        # No HAProxy: replica availability from kube-state-metrics; the HAProxy-only signals (5xx rate,
+        # response time, queue, LoadBalancerDown) have no equivalent of ours (the ingress controller's
+        # metrics belong to whoever runs it).
+        {"name": "prefect-api", "rules": kubernetes_api_rules(config)},
+        # PostgreSQL and PgBouncer: CloudNativePG's own metrics; an external PostgreSQL is watched by whoever
+        # runs it (no exporter of ours reaches its internals), so there is no database group then.
+        *([{"name": "database", "rules": kubernetes_database_rules(config)}]
+          if config.kubernetes.postgres.mode == "cnpg" else []),
+        # Redis: the Redis exporter beside Redis serves the same redis_* names; the stream rules read this
+        # project's exporter, which runs there too.
+        {"name": "redis", "rules": redis_rules()},
+        {"name": "prefect-flows", "rules": prefect_rules()},
+        # No host group: there is no node_exporter of ours (kube-prometheus-stack runs its own, with its node
+        # and PersistentVolume alerts). A scrape target down, restricted to the stack's namespace: up{} holds
+        # the whole cluster's targets there. The API is covered by its replica rules.
+        {"name": "monitoring", "rules": [
+            _rule("MonitoringTargetDown", f'up{{namespace="{namespace}",job!="prefect-api"}} == 0', "5m",
+                  "warning", "monitoring",
+                  "Prometheus cannot scrape {{ $labels.pod }} ({{ $labels.job }})",
+                  "Its metrics and the alerts built on them are blind meanwhile. kubectl describe the pod; "
+                  "read its logs."),
+        ]},
+        {"name": "prefect-backups", "rules": kubernetes_backup_rules(config)},
+    ]
+    return _annotated(groups)
+
+
+def _annotated(groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every rule's area, runbook link and description, where the rule does not set its own."""
     for group in groups:
         for rule in group["rules"]:
             rule["labels"].setdefault("area", "backups")
@@ -290,6 +297,6 @@ def alert_groups(config: StackConfig, target: Target = "local") -> list[dict[str
     return groups
 
 
-def alert_rules_yml(config: StackConfig, target: Target = "local") -> str:
+def alert_rules_yml(config: StackConfig) -> str:
     header = "# Rendered by prefect-stack from the configuration model; edit the model, not this file.\n"
-    return header + yaml.safe_dump({"groups": alert_groups(config, target)}, sort_keys=False, width=1000)
+    return header + yaml.safe_dump({"groups": alert_groups(config)}, sort_keys=False, width=1000)

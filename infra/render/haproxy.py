@@ -29,7 +29,6 @@ BACKEND = "prefect_api"
 # CA, which the stack's own processes and invoke env's clients trust (not a secret).
 TLS_PEM = "lb-tls.pem"
 OPERATOR_TLS_PEM = "lb-tls-operator.pem"  # load_balancer.tls.cert_file and key_file, served by SNI for their names
-TRUSTED_CA = "lb-ca.crt"
 _CIPHERS = ":".join([
     "ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-RSA-AES128-GCM-SHA256", "ECDHE-ECDSA-AES256-GCM-SHA384",
     "ECDHE-RSA-AES256-GCM-SHA384", "ECDHE-ECDSA-CHACHA20-POLY1305", "ECDHE-RSA-CHACHA20-POLY1305",

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 from urllib.parse import urlparse
 
-from infra.config import StackConfig
+from infra.config import LOCAL_ACCESS_KEY_ID, StackConfig
 from infra.layout import StateLayout
 from infra.render import RenderedFile
 from infra.secrets import Secrets
 
 STANZA = "prefect"
-LOCAL_ACCESS_KEY_ID = "prefect-stack-local"  # the local endpoint's key id (infra.backup.storage uses the same)
 
 
 def pgbackrest_conf_path(layout: StateLayout) -> str:

@@ -11,9 +11,8 @@ The settings that make several processes one highly available server:
 from __future__ import annotations
 
 from infra.config import StackConfig
-from infra.layout import StateLayout
+from infra.layout import TRUSTED_CA, StateLayout
 from infra.render import Addresses
-from infra.render.haproxy import TRUSTED_CA
 from infra.render.pgbouncer import SESSION_POOL_SUFFIX
 from infra.render.redis import DOCKET_DB, MESSAGING_DB
 from infra.secrets import Secrets

@@ -13,8 +13,8 @@ from typing import Any
 import yaml
 
 from infra.config import StackConfig
+from infra.layout import TRUSTED_CA
 from infra.render import Addresses, RenderedFile
-from infra.render.haproxy import TRUSTED_CA
 
 RULES_FILE = "prometheus-rules.yml"
 # Prefect's /api/metrics sits behind the API's basic auth; the password is read from this file by Prometheus.

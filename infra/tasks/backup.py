@@ -1,7 +1,7 @@
 """Backup tasks: take, list, verify and prune backups of the Prefect database.
 
-On the compose target the host hands each task to the project's backup container, where the same task runs
-next to the database (``infra.compose.backups``); a restore's downtime is driven from the host.
+Where the work runs is the target's: on this host, in the compose target's backup container (the host hands the
+task over, ``Target.run_elsewhere``), in the Kubernetes CronJob; a restore's downtime is driven from the host.
 """
 
 from __future__ import annotations
@@ -15,38 +15,25 @@ from invoke.tasks import task
 from rich.table import Table
 
 from infra import console
-from infra.backup.catalog import find_backup, list_backups
+from infra.backup.catalog import list_backups
 from infra.backup.jobs import backup_job, verify_job
+from infra.backup.restore import RestoreReport
 from infra.backup.retention import run_prune
 from infra.backup.storage import BackupStore
-from infra.config import StackConfig, in_project_container
 from infra.errors import UserError
 from infra.layout import StateLayout
-from infra.local.pgbackrest import PhysicalBackup, info, physical_backup, physical_restore
-from infra.local.restore import RestoreReport, restore_backup
 from infra.progress import human_bytes
 from infra.secrets import load_secrets
+from infra.targets import RestoreRequest, Target
 from infra.tasks import reports_user_errors
-from infra.tasks.stack import TARGET_HELP, _config
+from infra.tasks.stack import TARGET_HELP, _target
 
 
-def _physical_on_compose() -> UserError:
-    return UserError("physical (pgBackRest) backups and restores are not supported on the compose target",
-                     fix="use logical backups there (--method logical, the default), or the local target for "
-                         "pgBackRest and point-in-time recovery")
-
-
-def _on_compose_host(config: StackConfig) -> bool:
-    """The compose target, seen from the host: the work belongs in the backup container."""
-    return config.target == "compose" and not in_project_container()
-
-
-def _in_backup_container(config: StackConfig, argv: list[str]) -> None:
-    """On the compose target's host: run ``invoke ARGV`` in the backup container and exit with its status."""
-    if _on_compose_host(config):
-        from infra.compose.backups import run_task
-
-        raise Exit(code=run_task(config, argv))
+def _here(chosen: Target, argv: list[str]) -> None:
+    """Run ``invoke ARGV`` where the target runs backup work and exit with its status, unless that is here."""
+    code = chosen.run_elsewhere(argv)
+    if code is not None:
+        raise Exit(code=code)
 
 
 @task(default=True, help={
@@ -59,19 +46,18 @@ def _in_backup_container(config: StackConfig, argv: list[str]) -> None:
 def backup(c: Context, method: str = "logical", type: str = "incr", json_: bool = False,
            target: str | None = None) -> None:
     """Back up the Prefect database to S3 now; prints the backup id."""
-    config = _config(target)
-    if config.target == "compose" and method == "physical":
-        raise _physical_on_compose()
-    _in_backup_container(config, ["backup", "--method", method, "--type", type, *(["--json"] if json_ else [])])
+    chosen = _target(target, "backup")
+    config = chosen.config
+    if method == "physical":
+        chosen.check_physical()
+    _here(chosen, ["backup", "--method", method, "--type", type, *(["--json"] if json_ else [])])
     layout = StateLayout(config.state_dir)
     secrets = load_secrets(layout.secrets)
     if method == "physical":
-        taken = physical_backup(config, type, console.progress())
-        document = {"id": taken.label, "method": "physical", "type": taken.type, "size": taken.size,
-                    "database_size": taken.database_size, "duration_s": taken.stopped - taken.started}
-        print(json.dumps(document) if json_ else taken.label)
+        taken = chosen.physical_backup(type, console.progress())
+        print(json.dumps(taken) if json_ else taken["id"])
         if not json_:
-            console.step(f"physical {taken.type} backup {taken.label}: {human_bytes(taken.size)} stored")
+            console.step(f"physical {taken['type']} backup {taken['id']}: {human_bytes(taken['size'])} stored")
         return
     if method != "logical":
         raise UserError(f"unknown backup method {method!r}", fix="use --method logical or --method physical")
@@ -96,23 +82,16 @@ def backup(c: Context, method: str = "logical", type: str = "incr", json_: bool 
 @reports_user_errors
 def list_(c: Context, json_: bool = False, target: str | None = None) -> None:
     """List complete backups (those with a manifest), oldest first, with their verification state."""
-    config = _config(target, kubernetes=True)
-    _in_backup_container(config, ["backup.list", *(["--json"] if json_ else [])])
+    chosen = _target(target, "backup.list")
+    config = chosen.config
+    _here(chosen, ["backup.list", *(["--json"] if json_ else [])])
     store = BackupStore.from_config(config, load_secrets(StateLayout(config.state_dir).secrets))
     entries = list_backups(store)
     rows = [e.as_dict(store.location) for e in entries]
-    if config.target == "kubernetes" and config.backups.physical.enabled:
-        # CloudNativePG's base backups are Backup objects of the cluster: kubectl lists them, not pgBackRest.
-        console.note(f"physical backups: kubectl -n {config.kubernetes.namespace} get backups.postgresql.cnpg.io")
-    elif config.backups.physical.enabled:
-        for raw in info(config):
-            taken = PhysicalBackup.from_info(raw)
-            rows.append({
-                "id": taken.label, "method": "physical", "type": taken.type,
-                "time": datetime.fromtimestamp(taken.stopped, UTC).isoformat(), "size": taken.size,
-                "duration_s": taken.stopped - taken.started, "verified": "checksummed by pgBackRest",
-                "location": f"{store.location}/physical",
-            })
+    physical, elsewhere = chosen.physical_backups(store)
+    rows += physical
+    if elsewhere:
+        console.note(elsewhere)
     if json_:
         print(json.dumps(rows, indent=2))
         return
@@ -130,8 +109,9 @@ def list_(c: Context, json_: bool = False, target: str | None = None) -> None:
 @reports_user_errors
 def verify(c: Context, id: str | None = None, latest: bool = False, target: str | None = None) -> None:
     """Prove a backup restores: checksums, pg_restore, pg_amcheck, row counts, a Prefect API on the copy."""
-    config = _config(target)
-    _in_backup_container(config, ["backup.verify", *(["--id", id] if id else []), *(["--latest"] if latest else [])])
+    chosen = _target(target, "backup.verify")
+    config = chosen.config
+    _here(chosen, ["backup.verify", *(["--id", id] if id else []), *(["--latest"] if latest else [])])
     layout = StateLayout(config.state_dir)
     secrets = load_secrets(layout.secrets)
     console.step(f"verifying backup {id or 'latest'}")
@@ -157,81 +137,18 @@ def restore(c: Context, id: str | None = None, latest: bool = False, yes: bool =
             keep_previous: bool = False, to_time: str | None = None, method: str = "logical",
             json_: bool = False, target: str | None = None) -> None:
     """Restore the Prefect database from a backup, with a safety backup first and row counts checked after."""
-    config = _config(target, kubernetes=True)
-    if config.target == "kubernetes":
-        _restore_kubernetes(config, yes, to_time, id, json_)
+    chosen = _target(target, "restore")
+    request = RestoreRequest(backup_id=id, latest=latest, yes=yes, keep_previous=keep_previous, to_time=to_time,
+                             method=method)
+    outcome = chosen.restore(request, console.progress(), console.step)
+    if outcome.report is not None:
+        _report_restore(outcome.report, outcome.expected_rows, json_)
         return
-    if config.target == "compose":
-        if to_time is not None or method == "physical":
-            raise _physical_on_compose()
-        if in_project_container():
-            raise UserError("a restore stops and starts containers: it runs from the host, not in a container",
-                            fix="run on the host: invoke restore --target compose")
-        from infra.compose import backups as compose_backups
-
-        described = compose_backups.describe_backup(config, id, latest)
-        if not yes:
-            raise Exit(f"error: this replaces the live Prefect database with backup {described['id']} "
-                       f"({described['finished_at'][:19].replace('T', ' ')} UTC)\n"
-                       f"  fix: run again with --yes (a safety backup of the current database is taken first)",
-                       code=1)
-        console.step(f"restoring backup {described['id']} from {described['location']}")
-        done = compose_backups.restore(config, described, console.progress(), keep_previous)
-        _report_restore(done.report, done.expected_rows, json_)
-        return
-    layout = StateLayout(config.state_dir)
-    secrets = load_secrets(layout.secrets)
-    if to_time is not None or method == "physical":
-        if not yes:
-            raise Exit(f"error: this replaces the live PostgreSQL cluster with the physical backup "
-                       f"({to_time or id or 'latest'})\n  fix: run again with --yes "
-                       "(a safety backup of the current database is taken first)", code=1)
-        console.step(f"physical restore to {to_time or id or 'the latest WAL'}")
-        physical = physical_restore(config, secrets, console.progress(), to_time=to_time, label=id)
-        summary = {"target": physical.target, "safety_backup_id": physical.safety_backup_id,
-                   "downtime_s": round(physical.downtime_s, 2), "recovery_time_s": round(physical.total_s, 2),
-                   "rows": sum(physical.row_counts.values())}
-        print(json.dumps(summary) if json_ else "")
-        console.step(f"restored to {physical.target} in {physical.total_s:.1f}s (API down {physical.downtime_s:.1f}s)")
-        return
-    store = BackupStore.from_config(config, secrets)
-    entry = find_backup(store, id, latest)
-    if not yes:
-        raise Exit(f"error: this replaces the live Prefect database with backup {entry.manifest.id} "
-                   f"({entry.manifest.finished_at:%Y-%m-%d %H:%M:%S} UTC)\n"
-                   f"  fix: run again with --yes (a safety backup of the current database is taken first)", code=1)
-    console.step(f"restoring backup {entry.manifest.id} from {store.location}")
-    report = restore_backup(config, secrets, store, entry, console.progress(), keep_previous)
-    _report_restore(report, entry.manifest.row_counts, json_)
-
-
-def _restore_kubernetes(config: StackConfig, yes: bool, to_time: str | None, backup_id: str | None,
-                        json_: bool) -> None:
-    """Point-in-time recovery of the CloudNativePG Cluster, driven by kubernetes.postgres.recovery."""
-    from infra.kubernetes.recovery import recover
-    from infra.kubernetes.render import kubernetes_images, render
-    from infra.kubernetes.secrets import secret_objects
-    from infra.secrets import ensure_secrets
-
-    recovery = config.kubernetes.postgres.recovery
-    if to_time is not None or backup_id is not None:
-        raise UserError("on Kubernetes the recovery target is configuration, not an option: every later deploy "
-                        "must render the Cluster the same way",
-                        fix="set kubernetes.postgres.recovery.target_time (and enabled, server_name), then run "
-                            "invoke restore --target kubernetes --yes")
-    if not yes:
-        raise Exit(f"error: this deletes the live database Cluster and re-creates it from its archive up to "
-                   f"{recovery.target_time or 'the last archived WAL'}; Prefect is stopped meanwhile\n"
-                   "  fix: run again with --yes (the archive itself is kept, so this can be repeated)", code=1)
-    secrets = ensure_secrets(config.state_dir / "secrets")
-    rendering = render(config, kubernetes_images(config))
-    done = recover(config, rendering, secret_objects(config, secrets), console.progress())
-    summary = {"base_backup": done.base_backup, "target_time": done.target_time,
-               "downtime_s": round(done.downtime_s, 2), "pruned": done.deploy.pruned}
-    if json_:
-        print(json.dumps(summary))
-    console.step(f"recovered to {done.target_time or 'the last archived WAL'} from base backup {done.base_backup}; "
-                 f"Prefect was stopped for {done.downtime_s:.0f}s")
+    if outcome.print_summary_always:
+        print(json.dumps(outcome.summary) if json_ else "")
+    elif json_:
+        print(json.dumps(outcome.summary))
+    console.step(outcome.message)
 
 
 def _report_restore(report: RestoreReport, expected: dict[str, int], json_: bool) -> None:
@@ -268,8 +185,9 @@ def _report_restore(report: RestoreReport, expected: dict[str, int], json_: bool
 @reports_user_errors
 def prune(c: Context, apply: bool = False, json_: bool = False, target: str | None = None) -> None:
     """Apply the retention rules (backups.retention): keep N daily, weekly, monthly; a dry run unless --apply."""
-    config = _config(target)
-    _in_backup_container(config, ["backup.prune", *(["--apply"] if apply else []), *(["--json"] if json_ else [])])
+    chosen = _target(target, "backup.prune")
+    config = chosen.config
+    _here(chosen, ["backup.prune", *(["--apply"] if apply else []), *(["--json"] if json_ else [])])
     layout = StateLayout(config.state_dir)
     store = BackupStore.from_config(config, load_secrets(layout.secrets))
     rules = config.backups.retention

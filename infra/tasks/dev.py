@@ -16,7 +16,8 @@ from infra.busy_machine import cpu_load
 
 # The tools of the interpreter running invoke (.venv), whether or not .venv/bin is on PATH.
 BIN = Path(sys.executable).parent
-LINT = [f"{BIN / 'ruff'} check infra tests tasks.py", f"{BIN / 'mypy'}"]
+# lint-imports: the package layering (the import contracts in pyproject.toml).
+LINT = [f"{BIN / 'ruff'} check infra tests tasks.py", f"{BIN / 'mypy'}", f"{BIN / 'lint-imports'}"]
 
 # pytest's "no tests were collected": a run that tested nothing is a failure here.
 PYTEST_NO_TESTS = 5
@@ -67,6 +68,6 @@ def test(c: Context, unit: bool = False, k: str = "", stress: bool = False, runs
 
 @task
 def lint(c: Context) -> None:
-    """Run ruff and mypy."""
+    """Run ruff, mypy and the import contracts."""
     for command in LINT:
         c.run(command)

@@ -20,7 +20,7 @@ from infra.exporter.server import Sources, StackCollector, parse_arguments
 from infra.kubernetes import monitoring
 from infra.kubernetes.objects import Manifest
 from infra.kubernetes.render import PlaceholderImages, render
-from infra.render.alert_rules import alert_groups
+from infra.render.alert_rules import kubernetes_alert_groups
 from infra.secrets import SECRET_NAMES
 from tests import kubernetes_checks as checks
 
@@ -115,7 +115,7 @@ class TestAlertRules:
         return [r for group in rule["spec"]["groups"] for r in group["rules"]]
 
     def test_holds_every_kubernetes_alert_of_the_renderer(self) -> None:
-        expected = [r["alert"] for g in alert_groups(config_of("default"), "kubernetes") for r in g["rules"]]
+        expected = [r["alert"] for g in kubernetes_alert_groups(config_of("default")) for r in g["rules"]]
         assert [r["alert"] for r in self.rules()] == expected
 
     @pytest.mark.parametrize("alert", ["PrefectEventsNotConsumed", "PrefectLateFlowRuns", "RedisDown",

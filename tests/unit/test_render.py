@@ -22,10 +22,10 @@ import pytest
 import yaml
 
 from infra.config import StackConfig, load_config
-from infra.layout import StateLayout
+from infra.layout import TRUSTED_CA, StateLayout
 from infra.local.plan import LocalPlan, build_plan, os_user_name, service_user
 from infra.render import Addresses, RenderedFile
-from infra.render.haproxy import OPERATOR_TLS_PEM, TLS_PEM, TRUSTED_CA, haproxy_cfg
+from infra.render.haproxy import OPERATOR_TLS_PEM, TLS_PEM, haproxy_cfg
 from infra.render.pgbouncer import pgbouncer_ini, pgbouncer_userlist
 from infra.render.postgres import pg_hba_conf, pg_ident_conf, postgresql_conf
 from infra.render.prefect import api_environment, migration_environment, services_environment
