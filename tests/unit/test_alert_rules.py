@@ -6,13 +6,13 @@ from __future__ import annotations
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 import yaml
 
 from infra.config import StackConfig
-from infra.render.alert_rules import alert_rules_yml
+from infra.render.alert_rules import alert_groups, alert_rules_yml
 
 pytestmark = pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed (bootstrap)")
 
@@ -148,10 +148,22 @@ def test_carries_what_an_operator_needs(rules: dict[str, dict[str, Any]], alert:
     assert rule["labels"]["severity"] in ("page", "critical", "warning")
     assert rule["labels"]["area"]
     assert rule["annotations"]["summary"] and rule["annotations"]["description"]
-    assert rule["annotations"]["runbook"] == f"README.md#runbook-{alert.lower()}"
+    assert rule["annotations"]["runbook"] == f"docs/runbooks.md#{alert.lower()}"
 
 
-def test_every_rule_has_a_runbook_entry_in_the_readme(rules: dict[str, dict[str, Any]]) -> None:
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    missing = [name for name in rules if f"#### Runbook: {name}\n" not in readme]
-    assert missing == []
+def _runbook_anchors() -> set[str]:
+    """GitHub's anchors of the runbook page's sections: ``## PrefectApiAllReplicasDown`` is
+    ``#prefectapiallreplicasdown``."""
+    page = (Path(__file__).resolve().parents[2] / "docs" / "runbooks.md").read_text()
+    return {line.removeprefix("## ").strip().lower() for line in page.splitlines() if line.startswith("## ")}
+
+
+@pytest.mark.parametrize("target", ["local", "kubernetes"])
+def test_every_runbook_link_has_its_section(target: Literal["local", "kubernetes"]) -> None:
+    config = StackConfig(target=target)
+    links = {rule["alert"]: rule["annotations"]["runbook"]
+             for group in alert_groups(config, target) for rule in group["rules"]}
+    anchors = _runbook_anchors()
+    broken = {name: link for name, link in links.items()
+              if not link.startswith("docs/runbooks.md#") or link.partition("#")[2] not in anchors}
+    assert broken == {}
