@@ -44,7 +44,7 @@ def _config(target: str | None, kubernetes: bool = False) -> StackConfig:
     config = load_config(**({"target": target} if target else {}))
     if config.target == "kubernetes" and not kubernetes:
         raise UserError("this task has no kubernetes form: on Kubernetes, kubectl and the operators do it",
-                        fix="use kubectl (the README's 'Operating it on Kubernetes' maps each task), or "
+                        fix="use kubectl (docs/kubernetes.md, 'Operating it', maps each task), or "
                             "invoke deploy|status|logs|restart|destroy --target kubernetes")
     return config
 
