@@ -7,7 +7,7 @@ from infra.tasks import backup, bench, dev, images, secrets, stack
 ns = Collection(
     stack.deploy, stack.status, stack.alerts, stack.logs, stack.restart, stack.stop, stack.destroy, stack.env,
     stack.render,
-    dev.test, dev.lint,
+    dev.test, dev.lint, dev.docs,
 )
 ns.add_collection(Collection.from_module(secrets), name="secrets")
 ns.add_collection(Collection.from_module(bench), name="bench")
