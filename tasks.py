@@ -9,7 +9,7 @@ ns = Collection(
     stack.render,
     # An operator's words, not backup sub-steps: restore and the disaster drill stand at the top level.
     backup.restore, stack.drill,
-    dev.test, dev.lint,
+    dev.test, dev.lint, dev.docs,
 )
 ns.add_collection(Collection.from_module(secrets), name="secrets")
 ns.add_collection(Collection.from_module(bench), name="bench")

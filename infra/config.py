@@ -46,42 +46,64 @@ class _Section(BaseModel):
 
 class PostgresConfig(_Section):
     port: int = Field(15432, ge=1, le=65535, description="TCP port of the stack's own PostgreSQL cluster.")
-    database: str = Field("prefect", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
-    user: str = Field("prefect", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
-    max_connections: int = Field(200, ge=20, le=10000)
-    shared_buffers: str = Field("256MB", pattern=r"^\d+(kB|MB|GB)$")
+    database: str = Field("prefect", pattern=r"^[a-z_][a-z0-9_]{0,62}$",
+                          description="Name of Prefect's database (a PostgreSQL identifier: lower case, digits, _).")
+    user: str = Field("prefect", pattern=r"^[a-z_][a-z0-9_]{0,62}$",
+                      description="PostgreSQL role Prefect connects as; its password is generated "
+                                  "(<state>/secrets/postgres_prefect).")
+    max_connections: int = Field(200, ge=20, le=10000,
+                                 description="PostgreSQL's max_connections; must cover PgBouncer's two pools "
+                                             "(2 x pgbouncer.default_pool_size) plus the exporters and operators.")
+    shared_buffers: str = Field("256MB", pattern=r"^\d+(kB|MB|GB)$",
+                                description="PostgreSQL's shared_buffers, e.g. 256MB or 2GB (kB, MB or GB).")
     bin_dir: Path = Field(Path("/usr/lib/postgresql/15/bin"), description="Where initdb and postgres live.")
 
 
 class PgBouncerConfig(_Section):
-    port: int = Field(16432, ge=1, le=65535)
-    # Server connections per pool; the API replicas share the transaction pool.
-    default_pool_size: int = Field(40, ge=1, le=1000)
-    max_client_conn: int = Field(1000, ge=10, le=100000)
+    port: int = Field(16432, ge=1, le=65535, description="TCP port of PgBouncer, where Prefect connects.")
+    # The API replicas share the transaction pool.
+    default_pool_size: int = Field(40, ge=1, le=1000,
+                                   description="PostgreSQL server connections per pool (transaction and session "
+                                               "pools); both together must fit postgres.max_connections.")
+    max_client_conn: int = Field(1000, ge=10, le=100000,
+                                 description="Client connections PgBouncer accepts in all (every replica's "
+                                             "SQLAlchemy pool and the services).")
 
 
 class RedisConfig(_Section):
-    port: int = Field(16379, ge=1, le=65535)
-    maxmemory: str = Field("1gb", pattern=r"^\d+(kb|mb|gb)$")
+    port: int = Field(16379, ge=1, le=65535, description="TCP port of Redis (password required).")
+    maxmemory: str = Field("1gb", pattern=r"^\d+(kb|mb|gb)$",
+                           description="Redis's memory limit (kb, mb or gb). With noeviction, writes fail at the "
+                                       "limit; the RedisMemoryNearLimit alert fires at 85%.")
 
 
 class ApiConfig(_Section):
     replicas: int = Field(2, ge=1, le=32, description="API replicas behind the load balancer.")
-    # Replica i (1-based) listens on base_port + i - 1.
-    base_port: int = Field(14200, ge=1, le=65535)
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
-    # SQLAlchemy pool per replica; PgBouncer multiplexes these onto default_pool_size server connections.
-    db_pool_size: int = Field(10, ge=1, le=200)
-    db_max_overflow: int = Field(10, ge=0, le=200)
+    base_port: int = Field(14200, ge=1, le=65535,
+                           description="Port of the first API replica: replica i (1-based) listens on "
+                                       "base_port + i - 1 (local target; the ports must not collide).")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "WARNING", description="Log level of the API replicas and the background services; a change rolls the "
+                               "replicas one by one.")
+    # PgBouncer multiplexes these onto default_pool_size server connections.
+    db_pool_size: int = Field(10, ge=1, le=200, description="SQLAlchemy connection pool size of each API replica.")
+    db_max_overflow: int = Field(10, ge=0, le=200,
+                                 description="Connections each API replica may open beyond db_pool_size under load.")
     # Must exceed HAProxy's idle keep-alive towards the replicas (10 s), or HAProxy may reuse a closing connection.
-    keepalive_timeout: int = Field(65, ge=11, le=3600)
+    keepalive_timeout: int = Field(65, ge=11, le=3600,
+                                   description="Seconds an API replica keeps an idle HTTP connection open (more "
+                                               "than HAProxy's 10 s keep-alive).")
 
 
 class ServicesConfig(_Section):
     # One process runs every background service (scheduler, triggers, event persister...). More copies
     # are safe because Docket coordinates them through Redis.
-    replicas: int = Field(1, ge=1, le=8)
-    events_retention: str = Field("P7D", pattern=r"^P(\d+D|T\d+H)$", description="ISO 8601 duration.")
+    replicas: int = Field(1, ge=1, le=8,
+                          description="Processes running Prefect's background services (scheduler, triggers, "
+                                      "event persister, ...); more than one is safe (Docket coordinates them).")
+    events_retention: str = Field("P7D", pattern=r"^P(\d+D|T\d+H)$",
+                                  description="How long Prefect keeps events, as an ISO 8601 duration in days "
+                                              "(P7D) or hours (PT12H); bounds Prefect's largest tables.")
 
 
 def is_loopback(host: str) -> bool:
@@ -97,16 +119,23 @@ def is_loopback(host: str) -> bool:
 class TlsConfig(_Section):
     # auto: on for the compose and kubernetes targets (client traffic crosses a network) and for a local
     # bind_address that is not loopback; off for a local loopback bind (traffic never leaves the host).
-    mode: Literal["auto", "on", "off"] = "auto"
-    # The operator's PEM certificate (chain, leaf first) and private key; both or neither. Neither: the stack
-    # generates a CA per deployment (<state>/secrets/lb_ca.*) and a server certificate signed by it.
-    cert_file: Path | None = None
-    key_file: Path | None = None
-    # More DNS names or IP addresses for the generated certificate (localhost, loopback, the bind address and
-    # the host of public_url are always in it).
-    extra_names: list[str] = Field(default_factory=list)
-    # The explicit opt-out: serve plain HTTP on a non-loopback address (e.g. behind a TLS-terminating proxy).
-    allow_plaintext_on_network: bool = False
+    mode: Literal["auto", "on", "off"] = Field(
+        "auto", description="TLS at the load balancer. auto: on for the compose and kubernetes targets and for a "
+                            "non-loopback local bind_address, off for a local loopback bind; on and off force it "
+                            "(off is refused on the network unless allow_plaintext_on_network).")
+    # Neither: the stack generates a CA per deployment (<state>/secrets/lb_ca.*) and a server certificate signed by
+    # it, which the stack's own clients trust.
+    cert_file: Path | None = Field(None, description="The operator's PEM certificate (chain, leaf first); set "
+                                                     "with key_file or not at all. null: a generated certificate.")
+    key_file: Path | None = Field(None, description="The private key of cert_file (unencrypted PEM, mode 0600); "
+                                                    "set with cert_file or not at all.")
+    extra_names: list[str] = Field(default_factory=list,
+                                   description="More DNS names or IP addresses for the generated certificate "
+                                               "(localhost, loopback, bind_address and the host of public_url are "
+                                               "always in it).")
+    allow_plaintext_on_network: bool = Field(
+        False, description="The explicit opt-out: serve plain HTTP on a non-loopback address or on the compose and "
+                           "kubernetes targets (behind your own TLS-terminating proxy).")
 
     @model_validator(mode="after")
     def _certificate_and_key_together(self) -> TlsConfig:
@@ -118,33 +147,41 @@ class TlsConfig(_Section):
 
 
 class LoadBalancerConfig(_Section):
-    bind_address: str = "127.0.0.1"
+    bind_address: str = Field("127.0.0.1", description="Address HAProxy listens on for clients; a non-loopback "
+                                                       "address needs TLS (load_balancer.tls).")
     port: int = Field(4200, ge=1, le=65535, description="Where clients and the UI reach Prefect.")
     stats_port: int = Field(8404, ge=1, le=65535, description="HAProxy stats page and Prometheus /metrics.")
-    # The URL browsers use to reach the API (UI); defaults to http(s)://bind_address:port/api.
-    public_url: str | None = None
-    retries: int = Field(3, ge=0, le=10)
-    timeout_server_s: int = Field(60, ge=1)
+    public_url: str | None = Field(None, description="The API URL browsers use (the UI); null: "
+                                                     "http(s)://bind_address:port/api.")
+    retries: int = Field(3, ge=0, le=10,
+                         description="Times HAProxy retries a request no response arrived for (connection refused "
+                                     "or closed), on another replica; a slow answer is never retried.")
+    timeout_server_s: int = Field(60, ge=1, description="Seconds HAProxy waits for a replica's response.")
     timeout_tunnel_s: int = Field(3600, ge=1, description="Idle timeout of websocket connections.")
     tls: TlsConfig = TlsConfig()
 
 
 class S3Config(_Section):
-    # null: the stack runs its own S3-compatible endpoint (moto) on loopback, so backups work offline. Its
-    # content lives in memory and is lost when it stops: for production, point this at AWS S3 or a store
-    # such as MinIO or Ceph RGW.
-    endpoint_url: str | None = None
-    region: str = "us-east-1"
-    bucket: str = Field("prefect-backups", pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+    # The local endpoint keeps its content in memory, lost when it stops: for production, point this at AWS S3 or
+    # a store such as MinIO or Ceph RGW.
+    endpoint_url: str | None = Field(None, description="S3 endpoint of the backup bucket. null: the stack's own "
+                                                       "S3-compatible endpoint (moto, in memory: lost when it "
+                                                       "stops), so backups work offline; on Kubernetes, AWS S3.")
+    region: str = Field("us-east-1", description="Region of the backup bucket.")
+    bucket: str = Field("prefect-backups", pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$",
+                        description="Backup bucket (an S3 bucket name); backups go to "
+                                    "s3://<bucket>/<prefix>/logical/<id>/.")
     prefix: str = Field("prefect", pattern=r"^[A-Za-z0-9._/-]*$", description="Key prefix, no leading '/'.")
     # Credentials come from boto3's usual chain (AWS_* variables, ~/.aws, an instance or pod role); the
     # local endpoint gets generated ones.
-    server_side_encryption: Literal["AES256", "aws:kms", "none"] = "AES256"
-    kms_key_id: str | None = None
+    server_side_encryption: Literal["AES256", "aws:kms", "none"] = Field(
+        "AES256", description="S3 server-side encryption of every object (aws:kms with kms_key_id).")
+    kms_key_id: str | None = Field(None, description="KMS key for server_side_encryption aws:kms; null: the "
+                                                     "bucket's default key.")
     multipart_chunk_mb: int = Field(16, ge=5, le=5120, description="S3 parts are at least 5 MiB.")
     max_concurrency: int = Field(4, ge=1, le=64, description="Parallel part uploads and downloads.")
-    # Port of the local endpoint (only when endpoint_url is null).
-    local_port: int = Field(19000, ge=1, le=65535)
+    local_port: int = Field(19000, ge=1, le=65535,
+                            description="Port of the stack's own S3 endpoint (only when endpoint_url is null).")
 
 
 class RetentionConfig(_Section):
@@ -152,23 +189,32 @@ class RetentionConfig(_Section):
     # each of the last N days (UTC), ISO weeks and calendar months that have one is kept. The newest backup and
     # the newest verified one are always kept, whatever these are; 0 turns a rule off. Logical backups only:
     # physical (pgBackRest) backups follow pgBackRest's own repo1-retention-full, which keeps WAL chains whole.
-    keep_daily: int = Field(7, ge=0, le=1000)
-    keep_weekly: int = Field(4, ge=0, le=1000)
-    keep_monthly: int = Field(6, ge=0, le=1000)
-    # Folders under logical/ without a manifest (an interrupted upload: not a backup) are removed by prune once
-    # nothing was written to them for this long; the wait spares a backup still uploading from another host.
-    orphan_grace_hours: int = Field(24, ge=0, le=24 * 365)
+    keep_daily: int = Field(7, ge=0, le=1000,
+                            description="Keep the newest logical backup of each of the last N days (UTC); 0: off.")
+    keep_weekly: int = Field(4, ge=0, le=1000,
+                             description="Keep the newest logical backup of each of the last N ISO weeks; 0: off.")
+    keep_monthly: int = Field(6, ge=0, le=1000,
+                              description="Keep the newest logical backup of each of the last N months; 0: off.")
+    # The wait spares a backup still uploading from another host.
+    orphan_grace_hours: int = Field(24, ge=0, le=24 * 365,
+                                    description="invoke backup.prune removes folders without a manifest (an "
+                                                "interrupted upload) once nothing was written to them for this "
+                                                "many hours.")
 
 
 class PhysicalBackupConfig(_Section):
     # Continuous WAL archiving plus full/incremental backups through pgBackRest, into the same bucket
     # (<prefix>/physical). Off by default: with archiving on, an unreachable bucket makes WAL pile up in
     # pg_wal until it is reachable again, which wants monitoring (and real S3, not the in-memory endpoint).
-    enabled: bool = False
+    enabled: bool = Field(False, description="Continuous WAL archiving and physical backups (pgBackRest; on "
+                                             "Kubernetes the Barman Cloud plugin) into <prefix>/physical; needed "
+                                             "for point-in-time recovery. Turning it on restarts PostgreSQL once.")
     retention_full: int = Field(2, ge=1, le=100, description="Full backups pgBackRest keeps (with their WAL).")
-    process_max: int = Field(2, ge=1, le=32)
-    # Local endpoint only: HAProxy terminates TLS for pgBackRest, which speaks nothing but HTTPS to S3.
-    tls_port: int = Field(19443, ge=1, le=65535)
+    process_max: int = Field(2, ge=1, le=32, description="Parallel processes of pgBackRest's backup and restore.")
+    # pgBackRest speaks nothing but HTTPS to S3.
+    tls_port: int = Field(19443, ge=1, le=65535,
+                          description="Port where HAProxy terminates TLS in front of the stack's own S3 endpoint "
+                                      "for pgBackRest (only when backups.s3.endpoint_url is null).")
 
 
 class BackupConfig(_Section):
@@ -178,50 +224,68 @@ class BackupConfig(_Section):
     jobs: int = Field(2, ge=1, le=32, description="pg_dump / pg_restore parallel jobs.")
     # Level 1: on a small host compression competes with pg_dump for the CPUs; higher levels buy little on
     # Prefect's data (logs, JSON events) and cost backup time.
-    zstd_level: int = Field(1, ge=1, le=19)
-    # Streaming, authenticated encryption (AES-256-GCM) before upload, with a key kept in the secrets.
-    client_side_encryption: bool = False
-    # Where dump files wait for upload and restores are staged; default <state>/scratch.
-    scratch_dir: Path | None = None
-    # Nightly backup then verification, by a supervised scheduler (runs never overlap). UTC, HH:MM.
-    schedule: str = Field("02:30", pattern=r"^([01]\d|2[0-3]):[0-5]\d$")
-    schedule_enabled: bool = True
-    # The alert fires when the last verified backup is older than this (a missed night plus slack).
-    max_age_hours: int = Field(26, ge=1, le=24 * 31)
+    zstd_level: int = Field(1, ge=1, le=19, description="zstd compression level of logical backups.")
+    client_side_encryption: bool = Field(
+        False, description="Encrypt every object before upload (streaming AES-256-GCM), with a key kept in the "
+                           "secrets.")
+    scratch_dir: Path | None = Field(None, description="Where dump files wait for upload and restores are staged; "
+                                                       "null: <state>/scratch.")
+    schedule: str = Field("02:30", pattern=r"^([01]\d|2[0-3]):[0-5]\d$",
+                          description="Time of the nightly backup and its verification, UTC, HH:MM (runs never "
+                                      "overlap).")
+    schedule_enabled: bool = Field(True, description="Run the nightly backup and verification; false: no nightly "
+                                                     "run (on compose the backup-scheduler container then only "
+                                                     "hosts the backup tasks).")
+    # A missed night plus slack.
+    max_age_hours: int = Field(26, ge=1, le=24 * 31,
+                               description="PrefectBackupTooOld fires when the newest verified backup is older "
+                                           "than this many hours.")
 
 
 class AlertReceiversConfig(_Section):
     # Where Alertmanager sends notifications. None is active by default: firing alerts are always visible in
     # Alertmanager (invoke alerts) and in its log. Credentials (Slack webhook URL, PagerDuty routing key, SMTP
     # password) are read from files in <state>/secrets, never from this file.
-    webhook_url: str | None = None      # any HTTP endpoint that accepts Alertmanager's webhook JSON
-    email_to: str | None = None         # needs email_smarthost and email_from
-    email_from: str | None = None
-    email_smarthost: str | None = Field(None, pattern=r"^[A-Za-z0-9.-]+:\d+$", description="host:port")
-    slack_channel: str | None = None    # webhook URL in <state>/secrets/alert_slack_webhook_url
-    pagerduty: bool = False             # routing key in <state>/secrets/alert_pagerduty_routing_key
+    webhook_url: str | None = Field(None, description="An HTTP endpoint that accepts Alertmanager's webhook "
+                                                      "JSON; null: none.")
+    email_to: str | None = Field(None, description="Send alerts by e-mail to this address (needs email_from and "
+                                                   "email_smarthost).")
+    email_from: str | None = Field(None, description="Sender address of alert e-mails.")
+    email_smarthost: str | None = Field(None, pattern=r"^[A-Za-z0-9.-]+:\d+$",
+                                        description="SMTP server for alert e-mails, host:port.")
+    slack_channel: str | None = Field(None, description="Slack channel for alerts; the webhook URL is read from "
+                                                        "<state>/secrets/alert_slack_webhook_url.")
+    pagerduty: bool = Field(False, description="Page through PagerDuty; the routing key is read from "
+                                               "<state>/secrets/alert_pagerduty_routing_key.")
 
 
 class MonitoringConfig(_Section):
-    # Prometheus, Alertmanager and node_exporter (the host and the backup textfile metrics), on loopback.
-    enabled: bool = True
-    prometheus_port: int = Field(19090, ge=1, le=65535)
-    alertmanager_port: int = Field(19093, ge=1, le=65535)
-    node_exporter_port: int = Field(19100, ge=1, le=65535)
-    postgres_exporter_port: int = Field(19187, ge=1, le=65535)
-    redis_exporter_port: int = Field(19121, ge=1, le=65535)
-    # The project's own exporter: Prefect's flow runs, work pools, event pipeline, and PgBouncer's pools.
-    prefect_exporter_port: int = Field(19200, ge=1, le=65535)
-    # Finished flow runs (completed, failed, crashed, cancelled) are counted over this trailing window only, so
-    # a scrape costs the same whatever the size of the run history.
-    finished_runs_window_s: int = Field(3600, ge=60, le=7 * 86400)
-    scrape_interval_s: int = Field(15, ge=1, le=300)
-    evaluation_interval_s: int = Field(15, ge=1, le=300)
+    enabled: bool = Field(True, description="Run the observability layer on loopback: Prometheus, Alertmanager, "
+                                            "node_exporter (the host and the backup textfile metrics), the "
+                                            "PostgreSQL, Redis and Prefect exporters.")
+    prometheus_port: int = Field(19090, ge=1, le=65535, description="Port of Prometheus (loopback).")
+    alertmanager_port: int = Field(19093, ge=1, le=65535, description="Port of Alertmanager (loopback).")
+    node_exporter_port: int = Field(19100, ge=1, le=65535, description="Port of node_exporter (loopback).")
+    postgres_exporter_port: int = Field(19187, ge=1, le=65535, description="Port of postgres_exporter (loopback).")
+    redis_exporter_port: int = Field(19121, ge=1, le=65535, description="Port of redis_exporter (loopback).")
+    prefect_exporter_port: int = Field(19200, ge=1, le=65535,
+                                       description="Port of the project's own exporter: Prefect's flow runs, work "
+                                                   "pools, event pipeline, and PgBouncer's pools.")
+    # So a scrape costs the same whatever the size of the run history.
+    finished_runs_window_s: int = Field(3600, ge=60, le=7 * 86400,
+                                        description="Finished flow runs (completed, failed, crashed, cancelled) "
+                                                    "are counted over this trailing window only, in seconds.")
+    scrape_interval_s: int = Field(15, ge=1, le=300, description="Seconds between two scrapes of every target.")
+    evaluation_interval_s: int = Field(15, ge=1, le=300, description="Seconds between two evaluations of the "
+                                                                      "alert rules.")
     retention: str = Field("15d", pattern=r"^\d+[hdwy]$", description="Prometheus TSDB retention time.")
-    # How long an API replica may be down before it alerts (HAProxy already routes around it meanwhile).
-    replica_down_for: str = Field("1m", pattern=r"^\d+[smh]$")
-    # Alertmanager: wait this long to batch the first notification of a new group of alerts.
-    group_wait_s: int = Field(30, ge=0, le=3600)
+    # HAProxy already routes around a down replica meanwhile.
+    replica_down_for: str = Field("1m", pattern=r"^\d+[smh]$",
+                                  description="How long an API replica may be down before PrefectApiReplicaDown "
+                                              "fires (e.g. 30s, 1m, 1h).")
+    group_wait_s: int = Field(30, ge=0, le=3600,
+                              description="Seconds Alertmanager waits to batch the first notification of a new "
+                                          "group of alerts (pages go out without it).")
     receivers: AlertReceiversConfig = AlertReceiversConfig()
 
 
@@ -229,57 +293,68 @@ class TracingConfig(_Section):
     # OpenTelemetry traces of the API replicas (every HTTP request but the health checks) and the background
     # services (Docket tasks), sent over OTLP/HTTP to a collector or Jaeger. `invoke env --tracing` gives flow
     # and worker processes the same settings, so a flow run's spans join the API's in one trace.
-    enabled: bool = False
+    enabled: bool = Field(False, description="Send the API replicas' and the services' spans over OTLP/HTTP to "
+                                             "otlp_endpoint (required when on).")
     otlp_endpoint: str | None = Field(None, pattern=r"^https?://[^\s/]+(:\d+)?/?$",
                                       description="OTLP/HTTP base URL, e.g. http://jaeger:4318")
     sample_ratio: float = Field(1.0, ge=0.0, le=1.0, description="Share of new traces recorded (parent-based).")
 
 
 class LocalTargetConfig(_Section):
-    # Default state directory: /var/lib/prefect-stack as root, ~/.local/state/prefect-stack otherwise.
-    state_dir: Path | None = None
-    # As root, every process runs as this unprivileged user (created by scripts/bootstrap.sh or deploy).
-    run_as: str = Field("prefect-stack", pattern=r"^[a-z_][a-z0-9_-]{0,31}$")
+    state_dir: Path | None = Field(None, description="Where data, secrets, rendered files and logs live; null: "
+                                                     "/var/lib/prefect-stack as root, ~/.local/state/prefect-stack "
+                                                     "otherwise.")
+    run_as: str = Field("prefect-stack", pattern=r"^[a-z_][a-z0-9_-]{0,31}$",
+                        description="As root, every process runs as this unprivileged user (created by "
+                                    "scripts/bootstrap.sh or deploy).")
 
 
 class ComposeTargetConfig(_Section):
-    # The Docker Compose project name: prefixes every container, network and volume, so two stacks (a test and
-    # a production one) never share anything on one Docker host.
-    project: str = Field("prefect-stack", pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")
-    # Docker engine to use (as DOCKER_HOST); null: DOCKER_HOST from the environment, else the default socket.
-    docker_host: str | None = None
-    # The Debian base every project image is built FROM. "registry": the image below (pinned by digest), pulled
-    # from a registry. "debootstrap": built on this host from the Debian mirror apt uses (air-gapped hosts).
-    base: Literal["registry", "debootstrap"] = "registry"
+    # Two stacks (a test and a production one) never share anything on one Docker host.
+    project: str = Field("prefect-stack", pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$",
+                         description="Docker Compose project name: prefixes every container, network and volume.")
+    docker_host: str | None = Field(None, description="Docker engine to use (as DOCKER_HOST); null: DOCKER_HOST "
+                                                      "from the environment, else the default socket.")
+    base: Literal["registry", "debootstrap"] = Field(
+        "registry", description="The Debian base every project image is built FROM. registry: base_image, pulled. "
+                                "debootstrap: built on this host from the Debian mirror (air-gapped hosts).")
     base_image: str = Field(
         "debian:bookworm-20251229-slim@sha256:d5d3f9c23164ea16f31852f95bd5959aad1c5e854332fe00f7b3a20fcc9f635c",
         description="Debian 12 slim, pinned by digest (used when base is 'registry').",
     )
-    # Mirror for base: debootstrap; null: the first Debian mirror in the host's apt sources.
-    debian_mirror: str | None = None
+    debian_mirror: str | None = Field(None, description="Debian mirror for base debootstrap; null: the first "
+                                                        "Debian mirror in the host's apt sources.")
     # Grafana and Jaeger have no Debian packages: their upstream images, pinned by digest. Hosts that cannot pull
     # them turn them off here; their configuration is still rendered and validated.
-    grafana: bool = True
-    grafana_image: str = (
-        "grafana/grafana:12.3.0@sha256:70d9599b186ce287be0d2c5ba9a78acb2e86c1a68c9c41449454d0fc3eeb84e8")
+    grafana: bool = Field(True, description="Run Grafana with the stack's dashboards (an upstream image).")
+    grafana_image: str = Field(
+        "grafana/grafana:12.3.0@sha256:70d9599b186ce287be0d2c5ba9a78acb2e86c1a68c9c41449454d0fc3eeb84e8",
+        description="Grafana's image, pinned by digest.")
     grafana_port: int = Field(13000, ge=1, le=65535, description="Grafana UI (published like the load balancer).")
-    jaeger: bool = True
-    jaeger_image: str = (
-        "cr.jaegertracing.io/jaegertracing/jaeger:2.20.0@sha256:46a886260e04002d8f45e213fc39063fa11a50446048fdaa64786fc0840cb9f8")
+    jaeger: bool = Field(True, description="Run Jaeger (an upstream image) and send the stack's spans to it.")
+    jaeger_image: str = Field(
+        "cr.jaegertracing.io/jaegertracing/jaeger:2.20.0@sha256:46a886260e04002d8f45e213fc39063fa11a50446048fdaa64786fc0840cb9f8",
+        description="Jaeger's image (v2), pinned by digest.")
     jaeger_ui_port: int = Field(16686, ge=1, le=65535, description="Jaeger UI (published like the load balancer).")
-    # Memory limit of each container (the API replicas and background services get api_memory).
-    memory: str = Field("512m", pattern=r"^\d+[kmg]$")
-    api_memory: str = Field("1g", pattern=r"^\d+[kmg]$")
+    memory: str = Field("512m", pattern=r"^\d+[kmg]$",
+                        description="Memory limit of each container but the API replicas and services (k, m, g).")
+    api_memory: str = Field("1g", pattern=r"^\d+[kmg]$",
+                            description="Memory limit of each API replica and background services container.")
     cpus: float = Field(1.0, gt=0, le=64, description="CPU limit of each container.")
 
 
 class ResourcesConfig(_Section):
     # Kubernetes requests (what the scheduler reserves) and limits (what the kubelet enforces). A CPU limit
     # throttles a busy replica instead of letting it use an idle core, so it is off unless set.
-    cpu_request: str = Field("100m", pattern=r"^\d+(\.\d+)?m?$")
-    memory_request: str = Field("256Mi", pattern=r"^\d+(Ki|Mi|Gi)$")
-    cpu_limit: str | None = Field(None, pattern=r"^\d+(\.\d+)?m?$")
-    memory_limit: str = Field("512Mi", pattern=r"^\d+(Ki|Mi|Gi)$")
+    cpu_request: str = Field("100m", pattern=r"^\d+(\.\d+)?m?$",
+                             description="CPU the scheduler reserves per container (Kubernetes quantity).")
+    memory_request: str = Field("256Mi", pattern=r"^\d+(Ki|Mi|Gi)$",
+                                description="Memory the scheduler reserves per container (Ki, Mi, Gi).")
+    cpu_limit: str | None = Field(None, pattern=r"^\d+(\.\d+)?m?$",
+                                  description="CPU limit per container; null: none (a limit throttles a busy pod "
+                                              "instead of letting it use an idle core).")
+    memory_limit: str = Field("512Mi", pattern=r"^\d+(Ki|Mi|Gi)$",
+                              description="Memory limit per container, enforced by the kubelet (Ki, Mi, Gi).")
 
 
 class KubernetesRecoveryConfig(_Section):
@@ -288,7 +363,9 @@ class KubernetesRecoveryConfig(_Section):
     # target_time, and to archive its own WAL as server_name (a new timeline must not write into the archive it
     # is recovered from). `invoke restore --target kubernetes --yes` then replaces the live Cluster with it. Leave
     # it set afterwards: it records where the running Cluster came from (bootstrap only acts at creation).
-    enabled: bool = False
+    enabled: bool = Field(False, description="Render the Cluster to bootstrap from its archive (point-in-time "
+                                             "recovery; needs backups.physical.enabled and server_name); then "
+                                             "invoke restore --target kubernetes --yes replaces the live Cluster.")
     target_time: str | None = Field(None, pattern=r"^\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d(\.\d+)?([+-]\d\d(:?\d\d)?|Z)$",
                                     description="RFC 3339 with its offset; null: replay every archived WAL")
     source_server: str | None = Field(None, description="Archive to recover from; null: the Cluster's own name.")
@@ -310,19 +387,26 @@ class KubernetesRecoveryConfig(_Section):
 class KubernetesPostgresConfig(_Section):
     # cnpg: a CloudNativePG Cluster (one primary, instances - 1 streaming replicas, automatic failover) behind
     # two Poolers. external: an existing PostgreSQL at host:port (its password in <state>/secrets/postgres_prefect).
-    mode: Literal["cnpg", "external"] = "cnpg"
+    mode: Literal["cnpg", "external"] = Field(
+        "cnpg", description="cnpg: a CloudNativePG Cluster (one primary, instances - 1 streaming replicas, automatic "
+                            "failover) behind two Poolers. external: an existing PostgreSQL at host:port.")
     instances: int = Field(3, ge=1, le=9, description="PostgreSQL instances of the CloudNativePG Cluster.")
     # PostgreSQL 15, the major version of the pg_dump/pg_restore in the project's image (logical backups need
     # a client at least as new as the server). Tag, since no registry is reachable here to resolve a digest.
-    image: str = "ghcr.io/cloudnative-pg/postgresql:15.14-standard-bookworm"
-    storage_size: str = Field("20Gi", pattern=r"^\d+(Mi|Gi|Ti)$")
-    wal_storage_size: str = Field("10Gi", pattern=r"^\d+(Mi|Gi|Ti)$")
+    image: str = Field("ghcr.io/cloudnative-pg/postgresql:15.14-standard-bookworm",
+                       description="CloudNativePG's PostgreSQL image (major version 15, as the project's "
+                                   "pg_dump).")
+    storage_size: str = Field("20Gi", pattern=r"^\d+(Mi|Gi|Ti)$",
+                              description="Data volume of each PostgreSQL instance (Mi, Gi, Ti).")
+    wal_storage_size: str = Field("10Gi", pattern=r"^\d+(Mi|Gi|Ti)$",
+                                  description="WAL volume of each PostgreSQL instance (Mi, Gi, Ti).")
     pooler_instances: int = Field(2, ge=1, le=16, description="PgBouncer pods of each Pooler.")
     resources: ResourcesConfig = ResourcesConfig(cpu_request="500m", memory_request="1Gi", memory_limit="2Gi")
-    # external mode only
-    host: str | None = None
-    port: int = Field(5432, ge=1, le=65535)
-    sslmode: Literal["require", "verify-ca", "verify-full"] = "require"
+    host: str | None = Field(None, description="external mode: host name of your PostgreSQL (its password in "
+                                               "<state>/secrets/postgres_prefect).")
+    port: int = Field(5432, ge=1, le=65535, description="external mode: port of your PostgreSQL.")
+    sslmode: Literal["require", "verify-ca", "verify-full"] = Field(
+        "require", description="external mode: libpq sslmode of the connections to your PostgreSQL.")
     recovery: KubernetesRecoveryConfig = KubernetesRecoveryConfig()
 
     @model_validator(mode="after")
@@ -337,12 +421,16 @@ class KubernetesRedisConfig(_Section):
     # sentinel: `replicas` Redis pods (one primary, the rest replicas) each with a Sentinel beside it; a failed
     # primary is replaced by a replica within seconds, and clients follow through redis+sentinel:// URLs.
     # standalone: one Redis pod (a restart loses nothing on disk, but the API waits for it). external: host:port.
-    mode: Literal["sentinel", "standalone", "external"] = "sentinel"
+    mode: Literal["sentinel", "standalone", "external"] = Field(
+        "sentinel", description="sentinel: Redis pods with a Sentinel each, failing over within seconds. "
+                                "standalone: one Redis pod. external: your Redis at external_url.")
     replicas: int = Field(3, ge=3, le=9, description="Redis pods in sentinel mode (and as many Sentinels).")
-    storage_size: str = Field("5Gi", pattern=r"^\d+(Mi|Gi|Ti)$")
+    storage_size: str = Field("5Gi", pattern=r"^\d+(Mi|Gi|Ti)$",
+                              description="Volume of each Redis pod (Mi, Gi, Ti).")
     resources: ResourcesConfig = ResourcesConfig(memory_request="512Mi", memory_limit="1536Mi")
-    # external mode only: a redis:// or redis+sentinel:// URL without the password (from <state>/secrets/redis).
-    external_url: str | None = Field(None, pattern=r"^rediss?(\+sentinel)?://[^\s@]+$")
+    external_url: str | None = Field(None, pattern=r"^rediss?(\+sentinel)?://[^\s@]+$",
+                                     description="external mode: a redis:// or redis+sentinel:// URL without the "
+                                                 "password (read from <state>/secrets/redis).")
 
     @model_validator(mode="after")
     def _external_has_a_url(self) -> KubernetesRedisConfig:
@@ -354,24 +442,31 @@ class KubernetesRedisConfig(_Section):
 
 
 class IngressConfig(_Section):
-    # The API and UI leave the cluster through an Ingress with TLS; cert-manager issues its certificate.
-    enabled: bool = True
-    host: str = Field("prefect.example.com", pattern=r"^[a-z0-9]([a-z0-9.-]*[a-z0-9])?$")
-    class_name: str = "nginx"
+    enabled: bool = Field(True, description="Expose the API and UI through an Ingress with TLS (cert-manager "
+                                            "issues its certificate).")
+    host: str = Field("prefect.example.com", pattern=r"^[a-z0-9]([a-z0-9.-]*[a-z0-9])?$",
+                      description="Host name of the Ingress; set it to yours.")
+    class_name: str = Field("nginx", description="IngressClass of the Ingress.")
     cluster_issuer: str | None = Field("letsencrypt", description="cert-manager ClusterIssuer; null: bring tls_secret.")
-    tls_secret: str = Field("prefect-tls", pattern=r"^[a-z0-9]([a-z0-9.-]*[a-z0-9])?$")
+    tls_secret: str = Field("prefect-tls", pattern=r"^[a-z0-9]([a-z0-9.-]*[a-z0-9])?$",
+                            description="Secret holding the Ingress certificate (made by cert-manager, or yours).")
 
 
 class KubernetesTargetConfig(_Section):
-    # The namespace everything lives in (created with the Pod Security "restricted" labels).
-    namespace: str = Field("prefect", pattern=r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
-    # Prefix of every object's name, and the app.kubernetes.io/instance label: two stacks can share a namespace.
-    name: str = Field("prefect", pattern=r"^[a-z]([a-z0-9-]{0,22}[a-z0-9])?$")
-    # The Kubernetes version whose API schemas the rendered objects are validated against.
-    version: str = Field("1.32", pattern=r"^1\.(2[5-9]|3[0-7])$")
-    # Where the project's images (invoke images.build) are pushed; null: their local names (a cluster whose nodes
-    # have them loaded, e.g. kind load docker-image). Tags are content hashes, never latest.
-    image_registry: str | None = Field(None, pattern=r"^[a-z0-9.-]+(:\d+)?(/[a-z0-9._-]+)*$")
+    namespace: str = Field("prefect", pattern=r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$",
+                           description="The namespace everything lives in (created with the Pod Security "
+                                       "restricted labels).")
+    name: str = Field("prefect", pattern=r"^[a-z]([a-z0-9-]{0,22}[a-z0-9])?$",
+                      description="Prefix of every object's name and the app.kubernetes.io/instance label: two "
+                                  "stacks can share a namespace.")
+    version: str = Field("1.32", pattern=r"^1\.(2[5-9]|3[0-7])$",
+                         description="The Kubernetes version whose API schemas the rendered objects are validated "
+                                     "against (1.25 to 1.37).")
+    # Tags are content hashes, never latest.
+    image_registry: str | None = Field(None, pattern=r"^[a-z0-9.-]+(:\d+)?(/[a-z0-9._-]+)*$",
+                                       description="Where invoke images.push pushes the project's images; null: "
+                                                   "their local names (nodes that have them loaded, e.g. kind load "
+                                                   "docker-image).")
     storage_class: str | None = Field(None, description="StorageClass of every volume; null: the cluster's default.")
     postgres: KubernetesPostgresConfig = KubernetesPostgresConfig()
     redis: KubernetesRedisConfig = KubernetesRedisConfig()
@@ -381,30 +476,37 @@ class KubernetesTargetConfig(_Section):
                                                           memory_limit="1Gi")
     backup_resources: ResourcesConfig = ResourcesConfig(cpu_request="250m", memory_request="512Mi",
                                                         memory_limit="2Gi")
-    # Scratch space of the backup CronJob (dump before upload, verification restore): an ephemeral volume.
-    backup_scratch_size: str = Field("20Gi", pattern=r"^\d+(Mi|Gi|Ti)$")
-    # Default-deny NetworkPolicies plus exactly the flows the stack needs (needs a CNI that enforces them).
-    network_policies: bool = True
-    # Namespaces allowed in: the ingress controller's and Prometheus's.
-    ingress_namespace: str = "ingress-nginx"
-    # CloudNativePG's operator (it reaches the instances on 8000 and 5432) and its Barman Cloud plugin.
-    operator_namespace: str = "cnpg-system"
-    prometheus_namespace: str = "monitoring"
-    # kube-prometheus-stack selects ServiceMonitors, PodMonitors and PrometheusRules labelled release: <this>.
-    prometheus_release: str = "kube-prometheus-stack"
-    # S3 credentials: "secret" (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY at deploy, into a Secret) or
-    # "iam-role" (the pods' cloud identity: IRSA, workload identity).
-    s3_credentials: Literal["secret", "iam-role"] = "secret"
-    # A Jaeger (all-in-one, Badger storage) in the namespace, with the Prefect pods' spans sent to it (unless
-    # tracing.otlp_endpoint names another collector). Part of the monitoring component.
-    jaeger: bool = True
-    jaeger_image: str = (
-        "cr.jaegertracing.io/jaegertracing/jaeger:2.20.0@sha256:46a886260e04002d8f45e213fc39063fa11a50446048fdaa64786fc0840cb9f8")
-    # A CNPG switchover or a rollout waits this long per phase before deploy gives up and names the phase.
-    wait_timeout_s: int = Field(600, ge=30, le=7200)
-    # The kubeconfig context deploy, status, logs, restart and destroy talk to; null: the current context (of
-    # KUBECONFIG, which kubectl honours itself). Pinning it keeps a deploy from landing on the wrong cluster.
-    context: str | None = Field(None, pattern=r"^[^\s]+$")
+    backup_scratch_size: str = Field("20Gi", pattern=r"^\d+(Mi|Gi|Ti)$",
+                                     description="Ephemeral scratch volume of the backup CronJob (dump before "
+                                                 "upload, verification restore).")
+    network_policies: bool = Field(True, description="Default-deny NetworkPolicies plus exactly the flows the "
+                                                     "stack needs (needs a CNI that enforces them).")
+    ingress_namespace: str = Field("ingress-nginx", description="Namespace of the ingress controller, allowed in "
+                                                                "to the API.")
+    operator_namespace: str = Field("cnpg-system", description="Namespace of CloudNativePG's operator (it reaches "
+                                                              "the instances on 8000 and 5432) and its Barman "
+                                                              "Cloud plugin.")
+    prometheus_namespace: str = Field("monitoring", description="Namespace of Prometheus, allowed in to the "
+                                                                "metrics ports.")
+    prometheus_release: str = Field("kube-prometheus-stack",
+                                    description="kube-prometheus-stack selects ServiceMonitors, PodMonitors and "
+                                                "PrometheusRules labelled release: <this>.")
+    s3_credentials: Literal["secret", "iam-role"] = Field(
+        "secret", description="S3 credentials of backups. secret: AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY at "
+                              "deploy, into a Secret. iam-role: the pods' cloud identity (IRSA, workload identity).")
+    jaeger: bool = Field(True, description="A Jaeger (all-in-one, Badger storage) in the namespace, with the "
+                                           "Prefect pods' spans sent to it unless tracing.otlp_endpoint names "
+                                           "another collector; part of the monitoring component.")
+    jaeger_image: str = Field(
+        "cr.jaegertracing.io/jaegertracing/jaeger:2.20.0@sha256:46a886260e04002d8f45e213fc39063fa11a50446048fdaa64786fc0840cb9f8",
+        description="Jaeger's image (v2), pinned by digest.")
+    wait_timeout_s: int = Field(600, ge=30, le=7200,
+                                description="Seconds deploy waits per phase (a rollout, a CloudNativePG "
+                                            "switchover) before it gives up and names the phase.")
+    # Pinning it keeps a deploy from landing on the wrong cluster.
+    context: str | None = Field(None, pattern=r"^[^\s]+$",
+                                description="The kubeconfig context deploy, status, logs, restart and destroy "
+                                            "use; null: the current context (of KUBECONFIG).")
 
 
 class StackConfig(BaseSettings):
@@ -417,7 +519,9 @@ class StackConfig(BaseSettings):
         frozen=True,
     )
 
-    target: Literal["local", "compose", "kubernetes"] = "local"
+    target: Literal["local", "compose", "kubernetes"] = Field(
+        "local", description="Where the stack runs: local (processes on this host), compose (containers on one "
+                             "Docker host) or kubernetes (a cluster); --target on a task overrides it.")
     postgres: PostgresConfig = PostgresConfig()
     pgbouncer: PgBouncerConfig = PgBouncerConfig()
     redis: RedisConfig = RedisConfig()

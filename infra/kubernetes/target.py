@@ -32,7 +32,7 @@ TASKS = frozenset({"deploy", "status", "logs", "restart", "destroy", "env", "ren
 
 def _no_kubernetes_form() -> UserError:
     return UserError("this task has no kubernetes form: on Kubernetes, kubectl and the operators do it",
-                     fix="use kubectl (the README's 'Operating it on Kubernetes' maps each task), or "
+                     fix="use kubectl (docs/kubernetes.md, 'Operating it', maps each task), or "
                          "invoke deploy|status|logs|restart|destroy --target kubernetes")
 
 

@@ -2,10 +2,10 @@
 
 Every rule carries ``severity`` (page: wake someone; critical: act today; warning: look soon), an ``area``
 label that Alertmanager inhibits by, a ``summary``, a ``description`` that says what to do, and a ``runbook``
-anchor in the README. The rules read only metric names and job labels, never addresses: the same file serves
-the local and compose targets. Kubernetes (``kubernetes_alert_groups(config)``, rendered as a PrometheusRule
-by infra/kubernetes/monitoring.py) keeps every rule whose source runs there and replaces the ones that read
-HAProxy, node_exporter textfiles or postgres_exporter with the same alerts over kube-state-metrics and
+link to its section of docs/runbooks.md. The rules read only metric names and job labels, never addresses: the
+same file serves the local and compose targets. Kubernetes (``kubernetes_alert_groups(config)``, rendered as a
+PrometheusRule by infra/kubernetes/monitoring.py) keeps every rule whose source runs there and replaces the ones
+that read HAProxy, node_exporter textfiles or postgres_exporter with the same alerts over kube-state-metrics and
 CloudNativePG's metrics; each replacement says why.
 """
 
@@ -18,7 +18,7 @@ import yaml
 from infra.config import StackConfig
 from infra.render.backup_alerts import backup_alert_rules
 
-RUNBOOK = "README.md#runbook-{anchor}"
+RUNBOOK = "docs/runbooks.md#{anchor}"
 BACKEND = 'proxy="prefect_api"'
 
 

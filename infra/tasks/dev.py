@@ -71,3 +71,17 @@ def lint(c: Context) -> None:
     """Run ruff, mypy and the import contracts."""
     for command in LINT:
         c.run(command)
+
+
+@task(help={"check": "Change nothing: exit 1 when docs/configuration.md differs from what the model renders."})
+def docs(c: Context, check: bool = False) -> None:
+    """Regenerate docs/configuration.md, the configuration reference, from the model in infra/config.py."""
+    from infra.render.configuration_page import PAGE, render_configuration_page, write_configuration_page
+
+    if check:
+        current = PAGE.read_text() if PAGE.exists() else ""
+        if current != render_configuration_page():
+            raise Exit(f"error: {PAGE} is out of date with infra/config.py\n  fix: run invoke docs", code=1)
+        console.step(f"{PAGE} is current")
+        return
+    console.step(f"wrote {write_configuration_page(PAGE)}")

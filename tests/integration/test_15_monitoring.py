@@ -79,7 +79,7 @@ def test_a_replica_out_of_service_alerts_and_resolves(stack: Stack) -> None:
         shown = stack.invoke("alerts")
         assert shown.returncode == 0
         assert "PrefectApiReplicaDown api-2" in shown.stdout
-        assert "runbook: README.md#runbook-prefectapireplicadown" in shown.stdout
+        assert "runbook: docs/runbooks.md#prefectapireplicadown" in shown.stdout
     finally:
         supervisor.start("api-2")
     wait_until(lambda: not _firing(stack, "PrefectApiReplicaDown", "api-2"), ALERT_TIMEOUT_S,

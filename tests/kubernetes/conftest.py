@@ -46,7 +46,8 @@ DEPLOY_TIMEOUT_S = 1800
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if os.environ.get(KUBECONFIG_ENV):
         return
-    skip = pytest.mark.skip(reason=f"needs a real Kubernetes cluster: set {KUBECONFIG_ENV} (README, Tests)")
+    skip = pytest.mark.skip(reason=f"needs a real Kubernetes cluster: set {KUBECONFIG_ENV} "
+                                   "(docs/testing.md, 'On a real cluster')")
     for item in items:
         if "kubernetes_cluster" in item.keywords:
             item.add_marker(skip)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ import pytest
 import yaml
 
 from infra.config import StackConfig
-from infra.render.alert_rules import alert_rules_yml
+from infra.render.alert_rules import alert_groups, alert_rules_yml, kubernetes_alert_groups
 
 pytestmark = pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed (bootstrap)")
 
@@ -148,10 +149,21 @@ def test_carries_what_an_operator_needs(rules: dict[str, dict[str, Any]], alert:
     assert rule["labels"]["severity"] in ("page", "critical", "warning")
     assert rule["labels"]["area"]
     assert rule["annotations"]["summary"] and rule["annotations"]["description"]
-    assert rule["annotations"]["runbook"] == f"README.md#runbook-{alert.lower()}"
+    assert rule["annotations"]["runbook"] == f"docs/runbooks.md#{alert.lower()}"
 
 
-def test_every_rule_has_a_runbook_entry_in_the_readme(rules: dict[str, dict[str, Any]]) -> None:
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    missing = [name for name in rules if f"#### Runbook: {name}\n" not in readme]
-    assert missing == []
+def _runbook_anchors() -> set[str]:
+    """GitHub's anchors of the runbook page's sections: ``## PrefectApiAllReplicasDown`` is
+    ``#prefectapiallreplicasdown``."""
+    page = (Path(__file__).resolve().parents[2] / "docs" / "runbooks.md").read_text()
+    return {line.removeprefix("## ").strip().lower() for line in page.splitlines() if line.startswith("## ")}
+
+
+@pytest.mark.parametrize("groups", [alert_groups, kubernetes_alert_groups])
+def test_every_runbook_link_has_its_section(groups: Callable[[StackConfig], list[dict[str, Any]]]) -> None:
+    links = {rule["alert"]: rule["annotations"]["runbook"]
+             for group in groups(StackConfig()) for rule in group["rules"]}
+    anchors = _runbook_anchors()
+    broken = {name: link for name, link in links.items()
+              if not link.startswith("docs/runbooks.md#") or link.partition("#")[2] not in anchors}
+    assert broken == {}
