@@ -4,7 +4,8 @@
 #     Alertmanager and the exporters),
 #   - the unprivileged system user every stack process runs as (when run as root),
 #   - the Python virtual environment (.venv) pinned by constraints.txt.
-# Usage: scripts/bootstrap.sh [--dev]     (--dev adds the test and lint tools, docker.io, debootstrap, docker-registry)
+# Usage: scripts/bootstrap.sh [--dev]     (--dev adds the test and lint tools, docker.io, debootstrap,
+#                                           docker-registry, ShellCheck)
 # Running it twice changes nothing the second time.
 set -euo pipefail
 
@@ -52,9 +53,10 @@ fi
 # starts a private engine of its own when none answers) and debootstrap makes the Debian base image where no
 # registry is reachable; docker-registry is the registry `invoke images.push` is tested against (the Kubernetes
 # target pulls the images from one). No daemon is started here: the package's own services are stopped and disabled again.
+# ShellCheck: invoke lint (and so invoke test) checks every shell script with it.
 if [[ -n "$extras" ]]; then
   dev_missing=()
-  for p in docker.io debootstrap docker-registry; do
+  for p in docker.io debootstrap docker-registry shellcheck; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || dev_missing+=("$p")
   done
   if ((${#dev_missing[@]})); then

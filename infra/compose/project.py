@@ -33,6 +33,7 @@ from infra.render.postgres import pg_hba_conf, pg_ident_conf, postgresql_conf
 from infra.render.prefect import api_environment, migration_environment, services_environment
 from infra.render.redis import redis_conf
 from infra.render.tracing import server_tracing_environment
+from infra.scripts import script
 from infra.secrets import SECRET_NAMES, Secrets
 from infra.tls import LoadBalancerTls
 
@@ -264,22 +265,16 @@ def render_project(config: StackConfig, secrets: Secrets, images: Images,
     published = lb.bind_address
 
     # --- data layer ---------------------------------------------------------------------------------------------
-    start_postgres = RenderedFile(etc / "postgres-start.sh", f"""\
-#!/bin/sh
-# Rendered by prefect-stack. First start: create the cluster (superuser password from a compose secret, data
-# checksums on); then run PostgreSQL with the rendered configuration.
-set -eu
-data={CONTAINER.postgres_data}
-if [ ! -s "$data/PG_VERSION" ]; then
-  {PG_BIN / "initdb"} -D "$data" --username postgres --pwfile {SECRETS_IN_CONTAINER / "postgres_superuser"} \\
-    --auth-local peer --auth-host scram-sha-256 --encoding UTF8 --locale C.UTF-8 --data-checksums
-fi
-exec {PG_BIN / "postgres"} -c config_file={etc / "postgresql.conf"}
-""")
+    # The script is a shipped file; what it needs comes in the service's environment (paths only: the superuser's
+    # password stays in its compose secret).
+    start_postgres = RenderedFile(etc / "postgres-start.sh", script("postgres/start.sh"))
     b.add("postgres", "postgres", images.system, ["sh", str(start_postgres.path)],
           files=(start_postgres, postgresql_conf(inner, CONTAINER, listen="*"),
                  pg_hba_conf(inner, CONTAINER, addresses.client_networks),
                  pg_ident_conf(["prefect-stack"], CONTAINER)),
+          environment={"POSTGRES_BIN": str(PG_BIN), "POSTGRES_DATA": str(CONTAINER.postgres_data),
+                       "POSTGRES_SUPERUSER_PASSWORD_FILE": str(SECRETS_IN_CONTAINER / "postgres_superuser"),
+                       "POSTGRES_CONFIG_FILE": str(etc / "postgresql.conf")},
           secrets=("postgres_superuser",),
           volumes=(f"postgres-data:{CONTAINER.postgres_data}",),
           healthcheck=[str(PG_BIN / "pg_isready"), "-q", "-h", LOOPBACK, "-p", str(pg.port), "-U", "postgres"],

@@ -4,8 +4,9 @@ processes are given (``redis_environment``).
 
 No secret is rendered here. The pods read the passwords at start from the mounted Secret ``Names.secret_redis``
 and write the configuration into an emptyDir (the root filesystem is read-only). The start scripts and the
-configuration templates live in one ConfigMap; the redis.conf template is the local target's own
-(``infra.render.redis.redis_settings``), so every target runs Redis with the same settings.
+configuration templates live in one ConfigMap; the scripts are shipped files (infra/scripts/redis, under
+shellcheck) that read their values from the containers' environment (``_script_env``); the redis.conf template is
+the local target's own (``infra.render.redis.redis_settings``), so every target runs Redis with the same settings.
 
 Sentinel bootstrap (start-redis.sh and start-sentinel.sh, same rule in both): ask the other pods' Sentinels which
 Redis is the primary; if none answers (a first start, or every pod restarting at once), pod 0 is the primary and
@@ -48,13 +49,14 @@ from infra.kubernetes.objects import (
 )
 from infra.render.prefect import REDIS_BACKENDS
 from infra.render.redis import DOCKET_DB, MESSAGING_DB, MONITOR_USER, redis_settings
+from infra.scripts import script
 from infra.secrets import Secrets
 
 COMPONENT = "redis"  # the pods' app.kubernetes.io/name and component label
 REDIS_PORT = 6379
 SENTINEL_PORT = 26379
 EXPORTER_PORT = 9121
-# The Sentinels' name for the primary: part of every redis+sentinel:// URL.
+# The Sentinels' name for the primary: part of every redis+sentinel:// URL (the scripts get it as MASTER_SET).
 MASTER_SET = "prefect"
 # A primary that answers nothing for this long is "subjectively down"; with the quorum agreeing, a replica is
 # promoted. Shorter fails over faster but risks a failover on a slow disk's fsync stall.
@@ -68,6 +70,8 @@ RUN_DIR = "/run/redis"              # emptyDir: the configuration files with the
 DATA_DIR = "/data"                  # the PersistentVolumeClaim: AOF and RDB
 EXPORTER_RUN_DIR = "/run/redis-exporter"
 
+# Key names in the Secret, and the file names under SECRET_DIR that the scripts read (common.sh's read_secret,
+# start-exporter.sh): a fixed layout, like the file names under SCRIPTS_DIR and RUN_DIR.
 SECRET_KEY_PASSWORD = "password"  # noqa: S105 - a key name in the Secret
 SECRET_KEY_MONITOR = "monitor-password"  # noqa: S105 - a key name
 
@@ -82,7 +86,8 @@ def quorum(replicas: int) -> int:
 
 # --- configuration templates and scripts (the ConfigMap) ---------------------------------------------------------
 
-# Filled in at start by common.sh's `fill`, from the mounted Secret and the pod's own name.
+# Filled in at start by common.sh's `fill`, from the mounted Secret and the pod's own name (common.sh spells
+# @REDIS_PASSWORD@ itself; the other names are fill's arguments in the start scripts).
 PASSWORD_PLACEHOLDER = "@REDIS_PASSWORD@"  # noqa: S105 - a placeholder
 MONITOR_PLACEHOLDER = "@MONITOR_PASSWORD@"
 ANNOUNCE_PLACEHOLDER = "@ANNOUNCE_HOST@"
@@ -132,237 +137,20 @@ sentinel parallel-syncs {MASTER_SET} 1
 """
 
 
-# Sourced by the other scripts. Every path and address comes from the environment, set on the containers
-# (and by the real-process test, which runs these same scripts on loopback ports).
-COMMON_SH = f"""\
-# Rendered by prefect-stack. Sourced by start-redis.sh, start-sentinel.sh, probe.sh.
-# Environment: POD_NAME (ends in the StatefulSet ordinal), ANNOUNCE_HOST (this pod's DNS name), REDIS_PORT,
-# SENTINEL_PORT, REDIS_NODES and SENTINELS ("host:port ..." in ordinal order; SENTINELS empty: standalone),
-# SCRIPTS_DIR, SECRET_DIR, RUN_DIR.
-set -eu
-umask 077
-ordinal=${{POD_NAME##*-}}
-
-read_secret() {{
-    value=$(cat "$SECRET_DIR/$1")
-    # Generated secrets are URL-safe; anything else could break the configuration files or the URLs.
-    case $value in
-        ''|*[!A-Za-z0-9._~-]*)
-            echo "$SECRET_DIR/$1 is empty or has characters other than A-Z a-z 0-9 . _ ~ -: recreate the" \\
-                 "Secret with invoke deploy --target kubernetes" >&2
-            exit 1 ;;
-    esac
-    printf '%s' "$value"
-}}
-password=$(read_secret {SECRET_KEY_PASSWORD})
-export REDISCLI_AUTH="$password"
-
-# fill TEMPLATE OUT [NAME=VALUE...]: the template with its placeholders replaced; the values go through a sed
-# script file written by the shell's printf, never through a command line (ps would show them).
-fill() {{
-    template=$1 out=$2
-    shift 2
-    # Named after the output: the redis and sentinel containers share RUN_DIR and start at the same moment
-    # (and $$ is no help: each container has its own process ids).
-    script="$out.sed"
-    printf 's|{PASSWORD_PLACEHOLDER}|%s|g\\n' "$password" > "$script"
-    for pair in "$@"; do
-        printf 's|@%s@|%s|g\\n' "${{pair%%=*}}" "${{pair#*=}}" >> "$script"
-    done
-    sed -f "$script" "$template" > "$out.tmp"
-    rm -f "$script"
-    mv "$out.tmp" "$out"
-}}
-
-# The primary as "host port": what the other pods' Sentinels answer, else pod 0 (nobody has failed over yet).
-find_primary() {{
-    i=0
-    for sentinel in ${{SENTINELS:-}}; do
-        if [ "$i" -ne "$ordinal" ]; then
-            answer=$(timeout 3 redis-cli -h "${{sentinel%:*}}" -p "${{sentinel##*:}}" --raw \\
-                     sentinel get-master-addr-by-name {MASTER_SET} 2>/dev/null || true)
-            set -- $answer
-            if [ "$#" -eq 2 ] && [ "$2" -eq "$2" ] 2>/dev/null; then
-                echo "$1 $2"
-                return
-            fi
-        fi
-        i=$((i + 1))
-    done
-    set -- $REDIS_NODES
-    echo "${{1%:*}} ${{1##*:}}"
-}}
-"""
-
-START_REDIS_SH = f"""\
-# Rendered by prefect-stack. Starts this pod's Redis: the primary, or a replica of the primary the Sentinels name.
-. "$SCRIPTS_DIR/common.sh"
-monitor_password=$(read_secret {SECRET_KEY_MONITOR})
-fill "$SCRIPTS_DIR/redis.conf" "$RUN_DIR/redis.conf" "MONITOR_PASSWORD=$monitor_password" \\
-     "ANNOUNCE_HOST=$ANNOUNCE_HOST"
-if [ -n "${{SENTINELS:-}}" ]; then
-    primary=$(find_primary)
-    if [ "$primary" = "$ANNOUNCE_HOST $REDIS_PORT" ]; then
-        echo "start-redis: starting as the primary"
-    else
-        echo "start-redis: starting as a replica of $primary"
-        echo "replicaof $primary" >> "$RUN_DIR/redis.conf"
-    fi
-fi
-exec redis-server "$RUN_DIR/redis.conf"
-"""
-
-START_SENTINEL_SH = """\
-# Rendered by prefect-stack. Starts this pod's Sentinel, monitoring the primary the other Sentinels name.
-. "$SCRIPTS_DIR/common.sh"
-primary=$(find_primary)
-host=${primary% *} port=${primary#* }
-# Sentinel refuses a configuration whose primary does not resolve yet (a pod that has just been created).
-waited=0
-until getent hosts "$host" > /dev/null; do
-    waited=$((waited + 1))
-    if [ "$waited" -gt 120 ]; then
-        echo "start-sentinel: $host does not resolve after 60 s" >&2
-        exit 1
-    fi
-    sleep 0.5
-done
-# A stable id per pod: a restarted Sentinel is the same Sentinel to the others, not one more.
-myid=$(printf '%s' "$POD_NAME:$ANNOUNCE_HOST:$SENTINEL_PORT" | sha1sum | cut -c1-40)
-fill "$SCRIPTS_DIR/sentinel.conf" "$RUN_DIR/sentinel.conf" "ANNOUNCE_HOST=$ANNOUNCE_HOST" \\
-     "MASTER_HOST=$host" "MASTER_PORT=$port"
-echo "sentinel myid $myid" >> "$RUN_DIR/sentinel.conf"
-echo "start-sentinel: monitoring $primary"
-exec redis-server "$RUN_DIR/sentinel.conf" --sentinel
-"""
-
-PRE_STOP_SH = f"""\
-# Rendered by prefect-stack. preStop of the redis container (rollout, drain, eviction): a primary about to stop
-# first hands its role to a replica, so clients wait about a second instead of down-after-milliseconds plus a
-# failover, and no acknowledged write is lost.
-. "$SCRIPTS_DIR/common.sh"
-cli() {{ timeout 3 redis-cli -h 127.0.0.1 -p "$REDIS_PORT" "$@"; }}
-[ -n "${{SENTINELS:-}}" ] || exit 0
-[ "$(cli role | head -n 1)" = master ] || exit 0
-# Writes wait from here (replication goes on) until this Redis is a replica: none lands here after the promotion.
-# The pause ends by itself if this script dies.
-cli client pause 15000 write > /dev/null
-# Until a replica has acknowledged everything (replicas acknowledge every second).
-waited=0
-while [ "$waited" -lt 12 ]; do
-    info=$(cli info replication | tr -d '\r')
-    offset=$(printf '%s\n' "$info" | sed -n 's/^master_repl_offset://p')
-    if printf '%s\n' "$info" | grep -q "^slave[0-9]*:.*,offset=$offset,"; then
-        break
-    fi
-    sleep 0.25
-    waited=$((waited + 1))
-done
-accepted=
-for sentinel in "127.0.0.1:$SENTINEL_PORT" $SENTINELS; do
-    answer=$(timeout 3 redis-cli -h "${{sentinel%:*}}" -p "${{sentinel##*:}}" sentinel failover {MASTER_SET} \\
-             2>/dev/null || true)
-    if [ "$answer" = OK ]; then
-        accepted=yes
-        break
-    fi
-done
-# The primary every answering Sentinel names, once they agree, the failover is over and it is not this pod
-# (nothing until then): clients ask any of them, and one still naming this pod would send them back here.
-agreed_primary() {{
-    agreed=
-    for sentinel in $SENTINELS; do
-        # SENTINEL MASTER, as clients (redis-py) ask: it names the new primary only once the failover is over
-        # (get-master-addr-by-name names it earlier, while the replicas are still being reconfigured).
-        answer=$(timeout 2 redis-cli -h "${{sentinel%:*}}" -p "${{sentinel##*:}}" --raw \\
-                 sentinel master {MASTER_SET} 2>/dev/null \\
-                 | awk 'NR % 2 == 1 {{ key = $0 }} NR % 2 == 0 {{ value[key] = $0 }}
-                        END {{ print value["ip"], value["port"], value["flags"] }}' || true)
-        set -- $answer
-        [ "$#" -eq 3 ] || continue
-        if [ "$3" != master ] || [ "$1 $2" = "$ANNOUNCE_HOST $REDIS_PORT" ] || \\
-           {{ [ -n "$agreed" ] && [ "$agreed" != "$1 $2" ]; }}; then
-            return
-        fi
-        agreed="$1 $2"
-    done
-    echo "$agreed"
-}}
-if [ -n "$accepted" ]; then
-    waited=0
-    while [ "$waited" -lt 40 ]; do
-        primary=$(agreed_primary)
-        if [ -n "$primary" ]; then
-            # Follow the promoted replica at once rather than when a Sentinel gets round to it.
-            cli replicaof $primary > /dev/null
-            echo "pre-stop: handed the primary role to $primary"
-            break
-        fi
-        sleep 0.25
-        waited=$((waited + 1))
-    done
-fi
-cli client unpause > /dev/null
-# Connected clients ask the Sentinels again; the paused writes were answered READONLY and are retried there.
-cli client kill type normal > /dev/null || true
-cli client kill type pubsub > /dev/null || true
-"""
-
-
-PROBE_SH = """\
-# Rendered by prefect-stack. probe.sh redis-ready|redis-alive|sentinel
-. "$SCRIPTS_DIR/common.sh"
-case $1 in
-    redis-alive)
-        # Any answer will do (LOADING while a large AOF loads is alive).
-        timeout 4 redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping > /dev/null ;;
-    redis-ready)
-        [ "$(timeout 4 redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping)" = PONG ]
-        # A replica serves only once it follows its primary.
-        info=$(timeout 4 redis-cli -h 127.0.0.1 -p "$REDIS_PORT" info replication | tr -d '\\r')
-        case $info in
-            *role:slave*) case $info in *master_link_status:up*) ;; *) exit 1 ;; esac ;;
-        esac ;;
-    sentinel)
-        [ "$(timeout 4 redis-cli -h 127.0.0.1 -p "$SENTINEL_PORT" ping)" = PONG ] ;;
-    *)
-        echo "usage: probe.sh redis-ready|redis-alive|sentinel" >&2
-        exit 2 ;;
-esac
-"""
-
-
-def start_exporter_sh(port: int = REDIS_PORT, listen_port: int = EXPORTER_PORT) -> str:
-    streams = ",".join(f"db{MESSAGING_DB}={s}" for s in STREAMS)
-    address = f"redis://127.0.0.1:{port}"
-    return f"""\
-# Rendered by prefect-stack. redis_exporter as the read-only monitor user; its password stays in a file.
-set -eu
-umask 077
-password=$(cat "$SECRET_DIR/{SECRET_KEY_MONITOR}")
-printf '{{"{address}": "%s"}}\\n' "$password" > "$EXPORTER_RUN_DIR/passwords.json"
-exec prometheus-redis-exporter -redis.addr={address} -redis.user={MONITOR_USER} \\
-    -redis.password-file="$EXPORTER_RUN_DIR/passwords.json" -web.listen-address=:{listen_port} \\
-    -check-single-streams={streams}
-"""
-
-
 def config_files(config: StackConfig, *, sentinel: bool, redis_port: int = REDIS_PORT,
-                 sentinel_port: int = SENTINEL_PORT, exporter_port: int = EXPORTER_PORT, bind: str = "* -::*",
-                 data_dir: str = DATA_DIR, run_dir: str = RUN_DIR) -> dict[str, str]:
-    """The ConfigMap's files. The parameters exist for the real-process test (loopback ports, temp dirs)."""
-    files = {
-        "common.sh": COMMON_SH,
-        "start-redis.sh": START_REDIS_SH,
-        "probe.sh": PROBE_SH,
-        "redis.conf": redis_conf_template(config, sentinel=sentinel, port=redis_port, bind=bind, data_dir=data_dir),
-    }
+                 sentinel_port: int = SENTINEL_PORT, bind: str = "* -::*", data_dir: str = DATA_DIR,
+                 run_dir: str = RUN_DIR) -> dict[str, str]:
+    """The ConfigMap's files: the shipped scripts (infra/scripts/redis, their values in ``_script_env``) and the
+    configuration templates. The parameters exist for the real-process test (loopback ports, temp dirs)."""
+    files = {name: script(f"redis/{name}") for name in ("common.sh", "start-redis.sh", "probe.sh")}
+    files["redis.conf"] = redis_conf_template(config, sentinel=sentinel, port=redis_port, bind=bind,
+                                              data_dir=data_dir)
     if sentinel:
-        files["start-sentinel.sh"] = START_SENTINEL_SH
-        files["pre-stop.sh"] = PRE_STOP_SH
+        files["start-sentinel.sh"] = script("redis/start-sentinel.sh")
+        files["pre-stop.sh"] = script("redis/pre-stop.sh")
         files["sentinel.conf"] = sentinel_conf_template(config, port=sentinel_port, bind=bind, run_dir=run_dir)
     if config.monitoring.enabled:
-        files["start-exporter.sh"] = start_exporter_sh(redis_port, exporter_port)
+        files["start-exporter.sh"] = script("redis/start-exporter.sh")
     return files
 
 
@@ -510,8 +298,15 @@ def _standalone_service(config: StackConfig) -> dict[str, Any]:
                      "ports": [_service_port("redis", REDIS_PORT)]}}
 
 
+def exporter_env(listen_port: int = EXPORTER_PORT) -> dict[str, str]:
+    """What start-exporter.sh reads besides the paths and REDIS_PORT. The parameter exists for the real-process
+    test."""
+    return {"EXPORTER_PORT": str(listen_port), "MONITOR_USER": MONITOR_USER,
+            "EXPORTER_STREAMS": ",".join(f"db{MESSAGING_DB}={s}" for s in STREAMS)}
+
+
 def _script_env(config: StackConfig, sentinel: bool) -> list[dict[str, Any]]:
-    """What the scripts read (COMMON_SH). POD_NAME first: the others refer to it."""
+    """What the scripts read (infra/scripts/redis: common.sh lists it). POD_NAME first: the others refer to it."""
     names = Names.of(config)
     announce = pod_host(config, "$(POD_NAME)") if sentinel else names.redis
     values = {
@@ -521,11 +316,14 @@ def _script_env(config: StackConfig, sentinel: bool) -> list[dict[str, Any]]:
         "REDIS_NODES": " ".join(f"{pod_host(config, pod)}:{REDIS_PORT}" for pod in pod_names(config))
         if sentinel else f"{names.redis}:{REDIS_PORT}",
         "SENTINELS": " ".join(sentinel_members(config)) if sentinel else "",
+        "MASTER_SET": MASTER_SET,
         "SCRIPTS_DIR": SCRIPTS_DIR,
         "SECRET_DIR": SECRET_DIR,
         "RUN_DIR": RUN_DIR,
         "EXPORTER_RUN_DIR": EXPORTER_RUN_DIR,
     }
+    if config.monitoring.enabled:
+        values |= exporter_env()
     return [{"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
             *({"name": k, "value": v} for k, v in values.items())]
 

@@ -36,6 +36,7 @@ from infra.kubernetes.redis import (
     SECRET_KEY_MONITOR,
     SECRET_KEY_PASSWORD,
     config_files,
+    exporter_env,
     redis_environment,
 )
 from infra.render.redis import DOCKET_DB, MESSAGING_DB
@@ -74,6 +75,7 @@ class Pod:
     sentinel_port: int
     root: Path
     password: str
+    exporter_port: int = 0  # the standalone pod's exporter only
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     def env(self, pods: list[Pod]) -> dict[str, str]:
@@ -85,10 +87,12 @@ class Pod:
             "SENTINEL_PORT": str(self.sentinel_port),
             "REDIS_NODES": " ".join(f"{LOOPBACK}:{p.redis_port}" for p in pods),
             "SENTINELS": " ".join(f"{LOOPBACK}:{p.sentinel_port}" for p in pods),
+            "MASTER_SET": MASTER_SET,
             "SCRIPTS_DIR": str(self.root / "scripts"),
             "SECRET_DIR": str(self.root / "secret"),
             "RUN_DIR": str(self.root / "run"),
             "EXPORTER_RUN_DIR": str(self.root / "exporter"),
+            **exporter_env(self.exporter_port),
         }
 
     def start(self, script: str, pods: list[Pod]) -> None:
@@ -420,10 +424,10 @@ def standalone(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StandaloneO
     secrets = ensure_secrets(tmp / "secrets")
     config = load_config(target="kubernetes", kubernetes={"redis": {"mode": "standalone"}})
     redis_port, exporter_port = free_ports(2)
-    pod = Pod(0, redis_port, 0, tmp / "redis-0", secrets.get("redis"))
+    pod = Pod(0, redis_port, 0, tmp / "redis-0", secrets.get("redis"), exporter_port)
     for directory in ("scripts", "secret", "run", "data", "exporter"):
         (pod.root / directory).mkdir(parents=True, mode=0o700)
-    files = config_files(config, sentinel=False, redis_port=redis_port, exporter_port=exporter_port, bind=LOOPBACK,
+    files = config_files(config, sentinel=False, redis_port=redis_port, bind=LOOPBACK,
                          data_dir=str(pod.root / "data"), run_dir=str(pod.root / "run"))
     for name, text in files.items():
         (pod.root / "scripts" / name).write_text(text)

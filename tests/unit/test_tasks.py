@@ -246,6 +246,23 @@ class TestNamespace:
 class TestTestTask:
     """invoke test: the stress variant and repeated runs, checked with invoke's MockContext (nothing runs)."""
 
+    @pytest.fixture(autouse=True)
+    def _shellcheck_found(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """The lint step looks shellcheck up; nothing runs here, so a machine without it passes too."""
+        monkeypatch.setattr(dev.shutil, "which", lambda name: f"/usr/bin/{name}")
+
+    def test_lint_runs_shellcheck_over_every_shell_script(self) -> None:
+        context = self._context()
+        dev.lint(context)
+        commands = [c.args[0] for c in context.run.call_args_list]  # type: ignore[attr-defined]
+        assert any(c.startswith("/usr/bin/shellcheck ") and c.endswith("/.ci/run") for c in commands)
+
+    def test_lint_without_shellcheck_says_how_to_install_it(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setattr(dev.shutil, "which", lambda name: None)
+        with pytest.raises(Exit) as caught:
+            dev.lint(self._context())
+        assert caught.value.code == 1 and "bootstrap.sh --dev" in str(caught.value.message)
+
     @staticmethod
     def _context() -> MockContext:
         return MockContext(run={re.compile(".*"): Result(exited=0)}, repeat=True)
