@@ -19,15 +19,13 @@ this host, the load generator of the database included: the numbers compare meth
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import os
 import shutil
 import subprocess
-import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -40,25 +38,23 @@ from infra.backup.catalog import find_backup
 from infra.backup.database import DatabaseAccess, local_database
 from infra.backup.logical import run_logical_backup
 from infra.backup.storage import BackupStore
-from infra.bench.api import (
-    _TEMP_ROOT,
-    DEFAULT_REPLICAS,
+from infra.bench.api import DEFAULT_REPLICAS
+from infra.bench.data import MB, RUN_WINDOW, GeneratedData, check_api_serves, generate, iso_duration
+from infra.bench.harness import (
     Verdict,
     VerdictStatus,
-    _basic_auth,
-    _cleaned_up,
-    _log_tail,
     allocate_stack_ports,
+    api_auth,
+    log_tail,
     stack_config,
+    temporary_stack,
+    temporary_workdir,
 )
-from infra.bench.data import MB, RUN_WINDOW, GeneratedData, check_api_serves, generate, iso_duration
 from infra.config import StackConfig
 from infra.database.admin import run_as_ids
 from infra.errors import UserError
 from infra.layout import StateLayout
-from infra.local.deploy import deploy
 from infra.local.health import api_ready, lb_ready
-from infra.local.operate import client_environment, destroy
 from infra.local.pgbackrest import physical_restore
 from infra.local.plan import LocalPlan
 from infra.local.restore import restore_backup
@@ -314,7 +310,7 @@ def _start_postgres(supervisor: Supervisor, layout: StateLayout, database: Datab
     try:
         supervisor.start("postgres")
     except UserError as exc:
-        raise UserError(f"{exc.problem} {when}:\n    {_log_tail(layout.log_file('postgres'))}",
+        raise UserError(f"{exc.problem} {when}:\n    {log_tail(layout.log_file('postgres'))}",
                         fix="read the PostgreSQL log above") from None
     console.wait_until(functools.partial(_database_serving, database), POSTGRES_TIMEOUT_S,
                        f"PostgreSQL {when}", fix=f"read {layout.log_file('postgres')}")
@@ -484,16 +480,6 @@ def _check_free_space(workdir: Path, settings: BackupBenchSettings) -> None:
         )
 
 
-@contextlib.contextmanager
-def _temporary_stack(workdir: Path, settings: BackupBenchSettings) -> Iterator[tuple[StackConfig, LocalPlan]]:
-    config = _bench_config(workdir / "stack", settings, set())
-    console.step(f"deploying a temporary stack ({settings.replicas} API replicas) in {config.state_dir}")
-    with _cleaned_up(f"destroy the temporary stack in {config.state_dir}", lambda: destroy(config)):
-        plan, _ = deploy(config)
-        yield config, plan
-        console.step("destroying the temporary stack")
-
-
 # generate, pgBackRest set-up, then the six measurements
 BENCH_STEPS = 8
 
@@ -505,7 +491,7 @@ def _measure(config: StackConfig, plan: LocalPlan, workdir: Path, settings: Back
     with console.progress().steps("benchmark", BENCH_STEPS) as steps:
         console.step(f"generating a {settings.size_gb:g} GB Prefect database")
         data = generate(local_database(config), settings.target_bytes, console.progress())
-        auth = _basic_auth(client_environment(config)["PREFECT_API_AUTH_STRING"])
+        auth = api_auth(config)
         check_api_serves(config.api_url, auth, data.rows.get("flow_run", 0), load_balancer_verify(config))
         steps.step(f"{data.database_bytes / MB:.0f} MB in {data.seconds:.0f}s; the API serves it "
                    f"({data.rows.get('flow_run', 0)} flow runs, {data.rows.get('log', 0)} log lines, "
@@ -540,10 +526,7 @@ def run_backup_benchmark(settings: BackupBenchSettings) -> BackupBenchReport:
         raise UserError("pgbackrest is not installed", fix="install it (apt-get install pgbackrest), then retry")
     console.step(f"benchmarking backups and restores of a {settings.size_gb:g} GB Prefect database; "
              f"this takes about {estimated_s(settings) / 60:.0f} min")
-    workdir = Path(tempfile.mkdtemp(prefix="prefect-stack-bench-backup-", dir=_TEMP_ROOT))
-    # The stack's service user must traverse it to reach its state directory; nothing secret sits at this level.
-    os.chmod(workdir, 0o755)  # noqa: S103
-    with _cleaned_up(f"remove {workdir}", lambda: shutil.rmtree(workdir)):
+    with temporary_workdir("prefect-stack-bench-backup-") as workdir:
         _check_free_space(workdir, settings)
-        with _temporary_stack(workdir, settings) as (config, plan):
-            return _measure(config, plan, workdir, settings)
+        with temporary_stack(_bench_config(workdir / "stack", settings, set())) as stack:
+            return _measure(stack.config, stack.plan, workdir, settings)

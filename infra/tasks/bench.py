@@ -17,7 +17,6 @@ from infra.bench.api import (
     WARMUP_S,
     BenchmarkReport,
     BenchSettings,
-    Verdict,
     describe_errors,
     parse_concurrency,
     run_benchmark,
@@ -31,6 +30,7 @@ from infra.bench.compose import (
     describe_image,
     run_compose_benchmark,
 )
+from infra.bench.harness import Verdict
 from infra.bench.observability import ObservabilitySettings, run_observability_benchmark
 from infra.errors import UserError
 from infra.tasks import reports_user_errors

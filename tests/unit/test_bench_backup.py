@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 from infra.bench import backup as bench
-from infra.bench.api import StackPorts
 from infra.bench.backup import (
     LOGICAL_BACKUP,
     NAIVE_TOTAL,
@@ -22,6 +21,7 @@ from infra.bench.backup import (
     pgbackrest_conf,
 )
 from infra.bench.data import LOG_TEMPLATES, RUN_WINDOW, WRITTEN, iso_duration, missing_required_columns
+from infra.bench.harness import StackPorts
 from infra.config import load_config
 from infra.errors import UserError
 from infra.layout import StateLayout
