@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from boto3.s3.transfer import TransferConfig
 from psycopg import sql
 
 from infra import console
@@ -373,14 +374,13 @@ def _naive_pipeline(config: StackConfig, secrets: Secrets, workdir: Path) -> lis
     if result.returncode != 0:
         raise UserError(f"pg_dump -Fc failed (exit {result.returncode}): {result.stderr.strip()[-500:]}",
                         fix="read the message above")
-    size = dump.stat().st_size
     key = store.key("bench", "naive", dump.name)
     clock = _Clock()
     # boto3's own defaults (multipart above 8 MB, 10 threads): what `aws s3 cp` would do with the file.
-    store._client.upload_file(str(dump), store.bucket, key)
+    size = store.upload_file(dump, key, transfer=TransferConfig())
     uploaded = clock.elapsed()
     console.note(f"pg_dump {dumped:.1f}s ({_human(size)}), upload {uploaded:.1f}s")
-    store._client.delete_object(Bucket=store.bucket, Key=key)  # the local endpoint keeps objects in memory
+    store.delete(key)  # the local endpoint keeps objects in memory
     shutil.rmtree(scratch)
     return [
         Measurement(NAIVE_DUMP, "pg_dump -Fc to a file", dumped, size, "custom format, its default compression"),
