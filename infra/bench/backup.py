@@ -60,6 +60,7 @@ from infra.local.pgbackrest import physical_restore
 from infra.local.plan import LocalPlan
 from infra.local.restore import restore_backup
 from infra.local.supervisor import Supervisor
+from infra.render.pgbackrest import STANZA, DirectoryRepository, pgbackrest_conf
 from infra.secrets import Secrets, load_secrets
 
 GB = 1024 * MB
@@ -71,7 +72,6 @@ MAX_SIZE_GB = 100.0
 DISK_FACTOR = 4
 DISK_HEADROOM = 2 * GB
 
-STANZA = "bench"
 PGBACKREST_TIMEOUT_S = 3600.0
 POSTGRES_TIMEOUT_S = 300.0
 API_TIMEOUT_S = 120.0
@@ -192,29 +192,6 @@ class BackupBenchReport:
         }
 
 
-def pgbackrest_conf(root: Path, layout: StateLayout, config: StackConfig, process_max: int) -> str:
-    """A repository and every path pgBackRest writes (log, lock) of its own under ``root``."""
-    return "\n".join([
-        "[global]",
-        f"repo1-path={root / 'repo'}",
-        "repo1-retention-full=1",
-        "compress-type=zst",
-        f"process-max={process_max}",
-        "start-fast=y",  # an immediate checkpoint, as a benchmark (and an operator about to upgrade) wants
-        f"log-path={root / 'log'}",
-        # Not the host-wide /tmp/pgbackrest and /var/spool/pgbackrest of another installation (or user).
-        f"lock-path={root / 'lock'}",
-        f"spool-path={root / 'spool'}",
-        "",
-        f"[{STANZA}]",
-        f"pg1-path={layout.postgres_data}",
-        f"pg1-port={config.postgres.port}",
-        f"pg1-socket-path={layout.run}",
-        "pg1-user=postgres",
-        "",
-    ])
-
-
 # ---------------------------------------------------------------- pgBackRest
 
 
@@ -232,12 +209,16 @@ class PgBackRest:
     """pgBackRest run as the OS user that owns the cluster (it reads the data directory and is archive_command)."""
 
     binary: str
-    root: Path
+    repository: DirectoryRepository
     owner: Owner
 
     @property
+    def root(self) -> Path:
+        return self.repository.root
+
+    @property
     def config_file(self) -> Path:
-        return self.root / "pgbackrest.conf"
+        return self.repository.config_file
 
     def archive_command(self) -> str:
         return f"{self.binary} --config={self.config_file} --stanza={STANZA} archive-push %p"
@@ -272,7 +253,9 @@ class PgBackRest:
         self.run("restore", f"--pg1-path={pg_path}", "--archive-mode=off")
 
 
-def _setup_pgbackrest(config: StackConfig, plan: LocalPlan, workdir: Path, process_max: int) -> PgBackRest:
+def _setup_pgbackrest(
+    config: StackConfig, plan: LocalPlan, secrets: Secrets, workdir: Path, process_max: int
+) -> PgBackRest:
     """A stanza with WAL archiving: a backup without its WAL cannot be restored to a consistent cluster."""
     binary = shutil.which("pgbackrest")
     if binary is None:
@@ -281,9 +264,10 @@ def _setup_pgbackrest(config: StackConfig, plan: LocalPlan, workdir: Path, proce
     root = _owned_dir(workdir / "pgbackrest", owner)
     for name in ("repo", "log", "lock", "spool"):
         _owned_dir(root / name, owner)
-    pgbr = PgBackRest(binary, root, owner)
-    pgbr.config_file.write_text(pgbackrest_conf(root, plan.layout, config, process_max))
-    os.chmod(pgbr.config_file, 0o644)  # paths and ports only, no secret: the service user reads it
+    pgbr = PgBackRest(binary, DirectoryRepository(root, process_max), owner)
+    rendered = pgbackrest_conf(config, secrets, plan.layout, pgbr.repository)
+    rendered.path.write_text(rendered.content)
+    os.chmod(rendered.path, rendered.mode)  # paths and ports only, no secret: the service user reads it
     database = local_database(config)
     with database.connect("postgres") as conn:
         conn.execute("ALTER SYSTEM SET archive_mode = on")
@@ -497,7 +481,7 @@ def _measure(config: StackConfig, plan: LocalPlan, workdir: Path, settings: Back
                    f"({data.rows.get('flow_run', 0)} flow runs, {data.rows.get('log', 0)} log lines, "
                    f"{data.rows.get('events', 0)} events)")
         console.step("setting up pgBackRest (stanza, WAL archiving) on the temporary stack")
-        pgbr = _setup_pgbackrest(config, plan, workdir, jobs)
+        pgbr = _setup_pgbackrest(config, plan, secrets, workdir, jobs)
         steps.step("pgBackRest set up")
         logical, backup_id = _logical_backup(config, secrets, layout)
         steps.step("logical backup timed")
