@@ -442,7 +442,8 @@ def _logical_restore(config: StackConfig, secrets: Secrets, backup_id: str) -> l
 # ---------------------------------------------------------------- the run
 
 
-def _bench_config(state_dir: Path, settings: BackupBenchSettings, taken: set[int]) -> StackConfig:
+def bench_config(state_dir: Path, settings: BackupBenchSettings, taken: set[int]) -> StackConfig:
+    """The temporary stack's configuration: harness.stack_config, with what the backup measurements need."""
     config = stack_config(state_dir, allocate_stack_ports(settings.replicas, taken), settings.replicas)
     services = config.services
     # The generated month of events must outlive the run: the services' vacuum deletes events past retention.
@@ -512,5 +513,5 @@ def run_backup_benchmark(settings: BackupBenchSettings) -> BackupBenchReport:
              f"this takes about {estimated_s(settings) / 60:.0f} min")
     with temporary_workdir("prefect-stack-bench-backup-") as workdir:
         _check_free_space(workdir, settings)
-        with temporary_stack(_bench_config(workdir / "stack", settings, set())) as stack:
+        with temporary_stack(bench_config(workdir / "stack", settings, set())) as stack:
             return _measure(stack.config, stack.plan, workdir, settings)

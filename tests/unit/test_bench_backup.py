@@ -110,7 +110,7 @@ def fixed_ports(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.usefixtures("fixed_ports")
 def test_bench_config_keeps_the_generated_month_of_events(tmp_path: Path) -> None:
-    config = bench._bench_config(tmp_path / "stack", BackupBenchSettings(), set())
+    config = bench.bench_config(tmp_path / "stack", BackupBenchSettings(), set())
     assert iso_duration(config.services.events_retention) > RUN_WINDOW
     assert config.postgres.port == PORTS.postgres
     assert config.state_dir == (tmp_path / "stack").resolve()
@@ -118,20 +118,20 @@ def test_bench_config_keeps_the_generated_month_of_events(tmp_path: Path) -> Non
 
 @pytest.mark.usefixtures("fixed_ports")
 def test_bench_config_has_no_scheduled_backup(tmp_path: Path) -> None:
-    assert not bench._bench_config(tmp_path / "stack", BackupBenchSettings(), set()).backups.schedule_enabled
+    assert not bench.bench_config(tmp_path / "stack", BackupBenchSettings(), set()).backups.schedule_enabled
 
 
 @pytest.mark.usefixtures("fixed_ports")
 def test_bench_config_keeps_a_longer_retention(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PREFECT_STACK_SERVICES__EVENTS_RETENTION", "P90D")
-    config = bench._bench_config(tmp_path / "stack", BackupBenchSettings(), set())
+    config = bench.bench_config(tmp_path / "stack", BackupBenchSettings(), set())
     assert config.services.events_retention == "P90D"
 
 
 @pytest.mark.usefixtures("fixed_ports")
 @pytest.mark.parametrize(("jobs", "expected"), [(None, load_config().backups.jobs), (3, 3)])
 def test_bench_config_jobs(tmp_path: Path, jobs: int | None, expected: int) -> None:
-    config = bench._bench_config(tmp_path / "stack", BackupBenchSettings(jobs=jobs), set())
+    config = bench.bench_config(tmp_path / "stack", BackupBenchSettings(jobs=jobs), set())
     assert config.backups.jobs == expected
 
 
