@@ -13,9 +13,11 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import IO, Any
 
 import boto3
+from boto3.exceptions import S3UploadFailedError
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config as BotoConfig
 from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError, NoCredentialsError
@@ -172,6 +174,26 @@ class BackupStore:
         except (ClientError, BotoCoreError) as exc:
             raise self._explain(exc, f"uploading {key}") from None
         return StoredObject(key, reader.size, reader.sha256)
+
+    def upload_file(self, path: Path, key: str, transfer: TransferConfig | None = None) -> int:
+        """Upload a file through boto3's transfer manager (multipart, parallel parts); returns its size.
+
+        ``transfer``: the part size and concurrency; by default the store's own (backups.s3).
+        """
+        try:
+            self._client.upload_file(str(path), self.bucket, key, ExtraArgs=self._sse(),
+                                     Config=self._transfer if transfer is None else transfer)
+        except S3UploadFailedError as exc:
+            # boto3's upload_file wraps the ClientError that says why (its code) in this one.
+            cause = exc.__context__
+            raise self._explain(cause if isinstance(cause, ClientError) else exc, f"uploading {key}") from None
+        except (ClientError, BotoCoreError) as exc:
+            raise self._explain(exc, f"uploading {key}") from None
+        return path.stat().st_size
+
+    def delete(self, key: str) -> None:
+        """Delete one object; deleting a key that does not exist is not an error (S3's own semantics)."""
+        self._call(f"deleting {key}", "delete_object", Bucket=self.bucket, Key=key)
 
     def put_json(self, key: str, document: dict[str, Any]) -> None:
         body = json.dumps(document, indent=2, sort_keys=True).encode()

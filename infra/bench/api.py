@@ -25,29 +25,36 @@ import contextlib
 import ipaddress
 import math
 import os
-import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import httpx
 
 from infra import console
 from infra.api_client import load_balancer_verify
-from infra.config import StackConfig, load_config
+from infra.bench.harness import (
+    MAX_API_REPLICAS,
+    Verdict,
+    VerdictStatus,
+    allocate_stack_ports,
+    api_auth,
+    format_ms,
+    free_port,
+    log_tail,
+    stack_config,
+    temporary_stack,
+    temporary_workdir,
+)
 from infra.errors import UserError
-from infra.local.deploy import deploy
-from infra.local.operate import client_environment, destroy
 from infra.progress import StepMeter
 
 DEFAULT_CONCURRENCY = (1, 20, 50)
@@ -79,11 +86,6 @@ LABELS = {
     "local_load_balancer": "local load balancer", "compose_load_balancer": "compose load balancer",
 }
 
-# ApiConfig.replicas accepts at most this many, so a default deployment may use base_port..base_port+31.
-_MAX_API_REPLICAS = 32
-_TEMP_ROOT = Path("/tmp")  # noqa: S108 - deliberate: the service user must traverse every parent (not $TMPDIR)
-
-
 # ---------------------------------------------------------------- settings
 
 
@@ -108,8 +110,8 @@ class BenchSettings:
             )
         if not 0 <= self.warmup_s <= MAX_DURATION_S:
             raise UserError(f"warm-up {self.warmup_s:g}s is out of range", fix=f"use 0 to {MAX_DURATION_S:g}")
-        if not 1 <= self.replicas <= _MAX_API_REPLICAS:
-            raise UserError(f"{self.replicas} replicas is out of range", fix=f"use 1 to {_MAX_API_REPLICAS}")
+        if not 1 <= self.replicas <= MAX_API_REPLICAS:
+            raise UserError(f"{self.replicas} replicas is out of range", fix=f"use 1 to {MAX_API_REPLICAS}")
 
     def estimated_s(self) -> float:
         """Rough wall time: three targets per level, plus deploying the stack and starting the SQLite server."""
@@ -202,31 +204,9 @@ def summarise(
     )
 
 
-# "not applicable": measured, but the goal concerns a method that does not exist yet (bench.backup).
-VerdictStatus = Literal["pass", "fail", "not measured", "not applicable"]
-
-
-@dataclass(frozen=True)
-class Verdict:
-    goal: str
-    status: VerdictStatus
-    measured: str
-    ratio: float | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        if self.ratio is not None:
-            data["ratio"] = round(self.ratio, 3)
-        return data
-
-
 def describe_errors(result: LevelResult) -> str:
     """'HTTP 500: 12, RemoteProtocolError: 3', most frequent first."""
     return ", ".join(f"{kind}: {count}" for kind, count in result.error_kinds.items())
-
-
-def _ms(value: float | None) -> str:
-    return "-" if value is None else f"{value:.1f} ms"
 
 
 def judge(results: Sequence[LevelResult]) -> list[Verdict]:
@@ -258,11 +238,13 @@ def judge(results: Sequence[LevelResult]) -> list[Verdict]:
     if lb is None or sqlite is None:
         verdicts.append(Verdict(goal, "not measured", f"{LATENCY_CLIENTS} client not in --concurrency"))
     elif lb.p50_ms is None or sqlite.p50_ms is None:
-        verdicts.append(Verdict(goal, "fail", f"p50 {_ms(lb.p50_ms)} vs {_ms(sqlite.p50_ms)}: no successful request"))
+        measured = f"p50 {format_ms(lb.p50_ms)} vs {format_ms(sqlite.p50_ms)}: no successful request"
+        verdicts.append(Verdict(goal, "fail", measured))
     else:
         ratio = lb.p50_ms / sqlite.p50_ms
         status = "pass" if ratio <= MAX_P50_RATIO else "fail"
-        verdicts.append(Verdict(goal, status, f"p50 {_ms(lb.p50_ms)} vs {_ms(sqlite.p50_ms)} (x{ratio:.2f})", ratio))
+        measured = f"p50 {format_ms(lb.p50_ms)} vs {format_ms(sqlite.p50_ms)} (x{ratio:.2f})"
+        verdicts.append(Verdict(goal, status, measured, ratio))
     return verdicts
 
 
@@ -429,115 +411,10 @@ def run_level_counted(
     result = summarise(target.key, concurrency, samples, settings.warmup_s, settings.duration_s)
     errors = f"[red]{result.errors} errors ({describe_errors(result)})[/red]" if result.errors else "0 errors"
     console.note(
-        f"{result.throughput_rps:.1f} flow runs/s, p50 {_ms(result.p50_ms)}, p99 {_ms(result.p99_ms)}, "
+        f"{result.throughput_rps:.1f} flow runs/s, p50 {format_ms(result.p50_ms)}, p99 {format_ms(result.p99_ms)}, "
         f"{result.requests} requests, {errors}"
     )
     return result, sum(s.ok for s in samples)
-
-
-# ---------------------------------------------------------------- ports
-
-
-def _default_ports() -> frozenset[int]:
-    """Every port a deployment on the defaults may listen on: the benchmark never takes one of them."""
-    defaults = StackConfig.model_construct()
-    base = defaults.api.base_port
-    return frozenset(defaults.port_fields().values()) | frozenset(range(base, base + _MAX_API_REPLICAS))
-
-
-DEFAULT_PORTS = _default_ports()
-
-
-def _bindable(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def free_port(taken: set[int], run: int = 1) -> int:
-    """A free loopback port (the first of ``run`` consecutive free ones), neither taken nor a default port.
-
-    The port is recorded in ``taken``; it is free now, not reserved: use it soon.
-    """
-    for _ in range(200):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.bind(("127.0.0.1", 0))
-            first = int(sock.getsockname()[1])
-        ports = range(first, first + run)
-        if ports[-1] > 65535 or any(p in taken or p in DEFAULT_PORTS for p in ports):
-            continue
-        if all(_bindable(p) for p in ports[1:]):
-            taken.update(ports)
-            return first
-    raise UserError(f"found no {run} consecutive free port(s) on 127.0.0.1", fix="free some ports and retry")
-
-
-@dataclass(frozen=True)
-class StackPorts:
-    load_balancer: int
-    stats: int
-    postgres: int
-    pgbouncer: int
-    redis: int
-    s3: int
-    api_base: int
-    # prometheus, alertmanager, node, postgres, redis and prefect exporters
-    monitoring: tuple[int, int, int, int, int, int]
-
-
-def allocate_stack_ports(replicas: int, taken: set[int]) -> StackPorts:
-    return StackPorts(
-        load_balancer=free_port(taken), stats=free_port(taken), postgres=free_port(taken),
-        pgbouncer=free_port(taken), redis=free_port(taken), s3=free_port(taken),
-        api_base=free_port(taken, run=replicas),
-        monitoring=(free_port(taken), free_port(taken), free_port(taken), free_port(taken), free_port(taken),
-                    free_port(taken)),
-    )
-
-
-# ---------------------------------------------------------------- targets
-
-
-def stack_config(
-    state_dir: Path, ports: StackPorts, replicas: int, monitoring: bool = False,
-    tls_mode: Literal["auto", "on", "off"] = "auto",
-) -> StackConfig:
-    """The operator's configuration (pool sizes, timeouts...) with the benchmark's own ports and state directory.
-
-    Monitoring is off unless asked for: the API and backup benchmarks compare the stack itself with its baselines.
-    TLS at the load balancer follows ``tls_mode`` (auto: off on loopback; the compose comparison turns it on).
-    """
-    prom, am, node, pg_exporter, redis_exporter, prefect_exporter = ports.monitoring
-    return load_config(
-        monitoring={"enabled": monitoring, "prometheus_port": prom, "alertmanager_port": am,
-                    "node_exporter_port": node, "postgres_exporter_port": pg_exporter,
-                    "redis_exporter_port": redis_exporter, "prefect_exporter_port": prefect_exporter},
-        target="local",
-        local={"state_dir": str(state_dir)},
-        load_balancer={"bind_address": "127.0.0.1", "port": ports.load_balancer, "stats_port": ports.stats,
-                       "tls": {"mode": tls_mode}},
-        postgres={"port": ports.postgres},
-        pgbouncer={"port": ports.pgbouncer},
-        redis={"port": ports.redis},
-        api={"replicas": replicas, "base_port": ports.api_base},
-        backups={"s3": {"local_port": ports.s3}},
-    )
-
-
-def _basic_auth(auth_string: str) -> tuple[str, str]:
-    user, _, password = auth_string.partition(":")
-    return user, password
-
-
-def _log_tail(path: Path, lines: int = 8) -> str:
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return "(no log)"
-    return "\n    ".join(text.strip().splitlines()[-lines:]) or "(empty log)"
 
 
 def _wait_for_health(process: subprocess.Popen[bytes], api_url: str, log: Path) -> None:
@@ -546,7 +423,7 @@ def _wait_for_health(process: subprocess.Popen[bytes], api_url: str, log: Path) 
         code = process.poll()
         if code is not None:
             raise UserError(
-                f"the SQLite prefect server exited with status {code} before answering:\n    {_log_tail(log)}",
+                f"the SQLite prefect server exited with status {code} before answering:\n    {log_tail(log)}",
                 fix="run `prefect server start` by hand to see why it does not start",
             )
         with contextlib.suppress(httpx.HTTPError):
@@ -555,7 +432,7 @@ def _wait_for_health(process: subprocess.Popen[bytes], api_url: str, log: Path) 
         time.sleep(0.5)
     raise UserError(
         f"the SQLite prefect server did not answer /api/health within {SQLITE_START_TIMEOUT_S:.0f}s:\n"
-        f"    {_log_tail(log)}",
+        f"    {log_tail(log)}",
         fix="the host may be overloaded; retry when it is quieter",
     )
 
@@ -597,25 +474,8 @@ def sqlite_server(home: Path, port: int) -> Iterator[str]:
         _stop_process_group(process)
 
 
-@contextlib.contextmanager
-def _cleaned_up(what: str, action: Callable[[], object]) -> Iterator[None]:
-    """Run ``action`` however the block ends. Its failure is raised, unless it would hide the block's own error."""
-    failed = False
-    try:
-        yield
-    except BaseException:
-        failed = True
-        raise
-    finally:
-        try:
-            action()
-        except Exception as exc:
-            if not failed:
-                raise
-            console.note(f"[red]cleanup failed[/red]: {what}: {exc}")
-
-
-def _level_done(steps: StepMeter, result: LevelResult) -> None:
+def level_done(steps: StepMeter, result: LevelResult) -> None:
+    """Advance the run's progress by one measured level, with its headline numbers."""
     steps.step(f"{result.target} at {result.concurrency} client(s): {result.throughput_rps:.1f}/s, "
                f"{result.errors} error(s)")
 
@@ -626,10 +486,8 @@ def _stack_phase(
     ports = allocate_stack_ports(settings.replicas, taken)
     config = stack_config(workdir / "stack", ports, settings.replicas)
     results: list[LevelResult] = []
-    console.step(f"deploying a temporary stack ({settings.replicas} API replicas) in {config.state_dir}")
-    with _cleaned_up(f"destroy the temporary stack in {config.state_dir}", lambda: destroy(config)):
-        deploy(config)
-        auth = _basic_auth(client_environment(config)["PREFECT_API_AUTH_STRING"])
+    with temporary_stack(config):
+        auth = api_auth(config)
         lb = Target(
             LOAD_BALANCER, config.api_url,
             f"HAProxy in front of {settings.replicas} API replicas (PgBouncer, PostgreSQL 15, Redis)",
@@ -643,8 +501,7 @@ def _stack_phase(
         for level in settings.concurrency:
             for target in (lb, direct):
                 results.append(run_level(target, level, settings, auth))
-                _level_done(steps, results[-1])
-        console.step("destroying the temporary stack")
+                level_done(steps, results[-1])
     return [lb, direct], results
 
 
@@ -659,7 +516,7 @@ def _sqlite_phase(
         target = Target(SQLITE, api_url, "default `prefect server start`: SQLite, services in process, no auth")
         for level in settings.concurrency:
             results.append(run_level(target, level, settings, auth=None))
-            _level_done(steps, results[-1])
+            level_done(steps, results[-1])
         console.step("stopping the SQLite server")
     return target, results
 
@@ -670,12 +527,9 @@ def run_benchmark(settings: BenchSettings) -> BenchmarkReport:
         f"benchmarking flow-run creation at {', '.join(map(str, settings.concurrency))} client(s); "
         f"this takes about {settings.estimated_s() / 60:.0f} min"
     )
-    workdir = Path(tempfile.mkdtemp(prefix="prefect-stack-bench-", dir=_TEMP_ROOT))
-    # The stack's service user must traverse it to reach its state directory; nothing secret sits at this level.
-    os.chmod(workdir, 0o755)  # noqa: S103
     taken: set[int] = set()
     levels = 3 * len(settings.concurrency)  # three targets, each at every concurrency
-    with _cleaned_up(f"remove {workdir}", lambda: shutil.rmtree(workdir)), \
+    with temporary_workdir("prefect-stack-bench-") as workdir, \
             console.progress().steps("measurements", levels) as steps:
         stack_targets, stack_results = _stack_phase(workdir, settings, taken, steps)
         sqlite_target, sqlite_results = _sqlite_phase(workdir, settings, taken, steps)

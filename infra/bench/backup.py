@@ -19,19 +19,18 @@ this host, the load generator of the database included: the numbers compare meth
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import os
 import shutil
 import subprocess
-import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from boto3.s3.transfer import TransferConfig
 from psycopg import sql
 
 from infra import console
@@ -40,29 +39,28 @@ from infra.backup.catalog import find_backup
 from infra.backup.database import DatabaseAccess, local_database
 from infra.backup.logical import run_logical_backup
 from infra.backup.storage import BackupStore
-from infra.bench.api import (
-    _TEMP_ROOT,
-    DEFAULT_REPLICAS,
+from infra.bench.api import DEFAULT_REPLICAS
+from infra.bench.data import MB, RUN_WINDOW, GeneratedData, check_api_serves, generate, iso_duration
+from infra.bench.harness import (
     Verdict,
     VerdictStatus,
-    _basic_auth,
-    _cleaned_up,
-    _log_tail,
     allocate_stack_ports,
+    api_auth,
+    log_tail,
     stack_config,
+    temporary_stack,
+    temporary_workdir,
 )
-from infra.bench.data import MB, RUN_WINDOW, GeneratedData, check_api_serves, generate, iso_duration
 from infra.config import StackConfig
 from infra.database.admin import run_as_ids
 from infra.errors import UserError
 from infra.layout import StateLayout
-from infra.local.deploy import deploy
 from infra.local.health import api_ready, lb_ready
-from infra.local.operate import client_environment, destroy
 from infra.local.pgbackrest import physical_restore
 from infra.local.plan import LocalPlan
 from infra.local.restore import restore_backup
 from infra.local.supervisor import Supervisor
+from infra.render.pgbackrest import STANZA, DirectoryRepository, pgbackrest_conf
 from infra.secrets import Secrets, load_secrets
 
 GB = 1024 * MB
@@ -74,7 +72,6 @@ MAX_SIZE_GB = 100.0
 DISK_FACTOR = 4
 DISK_HEADROOM = 2 * GB
 
-STANZA = "bench"
 PGBACKREST_TIMEOUT_S = 3600.0
 POSTGRES_TIMEOUT_S = 300.0
 API_TIMEOUT_S = 120.0
@@ -195,29 +192,6 @@ class BackupBenchReport:
         }
 
 
-def pgbackrest_conf(root: Path, layout: StateLayout, config: StackConfig, process_max: int) -> str:
-    """A repository and every path pgBackRest writes (log, lock) of its own under ``root``."""
-    return "\n".join([
-        "[global]",
-        f"repo1-path={root / 'repo'}",
-        "repo1-retention-full=1",
-        "compress-type=zst",
-        f"process-max={process_max}",
-        "start-fast=y",  # an immediate checkpoint, as a benchmark (and an operator about to upgrade) wants
-        f"log-path={root / 'log'}",
-        # Not the host-wide /tmp/pgbackrest and /var/spool/pgbackrest of another installation (or user).
-        f"lock-path={root / 'lock'}",
-        f"spool-path={root / 'spool'}",
-        "",
-        f"[{STANZA}]",
-        f"pg1-path={layout.postgres_data}",
-        f"pg1-port={config.postgres.port}",
-        f"pg1-socket-path={layout.run}",
-        "pg1-user=postgres",
-        "",
-    ])
-
-
 # ---------------------------------------------------------------- pgBackRest
 
 
@@ -235,12 +209,16 @@ class PgBackRest:
     """pgBackRest run as the OS user that owns the cluster (it reads the data directory and is archive_command)."""
 
     binary: str
-    root: Path
+    repository: DirectoryRepository
     owner: Owner
 
     @property
+    def root(self) -> Path:
+        return self.repository.root
+
+    @property
     def config_file(self) -> Path:
-        return self.root / "pgbackrest.conf"
+        return self.repository.config_file
 
     def archive_command(self) -> str:
         return f"{self.binary} --config={self.config_file} --stanza={STANZA} archive-push %p"
@@ -275,7 +253,9 @@ class PgBackRest:
         self.run("restore", f"--pg1-path={pg_path}", "--archive-mode=off")
 
 
-def _setup_pgbackrest(config: StackConfig, plan: LocalPlan, workdir: Path, process_max: int) -> PgBackRest:
+def _setup_pgbackrest(
+    config: StackConfig, plan: LocalPlan, secrets: Secrets, workdir: Path, process_max: int
+) -> PgBackRest:
     """A stanza with WAL archiving: a backup without its WAL cannot be restored to a consistent cluster."""
     binary = shutil.which("pgbackrest")
     if binary is None:
@@ -284,9 +264,10 @@ def _setup_pgbackrest(config: StackConfig, plan: LocalPlan, workdir: Path, proce
     root = _owned_dir(workdir / "pgbackrest", owner)
     for name in ("repo", "log", "lock", "spool"):
         _owned_dir(root / name, owner)
-    pgbr = PgBackRest(binary, root, owner)
-    pgbr.config_file.write_text(pgbackrest_conf(root, plan.layout, config, process_max))
-    os.chmod(pgbr.config_file, 0o644)  # paths and ports only, no secret: the service user reads it
+    pgbr = PgBackRest(binary, DirectoryRepository(root, process_max), owner)
+    rendered = pgbackrest_conf(config, secrets, plan.layout, pgbr.repository)
+    rendered.path.write_text(rendered.content)
+    os.chmod(rendered.path, rendered.mode)  # paths and ports only, no secret: the service user reads it
     database = local_database(config)
     with database.connect("postgres") as conn:
         conn.execute("ALTER SYSTEM SET archive_mode = on")
@@ -314,7 +295,7 @@ def _start_postgres(supervisor: Supervisor, layout: StateLayout, database: Datab
     try:
         supervisor.start("postgres")
     except UserError as exc:
-        raise UserError(f"{exc.problem} {when}:\n    {_log_tail(layout.log_file('postgres'))}",
+        raise UserError(f"{exc.problem} {when}:\n    {log_tail(layout.log_file('postgres'))}",
                         fix="read the PostgreSQL log above") from None
     console.wait_until(functools.partial(_database_serving, database), POSTGRES_TIMEOUT_S,
                        f"PostgreSQL {when}", fix=f"read {layout.log_file('postgres')}")
@@ -377,14 +358,13 @@ def _naive_pipeline(config: StackConfig, secrets: Secrets, workdir: Path) -> lis
     if result.returncode != 0:
         raise UserError(f"pg_dump -Fc failed (exit {result.returncode}): {result.stderr.strip()[-500:]}",
                         fix="read the message above")
-    size = dump.stat().st_size
     key = store.key("bench", "naive", dump.name)
     clock = _Clock()
     # boto3's own defaults (multipart above 8 MB, 10 threads): what `aws s3 cp` would do with the file.
-    store._client.upload_file(str(dump), store.bucket, key)
+    size = store.upload_file(dump, key, transfer=TransferConfig())
     uploaded = clock.elapsed()
     console.note(f"pg_dump {dumped:.1f}s ({_human(size)}), upload {uploaded:.1f}s")
-    store._client.delete_object(Bucket=store.bucket, Key=key)  # the local endpoint keeps objects in memory
+    store.delete(key)  # the local endpoint keeps objects in memory
     shutil.rmtree(scratch)
     return [
         Measurement(NAIVE_DUMP, "pg_dump -Fc to a file", dumped, size, "custom format, its default compression"),
@@ -462,7 +442,8 @@ def _logical_restore(config: StackConfig, secrets: Secrets, backup_id: str) -> l
 # ---------------------------------------------------------------- the run
 
 
-def _bench_config(state_dir: Path, settings: BackupBenchSettings, taken: set[int]) -> StackConfig:
+def bench_config(state_dir: Path, settings: BackupBenchSettings, taken: set[int]) -> StackConfig:
+    """The temporary stack's configuration: harness.stack_config, with what the backup measurements need."""
     config = stack_config(state_dir, allocate_stack_ports(settings.replicas, taken), settings.replicas)
     services = config.services
     # The generated month of events must outlive the run: the services' vacuum deletes events past retention.
@@ -484,16 +465,6 @@ def _check_free_space(workdir: Path, settings: BackupBenchSettings) -> None:
         )
 
 
-@contextlib.contextmanager
-def _temporary_stack(workdir: Path, settings: BackupBenchSettings) -> Iterator[tuple[StackConfig, LocalPlan]]:
-    config = _bench_config(workdir / "stack", settings, set())
-    console.step(f"deploying a temporary stack ({settings.replicas} API replicas) in {config.state_dir}")
-    with _cleaned_up(f"destroy the temporary stack in {config.state_dir}", lambda: destroy(config)):
-        plan, _ = deploy(config)
-        yield config, plan
-        console.step("destroying the temporary stack")
-
-
 # generate, pgBackRest set-up, then the six measurements
 BENCH_STEPS = 8
 
@@ -505,13 +476,13 @@ def _measure(config: StackConfig, plan: LocalPlan, workdir: Path, settings: Back
     with console.progress().steps("benchmark", BENCH_STEPS) as steps:
         console.step(f"generating a {settings.size_gb:g} GB Prefect database")
         data = generate(local_database(config), settings.target_bytes, console.progress())
-        auth = _basic_auth(client_environment(config)["PREFECT_API_AUTH_STRING"])
+        auth = api_auth(config)
         check_api_serves(config.api_url, auth, data.rows.get("flow_run", 0), load_balancer_verify(config))
         steps.step(f"{data.database_bytes / MB:.0f} MB in {data.seconds:.0f}s; the API serves it "
                    f"({data.rows.get('flow_run', 0)} flow runs, {data.rows.get('log', 0)} log lines, "
                    f"{data.rows.get('events', 0)} events)")
         console.step("setting up pgBackRest (stanza, WAL archiving) on the temporary stack")
-        pgbr = _setup_pgbackrest(config, plan, workdir, jobs)
+        pgbr = _setup_pgbackrest(config, plan, secrets, workdir, jobs)
         steps.step("pgBackRest set up")
         logical, backup_id = _logical_backup(config, secrets, layout)
         steps.step("logical backup timed")
@@ -540,10 +511,7 @@ def run_backup_benchmark(settings: BackupBenchSettings) -> BackupBenchReport:
         raise UserError("pgbackrest is not installed", fix="install it (apt-get install pgbackrest), then retry")
     console.step(f"benchmarking backups and restores of a {settings.size_gb:g} GB Prefect database; "
              f"this takes about {estimated_s(settings) / 60:.0f} min")
-    workdir = Path(tempfile.mkdtemp(prefix="prefect-stack-bench-backup-", dir=_TEMP_ROOT))
-    # The stack's service user must traverse it to reach its state directory; nothing secret sits at this level.
-    os.chmod(workdir, 0o755)  # noqa: S103
-    with _cleaned_up(f"remove {workdir}", lambda: shutil.rmtree(workdir)):
+    with temporary_workdir("prefect-stack-bench-backup-") as workdir:
         _check_free_space(workdir, settings)
-        with _temporary_stack(workdir, settings) as (config, plan):
-            return _measure(config, plan, workdir, settings)
+        with temporary_stack(bench_config(workdir / "stack", settings, set())) as stack:
+            return _measure(stack.config, stack.plan, workdir, settings)

@@ -21,9 +21,7 @@ a stack was given, the CPU time per flow run how much each cost, so the two caus
 from __future__ import annotations
 
 import os
-import shutil
 import statistics
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -33,7 +31,6 @@ from typing import Any
 from infra import console
 from infra.api_client import load_balancer_verify
 from infra.bench.api import (
-    _TEMP_ROOT,
     DEFAULT_DURATION_S,
     DEFAULT_REPLICAS,
     THROUGHPUT_CLIENTS,
@@ -41,16 +38,20 @@ from infra.bench.api import (
     BenchSettings,
     LevelResult,
     Target,
+    level_done,
+    run_level_counted,
+)
+from infra.bench.harness import (
     Verdict,
     VerdictStatus,
-    _basic_auth,
-    _cleaned_up,
-    _level_done,
-    _ms,
     allocate_stack_ports,
+    api_auth,
+    cleaned_up,
+    format_ms,
     free_port,
-    run_level_counted,
     stack_config,
+    temporary_stack,
+    temporary_workdir,
 )
 from infra.compose.deploy import containers
 from infra.compose.deploy import deploy as compose_deploy
@@ -60,9 +61,6 @@ from infra.config import StackConfig, load_config
 from infra.containers.images import ImageResult, ensure_images
 from infra.errors import UserError
 from infra.layout import StateLayout
-from infra.local.deploy import deploy as local_deploy
-from infra.local.operate import client_environment
-from infra.local.operate import destroy as local_destroy
 
 LOCAL = "local_load_balancer"  # labels in infra.bench.api.LABELS
 COMPOSE = "compose_load_balancer"
@@ -254,7 +252,7 @@ class ComposeBenchReport:
         return [
             ("flow runs/s, each round", rounds(local), rounds(compose)),
             ("median flow runs/s", median(local), median(compose)),
-            ("median p50", _ms(local.median_p50_ms), _ms(compose.median_p50_ms)),
+            ("median p50", format_ms(local.median_p50_ms), format_ms(compose.median_p50_ms)),
             ("errors / requests", f"{local.errors} / {local.requests}", f"{compose.errors} / {compose.requests}"),
             ("median CPU cores used", _figure(local.median_cores, "{:.2f}"),
              _figure(compose.median_cores, "{:.2f}")),
@@ -384,37 +382,35 @@ def run_compose_benchmark(settings: CompareSettings) -> ComposeBenchReport:
         f"benchmarking the compose stack against the local one at {settings.clients} clients, "
         f"{settings.rounds} round(s); this takes about {settings.estimated_s() / 60:.0f} min"
     )
-    workdir = Path(tempfile.mkdtemp(prefix="prefect-stack-bench-", dir=_TEMP_ROOT))
-    # The local stack's service user must traverse it to reach its state directory; nothing secret sits here.
-    os.chmod(workdir, 0o755)  # noqa: S103
-    taken: set[int] = set()
-    local_config = stack_config(workdir / "local", allocate_stack_ports(settings.replicas, taken),
-                                settings.replicas, tls_mode="on")
-    compose_config = compose_bench_config(workdir / "compose", f"psbench-{os.getpid()}", settings.replicas, taken)
+    with temporary_workdir("prefect-stack-bench-", ignore_errors=True) as workdir:
+        taken: set[int] = set()
+        local_config = stack_config(workdir / "local", allocate_stack_ports(settings.replicas, taken),
+                                    settings.replicas, tls_mode="on")
+        compose_config = compose_bench_config(workdir / "compose", f"psbench-{os.getpid()}", settings.replicas,
+                                              taken)
+        return _measure_both(settings, local_config, compose_config)
+
+
+def _measure_both(settings: CompareSettings, local_config: StackConfig,
+                  compose_config: StackConfig) -> ComposeBenchReport:
     order = abba_order(settings.rounds)
     bench = settings.bench_settings()
     progress = console.progress()
     deploy_s: dict[str, float] = {}
     results: list[LevelResult] = []
     cpu: list[RoundCpu | None] = []
-    with _cleaned_up(f"remove {workdir}", lambda: shutil.rmtree(workdir, ignore_errors=True)), \
-            progress.steps("compose vs local", 3 + len(order)) as steps:
+    with progress.steps("compose vs local", 3 + len(order)) as steps:
         console.step("container images of the compose target (built only when missing)")
         images = ensure_images(compose_config, docker_client(compose_config), progress)
         steps.step("images: " + "; ".join(describe_image(i) for i in images))
 
-        console.step(f"deploying a temporary local stack ({settings.replicas} API replicas) in "
-                     f"{local_config.state_dir}")
-        with _cleaned_up(f"destroy the temporary local stack in {local_config.state_dir}",
-                         lambda: local_destroy(local_config)):
-            started = time.monotonic()
-            local_deploy(local_config)
-            deploy_s["local"] = time.monotonic() - started
+        with temporary_stack(local_config, "temporary local stack") as local_stack:
+            deploy_s["local"] = local_stack.deploy_s
             steps.step(f"local stack deployed in {deploy_s['local']:.1f} s")
 
             console.step(f"deploying compose project {compose_config.compose.project} from built images")
-            with _cleaned_up(f"destroy compose project {compose_config.compose.project}",
-                             lambda: compose_destroy(compose_config)):
+            with cleaned_up(f"destroy compose project {compose_config.compose.project}",
+                            lambda: compose_destroy(compose_config)):
                 started = time.monotonic()
                 compose_deploy(compose_config, progress)
                 deploy_s["compose"] = time.monotonic() - started
@@ -426,8 +422,7 @@ def run_compose_benchmark(settings: CompareSettings) -> ComposeBenchReport:
                     COMPOSE: _target(COMPOSE, compose_config, f"HAProxy (TLS) in front of {settings.replicas} "
                                                             "API replicas, containers of one compose project"),
                 }
-                auth = {LOCAL: _basic_auth(client_environment(local_config)["PREFECT_API_AUTH_STRING"]),
-                        COMPOSE: _basic_auth(client_environment(compose_config)["PREFECT_API_AUTH_STRING"])}
+                auth = {LOCAL: api_auth(local_config), COMPOSE: api_auth(compose_config)}
                 clocks = {LOCAL: local_cpu_clock(local_config), COMPOSE: compose_cpu_clock(compose_config)}
                 for key in order:
                     before, started = clocks[key](), time.monotonic()
@@ -436,8 +431,6 @@ def run_compose_benchmark(settings: CompareSettings) -> ComposeBenchReport:
                     results.append(result)
                     cpu.append(None if before is None or after is None else RoundCpu(after - before, wall_s,
                                                                                      created))
-                    _level_done(steps, result)
+                    level_done(steps, result)
                 console.step(f"destroying compose project {compose_config.compose.project}")
-            console.step("destroying the temporary local stack")
     return ComposeBenchReport(targets, results, images, deploy_s, settings.clients, cpu)
-

@@ -10,13 +10,9 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 import statistics
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -24,23 +20,20 @@ import httpx
 from infra import console
 from infra.api_client import load_balancer_verify
 from infra.backup.database import local_database
-from infra.bench.api import (
-    _TEMP_ROOT,
-    LevelResult,
-    Target,
+from infra.bench.api import BenchSettings, LevelResult, Target, run_level
+from infra.bench.harness import (
     Verdict,
-    _basic_auth,
-    _cleaned_up,
     allocate_stack_ports,
-    run_level,
+    api_auth,
+    cleaned_up,
     stack_config,
+    temporary_workdir,
 )
-from infra.bench.api import BenchSettings as _LevelSettings
 from infra.bench.otlp_sink import OtlpSink
 from infra.config import StackConfig
 from infra.errors import UserError
 from infra.local.deploy import deploy
-from infra.local.operate import client_environment, destroy, settle, unhealthy_summary
+from infra.local.operate import destroy, settle, unhealthy_summary
 
 THROUGHPUT_GOAL = 0.95
 SCRAPE_GOAL_S = 1.0
@@ -185,14 +178,19 @@ def _scrape(config: StackConfig) -> float:
 
 def run_observability_benchmark(settings: ObservabilitySettings) -> ObservabilityReport:
     report = ObservabilityReport(settings)
-    workdir = Path(tempfile.mkdtemp(prefix="prefect-stack-bench-observability-", dir=_TEMP_ROOT))
-    os.chmod(workdir, 0o755)  # noqa: S103 - the service user must traverse it; nothing secret at this level
-    base = stack_config(workdir / "stack", allocate_stack_ports(settings.replicas, set()), settings.replicas)
-    base = base.model_copy(update={"backups": base.backups.model_copy(update={"schedule_enabled": False})})
-    level = _LevelSettings(concurrency=(settings.clients,), duration_s=settings.duration_s,
-                           warmup_s=settings.warmup_s, replicas=settings.replicas)
-    with _cleaned_up(f"remove {workdir}", lambda: shutil.rmtree(workdir)), OtlpSink() as sink, \
-            _cleaned_up("destroy the benchmark stack", lambda: destroy(base)), \
+    with temporary_workdir("prefect-stack-bench-observability-") as workdir:
+        base = stack_config(workdir / "stack", allocate_stack_ports(settings.replicas, set()), settings.replicas)
+        base = base.model_copy(update={"backups": base.backups.model_copy(update={"schedule_enabled": False})})
+        _measure(settings, base, report)
+    report.verdicts = judge(report)
+    return report
+
+
+def _measure(settings: ObservabilitySettings, base: StackConfig, report: ObservabilityReport) -> None:
+    level = BenchSettings(concurrency=(settings.clients,), duration_s=settings.duration_s,
+                          warmup_s=settings.warmup_s, replicas=settings.replicas)
+    # The stack is redeployed with the layer on and off, so it is destroyed here, not by temporary_stack.
+    with OtlpSink() as sink, cleaned_up("destroy the benchmark stack", lambda: destroy(base)), \
             console.progress().steps("bench.observability", 2 * settings.rounds + 2) as steps:
         console.step(f"deploying a temporary stack in {base.state_dir}")
         for round_ in range(1, settings.rounds + 1):
@@ -200,7 +198,7 @@ def run_observability_benchmark(settings: ObservabilitySettings) -> Observabilit
             for on in (False, True) if round_ % 2 else (True, False):
                 config = _layer(base, on, sink)
                 _deploy_settled(config)
-                auth = _basic_auth(client_environment(config)["PREFECT_API_AUTH_STRING"])
+                auth = api_auth(config)
                 target = Target("observability-on" if on else "observability-off", config.api_url,
                                 "with" if on else "without", load_balancer_verify(config))
                 result = run_level(target, settings.clients, level, auth)
@@ -213,5 +211,3 @@ def run_observability_benchmark(settings: ObservabilitySettings) -> Observabilit
         steps.step(f"history generated in {report.generated_s:.0f}s")
         report.scrape_s = [_scrape(config) for _ in range(settings.scrapes)]
         steps.step(f"{settings.scrapes} scrapes, slowest {max(report.scrape_s):.3f}s")
-    report.verdicts = judge(report)
-    return report

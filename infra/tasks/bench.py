@@ -4,7 +4,8 @@ measures on free ports and removes it afterwards) and `invoke bench.render` (ren
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from invoke.context import Context
 from invoke.tasks import task
@@ -17,7 +18,6 @@ from infra.bench.api import (
     WARMUP_S,
     BenchmarkReport,
     BenchSettings,
-    Verdict,
     describe_errors,
     parse_concurrency,
     run_benchmark,
@@ -31,6 +31,7 @@ from infra.bench.compose import (
     describe_image,
     run_compose_benchmark,
 )
+from infra.bench.harness import Verdict
 from infra.bench.observability import ObservabilitySettings, run_observability_benchmark
 from infra.errors import UserError
 from infra.tasks import reports_user_errors
@@ -104,6 +105,51 @@ def _print_compose_report(report: ComposeBenchReport) -> None:
     _print_goals(report.verdicts)
 
 
+@dataclass(frozen=True)
+class ApiOptions:
+    """`invoke bench.api`'s options, as each --target's benchmark reads them."""
+
+    json: bool
+    duration_s: float
+    replicas: int
+    concurrency: str  # comma-separated; empty: the target's default
+    rounds: int
+
+
+def _api_local(options: ApiOptions) -> Sequence[Verdict]:
+    """Load balancer vs one replica vs SQLite, at each --concurrency."""
+    settings = BenchSettings(concurrency=parse_concurrency(options.concurrency or "1,20,50"),
+                             duration_s=options.duration_s, replicas=options.replicas)
+    report = run_benchmark(settings)
+    if options.json:
+        print(json.dumps(report.as_dict(), indent=2))
+    else:
+        _print_human(report)
+    return report.verdicts
+
+
+def _api_compose(options: ApiOptions) -> Sequence[Verdict]:
+    """A temporary compose project next to a temporary local stack, at 20 clients."""
+    if options.concurrency:
+        raise UserError("--concurrency applies to --target local",
+                        fix="drop it: the compose comparison measures at 20 clients, the issue's level")
+    compared = run_compose_benchmark(
+        CompareSettings(duration_s=options.duration_s, replicas=options.replicas, rounds=options.rounds)
+    )
+    if options.json:
+        print(json.dumps(compared.as_dict(), indent=2))
+    else:
+        _print_compose_report(compared)
+    return compared.verdicts
+
+
+# --target's choices: each runs its benchmark, prints its report and returns its verdicts.
+API_BENCHMARKS: dict[str, Callable[[ApiOptions], Sequence[Verdict]]] = {
+    "local": _api_local,
+    "compose": _api_compose,
+}
+
+
 @task(
     help={
         "json": "Print one JSON document (targets, results, verdicts; with --target compose also images, deploy "
@@ -132,31 +178,13 @@ def api(
     rounds: int = DEFAULT_ROUNDS,
 ) -> None:
     """Flow-run creations/s and latency: load balancer vs one replica vs SQLite; --target compose: compose vs local."""
-    if target == "compose":
-        if concurrency:
-            raise UserError("--concurrency applies to --target local",
-                            fix="drop it: the compose comparison measures at 20 clients, the issue's level")
-        compared = run_compose_benchmark(
-            CompareSettings(duration_s=float(duration), replicas=int(replicas), rounds=int(rounds))
-        )
-        if json_:
-            print(json.dumps(compared.as_dict(), indent=2))
-        else:
-            _print_compose_report(compared)
-        console.err.print(_summary(compared.verdicts))
-        return
-    if target != "local":
-        raise UserError(f"--target {target} is not benchmarked", fix="use --target local or --target compose")
-    settings = BenchSettings(
-        concurrency=parse_concurrency(concurrency or "1,20,50"), duration_s=float(duration), replicas=int(replicas)
-    )
-    report = run_benchmark(settings)
-    if json_:
-        print(json.dumps(report.as_dict(), indent=2))
-    else:
-        _print_human(report)
+    run = API_BENCHMARKS.get(target)
+    if run is None:
+        choices = " or ".join(f"--target {name}" for name in API_BENCHMARKS)
+        raise UserError(f"--target {target} is not benchmarked", fix=f"use {choices}")
+    verdicts = run(ApiOptions(json_, float(duration), int(replicas), concurrency, int(rounds)))
     # A benchmark reports; a missed goal is a finding, not a failed command (exit 0 either way).
-    console.err.print(_summary(report.verdicts))
+    console.err.print(_summary(verdicts))
 
 
 def _print_backup_report(report: BackupBenchReport) -> None:

@@ -1,5 +1,5 @@
-"""The backup benchmark's pure parts: verdicts, settings, the temporary stack's configuration, pgBackRest's file and
-the data generator's checks. No server runs."""
+"""The backup benchmark's pure parts: verdicts, settings, the temporary stack's configuration and the data
+generator's checks (pgBackRest's file is the renderer's: tests/unit/test_render.py). No server runs."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 from infra.bench import backup as bench
-from infra.bench.api import StackPorts
 from infra.bench.backup import (
     LOGICAL_BACKUP,
     NAIVE_TOTAL,
@@ -19,12 +18,11 @@ from infra.bench.backup import (
     PHYSICAL_RESTORE,
     BackupBenchSettings,
     judge,
-    pgbackrest_conf,
 )
 from infra.bench.data import LOG_TEMPLATES, RUN_WINDOW, WRITTEN, iso_duration, missing_required_columns
+from infra.bench.harness import StackPorts
 from infra.config import load_config
 from infra.errors import UserError
-from infra.layout import StateLayout
 
 # Ratios: logical/naive 0.4, logical/pgBackRest 1.0, physical/bare 1.2.
 MET = {LOGICAL_BACKUP: 10.0, NAIVE_TOTAL: 25.0, PGBACKREST_BACKUP: 10.0, PHYSICAL_RESTORE: 12.0,
@@ -112,7 +110,7 @@ def fixed_ports(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.usefixtures("fixed_ports")
 def test_bench_config_keeps_the_generated_month_of_events(tmp_path: Path) -> None:
-    config = bench._bench_config(tmp_path / "stack", BackupBenchSettings(), set())
+    config = bench.bench_config(tmp_path / "stack", BackupBenchSettings(), set())
     assert iso_duration(config.services.events_retention) > RUN_WINDOW
     assert config.postgres.port == PORTS.postgres
     assert config.state_dir == (tmp_path / "stack").resolve()
@@ -120,47 +118,21 @@ def test_bench_config_keeps_the_generated_month_of_events(tmp_path: Path) -> Non
 
 @pytest.mark.usefixtures("fixed_ports")
 def test_bench_config_has_no_scheduled_backup(tmp_path: Path) -> None:
-    assert not bench._bench_config(tmp_path / "stack", BackupBenchSettings(), set()).backups.schedule_enabled
+    assert not bench.bench_config(tmp_path / "stack", BackupBenchSettings(), set()).backups.schedule_enabled
 
 
 @pytest.mark.usefixtures("fixed_ports")
 def test_bench_config_keeps_a_longer_retention(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PREFECT_STACK_SERVICES__EVENTS_RETENTION", "P90D")
-    config = bench._bench_config(tmp_path / "stack", BackupBenchSettings(), set())
+    config = bench.bench_config(tmp_path / "stack", BackupBenchSettings(), set())
     assert config.services.events_retention == "P90D"
 
 
 @pytest.mark.usefixtures("fixed_ports")
 @pytest.mark.parametrize(("jobs", "expected"), [(None, load_config().backups.jobs), (3, 3)])
 def test_bench_config_jobs(tmp_path: Path, jobs: int | None, expected: int) -> None:
-    config = bench._bench_config(tmp_path / "stack", BackupBenchSettings(jobs=jobs), set())
+    config = bench.bench_config(tmp_path / "stack", BackupBenchSettings(jobs=jobs), set())
     assert config.backups.jobs == expected
-
-
-def _conf(tmp_path: Path) -> dict[str, str]:
-    config = load_config(local={"state_dir": str(tmp_path / "stack")}, postgres={"port": 21003})
-    text = pgbackrest_conf(tmp_path / "pgbr", StateLayout(config.state_dir), config, process_max=2)
-    return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
-
-
-@pytest.mark.parametrize(
-    ("option", "expected"),
-    [("repo1-retention-full", "1"), ("compress-type", "zst"), ("process-max", "2"), ("start-fast", "y"),
-     ("pg1-port", "21003"), ("pg1-user", "postgres")],
-)
-def test_pgbackrest_conf_option(tmp_path: Path, option: str, expected: str) -> None:
-    assert _conf(tmp_path)[option] == expected
-
-
-@pytest.mark.parametrize("option", ["repo1-path", "log-path", "lock-path", "spool-path"])
-def test_pgbackrest_writes_only_below_its_root(tmp_path: Path, option: str) -> None:
-    assert Path(_conf(tmp_path)[option]).is_relative_to(tmp_path / "pgbr")
-
-
-def test_pgbackrest_reads_the_stack_cluster(tmp_path: Path) -> None:
-    conf = _conf(tmp_path)
-    layout = StateLayout((tmp_path / "stack").resolve())
-    assert (conf["pg1-path"], conf["pg1-socket-path"]) == (str(layout.postgres_data), str(layout.run))
 
 
 def test_missing_required_columns() -> None:

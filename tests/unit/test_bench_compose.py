@@ -22,8 +22,10 @@ from infra.bench.compose import (
     judge_compose,
     summarise_target,
 )
+from infra.bench.harness import Verdict
 from infra.containers.images import ImageResult
 from infra.errors import UserError
+from infra.tasks import bench as bench_tasks
 from infra.tasks.bench import api
 
 
@@ -166,3 +168,22 @@ def test_summary_takes_medians_of_cpu_and_skips_unread_rounds() -> None:
     assert local.median_cpu_ms_per_flow_run == 25.5  # of 34 and 17
     assert summarise_target(COMPOSE, results, cpu).median_cpu_ms_per_flow_run == 25.0
     assert summarise_target(LOCAL, results).median_cores is None  # no CPU time given
+
+
+def test_unknown_target_lists_the_choices() -> None:
+    with pytest.raises(Exit) as raised:
+        api(MockContext(), target="kubernetes")
+    assert "use --target local or --target compose" in str(raised.value.message)
+
+
+@pytest.mark.parametrize("target", sorted(bench_tasks.API_BENCHMARKS))
+def test_task_runs_the_chosen_target(monkeypatch: pytest.MonkeyPatch, target: str) -> None:
+    chosen: list[bench_tasks.ApiOptions] = []
+
+    def run(options: bench_tasks.ApiOptions) -> list[Verdict]:
+        chosen.append(options)
+        return []
+
+    monkeypatch.setitem(bench_tasks.API_BENCHMARKS, target, run)
+    api(MockContext(), target=target, duration=3, replicas=4, rounds=5)
+    assert chosen == [bench_tasks.ApiOptions(json=False, duration_s=3.0, replicas=4, concurrency="", rounds=5)]

@@ -26,6 +26,7 @@ from infra.layout import TRUSTED_CA, StateLayout
 from infra.local.plan import LocalPlan, build_plan, os_user_name, service_user
 from infra.render import Addresses, RenderedFile
 from infra.render.haproxy import OPERATOR_TLS_PEM, TLS_PEM, haproxy_cfg
+from infra.render.pgbackrest import STANZA, DirectoryRepository, pgbackrest_conf
 from infra.render.pgbouncer import pgbouncer_ini, pgbouncer_userlist
 from infra.render.postgres import pg_hba_conf, pg_ident_conf, postgresql_conf
 from infra.render.prefect import api_environment, migration_environment, services_environment
@@ -329,6 +330,57 @@ class TestRedis:
 
     def test_file_is_secret(self, rendered: RenderedFile) -> None:
         assert rendered.mode == 0o600
+
+
+class TestPgBackRest:
+    """The stack's S3 repository, and the directory repository the backup benchmark renders the same file for."""
+
+    @pytest.fixture
+    def s3(self, config: StackConfig, secrets: Secrets, layout: StateLayout) -> RenderedFile:
+        return pgbackrest_conf(config, secrets, layout)
+
+    @pytest.fixture
+    def directory(self, config: StackConfig, secrets: Secrets, layout: StateLayout, tmp_path: Path) -> RenderedFile:
+        return pgbackrest_conf(config, secrets, layout, DirectoryRepository(tmp_path / "pgbr", process_max=3))
+
+    @pytest.mark.parametrize(
+        ("key", "expected"),
+        [("repo1-type", "s3"), ("repo1-path", "/prefect/physical"), ("repo1-s3-bucket", "prefect-backups"),
+         ("repo1-s3-endpoint", "127.0.0.1"), ("repo1-s3-key-type", "shared"), ("compress-type", "zst"),
+         ("pg1-port", "25432")],
+    )
+    def test_s3_setting(self, s3: RenderedFile, key: str, expected: str) -> None:
+        assert settings(s3.content, "=")[key] == expected
+
+    def test_s3_file_is_secret(self, s3: RenderedFile, secrets: Secrets, layout: StateLayout) -> None:
+        assert settings(s3.content, "=")["repo1-s3-key-secret"] == secrets.get("s3_local")
+        assert (s3.path, s3.mode) == (layout.etc / "pgbackrest.conf", 0o600)
+
+    @pytest.mark.parametrize(
+        ("key", "expected"),
+        [("repo1-type", "posix"), ("repo1-retention-full", "1"), ("compress-type", "zst"), ("process-max", "3"),
+         ("start-fast", "y"), ("pg1-port", "25432"), ("pg1-user", "postgres")],
+    )
+    def test_directory_setting(self, directory: RenderedFile, key: str, expected: str) -> None:
+        assert settings(directory.content, "=")[key] == expected
+
+    @pytest.mark.parametrize("key", ["repo1-path", "log-path", "lock-path", "spool-path"])
+    def test_directory_writes_only_below_its_root(self, directory: RenderedFile, tmp_path: Path, key: str) -> None:
+        assert Path(settings(directory.content, "=")[key]).is_relative_to(tmp_path / "pgbr")
+
+    def test_directory_has_no_s3_option(self, directory: RenderedFile) -> None:
+        assert not [key for key in settings(directory.content, "=") if key.startswith("repo1-s3-")]
+
+    def test_directory_file_is_readable_beside_its_repository(self, directory: RenderedFile, tmp_path: Path) -> None:
+        assert (directory.path, directory.mode) == (tmp_path / "pgbr" / "pgbackrest.conf", 0o644)
+
+    @pytest.mark.parametrize("repository", ["s3", "directory"])
+    def test_stanza_is_the_stack_cluster(self, request: pytest.FixtureRequest, layout: StateLayout,
+                                         repository: str) -> None:
+        text = request.getfixturevalue(repository).content
+        stanza = text.split(f"[{STANZA}]\n", 1)[1]
+        assert (settings(stanza, "=")["pg1-path"], settings(stanza, "=")["pg1-socket-path"]) == (
+            str(layout.postgres_data), str(layout.run))
 
 
 class TestHaproxy:
