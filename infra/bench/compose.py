@@ -55,9 +55,9 @@ from infra.bench.harness import (
 )
 from infra.compose.deploy import containers
 from infra.compose.deploy import deploy as compose_deploy
-from infra.compose.engine import docker_client
 from infra.compose.operate import destroy as compose_destroy
 from infra.config import StackConfig, load_config
+from infra.containers.engine import docker_client
 from infra.containers.images import ImageResult, ensure_images
 from infra.errors import UserError
 from infra.layout import StateLayout

@@ -33,10 +33,10 @@ from infra.compose.deploy import (
     run_compose,
     wait_container_healthy,
 )
-from infra.compose.engine import docker_client
 from infra.compose.project import BACKEND as BACKEND_NETWORK
 from infra.compose.project import BACKUP_SCHEDULER, MIGRATE, PYTHON
 from infra.config import StackConfig
+from infra.containers.engine import docker_client
 from infra.errors import UserError
 from infra.progress import Progress
 from infra.render.haproxy import BACKEND

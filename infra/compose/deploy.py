@@ -21,7 +21,6 @@ from docker import DockerClient
 from docker.errors import ImageNotFound
 from docker.models.containers import Container
 
-from infra.compose.engine import compose_binary, docker_client
 from infra.compose.project import (
     CONTAINER,
     CONTAINER_UID,
@@ -31,6 +30,7 @@ from infra.compose.project import (
     write_project,
 )
 from infra.config import StackConfig
+from infra.containers.engine import compose_binary, docker_client
 from infra.containers.images import ensure_images, image_refs
 from infra.errors import UserError
 from infra.haproxy_runtime import parse_server_stats

@@ -26,9 +26,9 @@ from infra.compose.deploy import (
     roll_replica,
     run_compose,
 )
-from infra.compose.engine import docker_client
 from infra.compose.project import MIGRATE
 from infra.config import StackConfig
+from infra.containers.engine import docker_client
 from infra.errors import UserError
 from infra.status import ComponentStatus
 

@@ -7,8 +7,8 @@ from invoke.tasks import task
 from rich.table import Table
 
 from infra import console
-from infra.compose.engine import docker_client, docker_host
 from infra.config import load_config
+from infra.containers.engine import docker_client, docker_host
 from infra.containers.images import ensure_images, image_refs, image_size
 from infra.tasks import reports_user_errors
 
@@ -48,7 +48,7 @@ def list_(c: Context) -> None:
 @reports_user_errors
 def push(c: Context) -> None:
     """Push the built images to kubernetes.image_registry (what the Kubernetes manifests name)."""
-    from infra.kubernetes.images import push_images
+    from infra.containers.registry import push_images
 
     config = load_config()
     pushed = push_images(config, docker_client(config), console.progress())

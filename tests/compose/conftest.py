@@ -27,8 +27,8 @@ import pytest
 
 from infra.api_client import load_balancer_verify
 from infra.compose.deploy import containers
-from infra.compose.engine import DEFAULT_DOCKER_HOST, PrivateDockerEngine, ping
 from infra.config import ENV_PREFIX, StackConfig, load_config
+from infra.containers.engine import DEFAULT_DOCKER_HOST, PrivateDockerEngine, ping
 from infra.containers.images import ImageRefs, ImageResult, ensure_images
 from infra.errors import UserError
 from infra.progress import PlainProgress

@@ -13,10 +13,10 @@ import docker
 import httpx
 import pytest
 
-from infra.compose.engine import compose_binary
 from infra.config import StackConfig
+from infra.containers.engine import compose_binary
 from infra.containers.images import APP_DIRS, APP_PRIVATE_DIRS, APP_ROOT, APP_UID, ImageRefs, ImageResult, ensure_images
-from infra.kubernetes.images import push_images
+from infra.containers.registry import push_images
 from infra.progress import QuietProgress
 from tests.conftest import free_ports
 

@@ -15,9 +15,9 @@ import pytest
 from invoke import MockContext
 from invoke.exceptions import Exit
 
-from infra.compose.engine import PINNED_COMPOSE_VERSION, compose_binary, compose_version, docker_client
 from infra.config import REPO_ROOT, StackConfig
 from infra.containers import images
+from infra.containers.engine import PINNED_COMPOSE_VERSION, compose_binary, compose_version, docker_client
 from infra.containers.images import (
     APP_DIRS,
     APP_PRIVATE_DIRS,

@@ -1,4 +1,4 @@
-"""Pushing the project's images to the registry the cluster pulls from (``kubernetes.image_registry``).
+"""Pushing the project's images to the registry a Kubernetes cluster pulls from (``kubernetes.image_registry``).
 
 The images are the compose target's (``invoke images.build``): tags are content hashes, so the manifests pin
 exactly what was built, and a push of an image the registry already has transfers nothing.

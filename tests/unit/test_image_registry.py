@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from infra.config import load_config
+from infra.containers.registry import push_images
 from infra.errors import UserError
-from infra.kubernetes.images import push_images
 from infra.progress import QuietProgress
 
 
