@@ -11,18 +11,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from infra.alerts import FiringAlert, alertmanager_url, firing_alerts, prometheus_url
-from infra.api_client import load_balancer_environment
 from infra.backup.database import DatabaseAccess, prefect_database_url
 from infra.backup.drill import DrillTarget
-from infra.backup.environment import backup_environment
 from infra.backup.storage import BackupStore
 from infra.compose import backups, operate
 from infra.compose import deploy as compose_deploy
 from infra.config import COMPOSE_POSTGRES_SERVICE, REPO_ROOT, StackConfig, in_project_container
 from infra.errors import UserError
+from infra.host_stack import HostStack
 from infra.progress import Progress
-from infra.secrets import Secrets, load_secrets
+from infra.secrets import Secrets
 from infra.status import ComponentStatus
 from infra.targets import DeployOutcome, DestroyOutcome, RestoreOutcome, RestoreRequest, Target
 
@@ -36,8 +34,8 @@ def _physical_on_compose() -> UserError:
 
 
 @dataclass
-class ComposeTarget:
-    config: StackConfig
+class ComposeTarget(HostStack):
+    """The compose target: one Compose project on one Docker engine."""
 
     def check_supported(self, task: str) -> None:
         """Every task has a compose form."""
@@ -76,10 +74,6 @@ class ComposeTarget:
     def stop(self) -> bool:
         return operate.stop(self.config)
 
-    def destroy_refusal(self, volumes: bool) -> UserError:
-        return UserError(f"this deletes every flow run, log and secret in {self.config.state_dir}",
-                         fix="take a backup first, then run: invoke destroy --yes")
-
     def destroy(self, volumes: bool) -> DestroyOutcome:
         gone = operate.destroy(self.config)
         return DestroyOutcome(f"destroyed compose project {self.config.compose.project}: {len(gone)} objects removed",
@@ -91,20 +85,6 @@ class ComposeTarget:
         directory = out or REPO_ROOT / "compose"
         written = write_reference(reference_rendering(self.config), directory)
         return [f"rendered {len(written)} files into {directory} (secrets are generated at deploy, not here)"]
-
-    # Clients and observability
-
-    def client_environment(self) -> dict[str, str]:
-        return load_balancer_environment(self.config)
-
-    def backup_environment(self) -> dict[str, str]:
-        return backup_environment(self.config)
-
-    def monitoring_environment(self) -> dict[str, str]:
-        return {"PROMETHEUS_URL": prometheus_url(self.config), "ALERTMANAGER_URL": alertmanager_url(self.config)}
-
-    def firing_alerts(self) -> list[FiringAlert]:
-        return firing_alerts(self.config)
 
     # The backup operations: in the backup container
 
@@ -151,8 +131,6 @@ class ComposeTarget:
     def api_database_url(self, secrets: Secrets) -> Callable[[str], str]:
         return prefect_database_url(self.config, secrets, COMPOSE_POSTGRES_SERVICE, self.config.postgres.port)
 
-    def load_secrets(self, directory: Path) -> Secrets:
-        return load_secrets(directory)
 
 
 def conforming(config: StackConfig) -> Target:

@@ -8,15 +8,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from infra.alerts import FiringAlert, alertmanager_url, firing_alerts, prometheus_url
-from infra.api_client import load_balancer_environment, trusted_ca_file
+from infra.api_client import trusted_ca_file
 from infra.backup.catalog import find_backup
 from infra.backup.database import DatabaseAccess, local_database, prefect_database_url
 from infra.backup.drill import DrillTarget
-from infra.backup.environment import backup_environment
 from infra.backup.storage import BackupStore
 from infra.config import StackConfig
 from infra.errors import UserError
+from infra.host_stack import HostStack
 from infra.layout import StateLayout
 from infra.local import operate
 from infra.local.deploy import deploy, restart_component
@@ -32,8 +31,8 @@ SETTLE_TIMEOUT_S = 30
 
 
 @dataclass
-class LocalTarget:
-    config: StackConfig
+class LocalTarget(HostStack):
+    """The local target: supervisord's programs on this host."""
 
     def check_supported(self, task: str) -> None:
         """Every task has a local form."""
@@ -76,29 +75,11 @@ class LocalTarget:
     def stop(self) -> bool:
         return operate.stop(self.config)
 
-    def destroy_refusal(self, volumes: bool) -> UserError:
-        return UserError(f"this deletes every flow run, log and secret in {self.config.state_dir}",
-                         fix="take a backup first, then run: invoke destroy --yes")
-
     def destroy(self, volumes: bool) -> DestroyOutcome:
         return DestroyOutcome(f"destroyed: {operate.destroy(self.config)} removed")
 
     def render(self, out: Path | None) -> list[str]:
         raise UserError("cannot render target 'local'", fix="use --target compose or --target kubernetes")
-
-    # Clients and observability
-
-    def client_environment(self) -> dict[str, str]:
-        return load_balancer_environment(self.config)
-
-    def backup_environment(self) -> dict[str, str]:
-        return backup_environment(self.config)
-
-    def monitoring_environment(self) -> dict[str, str]:
-        return {"PROMETHEUS_URL": prometheus_url(self.config), "ALERTMANAGER_URL": alertmanager_url(self.config)}
-
-    def firing_alerts(self) -> list[FiringAlert]:
-        return firing_alerts(self.config)
 
     # The backup operations: in this process, next to the database
 
@@ -163,8 +144,6 @@ class LocalTarget:
     def api_database_url(self, secrets: Secrets) -> Callable[[str], str]:
         return prefect_database_url(self.config, secrets, "127.0.0.1", self.config.postgres.port)
 
-    def load_secrets(self, directory: Path) -> Secrets:
-        return load_secrets(directory)
 
 
 def conforming(config: StackConfig) -> Target:
