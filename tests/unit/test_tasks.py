@@ -242,6 +242,12 @@ class TestNamespace:
     def test_argument_has_help(self, name: str, argument: str) -> None:
         assert _argument_help(name)[argument]
 
+    def test_restore_and_the_drill_stand_at_the_top_level_not_under_backup(self) -> None:
+        assert {"restore", "drill"} <= set(NAMESPACE.task_names)
+        backup = NAMESPACE.collections["backup"]
+        assert sorted(backup.task_names) == ["backup", "list", "prune", "verify"]
+        assert backup.default == "backup"  # `invoke backup` takes one
+
 
 class TestTestTask:
     """invoke test: the stress variant and repeated runs, checked with invoke's MockContext (nothing runs)."""
