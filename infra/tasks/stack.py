@@ -20,10 +20,11 @@ from infra.layout import StateLayout
 from infra.render.tracing import exporter_environment
 from infra.secrets import load_secrets
 from infra.status import ComponentStatus
-from infra.targets import Target, target_for
+from infra.targets import REGISTRY, Target, target_for
 from infra.tasks import reports_user_errors
 
-TARGET_HELP = "local, compose or kubernetes (default: target in the configuration)."
+# "local, compose or kubernetes": every name the registry knows.
+TARGET_HELP = f"{', '.join(list(REGISTRY)[:-1])} or {list(REGISTRY)[-1]} (default: target in the configuration)."
 
 
 def _config(target: str | None) -> StackConfig:
