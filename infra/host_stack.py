@@ -19,6 +19,9 @@ from infra.secrets import Secrets, load_secrets
 class HostStack:
     config: StackConfig
 
+    def before_deploy(self) -> list[str]:
+        return []
+
     def destroy_refusal(self, volumes: bool) -> UserError:
         return UserError(f"this deletes every flow run, log and secret in {self.config.state_dir}",
                          fix="take a backup first, then run: invoke destroy --yes")

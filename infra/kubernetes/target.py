@@ -46,6 +46,14 @@ class KubernetesTarget:
 
     # The stack
 
+    def before_deploy(self) -> list[str]:
+        from infra.kubernetes.render import kubernetes_images
+
+        config = self.config
+        images = kubernetes_images(config)
+        return [f"images: {images.prefect}, {images.system} (invoke images.build; pushed to "
+                f"{config.kubernetes.image_registry or 'the nodes (kubernetes.image_registry is null)'})"]
+
     def deploy(self, progress: Progress) -> DeployOutcome:
         from infra.kubernetes import deploy as kubernetes_deploy
         from infra.kubernetes.render import kubernetes_images, render
@@ -54,10 +62,8 @@ class KubernetesTarget:
         config = self.config
         secrets = ensure_secrets(config.state_dir / "secrets")
         images = kubernetes_images(config)
-        notes = [f"images: {images.prefect}, {images.system} (invoke images.build; pushed to "
-                 f"{config.kubernetes.image_registry or 'the nodes (kubernetes.image_registry is null)'})"]
         report = kubernetes_deploy.deploy(config, render(config, images), secret_objects(config, secrets), progress)
-        notes += [f"{phase}: {len(applied)} objects applied" for phase, applied in report.applied.items()]
+        notes = [f"{phase}: {len(applied)} objects applied" for phase, applied in report.applied.items()]
         if report.pruned:
             notes.append(f"pruned (no longer rendered): {', '.join(report.pruned)}")
         notes += [f"kept, holds data (delete it yourself if you mean it): {kept}" for kept in report.kept]

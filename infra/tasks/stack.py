@@ -60,6 +60,8 @@ def deploy(c: Context, target: str | None = None) -> None:
     chosen = _target(target, "deploy")
     config = chosen.config
     console.step(f"deploying prefect-stack (target {config.target}, state in {config.state_dir})")
+    for note in chosen.before_deploy():
+        console.note(note)
     outcome = chosen.deploy(console.progress())
     if outcome.notes_before_table:
         for note in outcome.notes:
