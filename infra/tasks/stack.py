@@ -24,11 +24,14 @@ from infra.targets import REGISTRY, Target, target_for
 from infra.tasks import reports_user_errors
 
 # "local, compose or kubernetes": every name the registry knows.
-TARGET_HELP = f"{', '.join(list(REGISTRY)[:-1])} or {list(REGISTRY)[-1]} (default: target in the configuration)."
+TARGET_NAMES = f"{', '.join(list(REGISTRY)[:-1])} or {list(REGISTRY)[-1]}"
+TARGET_HELP = f"{TARGET_NAMES} (default: target in the configuration)."
 
 
 def _config(target: str | None) -> StackConfig:
     """The configuration, with the target chosen on the command line if given."""
+    if target and target not in REGISTRY:
+        raise UserError(f"unknown target {target!r} (--target)", fix=f"use --target {TARGET_NAMES}")
     return load_config(**({"target": target} if target else {}))
 
 

@@ -14,6 +14,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 from invoke import MockContext, Result
@@ -26,7 +27,7 @@ from infra.layout import StateLayout
 from infra.secrets import ensure_secrets
 from infra.tasks import dev, reports_user_errors
 from infra.tasks.secrets import rotate
-from infra.tasks.stack import destroy, env
+from infra.tasks.stack import destroy, env, status
 
 INVOKE = Path(sys.executable).parent / "invoke"
 STACK_TASKS = ["deploy", "status", "logs", "restart", "stop", "destroy", "env"]
@@ -156,6 +157,14 @@ class TestDestroy:
 
 
 class TestTasksWithoutAStack:
+    @pytest.mark.parametrize("task", [status, env])
+    def test_an_unknown_target_on_the_command_line_names_the_choices(self, state: Path, task: Any) -> None:
+        with pytest.raises(Exit) as caught:
+            task(MockContext(), target="nomad")
+        assert caught.value.code == 1
+        assert "unknown target 'nomad'" in str(caught.value.message)
+        assert "use --target local, compose or kubernetes" in str(caught.value.message)
+
     def test_rotate_unknown_secret_exits_1(self, state: Path) -> None:
         with pytest.raises(Exit) as caught:
             rotate(MockContext(), "nope")
