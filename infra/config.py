@@ -422,9 +422,11 @@ class KubernetesRedisConfig(_Section):
     # primary is replaced by a replica within seconds, and clients follow through redis+sentinel:// URLs.
     # standalone: one Redis pod (a restart loses nothing on disk, but the API waits for it). external: host:port.
     mode: Literal["sentinel", "standalone", "external"] = Field(
-        "sentinel", description="sentinel: Redis pods with a Sentinel each, failing over within seconds. "
-                                "standalone: one Redis pod. external: your Redis at external_url.")
-    replicas: int = Field(3, ge=3, le=9, description="Redis pods in sentinel mode (and as many Sentinels).")
+        "sentinel", description="sentinel: Redis pods with a Sentinel each, failing over within seconds (one per "
+                                "node, required: needs as many schedulable nodes as replicas). standalone: one Redis "
+                                "pod. external: your Redis at external_url.")
+    replicas: int = Field(3, ge=3, le=9, description="Redis pods in sentinel mode (and as many Sentinels), one per "
+                                                     "node.")
     storage_size: str = Field("5Gi", pattern=r"^\d+(Mi|Gi|Ti)$",
                               description="Volume of each Redis pod (Mi, Gi, Ti).")
     resources: ResourcesConfig = ResourcesConfig(memory_request="512Mi", memory_limit="1536Mi")

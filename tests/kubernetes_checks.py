@@ -640,6 +640,55 @@ def namespace_restricted(objects: list[Obj]) -> list[str]:
     return problems
 
 
+# Egress to what is not a pod of ours, by port alone: DNS (kube-dns pods, a node-local cache on the host network,
+# OpenShift's openshift-dns: no selector matches them all) and the API server (CIDR rules miss it on some CNIs).
+PORT_ONLY_EGRESS = {53: "DNS", 6443: "the Kubernetes API server"}
+
+
+def cluster_services_reached_by_port(objects: list[Obj]) -> list[str]:
+    """Every egress rule that allows DNS or the API server's port names no peer."""
+    problems = []
+    for policy in (o for o in objects if o.get("kind") == "NetworkPolicy"):
+        for rule in policy["spec"].get("egress", []) or []:
+            ports = {entry.get("port") for entry in rule.get("ports", [])}
+            for port, what in PORT_ONLY_EGRESS.items():
+                if port in ports and rule.get("to"):
+                    problems.append(f"{describe(policy)}: egress to {what} (port {port}) is limited to peers "
+                                    f"{rule['to']}: allow the port alone")
+    return problems
+
+
+def _spec_of_pods(obj: Obj) -> Obj:
+    """The pod spec of a Deployment, a StatefulSet or a CloudNativePG Pooler (all keep it at spec.template)."""
+    spec: Obj = obj.get("spec", {}).get("template", {}).get("spec", {})
+    return spec
+
+
+def replicas_spread_over_nodes(objects: list[Obj]) -> list[str]:
+    """Replicated pods of ours never share a node while another could take one: Deployments and Poolers spread over
+    hostnames with DoNotSchedule; StatefulSets (Redis with its Sentinels) require pod anti-affinity by hostname.
+    CloudNativePG's Cluster has its own (podAntiAffinityType required when replicated)."""
+    problems = []
+    for obj in objects:
+        kind = obj.get("kind")
+        if kind not in ("Deployment", "StatefulSet", "Pooler") or replicas(obj) < 2:
+            continue
+        spec = _spec_of_pods(obj)
+        if kind == "StatefulSet":
+            terms = spec.get("affinity", {}).get("podAntiAffinity", {}).get(
+                "requiredDuringSchedulingIgnoredDuringExecution", [])
+            if not any(t.get("topologyKey") == "kubernetes.io/hostname" for t in terms):
+                problems.append(f"{describe(obj)}: {replicas(obj)} replicas without required pod anti-affinity "
+                                "by kubernetes.io/hostname")
+            continue
+        spread = [c for c in spec.get("topologySpreadConstraints", [])
+                  if c.get("topologyKey") == "kubernetes.io/hostname" and c.get("whenUnsatisfiable") == "DoNotSchedule"]
+        if not spread:
+            problems.append(f"{describe(obj)}: {replicas(obj)} replicas without a DoNotSchedule topology spread "
+                            "over kubernetes.io/hostname")
+    return problems
+
+
 # The invariants that need nothing but the objects (references_exist and no_secret_values take what the caller
 # knows): parametrize a test over these and each failure names its invariant.
 INVARIANTS: dict[str, Callable[[list[Obj]], list[str]]] = {
@@ -649,6 +698,8 @@ INVARIANTS: dict[str, Callable[[list[Obj]], list[str]]] = {
     "pods_hardened": pods_hardened,
     "names_valid": names_valid,
     "namespace_restricted": namespace_restricted,
+    "cluster_services_reached_by_port": cluster_services_reached_by_port,
+    "replicas_spread_over_nodes": replicas_spread_over_nodes,
 }
 
 

@@ -25,6 +25,7 @@ from infra.kubernetes.objects import (
     Names,
     anywhere,
     container_security_context,
+    dns_egress,
     metadata,
     namespace_peer,
     network_ports,
@@ -512,11 +513,11 @@ def _common_egress(config: StackConfig) -> list[dict[str, Any]]:
     """What every CloudNativePG pod needs out: DNS, the primary (and the other instances), the Kubernetes API (the
     instance managers and PgBouncer's manager read their Cluster, Pooler and Secrets from it, and report status)."""
     return [
-        {"to": [namespace_peer("kube-system")], "ports": network_ports(53, protocol="UDP") + network_ports(53)},
+        dns_egress(),
         {"to": [_database_peer(config)], "ports": network_ports(POSTGRES_PORT)},
-        # The API server is not a pod: no selector reaches it, and its address is the cluster's own, so any
-        # address on its ports.
-        {"to": anywhere(), "ports": network_ports(*API_SERVER_PORTS)},
+        # The API server is not a pod: no selector reaches it. Its ports with no peer at all, not an ipBlock: some
+        # CNIs (Cilium) do not match an in-cluster API server with CIDR rules.
+        {"ports": network_ports(*API_SERVER_PORTS)},
     ]
 
 

@@ -25,6 +25,7 @@ from infra.kubernetes.objects import (
     Names,
     config_map_volume,
     container,
+    dns_egress,
     empty_dir,
     metadata,
     namespace_peer,
@@ -281,12 +282,6 @@ def jaeger_manifests(config: StackConfig) -> list[dict[str, Any]]:
 
 
 
-def _dns_egress() -> dict[str, Any]:
-    # The cluster DNS, wherever it runs (kube-dns or CoreDNS both carry k8s-app: kube-dns).
-    return {"to": [{"namespaceSelector": {}, "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}],
-            "ports": network_ports(53, protocol="UDP") + network_ports(53)}
-
-
 def _network_policy(config: StackConfig, name: str, component: str, ingress: list[dict[str, Any]],
                     egress: list[dict[str, Any]]) -> dict[str, Any]:
     return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
@@ -305,7 +300,7 @@ def exporter_network_policy(config: StackConfig) -> dict[str, Any]:
     else:
         # An external PostgreSQL is a host name whose address no policy can name: its port, anywhere.
         database_egress = {"ports": network_ports(k8s.postgres.port)}
-    egress = [_dns_egress(), database_egress]
+    egress = [dns_egress(), database_egress]
     redis = _redis_address(config)
     if k8s.redis.mode != "external":
         egress.append({"to": [{"podSelector": {"matchLabels": selector(config, "redis")}}],

@@ -307,17 +307,36 @@ def empty_dir(volume: str, size_limit: str | None = None) -> dict[str, Any]:
     return {"name": volume, "emptyDir": {"sizeLimit": size_limit} if size_limit else {}}
 
 
+HOSTNAME_KEY, ZONE_KEY = "kubernetes.io/hostname", "topology.kubernetes.io/zone"
+
+
 def topology_spread(config: StackConfig, component: str,
                     match_labels: dict[str, str] | None = None) -> list[dict[str, Any]]:
-    """Replicas across nodes (required when the nodes allow it) and zones (preferred). ``match_labels``: the pods'
-    own labels when an operator makes them (CloudNativePG's ``cnpg.io/poolerName``), else the component's."""
+    """A Deployment's replicas across nodes (required) and zones (preferred). ``match_labels``: the pods' own labels
+    when an operator makes them (CloudNativePG's ``cnpg.io/poolerName``), else the component's.
+
+    Nodes: DoNotSchedule, so two replicas never share a node while another node could take one (a preferred spread
+    let the scheduler stack them, and one node's loss took both). A single-node cluster still schedules them all (one
+    domain has no skew). Tainted nodes the pods cannot run on are not counted (nodeTaintsPolicy Honor: a control-plane
+    node would otherwise hold the minimum at 0 and block the second replica), and only the current ReplicaSet's pods
+    are (matchLabelKeys pod-template-hash), so a rolling update's surge pod is never blocked by the old ones.
+    Zones: ScheduleAnyway, as clusters in one zone are common."""
     labels = match_labels or selector(config, component)
     # A fresh selector per constraint: a dict shared between two places is written as a YAML anchor and alias.
     return [
-        {"maxSkew": 1, "topologyKey": key, "whenUnsatisfiable": "ScheduleAnyway",
-         "labelSelector": {"matchLabels": dict(labels)}}
-        for key in ("kubernetes.io/hostname", "topology.kubernetes.io/zone")
+        {"maxSkew": 1, "topologyKey": HOSTNAME_KEY, "whenUnsatisfiable": "DoNotSchedule",
+         "labelSelector": {"matchLabels": dict(labels)}, "matchLabelKeys": ["pod-template-hash"],
+         "nodeTaintsPolicy": "Honor"},
+        {"maxSkew": 1, "topologyKey": ZONE_KEY, "whenUnsatisfiable": "ScheduleAnyway",
+         "labelSelector": {"matchLabels": dict(labels)}},
     ]
+
+
+def dns_egress() -> dict[str, Any]:
+    """DNS (port 53, UDP and TCP) to any peer. The cluster's resolver is not always a pod in kube-system: NodeLocal
+    DNSCache answers on the host network (always on in GKE Autopilot), OpenShift's lives in openshift-dns; a pod or
+    namespace selector would cut every pod off from DNS there."""
+    return {"ports": network_ports(53, protocol="UDP") + network_ports(53)}
 
 
 def pod_spec(containers: list[dict[str, Any]], volumes: list[dict[str, Any]], *,

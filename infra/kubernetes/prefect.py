@@ -30,6 +30,7 @@ from infra.kubernetes.objects import (
     anywhere,
     config_map_volume,
     container,
+    dns_egress,
     empty_dir,
     exec_probe,
     http_probe,
@@ -468,11 +469,9 @@ def network_policies(config: StackConfig) -> list[Manifest]:
         return []
     k8s = config.kubernetes
     endpoints = database.database_endpoints(config)
-    dns = {"to": [namespace_peer("kube-system")],
-           "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]}
     policies = [
         _policy(config, "default-deny", {}, ingress=[], egress=[], component="network-policies"),
-        _policy(config, "allow-dns", {}, ingress=None, egress=[dns], component="network-policies"),
+        _policy(config, "allow-dns", {}, ingress=None, egress=[dns_egress()], component="network-policies"),
         _policy(config, "api", {"matchLabels": selector(config, "api")}, component="api",
                 # Clients through the ingress controller, Prometheus's scrapes, and the background services (the
                 # only pods of the stack that call the API).

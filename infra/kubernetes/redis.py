@@ -33,11 +33,14 @@ from infra.config import ResourcesConfig, StackConfig
 from infra.errors import UserError
 from infra.exporter.event_streams import STREAMS
 from infra.kubernetes.objects import (
+    HOSTNAME_KEY,
+    ZONE_KEY,
     Component,
     Manifest,
     Names,
     config_map_volume,
     container,
+    dns_egress,
     empty_dir,
     exec_probe,
     labels,
@@ -372,10 +375,13 @@ def _stateful_set(config: StackConfig, image: str, files: dict[str, str]) -> dic
     # Room for pre-stop.sh (at most about 25 s, usually 2) and then Redis's own shutdown (it waits for replicas).
     spec = pod_spec(containers, volumes, enableServiceLinks=False, terminationGracePeriodSeconds=45)
     if sentinel:
-        spec["topologySpreadConstraints"] = topology_spread(config, COMPONENT)
-        spec["affinity"] = {"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
-            {"weight": 100, "podAffinityTerm": {"topologyKey": "kubernetes.io/hostname",
-                                                "labelSelector": {"matchLabels": selector(config, COMPONENT)}}}]}}
+        # One Redis (and its Sentinel) per node, required: two of three on one node lose the Sentinels' majority
+        # with that node, and then no failover can happen. Sentinel mode therefore needs three schedulable nodes
+        # (redis mode standalone runs on one). Zones stay preferred.
+        spec["topologySpreadConstraints"] = [c for c in topology_spread(config, COMPONENT)
+                                             if c["topologyKey"] == ZONE_KEY]
+        spec["affinity"] = {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+            {"topologyKey": HOSTNAME_KEY, "labelSelector": {"matchLabels": selector(config, COMPONENT)}}]}}
     claim_spec: dict[str, Any] = {"accessModes": ["ReadWriteOnce"],
                                   "resources": {"requests": {"storage": redis_config.storage_size}}}
     if config.kubernetes.storage_class:
@@ -432,8 +438,7 @@ def _network_policy(config: StackConfig) -> dict[str, Any]:
             "kubernetes.io/metadata.name": config.kubernetes.prometheus_namespace}}}],
             "ports": [_port(EXPORTER_PORT)]})
     egress: list[dict[str, Any]] = [
-        # DNS wherever the cluster serves it (kube-dns, or a node-local cache on a link-local address).
-        {"ports": [_port(53, "UDP"), _port(53, "TCP")]},
+        dns_egress(),
     ]
     if sentinel:
         egress.append({"to": [own_pods], "ports": redis_ports})

@@ -31,11 +31,17 @@ def meta(name: str, component: str = "") -> Obj:
     return {"name": name, "namespace": NS, **({"labels": labels(component)} if component else {})}
 
 
+def spread(component: str) -> list[Obj]:
+    return [{"maxSkew": 1, "topologyKey": "kubernetes.io/hostname", "whenUnsatisfiable": "DoNotSchedule",
+             "labelSelector": {"matchLabels": labels(component)}}]
+
+
 def pod(component: str) -> Obj:
     box = container(component, IMAGE, ["prefect"], ResourcesConfig(), mounts={"env": "/run/env"})
     return {"metadata": {"labels": labels(component)},
             "spec": pod_spec([box], [secret_volume("env", "prefect-prefect-env"),
-                                     {"name": "config", "configMap": {"name": "prefect-config"}}])}
+                                     {"name": "config", "configMap": {"name": "prefect-config"}}],
+                             topologySpreadConstraints=spread(component))}
 
 
 def deployment(component: str, replicas: int = 2) -> Obj:
@@ -69,7 +75,8 @@ def pooler() -> Obj:
             "spec": {"cluster": {"name": "prefect-db"}, "instances": 2, "type": "rw",
                      "pgbouncer": {"poolMode": "transaction", "parameters": {"max_client_conn": "1000"}},
                      "template": {"metadata": {"labels": labels("pooler-transaction")},
-                                  "spec": {"containers": [{"name": "pgbouncer", "resources": {
+                                  "spec": {"topologySpreadConstraints": spread("pooler-transaction"),
+                                           "containers": [{"name": "pgbouncer", "resources": {
                                       "requests": {"cpu": "100m", "memory": "64Mi"},
                                       "limits": {"memory": "128Mi"}}}]}}}}
 
@@ -548,6 +555,63 @@ class TestNamespace:
     def test_not_rendered(self) -> None:
         assert checks.namespace_restricted(stack()[1:]) == [
             "namespace prefect: objects live there but no Namespace object is rendered"]
+
+
+def _egress(*rules: Obj) -> Obj:
+    return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": meta("prefect-out"),
+            "spec": {"podSelector": {}, "policyTypes": ["Egress"], "egress": list(rules)}}
+
+
+class TestClusterServicesReachedByPort:
+    def test_ports_alone_pass(self) -> None:
+        dns = [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]
+        objects = [_egress({"ports": dns}, {"ports": [{"port": 443}, {"port": 6443}]})]
+        assert checks.cluster_services_reached_by_port(objects) == []
+
+    @pytest.mark.parametrize(("peer", "port"), [
+        ({"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}}}, 53),
+        ({"namespaceSelector": {}, "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}, 53),
+        ({"ipBlock": {"cidr": "0.0.0.0/0"}}, 6443),
+    ])
+    def test_a_peer_on_dns_or_the_api_server_is_reported(self, peer: Obj, port: int) -> None:
+        problems = checks.cluster_services_reached_by_port([_egress({"to": [peer], "ports": [{"port": port}]})])
+        assert len(problems) == 1 and f"(port {port})" in problems[0]
+
+    def test_other_ports_may_name_peers(self) -> None:
+        assert checks.cluster_services_reached_by_port(
+            [_egress({"to": [{"ipBlock": {"cidr": "0.0.0.0/0"}}], "ports": [{"port": 443}]})]) == []
+
+
+class TestReplicasSpreadOverNodes:
+    def test_preferred_spread_is_reported(self) -> None:
+        def prefer(objects: list[Obj]) -> None:
+            find(objects, "Deployment", "prefect-api")["spec"]["template"]["spec"]["topologySpreadConstraints"][0][
+                "whenUnsatisfiable"] = "ScheduleAnyway"
+        assert checks.replicas_spread_over_nodes(broken(prefer)) == [
+            "Deployment/prefect/prefect-api: 2 replicas without a DoNotSchedule topology spread over "
+            "kubernetes.io/hostname"]
+
+    def test_a_pooler_without_spread_is_reported(self) -> None:
+        def drop(objects: list[Obj]) -> None:
+            del find(objects, "Pooler", "prefect-pooler-transaction")["spec"]["template"]["spec"][
+                "topologySpreadConstraints"]
+        assert len(checks.replicas_spread_over_nodes(broken(drop))) == 1
+
+    def test_a_single_replica_needs_no_spread(self) -> None:
+        assert checks.replicas_spread_over_nodes([deployment("services", replicas=1) | {"spec": {
+            "replicas": 1, "template": {"spec": {}}}}]) == []
+
+    @pytest.mark.parametrize(("affinity", "expected"), [
+        ({"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+            {"topologyKey": "kubernetes.io/hostname", "labelSelector": {"matchLabels": labels("redis")}}]}}, 0),
+        ({"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
+            {"weight": 100, "podAffinityTerm": {"topologyKey": "kubernetes.io/hostname"}}]}}, 1),
+        ({}, 1),
+    ])
+    def test_a_stateful_set_needs_required_anti_affinity(self, affinity: Obj, expected: int) -> None:
+        redis = {"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": meta("prefect-redis", "redis"),
+                 "spec": {"replicas": 3, "template": {"spec": {"affinity": affinity}}}}
+        assert len(checks.replicas_spread_over_nodes([redis])) == expected
 
 
 @pytest.mark.parametrize("name", checks.INVARIANTS)

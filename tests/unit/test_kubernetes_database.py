@@ -382,8 +382,13 @@ def _allows_in(policy: dict[str, Any], peer: dict[str, Any], port: int) -> bool:
 
 
 def _allows_out(policy: dict[str, Any], peer: dict[str, Any], port: int, protocol: str = "TCP") -> bool:
-    return any(peer in rule["to"] and {"protocol": protocol, "port": port} in rule["ports"]
+    """A rule without peers (``to``) admits every destination on its ports."""
+    return any(("to" not in rule or peer in rule["to"]) and {"protocol": protocol, "port": port} in rule["ports"]
                for rule in policy["spec"]["egress"])
+
+
+def _port_rules(policy: dict[str, Any], port: int) -> list[dict[str, Any]]:
+    return [rule for rule in policy["spec"]["egress"] if any(p["port"] == port for p in rule["ports"])]
 
 
 def _namespace(name: str) -> dict[str, Any]:
@@ -450,6 +455,14 @@ class TestNetworkPolicies:
     @pytest.mark.parametrize("protocol", ["UDP", "TCP"])
     def test_dns(self, name: str, protocol: str) -> None:
         assert _allows_out(the("default", "NetworkPolicy", name), _namespace("kube-system"), 53, protocol)
+
+    @pytest.mark.parametrize("name", ALL_POLICIES)
+    @pytest.mark.parametrize("port", [53, 6443])
+    def test_dns_and_the_api_server_by_port_alone(self, name: str, port: int) -> None:
+        """NodeLocal DNSCache and OpenShift's DNS are not kube-system pods; Cilium matches no in-cluster API server
+        by CIDR: a peer of any kind would cut the pods off on some clusters."""
+        rules = _port_rules(the("default", "NetworkPolicy", name), port)
+        assert rules and all("to" not in rule for rule in rules)
 
     @pytest.mark.parametrize("name", ALL_POLICIES)
     def test_egress_to_instances(self, name: str) -> None:

@@ -141,15 +141,17 @@ class TestSentinelMode:
         [stateful_set] = [m for m in manifests if m.kind == "StatefulSet"]
         assert stateful_set.obj["spec"]["volumeClaimTemplates"][0]["spec"]["storageClassName"] == "fast-ssd"
 
-    def test_spread_across_nodes(self) -> None:
-        spec = pod_spec_of("sentinel")
-        keys = {c["topologyKey"] for c in spec["topologySpreadConstraints"]}
-        assert keys == {"kubernetes.io/hostname", "topology.kubernetes.io/zone"}
+    def test_spread_across_zones_preferred(self) -> None:
+        [zones] = pod_spec_of("sentinel")["topologySpreadConstraints"]
+        assert (zones["topologyKey"], zones["whenUnsatisfiable"]) == ("topology.kubernetes.io/zone", "ScheduleAnyway")
 
-    def test_anti_affinity(self) -> None:
+    def test_one_redis_per_node_required(self) -> None:
+        """Two of three on one node would lose the Sentinels' majority with that node: no failover then."""
         anti_affinity = pod_spec_of("sentinel")["affinity"]["podAntiAffinity"]
-        [term] = anti_affinity["preferredDuringSchedulingIgnoredDuringExecution"]
-        assert term["podAffinityTerm"]["labelSelector"]["matchLabels"] == selector(config(), "redis")
+        assert "preferredDuringSchedulingIgnoredDuringExecution" not in anti_affinity
+        [term] = anti_affinity["requiredDuringSchedulingIgnoredDuringExecution"]
+        assert term["topologyKey"] == "kubernetes.io/hostname"
+        assert term["labelSelector"]["matchLabels"] == selector(config(), "redis")
 
     def test_redis_resources_from_the_model(self) -> None:
         assert containers("sentinel")["redis"]["resources"] == {"requests": {"cpu": "100m", "memory": "512Mi"},
