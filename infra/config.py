@@ -454,6 +454,49 @@ class IngressConfig(_Section):
                             description="Secret holding the Ingress certificate (made by cert-manager, or yours).")
 
 
+# Private and unique-local ranges: where a cluster's pods and Services usually live, kept out of the services' way out.
+PRIVATE_RANGES = ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7"]
+
+
+class OutboundConfig(_Section):
+    # Prefect's automations act from the background services (webhooks, Slack, e-mail through SMTP): without a way
+    # out they fail silently under the default-deny NetworkPolicies.
+    ports: list[int] = Field([443, 587], description="TCP ports the background services may reach outside the "
+                                                     "cluster (automations' webhooks and notifications: HTTPS 443, "
+                                                     "SMTP submission 587); empty: none.")
+    cidrs: list[str] = Field(["0.0.0.0/0", "::/0"], description="Address ranges those ports may be reached at.")
+    except_cidrs: list[str] = Field(PRIVATE_RANGES, description="Ranges left out of cidrs (default: the private "
+                                                                "ranges, where the cluster's own pods and Services "
+                                                                "usually are); set your cluster's CIDRs instead, or "
+                                                                "[] for a webhook on a private address.")
+
+    @model_validator(mode="after")
+    def _ranges_are_networks(self) -> OutboundConfig:
+        try:
+            cidrs = [ipaddress.ip_network(c) for c in self.cidrs]
+            excepted = [ipaddress.ip_network(c) for c in self.except_cidrs]
+        except ValueError as exc:
+            raise ValueError(f"not an address range: {exc}; write ranges as CIDRs, e.g. 0.0.0.0/0") from None
+        for port in self.ports:
+            if not 1 <= port <= 65535:
+                raise ValueError(f"port {port} is not between 1 and 65535")
+        for network in excepted:
+            if not any(network.version == c.version and network.subnet_of(c) for c in cidrs):  # type: ignore[arg-type]
+                raise ValueError(f"except_cidrs {network} lies in none of cidrs ({', '.join(self.cidrs)}); "
+                                 "a NetworkPolicy can only except a part of a range it allows")
+        return self
+
+    def ip_blocks(self) -> list[dict[str, Any]]:
+        """NetworkPolicy ipBlock peers: each range with the excepted ranges that lie in it."""
+        blocks = []
+        for cidr in self.cidrs:
+            network = ipaddress.ip_network(cidr)
+            inside = [e for e in self.except_cidrs if (n := ipaddress.ip_network(e)).version == network.version
+                      and n.subnet_of(network)]  # type: ignore[arg-type]
+            blocks.append({"ipBlock": {"cidr": cidr, **({"except": inside} if inside else {})}})
+        return blocks
+
+
 class KubernetesTargetConfig(_Section):
     namespace: str = Field("prefect", pattern=r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$",
                            description="The namespace everything lives in (created with the Pod Security "
@@ -483,6 +526,7 @@ class KubernetesTargetConfig(_Section):
                                                  "upload, verification restore).")
     network_policies: bool = Field(True, description="Default-deny NetworkPolicies plus exactly the flows the "
                                                      "stack needs (needs a CNI that enforces them).")
+    services_outbound: OutboundConfig = OutboundConfig()
     ingress_namespace: str = Field("ingress-nginx", description="Namespace of the ingress controller, allowed in "
                                                                 "to the API.")
     operator_namespace: str = Field("cnpg-system", description="Namespace of CloudNativePG's operator (it reaches "

@@ -463,6 +463,13 @@ def _tracing_egress(config: StackConfig) -> list[dict[str, Any]]:
 
 
 
+def _outbound_egress(config: StackConfig) -> list[dict[str, Any]]:
+    outbound = config.kubernetes.services_outbound
+    if not outbound.ports or not outbound.cidrs:
+        return []
+    return [{"to": outbound.ip_blocks(), "ports": network_ports(*outbound.ports)}]
+
+
 def network_policies(config: StackConfig) -> list[Manifest]:
     """Default deny for every pod of the namespace, DNS for all, then the Prefect pods' own flows."""
     if not config.kubernetes.network_policies:
@@ -480,9 +487,11 @@ def network_policies(config: StackConfig) -> list[Manifest]:
                           "ports": network_ports(API_PORT)}],
                 egress=[_database_egress(config, endpoints.api), _redis_egress(config), *_tracing_egress(config)]),
         _policy(config, "services", {"matchLabels": selector(config, "services")}, component="services", ingress=None,
-                # The services call the API too (cancellations, automations' actions).
+                # The services call the API too (cancellations, automations' actions), and automations' webhooks
+                # and notifications leave the cluster (kubernetes.services_outbound).
                 egress=[_database_egress(config, endpoints.services), _redis_egress(config),
-                        {"to": [_in_namespace()], "ports": network_ports(API_PORT)}, *_tracing_egress(config)]),
+                        {"to": [_in_namespace()], "ports": network_ports(API_PORT)}, *_tracing_egress(config),
+                        *_outbound_egress(config)]),
         _policy(config, "migrate", {"matchLabels": selector(config, "migrate")}, component="migrate", ingress=None,
                 egress=[_database_egress(config, endpoints.direct)]),
         _policy(config, "backup", {"matchLabels": selector(config, "backup")}, component="backup", ingress=None,

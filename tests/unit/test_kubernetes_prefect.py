@@ -294,6 +294,40 @@ class TestNetworkPolicies:
     def test_off(self) -> None:
         assert not self._policies(reference_rendering(_config(network_policies=False)))
 
+    def _outbound(self, rendering: Rendering) -> list[dict[str, Any]]:
+        egress = self._policies(rendering)["prefect-services"]["spec"]["egress"]
+        return [rule for rule in egress if any("ipBlock" in peer for peer in rule.get("to", []))]
+
+    def test_automations_reach_webhooks_and_mail_outside_the_cluster(self, default: Rendering) -> None:
+        """Prefect's actions service (webhooks, Slack, e-mail) runs in the services pods: without a way out its
+        notifications fail silently."""
+        [rule] = self._outbound(default)
+        assert rule["ports"] == [{"protocol": "TCP", "port": 443}, {"protocol": "TCP", "port": 587}]
+        assert rule["to"] == [
+            {"ipBlock": {"cidr": "0.0.0.0/0", "except": ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"]}},
+            {"ipBlock": {"cidr": "::/0", "except": ["fc00::/7"]}}]
+
+    def test_the_api_pods_get_no_way_out(self, default: Rendering) -> None:
+        egress = self._policies(default)["prefect-api"]["spec"]["egress"]
+        assert not [rule for rule in egress if any("ipBlock" in peer for peer in rule.get("to", []))]
+
+    def test_outbound_from_the_model(self) -> None:
+        config = _config(services_outbound={"ports": [8443], "cidrs": ["203.0.113.0/24"], "except_cidrs": []})
+        [rule] = self._outbound(reference_rendering(config))
+        assert rule == {"to": [{"ipBlock": {"cidr": "203.0.113.0/24"}}], "ports": [{"protocol": "TCP", "port": 8443}]}
+
+    def test_no_ports_no_way_out(self) -> None:
+        assert self._outbound(reference_rendering(_config(services_outbound={"ports": []}))) == []
+
+    @pytest.mark.parametrize(("outbound", "message"), [
+        ({"cidrs": ["0.0.0.0/33"]}, "not an address range"),
+        ({"cidrs": ["203.0.113.0/24"], "except_cidrs": ["10.0.0.0/8"]}, "lies in none of cidrs"),
+        ({"ports": [0]}, "not between 1 and 65535"),
+    ])
+    def test_bad_outbound_is_refused_naming_it(self, outbound: dict[str, Any], message: str) -> None:
+        with pytest.raises(UserError, match=message):
+            _config(services_outbound=outbound)
+
 
 class TestKustomizeTree:
     def test_each_object_one_file_named_for_it_and_its_kind(self, default: Rendering) -> None:
