@@ -497,6 +497,14 @@ class OutboundConfig(_Section):
         return blocks
 
 
+class ApiClientConfig(_Section):
+    # Workers and flow-run pods inside the cluster call the API directly (not through the Ingress).
+    namespace: str | None = Field(None, pattern=r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$",
+                                  description="Namespace of the client pods; null: the stack's own namespace.")
+    pod_labels: dict[str, str] = Field({}, description="Labels the client pods carry (all of them must match); "
+                                                       "empty: every pod of the namespace.")
+
+
 class KubernetesTargetConfig(_Section):
     namespace: str = Field("prefect", pattern=r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$",
                            description="The namespace everything lives in (created with the Pod Security "
@@ -527,6 +535,13 @@ class KubernetesTargetConfig(_Section):
     network_policies: bool = Field(True, description="Default-deny NetworkPolicies plus exactly the flows the "
                                                      "stack needs (needs a CNI that enforces them).")
     services_outbound: OutboundConfig = OutboundConfig()
+    api_clients: list[ApiClientConfig] = Field([], description="Pods allowed in to the API besides the ingress "
+                                                               "controller, Prometheus and the background services "
+                                                               "(workers, flow-run pods): a namespace and labels "
+                                                               "each.")
+    api_client_cidrs: list[str] = Field([], description="Address ranges allowed in to the API: an ingress "
+                                                        "controller on the host network reaches the pods from its "
+                                                        "node's address, e.g. your nodes' CIDR.")
     ingress_namespace: str = Field("ingress-nginx", description="Namespace of the ingress controller, allowed in "
                                                                 "to the API.")
     operator_namespace: str = Field("cnpg-system", description="Namespace of CloudNativePG's operator (it reaches "
@@ -553,6 +568,15 @@ class KubernetesTargetConfig(_Section):
     context: str | None = Field(None, pattern=r"^[^\s]+$",
                                 description="The kubeconfig context deploy, status, logs, restart and destroy "
                                             "use; null: the current context (of KUBECONFIG).")
+
+    @model_validator(mode="after")
+    def _api_client_ranges_are_networks(self) -> KubernetesTargetConfig:
+        for cidr in self.api_client_cidrs:
+            try:
+                ipaddress.ip_network(cidr)
+            except ValueError as exc:
+                raise ValueError(f"api_client_cidrs: {exc}; write ranges as CIDRs, e.g. 10.0.0.0/16") from None
+        return self
 
 
 class StackConfig(BaseSettings):

@@ -463,6 +463,18 @@ def _tracing_egress(config: StackConfig) -> list[dict[str, Any]]:
 
 
 
+def _api_client_peers(config: StackConfig) -> list[dict[str, Any]]:
+    """The operator's own clients of the API inside the cluster (kubernetes.api_clients: workers, flow-run pods) and
+    address ranges (kubernetes.api_client_cidrs: an ingress controller on the host network comes from its node)."""
+    k8s = config.kubernetes
+    peers: list[dict[str, Any]] = []
+    for client in k8s.api_clients:
+        peer = namespace_peer(client.namespace) if client.namespace else {}
+        peer["podSelector"] = {"matchLabels": dict(client.pod_labels)} if client.pod_labels else {}
+        peers.append(peer)
+    return peers + [{"ipBlock": {"cidr": cidr}} for cidr in k8s.api_client_cidrs]
+
+
 def _outbound_egress(config: StackConfig) -> list[dict[str, Any]]:
     outbound = config.kubernetes.services_outbound
     if not outbound.ports or not outbound.cidrs:
@@ -483,7 +495,8 @@ def network_policies(config: StackConfig) -> list[Manifest]:
                 # Clients through the ingress controller, Prometheus's scrapes, and the background services (the
                 # only pods of the stack that call the API).
                 ingress=[{"from": [namespace_peer(k8s.ingress_namespace), namespace_peer(k8s.prometheus_namespace),
-                                   {"podSelector": {"matchLabels": selector(config, "services")}}],
+                                   {"podSelector": {"matchLabels": selector(config, "services")}},
+                                   *_api_client_peers(config)],
                           "ports": network_ports(API_PORT)}],
                 egress=[_database_egress(config, endpoints.api), _redis_egress(config), *_tracing_egress(config)]),
         _policy(config, "services", {"matchLabels": selector(config, "services")}, component="services", ingress=None,

@@ -32,6 +32,7 @@ from infra.kubernetes.render import (
     write_tree,
 )
 from infra.secrets import SECRET_NAMES, load_secrets, mounted_secrets
+from tests import kubernetes_checks as checks
 
 AWS = {"AWS_ACCESS_KEY_ID": "AKIDEXAMPLE", "AWS_SECRET_ACCESS_KEY": "wJalrXUtnFEMI-example-secret"}
 
@@ -293,6 +294,37 @@ class TestNetworkPolicies:
 
     def test_off(self) -> None:
         assert not self._policies(reference_rendering(_config(network_policies=False)))
+
+    def _worker_reaches_the_api(self, rendering: Rendering) -> bool:
+        """A worker Deployment in namespace ``flows``, labelled app: prefect-worker, calling the API pods."""
+        worker = {"apiVersion": "apps/v1", "kind": "Deployment",
+                  "metadata": {"name": "worker", "namespace": "flows", "labels": {"app": "prefect-worker"}},
+                  "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "prefect-worker"}},
+                           "template": {"metadata": {"labels": {"app": "prefect-worker"}}, "spec": {"containers": []}}}}
+        api = _find(rendering, "Deployment", "prefect-api")
+        return checks.flow_problems(rendering.objects(), worker, api, 4200) == []
+
+    def test_in_cluster_clients_are_shut_out_unless_named(self, default: Rendering) -> None:
+        assert not self._worker_reaches_the_api(default)
+
+    @pytest.mark.parametrize("client", [{"namespace": "flows", "pod_labels": {"app": "prefect-worker"}},
+                                        {"namespace": "flows"}])
+    def test_named_client_namespaces_and_labels_reach_the_api(self, client: dict[str, Any]) -> None:
+        assert self._worker_reaches_the_api(reference_rendering(_config(api_clients=[client])))
+
+    @pytest.mark.parametrize("client", [{"namespace": "flows", "pod_labels": {"app": "other"}},
+                                        {"namespace": "elsewhere"}, {"pod_labels": {"app": "prefect-worker"}}])
+    def test_other_clients_stay_out(self, client: dict[str, Any]) -> None:
+        assert not self._worker_reaches_the_api(reference_rendering(_config(api_clients=[client])))
+
+    def test_a_host_network_ingress_controller_by_address_range(self) -> None:
+        rendering = reference_rendering(_config(api_client_cidrs=["10.0.0.0/16"]))
+        sources = self._policies(rendering)["prefect-api"]["spec"]["ingress"][0]["from"]
+        assert {"ipBlock": {"cidr": "10.0.0.0/16"}} in sources
+
+    def test_a_bad_client_range_is_refused(self) -> None:
+        with pytest.raises(UserError, match="api_client_cidrs"):
+            _config(api_client_cidrs=["10.0.0.0/40"])
 
     def _outbound(self, rendering: Rendering) -> list[dict[str, Any]]:
         egress = self._policies(rendering)["prefect-services"]["spec"]["egress"]
