@@ -497,6 +497,46 @@ class OutboundConfig(_Section):
         return blocks
 
 
+class TolerationConfig(_Section):
+    key: str | None = Field(None, description="The taint's key; null with operator Exists: every taint.")
+    operator: Literal["Equal", "Exists"] = Field("Equal", description="Equal: the taint's value must be value; "
+                                                                      "Exists: any value.")
+    value: str | None = Field(None, description="The taint's value (operator Equal).")
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
+        None, description="The taint's effect; null: every effect.")
+    toleration_seconds: int | None = Field(None, ge=0, description="NoExecute only: how long a pod stays on a "
+                                                                   "node after the taint appears.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TolerationConfig:
+        if self.operator == "Exists" and self.value is not None:
+            raise ValueError("a toleration with operator Exists takes no value; remove value or use operator Equal")
+        if self.toleration_seconds is not None and self.effect != "NoExecute":
+            raise ValueError("toleration_seconds applies to effect NoExecute only; set effect: NoExecute or "
+                             "remove toleration_seconds")
+        return self
+
+    def as_kubernetes(self) -> dict[str, Any]:
+        names = {"key": self.key, "operator": self.operator, "value": self.value, "effect": self.effect,
+                 "tolerationSeconds": self.toleration_seconds}
+        return {name: value for name, value in names.items() if value is not None}
+
+
+class SchedulingConfig(_Section):
+    # Dedicated node pools (taints and labels), a priority that keeps the control plane of Prefect scheduled under
+    # pressure, and a private registry: the same for every pod of the stack, CloudNativePG's included.
+    node_selector: dict[str, str] = Field({}, description="Node labels every pod of the stack requires (e.g. "
+                                                          "{node-pool: prefect}).")
+    tolerations: list[TolerationConfig] = Field([], description="Taints every pod of the stack tolerates (a "
+                                                                "dedicated node pool's).")
+    priority_class: str | None = Field(None, pattern=r"^[a-z0-9]([a-z0-9.-]*[a-z0-9])?$",
+                                       description="PriorityClass of every pod of the stack; null: the cluster's "
+                                                   "default.")
+    image_pull_secrets: list[str] = Field([], description="Secrets (type dockerconfigjson, in the namespace) the "
+                                                          "pods of the project's images pull with from "
+                                                          "kubernetes.image_registry.")
+
+
 class ApiClientConfig(_Section):
     # Workers and flow-run pods inside the cluster call the API directly (not through the Ingress).
     namespace: str | None = Field(None, pattern=r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$",
@@ -535,6 +575,7 @@ class KubernetesTargetConfig(_Section):
     network_policies: bool = Field(True, description="Default-deny NetworkPolicies plus exactly the flows the "
                                                      "stack needs (needs a CNI that enforces them).")
     services_outbound: OutboundConfig = OutboundConfig()
+    scheduling: SchedulingConfig = SchedulingConfig()
     api_clients: list[ApiClientConfig] = Field([], description="Pods allowed in to the API besides the ingress "
                                                                "controller, Prometheus and the background services "
                                                                "(workers, flow-run pods): a namespace and labels "

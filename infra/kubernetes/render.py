@@ -18,6 +18,7 @@ from infra.config import StackConfig
 from infra.containers import images as project_images
 from infra.kubernetes import database, monitoring, namespace, prefect, redis, secrets
 from infra.kubernetes.objects import COMPONENTS, Manifest
+from infra.kubernetes.scheduling import apply_scheduling
 
 
 class Images(Protocol):
@@ -73,6 +74,7 @@ def render(config: StackConfig, images: Images) -> Rendering:
     rendering.manifests += redis.redis_manifests(config, images)
     rendering.manifests += prefect.prefect_manifests(config, images)
     rendering.manifests += monitoring.monitoring_manifests(config, images)
+    apply_scheduling(config, rendering.manifests)
     rendering.external_secrets = {**secrets.external_secrets(config), **monitoring.external_secrets(config)}
     return rendering
 

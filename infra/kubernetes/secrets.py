@@ -36,6 +36,8 @@ def external_secrets(config: StackConfig) -> dict[str, str]:
         made[config.kubernetes.ingress.tls_secret] = ("cert-manager (ingress.cluster_issuer)"
                                                       if config.kubernetes.ingress.cluster_issuer
                                                       else "the operator: the Ingress certificate")
+    for name in config.kubernetes.scheduling.image_pull_secrets:
+        made[name] = "the operator: credentials of kubernetes.image_registry (kubernetes.scheduling.image_pull_secrets)"
     return made
 
 
