@@ -593,6 +593,14 @@ class KubernetesTargetConfig(_Section):
     prometheus_release: str = Field("kube-prometheus-stack",
                                     description="kube-prometheus-stack selects ServiceMonitors, PodMonitors and "
                                                 "PrometheusRules labelled release: <this>.")
+    # IRSA: eks.amazonaws.com/role-arn; GKE: iam.gke.io/gcp-service-account; Azure: azure.workload.identity/client-id.
+    s3_identity_annotations: dict[str, str] = Field(
+        {}, description="s3_credentials iam-role: annotations of the service accounts that talk to S3 (the backup "
+                        "CronJob's, the database Cluster's), binding them to the cloud role, e.g. "
+                        "{eks.amazonaws.com/role-arn: arn:aws:iam::123456789012:role/prefect-backups}.")
+    s3_identity_pod_labels: dict[str, str] = Field(
+        {}, description="s3_credentials iam-role: labels the backup pods need for their identity (Azure: "
+                        "{azure.workload.identity/use: 'true'}).")
     s3_credentials: Literal["secret", "iam-role"] = Field(
         "secret", description="S3 credentials of backups. secret: AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY at "
                               "deploy, into a Secret. iam-role: the pods' cloud identity (IRSA, workload identity).")

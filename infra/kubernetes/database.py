@@ -289,6 +289,11 @@ def cluster(config: StackConfig) -> dict[str, Any]:
             "isWALArchiver": True,
             "parameters": parameters,
         }]
+        if config.kubernetes.s3_credentials == "iam-role" and config.kubernetes.s3_identity_annotations:
+            # The instances (the plugin's sidecar archives from them) run as the service account CloudNativePG
+            # makes for the Cluster: its template carries the cloud role's binding.
+            spec["serviceAccountTemplate"] = {"metadata": {
+                "annotations": dict(config.kubernetes.s3_identity_annotations)}}
     if recovery.enabled:
         spec["bootstrap"] = {"recovery": recovery_bootstrap(config)}
         spec["externalClusters"] = [{"name": RECOVERY_SOURCE, "plugin": {
@@ -394,8 +399,8 @@ def object_store(config: StackConfig) -> dict[str, Any]:
         credentials = {"accessKeyId": {"name": names.secret_s3, "key": "ACCESS_KEY_ID"},
                        "secretAccessKey": {"name": names.secret_s3, "key": "ACCESS_SECRET_KEY"}}
     else:
-        # The instance pods' cloud identity (IRSA, workload identity): bind the role to the Cluster's service
-        # account (named after the Cluster) on the cloud side.
+        # The instance pods' cloud identity (IRSA, workload identity): the Cluster's service account (named after
+        # the Cluster) carries kubernetes.s3_identity_annotations (serviceAccountTemplate).
         credentials = {"inheritFromIAMRole": True}
     wal: dict[str, Any] = {
         # zstd: the best ratio per CPU second of what barman-cloud offers for WAL.

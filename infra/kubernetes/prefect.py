@@ -391,6 +391,17 @@ def _backup(config: StackConfig, image: str, version: str) -> list[Manifest]:
     backup = container("backup", image, [PYTHON, "-m", "infra.backup.scheduler", "--once"], k8s.backup_resources,
                        env=env, mounts=mounts, read_only_mounts=frozenset(read_only))
     spec = pod_spec([backup], volumes, restartPolicy="Never")
+    template = _template(config, "backup", spec, version)
+    identity: list[Manifest] = []
+    if k8s.s3_credentials == "iam-role":
+        # A service account of its own, bound to the cloud role by its annotations (IRSA, workload identity), not
+        # the namespace's default one. No Kubernetes API token: the identity webhooks mount their own.
+        account = {"apiVersion": "v1", "kind": "ServiceAccount",
+                   "metadata": metadata(config, names.backup, "backup", annotations=k8s.s3_identity_annotations),
+                   "automountServiceAccountToken": False}
+        identity.append(Manifest(account, "apps"))
+        spec.update(serviceAccountName=names.backup, automountServiceAccountToken=False)
+        template["metadata"]["labels"].update(k8s.s3_identity_pod_labels)
     hour, minute = config.backups.schedule.split(":")
     cronjob = {
         "apiVersion": "batch/v1", "kind": "CronJob",
@@ -408,11 +419,11 @@ def _backup(config: StackConfig, image: str, version: str) -> list[Manifest]:
                 # A failed backup is reported (the backup-age alert), not retried into the next night.
                 "backoffLimit": 0,
                 "activeDeadlineSeconds": 6 * 3600,
-                "template": _template(config, "backup", spec, version),
+                "template": template,
             }},
         },
     }
-    return [Manifest(config_map, "apps"), Manifest(cronjob, "apps")]
+    return [Manifest(config_map, "apps"), *identity, Manifest(cronjob, "apps")]
 
 
 # --- network policies -----------------------------------------------------------------------------------------

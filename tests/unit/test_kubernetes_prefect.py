@@ -41,6 +41,7 @@ def _config(**kubernetes: Any) -> StackConfig:
     return load_config(target="kubernetes", **({"kubernetes": kubernetes} if kubernetes else {}))
 
 
+IRSA = {"eks.amazonaws.com/role-arn": "arn:aws:iam::123456789012:role/prefect-backups"}
 EXTERNAL_DB = {"postgres": {"mode": "external", "host": "db.example.com", "sslmode": "require"}}
 
 
@@ -183,6 +184,30 @@ class TestBackupCronJob:
         cron = self._cronjob(reference_rendering(_config(s3_credentials="iam-role")))
         volumes = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["volumes"]
         assert "s3" not in {v["name"] for v in volumes}
+
+    def test_iam_role_runs_as_a_service_account_of_its_own_bound_to_the_cloud_role(self) -> None:
+        """Not the namespace's default service account: the cloud role is bound to this one by its annotation."""
+        rendering = reference_rendering(_config(s3_credentials="iam-role", s3_identity_annotations=IRSA,
+                                                s3_identity_pod_labels={"azure.workload.identity/use": "true"}))
+        name = Names.of(rendering.config).backup
+        account = _find(rendering, "ServiceAccount", name)
+        assert account["metadata"]["annotations"] == IRSA
+        assert account["automountServiceAccountToken"] is False
+        template = self._cronjob(rendering)["spec"]["jobTemplate"]["spec"]["template"]
+        assert template["spec"]["serviceAccountName"] == name
+        assert template["spec"]["automountServiceAccountToken"] is False
+        assert template["metadata"]["labels"]["azure.workload.identity/use"] == "true"
+
+    def test_the_clusters_service_account_carries_the_binding_for_its_archive(self) -> None:
+        config = load_config(target="kubernetes", backups={"physical": {"enabled": True}},
+                             kubernetes={"s3_credentials": "iam-role", "s3_identity_annotations": IRSA})
+        cluster = _find(reference_rendering(config), "Cluster", Names.of(config).database)
+        assert cluster["spec"]["serviceAccountTemplate"] == {"metadata": {"annotations": IRSA}}
+
+    def test_keys_mode_renders_no_service_account(self, default: Rendering) -> None:
+        assert not [o for o in default.objects() if o["kind"] == "ServiceAccount"]
+        spec = self._cronjob(default)["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+        assert "serviceAccountName" not in spec
 
     def test_schedule_off_suspends_it(self) -> None:
         cron = self._cronjob(reference_rendering(load_config(target="kubernetes",

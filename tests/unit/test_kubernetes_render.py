@@ -36,7 +36,10 @@ MATRIX: dict[str, dict[str, Any]] = {
     "external": {"kubernetes": {"postgres": {"mode": "external", "host": "db.example.com", "sslmode": "verify-full"},
                                 "redis": {"mode": "external",
                                           "external_url": "redis+sentinel://s1:26379,s2:26379/mymaster"},
-                                "s3_credentials": "iam-role"},
+                                "s3_credentials": "iam-role",
+                                "s3_identity_annotations": {
+                                    "iam.gke.io/gcp-service-account": "backups@p.iam.gserviceaccount.com"},
+                                "s3_identity_pod_labels": {"azure.workload.identity/use": "true"}},
                  "backups": {"s3": {"endpoint_url": "https://minio.example.com:9000"}}},
     "everything": {"backups": {"physical": {"enabled": True}},
                    "tracing": {"enabled": True, "otlp_endpoint": "http://otel-collector.observability:4318"},
