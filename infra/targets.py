@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from infra.alerts import FiringAlert
     from infra.backup.database import DatabaseAccess
     from infra.backup.drill import DrillTarget
+    from infra.backup.restore import RestoreReport
     from infra.backup.storage import BackupStore
     from infra.secrets import Secrets
 
@@ -77,7 +78,7 @@ class RestoreOutcome:
     """A restore's result. A logical restore carries its report and the rows the backup's manifest promised (the
     task prints and checks them); a physical or cluster recovery carries a summary instead."""
 
-    report: Any = None  # infra.backup.restore.RestoreReport
+    report: RestoreReport | None = None
     expected_rows: dict[str, int] = field(default_factory=dict)
     summary: dict[str, Any] = field(default_factory=dict)
     message: str = ""
@@ -118,7 +119,7 @@ class Target(Protocol):
         """Refuse physical (pgBackRest) backups where this target has none."""
     def physical_backup(self, backup_type: str, progress: Progress) -> dict[str, Any]:
         """Take a physical backup (full, diff or incr): id, method, type, size, database_size, duration_s."""
-    def physical_backups(self, store: BackupStore) -> tuple[list[dict[str, Any]], str | None]:
+    def listed_physical_backups(self, store: BackupStore) -> tuple[list[dict[str, Any]], str | None]:
         """Rows for backup.list, and a note to print instead where another tool lists them."""
     def restore(self, request: RestoreRequest, progress: Progress, step: Callable[[str], None]) -> RestoreOutcome:
         """Restore as the request says; refuses without ``request.yes``, saying what it would replace."""

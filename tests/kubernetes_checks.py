@@ -659,8 +659,9 @@ def cluster_services_reached_by_port(objects: list[Obj]) -> list[str]:
 
 
 def _spec_of_pods(obj: Obj) -> Obj:
-    """The pod spec of a Deployment, a StatefulSet or a CloudNativePG Pooler (all keep it at spec.template)."""
-    spec: Obj = obj.get("spec", {}).get("template", {}).get("spec", {})
+    """The pod spec of a workload, a CloudNativePG Pooler's included (its template is at spec.template too)."""
+    template = obj.get("spec", {}).get("template") if _is_cnpg(obj, "Pooler") else pod_template(obj)
+    spec: Obj = (template or {}).get("spec", {})
     return spec
 
 

@@ -98,7 +98,7 @@ class ComposeTarget(HostStack):
     def physical_backup(self, backup_type: str, progress: Progress) -> dict[str, Any]:
         raise _physical_on_compose()
 
-    def physical_backups(self, store: BackupStore) -> tuple[list[dict[str, Any]], str | None]:
+    def listed_physical_backups(self, store: BackupStore) -> tuple[list[dict[str, Any]], str | None]:
         return [], None
 
     def restore(self, request: RestoreRequest, progress: Progress,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from infra.errors import UserError
 from infra.kubernetes import operate
 from infra.kubernetes.database import database_endpoints
 from infra.kubernetes.prefect import public_api_url
+from infra.kubernetes.render import KubernetesImages
 from infra.progress import Progress
 from infra.secrets import Secrets, ensure_secrets, load_secrets, mounted_secrets
 from infra.status import ComponentStatus
@@ -44,25 +46,29 @@ class KubernetesTarget:
         if task not in TASKS:
             raise _no_kubernetes_form()
 
+    @cached_property
+    def images(self) -> KubernetesImages:
+        """The image references deploy, restore and render use; computed once (they hash the project's code)."""
+        from infra.kubernetes.render import kubernetes_images
+
+        return kubernetes_images(self.config)
+
     # The stack
 
     def before_deploy(self) -> list[str]:
-        from infra.kubernetes.render import kubernetes_images
-
-        config = self.config
-        images = kubernetes_images(config)
+        config, images = self.config, self.images
         return [f"images: {images.prefect}, {images.system} (invoke images.build; pushed to "
                 f"{config.kubernetes.image_registry or 'the nodes (kubernetes.image_registry is null)'})"]
 
     def deploy(self, progress: Progress) -> DeployOutcome:
         from infra.kubernetes import deploy as kubernetes_deploy
-        from infra.kubernetes.render import kubernetes_images, render
+        from infra.kubernetes.render import render
         from infra.kubernetes.secrets import secret_objects
 
         config = self.config
         secrets = ensure_secrets(config.state_dir / "secrets")
-        images = kubernetes_images(config)
-        report = kubernetes_deploy.deploy(config, render(config, images), secret_objects(config, secrets), progress)
+        report = kubernetes_deploy.deploy(config, render(config, self.images), secret_objects(config, secrets),
+                                          progress)
         notes = [f"{phase}: {len(applied)} objects applied" for phase, applied in report.applied.items()]
         if report.pruned:
             notes.append(f"pruned (no longer rendered): {', '.join(report.pruned)}")
@@ -106,11 +112,11 @@ class KubernetesTarget:
             [f"kept (holds data; invoke destroy --yes --volumes deletes it): {kept}" for kept in destroyed.kept])
 
     def render(self, out: Path | None) -> list[str]:
-        from infra.kubernetes.render import kubernetes_images, reference_rendering, write_tree
+        from infra.kubernetes.render import reference_rendering, write_tree
         from infra.kubernetes.render import render as render_manifests
 
         config = self.config
-        rendering = render_manifests(config, kubernetes_images(config)) if out else reference_rendering(config)
+        rendering = render_manifests(config, self.images) if out else reference_rendering(config)
         directory = out or REPO_ROOT / "k8s"
         written = write_tree(rendering, directory)
         return [f"rendered {len(rendering.manifests)} objects ({len(written)} files) into {directory}; "
@@ -147,7 +153,7 @@ class KubernetesTarget:
     def physical_backup(self, backup_type: str, progress: Progress) -> dict[str, Any]:
         raise _no_kubernetes_form()
 
-    def physical_backups(self, store: BackupStore) -> tuple[list[dict[str, Any]], str | None]:
+    def listed_physical_backups(self, store: BackupStore) -> tuple[list[dict[str, Any]], str | None]:
         if not self.config.backups.physical.enabled:
             return [], None
         # CloudNativePG's base backups are Backup objects of the cluster: kubectl lists them, not pgBackRest.
@@ -157,7 +163,7 @@ class KubernetesTarget:
                 step: Callable[[str], None]) -> RestoreOutcome:
         """Point-in-time recovery of the CloudNativePG Cluster, driven by kubernetes.postgres.recovery."""
         from infra.kubernetes.recovery import recover
-        from infra.kubernetes.render import kubernetes_images, render
+        from infra.kubernetes.render import render
         from infra.kubernetes.secrets import secret_objects
 
         config = self.config
@@ -172,7 +178,7 @@ class KubernetesTarget:
                             f"{recovery.target_time or 'the last archived WAL'}; Prefect is stopped meanwhile",
                             fix="run again with --yes (the archive itself is kept, so this can be repeated)")
         secrets = ensure_secrets(config.state_dir / "secrets")
-        rendering = render(config, kubernetes_images(config))
+        rendering = render(config, self.images)
         done = recover(config, rendering, secret_objects(config, secrets), progress)
         summary = {"base_backup": done.base_backup, "target_time": done.target_time,
                    "downtime_s": round(done.downtime_s, 2), "pruned": done.deploy.pruned}

@@ -94,7 +94,7 @@ class LocalTarget(HostStack):
         return {"id": taken.label, "method": "physical", "type": taken.type, "size": taken.size,
                 "database_size": taken.database_size, "duration_s": taken.stopped - taken.started}
 
-    def physical_backups(self, store: BackupStore) -> tuple[list[dict[str, Any]], str | None]:
+    def listed_physical_backups(self, store: BackupStore) -> tuple[list[dict[str, Any]], str | None]:
         if not self.config.backups.physical.enabled:
             return [], None
         rows = []

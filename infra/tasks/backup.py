@@ -88,7 +88,7 @@ def list_(c: Context, json_: bool = False, target: str | None = None) -> None:
     store = BackupStore.from_config(config, load_secrets(StateLayout(config.state_dir).secrets))
     entries = list_backups(store)
     rows = [e.as_dict(store.location) for e in entries]
-    physical, elsewhere = chosen.physical_backups(store)
+    physical, elsewhere = chosen.listed_physical_backups(store)
     rows += physical
     if elsewhere:
         console.note(elsewhere)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import boto3
@@ -13,14 +12,6 @@ from moto import mock_aws
 from infra.backup.storage import MIB, BackupStore
 from infra.config import load_config
 from infra.errors import UserError
-
-
-@pytest.fixture
-def store() -> Iterator[BackupStore]:
-    with mock_aws():
-        client = boto3.client("s3", region_name="us-east-1")
-        client.create_bucket(Bucket="prefect-backups")
-        yield BackupStore(load_config(), client)
 
 
 def stored(store: BackupStore) -> dict[str, int]:

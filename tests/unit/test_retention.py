@@ -5,15 +5,12 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
-import boto3
 import pytest
 from invoke import MockContext
-from moto import mock_aws
 
 from infra.backup.catalog import BackupEntry, list_backups
 from infra.backup.logical import logical_prefix
@@ -32,7 +29,6 @@ from infra.backup.retention import (
     run_prune,
 )
 from infra.backup.storage import BackupStore
-from infra.config import load_config
 from infra.tasks import backup as backup_tasks
 
 NOW = datetime(2024, 6, 15, 12, 0, tzinfo=UTC)  # a Saturday
@@ -282,13 +278,6 @@ def orphan(name: str, age: timedelta) -> OrphanFolder:
 def test_orphan_grace(grace_hours: int, age: timedelta, expired: bool) -> None:
     assert expired_orphans([orphan("x", age)], NOW, grace_hours) == (["x"] if expired else [])
 
-
-@pytest.fixture
-def store() -> Iterator[BackupStore]:
-    with mock_aws():
-        client = boto3.client("s3", region_name="us-east-1")
-        client.create_bucket(Bucket="prefect-backups")
-        yield BackupStore(load_config(), client)
 
 
 def put_backup(store: BackupStore, entry: BackupEntry, files: int = 2) -> None:
