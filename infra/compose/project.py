@@ -34,7 +34,7 @@ from infra.render.prefect import api_environment, migration_environment, service
 from infra.render.redis import redis_conf
 from infra.render.tracing import server_tracing_environment
 from infra.scripts import script
-from infra.secrets import SECRET_NAMES, Secrets
+from infra.secrets import BACKUP_SECRETS, SECRET_NAMES, Secrets
 from infra.tls import LoadBalancerTls
 
 # The container layout, created by the images (compose/images/system/Dockerfile): one unprivileged user, the
@@ -359,6 +359,12 @@ def render_project(config: StackConfig, secrets: Secrets, images: Images,
     return project
 
 
+def backup_secrets(config: StackConfig) -> tuple[str, ...]:
+    """The secrets the backup container is given: the local S3 endpoint's key only when that endpoint is used."""
+    local_s3 = config.backups.s3.endpoint_url is None
+    return tuple(name for name in BACKUP_SECRETS if name != "s3_local" or local_s3)
+
+
 def _backup_scheduler(b: _Builder, inner: StackConfig) -> None:
     """The nightly backup and verification (``python -m infra.backup.scheduler``, as the local target supervises
     it), and the container where `invoke backup|restore|... --target compose` run their work (docker compose exec):
@@ -372,9 +378,9 @@ def _backup_scheduler(b: _Builder, inner: StackConfig) -> None:
         depends["s3"] = "service_healthy"
     b.add(BACKUP_SCHEDULER, "backup-scheduler", b.images.prefect, [PYTHON, "-m", "infra.backup.scheduler"],
           files=(effective,),
-          # The code reads its secrets where the local target keeps them (<state>/secrets): one typed set, all of
-          # them (it holds the superuser's password anyway, which outweighs the rest).
-          state_secrets=tuple(SECRET_NAMES),
+          # The code reads its secrets where the local target keeps them (<state>/secrets), and only those the
+          # backup work needs: not the API admin's, Redis', HAProxy's or Grafana's (least privilege).
+          state_secrets=backup_secrets(config),
           environment={CONFIG_FILE_ENV: str(effective.path), IN_CONTAINER_ENV: "1"},
           # The back-end network is internal: a real S3 endpoint is reached through the front-end one.
           networks=(BACKEND,) if config.backups.s3.endpoint_url is None else (BACKEND, FRONTEND),

@@ -48,7 +48,7 @@ from infra.layout import StateLayout
 from infra.render import Addresses
 from infra.render.prefect import api_environment, migration_environment, services_environment
 from infra.render.tracing import server_tracing_environment
-from infra.secrets import Secrets
+from infra.secrets import BACKUP_SECRETS, Secrets
 
 API_PORT = 4200
 POSTGRES_PORT = 5432
@@ -368,7 +368,10 @@ def _backup(config: StackConfig, image: str, version: str) -> list[Manifest]:
     env = {"PREFECT_STACK_CONFIG": str(CONFIG_DIR / EFFECTIVE_CONFIG), "HOME": str(LAYOUT.prefect_home)}
     volumes = [
         config_map_volume("config", names.backup),
-        secret_volume("secrets", names.secret_stack),
+        # Only what the backup work reads (no S3 key of ours: the bucket is the cloud's), never the API admin's,
+        # Redis' or Grafana's credentials.
+        secret_volume("secrets", names.secret_stack,
+                      {name: name for name in BACKUP_SECRETS if name != "s3_local"}),
         *_db_ca_volume(config),
         empty_dir("state", "1Gi"), empty_dir("tmp", "1Gi"),
         # Dumps wait here for upload and restores are staged here: an ephemeral volume sized for the database.

@@ -141,6 +141,17 @@ def test_without_a_real_s3_endpoint_the_stack_runs_its_own(secrets: Secrets) -> 
     assert "s3" not in _services(_project(secrets, backups={"s3": {"endpoint_url": "https://s3.example.com"}}))
 
 
+@pytest.mark.parametrize(("s3", "given"), [
+    ({}, {"postgres_superuser", "postgres_prefect", "backup_encryption", "s3_local"}),
+    ({"endpoint_url": "https://s3.example.com"}, {"postgres_superuser", "postgres_prefect", "backup_encryption"}),
+])
+def test_the_backup_container_gets_only_the_secrets_the_backup_reads(secrets: Secrets, s3: dict[str, Any],
+                                                                      given: set[str]) -> None:
+    """Least privilege: not the API admin's, Redis', HAProxy's or Grafana's credentials."""
+    service = _services(_project(secrets, backups={"s3": s3}))["backup-scheduler"]
+    assert {mount["source"] for mount in service["secrets"]} == given
+
+
 def test_grafana_and_jaeger_can_be_turned_off(secrets: Secrets) -> None:
     services = _services(_project(secrets, compose={"grafana": False, "jaeger": False}))
     assert not UPSTREAM & set(services)

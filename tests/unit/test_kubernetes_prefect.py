@@ -180,6 +180,13 @@ class TestBackupCronJob:
         assert env["AWS_SHARED_CREDENTIALS_FILE"].endswith("/credentials")
         assert "AWS_SECRET_ACCESS_KEY" not in env
 
+    def test_mounts_only_the_secrets_the_backup_reads(self, default: Rendering) -> None:
+        """Least privilege: a leak of the backup pod must not open the API, Redis or Grafana."""
+        volumes = self._cronjob(default)["spec"]["jobTemplate"]["spec"]["template"]["spec"]["volumes"]
+        stack = next(v for v in volumes if v["name"] == "secrets")["secret"]
+        assert {item["key"] for item in stack["items"]} == {"postgres_superuser", "postgres_prefect",
+                                                            "backup_encryption"}
+
     def test_iam_role_mounts_no_keys(self) -> None:
         cron = self._cronjob(reference_rendering(_config(s3_credentials="iam-role")))
         volumes = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["volumes"]
@@ -478,11 +485,21 @@ class TestBackupCodeOnKubernetes:
         with pytest.raises(UserError, match="others can read it"):
             load_secrets(directory)  # the host's rule, which a Secret volume cannot meet
 
-    def test_a_missing_key_names_the_fix(self, tmp_path: Path) -> None:
+    def test_a_secret_not_given_to_the_workload_is_refused_by_name_when_used(self, tmp_path: Path) -> None:
         directory = self._mounted(tmp_path / "secrets")
         directory.chmod(0o755)
         (directory / "redis").unlink()
-        with pytest.raises(UserError, match="secret redis is missing"):
+        secrets = mounted_secrets(directory)
+        assert secrets.get("postgres_superuser") == placeholder_secrets().get("postgres_superuser")
+        with pytest.raises(UserError, match="secret redis is not given to this workload"):
+            secrets.get("redis")
+
+    def test_an_empty_key_names_the_fix(self, tmp_path: Path) -> None:
+        directory = self._mounted(tmp_path / "secrets")
+        directory.chmod(0o755)
+        (directory / "redis").chmod(0o644)
+        (directory / "redis").write_text("\n")
+        with pytest.raises(UserError, match="secret redis is empty"):
             mounted_secrets(directory)
 
     def test_the_cronjob_reads_the_mounted_secret(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -490,13 +507,13 @@ class TestBackupCodeOnKubernetes:
         seen: list[str] = []
 
         def backup_job(config: StackConfig, generated: Any, progress: Any) -> None:
-            seen.append(generated.get("redis"))
+            seen.append(generated.get("postgres_superuser"))
             raise UserError("stop here")
 
         monkeypatch.setattr(scheduler, "backup_job", backup_job)
         config = load_config(target="kubernetes", local={"state_dir": str(tmp_path)})
         assert scheduler.run_once(config) is False
-        assert seen == [placeholder_secrets().get("redis")]
+        assert seen == [placeholder_secrets().get("postgres_superuser")]
 
     def test_scheduler_rejects_unknown_arguments(self) -> None:
         assert scheduler.main(["--twice"]) == 2
