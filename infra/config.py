@@ -98,9 +98,12 @@ class ApiConfig(_Section):
 class ServicesConfig(_Section):
     # One process runs every background service (scheduler, triggers, event persister...). More copies
     # are safe because Docket coordinates them through Redis.
-    replicas: int = Field(1, ge=1, le=8,
-                          description="Processes running Prefect's background services (scheduler, triggers, "
-                                      "event persister, ...); more than one is safe (Docket coordinates them).")
+    # null: 1 on one host (local, compose), 2 on Kubernetes, where one pod is a single point of failure (node loss,
+    # drain). Read it as StackConfig.services_replicas.
+    replicas: int | None = Field(None, ge=1, le=8,
+                                 description="Processes running Prefect's background services (scheduler, "
+                                             "triggers, event persister, ...); more than one is safe (Docket "
+                                             "coordinates them). null: 1 on local and compose, 2 on kubernetes.")
     events_retention: str = Field("P7D", pattern=r"^P(\d+D|T\d+H)$",
                                   description="How long Prefect keeps events, as an ISO 8601 duration in days "
                                               "(P7D) or hours (PT12H); bounds Prefect's largest tables.")
@@ -665,6 +668,13 @@ class StackConfig(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         yaml_file = os.environ.get(CONFIG_FILE_ENV) or str(DEFAULT_CONFIG_FILE)
         return (init_settings, env_settings, YamlConfigSettingsSource(settings_cls, yaml_file=yaml_file))
+
+    @property
+    def services_replicas(self) -> int:
+        """services.replicas, or its default for the target when unset."""
+        if self.services.replicas is not None:
+            return self.services.replicas
+        return 2 if self.target == "kubernetes" else 1
 
     @model_validator(mode="after")
     def _tracing_has_an_endpoint(self) -> StackConfig:

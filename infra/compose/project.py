@@ -318,7 +318,7 @@ def render_project(config: StackConfig, secrets: Secrets, images: Images,
               memory=config.compose.api_memory, stop_grace_s=30)
     services_env = _env_file("services", _prefect_in_containers(
         config, services_environment(inner, secrets, CONTAINER, addresses)))
-    for i in range(1, config.services.replicas + 1):
+    for i in range(1, config.services_replicas + 1):
         b.add(f"services-{i}", "services", images.prefect,
               # Restarted with Redis: they silently stop consuming its streams after it restarts otherwise.
               _with_env(services_env, _traced(inner, [prefect, "server", "services", "start"]), follow_redis=True),

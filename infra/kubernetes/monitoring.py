@@ -20,6 +20,7 @@ from infra.config import ResourcesConfig, StackConfig
 from infra.kubernetes import database
 from infra.kubernetes.objects import (
     APP_HOME,
+    DB_CA_DIR,
     PYTHON,
     Manifest,
     Names,
@@ -183,6 +184,7 @@ def exporter_arguments(config: StackConfig) -> list[str]:
             f"--postgres={host}:{port}/{config.postgres.database}",
             f"--postgres-password-file={SECRETS_DIR}/postgres_monitor",
             f"--sslmode={endpoints.sslmode}",
+            *([f"--sslrootcert={endpoints.root_cert}"] if endpoints.root_cert else []),
             f"--finished-runs-window={config.monitoring.finished_runs_window_s}"]
     # No --pgbouncer: the Poolers are CloudNativePG's PgBouncers, whose console only the operator's user reaches;
     # they export their own metrics (the database's PodMonitors).
@@ -199,16 +201,20 @@ def exporter_deployment(config: StackConfig, images: Any) -> dict[str, Any]:
     # A TCP probe: an HTTP GET of /metrics would run every query of a scrape each period.
     probe = {"tcpSocket": {"port": METRICS_PORT_NAME}, "periodSeconds": 10, "timeoutSeconds": 3,
              "failureThreshold": 3}
+    mounts = {"secrets": SECRETS_DIR, "tmp": "/tmp"}  # noqa: S108 - a volume
+    ca = database.ca_volume(config)
+    if ca:  # it verifies the database server as the apps do (--sslrootcert)
+        mounts["db-ca"] = str(DB_CA_DIR)
     exporter = container(
         EXPORTER, images.prefect, [PYTHON, "-m", "infra.exporter.server"], EXPORTER_RESOURCES,
         args=exporter_arguments(config),
         env={"PYTHONPATH": str(APP_HOME), "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1"},
-        ports={METRICS_PORT_NAME: port}, mounts={"secrets": SECRETS_DIR, "tmp": "/tmp"},  # noqa: S108 - a volume
-        read_only_mounts=frozenset({"secrets"}), readinessProbe=probe, livenessProbe=copy.deepcopy(probe))
+        ports={METRICS_PORT_NAME: port}, mounts=mounts,
+        read_only_mounts=frozenset({"secrets", "db-ca"}), readinessProbe=probe, livenessProbe=copy.deepcopy(probe))
     # Only the two monitor credentials, as files: nothing secret in the environment or the arguments.
     volumes = [secret_volume("secrets", names.secret_stack,
                              {"postgres_monitor": "postgres_monitor", "redis_monitor": "redis_monitor"}),
-               empty_dir("tmp", "64Mi")]
+               *ca, empty_dir("tmp", "64Mi")]
     return {"apiVersion": "apps/v1", "kind": "Deployment",
             "metadata": metadata(config, names.exporter, EXPORTER),
             "spec": {"replicas": 1, "selector": {"matchLabels": selector(config, EXPORTER)},

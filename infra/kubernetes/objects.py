@@ -38,6 +38,11 @@ CONTAINER_ROOT = PurePosixPath("/var/lib/prefect-stack")
 APP_HOME = PurePosixPath("/opt/prefect-stack")
 VENV_BIN = APP_HOME / ".venv" / "bin"
 PYTHON = str(VENV_BIN / "python")
+ETC = PurePosixPath("/etc/prefect-stack")
+# The database Cluster's CA certificate (CloudNativePG's <cluster>-ca, the certificate only), where every pod that
+# talks to PostgreSQL mounts it to verify the server.
+DB_CA_DIR = ETC / "db-ca"
+DB_CA_FILE = DB_CA_DIR / "ca.crt"
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 

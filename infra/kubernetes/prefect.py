@@ -23,6 +23,8 @@ from infra.kubernetes import database, monitoring
 from infra.kubernetes import redis as redis_part
 from infra.kubernetes.objects import (
     CONTAINER_ROOT,
+    DB_CA_DIR,
+    ETC,
     PYTHON,
     VENV_BIN,
     Manifest,
@@ -54,9 +56,9 @@ API_PORT = 4200
 POSTGRES_PORT = 5432
 REDIS_PORTS = (6379, 26379)
 LAYOUT = StateLayout(Path(str(CONTAINER_ROOT)))
-ETC = PurePosixPath("/etc/prefect-stack")
 ENV_DIR = ETC / "env"
-DB_CA_DIR = ETC / "db-ca"
+# On the pod's /tmp emptyDir (the root filesystem is read-only).
+SERVICES_HEARTBEAT = PurePosixPath("/tmp/prefect-services.heartbeat")  # noqa: S108 - an emptyDir
 CONFIG_DIR = ETC / "config"
 S3_DIR = ETC / "s3"
 ENTRYPOINT = [PYTHON, "-m", "infra.containers.entrypoint"]
@@ -115,8 +117,7 @@ def prefect_environment(config: StackConfig, secrets: Secrets, role: str) -> dic
     render = {"api": api_environment, "services": services_environment, "migrate": migration_environment}[role]
     env = render(inner, secrets, LAYOUT, addresses)
     endpoint = {"api": endpoints.api, "services": endpoints.services, "migrate": endpoints.direct}[role]
-    cnpg = config.kubernetes.postgres.mode == "cnpg"
-    sslmode = "verify-ca" if cnpg else endpoints.sslmode
+    sslmode = endpoints.sslmode
     env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = _database_url(config, secrets, endpoint, config.postgres.database,
                                                                   sslmode)
     if sslmode != "require":
@@ -125,8 +126,8 @@ def prefect_environment(config: StackConfig, secrets: Secrets, role: str) -> dic
         # trusting exactly that CA is the check; host names are not, since the certificate names the -rw Service.
         env["PREFECT_SERVER_DATABASE_SQLALCHEMY_CONNECT_ARGS_TLS_CHECK_HOSTNAME"] = str(
             sslmode == "verify-full").lower()
-        if cnpg:
-            env["PREFECT_SERVER_DATABASE_SQLALCHEMY_CONNECT_ARGS_TLS_CA_FILE"] = str(DB_CA_DIR / "ca.crt")
+        if endpoints.root_cert:
+            env["PREFECT_SERVER_DATABASE_SQLALCHEMY_CONNECT_ARGS_TLS_CA_FILE"] = endpoints.root_cert
     for stale in ("PREFECT_SERVER_DOCKET_URL", "PREFECT_REDIS_MESSAGING_HOST", "PREFECT_REDIS_MESSAGING_PORT",
                   "PREFECT_REDIS_MESSAGING_DB", "PREFECT_REDIS_MESSAGING_PASSWORD"):
         env.pop(stale, None)
@@ -168,13 +169,6 @@ def _env_volume(config: StackConfig, role: str) -> dict[str, Any]:
     return secret_volume("env", Names.of(config).secret_prefect_env, {ENV_FILES[role]: ENV_FILES[role]})
 
 
-def _db_ca_volume(config: StackConfig) -> list[dict[str, Any]]:
-    if config.kubernetes.postgres.mode != "cnpg":
-        return []
-    # Only the certificate: the CA secret also holds its private key, which no Prefect pod may read.
-    return [secret_volume("db-ca", f"{Names.of(config).database}-ca", {"ca.crt": "ca.crt"})]
-
-
 def _common_mounts(config: StackConfig) -> dict[str, str]:
     mounts = {"env": str(ENV_DIR), "state": str(CONTAINER_ROOT), "tmp": "/tmp"}  # noqa: S108 - an emptyDir
     if config.kubernetes.postgres.mode == "cnpg":
@@ -184,7 +178,7 @@ def _common_mounts(config: StackConfig) -> dict[str, str]:
 
 def _common_volumes(config: StackConfig, role: str) -> list[dict[str, Any]]:
     # The root filesystem is read-only: Prefect's home (the UI it rewrites at start) and /tmp are emptyDirs.
-    return [_env_volume(config, role), *_db_ca_volume(config), empty_dir("state", "1Gi"), empty_dir("tmp", "1Gi")]
+    return [_env_volume(config, role), *database.ca_volume(config), empty_dir("state", "1Gi"), empty_dir("tmp", "1Gi")]
 
 
 def _traced(config: StackConfig, command: list[str]) -> list[str]:
@@ -308,15 +302,17 @@ def _pdb(config: StackConfig, name: str, component: str) -> dict[str, Any]:
 def _services(config: StackConfig, image: str, version: str) -> list[Manifest]:
     names, k8s = Names.of(config), config.kubernetes
     env_file = str(ENV_DIR / ENV_FILES["services"])
-    endpoints = database.database_endpoints(config)
-    host, port = endpoints.services
-    # No port of its own to probe: alive while it can reach its database pool (a hung process cannot answer).
-    check = f"import socket; socket.create_connection(({host!r}, {port}), 3).close()"
-    run = _traced(config, [str(VENV_BIN / "prefect"), "server", "services", "start"])
+    # No port of its own to probe, and a pooler outage is not its fault: alive while its event loop keeps renewing
+    # a heartbeat file (infra.containers.services), which a hung process stops doing.
+    heartbeat = ["--heartbeat", str(SERVICES_HEARTBEAT)]
+    run = _traced(config, [PYTHON, "-m", "infra.containers.services", "run", *heartbeat])
+    check = exec_probe([PYTHON, "-m", "infra.containers.services", "check", *heartbeat], period_s=20, timeout_s=10,
+                       failures=3)
     services = container(
         "services", image, [*ENTRYPOINT, env_file, "--follow-redis", "--", *run], k8s.services_resources,
         mounts=_common_mounts(config), read_only_mounts=frozenset({"env", "db-ca"}),
-        livenessProbe=exec_probe([PYTHON, "-c", check], period_s=20, timeout_s=10, failures=3),
+        # Importing Prefect and the first beat take seconds on a busy node: up to 2 minutes before the first.
+        startupProbe={**check, "periodSeconds": 5, "failureThreshold": 24}, livenessProbe=check,
     )
     tracing = _pod_name_env(_tracing_env(config, "prefect-services"))
     if tracing:
@@ -324,9 +320,11 @@ def _services(config: StackConfig, image: str, version: str) -> list[Manifest]:
     spec = pod_spec([services], _common_volumes(config, "services"), terminationGracePeriodSeconds=30,
                     topologySpreadConstraints=topology_spread(config, "services"))
     spec["initContainers"] = [_wait_for_migrations(config, image, env_file, k8s.services_resources)]
-    deployment = _deployment(config, names.services, "services", config.services.replicas, spec, version)
+    # minReadySeconds: a replica that dies right after starting does not count as available during a rollout.
+    deployment = _deployment(config, names.services, "services", config.services_replicas, spec, version,
+                             min_ready_s=10)
     manifests = [Manifest(deployment, "apps")]
-    if config.services.replicas >= 2:
+    if config.services_replicas >= 2:
         manifests.append(Manifest(_pdb(config, names.services, "services"), "apps"))
     return manifests
 
@@ -334,11 +332,13 @@ def _services(config: StackConfig, image: str, version: str) -> list[Manifest]:
 def _migration_job(config: StackConfig, image: str, version: str) -> Manifest:
     names, k8s = Names.of(config), config.kubernetes
     env_file = str(ENV_DIR / ENV_FILES["migrate"])
-    host, port = database.database_endpoints(config).direct
+    endpoints = database.database_endpoints(config)
+    host, port = endpoints.direct
     secrets_dir = ETC / "db-superuser"
     command = [*ENTRYPOINT, env_file, "--", PYTHON, "-m", "infra.containers.migrate", "--host", host, "--port",
                str(port), "--database", config.postgres.database, "--user", config.postgres.user,
-               "--secrets", str(secrets_dir)]
+               "--secrets", str(secrets_dir), "--sslmode", endpoints.sslmode,
+               *(["--sslrootcert", endpoints.root_cert] if endpoints.root_cert else [])]
     mounts = {**_common_mounts(config), "superuser": str(secrets_dir)}
     job_container = container("migrate", image, command, k8s.api_resources, mounts=mounts,
                               read_only_mounts=frozenset({"env", "db-ca", "superuser"}))
@@ -372,7 +372,7 @@ def _backup(config: StackConfig, image: str, version: str) -> list[Manifest]:
         # Redis' or Grafana's credentials.
         secret_volume("secrets", names.secret_stack,
                       {name: name for name in BACKUP_SECRETS if name != "s3_local"}),
-        *_db_ca_volume(config),
+        *database.ca_volume(config),
         empty_dir("state", "1Gi"), empty_dir("tmp", "1Gi"),
         # Dumps wait here for upload and restores are staged here: an ephemeral volume sized for the database.
         {"name": "scratch", "ephemeral": {"volumeClaimTemplate": {"spec": {

@@ -190,13 +190,14 @@ class KubernetesTarget:
         raise _no_kubernetes_form()
 
     def database_access(self, secrets: Secrets) -> DatabaseAccess:
-        """From the CronJob's pod: the Cluster's primary (or the external server) over TLS, as the superuser."""
+        """From the CronJob's pod: the Cluster's primary (or the external server) over TLS, the server verified
+        against the Cluster's CA as the apps do, as the superuser."""
         config = self.config
         endpoints = database_endpoints(config)
         host, port = endpoints.direct
         return DatabaseAccess(host=host, port=port, user="postgres", dbname=config.postgres.database,
                               bin_dir=config.postgres.bin_dir, password=secrets.get("postgres_superuser"),
-                              sslmode=endpoints.sslmode)
+                              sslmode=endpoints.sslmode, sslrootcert=endpoints.root_cert)
 
     def api_database_url(self, secrets: Secrets) -> Callable[[str], str]:
         host, port = database_endpoints(self.config).direct

@@ -13,7 +13,6 @@ from typing import Any
 import pytest
 import yaml
 
-import infra.kubernetes.database as database
 from infra.compose.project import placeholder_secrets
 from infra.config import StackConfig, load_config
 from infra.exporter.server import Sources, StackCollector, parse_arguments
@@ -26,9 +25,6 @@ from tests import kubernetes_checks as checks
 
 CRD_FILES = {"PrometheusRule": "monitoring.coreos.com_prometheusrules.yaml",
              "ServiceMonitor": "monitoring.coreos.com_servicemonitors.yaml"}
-ENDPOINTS = database.DatabaseEndpoints(api=("prefect-pooler-transaction", 5432),
-                                       services=("prefect-pooler-session", 5432),
-                                       direct=("prefect-db-rw", 5432), sslmode="require")
 
 CONFIGS: dict[str, dict[str, Any]] = {
     "default": {},
@@ -40,12 +36,6 @@ CONFIGS: dict[str, dict[str, Any]] = {
                                                    "external_url": "redis+sentinel://s1:26379/mymaster"}}},
     "standalone": {"kubernetes": {"redis": {"mode": "standalone"}, "name": "flows", "namespace": "data"}},
 }
-
-
-@pytest.fixture(autouse=True)
-def endpoints(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The database module may still be a stub: its endpoints are given here (monitoring.py calls it lazily)."""
-    monkeypatch.setattr(database, "database_endpoints", lambda config: ENDPOINTS)
 
 
 def config_of(name: str) -> StackConfig:
@@ -267,7 +257,7 @@ class TestExporter:
         return list(exporter["args"])
 
     def test_connects_to_the_primary_with_tls(self) -> None:
-        assert {"--postgres=prefect-db-rw:5432/prefect", "--sslmode=require"} <= set(self.args())
+        assert {"--postgres=prefect-db-rw:5432/prefect", "--sslmode=verify-ca"} <= set(self.args())
 
     def test_no_pgbouncer_source(self) -> None:
         assert not [a for a in self.args() if a.startswith("--pgbouncer")]
@@ -317,9 +307,20 @@ class TestExporter:
 
     def test_only_the_monitor_credentials_are_mounted(self) -> None:
         volumes = one("Deployment", "prefect-exporter")["spec"]["template"]["spec"]["volumes"]
-        [secret] = [v["secret"] for v in volumes if "secret" in v]
+        [secret] = [v["secret"] for v in volumes if v["name"] == "secrets"]
         assert (secret["secretName"], {i["key"] for i in secret["items"]}) == (
             "prefect-stack-secrets", {"postgres_monitor", "redis_monitor"})
+
+    def test_verifies_the_database_server_against_the_clusters_ca(self) -> None:
+        """As the apps do: a certificate of the Cluster's CA, not merely an encrypted connection."""
+        deployment = one("Deployment", "prefect-exporter")
+        [exporter] = containers(deployment)
+        assert "--sslmode=verify-ca" in exporter["args"]
+        [root_cert] = [a.removeprefix("--sslrootcert=") for a in exporter["args"] if a.startswith("--sslrootcert=")]
+        mount = next(m for m in exporter["volumeMounts"] if root_cert.startswith(m["mountPath"] + "/"))
+        volume = next(v for v in deployment["spec"]["template"]["spec"]["volumes"] if v["name"] == mount["name"])
+        assert volume["secret"]["secretName"] == "prefect-db-ca"
+        assert [i["key"] for i in volume["secret"]["items"]] == ["ca.crt"]  # not the CA's private key
 
     @pytest.mark.parametrize("probe", ["readinessProbe", "livenessProbe"])
     def test_probes_the_metrics_port(self, probe: str) -> None:

@@ -111,6 +111,45 @@ class TestApiDeployment:
                     and o["metadata"]["name"] == Names.of(rendering.config).api]
 
 
+class TestServicesDeployment:
+    def _deployment(self, rendering: Rendering) -> dict[str, Any]:
+        return _find(rendering, "Deployment", Names.of(rendering.config).services)
+
+    def _container(self, rendering: Rendering) -> dict[str, Any]:
+        return dict(self._deployment(rendering)["spec"]["template"]["spec"]["containers"][0])
+
+    def test_two_replicas_by_default_with_a_disruption_budget(self, default: Rendering) -> None:
+        """One services pod is a single point of failure on a cluster (node loss, drain): Docket coordinates two."""
+        assert self._deployment(default)["spec"]["replicas"] == 2
+        assert _find(default, "PodDisruptionBudget", Names.of(default.config).services)["spec"]["maxUnavailable"] == 1
+
+    def test_replicas_set_in_the_model_win(self) -> None:
+        rendering = reference_rendering(load_config(target="kubernetes", services={"replicas": 1}))
+        assert self._deployment(rendering)["spec"]["replicas"] == 1
+        assert not [o for o in rendering.objects() if o["kind"] == "PodDisruptionBudget"
+                    and o["metadata"]["name"] == Names.of(rendering.config).services]
+
+    def test_a_replica_must_stay_up_before_it_counts(self, default: Rendering) -> None:
+        assert self._deployment(default)["spec"]["minReadySeconds"] >= 10
+
+    @pytest.mark.parametrize("probe", ["startupProbe", "livenessProbe"])
+    def test_probes_read_the_heartbeat_of_the_services_process_itself(self, default: Rendering, probe: str) -> None:
+        """Not a TCP connect to the pooler: a pooler outage must not restart them, a hung event loop must."""
+        services = self._container(default)
+        run = services["command"][services["command"].index("infra.containers.services"):]
+        check = services[probe]["exec"]["command"]
+        assert run[:2] == ["infra.containers.services", "run"]
+        assert check[check.index("infra.containers.services"):][:2] == ["infra.containers.services", "check"]
+        heartbeat = run[run.index("--heartbeat") + 1]
+        assert check[check.index("--heartbeat") + 1] == heartbeat
+        mounts = {m["mountPath"]: m.get("readOnly", False) for m in services["volumeMounts"]}
+        assert any(heartbeat.startswith(path + "/") and not read_only for path, read_only in mounts.items())
+
+    def test_the_liveness_probe_allows_the_check_interval(self, default: Rendering) -> None:
+        probe = self._container(default)["livenessProbe"]
+        assert probe["periodSeconds"] * probe["failureThreshold"] >= 60
+
+
 class TestIngress:
     def test_tls_for_the_host(self, default: Rendering) -> None:
         ingress = _find(default, "Ingress", Names.of(default.config).api)
@@ -152,6 +191,15 @@ class TestMigrationJob:
         job = self._jobs(default)[0]
         volumes = {v["name"]: v for v in job["spec"]["template"]["spec"]["volumes"]}
         assert volumes["superuser"]["secret"]["secretName"] == Names.of(default.config).secret_stack
+
+    def test_the_superuser_verifies_the_server_against_the_clusters_ca(self, default: Rendering) -> None:
+        job = self._jobs(default)[0]
+        [migrate] = job["spec"]["template"]["spec"]["containers"]
+        command = migrate["command"]
+        assert command[command.index("--sslmode") + 1] == "verify-ca"
+        root_cert = command[command.index("--sslrootcert") + 1]
+        assert any(root_cert.startswith(m["mountPath"] + "/") and m["name"] == "db-ca"
+                   for m in migrate["volumeMounts"])
 
 
 class TestBackupCronJob:
@@ -453,14 +501,22 @@ class TestWaitForMigrations:
         assert "migration Job" in lines[-1]
 
     def test_libpq_url_requires_tls(self) -> None:
-        assert migrations.libpq_url("postgresql+asyncpg://u:p@h:5432/db") == "postgresql://u:p@h:5432/db?sslmode=require"
+        assert (migrations.libpq_url("postgresql+asyncpg://u:p@h:5432/db", {})
+                == "postgresql://u:p@h:5432/db?sslmode=require")
+
+    def test_libpq_url_verifies_the_server_as_prefect_does(self) -> None:
+        """The init container checks the server with Prefect's own TLS settings (the Cluster's CA)."""
+        env = prefect.prefect_environment(_config(), placeholder_secrets(), "api")
+        url = migrations.libpq_url(env["PREFECT_SERVER_DATABASE_CONNECTION_URL"], env)
+        assert url.endswith("?sslmode=verify-ca&sslrootcert=%2Fetc%2Fprefect-stack%2Fdb-ca%2Fca.crt")
 
 
 class TestBackupCodeOnKubernetes:
     def test_superuser_to_the_primary_over_tls(self) -> None:
         access = database_access(_config(), placeholder_secrets())
         assert (access.host, access.port, access.user, access.sslmode) == ("prefect-db-rw", 5432, "postgres",
-                                                                           "require")
+                                                                           "verify-ca")
+        assert access.env()["PGSSLROOTCERT"] == access.sslrootcert == "/etc/prefect-stack/db-ca/ca.crt"
 
     def test_verification_api_reaches_the_restored_database_directly(self) -> None:
         url = api_database_url(_config(), placeholder_secrets())("verify_1")
@@ -526,3 +582,17 @@ def test_prometheus_scrapes_the_api_with_its_basic_auth() -> None:
     metrics = made[Names.of(config).secret_api_metrics]
     assert {k: base64.b64decode(v).decode() for k, v in metrics["data"].items()} == {"username": "admin",
                                                                                      "password": "s3cret"}
+
+
+def test_no_container_of_ours_trusts_the_database_server_unverified(default: Rendering) -> None:
+    """With CloudNativePG every client checks the Cluster's CA: no container settles for an encrypted but
+    unverified connection (sslmode require)."""
+    for obj in default.objects():
+        spec = obj.get("spec", {})
+        pod = spec.get("jobTemplate", {}).get("spec", spec).get("template", {}).get("spec", {})
+        for c in [*pod.get("initContainers", []), *pod.get("containers", [])]:
+            words = [*c.get("command", []), *c.get("args", [])]
+            modes = [w.partition("=")[2] for w in words if w.startswith("--sslmode=")]
+            modes += [words[i + 1] for i, w in enumerate(words[:-1]) if w == "--sslmode"]
+            modes += [e["value"] for e in c.get("env", []) if e["name"] == "PGSSLMODE"]
+            assert set(modes) <= {"verify-ca", "verify-full"}, (obj["metadata"]["name"], c["name"], modes)
