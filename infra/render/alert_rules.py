@@ -177,38 +177,52 @@ def kubernetes_api_rules(config: StackConfig) -> list[dict[str, Any]]:
     ]
 
 
+def _none_answers(answering: str, pods: str) -> str:
+    """True (an empty-labelled 1) when no pod of ``pods`` is answering. ``answering`` selects the pods that do:
+    the exporters run inside the pods they watch, so a deleted, evicted or unscheduled pod leaves no series at all,
+    and a test of the value (``== 0``) would never hold then: absent() does. A pod whose scrape fails (``up`` 0)
+    does not count as answering either, whatever its last samples said."""
+    return f"absent(({answering}) and on (pod) (up{{{pods}}} == 1))"
+
+
 def kubernetes_database_rules(config: StackConfig) -> list[dict[str, Any]]:
     """The database rules where CloudNativePG runs PostgreSQL and PgBouncer: the same alerts, read from the
     operator's own exporters (cnpg_* on every instance and every Pooler pod, scraped through the database's
     PodMonitors) instead of postgres_exporter and this project's PgBouncer reader. Several instances and pooler
-    pods stand in for the one of the other targets, so "down" means none of them answers."""
+    pods stand in for the one of the other targets, so "down" means none of them answers (or none is left)."""
     k8s = config.kubernetes
     prefix = k8s.name
     instances = f'namespace="{k8s.namespace}",pod=~"{prefix}-db-[0-9]+"'
-    poolers = [f'namespace="{k8s.namespace}",pod=~"{prefix}-pooler-{mode}-.+"' for mode in ("transaction", "session")]
+    poolers = {f"{prefix}-pooler-{mode}": f'namespace="{k8s.namespace}",pod=~"{prefix}-pooler-{mode}-.+"'
+               for mode in ("transaction", "session")}
+    every_pooler = f'namespace="{k8s.namespace}",pod=~"{prefix}-pooler-(transaction|session)-.+"'
+    # One series per Pooler without an answering pod, named by the pooler label (absent() gives none).
+    poolers_down = " or ".join(
+        f'label_replace({_none_answers(f"cnpg_pgbouncer_up{{{pods}}} == 1", pods)}, "pooler", "{name}", "", "")'
+        for name, pods in poolers.items())
     return [
-        _rule("PostgresDown", f"max(cnpg_collector_up{{{instances}}}) == 0", "1m", "page", "database",
+        _rule("PostgresDown", _none_answers(f"cnpg_collector_up{{{instances}}} == 1", instances), "1m", "page",
+              "database",
               "No PostgreSQL instance answers: every Prefect API replica is failing",
-              "kubectl get cluster (CloudNativePG's status and events) and the instances' logs. A full volume or "
-              "a failed switchover are the usual causes; if the data is lost, follow the restore runbook."),
+              "No instance reports PostgreSQL up, or none is left to scrape. kubectl get cluster (CloudNativePG's "
+              "status and events) and the instances' pods and logs. A full volume or a failed switchover are the "
+              "usual causes; if the data is lost, follow the restore runbook."),
         _rule("PostgresConnectionsNearLimit",
               f"max(sum by (pod) (cnpg_backends_total{{{instances}}}) / on (pod) "
               f'cnpg_pg_settings_setting{{{instances},name="max_connections"}}) > 0.85', "5m", "warning", "database",
               "A PostgreSQL instance uses {{ $value | humanizePercentage }} of max_connections",
               "New connections will soon be refused. Check the Poolers' pool sizes against max_connections; look "
               "for clients bypassing the Poolers."),
-        _rule("PgBouncerClientsWaiting",
-              f'max(cnpg_pgbouncer_pools_cl_waiting{{namespace="{k8s.namespace}"}}) > 0', "2m", "warning",
-              "database",
+        _rule("PgBouncerClientsWaiting", f"max(cnpg_pgbouncer_pools_cl_waiting{{{every_pooler}}}) > 0", "2m",
+              "warning", "database",
               "Clients wait for a PostgreSQL connection in a Pooler ({{ $value }} waiting)",
               "The pool is exhausted: slow queries hold connections, or the Pooler's default_pool_size is too "
               "small for the replicas' db_pool_size. Check slow queries first."),
-        _rule("PgBouncerDown",
-              " or ".join(f"max(cnpg_pgbouncer_up{{{pods}}}) == 0" for pods in poolers), "1m", "page",
-              "database",
-              "No PgBouncer of a Pooler answers: Prefect cannot reach its database",
-              "kubectl get pooler and describe its pods; the operator recreates them. Check the Cluster is "
-              "healthy (the Poolers authenticate against it)."),
+        _rule("PgBouncerDown", poolers_down, "1m", "page", "database",
+              "No PgBouncer of Pooler {{ $labels.pooler }} answers: Prefect cannot reach its database",
+              "Its pods report PgBouncer down, or none is left to scrape. kubectl get pooler and describe its "
+              "pods; the operator recreates them. Check the Cluster is healthy (the Poolers authenticate "
+              "against it)."),
     ]
 
 

@@ -157,6 +157,19 @@ NEW_JOB, OLD_JOB = 'namespace="prefect",job_name="prefect-backup-2"', 'namespace
 DB_POD, DB_POD2 = 'namespace="prefect",pod="prefect-db-1"', 'namespace="prefect",pod="prefect-db-2"'
 POOLER_POD = 'namespace="prefect",pod="prefect-pooler-transaction-7f9c-x2"'
 SESSION_POD = 'namespace="prefect",pod="prefect-pooler-session-5d8b-k4"'
+# A series whose pod went away at minute 4: its exporter left with it (the last sample, then a staleness marker).
+GONE = "1x3 stale"
+
+
+def scraped(pod: str, metric: str, value: str, up: str = "1x20") -> dict[str, str]:
+    """A pod's one metric and the ``up`` of its scrape."""
+    return {f"{metric}{{{pod}}}": value, f"up{{{pod}}}": up}
+
+
+HEALTHY_DATABASE = {**scraped(DB_POD, "cnpg_collector_up", "1x20"), **scraped(DB_POD2, "cnpg_collector_up", "1x20")}
+HEALTHY_POOLERS = {**scraped(POOLER_POD, "cnpg_pgbouncer_up", "1x20"),
+                   **scraped(SESSION_POD, "cnpg_pgbouncer_up", "1x20")}
+
 # The rules written for Kubernetes only: alert -> (eval time, series when it fires, series when it must not).
 KUBERNETES_CASES: dict[str, tuple[str, dict[str, str], dict[str, str]]] = {
     "PrefectApiAllReplicasDown": (
@@ -182,8 +195,8 @@ KUBERNETES_CASES: dict[str, tuple[str, dict[str, str], dict[str, str]]] = {
          f'kube_job_failed{{{OLD_JOB},condition="true"}}': "1x20",
          f'kube_job_failed{{{NEW_JOB},condition="true"}}': "0x20"}),
     "PostgresDown": (
-        "10m", {f'cnpg_collector_up{{{DB_POD}}}': "0x20", f'cnpg_collector_up{{{DB_POD2}}}': "0x20"},
-        {f'cnpg_collector_up{{{DB_POD}}}': "0x20", f'cnpg_collector_up{{{DB_POD2}}}': "1x20"}),
+        "10m", {**scraped(DB_POD, "cnpg_collector_up", "0x20"), **scraped(DB_POD2, "cnpg_collector_up", "0x20")},
+        {**scraped(DB_POD, "cnpg_collector_up", "0x20"), **scraped(DB_POD2, "cnpg_collector_up", "1x20")}),
     "PostgresConnectionsNearLimit": (
         "10m", {f'cnpg_backends_total{{{DB_POD},datname="prefect",state="idle"}}': "180x20",
                 f'cnpg_pg_settings_setting{{{DB_POD},name="max_connections"}}': "200x20"},
@@ -193,8 +206,9 @@ KUBERNETES_CASES: dict[str, tuple[str, dict[str, str], dict[str, str]]] = {
         "10m", {f'cnpg_pgbouncer_pools_cl_waiting{{{POOLER_POD},database="prefect",user="prefect"}}': "4x20"},
         {f'cnpg_pgbouncer_pools_cl_waiting{{{POOLER_POD},database="prefect",user="prefect"}}': "0x20"}),
     "PgBouncerDown": (
-        "10m", {f"cnpg_pgbouncer_up{{{POOLER_POD}}}": "0x20", f"cnpg_pgbouncer_up{{{SESSION_POD}}}": "1x20"},
-        {f"cnpg_pgbouncer_up{{{POOLER_POD}}}": "1x20", f"cnpg_pgbouncer_up{{{SESSION_POD}}}": "1x20"}),
+        "10m", {**scraped(POOLER_POD, "cnpg_pgbouncer_up", "0x20"),
+                **scraped(SESSION_POD, "cnpg_pgbouncer_up", "1x20")},
+        HEALTHY_POOLERS),
     "MonitoringTargetDown": (
         "10m", {'up{namespace="prefect",job="prefect-exporter",pod="prefect-exporter-1"}': "0x20"},
         {'up{namespace="prefect",job="prefect-exporter",pod="prefect-exporter-1"}': "1x20",
@@ -202,23 +216,34 @@ KUBERNETES_CASES: dict[str, tuple[str, dict[str, str], dict[str, str]]] = {
 }
 
 
+def in_another_namespace(series: dict[str, str]) -> dict[str, str]:
+    """The same series from a namespace of another stack (same pod and job names)."""
+    return {name.replace('namespace="prefect"', 'namespace="other"'): values for name, values in series.items()}
+
+
+def promtool_test(tmp_path: Path, series: dict[str, str], check: dict[str, Any]) -> str:
+    """Run one promtool test of the rendered PrometheusRule (default configuration, a one-hour backup age to keep
+    the evaluated span short); '' on success, else promtool's report."""
+    config = load_config(target="kubernetes", backups={"max_age_hours": 1})
+    [rule] = [m.obj for m in monitoring.monitoring_manifests(config, PlaceholderImages())
+              if m.kind == "PrometheusRule"]
+    (tmp_path / "rules.yml").write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}))
+    tests = {"rule_files": ["rules.yml"], "evaluation_interval": "1m", "tests": [{
+        "interval": "1m", "input_series": [{"series": s, "values": v} for s, v in series.items()], **check}]}
+    (tmp_path / "tests.yml").write_text(yaml.safe_dump(tests))
+    result = subprocess.run(["promtool", "test", "rules", "tests.yml"], cwd=tmp_path, capture_output=True,
+                            text=True, check=False)
+    return "" if result.returncode == 0 else result.stdout + result.stderr
+
+
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed")
 class TestKubernetesRulesFire:
     def run(self, tmp_path: Path, alert: str, series: dict[str, str]) -> list[str]:
-        # A one-hour backup age keeps the evaluated span (and promtool's time) short.
-        config = load_config(target="kubernetes", backups={"max_age_hours": 1})
-        [rule] = [m.obj for m in monitoring.monitoring_manifests(config, PlaceholderImages())
-                  if m.kind == "PrometheusRule"]
-        (tmp_path / "rules.yml").write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}))
         wait = KUBERNETES_CASES[alert][0]
-        tests = {"rule_files": ["rules.yml"], "evaluation_interval": "1m", "tests": [{
-            "interval": "1m", "input_series": [{"series": s, "values": v} for s, v in series.items()],
-            "alert_rule_test": [{"eval_time": wait, "alertname": alert, "exp_alerts": []}]}]}
-        (tmp_path / "tests.yml").write_text(yaml.safe_dump(tests))
-        result = subprocess.run(["promtool", "test", "rules", "tests.yml"], cwd=tmp_path, capture_output=True,
-                                text=True, check=False)
+        report = promtool_test(tmp_path, series, {
+            "alert_rule_test": [{"eval_time": wait, "alertname": alert, "exp_alerts": []}]})
         # Expecting no alert: success means quiet, failure lists what fired.
-        return [] if result.returncode == 0 else [result.stdout + result.stderr]
+        return [report] if report else []
 
     @pytest.mark.parametrize("alert", KUBERNETES_CASES)
     def test_fires(self, tmp_path: Path, alert: str) -> None:
@@ -227,6 +252,66 @@ class TestKubernetesRulesFire:
     @pytest.mark.parametrize("alert", KUBERNETES_CASES)
     def test_stays_quiet(self, tmp_path: Path, alert: str) -> None:
         assert self.run(tmp_path, alert, KUBERNETES_CASES[alert][2]) == []
+
+    @pytest.mark.parametrize("alert", KUBERNETES_CASES)
+    def test_another_namespaces_failure_does_not_fire(self, tmp_path: Path, alert: str) -> None:
+        """Another stack's pods fail under the same pod and job names while this stack is healthy."""
+        _, failing, healthy = KUBERNETES_CASES[alert]
+        assert self.run(tmp_path, alert, {**healthy, **in_another_namespace(failing)}) == []
+
+
+# What fires when the database pods fail: scenario -> (alerts watched, series, (alert, severity, pooler)
+# that fire at minute 12). The down alerts' exporters run in the pods they watch, so a pod that is gone leaves no
+# series (GONE), and a failed scrape is up 0 (its last samples are kept here: the rules must not need staleness).
+WATCH_DATABASE = ("PostgresDown", "PgBouncerDown")
+SCENARIOS: dict[str, tuple[tuple[str, ...], dict[str, str], list[tuple[str, str, str]]]] = {
+    "database-healthy": (WATCH_DATABASE, {**HEALTHY_DATABASE, **HEALTHY_POOLERS}, []),
+    "postgres-one-instance-gone": (
+        WATCH_DATABASE, {**scraped(DB_POD, "cnpg_collector_up", GONE, up=GONE),
+                         **scraped(DB_POD2, "cnpg_collector_up", "1x20"), **HEALTHY_POOLERS}, []),
+    "postgres-every-instance-gone": (
+        WATCH_DATABASE, {**scraped(DB_POD, "cnpg_collector_up", GONE, up=GONE),
+                         **scraped(DB_POD2, "cnpg_collector_up", GONE, up=GONE), **HEALTHY_POOLERS},
+        [("PostgresDown", "page", "")]),
+    "postgres-scrape-fails": (
+        WATCH_DATABASE, {**scraped(DB_POD, "cnpg_collector_up", "1x20", up="0x20"),
+                         **scraped(DB_POD2, "cnpg_collector_up", "1x20", up="0x20"), **HEALTHY_POOLERS},
+        [("PostgresDown", "page", "")]),
+    "postgres-gone-while-another-namespace-is-healthy": (
+        WATCH_DATABASE, {**HEALTHY_POOLERS, **in_another_namespace(HEALTHY_DATABASE)},
+        [("PostgresDown", "page", "")]),
+    "transaction-pooler-gone": (
+        WATCH_DATABASE, {**HEALTHY_DATABASE, **scraped(POOLER_POD, "cnpg_pgbouncer_up", GONE, up=GONE),
+                         **scraped(SESSION_POD, "cnpg_pgbouncer_up", "1x20")},
+        [("PgBouncerDown", "page", "prefect-pooler-transaction")]),
+    "session-pooler-scrape-fails": (
+        WATCH_DATABASE, {**HEALTHY_DATABASE, **scraped(POOLER_POD, "cnpg_pgbouncer_up", "1x20"),
+                         **scraped(SESSION_POD, "cnpg_pgbouncer_up", "1x20", up="0x20")},
+        [("PgBouncerDown", "page", "prefect-pooler-session")]),
+    "database-another-namespace-down": (
+        WATCH_DATABASE, {**HEALTHY_DATABASE, **HEALTHY_POOLERS, **in_another_namespace({
+            **scraped(DB_POD, "cnpg_collector_up", "0x20", up="0x20"),
+            **scraped(DB_POD2, "cnpg_collector_up", "0x20", up="0x20"),
+            **scraped(POOLER_POD, "cnpg_pgbouncer_up", "0x20", up="0x20"),
+            **scraped(SESSION_POD, "cnpg_pgbouncer_up", "0x20", up="0x20")})},
+        []),
+}
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed")
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_what_fires_when_pods_fail(tmp_path: Path, scenario: str) -> None:
+    """Exactly the expected alerts, at their severity."""
+    watched, series, expected = SCENARIOS[scenario]
+    names = "|".join(watched)
+    samples = [{"labels": "{" + ",".join(f'{key}="{value}"' for key, value in
+                                         (("alertname", alert), ("pooler", pooler), ("severity", severity)) if value)
+                          + "}", "value": 1}
+               for alert, severity, pooler in expected]
+    report = promtool_test(tmp_path, series, {"promql_expr_test": [{
+        "expr": f'count by (alertname, severity, pooler) (ALERTS{{alertstate="firing",alertname=~"{names}"}})',
+        "eval_time": "12m", "exp_samples": samples}]})
+    assert report == ""
 
 
 class TestServiceMonitors:
