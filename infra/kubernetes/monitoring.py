@@ -200,8 +200,8 @@ def exporter_deployment(config: StackConfig, images: Any) -> dict[str, Any]:
     probe = {"tcpSocket": {"port": METRICS_PORT_NAME}, "periodSeconds": 10, "timeoutSeconds": 3,
              "failureThreshold": 3}
     exporter = container(
-        EXPORTER, images.prefect, [PYTHON, "-m", "infra.exporter.server"], EXPORTER_RESOURCES,
-        args=exporter_arguments(config),
+        EXPORTER, images.prefect, None, EXPORTER_RESOURCES,
+        args=[PYTHON, "-m", "infra.exporter.server", *exporter_arguments(config)],
         env={"PYTHONPATH": str(APP_HOME), "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1"},
         ports={METRICS_PORT_NAME: port}, mounts={"secrets": SECRETS_DIR, "tmp": "/tmp"},  # noqa: S108 - a volume
         read_only_mounts=frozenset({"secrets"}), readinessProbe=probe, livenessProbe=copy.deepcopy(probe))

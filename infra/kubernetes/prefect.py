@@ -59,6 +59,8 @@ ENV_DIR = ETC / "env"
 DB_CA_DIR = ETC / "db-ca"
 CONFIG_DIR = ETC / "config"
 S3_DIR = ETC / "s3"
+# The project's entrypoint module (the environment from its Secret file, then exec of the program), run as the
+# containers' args under the image's own ENTRYPOINT, tini: a `command:` would replace tini as PID 1.
 ENTRYPOINT = [PYTHON, "-m", "infra.containers.entrypoint"]
 # A pod leaving a rollout keeps serving this long after it is marked terminating: the endpoints controller and
 # the ingress controller need a few seconds to stop sending it requests (no client error during a rollout).
@@ -212,9 +214,10 @@ def _template(config: StackConfig, component: str, spec: dict[str, Any], version
 
 def _wait_for_migrations(config: StackConfig, image: str, env_file: str, spec: ResourcesConfig) -> dict[str, Any]:
     """The init container that holds a pod until the schema is at its Prefect's head (infra.kubernetes.migrations)."""
-    return container("wait-for-migrations", image, [*ENTRYPOINT, env_file, "--", PYTHON, "-m",
-                                                    "infra.kubernetes.migrations", "wait", "--timeout", "600"],
-                     spec, mounts=_common_mounts(config), read_only_mounts=frozenset({"env", "db-ca"}))
+    return container("wait-for-migrations", image, None, spec,
+                     args=[*ENTRYPOINT, env_file, "--", PYTHON, "-m", "infra.kubernetes.migrations", "wait",
+                           "--timeout", "600"],
+                     mounts=_common_mounts(config), read_only_mounts=frozenset({"env", "db-ca"}))
 
 
 def _deployment(config: StackConfig, name: str, component: str, replicas: int, spec: dict[str, Any], version: str,
@@ -240,7 +243,7 @@ def _api(config: StackConfig, image: str, version: str) -> list[Manifest]:
     serve = _traced(config, [str(VENV_BIN / "prefect"), "server", "start", "--no-services", "--host", "0.0.0.0",  # noqa: S104
                              "--port", str(API_PORT)])
     api = container(
-        "api", image, [*ENTRYPOINT, env_file, "--", *serve], k8s.api_resources,
+        "api", image, None, k8s.api_resources, args=[*ENTRYPOINT, env_file, "--", *serve],
         ports={"http": API_PORT}, mounts=_common_mounts(config), read_only_mounts=frozenset({"env", "db-ca"}),
         # Start-up (UI copy, first connections) may take a minute on a busy node; liveness only after it.
         startupProbe=http_probe("/api/health", "http", period_s=2, failures=60),
@@ -314,7 +317,7 @@ def _services(config: StackConfig, image: str, version: str) -> list[Manifest]:
     check = f"import socket; socket.create_connection(({host!r}, {port}), 3).close()"
     run = _traced(config, [str(VENV_BIN / "prefect"), "server", "services", "start"])
     services = container(
-        "services", image, [*ENTRYPOINT, env_file, "--follow-redis", "--", *run], k8s.services_resources,
+        "services", image, None, k8s.services_resources, args=[*ENTRYPOINT, env_file, "--follow-redis", "--", *run],
         mounts=_common_mounts(config), read_only_mounts=frozenset({"env", "db-ca"}),
         livenessProbe=exec_probe([PYTHON, "-c", check], period_s=20, timeout_s=10, failures=3),
     )
@@ -336,11 +339,11 @@ def _migration_job(config: StackConfig, image: str, version: str) -> Manifest:
     env_file = str(ENV_DIR / ENV_FILES["migrate"])
     host, port = database.database_endpoints(config).direct
     secrets_dir = ETC / "db-superuser"
-    command = [*ENTRYPOINT, env_file, "--", PYTHON, "-m", "infra.containers.migrate", "--host", host, "--port",
+    args = [*ENTRYPOINT, env_file, "--", PYTHON, "-m", "infra.containers.migrate", "--host", host, "--port",
                str(port), "--database", config.postgres.database, "--user", config.postgres.user,
                "--secrets", str(secrets_dir)]
     mounts = {**_common_mounts(config), "superuser": str(secrets_dir)}
-    job_container = container("migrate", image, command, k8s.api_resources, mounts=mounts,
+    job_container = container("migrate", image, None, k8s.api_resources, args=args, mounts=mounts,
                               read_only_mounts=frozenset({"env", "db-ca", "superuser"}))
     # Roles and passwords are brought up to the model by the superuser (as on the other targets).
     superuser = secret_volume("superuser", names.secret_stack,
@@ -388,8 +391,9 @@ def _backup(config: StackConfig, image: str, version: str) -> list[Manifest]:
         mounts["s3"] = str(S3_DIR)
         read_only.add("s3")
         env["AWS_SHARED_CREDENTIALS_FILE"] = str(S3_DIR / "credentials")
-    backup = container("backup", image, [PYTHON, "-m", "infra.backup.scheduler", "--once"], k8s.backup_resources,
-                       env=env, mounts=mounts, read_only_mounts=frozenset(read_only))
+    backup = container("backup", image, None, k8s.backup_resources,
+                       args=[PYTHON, "-m", "infra.backup.scheduler", "--once"], env=env, mounts=mounts,
+                       read_only_mounts=frozenset(read_only))
     spec = pod_spec([backup], volumes, restartPolicy="Never")
     template = _template(config, "backup", spec, version)
     identity: list[Manifest] = []

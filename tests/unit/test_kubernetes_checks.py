@@ -490,6 +490,49 @@ class TestHardening:
         assert checks.pods_hardened(objects) == []
 
 
+TINI = {"prefect-stack/prefect": ["/usr/bin/tini", "--"]}
+
+
+def programs_in_args(objects: list[Obj]) -> list[Obj]:
+    """The stack with every container's program in args: the image's entrypoint stays."""
+    for obj in objects:
+        template = checks.pod_template(obj)
+        for box in (template or {}).get("spec", {}).get("containers", []):
+            if "command" in box:
+                box["args"] = box.pop("command")
+    return objects
+
+
+class TestInitIsPid1:
+    def test_programs_in_args_keep_the_entrypoint(self) -> None:
+        assert checks.init_is_pid_1(programs_in_args(stack()), TINI) == []
+
+    def test_a_command_replaces_it(self) -> None:
+        objects = programs_in_args(stack())
+        api_container(objects)["command"] = ["prefect"]
+        [problem] = checks.init_is_pid_1(objects, TINI)
+        assert problem.startswith("Deployment/prefect/prefect-api: container api: command ['prefect']")
+
+    def test_a_command_starting_with_the_init_keeps_it(self) -> None:
+        objects = programs_in_args(stack())
+        api_container(objects)["command"] = ["/usr/bin/tini", "--", "prefect"]
+        assert checks.init_is_pid_1(objects, TINI) == []
+
+    def test_other_images_are_not_checked(self) -> None:
+        assert checks.init_is_pid_1(stack(), {"prefect-stack/system": ["/usr/bin/tini", "--"]}) == []
+
+    def test_a_registry_prefix_still_matches(self) -> None:
+        objects = programs_in_args(stack())
+        api_container(objects).update(command=["prefect"], image="registry:5000/team/prefect-stack/prefect:1")
+        assert len(checks.init_is_pid_1(objects, TINI)) == 1
+
+    def test_a_shared_process_namespace_takes_pid_1(self) -> None:
+        objects = programs_in_args(stack())
+        find(objects, "Deployment", "prefect-api")["spec"]["template"]["spec"]["shareProcessNamespace"] = True
+        [problem] = checks.init_is_pid_1(objects, TINI)
+        assert "shares its process namespace" in problem
+
+
 class TestNames:
     def test_stack(self) -> None:
         assert checks.names_valid(stack()) == []

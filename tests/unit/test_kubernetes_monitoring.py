@@ -264,7 +264,9 @@ class TestExporter:
     def args(self, config: str = "default") -> list[str]:
         name = f"{config_of(config).kubernetes.name}-exporter"
         [exporter] = containers(one("Deployment", name, config))
-        return list(exporter["args"])
+        program, arguments = exporter["args"][:3], exporter["args"][3:]
+        assert program[1:] == ["-m", "infra.exporter.server"]
+        return list(arguments)
 
     def test_connects_to_the_primary_with_tls(self) -> None:
         assert {"--postgres=prefect-db-rw:5432/prefect", "--sslmode=require"} <= set(self.args())

@@ -83,12 +83,12 @@ class TestApiDeployment:
 
     def test_api_runs_without_services(self, default: Rendering) -> None:
         api = self._deployment(default)["spec"]["template"]["spec"]["containers"][0]
-        assert "--no-services" in api["command"]
+        assert "--no-services" in api["args"]
 
     def test_pods_wait_for_the_migration(self, default: Rendering) -> None:
         init = self._deployment(default)["spec"]["template"]["spec"]["initContainers"]
         assert [c["name"] for c in init] == ["wait-for-migrations"]
-        assert init[0]["command"][-4:-2] == ["infra.kubernetes.migrations", "wait"]
+        assert init[0]["args"][-4:-2] == ["infra.kubernetes.migrations", "wait"]
 
     def test_spread_across_nodes_and_zones(self, default: Rendering) -> None:
         spread = self._deployment(default)["spec"]["template"]["spec"]["topologySpreadConstraints"]
@@ -167,7 +167,7 @@ class TestBackupCronJob:
 
     def test_runs_the_same_code_once(self, default: Rendering) -> None:
         container = self._cronjob(default)["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
-        assert container["command"][1:] == ["-m", "infra.backup.scheduler", "--once"]
+        assert container["args"][1:] == ["-m", "infra.backup.scheduler", "--once"]
 
     def test_scratch_is_an_ephemeral_volume(self, default: Rendering) -> None:
         spec = self._cronjob(default)["spec"]["jobTemplate"]["spec"]["template"]["spec"]

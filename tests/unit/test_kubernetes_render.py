@@ -4,6 +4,7 @@ invariants, and kustomize building the example overlay back into the rendering."
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ import pytest
 
 from infra.compose.project import placeholder_secrets
 from infra.config import StackConfig, load_config
+from infra.containers.images import DOCKERFILES, PREFECT_REPOSITORY, SYSTEM_REPOSITORY
 from infra.kubernetes.objects import COMPONENTS, PHASES
 from infra.kubernetes.render import OVERLAY, Rendering, reference_rendering, write_tree
 from infra.kubernetes.secrets import secret_objects
@@ -96,6 +98,31 @@ class TestInvariants:
     def test_phases_and_components_are_known(self, rendering: Rendering) -> None:
         assert {m.phase for m in rendering.manifests} <= set(PHASES)
         assert {m.component for m in rendering.manifests} <= {None, *COMPONENTS}
+
+
+def _entrypoint(dockerfile: Path) -> list[str] | None:
+    """The image's ENTRYPOINT (exec form), or None when the Dockerfile sets none (it inherits its base's)."""
+    lines = [line for line in dockerfile.read_text().splitlines() if line.startswith("ENTRYPOINT")]
+    return json.loads(lines[-1].removeprefix("ENTRYPOINT")) if lines else None
+
+
+def project_entrypoints() -> dict[str, list[str]]:
+    """The project's images and the init each starts with: the system image's tini, which the Prefect image
+    (built FROM it) inherits."""
+    system = _entrypoint(DOCKERFILES / "system" / "Dockerfile")
+    assert system == ["/usr/bin/tini", "--"]
+    assert _entrypoint(DOCKERFILES / "prefect" / "Dockerfile") is None
+    return {SYSTEM_REPOSITORY: system, PREFECT_REPOSITORY: system}
+
+
+class TestPid1:
+    def test_tini_is_pid_1_in_every_container_of_the_projects_images(self, rendering: Rendering) -> None:
+        assert checks.init_is_pid_1(rendering.objects(), project_entrypoints()) == []
+
+    def test_the_check_sees_the_projects_containers(self, rendering: Rendering) -> None:
+        images = {box["image"] for obj in rendering.objects() if (template := checks.pod_template(obj))
+                  for box in [*template["spec"].get("initContainers", []), *template["spec"]["containers"]]}
+        assert {image.split(":")[0] for image in images} >= {PREFECT_REPOSITORY}
 
 
 class TestKustomize:
