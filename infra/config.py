@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -454,6 +455,44 @@ class IngressConfig(_Section):
                             description="Secret holding the Ingress certificate (made by cert-manager, or yours).")
 
 
+# A Gateway API host name (HTTPRoute spec.hostnames): a DNS name, or one with a leading wildcard label.
+GATEWAY_HOSTNAME = re.compile(r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_K8S_NAME = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
+
+
+class GatewayConfig(_Section):
+    # The Gateway API is the successor of the Ingress (ingress-nginx is being retired). The stack renders only its
+    # route: the Gateway (listeners, certificate, controller) belongs to the cluster's platform, and its HTTPS
+    # listener must admit routes from the stack's namespace (allowedRoutes).
+    enabled: bool = Field(False, description="Expose the API and UI through an HTTPRoute "
+                                             "(gateway.networking.k8s.io/v1) attached to the Gateway below (needs "
+                                             "the Gateway API CRDs); may run beside the Ingress while clients move "
+                                             "over.")
+    name: str = Field("gateway", pattern=_K8S_NAME, description="Name of the parent Gateway.")
+    namespace: str | None = Field("gateway-system", pattern=_K8S_NAME,
+                                  description="Namespace of the parent Gateway; null: the stack's namespace.")
+    section_name: str | None = Field("https", pattern=_K8S_NAME,
+                                     description="The Gateway's listener the route attaches to (the HTTPS one, which "
+                                                 "holds the certificate); null: every listener that admits it.")
+    hostnames: list[str] = Field([], max_length=16, description="Host names the route answers (a leading *. "
+                                                                "allowed); empty: kubernetes.ingress.host.")
+    data_plane_namespace: str | None = Field(
+        None, pattern=_K8S_NAME, description="Namespace of the Gateway's proxy pods, allowed in to the API (Envoy "
+                                             "Gateway: envoy-gateway-system; Istio and most others: the Gateway's "
+                                             "own); null: the Gateway's namespace.")
+    data_plane_pod_labels: dict[str, str] = Field(
+        {}, description="Labels of the proxy pods (all must match), e.g. {gateway.networking.k8s.io/gateway-name: "
+                        "gateway}; empty: every pod of data_plane_namespace.")
+
+    @model_validator(mode="after")
+    def _hostnames_are_names(self) -> GatewayConfig:
+        for hostname in self.hostnames:
+            if len(hostname) > 253 or not GATEWAY_HOSTNAME.match(hostname):
+                raise ValueError(f"hostnames: {hostname!r} is not a host name (lower-case DNS labels, optionally "
+                                 "after a leading *.), e.g. prefect.example.com")
+        return self
+
+
 # Private and unique-local ranges: where a cluster's pods and Services usually live, kept out of the services' way out.
 PRIVATE_RANGES = ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7"]
 
@@ -564,6 +603,7 @@ class KubernetesTargetConfig(_Section):
     postgres: KubernetesPostgresConfig = KubernetesPostgresConfig()
     redis: KubernetesRedisConfig = KubernetesRedisConfig()
     ingress: IngressConfig = IngressConfig()
+    gateway: GatewayConfig = GatewayConfig()
     api_resources: ResourcesConfig = ResourcesConfig(cpu_request="500m", memory_request="512Mi", memory_limit="1Gi")
     services_resources: ResourcesConfig = ResourcesConfig(cpu_request="250m", memory_request="512Mi",
                                                           memory_limit="1Gi")
@@ -584,7 +624,7 @@ class KubernetesTargetConfig(_Section):
                                                         "controller on the host network reaches the pods from its "
                                                         "node's address, e.g. your nodes' CIDR.")
     ingress_namespace: str = Field("ingress-nginx", description="Namespace of the ingress controller, allowed in "
-                                                                "to the API.")
+                                                                "to the API while ingress.enabled.")
     operator_namespace: str = Field("cnpg-system", description="Namespace of CloudNativePG's operator (it reaches "
                                                               "the instances on 8000 and 5432) and its Barman "
                                                               "Cloud plugin.")
@@ -617,6 +657,22 @@ class KubernetesTargetConfig(_Section):
     context: str | None = Field(None, pattern=r"^[^\s]+$",
                                 description="The kubeconfig context deploy, status, logs, restart and destroy "
                                             "use; null: the current context (of KUBECONFIG).")
+
+    @model_validator(mode="after")
+    def _gateway_data_plane_is_named(self) -> KubernetesTargetConfig:
+        gateway = self.gateway
+        shared = self.gateway_data_plane_namespace == self.namespace
+        if gateway.enabled and shared and not gateway.data_plane_pod_labels:
+            raise ValueError(f"gateway: the Gateway's proxy pods are in the stack's own namespace ({self.namespace}), "
+                             "and without gateway.data_plane_pod_labels every pod there would be allowed in to the "
+                             "API; set the proxy pods' labels, e.g. {gateway.networking.k8s.io/gateway-name: "
+                             f"{gateway.name}}}")
+        return self
+
+    @property
+    def gateway_data_plane_namespace(self) -> str:
+        """Where the Gateway's proxy pods run: data_plane_namespace, else the Gateway's, else the stack's."""
+        return self.gateway.data_plane_namespace or self.gateway.namespace or self.namespace
 
     @model_validator(mode="after")
     def _api_client_ranges_are_networks(self) -> KubernetesTargetConfig:

@@ -47,6 +47,7 @@ REQUIRED_CRDS: dict[str, str] = {
     "monitoring.coreos.com_servicemonitors.yaml": "prometheus-operator v0.93.0, example/prometheus-operator-crd",
     "monitoring.coreos.com_podmonitors.yaml": "prometheus-operator v0.93.0, example/prometheus-operator-crd",
     "monitoring.coreos.com_prometheusrules.yaml": "prometheus-operator v0.93.0, example/prometheus-operator-crd",
+    "gateway.networking.k8s.io_httproutes.yaml": "gateway-api v1.6.1, config/crd/standard",
 }
 
 REPO_ROOT = Path(__file__).resolve().parents[1]  # the directory holding tasks.py

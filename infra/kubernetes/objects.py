@@ -20,8 +20,9 @@ Phase = Literal["namespace", "data", "migrate", "apps", "monitoring"]
 PHASES: tuple[Phase, ...] = ("namespace", "data", "migrate", "apps", "monitoring")
 
 # Optional features, one kustomize component each (k8s/components/<name>).
-Component = Literal["monitoring", "network-policies", "physical-backups", "redis-sentinel"]
-COMPONENTS: tuple[Component, ...] = ("monitoring", "network-policies", "physical-backups", "redis-sentinel")
+Component = Literal["gateway-api", "monitoring", "network-policies", "physical-backups", "redis-sentinel"]
+COMPONENTS: tuple[Component, ...] = ("gateway-api", "monitoring", "network-policies", "physical-backups",
+                                     "redis-sentinel")
 
 PART_OF = "prefect-stack"
 MANAGED_BY = "prefect-stack"

@@ -1,5 +1,5 @@
-"""Prefect on Kubernetes: the API and background-services Deployments, the migration Job, the Service and Ingress,
-the nightly logical backup CronJob, their PodDisruptionBudgets and NetworkPolicies.
+"""Prefect on Kubernetes: the API and background-services Deployments, the migration Job, the Service, the Ingress
+and the Gateway API's HTTPRoute, the nightly logical backup CronJob, their PodDisruptionBudgets and NetworkPolicies.
 
 The processes are the other targets' processes, from the project's prefect image: the same environment renderer
 (``infra.render.prefect``) with the cluster's endpoints, read from a Secret file by the same entrypoint
@@ -10,6 +10,7 @@ Prefect migrates once), and every API pod waits in an init container until the s
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import importlib.metadata
 import json
@@ -67,6 +68,8 @@ ENTRYPOINT = [PYTHON, "-m", "infra.containers.entrypoint"]
 PRE_STOP_DELAY_S = 10
 # Then Uvicorn's graceful shutdown finishes in-flight requests within the rest of the grace period.
 API_GRACE_S = 45
+# Prefect's websocket endpoints (HAProxy's timeout tunnel on the other targets).
+WEBSOCKET_PATHS = ("/api/events/in", "/api/events/out", "/api/logs/out")
 ENV_FILES = {"api": "api.env.json", "services": "services.env.json", "migrate": "migrate.env.json"}
 EFFECTIVE_CONFIG = "stack.effective.yaml"
 
@@ -93,10 +96,26 @@ def in_cluster_config(config: StackConfig) -> StackConfig:
     return config.model_copy(update=update)
 
 
+def gateway_hostnames(config: StackConfig) -> list[str]:
+    """The host names the HTTPRoute answers: kubernetes.gateway.hostnames, else the Ingress's host."""
+    return list(config.kubernetes.gateway.hostnames) or [config.kubernetes.ingress.host]
+
+
+def public_host(config: StackConfig) -> str:
+    """Where browsers reach the UI: the Ingress's host, or the route's first plain host name when only the Gateway
+    exposes the API."""
+    k8s = config.kubernetes
+    if k8s.gateway.enabled and not k8s.ingress.enabled:
+        plain = [name for name in gateway_hostnames(config) if not name.startswith("*.")]
+        if plain:
+            return plain[0]
+    return k8s.ingress.host
+
+
 def public_api_url(config: StackConfig) -> str:
     if config.load_balancer.public_url:
         return config.load_balancer.public_url
-    return f"https://{config.kubernetes.ingress.host}/api"
+    return f"https://{public_host(config)}/api"
 
 
 def _database_url(config: StackConfig, secrets: Secrets, endpoint: tuple[str, int], dbname: str,
@@ -269,6 +288,8 @@ def _api(config: StackConfig, image: str, version: str) -> list[Manifest]:
         manifests.append(Manifest(_pdb(config, names.api, "api"), "apps"))
     if k8s.ingress.enabled:
         manifests.append(Manifest(_ingress(config), "apps"))
+    if k8s.gateway.enabled:
+        manifests.append(Manifest(_http_route(config), "apps", "gateway-api"))
     return manifests
 
 
@@ -295,6 +316,45 @@ def _ingress(config: StackConfig) -> dict[str, Any]:
                 "path": "/", "pathType": "Prefix",
                 "backend": {"service": {"name": names.api, "port": {"name": "http"}}}}]}}],
         },
+    }
+
+
+def gateway_duration(seconds: int) -> str:
+    """Seconds as a Gateway API duration (GEP-2257: hours, minutes, seconds, at most 5 digits each): 3600 -> 1h."""
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    parts = [f"{value}{unit}" for value, unit in ((hours, "h"), (minutes, "m"), (secs, "s")) if value]
+    return "".join(parts) or "0s"
+
+
+def _http_route(config: StackConfig) -> dict[str, Any]:
+    """The Gateway API's route to the API Service, the Ingress's equivalent. TLS ends at the Gateway's listener,
+    whose certificate is the Gateway owner's (cert-manager annotates Gateways, not routes); the replicas serve plain
+    HTTP on the pod network, as behind the Ingress, so there is no BackendTLSPolicy."""
+    names, gateway = Names.of(config), config.kubernetes.gateway
+    parent: dict[str, Any] = {"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": gateway.name}
+    if gateway.namespace:
+        parent["namespace"] = gateway.namespace
+    if gateway.section_name:
+        parent["sectionName"] = gateway.section_name
+    backend = [{"name": names.api, "port": API_PORT}]
+    rules = [
+        # Websockets (events in and out, logs) stay open as long as clients keep them: a request deadline would cut
+        # every stream at that age. The Gateway API has only deadlines ("0s": none); idle limits are the
+        # implementation's (Prefect's clients ping every 20 s).
+        {"name": "websockets",
+         "matches": [{"path": {"type": "Exact", "value": path}} for path in WEBSOCKET_PATHS],
+         "backendRefs": copy.deepcopy(backend), "timeouts": {"request": "0s"}},
+        # Every other request: HAProxy's server timeout on the other targets. No retries: the standard channel
+        # has none (Prefect's client retries 502, 503 and connection errors itself).
+        {"name": "api", "matches": [{"path": {"type": "PathPrefix", "value": "/"}}],
+         "backendRefs": copy.deepcopy(backend),
+         "timeouts": {"request": gateway_duration(config.load_balancer.timeout_server_s)}},
+    ]
+    return {
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+        "metadata": metadata(config, names.api, "api"),
+        "spec": {"parentRefs": [parent], "hostnames": gateway_hostnames(config), "rules": rules},
     }
 
 
@@ -490,6 +550,19 @@ def _api_client_peers(config: StackConfig) -> list[dict[str, Any]]:
     return peers + [{"ipBlock": {"cidr": cidr}} for cidr in k8s.api_client_cidrs]
 
 
+def _edge_peers(config: StackConfig) -> list[dict[str, Any]]:
+    """What carries clients' requests in: the ingress controller (while the Ingress is rendered) and the Gateway's
+    proxy pods (while the HTTPRoute is)."""
+    k8s = config.kubernetes
+    peers = [namespace_peer(k8s.ingress_namespace)] if k8s.ingress.enabled else []
+    if k8s.gateway.enabled:
+        proxy = namespace_peer(k8s.gateway_data_plane_namespace)
+        if k8s.gateway.data_plane_pod_labels:
+            proxy["podSelector"] = {"matchLabels": dict(k8s.gateway.data_plane_pod_labels)}
+        peers.append(proxy)
+    return peers
+
+
 def _outbound_egress(config: StackConfig) -> list[dict[str, Any]]:
     outbound = config.kubernetes.services_outbound
     if not outbound.ports or not outbound.cidrs:
@@ -507,9 +580,9 @@ def network_policies(config: StackConfig) -> list[Manifest]:
         _policy(config, "default-deny", {}, ingress=[], egress=[], component="network-policies"),
         _policy(config, "allow-dns", {}, ingress=None, egress=[dns_egress()], component="network-policies"),
         _policy(config, "api", {"matchLabels": selector(config, "api")}, component="api",
-                # Clients through the ingress controller, Prometheus's scrapes, and the background services (the
-                # only pods of the stack that call the API).
-                ingress=[{"from": [namespace_peer(k8s.ingress_namespace), namespace_peer(k8s.prometheus_namespace),
+                # Clients through the ingress controller or the Gateway, Prometheus's scrapes, and the background
+                # services (the only pods of the stack that call the API).
+                ingress=[{"from": [*_edge_peers(config), namespace_peer(k8s.prometheus_namespace),
                                    {"podSelector": {"matchLabels": selector(config, "services")}},
                                    *_api_client_peers(config)],
                           "ports": network_ports(API_PORT)}],

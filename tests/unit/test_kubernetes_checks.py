@@ -203,6 +203,32 @@ class TestSchemas:
         obj["spec"]["pgbouncer"]["poolMode"] = "statement-ish"
         assert [p for p in crds.problems(obj) if "spec.pgbouncer.poolMode" in p]
 
+    @staticmethod
+    def http_route() -> Obj:
+        return {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute", "metadata": meta("prefect-api"),
+                "spec": {"parentRefs": [{"name": "gateway", "namespace": "gateway-system", "sectionName": "https"}],
+                         "hostnames": ["prefect.example.com"],
+                         "rules": [{"matches": [{"path": {"type": "PathPrefix", "value": "/"}}],
+                                    "backendRefs": [{"name": "prefect-api", "port": 4200}],
+                                    "timeouts": {"request": "1m"}}]}}
+
+    def test_gateway_api_route_valid(self, crds: checks.CrdSchemas) -> None:
+        # gateway.networking.k8s.io is a *.k8s.io group that no Kubernetes version serves: its CRD validates it.
+        assert checks.schema_problems(self.http_route(), VERSION, crds) == []
+
+    @pytest.mark.parametrize(("mutate", "where"), [
+        (lambda spec: spec["rules"][0]["backendRefs"][0].update(port="http"), "spec.rules[0].backendRefs[0].port"),
+        (lambda spec: spec["rules"][0]["matches"][0]["path"].update(type="Prefix"), "spec.rules[0].matches[0]"),
+        (lambda spec: spec["rules"][0]["timeouts"].update(request="60"), "spec.rules[0].timeouts.request"),
+        (lambda spec: spec.update(hostnames=["Prefect.Example.com"]), "spec.hostnames[0]"),
+        (lambda spec: spec["rules"][0].update(retry={"attempts": 2}), "spec.rules[0]"),
+    ], ids=["named-port", "ingress-path-type", "duration-without-unit", "upper-case-host", "experimental-retry"])
+    def test_gateway_api_route_flaws(self, mutate: Callable[[Obj], object], where: str,
+                                     crds: checks.CrdSchemas) -> None:
+        obj = self.http_route()
+        mutate(obj["spec"])
+        assert [p for p in checks.schema_problems(obj, VERSION, crds) if f"prefect-api: {where}" in p]
+
     def test_unknown_custom_kind(self, crds: checks.CrdSchemas) -> None:
         obj = {"apiVersion": "example.com/v1", "kind": "Widget", "metadata": meta("w")}
         [problem] = checks.schema_problems(obj, VERSION, crds)

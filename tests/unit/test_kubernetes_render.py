@@ -45,7 +45,17 @@ MATRIX: dict[str, dict[str, Any]] = {
                  "backups": {"s3": {"endpoint_url": "https://minio.example.com:9000"}}},
     "everything": {"backups": {"physical": {"enabled": True}},
                    "tracing": {"enabled": True, "otlp_endpoint": "http://otel-collector.observability:4318"},
-                   "kubernetes": {"ingress": {"cluster_issuer": None}}},
+                   "kubernetes": {"ingress": {"cluster_issuer": None},
+                                  "gateway": {"enabled": True,
+                                              "hostnames": ["prefect.example.com", "*.prefect.example.com"],
+                                              "data_plane_namespace": "envoy-gateway-system",
+                                              "data_plane_pod_labels": {
+                                                  "gateway.envoyproxy.io/owning-gateway-name": "gateway"}}}},
+    # The Gateway API alone, its Gateway in the stack's namespace, attached to every listener that admits the route.
+    "gateway": {"kubernetes": {"ingress": {"enabled": False},
+                               "gateway": {"enabled": True, "namespace": None, "section_name": None,
+                                           "data_plane_pod_labels": {
+                                               "gateway.networking.k8s.io/gateway-name": "gateway"}}}},
     "recovered": {"backups": {"physical": {"enabled": True}},
                   "kubernetes": {"postgres": {"recovery": {"enabled": True, "target_time": "2026-11-27T02:15:00Z",
                                                            "server_name": "prefect-db-r1"}}}},
