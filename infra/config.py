@@ -290,6 +290,22 @@ class MonitoringConfig(_Section):
     receivers: AlertReceiversConfig = AlertReceiversConfig()
 
 
+class JaegerStorageConfig(_Section):
+    # badger keeps the traces across restarts on a volume (compose: a named volume; Kubernetes: a
+    # PersistentVolumeClaim) and drops them after the retention; memory needs no volume but forgets everything at a
+    # restart, and grows with max_traces up to the container's memory limit.
+    backend: Literal["badger", "memory"] = Field("badger", description="Jaeger's trace store of the compose and "
+                                                                       "kubernetes targets: badger (on a volume, "
+                                                                       "kept retention_hours) or memory (no "
+                                                                       "volume, max_traces, lost at a restart).")
+    retention_hours: int = Field(168, ge=1, le=8760, description="badger: hours a trace is kept.")
+    volume_size: str = Field("5Gi", pattern=r"^\d+(Mi|Gi|Ti)$",
+                             description="badger on Kubernetes: size of Jaeger's PersistentVolumeClaim.")
+    max_traces: int = Field(50000, ge=100, le=10_000_000,
+                            description="memory: traces kept, the oldest dropped first; the memory they take "
+                                        "must fit Jaeger's limit (1Gi on Kubernetes).")
+
+
 class TracingConfig(_Section):
     # OpenTelemetry traces of the API replicas (every HTTP request but the health checks) and the background
     # services (Docket tasks), sent over OTLP/HTTP to a collector or Jaeger. `invoke env --tracing` gives flow
@@ -298,7 +314,12 @@ class TracingConfig(_Section):
                                              "otlp_endpoint (required when on).")
     otlp_endpoint: str | None = Field(None, pattern=r"^https?://[^\s/]+(:\d+)?/?$",
                                       description="OTLP/HTTP base URL, e.g. http://jaeger:4318")
-    sample_ratio: float = Field(1.0, ge=0.0, le=1.0, description="Share of new traces recorded (parent-based).")
+    # A production default: a tenth of the new traces shows every slow path of a busy API within minutes, at a
+    # tenth of the export cost and of the trace store's size. Tests that must see every trace set 1.0.
+    sample_ratio: float = Field(0.1, ge=0.0, le=1.0,
+                                description="Share of new traces recorded; a request or flow whose caller's trace is "
+                                            "sampled is always recorded (parent-based). 1.0: every trace.")
+    jaeger_storage: JaegerStorageConfig = JaegerStorageConfig()
 
 
 class LocalTargetConfig(_Section):

@@ -29,6 +29,7 @@ MATRIX: dict[str, dict[str, Any]] = {
                 "kubernetes": {"postgres": {"instances": 1, "pooler_instances": 1}, "redis": {"mode": "standalone"},
                                "network_policies": False, "ingress": {"enabled": False}}},
     "ha": {"api": {"replicas": 4}, "services": {"replicas": 2}, "postgres": {"max_connections": 400},
+           "tracing": {"jaeger_storage": {"backend": "memory"}},
            "kubernetes": {"postgres": {"instances": 5, "pooler_instances": 3}, "redis": {"replicas": 5},
                           "storage_class": "fast-ssd", "version": "1.34", "image_registry": "registry.example.com",
                           "scheduling": {"node_selector": {"node-pool": "prefect"}, "priority_class": "prefect-high",
