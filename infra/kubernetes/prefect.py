@@ -341,7 +341,8 @@ def _http_route(config: StackConfig) -> dict[str, Any]:
     rules = [
         # Websockets (events in and out, logs) stay open as long as clients keep them: a request deadline would cut
         # every stream at that age. The Gateway API has only deadlines ("0s": none); idle limits are the
-        # implementation's (Prefect's clients ping every 20 s).
+        # implementation's, and no stream is idle long: the API pings each one every 20 s (prefect server start's
+        # websocket ping interval).
         {"name": "websockets",
          "matches": [{"path": {"type": "Exact", "value": path}} for path in WEBSOCKET_PATHS],
          "backendRefs": copy.deepcopy(backend), "timeouts": {"request": "0s"}},
