@@ -26,7 +26,7 @@ from infra.render import Addresses, RenderedFile
 from infra.render.dashboards import dashboards, grafana_provisioning
 from infra.render.effective_config import effective_config_file
 from infra.render.haproxy import OPERATOR_TLS_PEM, TLS_PEM, haproxy_cfg
-from infra.render.jaeger import JAEGER_OTLP_HTTP, JAEGER_UI, jaeger_yaml
+from infra.render.jaeger import JAEGER_DATA_DIR, JAEGER_OTLP_HTTP, JAEGER_UI, jaeger_needs_volume, jaeger_yaml
 from infra.render.monitoring import monitoring_programs
 from infra.render.pgbouncer import pgbouncer_ini, pgbouncer_userlist
 from infra.render.postgres import pg_hba_conf, pg_ident_conf, postgresql_conf
@@ -438,7 +438,7 @@ def _monitoring(b: _Builder, inner: StackConfig, secrets: Secrets, addresses: Ad
         b.add("jaeger", "jaeger", config.compose.jaeger_image, ["--config", str(etc / "jaeger.yaml")],
               files=(jaeger_config,), environment={"JAEGER_LISTEN_HOST": "0.0.0.0"},  # noqa: S104
               networks=(BACKEND, FRONTEND), ports=(f"{LOOPBACK}:{config.compose.jaeger_ui_port}:{JAEGER_UI}",),
-              volumes=("jaeger-data:/var/lib/jaeger",), user=None)
+              volumes=(f"jaeger-data:{JAEGER_DATA_DIR}",) if jaeger_needs_volume(config) else (), user=None)
 
 
 def write_project(project: ComposeProject, directory: Path, owner_uid: int | None) -> list[Path]:

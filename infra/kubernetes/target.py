@@ -73,8 +73,10 @@ class KubernetesTarget:
         if report.pruned:
             notes.append(f"pruned (no longer rendered): {', '.join(report.pruned)}")
         notes += [f"kept, holds data (delete it yourself if you mean it): {kept}" for kept in report.kept]
+        edges = [edge for edge, on in (("Ingress", config.kubernetes.ingress.enabled),
+                                       ("HTTPRoute", config.kubernetes.gateway.enabled)) if on]
         guide = (
-            f"\n  Prefect API   {public_api_url(config)}  (Ingress {config.kubernetes.ingress.host}; "
+            f"\n  Prefect API   {public_api_url(config)}  ({' and '.join(edges) or 'not exposed'}; "
             f"kubectl -n {config.kubernetes.namespace} port-forward svc/{config.kubernetes.name}-api 4200 otherwise)\n"
             f"  Credentials   basic auth 'admin' and the password in {config.state_dir / 'secrets' / 'prefect_auth'}\n"
             f"  Operate       invoke status|logs COMPONENT|restart COMPONENT --target kubernetes\n"

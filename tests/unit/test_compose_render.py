@@ -181,6 +181,14 @@ def test_jaeger_receives_otlp_and_keeps_spans_on_a_volume(secrets: Secrets) -> N
     assert "jaeger-data:/var/lib/jaeger" in _services(project)["jaeger"]["volumes"]
 
 
+def test_jaeger_in_memory_keeps_max_traces_and_needs_no_volume(secrets: Secrets) -> None:
+    project = _project(secrets, tracing={"jaeger_storage": {"backend": "memory", "max_traces": 5000}})
+    jaeger = yaml.safe_load(next(f.content for f in project.files if f.path.name == "jaeger.yaml"))
+    assert jaeger["extensions"]["jaeger_storage"]["backends"] == {"main": {"memory": {"max_traces": 5000}}}
+    assert "volumes" not in _services(project)["jaeger"]
+    assert "jaeger-data" not in project.document.get("volumes", {})
+
+
 def test_grafana_is_provisioned_with_prometheus_jaeger_and_every_dashboard(secrets: Secrets) -> None:
     project = _project(secrets)
     grafana = _services(project)["grafana"]

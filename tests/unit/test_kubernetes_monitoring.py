@@ -30,6 +30,8 @@ CRD_FILES = {"PrometheusRule": "monitoring.coreos.com_prometheusrules.yaml",
 CONFIGS: dict[str, dict[str, Any]] = {
     "default": {},
     "no-jaeger": {"kubernetes": {"jaeger": False}},
+    "jaeger-memory": {"tracing": {"jaeger_storage": {"backend": "memory", "max_traces": 20000}}},
+    "jaeger-badger": {"tracing": {"jaeger_storage": {"retention_hours": 72, "volume_size": "50Gi"}}},
     "no-network-policies": {"kubernetes": {"network_policies": False}},
     "external": {"kubernetes": {"postgres": {"mode": "external", "host": "db.example.com"},
                                 "redis": {"mode": "external", "external_url": "rediss://cache.example.com:6380"}}},
@@ -452,7 +454,9 @@ class TestExporter:
     def args(self, config: str = "default") -> list[str]:
         name = f"{config_of(config).kubernetes.name}-exporter"
         [exporter] = containers(one("Deployment", name, config))
-        return list(exporter["args"])
+        program, arguments = exporter["args"][:3], exporter["args"][3:]
+        assert program[1:] == ["-m", "infra.exporter.server"]
+        return list(arguments)
 
     def test_connects_to_the_primary_with_tls(self) -> None:
         assert {"--postgres=prefect-db-rw:5432/prefect", "--sslmode=verify-ca"} <= set(self.args())
@@ -622,6 +626,25 @@ class TestJaeger:
     def test_recreated_not_rolled(self) -> None:
         """One ReadWriteOnce volume: a second pod could not mount it during a rolling update."""
         assert one("Deployment", "prefect-jaeger")["spec"]["strategy"] == {"type": "Recreate"}
+
+    def _storage(self, config: str) -> dict[str, Any]:
+        document = yaml.safe_load(one("ConfigMap", "prefect-jaeger", config)["data"]["config.yaml"])
+        backends: dict[str, Any] = document["extensions"]["jaeger_storage"]["backends"]
+        return backends
+
+    def test_badger_keeps_spans_for_the_retention_on_a_claim_of_the_models_size(self) -> None:
+        assert self._storage("jaeger-badger")["main"]["badger"]["ttl"] == {"spans": "72h"}
+        claim = one("PersistentVolumeClaim", "prefect-jaeger", "jaeger-badger")
+        assert claim["spec"]["resources"]["requests"]["storage"] == "50Gi"
+        [jaeger] = containers(one("Deployment", "prefect-jaeger", "jaeger-badger"))
+        assert {"name": "data", "mountPath": "/var/lib/jaeger"} in jaeger["volumeMounts"]
+
+    def test_memory_keeps_max_traces_without_a_volume(self) -> None:
+        assert self._storage("jaeger-memory") == {"main": {"memory": {"max_traces": 20000}}}
+        assert not objects("jaeger-memory", "PersistentVolumeClaim")
+        spec = one("Deployment", "prefect-jaeger", "jaeger-memory")["spec"]["template"]["spec"]
+        assert "data" not in {v["name"] for v in spec["volumes"]}
+        assert "data" not in {m["name"] for m in spec["containers"][0]["volumeMounts"]}
 
 
 class TestTracingEndpoint:

@@ -83,12 +83,12 @@ class TestApiDeployment:
 
     def test_api_runs_without_services(self, default: Rendering) -> None:
         api = self._deployment(default)["spec"]["template"]["spec"]["containers"][0]
-        assert "--no-services" in api["command"]
+        assert "--no-services" in api["args"]
 
     def test_pods_wait_for_the_migration(self, default: Rendering) -> None:
         init = self._deployment(default)["spec"]["template"]["spec"]["initContainers"]
         assert [c["name"] for c in init] == ["wait-for-migrations"]
-        assert init[0]["command"][-4:-2] == ["infra.kubernetes.migrations", "wait"]
+        assert init[0]["args"][-4:-2] == ["infra.kubernetes.migrations", "wait"]
 
     def test_spread_across_nodes_and_zones(self, default: Rendering) -> None:
         spread = self._deployment(default)["spec"]["template"]["spec"]["topologySpreadConstraints"]
@@ -136,7 +136,8 @@ class TestServicesDeployment:
     def test_probes_read_the_heartbeat_of_the_services_process_itself(self, default: Rendering, probe: str) -> None:
         """Not a TCP connect to the pooler: a pooler outage must not restart them, a hung event loop must."""
         services = self._container(default)
-        run = services["command"][services["command"].index("infra.containers.services"):]
+        words = [*services.get("command", []), *services.get("args", [])]
+        run = words[words.index("infra.containers.services"):]
         check = services[probe]["exec"]["command"]
         assert run[:2] == ["infra.containers.services", "run"]
         assert check[check.index("infra.containers.services"):][:2] == ["infra.containers.services", "check"]
@@ -168,6 +169,102 @@ class TestIngress:
         assert not [o for o in rendering.objects() if o["kind"] == "Ingress"]
 
 
+ENVOY = {"enabled": True, "data_plane_namespace": "envoy-gateway-system",
+         "data_plane_pod_labels": {"gateway.envoyproxy.io/owning-gateway-name": "gateway"}}
+
+
+def _proxy(namespace: str, labels: dict[str, str]) -> dict[str, Any]:
+    """A Gateway's proxy Deployment (its data plane) in ``namespace``."""
+    return {"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "proxy", "namespace": namespace, "labels": labels},
+            "spec": {"replicas": 2, "selector": {"matchLabels": labels},
+                     "template": {"metadata": {"labels": labels}, "spec": {"containers": []}}}}
+
+
+@pytest.fixture(scope="module")
+def gateway() -> Rendering:
+    return reference_rendering(_config(gateway=ENVOY))
+
+
+class TestGatewayRoute:
+    def route(self, rendering: Rendering) -> dict[str, Any]:
+        return _find(rendering, "HTTPRoute", Names.of(rendering.config).api)
+
+    def test_off_by_default(self, default: Rendering) -> None:
+        assert not [o for o in default.objects() if o["kind"] == "HTTPRoute"]
+
+    def test_attaches_to_the_gateways_https_listener(self, gateway: Rendering) -> None:
+        assert self.route(gateway)["spec"]["parentRefs"] == [{
+            "group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "gateway", "namespace": "gateway-system",
+            "sectionName": "https"}]
+
+    def test_answers_the_ingress_host_unless_told(self, gateway: Rendering) -> None:
+        assert self.route(gateway)["spec"]["hostnames"] == ["prefect.example.com"]
+        told = reference_rendering(_config(gateway={**ENVOY, "hostnames": ["flows.example.org"]}))
+        assert self.route(told)["spec"]["hostnames"] == ["flows.example.org"]
+
+    def test_every_rule_reaches_the_api_service(self, gateway: Rendering) -> None:
+        service = _find(gateway, "Service", "prefect-api")
+        ports = {p["port"] for p in service["spec"]["ports"]}
+        backends = [b for rule in self.route(gateway)["spec"]["rules"] for b in rule["backendRefs"]]
+        assert backends and all(b["name"] == "prefect-api" and b["port"] in ports for b in backends)
+
+    def test_websockets_have_no_deadline(self, gateway: Rendering) -> None:
+        [rule] = [r for r in self.route(gateway)["spec"]["rules"] if r["name"] == "websockets"]
+        assert {m["path"]["value"] for m in rule["matches"]} == {"/api/events/in", "/api/events/out", "/api/logs/out"}
+        assert rule["timeouts"] == {"request": "0s"}
+
+    def test_other_requests_get_the_load_balancers_server_timeout(self, gateway: Rendering) -> None:
+        [rule] = [r for r in self.route(gateway)["spec"]["rules"] if r["name"] == "api"]
+        assert rule["matches"] == [{"path": {"type": "PathPrefix", "value": "/"}}]
+        assert rule["timeouts"] == {"request": "1m"}
+
+    @pytest.mark.parametrize(("seconds", "duration"), [(60, "1m"), (90, "1m30s"), (3600, "1h"), (45, "45s"),
+                                                        (3661, "1h1m1s")])
+    def test_gateway_durations(self, seconds: int, duration: str) -> None:
+        assert prefect.gateway_duration(seconds) == duration
+
+    def test_a_kustomize_component_applied_with_the_apps(self, gateway: Rendering) -> None:
+        [manifest] = [m for m in gateway.manifests if m.kind == "HTTPRoute"]
+        assert (manifest.component, manifest.phase) == ("gateway-api", "apps")
+
+    def test_the_data_plane_reaches_the_api(self, gateway: Rendering) -> None:
+        api = _find(gateway, "Deployment", "prefect-api")
+        proxy = _proxy("envoy-gateway-system", {"gateway.envoyproxy.io/owning-gateway-name": "gateway"})
+        assert checks.flow_problems(gateway.objects(), proxy, api, 4200) == []
+
+    @pytest.mark.parametrize(("namespace", "labels"), [
+        ("envoy-gateway-system", {"gateway.envoyproxy.io/owning-gateway-name": "other"}),
+        ("gateway-system", {"gateway.envoyproxy.io/owning-gateway-name": "gateway"})])
+    def test_other_pods_stay_out(self, gateway: Rendering, namespace: str, labels: dict[str, str]) -> None:
+        api = _find(gateway, "Deployment", "prefect-api")
+        assert checks.flow_problems(gateway.objects(), _proxy(namespace, labels), api, 4200) != []
+
+    def test_the_gateways_namespace_by_default(self) -> None:
+        rendering = reference_rendering(_config(gateway={"enabled": True}))
+        api = _find(rendering, "Deployment", "prefect-api")
+        assert checks.flow_problems(rendering.objects(), _proxy("gateway-system", {"app": "any"}), api, 4200) == []
+
+    def test_the_ingress_controller_is_shut_out_without_the_ingress(self) -> None:
+        rendering = reference_rendering(_config(gateway=ENVOY, ingress={"enabled": False}))
+        api = _find(rendering, "Deployment", "prefect-api")
+        assert checks.flow_problems(rendering.objects(), _proxy("ingress-nginx", {"app": "nginx"}), api, 4200) != []
+        assert not [o for o in rendering.objects() if o["kind"] == "Ingress"]
+
+    def test_the_ui_uses_the_routes_host_without_the_ingress(self) -> None:
+        config = _config(gateway={**ENVOY, "hostnames": ["*.example.org", "flows.example.org"]},
+                         ingress={"enabled": False})
+        assert prefect.public_api_url(config) == "https://flows.example.org/api"
+
+    def test_a_data_plane_in_the_stacks_namespace_needs_its_labels(self) -> None:
+        with pytest.raises(UserError, match="data_plane_pod_labels"):
+            _config(gateway={"enabled": True, "namespace": None})
+
+    def test_a_bad_host_name_is_refused(self) -> None:
+        with pytest.raises(UserError, match="hostnames"):
+            _config(gateway={**ENVOY, "hostnames": ["Prefect_UI.example.com"]})
+
+
 class TestMigrationJob:
     def _jobs(self, rendering: Rendering) -> list[dict[str, Any]]:
         return [o for o in rendering.objects() if o["kind"] == "Job"]
@@ -195,7 +292,7 @@ class TestMigrationJob:
     def test_the_superuser_verifies_the_server_against_the_clusters_ca(self, default: Rendering) -> None:
         job = self._jobs(default)[0]
         [migrate] = job["spec"]["template"]["spec"]["containers"]
-        command = migrate["command"]
+        command = [*migrate.get("command", []), *migrate.get("args", [])]
         assert command[command.index("--sslmode") + 1] == "verify-ca"
         root_cert = command[command.index("--sslrootcert") + 1]
         assert any(root_cert.startswith(m["mountPath"] + "/") and m["name"] == "db-ca"
@@ -215,7 +312,7 @@ class TestBackupCronJob:
 
     def test_runs_the_same_code_once(self, default: Rendering) -> None:
         container = self._cronjob(default)["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
-        assert container["command"][1:] == ["-m", "infra.backup.scheduler", "--once"]
+        assert container["args"][1:] == ["-m", "infra.backup.scheduler", "--once"]
 
     def test_scratch_is_an_ephemeral_volume(self, default: Rendering) -> None:
         spec = self._cronjob(default)["spec"]["jobTemplate"]["spec"]["template"]["spec"]
