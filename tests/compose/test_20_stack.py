@@ -26,6 +26,7 @@ from infra.containers.images import INIT_ENTRYPOINT
 from infra.secrets import load_secrets
 from tests.compose.conftest import ComposeStack
 from tests.conftest import create_runs_while_killing
+from tests.double_work import duplicated_events, duplicated_scheduled_runs
 
 pytestmark = pytest.mark.compose
 
@@ -38,8 +39,18 @@ def test_every_service_is_healthy(compose_stack: ComposeStack) -> None:
     unhealthy = [c["name"] for c in report["components"] if not c["healthy"]]
     assert unhealthy == [] and result.returncode == 0
     names = {c["name"] for c in report["components"]}
-    assert {"postgres", "pgbouncer", "redis", "s3", "migrate", "api-1", "api-2", "services-1", "haproxy",
-            "prometheus", "alertmanager"} <= names
+    assert {"postgres", "pgbouncer", "redis", "s3", "migrate", "api-1", "api-2", "services-1", "services-2",
+            "haproxy", "prometheus", "alertmanager"} <= names
+
+
+def test_two_services_containers_create_each_scheduled_run_once(compose_stack: ComposeStack) -> None:
+    with compose_stack.client() as client:
+        assert duplicated_scheduled_runs(client) == []
+
+
+def test_two_services_containers_persist_each_event_once(compose_stack: ComposeStack) -> None:
+    with compose_stack.client() as client:
+        assert duplicated_events(client) == {}
 
 
 def _pid1_status(container: Container) -> dict[str, str]:
