@@ -26,6 +26,7 @@ from typing import Any
 
 from infra.config import StackConfig
 from infra.errors import UserError
+from infra.kubernetes import secret_hashes
 from infra.kubernetes.kubectl import FIELD_MANAGER, Kubectl, KubectlError, resource, resource_of
 from infra.kubernetes.objects import PHASES, Manifest, Phase, prune_selector
 from infra.kubernetes.render import Rendering
@@ -277,7 +278,8 @@ def deploy(config: StackConfig, rendering: Rendering, secret_objects: Sequence[d
                         len(PHASES) + 1) as meter:
         for phase in PHASES:
             in_phase = [m for m in manifests if m.phase == phase]
-            objects = _phase_objects(in_phase)
+            # A changed Secret rolls the pods that read it (their templates carry its digest).
+            objects = secret_hashes.stamp(_phase_objects(in_phase), secret_objects)
             if objects:
                 _apply(kubectl, config, phase, objects)
                 report.applied[phase] = [_label(o) for o in objects]

@@ -21,6 +21,7 @@ from infra.kubernetes.deploy import KubernetesDeployReport, deploy
 from infra.kubernetes.kubectl import Kubectl, KubectlError, resource
 from infra.kubernetes.objects import PHASES, Manifest, Names, labels, metadata
 from infra.kubernetes.render import Rendering
+from infra.kubernetes.secret_hashes import ANNOTATION
 from infra.progress import PlainProgress, QuietProgress
 from tests.fake_kubectl import Call, StandIn
 
@@ -293,6 +294,25 @@ class TestSecrets:
 def cluster_never_ready(tmp_path_factory: pytest.TempPathFactory) -> Outcome:
     return run_deploy(tmp_path_factory.mktemp("cluster"),
                       {"conditions": {"cluster.postgresql.cnpg.io/prefect-db": {"condition=Ready": False}}})
+
+
+def test_applied_pod_templates_carry_the_hash_of_the_secrets_they_read(tmp_path: Path) -> None:
+    """A rotated secret changes the template of the pods that read it, so deploy rolls them (secret_hashes)."""
+    config = kubernetes_config()
+    rendering = sample_rendering(config)
+    n = Names.of(config)
+    redis = next(m.obj for m in rendering.manifests if m.kind == "StatefulSet")
+    redis["spec"]["template"] = {"spec": {"volumes": [{"name": "auth", "secret": {"secretName": n.secret_redis}}]}}
+    with pytest.MonkeyPatch.context() as patch:
+        standin = StandIn.install(tmp_path, patch)
+        patch.setenv("KUBECONFIG", str(tmp_path / "no-kubeconfig"))
+        standin.script()
+        deploy(config, rendering, sample_secrets(config), PlainProgress(lambda line: None))
+    applied = [o for c in standin.calls() if c.verb == "apply" for o in yaml.safe_load_all(c.stdin)
+               if o["kind"] == "StatefulSet"]
+    annotations = applied[0]["spec"]["template"]["metadata"]["annotations"]
+    assert annotations[ANNOTATION].startswith("sha256:")
+    assert SECRET_VALUES[1] not in annotations[ANNOTATION]
 
 
 class TestClusterNeverReady:
