@@ -67,7 +67,7 @@ def grant_as_owner(connect: Connect, database: str, owner: str, *, role_timeout_
     deadline = time.monotonic() + role_timeout_s
     with connect(database) as conn:
         while not role_exists(conn, MONITOR_ROLE):
-            if time.monotonic() > deadline:
+            if time.monotonic() >= deadline:
                 sys.stderr.write(
                     f"migrate: role {MONITOR_ROLE} does not exist after {role_timeout_s:.0f} s. On CloudNativePG it is "
                     "a managed role of the Cluster: see `kubectl get cluster <name> -o "
