@@ -120,13 +120,26 @@ def ensure_database(
         cur.execute(sql.SQL("GRANT pg_monitor TO {}").format(sql.Identifier(MONITOR_ROLE)))
     with connect(pg.database) as conn:
         conn.execute("CREATE EXTENSION IF NOT EXISTS pg_trgm")
-        # The Prefect exporter reads flow runs, work pools and workers: read-only, also on tables that later
-        # migrations create (default privileges of the role that runs the migrations).
-        monitor, owner = sql.Identifier(MONITOR_ROLE), sql.Identifier(pg.user)
-        conn.execute(sql.SQL("GRANT USAGE ON SCHEMA public TO {}").format(monitor))
-        conn.execute(sql.SQL("GRANT SELECT ON ALL TABLES IN SCHEMA public TO {}").format(monitor))
-        conn.execute(sql.SQL("ALTER DEFAULT PRIVILEGES FOR ROLE {} IN SCHEMA public GRANT SELECT ON TABLES TO {}")
-                     .format(owner, monitor))
+        grant_monitor_reads(conn, pg.user)
+
+
+def grant_monitor_reads(conn: psycopg.Connection[Row], owner: str) -> None:
+    """The Prefect exporter reads flow runs, work pools and workers: read-only, also on tables that later
+    migrations create (default privileges of ``owner``, the role that runs the migrations). Idempotent.
+
+    Needs no superuser: the database's owner may run it over a connection to its database (PostgreSQL 15's
+    ``public`` schema belongs to the database owner, the tables to the role that made them), which is how the
+    Kubernetes migration Job applies it (``python -m infra.containers.migrate --as-owner``).
+    """
+    monitor = sql.Identifier(MONITOR_ROLE)
+    conn.execute(sql.SQL("GRANT USAGE ON SCHEMA public TO {}").format(monitor))
+    conn.execute(sql.SQL("GRANT SELECT ON ALL TABLES IN SCHEMA public TO {}").format(monitor))
+    conn.execute(sql.SQL("ALTER DEFAULT PRIVILEGES FOR ROLE {} IN SCHEMA public GRANT SELECT ON TABLES TO {}")
+                 .format(sql.Identifier(owner), monitor))
+
+
+def role_exists(conn: psycopg.Connection[Row], role: str) -> bool:
+    return conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone() is not None
 
 
 def server_version(config: StackConfig, layout: StateLayout) -> str:

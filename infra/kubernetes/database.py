@@ -37,6 +37,7 @@ from infra.kubernetes.objects import (
     topology_spread,
     url_port,
 )
+from infra.render.postgres import MONITOR_ROLE
 
 CNPG_API = "postgresql.cnpg.io/v1"
 BARMAN_API = "barmancloud.cnpg.io/v1"
@@ -259,6 +260,8 @@ def cluster(config: StackConfig) -> dict[str, Any]:
         # The backup/restore Job connects as postgres (pg_restore of a whole database, dropping and creating it).
         "enableSuperuserAccess": True,
         "superuserSecret": {"name": names.secret_db_superuser},
+        # Roles and their passwords are the operator's: nothing of ours needs the superuser to keep them current.
+        "managed": {"roles": managed_roles(config)},
         # Data and WAL on separate volumes: a WAL burst (or an unreachable bucket) cannot fill the data volume.
         "storage": _storage(config, k8s_pg.storage_size),
         "walStorage": _storage(config, k8s_pg.wal_storage_size),
@@ -316,6 +319,28 @@ def cluster(config: StackConfig) -> dict[str, Any]:
                            "serverName": recovery.source_server or names.database}}}]
     return {"apiVersion": CNPG_API, "kind": "Cluster",
             "metadata": metadata(config, names.database, "database"), "spec": spec}
+
+
+def managed_roles(config: StackConfig) -> list[dict[str, Any]]:
+    """The owner (Prefect's role) and the monitor role, with their passwords from the Secrets deploy makes.
+
+    CloudNativePG creates a missing one after the bootstrap and re-applies a role's attributes, memberships and
+    password whenever they differ, including after a deploy changes its Secret (at once: the Secrets carry the
+    ``cnpg.io/reload`` label), so a rotated password reaches PostgreSQL without a superuser session of ours. A
+    recovered Cluster already holds both roles; the same reconciliation gives them the current passwords.
+    Attributes left out are PostgreSQL's defaults (no superuser, createdb, createrole, replication), and
+    memberships not listed are revoked.
+    """
+    names = Names.of(config)
+    return [
+        # Owns the database (bootstrap.initdb made it so) and runs Prefect's migrations.
+        {"name": config.postgres.user, "ensure": "present", "login": True,
+         "passwordSecret": {"name": names.secret_db_app}},
+        # The project's exporter and postgres_exporter: the statistics views (pg_monitor) and, granted by the
+        # owner in the migration Job, read access to Prefect's tables.
+        {"name": MONITOR_ROLE, "ensure": "present", "login": True, "inRoles": ["pg_monitor"],
+         "passwordSecret": {"name": names.secret_db_monitor}},
+    ]
 
 
 def recovery_bootstrap(config: StackConfig) -> dict[str, Any]:

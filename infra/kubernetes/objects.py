@@ -156,8 +156,15 @@ class Names:
 
     @property
     def secret_db_app(self) -> str:
-        """kubernetes.io/basic-auth: the role Prefect connects as (CloudNativePG's initdb owner secret)."""
+        """kubernetes.io/basic-auth: the role Prefect connects as (CloudNativePG's initdb owner secret and its
+        managed role's passwordSecret)."""
         return self("db-app")
+
+    @property
+    def secret_db_monitor(self) -> str:
+        """kubernetes.io/basic-auth: the monitor role (prefect_monitor) and its password (a CloudNativePG managed
+        role's passwordSecret)."""
+        return self("db-monitor")
 
     @property
     def secret_redis(self) -> str:

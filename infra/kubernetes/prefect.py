@@ -398,18 +398,25 @@ def _migration_job(config: StackConfig, image: str, version: str) -> Manifest:
     env_file = str(ENV_DIR / ENV_FILES["migrate"])
     endpoints = database.database_endpoints(config)
     host, port = endpoints.direct
-    secrets_dir = ETC / "db-superuser"
-    args = [*ENTRYPOINT, env_file, "--", PYTHON, "-m", "infra.containers.migrate", "--host", host, "--port",
-               str(port), "--database", config.postgres.database, "--user", config.postgres.user,
-               "--secrets", str(secrets_dir), "--sslmode", endpoints.sslmode,
-               *(["--sslrootcert", endpoints.root_cert] if endpoints.root_cert else [])]
-    mounts = {**_common_mounts(config), "superuser": str(secrets_dir)}
+    secrets_dir = ETC / "db-owner"
+    cnpg = k8s.postgres.mode == "cnpg"
+    # No superuser: roles and passwords are CloudNativePG's managed roles (or an external server's operator's);
+    # the database owner grants the monitor role its reads (which only the exporter needs on an external server),
+    # then migrates the schema.
+    monitor_grants = cnpg or config.monitoring.enabled
+    args = [*ENTRYPOINT, env_file, "--", PYTHON, "-m", "infra.containers.migrate", "--as-owner",
+            *(["--monitor-grants"] if monitor_grants else []), "--host", host, "--port",
+            str(port), "--database", config.postgres.database, "--user", config.postgres.user,
+            "--secrets", str(secrets_dir), "--sslmode", endpoints.sslmode,
+            *(["--sslrootcert", endpoints.root_cert] if endpoints.root_cert else [])]
+    mounts = {**_common_mounts(config), "owner": str(secrets_dir)}
     job_container = container("migrate", image, None, k8s.api_resources, args=args, mounts=mounts,
-                              read_only_mounts=frozenset({"env", "db-ca", "superuser"}))
-    # Roles and passwords are brought up to the model by the superuser (as on the other targets).
-    superuser = secret_volume("superuser", names.secret_stack,
-                              {name: name for name in ("postgres_superuser", "postgres_prefect", "postgres_monitor")})
-    spec = pod_spec([job_container], [*_common_volumes(config, "migrate"), superuser], restartPolicy="Never")
+                              read_only_mounts=frozenset({"env", "db-ca", "owner"}))
+    # Only the owner's password, as the file the migration reads: from the Secret CloudNativePG also sets it from
+    # (or, with an external server, the stack's Secret, of which nothing else is mounted).
+    owner = (secret_volume("owner", names.secret_db_app, {"password": "postgres_prefect"}) if cnpg
+             else secret_volume("owner", names.secret_stack, {"postgres_prefect": "postgres_prefect"}))
+    spec = pod_spec([job_container], [*_common_volumes(config, "migrate"), owner], restartPolicy="Never")
     job = {
         "apiVersion": "batch/v1", "kind": "Job",
         "metadata": metadata(config, migration_job_name(config, image), "migrate", version=version),

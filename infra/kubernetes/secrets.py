@@ -15,6 +15,7 @@ from infra.config import StackConfig
 from infra.errors import UserError
 from infra.kubernetes import monitoring, prefect
 from infra.kubernetes.objects import Names, metadata
+from infra.render.postgres import MONITOR_ROLE
 from infra.secrets import SECRET_NAMES, Secrets
 
 
@@ -28,7 +29,9 @@ def external_secrets(config: StackConfig) -> dict[str, str]:
     }
     if config.kubernetes.postgres.mode == "cnpg":
         made[names.secret_db_superuser] = "invoke deploy: the PostgreSQL superuser (CloudNativePG superuserSecret)"
-        made[names.secret_db_app] = "invoke deploy: the role Prefect connects as (CloudNativePG initdb secret)"
+        made[names.secret_db_app] = ("invoke deploy: the role Prefect connects as (CloudNativePG initdb secret, "
+                                     "managed role)")
+        made[names.secret_db_monitor] = "invoke deploy: the monitor role (CloudNativePG managed role)"
         made[f"{names.database}-ca"] = "CloudNativePG: the Cluster's CA (ca.crt)"
     if config.kubernetes.s3_credentials == "secret":
         made[names.secret_s3] = "invoke deploy: S3 credentials (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)"
@@ -41,11 +44,16 @@ def external_secrets(config: StackConfig) -> dict[str, str]:
     return made
 
 
+# CloudNativePG applies a changed password of a managed role at once when its Secret carries this label (otherwise
+# only at a later reconciliation).
+CNPG_RELOAD = {"cnpg.io/reload": "true"}
+
+
 def _secret(config: StackConfig, name: str, data: dict[str, str], secret_type: str = "Opaque",  # noqa: S107 - a type name
-            ) -> dict[str, Any]:
+            extra_labels: dict[str, str] | None = None) -> dict[str, Any]:
     return {
         "apiVersion": "v1", "kind": "Secret", "type": secret_type,
-        "metadata": metadata(config, name, "secrets"),
+        "metadata": metadata(config, name, "secrets", extra_labels=extra_labels),
         "data": {key: base64.b64encode(value.encode()).decode() for key, value in sorted(data.items())},
     }
 
@@ -76,9 +84,13 @@ def secret_objects(config: StackConfig, secrets: Secrets,
         objects.append(_secret(config, names.secret_db_superuser,
                                {"username": "postgres", "password": secrets.get("postgres_superuser")},
                                "kubernetes.io/basic-auth"))
+        # The two managed roles' passwords (the Cluster's managed.roles; username must be the role's name).
         objects.append(_secret(config, names.secret_db_app,
                                {"username": config.postgres.user, "password": secrets.get("postgres_prefect")},
-                               "kubernetes.io/basic-auth"))
+                               "kubernetes.io/basic-auth", CNPG_RELOAD))
+        objects.append(_secret(config, names.secret_db_monitor,
+                               {"username": MONITOR_ROLE, "password": secrets.get("postgres_monitor")},
+                               "kubernetes.io/basic-auth", CNPG_RELOAD))
     if config.monitoring.enabled:
         # Prometheus (prometheus-operator) reads basic-auth credentials for a ServiceMonitor from a Secret.
         user, _, password = secrets.get("prefect_auth").partition(":")

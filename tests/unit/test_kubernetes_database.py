@@ -10,11 +10,14 @@ from typing import Any
 import pytest
 import yaml
 
+from infra.compose.project import placeholder_secrets
 from infra.config import ENV_PREFIX, StackConfig, load_config
 from infra.errors import UserError
 from infra.kubernetes.database import database_endpoints, database_manifests
 from infra.kubernetes.objects import Manifest, Names, selector
 from infra.kubernetes.render import PlaceholderImages
+from infra.kubernetes.secrets import external_secrets
+from infra.secrets import SECRET_NAMES
 from tests import kubernetes_checks as checks
 
 
@@ -85,8 +88,15 @@ class TestSchemas:
 
     @pytest.mark.parametrize("case", CONFIGS)
     def test_no_secret_values(self, case: str) -> None:
-        text = yaml.safe_dump_all([m.obj for m in rendered(case)[1]])
+        # Passwords are only named, by the Secrets that hold them (managed roles' passwordSecret).
+        text = yaml.safe_dump_all([m.obj for m in rendered(case)[1]]).replace("passwordSecret:", "")
         assert "password" not in text.lower()
+
+    @pytest.mark.parametrize("case", CONFIGS)
+    def test_no_generated_secret_in_the_objects(self, case: str) -> None:
+        generated = placeholder_secrets()
+        assert checks.no_secret_values([m.obj for m in rendered(case)[1]],
+                                       [generated.get(name) for name in SECRET_NAMES]) == []
 
     @pytest.mark.parametrize("case", CONFIGS)
     def test_no_yaml_aliases(self, case: str) -> None:
@@ -137,6 +147,28 @@ class TestCluster:
 
     def test_superuser_secret(self) -> None:
         assert the("default", "Cluster")["spec"]["superuserSecret"] == {"name": NAMES.secret_db_superuser}
+
+    @pytest.mark.parametrize(("role", "secret"), [("prefect", NAMES.secret_db_app),
+                                                  ("prefect_monitor", NAMES.secret_db_monitor)])
+    def test_managed_role_password_from_its_secret(self, role: str, secret: str) -> None:
+        roles = {r["name"]: r for r in the("default", "Cluster")["spec"]["managed"]["roles"]}
+        assert (roles[role]["login"], roles[role]["passwordSecret"]) == (True, {"name": secret})
+
+    def test_owner_role_has_no_memberships_nor_powers(self) -> None:
+        """Attributes left out are PostgreSQL's defaults, which CloudNativePG enforces: no superuser, createdb,
+        createrole, replication."""
+        (owner,) = [r for r in the("default", "Cluster")["spec"]["managed"]["roles"] if r["name"] == "prefect"]
+        assert set(owner) == {"name", "ensure", "login", "passwordSecret"}
+
+    def test_monitor_role_reads_the_statistics(self) -> None:
+        (monitor,) = [r for r in the("default", "Cluster")["spec"]["managed"]["roles"]
+                      if r["name"] == "prefect_monitor"]
+        assert monitor["inRoles"] == ["pg_monitor"]
+
+    def test_managed_role_secrets_are_made_by_deploy(self) -> None:
+        config = rendered("default")[0]
+        made = external_secrets(config)
+        assert {NAMES.secret_db_app, NAMES.secret_db_monitor} <= set(made)
 
     def test_superuser_access(self) -> None:
         assert the("default", "Cluster")["spec"]["enableSuperuserAccess"] is True

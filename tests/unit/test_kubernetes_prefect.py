@@ -284,14 +284,83 @@ class TestMigrationJob:
         name = prefect.migration_job_name(_config(), "x" * 300)
         assert len(name) <= 63 and name.startswith("prefect-migrate-3-")
 
-    def test_superuser_password_is_a_file(self, default: Rendering) -> None:
-        job = self._jobs(default)[0]
-        volumes = {v["name"]: v for v in job["spec"]["template"]["spec"]["volumes"]}
-        assert volumes["superuser"]["secret"]["secretName"] == Names.of(default.config).secret_stack
+    def _container(self, rendering: Rendering) -> dict[str, Any]:
+        [migrate] = self._jobs(rendering)[0]["spec"]["template"]["spec"]["containers"]
+        return migrate
 
-    def test_the_superuser_verifies_the_server_against_the_clusters_ca(self, default: Rendering) -> None:
-        job = self._jobs(default)[0]
-        [migrate] = job["spec"]["template"]["spec"]["containers"]
+    def _volumes(self, rendering: Rendering) -> dict[str, dict[str, Any]]:
+        return {v["name"]: v for v in self._jobs(rendering)[0]["spec"]["template"]["spec"]["volumes"]}
+
+    def _program(self, rendering: Rendering) -> list[str]:
+        """What the entrypoint runs: the arguments after its ``--``."""
+        args = self._container(rendering)["args"]
+        return args[args.index("--") + 1:]
+
+    @pytest.mark.parametrize("case", ["cnpg", "external"])
+    def test_mounts_no_superuser_secret(self, case: str) -> None:
+        """The Job needs no superuser: neither CloudNativePG's superuser Secret nor the generated superuser
+        password from the stack's Secret is in the pod."""
+        rendering = reference_rendering(_config(**(EXTERNAL_DB if case == "external" else {})))
+        names = Names.of(rendering.config)
+        secret_volumes = [v["secret"] for v in self._volumes(rendering).values() if "secret" in v]
+        assert names.secret_db_superuser not in {v["secretName"] for v in secret_volumes}
+        assert "postgres_superuser" not in {item["key"] for v in secret_volumes for item in v.get("items", [])}
+
+    def test_owner_password_from_the_app_secret(self, default: Rendering) -> None:
+        """The Secret CloudNativePG sets the owner's password from (its managed role), as the file migrate reads."""
+        owner = self._volumes(default)["owner"]["secret"]
+        assert (owner["secretName"], owner["items"]) == (Names.of(default.config).secret_db_app,
+                                                         [{"key": "password", "path": "postgres_prefect"}])
+
+    def test_external_owner_password_from_the_stack_secret_alone(self) -> None:
+        rendering = reference_rendering(_config(**EXTERNAL_DB))
+        owner = self._volumes(rendering)["owner"]["secret"]
+        assert (owner["secretName"], owner["items"]) == (Names.of(rendering.config).secret_stack,
+                                                         [{"key": "postgres_prefect", "path": "postgres_prefect"}])
+
+    def test_runs_the_owner_mode_as_the_owner(self, default: Rendering) -> None:
+        program = self._program(default)
+        assert program[1:4] == ["-m", "infra.containers.migrate", "--as-owner"]
+        assert program[program.index("--user") + 1] == default.config.postgres.user
+
+    @pytest.mark.parametrize(("postgres", "monitoring", "granted"), [
+        ({}, False, True),                  # CloudNativePG makes prefect_monitor whatever monitoring says
+        (EXTERNAL_DB["postgres"], True, True),  # the exporter reads Prefect's tables as prefect_monitor
+        (EXTERNAL_DB["postgres"], False, False),  # nothing reads them: no role to require of the server's operator
+    ])
+    def test_monitor_grants(self, postgres: dict[str, Any], monitoring: bool, granted: bool) -> None:
+        config = load_config(target="kubernetes", monitoring={"enabled": monitoring},
+                             kubernetes={"postgres": postgres} if postgres else {})
+        assert ("--monitor-grants" in self._program(reference_rendering(config))) is granted
+
+    def test_the_program_accepts_the_command(self, default: Rendering, monkeypatch: pytest.MonkeyPatch) -> None:
+        """The rendered command line, run through infra.containers.migrate: the owner mode, connecting as the owner
+        to the primary with the Cluster's CA, grants, then Prefect's migration."""
+        from infra.containers import migrate as container_migrate
+
+        calls: list[tuple[str, ...]] = []
+
+        def connected(connect: object, dbname: str, where: str) -> bool:
+            calls.append(("connect", dbname, where))
+            return True
+
+        def granted(connect: object, database: str, owner: str) -> bool:
+            calls.append(("grant", database, owner))
+            return True
+
+        def schema() -> int:
+            calls.append(("schema",))
+            return 0
+
+        monkeypatch.setattr(container_migrate, "_wait_until_connected", connected)
+        monkeypatch.setattr(container_migrate, "grant_as_owner", granted)
+        monkeypatch.setattr("infra.database.migrate.main", schema)
+        monkeypatch.setattr(container_migrate, "ensure_database", lambda *a, **k: pytest.fail("superuser path taken"))
+        assert container_migrate.main(self._program(default)[3:]) == 0
+        assert calls == [("connect", "prefect", "prefect-db-rw:5432"), ("grant", "prefect", "prefect"), ("schema",)]
+
+    def test_the_owner_verifies_the_server_against_the_clusters_ca(self, default: Rendering) -> None:
+        migrate = self._container(default)
         command = [*migrate.get("command", []), *migrate.get("args", [])]
         assert command[command.index("--sslmode") + 1] == "verify-ca"
         root_cert = command[command.index("--sslrootcert") + 1]
@@ -421,6 +490,25 @@ class TestSecretObjects:
     def test_cnpg_gets_basic_auth_secrets(self) -> None:
         app = self._objects(_config())[Names.of(_config()).secret_db_app]
         assert app == {"username": "prefect", "password": self.secrets.get("postgres_prefect")}
+
+    def test_cnpg_monitor_role_secret_from_the_generated_secret(self) -> None:
+        monitor = self._objects(_config())[Names.of(_config()).secret_db_monitor]
+        assert monitor == {"username": "prefect_monitor", "password": self.secrets.get("postgres_monitor")}
+
+    @pytest.mark.parametrize("name", ["secret_db_app", "secret_db_monitor"])
+    def test_managed_role_secrets(self, name: str) -> None:
+        """basic-auth (what managed.roles' passwordSecret requires), labelled so a changed password is applied
+        at once."""
+        config = _config()
+        made = {o["metadata"]["name"]: o for o in secrets.secret_objects(config, self.secrets, AWS)}
+        secret = made[getattr(Names.of(config), name)]
+        assert (secret["type"], secret["metadata"]["labels"]["cnpg.io/reload"]) == ("kubernetes.io/basic-auth",
+                                                                                    "true")
+
+    def test_external_gets_no_managed_role_secrets(self) -> None:
+        config = _config(**EXTERNAL_DB)
+        names = Names.of(config)
+        assert not {names.secret_db_app, names.secret_db_monitor} & set(self._objects(config))
 
     def test_the_environment_files_are_json(self) -> None:
         env = self._objects(_config())[Names.of(_config()).secret_prefect_env]

@@ -40,6 +40,12 @@ class TestRecoveryCluster:
         assert (bootstrap["database"], bootstrap["owner"], bootstrap["secret"]) == (
             "prefect", "prefect", {"name": "prefect-db-app"})
 
+    def test_keeps_the_managed_roles(self) -> None:
+        """The recovered data holds both roles; managed roles give them the passwords of today's Secrets."""
+        roles = cluster(_config())["spec"]["managed"]["roles"]
+        assert [(r["name"], r["passwordSecret"]["name"]) for r in roles] == [("prefect", "prefect-db-app"),
+                                                                             ("prefect_monitor", "prefect-db-monitor")]
+
     def test_reads_the_clusters_own_archive_by_default(self) -> None:
         (source,) = cluster(_config())["spec"]["externalClusters"]
         assert source["plugin"]["parameters"] == {"barmanObjectName": "prefect-db-backups", "serverName": "prefect-db"}
