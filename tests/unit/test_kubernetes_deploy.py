@@ -223,9 +223,13 @@ class TestPhases:
         assert "--for=condition=Ready" in call.args
 
     def test_migration_waits_for_complete_or_failed(self, happy: Outcome) -> None:
+        # Both waits start together and the one still running is killed once the other answers: on a busy machine
+        # the "failed" one can be killed before the stand-in records it, so only "complete" must have been seen
+        # (test_wait_any_names_the_condition_that_held covers a failed Job).
         fors = {a for c in happy.calls if f"job.batch/{MIGRATE_JOB}" in c.args for a in c.args
                 if a.startswith("--for=")}
-        assert fors == {"--for=condition=complete", "--for=condition=failed"}
+        assert "--for=condition=complete" in fors
+        assert fors <= {"--for=condition=complete", "--for=condition=failed"}
 
     def test_waits_bounded_by_wait_timeout(self, happy: Outcome) -> None:
         timeouts = [int(a.removeprefix("--timeout=").removesuffix("s")) for c in happy.calls
