@@ -78,8 +78,9 @@ EXPORTER_RUN_DIR = "/run/redis-exporter"
 SECRET_KEY_PASSWORD = "password"  # noqa: S105 - a key name in the Secret
 SECRET_KEY_MONITOR = "monitor-password"  # noqa: S105 - a key name
 
-SENTINEL_RESOURCES = ResourcesConfig(cpu_request="50m", memory_request="32Mi", memory_limit="128Mi")
-EXPORTER_RESOURCES = ResourcesConfig(cpu_request="50m", memory_request="32Mi", memory_limit="128Mi")
+# The sidecars get requests equal to limits too: a pod is Guaranteed QoS only if every container is.
+SENTINEL_RESOURCES = ResourcesConfig(cpu_request="50m", memory_request="64Mi", cpu_limit="50m", memory_limit="64Mi")
+EXPORTER_RESOURCES = ResourcesConfig(cpu_request="50m", memory_request="96Mi", cpu_limit="50m", memory_limit="96Mi")
 
 
 def quorum(replicas: int) -> int:

@@ -98,7 +98,7 @@ class TestSentinelMode:
     def test_sentinel_setting(self, setting: str) -> None:
         assert setting in one("sentinel", "ConfigMap").obj["data"]["sentinel.conf"].splitlines()
 
-    @pytest.mark.parametrize("setting", ["appendonly yes", "maxmemory 1gb", "maxmemory-policy noeviction",
+    @pytest.mark.parametrize("setting", ["appendonly yes", "maxmemory 512mb", "maxmemory-policy noeviction",
                                          f"requirepass {PASSWORD_PLACEHOLDER}", f"masterauth {PASSWORD_PLACEHOLDER}",
                                          "replica-announce-ip @ANNOUNCE_HOST@", "dir /data"])
     def test_redis_setting(self, setting: str) -> None:
@@ -154,8 +154,8 @@ class TestSentinelMode:
         assert term["labelSelector"]["matchLabels"] == selector(config(), "redis")
 
     def test_redis_resources_from_the_model(self) -> None:
-        assert containers("sentinel")["redis"]["resources"] == {"requests": {"cpu": "100m", "memory": "512Mi"},
-                                                               "limits": {"memory": "1536Mi"}}
+        assert containers("sentinel")["redis"]["resources"] == {"requests": {"cpu": "500m", "memory": "1Gi"},
+                                                               "limits": {"cpu": "500m", "memory": "1Gi"}}
 
     @pytest.mark.parametrize("name", ["redis", "sentinel"])
     def test_announces_the_pod_dns_name(self, name: str) -> None:
@@ -204,7 +204,7 @@ class TestSentinelMode:
         assert checks.schema_problems(one("sentinel", "PodMonitor").obj, "1.32") == []
 
     def test_config_change_rolls_the_pods(self) -> None:
-        other = redis_manifests(config(redis={"maxmemory": "2gb"}), PlaceholderImages())
+        other = redis_manifests(config(redis={"maxmemory": "256mb"}), PlaceholderImages())
         [stateful_set] = [m for m in other if m.kind == "StatefulSet"]
         annotation = "prefect-stack/config-hash"
         assert stateful_set.obj["spec"]["template"]["metadata"]["annotations"][annotation] != \
