@@ -65,6 +65,11 @@ MASTER_SET = "prefect"
 # promoted. Shorter fails over faster but risks a failover on a slow disk's fsync stall.
 DOWN_AFTER_MS = 5000
 FAILOVER_TIMEOUT_MS = 60000
+# A primary refuses writes once too few replicas have acknowledged its stream for this long (replicas acknowledge
+# every second): as long as the Sentinels wait before they call it down, so a primary partitioned away from them
+# stops taking writes about when the other side starts promoting a replica, and not a window of writes later
+# (writes that the failover would discard when it rejoins as a replica).
+MIN_REPLICAS_MAX_LAG_S = DOWN_AFTER_MS // 1000
 
 # Where things are in the pod.
 SCRIPTS_DIR = "/etc/redis-scripts"  # the ConfigMap: scripts and templates
@@ -86,6 +91,12 @@ EXPORTER_RESOURCES = ResourcesConfig(cpu_request="50m", memory_request="96Mi", c
 def quorum(replicas: int) -> int:
     """Sentinels that must agree the primary is down: a majority, so a partitioned minority never fails over."""
     return replicas // 2 + 1
+
+
+def min_replicas_to_write(replicas: int) -> int:
+    """Replicas a primary must reach to accept writes: the rest of a majority. A primary on the minority side of a
+    partition reaches fewer and stops writing; one replica down (of 3) or two (of 5) does not stop writes."""
+    return quorum(replicas) - 1
 
 
 # --- configuration templates and scripts (the ConfigMap) ---------------------------------------------------------
@@ -110,6 +121,11 @@ def redis_conf_template(config: StackConfig, *, sentinel: bool, port: int = REDI
 masterauth {PASSWORD_PLACEHOLDER}
 replica-announce-ip {ANNOUNCE_PLACEHOLDER}
 replica-announce-port {port}
+# Writes need a majority: a primary with fewer replicas acknowledging within the lag (partitioned from the
+# Sentinels, which promote a replica on the other side) answers NOREPLICAS instead of taking writes the
+# failover would discard. Only replicas count, so a single Redis (standalone, compose, local) has none of this.
+min-replicas-to-write {min_replicas_to_write(config.kubernetes.redis.replicas)}
+min-replicas-max-lag {MIN_REPLICAS_MAX_LAG_S}
 """
     return text
 

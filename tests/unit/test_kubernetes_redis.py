@@ -16,9 +16,11 @@ from infra.containers.entrypoint import _redis_run_id
 from infra.errors import UserError
 from infra.kubernetes.objects import LABEL_NAME, Manifest, Names, selector
 from infra.kubernetes.redis import (
+    DOWN_AFTER_MS,
     MASTER_SET,
     PASSWORD_PLACEHOLDER,
     SENTINEL_PORT,
+    min_replicas_to_write,
     quorum,
     redis_environment,
     redis_manifests,
@@ -238,6 +240,30 @@ class TestStandaloneMode:
 
     def test_no_replication_settings(self) -> None:
         assert "masterauth" not in one("standalone", "ConfigMap").obj["data"]["redis.conf"]
+
+    def test_writes_need_no_replica(self) -> None:
+        # Redis's default min-replicas-to-write is 0: a single Redis must keep it.
+        assert "min-replicas" not in one("standalone", "ConfigMap").obj["data"]["redis.conf"]
+
+
+class TestWritesNeedAMajority:
+    """A primary partitioned away from the Sentinels' majority stops accepting writes the failover would drop."""
+
+    @pytest.mark.parametrize(("replicas", "needed"), [(3, 1), (4, 2), (5, 2), (7, 3)])
+    def test_replicas_a_primary_must_reach(self, replicas: int, needed: int) -> None:
+        redis_conf = redis_manifests(config(kubernetes={"redis": {"replicas": replicas}}),
+                                     PlaceholderImages())[0].obj["data"]["redis.conf"]
+        assert f"min-replicas-to-write {needed}" in redis_conf.splitlines()
+
+    def test_lag_is_the_sentinels_down_after(self) -> None:
+        lines = one("sentinel", "ConfigMap").obj["data"]["redis.conf"].splitlines()
+        assert f"min-replicas-max-lag {DOWN_AFTER_MS // 1000}" in lines
+
+    @pytest.mark.parametrize("replicas", [3, 4, 5, 9])
+    def test_a_minority_side_cannot_write_a_majority_side_can(self, replicas: int) -> None:
+        # A primary reaches the replicas on its side: at most replicas // 2 - 1 in a group without a majority
+        # (replicas // 2 pods), at least quorum - 1 in a majority.
+        assert replicas // 2 - 1 < min_replicas_to_write(replicas) <= quorum(replicas) - 1
 
 
 class TestExternalMode:

@@ -5,7 +5,8 @@ rendered start-redis.sh and start-sentinel.sh with Debian's redis-server, as the
 A client built from ``redis_environment``'s URLs through prefect-redis and through Docket writes; the primary is
 SIGKILLed; the Sentinels promote a replica; the same clients work again, and the killed pod, started again, joins
 the new primary as a replica; a restarted Sentinel finds the primary; pre-stop.sh hands the primary role over
-under a stream of writes. Then a standalone pod and its exporter.
+under a stream of writes; a primary cut off from its replicas stops taking writes. Then a standalone pod and its
+exporter.
 
 Unlike the rest of tests/unit this starts processes (Debian's redis-server and prometheus-redis-exporter, on
 free loopback ports; skipped without redis-server): the scripts only prove themselves by running. About 25 s;
@@ -19,6 +20,7 @@ import functools
 import os
 import re
 import shutil
+import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -33,6 +35,7 @@ from infra.config import load_config
 from infra.containers.entrypoint import _redis_run_id
 from infra.kubernetes.redis import (
     MASTER_SET,
+    MIN_REPLICAS_MAX_LAG_S,
     SECRET_KEY_MONITOR,
     SECRET_KEY_PASSWORD,
     config_files,
@@ -193,6 +196,7 @@ class Observations:
     replica_alive_without_primary: bool = False
     restarted_sentinel_primary: int = 0
     switchover: dict[str, Any] = field(default_factory=dict)
+    partition: dict[str, Any] = field(default_factory=dict)
 
 
 async def _until(condition: Callable[[], bool]) -> None:
@@ -299,6 +303,35 @@ async def scenario(pods: list[Pod], env: dict[str, str], stop_primary: Callable[
             seen.probes[f"redis-{pod.index} {check}"] = await asyncio.to_thread(
                 wait_for, f"probe {check} of redis-{pod.index}", functools.partial(passes, pod, check, pods),
                 SETTLE_TIMEOUT_S)
+    seen.partition = await asyncio.to_thread(partition, pods, seen.switchover["new primary"])
+    return seen
+
+
+def partition(pods: list[Pod], primary_port: int) -> dict[str, Any]:
+    """The primary cut off from both replicas (SIGSTOP: they neither answer nor acknowledge), as on the minority
+    side of a partition: it refuses writes within min-replicas-max-lag; it took them before."""
+    primary = next(p for p in pods if p.redis_port == primary_port)
+    replicas = [p for p in pods if p is not primary]
+    seen: dict[str, Any] = {}
+    with primary.redis() as client:
+        seen["before"] = client.set("k8s-test:partition", "before")
+
+        def refused() -> str | None:
+            try:
+                client.set("k8s-test:partition", "during")
+            except redis.ResponseError as exc:
+                return str(exc)
+            return None
+
+        for pod in replicas:
+            os.kill(pod.processes["redis"].pid, signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            seen["refused"] = wait_for("the partitioned primary to refuse writes", refused, SETTLE_TIMEOUT_S)
+            seen["after s"] = time.monotonic() - started
+        finally:
+            for pod in replicas:
+                os.kill(pod.processes["redis"].pid, signal.SIGCONT)
     return seen
 
 
@@ -407,9 +440,24 @@ class TestGracefulSwitchover:
         assert observed.switchover["pre-stop s"] < 20
 
 
+class TestPartitionedPrimary:
+    """min-replicas-to-write: a primary that reaches no replica stops taking writes a failover would discard."""
+
+    def test_writes_before(self, observed: Observations) -> None:
+        assert observed.partition["before"] is True
+
+    def test_refuses_writes_without_replicas(self, observed: Observations) -> None:
+        assert observed.partition["refused"].startswith("NOREPLICAS")
+
+    def test_within_the_lag(self, observed: Observations) -> None:
+        # Replicas acknowledge every second: the lag, one acknowledgement period, and slack for a busy machine.
+        assert observed.partition["after s"] < MIN_REPLICAS_MAX_LAG_S + 3
+
+
 @dataclass
 class StandaloneObservations:
     role: str = ""
+    min_replicas_to_write: str = ""
     ready: bool = False
     served: str | None = None
     metrics: dict[str, str] = field(default_factory=dict)
@@ -451,6 +499,7 @@ def standalone(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StandaloneO
                               SETTLE_TIMEOUT_S)
         with pod.redis() as client:
             seen.role = client.info("replication")["role"]
+            seen.min_replicas_to_write = client.config_get("min-replicas-to-write")["min-replicas-to-write"]
         with redis.Redis.from_url(url, socket_timeout=2, decode_responses=True) as client:
             client.xadd("events", {"event": "standalone"})
             seen.served = client.xrange("events")[0][1]["event"]
@@ -469,6 +518,9 @@ class TestStandalonePod:
 
     def test_ready(self, standalone: StandaloneObservations) -> None:
         assert standalone.ready
+
+    def test_writes_need_no_replica(self, standalone: StandaloneObservations) -> None:
+        assert standalone.min_replicas_to_write == "0"
 
     def test_url_serves(self, standalone: StandaloneObservations) -> None:
         assert standalone.served == "standalone"
