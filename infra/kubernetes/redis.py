@@ -379,8 +379,11 @@ def _stateful_set(config: StackConfig, image: str, files: dict[str, str]) -> dic
             ports={"metrics": EXPORTER_PORT},
             mounts={"scripts": SCRIPTS_DIR, "secret": SECRET_DIR, "exporter-run": EXPORTER_RUN_DIR},
             read_only_mounts=read_only,
-            readinessProbe={"tcpSocket": {"port": "metrics"}, "periodSeconds": 10, "timeoutSeconds": 3,
-                            "failureThreshold": 3}))
+            # Liveness only: a readiness probe of a sidecar decides whether the whole pod is Ready, and a Redis
+            # must not leave rotation (nor count as disrupted) because its exporter is slow. A hung exporter is
+            # restarted alone.
+            livenessProbe={"tcpSocket": {"port": "metrics"}, "periodSeconds": 10, "timeoutSeconds": 3,
+                           "failureThreshold": 6}))
     for c in containers:
         c["env"] = env
     volumes = [config_map_volume("scripts", names("redis-scripts")),

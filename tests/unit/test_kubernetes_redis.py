@@ -181,6 +181,11 @@ class TestSentinelMode:
         probe = containers("sentinel")["redis"]["readinessProbe"]["exec"]["command"]
         assert probe[-1] == "redis-ready"
 
+    def test_exporter_does_not_decide_readiness(self) -> None:
+        # A sidecar's failing readiness probe would take the whole Redis pod out of rotation.
+        exporter = containers("sentinel")["exporter"]
+        assert ("readinessProbe" in exporter, exporter["livenessProbe"]["tcpSocket"]) == (False, {"port": "metrics"})
+
     def test_readiness_script_requires_the_link_of_a_replica(self) -> None:
         assert "master_link_status:up" in one("sentinel", "ConfigMap").obj["data"]["probe.sh"]
 
