@@ -88,6 +88,12 @@ SENTINEL_RESOURCES = ResourcesConfig(cpu_request="50m", memory_request="64Mi", c
 EXPORTER_RESOURCES = ResourcesConfig(cpu_request="50m", memory_request="96Mi", cpu_limit="50m", memory_limit="96Mi")
 
 
+# What the monitor user may ask a Sentinel: redis-py's discovery of the primary (SENTINEL MASTERS), the other
+# read-only views of it, and a connection's handshake.
+SENTINEL_MONITOR_COMMANDS = ("-@all +sentinel|masters +sentinel|master +sentinel|get-master-addr-by-name +ping +auth "
+                             "+hello")
+
+
 def quorum(replicas: int) -> int:
     """Sentinels that must agree the primary is down: a majority, so a partitioned minority never fails over."""
     return replicas // 2 + 1
@@ -143,6 +149,8 @@ logfile ""
 dir {run_dir}
 # Clients and the other Sentinels authenticate, with the data nodes' password.
 requirepass {PASSWORD_PLACEHOLDER}
+# The project's exporter asks, as the monitor user, where the primary is; nothing else (no failover, no SET).
+user {MONITOR_USER} on >{MONITOR_PLACEHOLDER} resetchannels {SENTINEL_MONITOR_COMMANDS}
 sentinel sentinel-pass {PASSWORD_PLACEHOLDER}
 # Pods are found by their stable DNS names (the headless Service), not by IPs that change when a pod moves.
 sentinel resolve-hostnames yes
