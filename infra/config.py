@@ -53,6 +53,13 @@ REDIS_MAXMEMORY_SHARE = 0.5
 # (2 x default_pool_size + reserve: about 85 by default, so about 85 x (4 + 5) MB at worst). PostgreSQL's own
 # advice is a quarter of the memory for shared_buffers; up to 40% still leaves the backends their share.
 POSTGRES_SHARED_BUFFERS_SHARE = 0.4
+# setting -> (its largest share of the memory limit, the unit it is written in, what the rest of the limit is for)
+_DATA_MEMORY = {
+    "redis.maxmemory": (REDIS_MAXMEMORY_SHARE, "mb", "room for the fork of an AOF rewrite or RDB save (copy-on-write) "
+                                                     "and the replication buffers, which maxmemory does not count"),
+    "postgres.shared_buffers": (POSTGRES_SHARED_BUFFERS_SHARE, "MB", "the backends' memory (work_mem, "
+                                                                     "maintenance_work_mem, caches) per connection"),
+}
 _SIZE = re.compile(r"^(\d+)([kmgt]?)(?:i|b)?$")
 _CPU = re.compile(r"^(\d+(?:\.\d+)?)(m?)$")
 
@@ -768,34 +775,33 @@ class StackConfig(BaseSettings):
 
     @model_validator(mode="after")
     def _data_memory_fits_its_limit(self) -> StackConfig:
-        for setting, value, share, unit, limit_field, limit, spelling in self._data_memory_limits():
+        for setting, value, limit_field, limit, spelling in self._data_memory_limits():
+            share, unit, room = _DATA_MEMORY[setting]
             if size_bytes(value) > size_bytes(limit) * share:
                 raise ValueError(
                     f"{setting} {value} is more than {share:.0%} of {limit_field} {limit}, the memory limit it runs "
-                    f"under on the {self.target} target (see infra/config.py for why the rest is needed); lower "
-                    f"{setting} to at most {_at_most(share, limit, unit)} or raise {limit_field} to at least "
+                    f"under on the {self.target} target: the rest is {room}; lower {setting} to at most "
+                    f"{_at_most(share, limit, unit)} or raise {limit_field} to at least "
                     f"{_to_fit(share, value, spelling)}")
         return self
 
-    def _data_memory_limits(self) -> list[tuple[str, str, float, str, str, str, str]]:
-        """(setting, value, share, its unit, limit field, limit, the limit's unit) of Redis and PostgreSQL on this
-        target: none locally (no container limit; the host's memory is the operator's to plan)."""
+    def _data_memory_limits(self) -> list[tuple[str, str, str, str, str]]:
+        """(setting, value, limit field, limit, the limit's unit) of Redis and PostgreSQL on this target: none
+        locally (no container limit; the host's memory is the operator's to plan)."""
         checks = []
         if self.target == "compose":
             checks += [
-                ("redis.maxmemory", self.redis.maxmemory, REDIS_MAXMEMORY_SHARE, "mb", "compose.redis_memory",
-                 self.compose.redis_memory, "m"),
-                ("postgres.shared_buffers", self.postgres.shared_buffers, POSTGRES_SHARED_BUFFERS_SHARE, "MB",
-                 "compose.postgres_memory", self.compose.postgres_memory, "m")]
+                ("redis.maxmemory", self.redis.maxmemory, "compose.redis_memory", self.compose.redis_memory, "m"),
+                ("postgres.shared_buffers", self.postgres.shared_buffers, "compose.postgres_memory",
+                 self.compose.postgres_memory, "m")]
         elif self.target == "kubernetes":
             k8s = self.kubernetes
             if k8s.redis.mode != "external":
-                checks.append(("redis.maxmemory", self.redis.maxmemory, REDIS_MAXMEMORY_SHARE, "mb",
-                               "kubernetes.redis.resources.memory_limit", k8s.redis.resources.memory_limit, "Mi"))
+                checks.append(("redis.maxmemory", self.redis.maxmemory, "kubernetes.redis.resources.memory_limit",
+                               k8s.redis.resources.memory_limit, "Mi"))
             if k8s.postgres.mode == "cnpg":
-                checks.append(("postgres.shared_buffers", self.postgres.shared_buffers, POSTGRES_SHARED_BUFFERS_SHARE,
-                               "MB", "kubernetes.postgres.resources.memory_limit",
-                               k8s.postgres.resources.memory_limit, "Mi"))
+                checks.append(("postgres.shared_buffers", self.postgres.shared_buffers,
+                               "kubernetes.postgres.resources.memory_limit", k8s.postgres.resources.memory_limit, "Mi"))
         return checks
 
     @model_validator(mode="after")

@@ -18,7 +18,10 @@ A primary that is being stopped (rollout, drain) hands its role over first (pre-
 Sentinel failover, the promoted replica followed), so a rollout costs clients a pause of about a second and the
 one write in flight, not down-after-milliseconds of errors. An unplanned loss of the primary is a Sentinel
 failover (DOWN_AFTER_MS, then a promotion); the background services' entrypoint (infra/containers/entrypoint.py
-``--follow-redis``) sees the new primary's run id through the Sentinel URL and restarts them against it.
+``--follow-redis``) sees the new primary's run id through the Sentinel URL and restarts them against it. A primary
+cut off from the Sentinels' majority stops taking writes (min-replicas-to-write), so the writes a failover would
+discard are refused instead. The project's exporter reads the streams on the primary the Sentinels name
+(infra/kubernetes/monitoring.py), as the monitor user, which the Sentinels know too.
 tests/unit/test_redis_sentinel_failover.py runs these scripts for real on loopback ports.
 """
 
