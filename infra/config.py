@@ -161,9 +161,12 @@ class ApiConfig(_Section):
 class ServicesConfig(_Section):
     # One process runs every background service (scheduler, triggers, event persister...). More copies
     # are safe because Docket coordinates them through Redis.
-    replicas: int = Field(1, ge=1, le=8,
-                          description="Processes running Prefect's background services (scheduler, triggers, "
-                                      "event persister, ...); more than one is safe (Docket coordinates them).")
+    # null: 1 on one host (local, compose), 2 on Kubernetes, where one pod is a single point of failure (node loss,
+    # drain). Read it as StackConfig.services_replicas.
+    replicas: int | None = Field(None, ge=1, le=8,
+                                 description="Processes running Prefect's background services (scheduler, "
+                                             "triggers, event persister, ...); more than one is safe (Docket "
+                                             "coordinates them). null: 1 on local and compose, 2 on kubernetes.")
     events_retention: str = Field("P7D", pattern=r"^P(\d+D|T\d+H)$",
                                   description="How long Prefect keeps events, as an ISO 8601 duration in days "
                                               "(P7D) or hours (PT12H); bounds Prefect's largest tables.")
@@ -352,6 +355,22 @@ class MonitoringConfig(_Section):
     receivers: AlertReceiversConfig = AlertReceiversConfig()
 
 
+class JaegerStorageConfig(_Section):
+    # badger keeps the traces across restarts on a volume (compose: a named volume; Kubernetes: a
+    # PersistentVolumeClaim) and drops them after the retention; memory needs no volume but forgets everything at a
+    # restart, and grows with max_traces up to the container's memory limit.
+    backend: Literal["badger", "memory"] = Field("badger", description="Jaeger's trace store of the compose and "
+                                                                       "kubernetes targets: badger (on a volume, "
+                                                                       "kept retention_hours) or memory (no "
+                                                                       "volume, max_traces, lost at a restart).")
+    retention_hours: int = Field(168, ge=1, le=8760, description="badger: hours a trace is kept.")
+    volume_size: str = Field("5Gi", pattern=r"^\d+(Mi|Gi|Ti)$",
+                             description="badger on Kubernetes: size of Jaeger's PersistentVolumeClaim.")
+    max_traces: int = Field(50000, ge=100, le=10_000_000,
+                            description="memory: traces kept, the oldest dropped first; the memory they take "
+                                        "must fit Jaeger's limit (1Gi on Kubernetes).")
+
+
 class TracingConfig(_Section):
     # OpenTelemetry traces of the API replicas (every HTTP request but the health checks) and the background
     # services (Docket tasks), sent over OTLP/HTTP to a collector or Jaeger. `invoke env --tracing` gives flow
@@ -360,7 +379,12 @@ class TracingConfig(_Section):
                                              "otlp_endpoint (required when on).")
     otlp_endpoint: str | None = Field(None, pattern=r"^https?://[^\s/]+(:\d+)?/?$",
                                       description="OTLP/HTTP base URL, e.g. http://jaeger:4318")
-    sample_ratio: float = Field(1.0, ge=0.0, le=1.0, description="Share of new traces recorded (parent-based).")
+    # A production default: a tenth of the new traces shows every slow path of a busy API within minutes, at a
+    # tenth of the export cost and of the trace store's size. Tests that must see every trace set 1.0.
+    sample_ratio: float = Field(0.1, ge=0.0, le=1.0,
+                                description="Share of new traces recorded; a request or flow whose caller's trace is "
+                                            "sampled is always recorded (parent-based). 1.0: every trace.")
+    jaeger_storage: JaegerStorageConfig = JaegerStorageConfig()
 
 
 class LocalTargetConfig(_Section):
@@ -554,6 +578,44 @@ class IngressConfig(_Section):
                             description="Secret holding the Ingress certificate (made by cert-manager, or yours).")
 
 
+# A Gateway API host name (HTTPRoute spec.hostnames): a DNS name, or one with a leading wildcard label.
+GATEWAY_HOSTNAME = re.compile(r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_K8S_NAME = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
+
+
+class GatewayConfig(_Section):
+    # The Gateway API is the successor of the Ingress (ingress-nginx is being retired). The stack renders only its
+    # route: the Gateway (listeners, certificate, controller) belongs to the cluster's platform, and its HTTPS
+    # listener must admit routes from the stack's namespace (allowedRoutes).
+    enabled: bool = Field(False, description="Expose the API and UI through an HTTPRoute "
+                                             "(gateway.networking.k8s.io/v1) attached to the Gateway below (needs "
+                                             "the Gateway API CRDs); may run beside the Ingress while clients move "
+                                             "over.")
+    name: str = Field("gateway", pattern=_K8S_NAME, description="Name of the parent Gateway.")
+    namespace: str | None = Field("gateway-system", pattern=_K8S_NAME,
+                                  description="Namespace of the parent Gateway; null: the stack's namespace.")
+    section_name: str | None = Field("https", pattern=_K8S_NAME,
+                                     description="The Gateway's listener the route attaches to (the HTTPS one, which "
+                                                 "holds the certificate); null: every listener that admits it.")
+    hostnames: list[str] = Field([], max_length=16, description="Host names the route answers (a leading *. "
+                                                                "allowed); empty: kubernetes.ingress.host.")
+    data_plane_namespace: str | None = Field(
+        None, pattern=_K8S_NAME, description="Namespace of the Gateway's proxy pods, allowed in to the API (Envoy "
+                                             "Gateway: envoy-gateway-system; Istio and most others: the Gateway's "
+                                             "own); null: the Gateway's namespace.")
+    data_plane_pod_labels: dict[str, str] = Field(
+        {}, description="Labels of the proxy pods (all must match), e.g. {gateway.networking.k8s.io/gateway-name: "
+                        "gateway}; empty: every pod of data_plane_namespace.")
+
+    @model_validator(mode="after")
+    def _hostnames_are_names(self) -> GatewayConfig:
+        for hostname in self.hostnames:
+            if len(hostname) > 253 or not GATEWAY_HOSTNAME.match(hostname):
+                raise ValueError(f"hostnames: {hostname!r} is not a host name (lower-case DNS labels, optionally "
+                                 "after a leading *.), e.g. prefect.example.com")
+        return self
+
+
 # Private and unique-local ranges: where a cluster's pods and Services usually live, kept out of the services' way out.
 PRIVATE_RANGES = ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7"]
 
@@ -664,6 +726,7 @@ class KubernetesTargetConfig(_Section):
     postgres: KubernetesPostgresConfig = KubernetesPostgresConfig()
     redis: KubernetesRedisConfig = KubernetesRedisConfig()
     ingress: IngressConfig = IngressConfig()
+    gateway: GatewayConfig = GatewayConfig()
     api_resources: ResourcesConfig = ResourcesConfig(cpu_request="500m", memory_request="512Mi", memory_limit="1Gi")
     services_resources: ResourcesConfig = ResourcesConfig(cpu_request="250m", memory_request="512Mi",
                                                           memory_limit="1Gi")
@@ -684,7 +747,7 @@ class KubernetesTargetConfig(_Section):
                                                         "controller on the host network reaches the pods from its "
                                                         "node's address, e.g. your nodes' CIDR.")
     ingress_namespace: str = Field("ingress-nginx", description="Namespace of the ingress controller, allowed in "
-                                                                "to the API.")
+                                                                "to the API while ingress.enabled.")
     operator_namespace: str = Field("cnpg-system", description="Namespace of CloudNativePG's operator (it reaches "
                                                               "the instances on 8000 and 5432) and its Barman "
                                                               "Cloud plugin.")
@@ -717,6 +780,22 @@ class KubernetesTargetConfig(_Section):
     context: str | None = Field(None, pattern=r"^[^\s]+$",
                                 description="The kubeconfig context deploy, status, logs, restart and destroy "
                                             "use; null: the current context (of KUBECONFIG).")
+
+    @model_validator(mode="after")
+    def _gateway_data_plane_is_named(self) -> KubernetesTargetConfig:
+        gateway = self.gateway
+        shared = self.gateway_data_plane_namespace == self.namespace
+        if gateway.enabled and shared and not gateway.data_plane_pod_labels:
+            raise ValueError(f"gateway: the Gateway's proxy pods are in the stack's own namespace ({self.namespace}), "
+                             "and without gateway.data_plane_pod_labels every pod there would be allowed in to the "
+                             "API; set the proxy pods' labels, e.g. {gateway.networking.k8s.io/gateway-name: "
+                             f"{gateway.name}}}")
+        return self
+
+    @property
+    def gateway_data_plane_namespace(self) -> str:
+        """Where the Gateway's proxy pods run: data_plane_namespace, else the Gateway's, else the stack's."""
+        return self.gateway.data_plane_namespace or self.gateway.namespace or self.namespace
 
     @model_validator(mode="after")
     def _api_client_ranges_are_networks(self) -> KubernetesTargetConfig:
@@ -765,6 +844,13 @@ class StackConfig(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         yaml_file = os.environ.get(CONFIG_FILE_ENV) or str(DEFAULT_CONFIG_FILE)
         return (init_settings, env_settings, YamlConfigSettingsSource(settings_cls, yaml_file=yaml_file))
+
+    @property
+    def services_replicas(self) -> int:
+        """services.replicas, or its default for the target when unset."""
+        if self.services.replicas is not None:
+            return self.services.replicas
+        return 2 if self.target == "kubernetes" else 1
 
     @model_validator(mode="after")
     def _tracing_has_an_endpoint(self) -> StackConfig:

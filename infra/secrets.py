@@ -13,6 +13,7 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
+from infra.config import in_project_container
 from infra.errors import UserError
 
 # Names are the file names under <state>/secrets; the text says what each one protects.
@@ -30,6 +31,12 @@ SECRET_NAMES: dict[str, str] = {
 }
 _USER_PREFIXED = {"prefect_auth", "haproxy_stats"}
 
+# What the backup workload (the nightly job, verification, and the restore steps run beside the database) reads:
+# the superuser (dump, restore, swap), Prefect's role (verification's temporary API), the encryption key and the
+# local S3 endpoint's key. Never the API admin, Redis, HAProxy or Grafana credentials: a leak of its pod or
+# container must not open the rest of the stack.
+BACKUP_SECRETS: tuple[str, ...] = ("postgres_superuser", "postgres_prefect", "backup_encryption", "s3_local")
+
 
 @dataclass(frozen=True)
 class Secrets:
@@ -46,7 +53,15 @@ class Secrets:
 
     def get(self, name: str) -> str:
         value: SecretStr = getattr(self, name)
+        if value is WITHHELD:
+            # A bug, not a user error: the workload was not given this secret on purpose (least privilege).
+            raise UserError(f"secret {name} is not given to this workload",
+                            fix="add it to the workload's secrets in the renderer if it really needs it")
         return value.get_secret_value()
+
+
+# Stands for a secret a workload was not given (its mount holds only what it needs).
+WITHHELD = SecretStr("")
 
 
 def _generate(name: str) -> str:
@@ -89,24 +104,33 @@ def ensure_secrets(directory: Path) -> Secrets:
 
 
 def load_secrets(directory: Path) -> Secrets:
-    """Load existing secrets without creating any (for status, env, logs)."""
+    """Load existing secrets without creating any (for status, env, logs). Inside a compose project container (the
+    backup container), the secrets its service mounts: only those, nothing generated there."""
+    if in_project_container():
+        return mounted_secrets(directory)
     if not (directory / "prefect_auth").exists():
         raise UserError(f"no secrets in {directory}: nothing has been deployed there", fix="run invoke deploy first")
     return ensure_secrets(directory)
 
 
 def mounted_secrets(directory: Path) -> Secrets:
-    """The secrets as a Kubernetes Secret volume presents them (the backup CronJob's pod): read-only, files
-    group-readable by the pod's fsGroup, nothing to generate or chmod. The Secret object is the boundary there;
-    the 0600 rule of a host's state directory does not apply."""
+    """The secrets a workload was given, as its mount presents them (the backup CronJob's Secret volume, the compose
+    backup container's secret files): read-only, nothing to generate or chmod; the mount is the boundary there, so
+    the 0600 rule of a host's state directory does not apply. A secret the workload was not given is WITHHELD (using
+    it is an error naming it); one that is given but empty is refused now."""
+    if not directory.is_dir():
+        raise UserError(f"no secrets are mounted at {directory}",
+                        fix="deploy again (invoke deploy), which mounts the workload's secrets there")
     values: dict[str, SecretStr] = {}
     for name in SECRET_NAMES:
         path = directory / name
-        value = path.read_text().strip() if path.is_file() else ""
+        if not path.is_file():
+            values[name] = WITHHELD
+            continue
+        value = path.read_text().strip()
         if not value:
-            raise UserError(f"secret {name} is missing or empty in {directory} (the mounted Secret)",
-                            fix="run invoke deploy --target kubernetes, which creates the Secret from the generated "
-                                "secrets")
+            raise UserError(f"secret {name} is empty in {directory} (the mounted secrets)",
+                            fix="run invoke deploy, which writes the workload's secrets from the generated ones")
         values[name] = SecretStr(value)
     return Secrets(**values)
 

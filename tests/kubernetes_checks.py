@@ -49,6 +49,7 @@ REQUIRED_CRDS: dict[str, str] = {
     "monitoring.coreos.com_servicemonitors.yaml": "prometheus-operator v0.93.0, example/prometheus-operator-crd",
     "monitoring.coreos.com_podmonitors.yaml": "prometheus-operator v0.93.0, example/prometheus-operator-crd",
     "monitoring.coreos.com_prometheusrules.yaml": "prometheus-operator v0.93.0, example/prometheus-operator-crd",
+    "gateway.networking.k8s.io_httproutes.yaml": "gateway-api v1.6.1, config/crd/standard",
 }
 
 REPO_ROOT = Path(__file__).resolve().parents[1]  # the directory holding tasks.py
@@ -545,6 +546,39 @@ def pods_hardened(objects: list[Obj]) -> list[str]:
                          for problem in container_problems(pod, container)]
         if not pod.get("serviceAccountName") and pod.get("automountServiceAccountToken") is not False:
             problems.append(f"{describe(obj)}: mounts a service-account token without naming a service account")
+    return problems
+
+
+def _repository(image: str) -> str:
+    """``registry/repo/name`` of an image reference, without its tag or digest."""
+    name = image.split("@", 1)[0]
+    head, _, last = name.rpartition("/")
+    return f"{head}/{last.split(':', 1)[0]}" if head else last.split(":", 1)[0]
+
+
+def init_is_pid_1(objects: list[Obj], entrypoints: dict[str, list[str]]) -> list[str]:
+    """Every container of the images in ``entrypoints`` (repository, matched at the end of the image's, so a registry
+    prefix does not matter -> the image's ENTRYPOINT, an init like ``["/usr/bin/tini", "--"]``) runs that init as
+    PID 1: it sets no ``command`` (which would replace the ENTRYPOINT) or one that starts with it, and its pod does
+    not share a process namespace (PID 1 would be the pause container's)."""
+    problems = []
+    for obj in objects:
+        template = pod_template(obj)
+        if template is None:
+            continue
+        pod = template.get("spec", {})
+        for container in [*pod.get("initContainers", []), *pod.get("containers", [])]:
+            repository = _repository(container.get("image", ""))
+            init = next((entry for repo, entry in entrypoints.items() if repository.endswith(repo)), None)
+            if init is None:
+                continue
+            where = f"{describe(obj)}: container {container.get('name')}"
+            command = container.get("command")
+            if command is not None and list(command[:len(init)]) != list(init):
+                problems.append(f"{where}: command {command[:3]}... replaces the image's entrypoint {init}: put the "
+                                "program in args")
+            if pod.get("shareProcessNamespace"):
+                problems.append(f"{where}: the pod shares its process namespace, so {init[0]} is not PID 1")
     return problems
 
 

@@ -3,6 +3,7 @@ over TCP on compose (the code runs in a project container there), a Service on K
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,12 +29,14 @@ class DatabaseAccess:
     bin_dir: Path
     password: str | None = None
     sslmode: str | None = None  # libpq's; None: its default (prefer)
+    sslrootcert: str | None = None  # the CA file the verify sslmodes check the server against; None: libpq's default
 
     def connect(self, dbname: str | None = None, autocommit: bool = True) -> psycopg.Connection[Row]:
         # libpq's default sslmode (prefer) when none is set: the socket and compose targets use no TLS.
         return psycopg.connect(
             host=self.host, port=self.port, user=self.user, dbname=dbname or self.dbname,
             password=self.password, autocommit=autocommit, connect_timeout=10, sslmode=self.sslmode or "prefer",
+            sslrootcert=self.sslrootcert,
         )
 
     def env(self) -> dict[str, str]:
@@ -43,13 +46,15 @@ class DatabaseAccess:
             env["PGPASSWORD"] = self.password
         if self.sslmode:
             env["PGSSLMODE"] = self.sslmode
+        if self.sslrootcert:
+            env["PGSSLROOTCERT"] = self.sslrootcert
         return env
 
     def tool(self, name: str) -> str:
         return str(self.bin_dir / name)
 
     def with_db(self, dbname: str) -> DatabaseAccess:
-        return DatabaseAccess(self.host, self.port, self.user, dbname, self.bin_dir, self.password, self.sslmode)
+        return dataclasses.replace(self, dbname=dbname)
 
 
 def local_database(config: StackConfig) -> DatabaseAccess:

@@ -137,9 +137,12 @@ def judge(report: ObservabilityReport) -> list[Verdict]:
     ]
 
 
-def _layer(config: StackConfig, on: bool, sink: OtlpSink) -> StackConfig:
+def layer_config(config: StackConfig, on: bool, sink: OtlpSink) -> StackConfig:
+    """``config`` with the observability layer off, or on with every span sent to ``sink``."""
     monitoring = config.monitoring.model_copy(update={"enabled": on})
-    tracing = config.tracing.model_copy(update={"enabled": on, "otlp_endpoint": sink.endpoint if on else None})
+    # Every request traced (sample_ratio 1.0, not the production default): the layer's worst case is what is bounded.
+    tracing = config.tracing.model_copy(update={"enabled": on, "otlp_endpoint": sink.endpoint if on else None,
+                                                "sample_ratio": 1.0})
     return config.model_copy(update={"monitoring": monitoring, "tracing": tracing})
 
 
@@ -196,7 +199,7 @@ def _measure(settings: ObservabilitySettings, base: StackConfig, report: Observa
         for round_ in range(1, settings.rounds + 1):
             # off, on, on, off, ...: a drift over the run (caches warming, the database growing) hits both alike.
             for on in (False, True) if round_ % 2 else (True, False):
-                config = _layer(base, on, sink)
+                config = layer_config(base, on, sink)
                 _deploy_settled(config)
                 auth = api_auth(config)
                 target = Target("observability-on" if on else "observability-off", config.api_url,
@@ -204,7 +207,7 @@ def _measure(settings: ObservabilitySettings, base: StackConfig, report: Observa
                 result = run_level(target, settings.clients, level, auth)
                 (report.on if on else report.off).append(result)
                 steps.step(f"round {round_}, layer {'on' if on else 'off'}: {result.throughput_rps:.1f} runs/s")
-        config = _layer(base, True, sink)
+        config = layer_config(base, True, sink)
         console.step(f"generating {settings.flow_runs} flow runs over {settings.deployments} deployments and "
                      f"{settings.work_pools} work pools")
         report.generated_s = _generate_history(config, settings)

@@ -133,7 +133,7 @@ class ComposeDowntime:
         self.client = docker_client(self.config)
         self.project = self.config.compose.project
         self.replicas = [f"api-{i}" for i in range(1, self.config.api.replicas + 1)]
-        self.services = [f"services-{i}" for i in range(1, self.config.services.replicas + 1)]
+        self.services = [f"services-{i}" for i in range(1, self.config.services_replicas + 1)]
 
     def _haproxy(self, replica: str, setting: str) -> None:
         haproxy_command(self.client, self.project, f"set server {BACKEND}/{replica} {setting}")

@@ -26,7 +26,7 @@ from infra.render import Addresses, RenderedFile
 from infra.render.dashboards import dashboards, grafana_provisioning
 from infra.render.effective_config import effective_config_file
 from infra.render.haproxy import OPERATOR_TLS_PEM, TLS_PEM, haproxy_cfg
-from infra.render.jaeger import JAEGER_OTLP_HTTP, JAEGER_UI, jaeger_yaml
+from infra.render.jaeger import JAEGER_DATA_DIR, JAEGER_OTLP_HTTP, JAEGER_UI, jaeger_needs_volume, jaeger_yaml
 from infra.render.monitoring import monitoring_programs
 from infra.render.pgbouncer import pgbouncer_ini, pgbouncer_userlist
 from infra.render.postgres import pg_hba_conf, pg_ident_conf, postgresql_conf
@@ -34,7 +34,7 @@ from infra.render.prefect import api_environment, migration_environment, service
 from infra.render.redis import redis_conf
 from infra.render.tracing import server_tracing_environment
 from infra.scripts import script
-from infra.secrets import SECRET_NAMES, Secrets
+from infra.secrets import BACKUP_SECRETS, SECRET_NAMES, Secrets
 from infra.tls import LoadBalancerTls
 
 # The container layout, created by the images (compose/images/system/Dockerfile): one unprivileged user, the
@@ -318,7 +318,7 @@ def render_project(config: StackConfig, secrets: Secrets, images: Images,
               memory=config.compose.api_memory, stop_grace_s=30)
     services_env = _env_file("services", _prefect_in_containers(
         config, services_environment(inner, secrets, CONTAINER, addresses)))
-    for i in range(1, config.services.replicas + 1):
+    for i in range(1, config.services_replicas + 1):
         b.add(f"services-{i}", "services", images.prefect,
               # Restarted with Redis: they silently stop consuming its streams after it restarts otherwise.
               _with_env(services_env, _traced(inner, [prefect, "server", "services", "start"]), follow_redis=True),
@@ -359,6 +359,12 @@ def render_project(config: StackConfig, secrets: Secrets, images: Images,
     return project
 
 
+def backup_secrets(config: StackConfig) -> tuple[str, ...]:
+    """The secrets the backup container is given: the local S3 endpoint's key only when that endpoint is used."""
+    local_s3 = config.backups.s3.endpoint_url is None
+    return tuple(name for name in BACKUP_SECRETS if name != "s3_local" or local_s3)
+
+
 def _backup_scheduler(b: _Builder, inner: StackConfig) -> None:
     """The nightly backup and verification (``python -m infra.backup.scheduler``, as the local target supervises
     it), and the container where `invoke backup|restore|... --target compose` run their work (docker compose exec):
@@ -372,9 +378,9 @@ def _backup_scheduler(b: _Builder, inner: StackConfig) -> None:
         depends["s3"] = "service_healthy"
     b.add(BACKUP_SCHEDULER, "backup-scheduler", b.images.prefect, [PYTHON, "-m", "infra.backup.scheduler"],
           files=(effective,),
-          # The code reads its secrets where the local target keeps them (<state>/secrets): one typed set, all of
-          # them (it holds the superuser's password anyway, which outweighs the rest).
-          state_secrets=tuple(SECRET_NAMES),
+          # The code reads its secrets where the local target keeps them (<state>/secrets), and only those the
+          # backup work needs: not the API admin's, Redis', HAProxy's or Grafana's (least privilege).
+          state_secrets=backup_secrets(config),
           environment={CONFIG_FILE_ENV: str(effective.path), IN_CONTAINER_ENV: "1"},
           # The back-end network is internal: a real S3 endpoint is reached through the front-end one.
           networks=(BACKEND,) if config.backups.s3.endpoint_url is None else (BACKEND, FRONTEND),
@@ -432,7 +438,7 @@ def _monitoring(b: _Builder, inner: StackConfig, secrets: Secrets, addresses: Ad
         b.add("jaeger", "jaeger", config.compose.jaeger_image, ["--config", str(etc / "jaeger.yaml")],
               files=(jaeger_config,), environment={"JAEGER_LISTEN_HOST": "0.0.0.0"},  # noqa: S104
               networks=(BACKEND, FRONTEND), ports=(f"{LOOPBACK}:{config.compose.jaeger_ui_port}:{JAEGER_UI}",),
-              volumes=("jaeger-data:/var/lib/jaeger",), user=None)
+              volumes=(f"jaeger-data:{JAEGER_DATA_DIR}",) if jaeger_needs_volume(config) else (), user=None)
 
 
 def write_project(project: ComposeProject, directory: Path, owner_uid: int | None) -> list[Path]:

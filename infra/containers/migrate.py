@@ -38,6 +38,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--database", required=True)
     parser.add_argument("--user", required=True)
     parser.add_argument("--secrets", type=Path, required=True)
+    # Kubernetes: the Cluster's certificate checked against its CA, as the apps do; compose: the back-end network.
+    parser.add_argument("--sslmode", default="prefer", help="libpq sslmode (default prefer)")
+    parser.add_argument("--sslrootcert", help="CA certificate file the verify sslmodes check the server against")
     args = parser.parse_args(argv)
     secrets = _secrets(args.secrets)
     config = load_config(postgres={"port": args.port, "database": args.database, "user": args.user})
@@ -45,7 +48,7 @@ def main(argv: list[str]) -> int:
 
     def connect(dbname: str) -> psycopg.Connection[tuple[object, ...]]:
         return psycopg.connect(host=args.host, port=args.port, user=SUPERUSER, password=password, dbname=dbname,
-                               autocommit=True, connect_timeout=5)
+                               autocommit=True, connect_timeout=5, sslmode=args.sslmode, sslrootcert=args.sslrootcert)
 
     # The health check said PostgreSQL accepts connections; a restart right after initdb can still refuse one.
     deadline = time.monotonic() + CONNECT_TIMEOUT_S

@@ -54,6 +54,7 @@ class Sources:
     # libpq's sslmode for PostgreSQL and PgBouncer: "prefer" (libpq's default) on loopback; "require" or stricter
     # where the database is across a network (Kubernetes).
     sslmode: str = "prefer"
+    sslrootcert: str | None = None  # the CA file the verify modes check the server against (None: libpq's default)
     redis_tls: bool = False
     # Sentinels (host, port) naming the primary of redis_master_set, asked as the monitor user with its password:
     # the streams are read on whichever Redis is the primary now (a replica's lag lags; a dead pod answers nothing).
@@ -99,14 +100,15 @@ class StackCollector(Collector):
         s = self.sources
         return psycopg.connect(host=s.postgres_host, port=s.postgres_port, dbname=s.database, user=MONITOR_ROLE,
                                password=s.postgres_password, connect_timeout=CONNECT_TIMEOUT_S, autocommit=True,
-                               sslmode=s.sslmode, options=f"-c statement_timeout={STATEMENT_TIMEOUT_MS}",
+                               sslmode=s.sslmode, sslrootcert=s.sslrootcert,
+                               options=f"-c statement_timeout={STATEMENT_TIMEOUT_MS}",
                                application_name="prefect-stack-exporter")
 
     def _pgbouncer(self) -> psycopg.Connection[tuple[object, ...]]:
         s = self.sources
         return psycopg.connect(host=s.pgbouncer_host, port=s.pgbouncer_port, dbname="pgbouncer", user=MONITOR_ROLE,
                                password=s.postgres_password, connect_timeout=CONNECT_TIMEOUT_S, autocommit=True,
-                               sslmode=s.sslmode, cursor_factory=psycopg.ClientCursor)
+                               sslmode=s.sslmode, sslrootcert=s.sslrootcert, cursor_factory=psycopg.ClientCursor)
 
     def _prefect(self) -> Iterator[Metric]:
         with self._database() as conn:
@@ -175,6 +177,7 @@ def parse_arguments(argv: list[str] | None = None) -> tuple[tuple[str, int], Sou
     parser.add_argument("--sslmode", default="prefer",
                         choices=["disable", "allow", "prefer", "require", "verify-ca", "verify-full"],
                         help="libpq sslmode for PostgreSQL and PgBouncer (default prefer)")
+    parser.add_argument("--sslrootcert", help="CA certificate file the verify sslmodes check the server against")
     parser.add_argument("--redis-tls", action="store_true", help="connect to Redis over TLS (rediss://)")
     parser.add_argument("--finished-runs-window", type=int, default=3600, help="seconds (default 3600)")
     args = parser.parse_args(argv)
@@ -193,7 +196,8 @@ def parse_arguments(argv: list[str] | None = None) -> tuple[tuple[str, int], Sou
         redis_host=args.redis[0] if args.redis else None, redis_port=args.redis[1] if args.redis else 0,
         postgres_password=args.postgres_password_file.read_text().strip(),
         redis_password=args.redis_password_file.read_text().strip() if args.redis_password_file else "",
-        finished_runs_window_s=args.finished_runs_window, sslmode=args.sslmode, redis_tls=args.redis_tls,
+        finished_runs_window_s=args.finished_runs_window, sslmode=args.sslmode,
+        sslrootcert=args.sslrootcert, redis_tls=args.redis_tls,
         redis_sentinels=args.redis_sentinels, redis_master_set=args.redis_master_set,
     )
     return args.listen, sources

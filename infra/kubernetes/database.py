@@ -19,6 +19,7 @@ from typing import Any
 from infra.config import ResourcesConfig, StackConfig
 from infra.errors import UserError
 from infra.kubernetes.objects import (
+    DB_CA_FILE,
     LABEL_PART_OF,
     PART_OF,
     Manifest,
@@ -31,6 +32,7 @@ from infra.kubernetes.objects import (
     network_ports,
     pod_security_context,
     resources,
+    secret_volume,
     selector,
     topology_spread,
     url_port,
@@ -86,11 +88,13 @@ class DatabaseEndpoints:
     services: tuple[str, int]   # session pooling (the background services LISTEN)
     direct: tuple[str, int]     # the primary itself (migrations, pg_dump, restores)
     sslmode: str = "require"
+    root_cert: str | None = None  # the CA file the server is verified against (libpq's sslrootcert); None: libpq's
 
 
 def database_endpoints(config: StackConfig) -> DatabaseEndpoints:
     """cnpg: the Poolers' Services and CloudNativePG's ``-rw`` Service (which follows the primary); all serve TLS
-    with the operator's certificates, so ``require`` (encrypted, not verified: clients have no CA to check against).
+    with certificates of the Cluster's CA, which every client mounts and verifies (``verify-ca``: the poolers'
+    certificates do not name their Services, so host names are not checked).
     external: the configured host for every kind of connection, with the configured sslmode."""
     pg = config.kubernetes.postgres
     if pg.mode == "external":
@@ -99,7 +103,17 @@ def database_endpoints(config: StackConfig) -> DatabaseEndpoints:
     names = Names.of(config)
     return DatabaseEndpoints(api=(names.pooler_transaction, POSTGRES_PORT),
                              services=(names.pooler_session, POSTGRES_PORT),
-                             direct=(names.database_rw, POSTGRES_PORT), sslmode="require")
+                             direct=(names.database_rw, POSTGRES_PORT), sslmode="verify-ca",
+                             root_cert=str(DB_CA_FILE))
+
+
+def ca_volume(config: StackConfig) -> list[dict[str, Any]]:
+    """The Cluster's CA certificate as the volume "db-ca" (to mount at DB_CA_DIR), for a pod that verifies the
+    server; none with an external PostgreSQL (its CA is the configured sslmode's business)."""
+    if config.kubernetes.postgres.mode != "cnpg":
+        return []
+    # Only the certificate: the CA secret also holds its private key, which no pod of ours may read.
+    return [secret_volume("db-ca", f"{Names.of(config).database}-ca", {"ca.crt": "ca.crt"})]
 
 
 def database_manifests(config: StackConfig, images: Any) -> list[Manifest]:

@@ -15,9 +15,9 @@ import argparse
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlencode, urlsplit, urlunsplit
 
 POLL_INTERVAL_S = 2.0
 
@@ -37,10 +37,19 @@ def head_revision() -> str:
     return str(heads[0])
 
 
-def libpq_url(sqlalchemy_url: str) -> str:
-    """Prefect's ``postgresql+asyncpg://`` URL as a libpq one (psycopg), TLS required as the server does."""
+TLS_SETTING = "PREFECT_SERVER_DATABASE_SQLALCHEMY_CONNECT_ARGS_TLS_"
+
+
+def libpq_url(sqlalchemy_url: str, env: Mapping[str, str]) -> str:
+    """Prefect's ``postgresql+asyncpg://`` URL as a libpq one (psycopg), checking the server as Prefect does: with
+    Prefect's TLS settings (the Cluster's CA), verify it against that CA; otherwise TLS required, as the server does."""
     parts = urlsplit(sqlalchemy_url)
-    query = "sslmode=require" if "ssl" not in parts.query else parts.query.replace("ssl=", "sslmode=")
+    if env.get(TLS_SETTING + "ENABLED") == "true":
+        mode = "verify-full" if env.get(TLS_SETTING + "CHECK_HOSTNAME") == "true" else "verify-ca"
+        ca = env.get(TLS_SETTING + "CA_FILE")
+        query = urlencode({"sslmode": mode, **({"sslrootcert": ca} if ca else {})})
+    else:
+        query = "sslmode=require" if "ssl" not in parts.query else parts.query.replace("ssl=", "sslmode=")
     return urlunsplit(("postgresql", parts.netloc, parts.path, query, ""))
 
 
@@ -89,7 +98,7 @@ def main(argv: list[str]) -> int:
     if args.command == "head":
         sys.stdout.write(head + "\n")
         return 0
-    url = libpq_url(os.environ["PREFECT_SERVER_DATABASE_CONNECTION_URL"])
+    url = libpq_url(os.environ["PREFECT_SERVER_DATABASE_CONNECTION_URL"], os.environ)
     return 0 if wait_for_head(lambda: current_revision(url), head, args.timeout) else 1
 
 

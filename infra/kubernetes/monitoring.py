@@ -21,6 +21,7 @@ from infra.kubernetes import database
 from infra.kubernetes import redis as redis_pods
 from infra.kubernetes.objects import (
     APP_HOME,
+    DB_CA_DIR,
     PYTHON,
     Manifest,
     Names,
@@ -37,7 +38,7 @@ from infra.kubernetes.objects import (
 )
 from infra.render.alert_rules import kubernetes_alert_groups
 from infra.render.dashboards import dashboards
-from infra.render.jaeger import JAEGER_OTLP_HTTP, JAEGER_UI, jaeger_yaml
+from infra.render.jaeger import JAEGER_DATA_DIR, JAEGER_OTLP_HTTP, JAEGER_UI, jaeger_needs_volume, jaeger_yaml
 
 MONITORING_API = "monitoring.coreos.com/v1"
 EXPORTER = "exporter"
@@ -71,11 +72,9 @@ JAEGER_PORTS = {"otlp-grpc": JAEGER_OTLP_GRPC, "otlp-http": JAEGER_OTLP_HTTP, "u
 # runAsNonRoot check does not depend on the image's metadata.
 JAEGER_UID = 10001
 JAEGER_CONFIG_DIR = "/etc/jaeger"
-JAEGER_DATA_DIR = "/var/lib/jaeger"  # jaeger_yaml's Badger directories live under it
-# Badger's volume: a PersistentVolumeClaim, so a restarted or rescheduled pod keeps the retained traces (ttl
-# 168h in jaeger_yaml); an emptyDir would lose them and be evicted once spans outgrow its size limit. One replica
-# with a ReadWriteOnce volume, hence the Recreate strategy.
-JAEGER_STORAGE = "5Gi"
+# Badger's volume (tracing.jaeger_storage): a PersistentVolumeClaim, so a restarted or rescheduled pod keeps the
+# retained traces; an emptyDir would lose them and be evicted once spans outgrow its size limit. One replica with a
+# ReadWriteOnce volume, hence the Recreate strategy (kept for the memory store: one store, one pod).
 JAEGER_RESOURCES = ResourcesConfig(cpu_request="100m", memory_request="256Mi", memory_limit="1Gi")
 
 # Grafana's dashboard sidecar loads ConfigMaps with this label; kube-prometheus-stack (since 45.x) watches every
@@ -190,6 +189,7 @@ def exporter_arguments(config: StackConfig) -> list[str]:
             f"--postgres={host}:{port}/{config.postgres.database}",
             f"--postgres-password-file={SECRETS_DIR}/postgres_monitor",
             f"--sslmode={endpoints.sslmode}",
+            *([f"--sslrootcert={endpoints.root_cert}"] if endpoints.root_cert else []),
             f"--finished-runs-window={config.monitoring.finished_runs_window_s}"]
     # No --pgbouncer: the Poolers are CloudNativePG's PgBouncers, whose console only the operator's user reaches;
     # they export their own metrics (the database's PodMonitors).
@@ -210,16 +210,20 @@ def exporter_deployment(config: StackConfig, images: Any) -> dict[str, Any]:
     # A TCP probe: an HTTP GET of /metrics would run every query of a scrape each period.
     probe = {"tcpSocket": {"port": METRICS_PORT_NAME}, "periodSeconds": 10, "timeoutSeconds": 3,
              "failureThreshold": 3}
+    mounts = {"secrets": SECRETS_DIR, "tmp": "/tmp"}  # noqa: S108 - a volume
+    ca = database.ca_volume(config)
+    if ca:  # it verifies the database server as the apps do (--sslrootcert)
+        mounts["db-ca"] = str(DB_CA_DIR)
     exporter = container(
-        EXPORTER, images.prefect, [PYTHON, "-m", "infra.exporter.server"], EXPORTER_RESOURCES,
-        args=exporter_arguments(config),
+        EXPORTER, images.prefect, None, EXPORTER_RESOURCES,
+        args=[PYTHON, "-m", "infra.exporter.server", *exporter_arguments(config)],
         env={"PYTHONPATH": str(APP_HOME), "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1"},
-        ports={METRICS_PORT_NAME: port}, mounts={"secrets": SECRETS_DIR, "tmp": "/tmp"},  # noqa: S108 - a volume
-        read_only_mounts=frozenset({"secrets"}), readinessProbe=probe, livenessProbe=copy.deepcopy(probe))
+        ports={METRICS_PORT_NAME: port}, mounts=mounts,
+        read_only_mounts=frozenset({"secrets", "db-ca"}), readinessProbe=probe, livenessProbe=copy.deepcopy(probe))
     # Only the two monitor credentials, as files: nothing secret in the environment or the arguments.
     volumes = [secret_volume("secrets", names.secret_stack,
                              {"postgres_monitor": "postgres_monitor", "redis_monitor": "redis_monitor"}),
-               empty_dir("tmp", "64Mi")]
+               *ca, empty_dir("tmp", "64Mi")]
     return {"apiVersion": "apps/v1", "kind": "Deployment",
             "metadata": metadata(config, names.exporter, EXPORTER),
             "spec": {"replicas": 1, "selector": {"matchLabels": selector(config, EXPORTER)},
@@ -255,16 +259,22 @@ def dashboard_config_maps(config: StackConfig) -> list[dict[str, Any]]:
 
 
 def jaeger_manifests(config: StackConfig) -> list[dict[str, Any]]:
-    """Jaeger v2 with Badger storage, configured by the compose target's ``jaeger_yaml``."""
+    """Jaeger v2 with the configured storage (Badger on a PersistentVolumeClaim, or memory), configured by the
+    compose target's ``jaeger_yaml``."""
     names, k8s = Names.of(config), config.kubernetes
     config_map = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": metadata(config, names.jaeger, JAEGER),
                   "data": {"config.yaml": jaeger_yaml(config)}}
-    claim_spec: dict[str, Any] = {"accessModes": ["ReadWriteOnce"],
-                                  "resources": {"requests": {"storage": JAEGER_STORAGE}}}
-    if k8s.storage_class:
-        claim_spec["storageClassName"] = k8s.storage_class
-    claim = {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
-             "metadata": metadata(config, names.jaeger, JAEGER), "spec": claim_spec}
+    claims: list[dict[str, Any]] = []
+    mounts = {"config": JAEGER_CONFIG_DIR}
+    if jaeger_needs_volume(config):
+        claim_spec: dict[str, Any] = {"accessModes": ["ReadWriteOnce"], "resources": {
+            "requests": {"storage": config.tracing.jaeger_storage.volume_size}}}
+        if k8s.storage_class:
+            claim_spec["storageClassName"] = k8s.storage_class
+        claims.append({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                       "metadata": metadata(config, names.jaeger, JAEGER), "spec": claim_spec})
+        mounts["data"] = JAEGER_DATA_DIR
+    mounts["tmp"] = "/tmp"  # noqa: S108 - a volume
     # healthcheckv2's status endpoint (its default path; jaeger_yaml sets only the address).
     health = {"httpGet": {"path": "/status", "port": "health", "scheme": "HTTP"}, "periodSeconds": 10,
               "timeoutSeconds": 3, "failureThreshold": 3}
@@ -272,21 +282,21 @@ def jaeger_manifests(config: StackConfig) -> list[dict[str, Any]]:
         JAEGER, k8s.jaeger_image, None, JAEGER_RESOURCES, args=["--config", f"{JAEGER_CONFIG_DIR}/config.yaml"],
         # The image sets it too; stated so the Service reaches the pod's address whatever the image's defaults.
         env={"JAEGER_LISTEN_HOST": "0.0.0.0"},  # noqa: S104
-        ports=JAEGER_PORTS, mounts={"config": JAEGER_CONFIG_DIR, "data": JAEGER_DATA_DIR, "tmp": "/tmp"},  # noqa: S108
+        ports=JAEGER_PORTS, mounts=mounts,
         read_only_mounts=frozenset({"config"}), uid=JAEGER_UID,
         startupProbe={**copy.deepcopy(health), "failureThreshold": 30, "periodSeconds": 2}, readinessProbe=health,
         livenessProbe=copy.deepcopy(health))
     # /tmp: the image declares it a VOLUME; with a read-only root it must be one.
-    volumes = [config_map_volume("config", names.jaeger),
-               {"name": "data", "persistentVolumeClaim": {"claimName": names.jaeger}},
-               empty_dir("tmp", "64Mi")]
+    volumes = [config_map_volume("config", names.jaeger), empty_dir("tmp", "64Mi")]
+    if claims:
+        volumes.insert(1, {"name": "data", "persistentVolumeClaim": {"claimName": names.jaeger}})
     template_labels = metadata(config, names.jaeger, JAEGER)["labels"]
     deployment = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": metadata(config, names.jaeger, JAEGER),
                   "spec": {"replicas": 1, "strategy": {"type": "Recreate"},
                            "selector": {"matchLabels": selector(config, JAEGER)},
                            "template": {"metadata": {"labels": template_labels},
                                         "spec": pod_spec([jaeger], volumes, uid=JAEGER_UID)}}}
-    return [config_map, claim, deployment, _service(config, names.jaeger, JAEGER, JAEGER_PORTS)]
+    return [config_map, *claims, deployment, _service(config, names.jaeger, JAEGER, JAEGER_PORTS)]
 
 
 

@@ -20,8 +20,9 @@ Phase = Literal["namespace", "data", "migrate", "apps", "monitoring"]
 PHASES: tuple[Phase, ...] = ("namespace", "data", "migrate", "apps", "monitoring")
 
 # Optional features, one kustomize component each (k8s/components/<name>).
-Component = Literal["monitoring", "network-policies", "physical-backups", "redis-sentinel"]
-COMPONENTS: tuple[Component, ...] = ("monitoring", "network-policies", "physical-backups", "redis-sentinel")
+Component = Literal["gateway-api", "monitoring", "network-policies", "physical-backups", "redis-sentinel"]
+COMPONENTS: tuple[Component, ...] = ("gateway-api", "monitoring", "network-policies", "physical-backups",
+                                     "redis-sentinel")
 
 PART_OF = "prefect-stack"
 MANAGED_BY = "prefect-stack"
@@ -38,6 +39,11 @@ CONTAINER_ROOT = PurePosixPath("/var/lib/prefect-stack")
 APP_HOME = PurePosixPath("/opt/prefect-stack")
 VENV_BIN = APP_HOME / ".venv" / "bin"
 PYTHON = str(VENV_BIN / "python")
+ETC = PurePosixPath("/etc/prefect-stack")
+# The database Cluster's CA certificate (CloudNativePG's <cluster>-ca, the certificate only), where every pod that
+# talks to PostgreSQL mounts it to verify the server.
+DB_CA_DIR = ETC / "db-ca"
+DB_CA_FILE = DB_CA_DIR / "ca.crt"
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
@@ -259,7 +265,10 @@ def container(name: str, image: str, command: list[str] | None, spec: ResourcesC
               read_only_mounts: frozenset[str] = frozenset(), uid: int | None = APP_UID,
               **probes_and_more: Any) -> dict[str, Any]:
     """A hardened container. ``mounts``: volume name -> mount path; ``probes_and_more``: readinessProbe,
-    livenessProbe, startupProbe, lifecycle... as Kubernetes spells them."""
+    livenessProbe, startupProbe, lifecycle... as Kubernetes spells them.
+
+    ``command`` replaces the image's ENTRYPOINT: the project's images pass None and their program in ``args``, so
+    their tini stays PID 1 (it forwards SIGTERM to the program and reaps its children's zombies)."""
     result: dict[str, Any] = {"name": name, "image": image, "imagePullPolicy": "IfNotPresent"}
     if command is not None:
         result["command"] = command

@@ -1,5 +1,5 @@
-"""Prefect on Kubernetes: the API and background-services Deployments, the migration Job, the Service and Ingress,
-the nightly logical backup CronJob, their PodDisruptionBudgets and NetworkPolicies.
+"""Prefect on Kubernetes: the API and background-services Deployments, the migration Job, the Service, the Ingress
+and the Gateway API's HTTPRoute, the nightly logical backup CronJob, their PodDisruptionBudgets and NetworkPolicies.
 
 The processes are the other targets' processes, from the project's prefect image: the same environment renderer
 (``infra.render.prefect``) with the cluster's endpoints, read from a Secret file by the same entrypoint
@@ -10,6 +10,7 @@ Prefect migrates once), and every API pod waits in an init container until the s
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import importlib.metadata
 import json
@@ -23,6 +24,8 @@ from infra.kubernetes import database, monitoring
 from infra.kubernetes import redis as redis_part
 from infra.kubernetes.objects import (
     CONTAINER_ROOT,
+    DB_CA_DIR,
+    ETC,
     PYTHON,
     VENV_BIN,
     Manifest,
@@ -48,23 +51,27 @@ from infra.layout import StateLayout
 from infra.render import Addresses
 from infra.render.prefect import api_environment, migration_environment, services_environment
 from infra.render.tracing import server_tracing_environment
-from infra.secrets import Secrets
+from infra.secrets import BACKUP_SECRETS, Secrets
 
 API_PORT = 4200
 POSTGRES_PORT = 5432
 REDIS_PORTS = (6379, 26379)
 LAYOUT = StateLayout(Path(str(CONTAINER_ROOT)))
-ETC = PurePosixPath("/etc/prefect-stack")
 ENV_DIR = ETC / "env"
-DB_CA_DIR = ETC / "db-ca"
+# On the pod's /tmp emptyDir (the root filesystem is read-only).
+SERVICES_HEARTBEAT = PurePosixPath("/tmp/prefect-services.heartbeat")  # noqa: S108 - an emptyDir
 CONFIG_DIR = ETC / "config"
 S3_DIR = ETC / "s3"
+# The project's entrypoint module (the environment from its Secret file, then exec of the program), run as the
+# containers' args under the image's own ENTRYPOINT, tini: a `command:` would replace tini as PID 1.
 ENTRYPOINT = [PYTHON, "-m", "infra.containers.entrypoint"]
 # A pod leaving a rollout keeps serving this long after it is marked terminating: the endpoints controller and
 # the ingress controller need a few seconds to stop sending it requests (no client error during a rollout).
 PRE_STOP_DELAY_S = 10
 # Then Uvicorn's graceful shutdown finishes in-flight requests within the rest of the grace period.
 API_GRACE_S = 45
+# Prefect's websocket endpoints (HAProxy's timeout tunnel on the other targets).
+WEBSOCKET_PATHS = ("/api/events/in", "/api/events/out", "/api/logs/out")
 ENV_FILES = {"api": "api.env.json", "services": "services.env.json", "migrate": "migrate.env.json"}
 EFFECTIVE_CONFIG = "stack.effective.yaml"
 
@@ -91,10 +98,26 @@ def in_cluster_config(config: StackConfig) -> StackConfig:
     return config.model_copy(update=update)
 
 
+def gateway_hostnames(config: StackConfig) -> list[str]:
+    """The host names the HTTPRoute answers: kubernetes.gateway.hostnames, else the Ingress's host."""
+    return list(config.kubernetes.gateway.hostnames) or [config.kubernetes.ingress.host]
+
+
+def public_host(config: StackConfig) -> str:
+    """Where browsers reach the UI: the Ingress's host, or the route's first plain host name when only the Gateway
+    exposes the API."""
+    k8s = config.kubernetes
+    if k8s.gateway.enabled and not k8s.ingress.enabled:
+        plain = [name for name in gateway_hostnames(config) if not name.startswith("*.")]
+        if plain:
+            return plain[0]
+    return k8s.ingress.host
+
+
 def public_api_url(config: StackConfig) -> str:
     if config.load_balancer.public_url:
         return config.load_balancer.public_url
-    return f"https://{config.kubernetes.ingress.host}/api"
+    return f"https://{public_host(config)}/api"
 
 
 def _database_url(config: StackConfig, secrets: Secrets, endpoint: tuple[str, int], dbname: str,
@@ -115,8 +138,7 @@ def prefect_environment(config: StackConfig, secrets: Secrets, role: str) -> dic
     render = {"api": api_environment, "services": services_environment, "migrate": migration_environment}[role]
     env = render(inner, secrets, LAYOUT, addresses)
     endpoint = {"api": endpoints.api, "services": endpoints.services, "migrate": endpoints.direct}[role]
-    cnpg = config.kubernetes.postgres.mode == "cnpg"
-    sslmode = "verify-ca" if cnpg else endpoints.sslmode
+    sslmode = endpoints.sslmode
     env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = _database_url(config, secrets, endpoint, config.postgres.database,
                                                                   sslmode)
     if sslmode != "require":
@@ -125,8 +147,8 @@ def prefect_environment(config: StackConfig, secrets: Secrets, role: str) -> dic
         # trusting exactly that CA is the check; host names are not, since the certificate names the -rw Service.
         env["PREFECT_SERVER_DATABASE_SQLALCHEMY_CONNECT_ARGS_TLS_CHECK_HOSTNAME"] = str(
             sslmode == "verify-full").lower()
-        if cnpg:
-            env["PREFECT_SERVER_DATABASE_SQLALCHEMY_CONNECT_ARGS_TLS_CA_FILE"] = str(DB_CA_DIR / "ca.crt")
+        if endpoints.root_cert:
+            env["PREFECT_SERVER_DATABASE_SQLALCHEMY_CONNECT_ARGS_TLS_CA_FILE"] = endpoints.root_cert
     for stale in ("PREFECT_SERVER_DOCKET_URL", "PREFECT_REDIS_MESSAGING_HOST", "PREFECT_REDIS_MESSAGING_PORT",
                   "PREFECT_REDIS_MESSAGING_DB", "PREFECT_REDIS_MESSAGING_PASSWORD"):
         env.pop(stale, None)
@@ -168,13 +190,6 @@ def _env_volume(config: StackConfig, role: str) -> dict[str, Any]:
     return secret_volume("env", Names.of(config).secret_prefect_env, {ENV_FILES[role]: ENV_FILES[role]})
 
 
-def _db_ca_volume(config: StackConfig) -> list[dict[str, Any]]:
-    if config.kubernetes.postgres.mode != "cnpg":
-        return []
-    # Only the certificate: the CA secret also holds its private key, which no Prefect pod may read.
-    return [secret_volume("db-ca", f"{Names.of(config).database}-ca", {"ca.crt": "ca.crt"})]
-
-
 def _common_mounts(config: StackConfig) -> dict[str, str]:
     mounts = {"env": str(ENV_DIR), "state": str(CONTAINER_ROOT), "tmp": "/tmp"}  # noqa: S108 - an emptyDir
     if config.kubernetes.postgres.mode == "cnpg":
@@ -184,7 +199,7 @@ def _common_mounts(config: StackConfig) -> dict[str, str]:
 
 def _common_volumes(config: StackConfig, role: str) -> list[dict[str, Any]]:
     # The root filesystem is read-only: Prefect's home (the UI it rewrites at start) and /tmp are emptyDirs.
-    return [_env_volume(config, role), *_db_ca_volume(config), empty_dir("state", "1Gi"), empty_dir("tmp", "1Gi")]
+    return [_env_volume(config, role), *database.ca_volume(config), empty_dir("state", "1Gi"), empty_dir("tmp", "1Gi")]
 
 
 def _traced(config: StackConfig, command: list[str]) -> list[str]:
@@ -212,9 +227,10 @@ def _template(config: StackConfig, component: str, spec: dict[str, Any], version
 
 def _wait_for_migrations(config: StackConfig, image: str, env_file: str, spec: ResourcesConfig) -> dict[str, Any]:
     """The init container that holds a pod until the schema is at its Prefect's head (infra.kubernetes.migrations)."""
-    return container("wait-for-migrations", image, [*ENTRYPOINT, env_file, "--", PYTHON, "-m",
-                                                    "infra.kubernetes.migrations", "wait", "--timeout", "600"],
-                     spec, mounts=_common_mounts(config), read_only_mounts=frozenset({"env", "db-ca"}))
+    return container("wait-for-migrations", image, None, spec,
+                     args=[*ENTRYPOINT, env_file, "--", PYTHON, "-m", "infra.kubernetes.migrations", "wait",
+                           "--timeout", "600"],
+                     mounts=_common_mounts(config), read_only_mounts=frozenset({"env", "db-ca"}))
 
 
 def _deployment(config: StackConfig, name: str, component: str, replicas: int, spec: dict[str, Any], version: str,
@@ -240,7 +256,7 @@ def _api(config: StackConfig, image: str, version: str) -> list[Manifest]:
     serve = _traced(config, [str(VENV_BIN / "prefect"), "server", "start", "--no-services", "--host", "0.0.0.0",  # noqa: S104
                              "--port", str(API_PORT)])
     api = container(
-        "api", image, [*ENTRYPOINT, env_file, "--", *serve], k8s.api_resources,
+        "api", image, None, k8s.api_resources, args=[*ENTRYPOINT, env_file, "--", *serve],
         ports={"http": API_PORT}, mounts=_common_mounts(config), read_only_mounts=frozenset({"env", "db-ca"}),
         # Start-up (UI copy, first connections) may take a minute on a busy node; liveness only after it.
         startupProbe=http_probe("/api/health", "http", period_s=2, failures=60),
@@ -266,6 +282,8 @@ def _api(config: StackConfig, image: str, version: str) -> list[Manifest]:
         manifests.append(Manifest(_pdb(config, names.api, "api"), "apps"))
     if k8s.ingress.enabled:
         manifests.append(Manifest(_ingress(config), "apps"))
+    if k8s.gateway.enabled:
+        manifests.append(Manifest(_http_route(config), "apps", "gateway-api"))
     return manifests
 
 
@@ -295,6 +313,46 @@ def _ingress(config: StackConfig) -> dict[str, Any]:
     }
 
 
+def gateway_duration(seconds: int) -> str:
+    """Seconds as a Gateway API duration (GEP-2257: hours, minutes, seconds, at most 5 digits each): 3600 -> 1h."""
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    parts = [f"{value}{unit}" for value, unit in ((hours, "h"), (minutes, "m"), (secs, "s")) if value]
+    return "".join(parts) or "0s"
+
+
+def _http_route(config: StackConfig) -> dict[str, Any]:
+    """The Gateway API's route to the API Service, the Ingress's equivalent. TLS ends at the Gateway's listener,
+    whose certificate is the Gateway owner's (cert-manager annotates Gateways, not routes); the replicas serve plain
+    HTTP on the pod network, as behind the Ingress, so there is no BackendTLSPolicy."""
+    names, gateway = Names.of(config), config.kubernetes.gateway
+    parent: dict[str, Any] = {"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": gateway.name}
+    if gateway.namespace:
+        parent["namespace"] = gateway.namespace
+    if gateway.section_name:
+        parent["sectionName"] = gateway.section_name
+    backend = [{"name": names.api, "port": API_PORT}]
+    rules = [
+        # Websockets (events in and out, logs) stay open as long as clients keep them: a request deadline would cut
+        # every stream at that age. The Gateway API has only deadlines ("0s": none); idle limits are the
+        # implementation's, and no stream is idle long: the API pings each one every 20 s (prefect server start's
+        # websocket ping interval).
+        {"name": "websockets",
+         "matches": [{"path": {"type": "Exact", "value": path}} for path in WEBSOCKET_PATHS],
+         "backendRefs": copy.deepcopy(backend), "timeouts": {"request": "0s"}},
+        # Every other request: HAProxy's server timeout on the other targets. No retries: the standard channel
+        # has none (Prefect's client retries 502, 503 and connection errors itself).
+        {"name": "api", "matches": [{"path": {"type": "PathPrefix", "value": "/"}}],
+         "backendRefs": copy.deepcopy(backend),
+         "timeouts": {"request": gateway_duration(config.load_balancer.timeout_server_s)}},
+    ]
+    return {
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+        "metadata": metadata(config, names.api, "api"),
+        "spec": {"parentRefs": [parent], "hostnames": gateway_hostnames(config), "rules": rules},
+    }
+
+
 def _pdb(config: StackConfig, name: str, component: str) -> dict[str, Any]:
     return {
         "apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
@@ -308,15 +366,17 @@ def _pdb(config: StackConfig, name: str, component: str) -> dict[str, Any]:
 def _services(config: StackConfig, image: str, version: str) -> list[Manifest]:
     names, k8s = Names.of(config), config.kubernetes
     env_file = str(ENV_DIR / ENV_FILES["services"])
-    endpoints = database.database_endpoints(config)
-    host, port = endpoints.services
-    # No port of its own to probe: alive while it can reach its database pool (a hung process cannot answer).
-    check = f"import socket; socket.create_connection(({host!r}, {port}), 3).close()"
-    run = _traced(config, [str(VENV_BIN / "prefect"), "server", "services", "start"])
+    # No port of its own to probe, and a pooler outage is not its fault: alive while its event loop keeps renewing
+    # a heartbeat file (infra.containers.services), which a hung process stops doing.
+    heartbeat = ["--heartbeat", str(SERVICES_HEARTBEAT)]
+    run = _traced(config, [PYTHON, "-m", "infra.containers.services", "run", *heartbeat])
+    check = exec_probe([PYTHON, "-m", "infra.containers.services", "check", *heartbeat], period_s=20, timeout_s=10,
+                       failures=3)
     services = container(
-        "services", image, [*ENTRYPOINT, env_file, "--follow-redis", "--", *run], k8s.services_resources,
+        "services", image, None, k8s.services_resources, args=[*ENTRYPOINT, env_file, "--follow-redis", "--", *run],
         mounts=_common_mounts(config), read_only_mounts=frozenset({"env", "db-ca"}),
-        livenessProbe=exec_probe([PYTHON, "-c", check], period_s=20, timeout_s=10, failures=3),
+        # Importing Prefect and the first beat take seconds on a busy node: up to 2 minutes before the first.
+        startupProbe={**check, "periodSeconds": 5, "failureThreshold": 24}, livenessProbe=check,
     )
     tracing = _pod_name_env(_tracing_env(config, "prefect-services"))
     if tracing:
@@ -324,9 +384,11 @@ def _services(config: StackConfig, image: str, version: str) -> list[Manifest]:
     spec = pod_spec([services], _common_volumes(config, "services"), terminationGracePeriodSeconds=30,
                     topologySpreadConstraints=topology_spread(config, "services"))
     spec["initContainers"] = [_wait_for_migrations(config, image, env_file, k8s.services_resources)]
-    deployment = _deployment(config, names.services, "services", config.services.replicas, spec, version)
+    # minReadySeconds: a replica that dies right after starting does not count as available during a rollout.
+    deployment = _deployment(config, names.services, "services", config.services_replicas, spec, version,
+                             min_ready_s=10)
     manifests = [Manifest(deployment, "apps")]
-    if config.services.replicas >= 2:
+    if config.services_replicas >= 2:
         manifests.append(Manifest(_pdb(config, names.services, "services"), "apps"))
     return manifests
 
@@ -334,13 +396,15 @@ def _services(config: StackConfig, image: str, version: str) -> list[Manifest]:
 def _migration_job(config: StackConfig, image: str, version: str) -> Manifest:
     names, k8s = Names.of(config), config.kubernetes
     env_file = str(ENV_DIR / ENV_FILES["migrate"])
-    host, port = database.database_endpoints(config).direct
+    endpoints = database.database_endpoints(config)
+    host, port = endpoints.direct
     secrets_dir = ETC / "db-superuser"
-    command = [*ENTRYPOINT, env_file, "--", PYTHON, "-m", "infra.containers.migrate", "--host", host, "--port",
+    args = [*ENTRYPOINT, env_file, "--", PYTHON, "-m", "infra.containers.migrate", "--host", host, "--port",
                str(port), "--database", config.postgres.database, "--user", config.postgres.user,
-               "--secrets", str(secrets_dir)]
+               "--secrets", str(secrets_dir), "--sslmode", endpoints.sslmode,
+               *(["--sslrootcert", endpoints.root_cert] if endpoints.root_cert else [])]
     mounts = {**_common_mounts(config), "superuser": str(secrets_dir)}
-    job_container = container("migrate", image, command, k8s.api_resources, mounts=mounts,
+    job_container = container("migrate", image, None, k8s.api_resources, args=args, mounts=mounts,
                               read_only_mounts=frozenset({"env", "db-ca", "superuser"}))
     # Roles and passwords are brought up to the model by the superuser (as on the other targets).
     superuser = secret_volume("superuser", names.secret_stack,
@@ -368,8 +432,11 @@ def _backup(config: StackConfig, image: str, version: str) -> list[Manifest]:
     env = {"PREFECT_STACK_CONFIG": str(CONFIG_DIR / EFFECTIVE_CONFIG), "HOME": str(LAYOUT.prefect_home)}
     volumes = [
         config_map_volume("config", names.backup),
-        secret_volume("secrets", names.secret_stack),
-        *_db_ca_volume(config),
+        # Only what the backup work reads (no S3 key of ours: the bucket is the cloud's), never the API admin's,
+        # Redis' or Grafana's credentials.
+        secret_volume("secrets", names.secret_stack,
+                      {name: name for name in BACKUP_SECRETS if name != "s3_local"}),
+        *database.ca_volume(config),
         empty_dir("state", "1Gi"), empty_dir("tmp", "1Gi"),
         # Dumps wait here for upload and restores are staged here: an ephemeral volume sized for the database.
         {"name": "scratch", "ephemeral": {"volumeClaimTemplate": {"spec": {
@@ -388,8 +455,9 @@ def _backup(config: StackConfig, image: str, version: str) -> list[Manifest]:
         mounts["s3"] = str(S3_DIR)
         read_only.add("s3")
         env["AWS_SHARED_CREDENTIALS_FILE"] = str(S3_DIR / "credentials")
-    backup = container("backup", image, [PYTHON, "-m", "infra.backup.scheduler", "--once"], k8s.backup_resources,
-                       env=env, mounts=mounts, read_only_mounts=frozenset(read_only))
+    backup = container("backup", image, None, k8s.backup_resources,
+                       args=[PYTHON, "-m", "infra.backup.scheduler", "--once"], env=env, mounts=mounts,
+                       read_only_mounts=frozenset(read_only))
     spec = pod_spec([backup], volumes, restartPolicy="Never")
     template = _template(config, "backup", spec, version)
     identity: list[Manifest] = []
@@ -486,6 +554,19 @@ def _api_client_peers(config: StackConfig) -> list[dict[str, Any]]:
     return peers + [{"ipBlock": {"cidr": cidr}} for cidr in k8s.api_client_cidrs]
 
 
+def _edge_peers(config: StackConfig) -> list[dict[str, Any]]:
+    """What carries clients' requests in: the ingress controller (while the Ingress is rendered) and the Gateway's
+    proxy pods (while the HTTPRoute is)."""
+    k8s = config.kubernetes
+    peers = [namespace_peer(k8s.ingress_namespace)] if k8s.ingress.enabled else []
+    if k8s.gateway.enabled:
+        proxy = namespace_peer(k8s.gateway_data_plane_namespace)
+        if k8s.gateway.data_plane_pod_labels:
+            proxy["podSelector"] = {"matchLabels": dict(k8s.gateway.data_plane_pod_labels)}
+        peers.append(proxy)
+    return peers
+
+
 def _outbound_egress(config: StackConfig) -> list[dict[str, Any]]:
     outbound = config.kubernetes.services_outbound
     if not outbound.ports or not outbound.cidrs:
@@ -503,9 +584,9 @@ def network_policies(config: StackConfig) -> list[Manifest]:
         _policy(config, "default-deny", {}, ingress=[], egress=[], component="network-policies"),
         _policy(config, "allow-dns", {}, ingress=None, egress=[dns_egress()], component="network-policies"),
         _policy(config, "api", {"matchLabels": selector(config, "api")}, component="api",
-                # Clients through the ingress controller, Prometheus's scrapes, and the background services (the
-                # only pods of the stack that call the API).
-                ingress=[{"from": [namespace_peer(k8s.ingress_namespace), namespace_peer(k8s.prometheus_namespace),
+                # Clients through the ingress controller or the Gateway, Prometheus's scrapes, and the background
+                # services (the only pods of the stack that call the API).
+                ingress=[{"from": [*_edge_peers(config), namespace_peer(k8s.prometheus_namespace),
                                    {"podSelector": {"matchLabels": selector(config, "services")}},
                                    *_api_client_peers(config)],
                           "ports": network_ports(API_PORT)}],

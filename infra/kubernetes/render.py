@@ -85,6 +85,8 @@ OVERLAY = "overlays/example"
 KUSTOMIZE_API = "kustomize.config.k8s.io/v1beta1"
 COMPONENT_API = "kustomize.config.k8s.io/v1alpha1"
 COMPONENT_README = {
+    "gateway-api": "The Gateway API's HTTPRoute for the API and UI, attached to your Gateway (kubernetes.gateway; "
+                   "needs the Gateway API CRDs, v1.0 or later).",
     "monitoring": "ServiceMonitors, PodMonitors, the PrometheusRule and the dashboard ConfigMaps for "
                   "kube-prometheus-stack, the project's exporter and Jaeger (monitoring.enabled).",
     "network-policies": "Default-deny NetworkPolicies plus exactly the flows the stack needs "

@@ -73,8 +73,10 @@ class KubernetesTarget:
         if report.pruned:
             notes.append(f"pruned (no longer rendered): {', '.join(report.pruned)}")
         notes += [f"kept, holds data (delete it yourself if you mean it): {kept}" for kept in report.kept]
+        edges = [edge for edge, on in (("Ingress", config.kubernetes.ingress.enabled),
+                                       ("HTTPRoute", config.kubernetes.gateway.enabled)) if on]
         guide = (
-            f"\n  Prefect API   {public_api_url(config)}  (Ingress {config.kubernetes.ingress.host}; "
+            f"\n  Prefect API   {public_api_url(config)}  ({' and '.join(edges) or 'not exposed'}; "
             f"kubectl -n {config.kubernetes.namespace} port-forward svc/{config.kubernetes.name}-api 4200 otherwise)\n"
             f"  Credentials   basic auth 'admin' and the password in {config.state_dir / 'secrets' / 'prefect_auth'}\n"
             f"  Operate       invoke status|logs COMPONENT|restart COMPONENT --target kubernetes\n"
@@ -190,13 +192,14 @@ class KubernetesTarget:
         raise _no_kubernetes_form()
 
     def database_access(self, secrets: Secrets) -> DatabaseAccess:
-        """From the CronJob's pod: the Cluster's primary (or the external server) over TLS, as the superuser."""
+        """From the CronJob's pod: the Cluster's primary (or the external server) over TLS, the server verified
+        against the Cluster's CA as the apps do, as the superuser."""
         config = self.config
         endpoints = database_endpoints(config)
         host, port = endpoints.direct
         return DatabaseAccess(host=host, port=port, user="postgres", dbname=config.postgres.database,
                               bin_dir=config.postgres.bin_dir, password=secrets.get("postgres_superuser"),
-                              sslmode=endpoints.sslmode)
+                              sslmode=endpoints.sslmode, sslrootcert=endpoints.root_cert)
 
     def api_database_url(self, secrets: Secrets) -> Callable[[str], str]:
         host, port = database_endpoints(self.config).direct

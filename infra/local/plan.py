@@ -168,7 +168,7 @@ def build_plan(config: StackConfig, secrets: Secrets, addresses: Addresses | Non
             )
         )
     services_env = services_environment(config, secrets, layout, addresses)
-    for i in range(1, config.services.replicas + 1):
+    for i in range(1, config.services_replicas + 1):
         programs.append(
             Program(
                 name=f"services-{i}",

@@ -6,7 +6,9 @@ link to its section of docs/runbooks.md. The rules read only metric names and jo
 same file serves the local and compose targets. Kubernetes (``kubernetes_alert_groups(config)``, rendered as a
 PrometheusRule by infra/kubernetes/monitoring.py) keeps every rule whose source runs there and replaces the ones
 that read HAProxy, node_exporter textfiles or postgres_exporter with the same alerts over kube-state-metrics and
-CloudNativePG's metrics; each replacement says why.
+CloudNativePG's metrics; each replacement says why. Its Prometheus holds the whole cluster's series, so every
+selector there names the stack's namespace; and its exporters run inside the pods they watch, so the "down" rules
+test for answering pods (absent() when none is left) rather than for a 0 that a gone pod never reports.
 """
 
 from __future__ import annotations
@@ -20,6 +22,9 @@ from infra.render.backup_alerts import backup_alert_rules
 
 RUNBOOK = "docs/runbooks.md#{anchor}"
 BACKEND = 'proxy="prefect_api"'
+# The project's exporter's job on every target (infra/render/prometheus.py; infra/kubernetes/monitoring.py relabels
+# its ServiceMonitor's targets to it).
+EXPORTER_JOB = "prefect-exporter"
 
 
 def _rule(name: str, expr: str, wait: str, severity: str, area: str, summary: str, description: str) -> dict[str, Any]:
@@ -89,22 +94,30 @@ def database_rules() -> list[dict[str, Any]]:
     ]
 
 
-def redis_rules() -> list[dict[str, Any]]:
+def _selector(metric: str, scope: str) -> str:
+    """``metric{scope}``; the bare name where no scope is given (the local and compose rules, whose Prometheus
+    scrapes one stack only)."""
+    return f"{metric}{{{scope}}}" if scope else metric
+
+
+def redis_memory_rule(scope: str = "") -> dict[str, Any]:
+    used, limit = _selector("redis_memory_used_bytes", scope), _selector("redis_memory_max_bytes", scope)
+    return _rule("RedisMemoryNearLimit", f"{used} / {limit} > 0.85 and {limit} > 0", "5m", "critical", "redis",
+                 "Redis uses {{ $value | humanizePercentage }} of maxmemory",
+                 "With noeviction, writes fail at the limit and Prefect loses events. Look at stream lengths "
+                 "(PrefectEventStreamGrowing); raise redis.maxmemory if the load is real.")
+
+
+def event_stream_rules(scope: str = "") -> list[dict[str, Any]]:
+    """Prefect's Redis streams, read by this project's exporter (which runs on every target)."""
     return [
-        _rule("RedisDown", "redis_up == 0", "1m", "page", "redis",
-              "Redis does not answer: Prefect's messaging, leases and background services are down",
-              "Run invoke status and invoke logs redis; invoke restart redis (it restarts the services too)."),
-        _rule("RedisMemoryNearLimit", "redis_memory_used_bytes / redis_memory_max_bytes > 0.85 "
-              "and redis_memory_max_bytes > 0", "5m", "critical", "redis",
-              "Redis uses {{ $value | humanizePercentage }} of maxmemory",
-              "With noeviction, writes fail at the limit and Prefect loses events. Look at stream lengths "
-              "(PrefectEventStreamGrowing); raise redis.maxmemory if the load is real."),
-        _rule("PrefectEventStreamGrowing", "delta(prefect_event_stream_length[30m]) > 100000", "30m", "warning",
-              "redis",
+        _rule("PrefectEventStreamGrowing", f"delta({_selector('prefect_event_stream_length', scope)}[30m]) > 100000",
+              "30m", "warning", "redis",
               "Prefect's {{ $labels.stream }} stream grew by {{ $value }} entries in 30 minutes",
               "Streams are trimmed as the services consume them; steady growth means a consumer is behind or the "
               "trimming stopped. Check PrefectEventsNotConsumed and the services' log."),
-        _rule("PrefectEventsNotConsumed", "max by (stream, group) (prefect_event_consumer_lag) > 1000", "10m",
+        _rule("PrefectEventsNotConsumed",
+              f"max by (stream, group) ({_selector('prefect_event_consumer_lag', scope)}) > 1000", "10m",
               "critical", "services",
               "Consumer group {{ $labels.group }} is {{ $value }} events behind on {{ $labels.stream }}",
               "The background services stopped consuming (a known failure after a Redis restart or failover, "
@@ -112,20 +125,36 @@ def redis_rules() -> list[dict[str, Any]]:
     ]
 
 
-def prefect_rules() -> list[dict[str, Any]]:
+def redis_rules() -> list[dict[str, Any]]:
     return [
-        _rule("PrefectLateFlowRuns", "prefect_late_flow_runs > 0 and prefect_oldest_late_flow_run_age_seconds > 600",
+        # redis_exporter is a process of its own here: it reports redis_up 0 when Redis does not answer.
+        _rule("RedisDown", "redis_up == 0", "1m", "page", "redis",
+              "Redis does not answer: Prefect's messaging, leases and background services are down",
+              "Run invoke status and invoke logs redis; invoke restart redis (it restarts the services too)."),
+        redis_memory_rule(),
+        *event_stream_rules(),
+    ]
+
+
+def prefect_rules(scope: str = "") -> list[dict[str, Any]]:
+    """The flow-run and work-pool rules, read by this project's exporter."""
+    late, oldest = (_selector(name, scope) for name in ("prefect_late_flow_runs",
+                                                         "prefect_oldest_late_flow_run_age_seconds"))
+    heartbeat, backlog = (_selector(name, scope) for name in ("prefect_work_pool_last_heartbeat_age_seconds",
+                                                               "prefect_work_queue_backlog"))
+    return [
+        _rule("PrefectLateFlowRuns", f"{late} > 0 and {oldest} > 600",
               "5m", "warning", "flows",
               "{{ $value }} flow runs are late; the oldest waits past its start",
               "No worker picks them up: check the work pools' workers (PrefectWorkPoolWithoutWorker) and the "
               "work-queue backlog on the Prefect overview dashboard."),
         _rule("PrefectWorkPoolWithoutWorker",
-              "prefect_work_pool_last_heartbeat_age_seconds > 300 and on (work_pool) "
-              "sum by (work_pool) (prefect_work_queue_backlog) > 0", "5m", "warning", "flows",
+              f"{heartbeat} > 300 and on (work_pool) sum by (work_pool) ({backlog}) > 0", "5m", "warning", "flows",
               "Work pool {{ $labels.work_pool }} has runs due but no worker heartbeat for 5 minutes",
               "Start or repair the pool's workers (prefect worker start --pool {{ $labels.work_pool }}); their "
               "hosts must reach the API."),
-        _rule("PrefectExporterSourceDown", "prefect_exporter_source_up == 0", "5m", "warning", "monitoring",
+        _rule("PrefectExporterSourceDown", f"{_selector('prefect_exporter_source_up', scope)} == 0", "5m", "warning",
+              "monitoring",
               "The Prefect exporter cannot read {{ $labels.source }}",
               "Flow-run, work-pool or event-pipeline metrics are blind meanwhile. Read invoke logs "
               "prefect-exporter; the monitor role's password is renewed by invoke deploy."),
@@ -177,39 +206,96 @@ def kubernetes_api_rules(config: StackConfig) -> list[dict[str, Any]]:
     ]
 
 
+def _none_answers(answering: str, pods: str) -> str:
+    """True (an empty-labelled 1) when no pod of ``pods`` is answering. ``answering`` selects the pods that do:
+    the exporters run inside the pods they watch, so a deleted, evicted or unscheduled pod leaves no series at all,
+    and a test of the value (``== 0``) would never hold then: absent() does. A pod whose scrape fails (``up`` 0)
+    does not count as answering either, whatever its last samples said."""
+    return f"absent(({answering}) and on (pod) (up{{{pods}}} == 1))"
+
+
 def kubernetes_database_rules(config: StackConfig) -> list[dict[str, Any]]:
     """The database rules where CloudNativePG runs PostgreSQL and PgBouncer: the same alerts, read from the
     operator's own exporters (cnpg_* on every instance and every Pooler pod, scraped through the database's
     PodMonitors) instead of postgres_exporter and this project's PgBouncer reader. Several instances and pooler
-    pods stand in for the one of the other targets, so "down" means none of them answers."""
+    pods stand in for the one of the other targets, so "down" means none of them answers (or none is left)."""
     k8s = config.kubernetes
     prefix = k8s.name
     instances = f'namespace="{k8s.namespace}",pod=~"{prefix}-db-[0-9]+"'
-    poolers = [f'namespace="{k8s.namespace}",pod=~"{prefix}-pooler-{mode}-.+"' for mode in ("transaction", "session")]
+    poolers = {f"{prefix}-pooler-{mode}": f'namespace="{k8s.namespace}",pod=~"{prefix}-pooler-{mode}-.+"'
+               for mode in ("transaction", "session")}
+    every_pooler = f'namespace="{k8s.namespace}",pod=~"{prefix}-pooler-(transaction|session)-.+"'
+    # One series per Pooler without an answering pod, named by the pooler label (absent() gives none).
+    poolers_down = " or ".join(
+        f'label_replace({_none_answers(f"cnpg_pgbouncer_up{{{pods}}} == 1", pods)}, "pooler", "{name}", "", "")'
+        for name, pods in poolers.items())
     return [
-        _rule("PostgresDown", f"max(cnpg_collector_up{{{instances}}}) == 0", "1m", "page", "database",
+        _rule("PostgresDown", _none_answers(f"cnpg_collector_up{{{instances}}} == 1", instances), "1m", "page",
+              "database",
               "No PostgreSQL instance answers: every Prefect API replica is failing",
-              "kubectl get cluster (CloudNativePG's status and events) and the instances' logs. A full volume or "
-              "a failed switchover are the usual causes; if the data is lost, follow the restore runbook."),
+              "No instance reports PostgreSQL up, or none is left to scrape. kubectl get cluster (CloudNativePG's "
+              "status and events) and the instances' pods and logs. A full volume or a failed switchover are the "
+              "usual causes; if the data is lost, follow the restore runbook."),
         _rule("PostgresConnectionsNearLimit",
               f"max(sum by (pod) (cnpg_backends_total{{{instances}}}) / on (pod) "
               f'cnpg_pg_settings_setting{{{instances},name="max_connections"}}) > 0.85', "5m", "warning", "database",
               "A PostgreSQL instance uses {{ $value | humanizePercentage }} of max_connections",
               "New connections will soon be refused. Check the Poolers' pool sizes against max_connections; look "
               "for clients bypassing the Poolers."),
-        _rule("PgBouncerClientsWaiting",
-              f'max(cnpg_pgbouncer_pools_cl_waiting{{namespace="{k8s.namespace}"}}) > 0', "2m", "warning",
-              "database",
+        _rule("PgBouncerClientsWaiting", f"max(cnpg_pgbouncer_pools_cl_waiting{{{every_pooler}}}) > 0", "2m",
+              "warning", "database",
               "Clients wait for a PostgreSQL connection in a Pooler ({{ $value }} waiting)",
               "The pool is exhausted: slow queries hold connections, or the Pooler's default_pool_size is too "
               "small for the replicas' db_pool_size. Check slow queries first."),
-        _rule("PgBouncerDown",
-              " or ".join(f"max(cnpg_pgbouncer_up{{{pods}}}) == 0" for pods in poolers), "1m", "page",
-              "database",
-              "No PgBouncer of a Pooler answers: Prefect cannot reach its database",
-              "kubectl get pooler and describe its pods; the operator recreates them. Check the Cluster is "
-              "healthy (the Poolers authenticate against it)."),
+        _rule("PgBouncerDown", poolers_down, "1m", "page", "database",
+              "No PgBouncer of Pooler {{ $labels.pooler }} answers: Prefect cannot reach its database",
+              "Its pods report PgBouncer down, or none is left to scrape. kubectl get pooler and describe its "
+              "pods; the operator recreates them. Check the Cluster is healthy (the Poolers authenticate "
+              "against it)."),
     ]
+
+
+def _kubernetes_exporter(config: StackConfig) -> str:
+    """The project's exporter of this stack: its job alone would match another namespace's stack too."""
+    return f'namespace="{config.kubernetes.namespace}",job="{EXPORTER_JOB}"'
+
+
+def kubernetes_redis_rules(config: StackConfig) -> list[dict[str, Any]]:
+    """Redis where this stack runs it: redis_exporter is a container of every Redis pod (infra/kubernetes/redis.py),
+    so its series leave with the pod. Messaging is down when no pod answers as the primary (every pod gone or
+    unreachable, or Sentinels that elected none): a page. In sentinel mode one pod down (its Redis or its Sentinel)
+    costs no messaging, only failover headroom: a warning of its own. An external Redis is watched by whoever runs
+    it (no exporter of ours sits beside it): only the stream rules, which this project's exporter serves."""
+    k8s = config.kubernetes
+    exporter = _kubernetes_exporter(config)
+    if k8s.redis.mode == "external":
+        return event_stream_rules(exporter)
+    pods = f'namespace="{k8s.namespace}",pod=~"{k8s.name}-redis-[0-9]+"'
+    rules = [
+        _rule("RedisDown", _none_answers(f'redis_instance_info{{{pods},role="master"}}', pods), "1m", "page",
+              "redis",
+              "No Redis primary answers: Prefect's messaging, leases and background services are down",
+              "Every Redis pod is gone or unreachable, or no pod is the primary (a failover that did not complete). "
+              f"kubectl get statefulset {k8s.name}-redis and describe its pods; read the redis and sentinel "
+              "containers' logs. The background services follow a new primary on their own."),
+    ]
+    if k8s.redis.mode == "sentinel":
+        expected = k8s.redis.replicas
+        # Counted, not tested per pod: a pod that is gone has no series to test. Sentinel's readiness comes from
+        # kube-state-metrics (the exporter in the pod reads Redis only).
+        redis_answering = f"count((redis_up{{{pods}}} == 1) and on (pod) (up{{{pods}}} == 1))"
+        sentinels_ready = f'count(kube_pod_container_status_ready{{{pods},container="sentinel"}} == 1)'
+        rules.append(_rule(
+            "RedisPodDown",
+            f"({redis_answering} or vector(0)) < {expected} or ({sentinels_ready} or vector(0)) < {expected}",
+            "5m", "warning", "redis",
+            f"A pod of the Redis Sentinel group is down ({{{{ $value }}}} of {expected} answer)",
+            # expected // 2 + 1: the Sentinels' quorum, a majority (infra/kubernetes/redis.py).
+            "Messaging still works through the primary, but each lost pod takes a Sentinel vote and a failover "
+            f"target with it: with fewer than {expected // 2 + 1} Sentinels no failover can happen. kubectl "
+            f"describe the {k8s.name}-redis pods (scheduling: one per node, required; probes) and read their "
+            "redis and sentinel logs."))
+    return [*rules, redis_memory_rule(pods), *event_stream_rules(exporter)]
 
 
 def kubernetes_backup_rules(config: StackConfig) -> list[dict[str, Any]]:
@@ -256,8 +342,9 @@ def alert_groups(config: StackConfig) -> list[dict[str, Any]]:
 
 
 def kubernetes_alert_groups(config: StackConfig) -> list[dict[str, Any]]:
-    """The rule groups on Kubernetes. They differ from ``alert_groups`` only where the other targets read
-    components it does not run (see each adaptation below); every other rule is the same object."""
+    """The rule groups on Kubernetes. They differ from ``alert_groups`` where the other targets read components
+    it does not run, where an exporter leaves with its pod (see each adaptation below), and in that every
+    selector is scoped to the stack's namespace."""
     namespace = config.kubernetes.namespace
     groups: list[dict[str, Any]] = [
         # No HAProxy: replica availability from kube-state-metrics; the HAProxy-only signals (5xx rate,
@@ -268,10 +355,10 @@ def kubernetes_alert_groups(config: StackConfig) -> list[dict[str, Any]]:
         # runs it (no exporter of ours reaches its internals), so there is no database group then.
         *([{"name": "database", "rules": kubernetes_database_rules(config)}]
           if config.kubernetes.postgres.mode == "cnpg" else []),
-        # Redis: the Redis exporter beside Redis serves the same redis_* names; the stream rules read this
-        # project's exporter, which runs there too.
-        {"name": "redis", "rules": redis_rules()},
-        {"name": "prefect-flows", "rules": prefect_rules()},
+        # Redis: the Redis exporter inside the Redis pods serves the same redis_* names, but leaves with the pod
+        # (see kubernetes_redis_rules); the stream and flow rules read this project's exporter.
+        {"name": "redis", "rules": kubernetes_redis_rules(config)},
+        {"name": "prefect-flows", "rules": prefect_rules(_kubernetes_exporter(config))},
         # No host group: there is no node_exporter of ours (kube-prometheus-stack runs its own, with its node
         # and PersistentVolume alerts). A scrape target down, restricted to the stack's namespace: up{} holds
         # the whole cluster's targets there. The API is covered by its replica rules.

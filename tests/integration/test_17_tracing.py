@@ -19,7 +19,10 @@ from tests.otlp_receiver import OtlpReceiver, ReceivedSpan
 
 SPANS_TIMEOUT_S = 120
 SERVER_KIND = 2
-TRACING_KEYS = ("PREFECT_STACK_TRACING__ENABLED", "PREFECT_STACK_TRACING__OTLP_ENDPOINT")
+# Every trace recorded: these tests wait for spans of requests they did not start with a sampled traceparent (the
+# services', a flow's through `invoke env --tracing`), which the production default (a tenth) would mostly drop.
+TRACING_KEYS = ("PREFECT_STACK_TRACING__ENABLED", "PREFECT_STACK_TRACING__OTLP_ENDPOINT",
+                "PREFECT_STACK_TRACING__SAMPLE_RATIO")
 
 FLOW = textwrap.dedent("""\
     from prefect import flow, task
@@ -46,6 +49,7 @@ def receiver(stack: Stack) -> Iterator[OtlpReceiver]:
     with OtlpReceiver() as otlp:
         stack.env["PREFECT_STACK_TRACING__ENABLED"] = "true"
         stack.env["PREFECT_STACK_TRACING__OTLP_ENDPOINT"] = otlp.endpoint
+        stack.env["PREFECT_STACK_TRACING__SAMPLE_RATIO"] = "1.0"
         try:
             result = stack.invoke("deploy")
             assert result.returncode == 0, result.stderr[-3000:]
@@ -119,3 +123,4 @@ def test_env_tracing_prints_what_a_worker_needs(stack: Stack, receiver: OtlpRece
     assert result.returncode == 0
     assert f"OTEL_EXPORTER_OTLP_ENDPOINT={receiver.endpoint}" in result.stdout
     assert "OTEL_TRACES_EXPORTER=otlp" in result.stdout
+    assert "OTEL_TRACES_SAMPLER_ARG=1.0" in result.stdout

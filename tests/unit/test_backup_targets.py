@@ -19,7 +19,7 @@ from infra.compose import backups as compose_backups
 from infra.compose.project import BACKUP_SCHEDULER, CONTAINER, ComposeProject, placeholder_tls, render_project
 from infra.config import CONFIG_FILE_ENV, IN_CONTAINER_ENV, StackConfig
 from infra.progress import QuietProgress
-from infra.secrets import SECRET_NAMES, Secrets, ensure_secrets
+from infra.secrets import BACKUP_SECRETS, Secrets, ensure_secrets
 from infra.tasks import backup as backup_tasks
 
 
@@ -99,7 +99,7 @@ def test_the_backup_container_reads_the_effective_configuration_of_the_compose_t
 
 def test_the_backup_container_finds_the_secrets_where_the_code_looks(secrets: Secrets) -> None:
     mounted = {m["source"]: m["target"] for m in _scheduler(_project(secrets))["secrets"]}
-    assert mounted == {name: str(CONTAINER.secrets / name) for name in SECRET_NAMES}
+    assert mounted == {name: str(CONTAINER.secrets / name) for name in BACKUP_SECRETS}
 
 
 def test_the_backup_metrics_are_in_the_volume_node_exporter_reads(secrets: Secrets) -> None:

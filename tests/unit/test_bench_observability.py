@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 
 from infra.bench.api import LevelResult
-from infra.bench.observability import ObservabilityReport, ObservabilitySettings, judge
+from infra.bench.observability import ObservabilityReport, ObservabilitySettings, judge, layer_config
+from infra.bench.otlp_sink import OtlpSink
+from infra.config import StackConfig
 from infra.errors import UserError
 
 
@@ -45,3 +47,9 @@ def test_nonsense_settings_are_refused_with_the_fix(kwargs: dict[str, int]) -> N
     with pytest.raises(UserError) as caught:
         ObservabilitySettings(**kwargs)
     assert caught.value.fix
+
+
+def test_the_layer_on_traces_every_request_whatever_the_production_sampling() -> None:
+    with OtlpSink() as sink:
+        on = layer_config(StackConfig(), True, sink)
+    assert (on.tracing.enabled, on.tracing.sample_ratio) == (True, 1.0)

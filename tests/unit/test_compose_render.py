@@ -141,6 +141,17 @@ def test_without_a_real_s3_endpoint_the_stack_runs_its_own(secrets: Secrets) -> 
     assert "s3" not in _services(_project(secrets, backups={"s3": {"endpoint_url": "https://s3.example.com"}}))
 
 
+@pytest.mark.parametrize(("s3", "given"), [
+    ({}, {"postgres_superuser", "postgres_prefect", "backup_encryption", "s3_local"}),
+    ({"endpoint_url": "https://s3.example.com"}, {"postgres_superuser", "postgres_prefect", "backup_encryption"}),
+])
+def test_the_backup_container_gets_only_the_secrets_the_backup_reads(secrets: Secrets, s3: dict[str, Any],
+                                                                      given: set[str]) -> None:
+    """Least privilege: not the API admin's, Redis', HAProxy's or Grafana's credentials."""
+    service = _services(_project(secrets, backups={"s3": s3}))["backup-scheduler"]
+    assert {mount["source"] for mount in service["secrets"]} == given
+
+
 def test_grafana_and_jaeger_can_be_turned_off(secrets: Secrets) -> None:
     services = _services(_project(secrets, compose={"grafana": False, "jaeger": False}))
     assert not UPSTREAM & set(services)
@@ -168,6 +179,14 @@ def test_jaeger_receives_otlp_and_keeps_spans_on_a_volume(secrets: Secrets) -> N
     badger = jaeger["extensions"]["jaeger_storage"]["backends"]["main"]["badger"]
     assert badger["ttl"]["spans"] and not badger["ephemeral"]
     assert "jaeger-data:/var/lib/jaeger" in _services(project)["jaeger"]["volumes"]
+
+
+def test_jaeger_in_memory_keeps_max_traces_and_needs_no_volume(secrets: Secrets) -> None:
+    project = _project(secrets, tracing={"jaeger_storage": {"backend": "memory", "max_traces": 5000}})
+    jaeger = yaml.safe_load(next(f.content for f in project.files if f.path.name == "jaeger.yaml"))
+    assert jaeger["extensions"]["jaeger_storage"]["backends"] == {"main": {"memory": {"max_traces": 5000}}}
+    assert "volumes" not in _services(project)["jaeger"]
+    assert "jaeger-data" not in project.document.get("volumes", {})
 
 
 def test_grafana_is_provisioned_with_prometheus_jaeger_and_every_dashboard(secrets: Secrets) -> None:

@@ -206,6 +206,32 @@ class TestSchemas:
         obj["spec"]["pgbouncer"]["poolMode"] = "statement-ish"
         assert [p for p in crds.problems(obj) if "spec.pgbouncer.poolMode" in p]
 
+    @staticmethod
+    def http_route() -> Obj:
+        return {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute", "metadata": meta("prefect-api"),
+                "spec": {"parentRefs": [{"name": "gateway", "namespace": "gateway-system", "sectionName": "https"}],
+                         "hostnames": ["prefect.example.com"],
+                         "rules": [{"matches": [{"path": {"type": "PathPrefix", "value": "/"}}],
+                                    "backendRefs": [{"name": "prefect-api", "port": 4200}],
+                                    "timeouts": {"request": "1m"}}]}}
+
+    def test_gateway_api_route_valid(self, crds: checks.CrdSchemas) -> None:
+        # gateway.networking.k8s.io is a *.k8s.io group that no Kubernetes version serves: its CRD validates it.
+        assert checks.schema_problems(self.http_route(), VERSION, crds) == []
+
+    @pytest.mark.parametrize(("mutate", "where"), [
+        (lambda spec: spec["rules"][0]["backendRefs"][0].update(port="http"), "spec.rules[0].backendRefs[0].port"),
+        (lambda spec: spec["rules"][0]["matches"][0]["path"].update(type="Prefix"), "spec.rules[0].matches[0]"),
+        (lambda spec: spec["rules"][0]["timeouts"].update(request="60"), "spec.rules[0].timeouts.request"),
+        (lambda spec: spec.update(hostnames=["Prefect.Example.com"]), "spec.hostnames[0]"),
+        (lambda spec: spec["rules"][0].update(retry={"attempts": 2}), "spec.rules[0]"),
+    ], ids=["named-port", "ingress-path-type", "duration-without-unit", "upper-case-host", "experimental-retry"])
+    def test_gateway_api_route_flaws(self, mutate: Callable[[Obj], object], where: str,
+                                     crds: checks.CrdSchemas) -> None:
+        obj = self.http_route()
+        mutate(obj["spec"])
+        assert [p for p in checks.schema_problems(obj, VERSION, crds) if f"prefect-api: {where}" in p]
+
     def test_unknown_custom_kind(self, crds: checks.CrdSchemas) -> None:
         obj = {"apiVersion": "example.com/v1", "kind": "Widget", "metadata": meta("w")}
         [problem] = checks.schema_problems(obj, VERSION, crds)
@@ -491,6 +517,49 @@ class TestHardening:
         objects = broken(lambda o: find(o, "Deployment", "prefect-api")["spec"]["template"]["spec"].update(
             automountServiceAccountToken=True, serviceAccountName="prefect-api"))
         assert checks.pods_hardened(objects) == []
+
+
+TINI = {"prefect-stack/prefect": ["/usr/bin/tini", "--"]}
+
+
+def programs_in_args(objects: list[Obj]) -> list[Obj]:
+    """The stack with every container's program in args: the image's entrypoint stays."""
+    for obj in objects:
+        template = checks.pod_template(obj)
+        for box in (template or {}).get("spec", {}).get("containers", []):
+            if "command" in box:
+                box["args"] = box.pop("command")
+    return objects
+
+
+class TestInitIsPid1:
+    def test_programs_in_args_keep_the_entrypoint(self) -> None:
+        assert checks.init_is_pid_1(programs_in_args(stack()), TINI) == []
+
+    def test_a_command_replaces_it(self) -> None:
+        objects = programs_in_args(stack())
+        api_container(objects)["command"] = ["prefect"]
+        [problem] = checks.init_is_pid_1(objects, TINI)
+        assert problem.startswith("Deployment/prefect/prefect-api: container api: command ['prefect']")
+
+    def test_a_command_starting_with_the_init_keeps_it(self) -> None:
+        objects = programs_in_args(stack())
+        api_container(objects)["command"] = ["/usr/bin/tini", "--", "prefect"]
+        assert checks.init_is_pid_1(objects, TINI) == []
+
+    def test_other_images_are_not_checked(self) -> None:
+        assert checks.init_is_pid_1(stack(), {"prefect-stack/system": ["/usr/bin/tini", "--"]}) == []
+
+    def test_a_registry_prefix_still_matches(self) -> None:
+        objects = programs_in_args(stack())
+        api_container(objects).update(command=["prefect"], image="registry:5000/team/prefect-stack/prefect:1")
+        assert len(checks.init_is_pid_1(objects, TINI)) == 1
+
+    def test_a_shared_process_namespace_takes_pid_1(self) -> None:
+        objects = programs_in_args(stack())
+        find(objects, "Deployment", "prefect-api")["spec"]["template"]["spec"]["shareProcessNamespace"] = True
+        [problem] = checks.init_is_pid_1(objects, TINI)
+        assert "shares its process namespace" in problem
 
 
 class TestNames:

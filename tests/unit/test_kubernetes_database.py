@@ -511,5 +511,6 @@ class TestEndpoints:
     def test_cnpg(self, kind: str, host: str) -> None:
         assert getattr(database_endpoints(CONFIG), kind) == (host, 5432)
 
-    def test_cnpg_tls(self) -> None:
-        assert database_endpoints(CONFIG).sslmode == "require"
+    def test_cnpg_tls_verifies_the_server_against_the_clusters_ca(self) -> None:
+        endpoints = database_endpoints(CONFIG)
+        assert (endpoints.sslmode, endpoints.root_cert) == ("verify-ca", "/etc/prefect-stack/db-ca/ca.crt")

@@ -5,6 +5,7 @@ dashboards Grafana's sidecar loads, the exporter and Jaeger hardened, and nothin
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -13,7 +14,6 @@ from typing import Any
 import pytest
 import yaml
 
-import infra.kubernetes.database as database
 from infra.compose.project import placeholder_secrets
 from infra.config import StackConfig, load_config
 from infra.exporter.server import Sources, StackCollector, parse_arguments
@@ -26,13 +26,12 @@ from tests import kubernetes_checks as checks
 
 CRD_FILES = {"PrometheusRule": "monitoring.coreos.com_prometheusrules.yaml",
              "ServiceMonitor": "monitoring.coreos.com_servicemonitors.yaml"}
-ENDPOINTS = database.DatabaseEndpoints(api=("prefect-pooler-transaction", 5432),
-                                       services=("prefect-pooler-session", 5432),
-                                       direct=("prefect-db-rw", 5432), sslmode="require")
 
 CONFIGS: dict[str, dict[str, Any]] = {
     "default": {},
     "no-jaeger": {"kubernetes": {"jaeger": False}},
+    "jaeger-memory": {"tracing": {"jaeger_storage": {"backend": "memory", "max_traces": 20000}}},
+    "jaeger-badger": {"tracing": {"jaeger_storage": {"retention_hours": 72, "volume_size": "50Gi"}}},
     "no-network-policies": {"kubernetes": {"network_policies": False}},
     "external": {"kubernetes": {"postgres": {"mode": "external", "host": "db.example.com"},
                                 "redis": {"mode": "external", "external_url": "rediss://cache.example.com:6380"}}},
@@ -40,12 +39,6 @@ CONFIGS: dict[str, dict[str, Any]] = {
                                                    "external_url": "redis+sentinel://s1:26379/mymaster"}}},
     "standalone": {"kubernetes": {"redis": {"mode": "standalone"}, "name": "flows", "namespace": "data"}},
 }
-
-
-@pytest.fixture(autouse=True)
-def endpoints(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The database module may still be a stub: its endpoints are given here (monitoring.py calls it lazily)."""
-    monkeypatch.setattr(database, "database_endpoints", lambda config: ENDPOINTS)
 
 
 def config_of(name: str) -> StackConfig:
@@ -135,11 +128,37 @@ class TestAlertRules:
     def test_no_rule_reads_haproxy_or_node_exporter(self) -> None:
         assert not [r["alert"] for r in self.rules() if "haproxy_" in r["expr"] or "node_" in r["expr"]]
 
-    @pytest.mark.parametrize("config", ["default", "standalone"])
-    def test_rules_read_the_stacks_namespace(self, config: str) -> None:
+    @pytest.mark.parametrize("config", ["default", "standalone", "external"])
+    def test_every_selector_reads_the_stacks_namespace(self, config: str) -> None:
+        """Prometheus holds the whole cluster's series: another namespace's pods have the same job names."""
         namespace = config_of(config).kubernetes.namespace
-        expr = next(r["expr"] for r in self.rules(config) if r["alert"] == "MonitoringTargetDown")
-        assert f'namespace="{namespace}"' in expr
+        unscoped = {r["alert"]: matchers for r in self.rules(config)
+                    for matchers in re.findall(r"\{([^}]*)\}", r["expr"])
+                    if f'namespace="{namespace}"' not in matchers.split(",")}
+        assert unscoped == {}
+
+    @pytest.mark.parametrize("config", ["default", "standalone", "external"])
+    def test_no_metric_is_read_without_a_selector(self, config: str) -> None:
+        # A bare name (redis_up == 0) would read every namespace; every metric of these rules has a prefix below.
+        bare = {r["alert"]: name for r in self.rules(config)
+                for name in re.findall(r"\b((?:redis|prefect|cnpg|kube|up)\w*)\b(?![{(\w])",
+                                       re.sub(r'"[^"]*"', '""', r["expr"]))}
+        assert bare == {}
+
+    @pytest.mark.parametrize(("config", "expected"), [
+        ("default", {"RedisDown", "RedisPodDown", "RedisMemoryNearLimit"}),
+        ("standalone", {"RedisDown", "RedisMemoryNearLimit"}),
+        ("external", set())])
+    def test_redis_rules_by_mode(self, config: str, expected: set[str]) -> None:
+        """One pod down is a rule of its own only where there are several (sentinel mode); an external Redis has
+        no exporter of ours beside it. The stream rules (this project's exporter) stay in every mode."""
+        alerts = {r["alert"] for r in self.rules(config)}
+        assert (alerts & {"RedisDown", "RedisPodDown", "RedisMemoryNearLimit"},
+                {"PrefectEventStreamGrowing", "PrefectEventsNotConsumed"} <= alerts) == (expected, True)
+
+    def test_one_redis_pod_down_is_a_warning_and_messaging_down_a_page(self) -> None:
+        severity = {r["alert"]: r["labels"]["severity"] for r in self.rules()}
+        assert (severity["RedisPodDown"], severity["RedisDown"]) == ("warning", "page")
 
     @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed")
     def test_promtool_accepts_them(self, tmp_path: Path) -> None:
@@ -157,7 +176,30 @@ NEW_JOB, OLD_JOB = 'namespace="prefect",job_name="prefect-backup-2"', 'namespace
 DB_POD, DB_POD2 = 'namespace="prefect",pod="prefect-db-1"', 'namespace="prefect",pod="prefect-db-2"'
 POOLER_POD = 'namespace="prefect",pod="prefect-pooler-transaction-7f9c-x2"'
 SESSION_POD = 'namespace="prefect",pod="prefect-pooler-session-5d8b-k4"'
-# The rules written for Kubernetes only: alert -> (eval time, series when it fires, series when it must not).
+REDIS_POD0, REDIS_POD1, REDIS_POD2 = (f'namespace="prefect",pod="prefect-redis-{i}"' for i in range(3))
+EXPORTER = 'namespace="prefect",job="prefect-exporter",pod="prefect-exporter-6c9d-q7"'
+# A series whose pod went away at minute 4: its exporter left with it (the last sample, then a staleness marker).
+GONE = "1x3 stale"
+
+
+def redis_pod(pod: str, role: str = "slave", values: str = "1x20") -> dict[str, str]:
+    """One Redis pod as Prometheus sees it: redis_exporter's series (a container of the pod), the scrape's ``up``,
+    and kube-state-metrics' readiness of the pod's Sentinel container."""
+    return {f"redis_up{{{pod}}}": values, f'redis_instance_info{{{pod},role="{role}"}}': values,
+            f"up{{{pod}}}": values, f'kube_pod_container_status_ready{{{pod},container="sentinel"}}': values}
+
+
+def scraped(pod: str, metric: str, value: str, up: str = "1x20") -> dict[str, str]:
+    """A pod's one metric and the ``up`` of its scrape."""
+    return {f"{metric}{{{pod}}}": value, f"up{{{pod}}}": up}
+
+
+HEALTHY_REDIS = {**redis_pod(REDIS_POD0, "master"), **redis_pod(REDIS_POD1), **redis_pod(REDIS_POD2)}
+HEALTHY_DATABASE = {**scraped(DB_POD, "cnpg_collector_up", "1x20"), **scraped(DB_POD2, "cnpg_collector_up", "1x20")}
+HEALTHY_POOLERS = {**scraped(POOLER_POD, "cnpg_pgbouncer_up", "1x20"),
+                   **scraped(SESSION_POD, "cnpg_pgbouncer_up", "1x20")}
+
+# Every Kubernetes rule: alert -> (eval time, series when it fires, series when it must not).
 KUBERNETES_CASES: dict[str, tuple[str, dict[str, str], dict[str, str]]] = {
     "PrefectApiAllReplicasDown": (
         "10m", {f"kube_deployment_status_replicas_available{{{DEPLOYMENT}}}": "0x20"},
@@ -182,8 +224,8 @@ KUBERNETES_CASES: dict[str, tuple[str, dict[str, str], dict[str, str]]] = {
          f'kube_job_failed{{{OLD_JOB},condition="true"}}': "1x20",
          f'kube_job_failed{{{NEW_JOB},condition="true"}}': "0x20"}),
     "PostgresDown": (
-        "10m", {f'cnpg_collector_up{{{DB_POD}}}': "0x20", f'cnpg_collector_up{{{DB_POD2}}}': "0x20"},
-        {f'cnpg_collector_up{{{DB_POD}}}': "0x20", f'cnpg_collector_up{{{DB_POD2}}}': "1x20"}),
+        "10m", {**scraped(DB_POD, "cnpg_collector_up", "0x20"), **scraped(DB_POD2, "cnpg_collector_up", "0x20")},
+        {**scraped(DB_POD, "cnpg_collector_up", "0x20"), **scraped(DB_POD2, "cnpg_collector_up", "1x20")}),
     "PostgresConnectionsNearLimit": (
         "10m", {f'cnpg_backends_total{{{DB_POD},datname="prefect",state="idle"}}': "180x20",
                 f'cnpg_pg_settings_setting{{{DB_POD},name="max_connections"}}': "200x20"},
@@ -193,8 +235,40 @@ KUBERNETES_CASES: dict[str, tuple[str, dict[str, str], dict[str, str]]] = {
         "10m", {f'cnpg_pgbouncer_pools_cl_waiting{{{POOLER_POD},database="prefect",user="prefect"}}': "4x20"},
         {f'cnpg_pgbouncer_pools_cl_waiting{{{POOLER_POD},database="prefect",user="prefect"}}': "0x20"}),
     "PgBouncerDown": (
-        "10m", {f"cnpg_pgbouncer_up{{{POOLER_POD}}}": "0x20", f"cnpg_pgbouncer_up{{{SESSION_POD}}}": "1x20"},
-        {f"cnpg_pgbouncer_up{{{POOLER_POD}}}": "1x20", f"cnpg_pgbouncer_up{{{SESSION_POD}}}": "1x20"}),
+        "10m", {**scraped(POOLER_POD, "cnpg_pgbouncer_up", "0x20"),
+                **scraped(SESSION_POD, "cnpg_pgbouncer_up", "1x20")},
+        HEALTHY_POOLERS),
+    "RedisDown": (
+        # Every Redis pod up but none answering (redis_exporter: redis_up 0 and no instance info).
+        "10m", {**{f"redis_up{{{pod}}}": "0x20" for pod in (REDIS_POD0, REDIS_POD1, REDIS_POD2)},
+                **{f"up{{{pod}}}": "1x20" for pod in (REDIS_POD0, REDIS_POD1, REDIS_POD2)}},
+        HEALTHY_REDIS),
+    "RedisPodDown": (
+        "12m", {**redis_pod(REDIS_POD0, "master"), **redis_pod(REDIS_POD1), **redis_pod(REDIS_POD2, values=GONE)},
+        HEALTHY_REDIS),
+    "RedisMemoryNearLimit": (
+        "10m", {f"redis_memory_used_bytes{{{REDIS_POD0}}}": "950x20",
+                f"redis_memory_max_bytes{{{REDIS_POD0}}}": "1000x20"},
+        {f"redis_memory_used_bytes{{{REDIS_POD0}}}": "100x20", f"redis_memory_max_bytes{{{REDIS_POD0}}}": "1000x20"}),
+    "PrefectEventStreamGrowing": (
+        "70m", {f'prefect_event_stream_length{{{EXPORTER},stream="events"}}': "0+10000x80"},
+        {f'prefect_event_stream_length{{{EXPORTER},stream="events"}}': "1000x80"}),
+    "PrefectEventsNotConsumed": (
+        "20m", {f'prefect_event_consumer_lag{{{EXPORTER},stream="events",group="event-persister"}}': "5000x30"},
+        {f'prefect_event_consumer_lag{{{EXPORTER},stream="events",group="event-persister"}}': "0x30"}),
+    "PrefectLateFlowRuns": (
+        "20m", {f"prefect_late_flow_runs{{{EXPORTER}}}": "3x30",
+                f"prefect_oldest_late_flow_run_age_seconds{{{EXPORTER}}}": "1200x30"},
+        {f"prefect_late_flow_runs{{{EXPORTER}}}": "0x30",
+         f"prefect_oldest_late_flow_run_age_seconds{{{EXPORTER}}}": "0x30"}),
+    "PrefectWorkPoolWithoutWorker": (
+        "20m", {f'prefect_work_pool_last_heartbeat_age_seconds{{{EXPORTER},work_pool="a"}}': "600x30",
+                f'prefect_work_queue_backlog{{{EXPORTER},work_pool="a",work_queue="default"}}': "4x30"},
+        {f'prefect_work_pool_last_heartbeat_age_seconds{{{EXPORTER},work_pool="a"}}': "600x30",
+         f'prefect_work_queue_backlog{{{EXPORTER},work_pool="a",work_queue="default"}}': "0x30"}),
+    "PrefectExporterSourceDown": (
+        "20m", {f'prefect_exporter_source_up{{{EXPORTER},source="redis"}}': "0x30"},
+        {f'prefect_exporter_source_up{{{EXPORTER},source="redis"}}': "1x30"}),
     "MonitoringTargetDown": (
         "10m", {'up{namespace="prefect",job="prefect-exporter",pod="prefect-exporter-1"}': "0x20"},
         {'up{namespace="prefect",job="prefect-exporter",pod="prefect-exporter-1"}': "1x20",
@@ -202,23 +276,38 @@ KUBERNETES_CASES: dict[str, tuple[str, dict[str, str], dict[str, str]]] = {
 }
 
 
+def in_another_namespace(series: dict[str, str]) -> dict[str, str]:
+    """The same series from a namespace of another stack (same pod and job names)."""
+    return {name.replace('namespace="prefect"', 'namespace="other"'): values for name, values in series.items()}
+
+
+def promtool_test(tmp_path: Path, series: dict[str, str], check: dict[str, Any]) -> str:
+    """Run one promtool test of the rendered PrometheusRule (default configuration, a one-hour backup age to keep
+    the evaluated span short); '' on success, else promtool's report."""
+    config = load_config(target="kubernetes", backups={"max_age_hours": 1})
+    [rule] = [m.obj for m in monitoring.monitoring_manifests(config, PlaceholderImages())
+              if m.kind == "PrometheusRule"]
+    (tmp_path / "rules.yml").write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}))
+    tests = {"rule_files": ["rules.yml"], "evaluation_interval": "1m", "tests": [{
+        "interval": "1m", "input_series": [{"series": s, "values": v} for s, v in series.items()], **check}]}
+    (tmp_path / "tests.yml").write_text(yaml.safe_dump(tests))
+    result = subprocess.run(["promtool", "test", "rules", "tests.yml"], cwd=tmp_path, capture_output=True,
+                            text=True, check=False)
+    return "" if result.returncode == 0 else result.stdout + result.stderr
+
+
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed")
 class TestKubernetesRulesFire:
     def run(self, tmp_path: Path, alert: str, series: dict[str, str]) -> list[str]:
-        # A one-hour backup age keeps the evaluated span (and promtool's time) short.
-        config = load_config(target="kubernetes", backups={"max_age_hours": 1})
-        [rule] = [m.obj for m in monitoring.monitoring_manifests(config, PlaceholderImages())
-                  if m.kind == "PrometheusRule"]
-        (tmp_path / "rules.yml").write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}))
         wait = KUBERNETES_CASES[alert][0]
-        tests = {"rule_files": ["rules.yml"], "evaluation_interval": "1m", "tests": [{
-            "interval": "1m", "input_series": [{"series": s, "values": v} for s, v in series.items()],
-            "alert_rule_test": [{"eval_time": wait, "alertname": alert, "exp_alerts": []}]}]}
-        (tmp_path / "tests.yml").write_text(yaml.safe_dump(tests))
-        result = subprocess.run(["promtool", "test", "rules", "tests.yml"], cwd=tmp_path, capture_output=True,
-                                text=True, check=False)
+        report = promtool_test(tmp_path, series, {
+            "alert_rule_test": [{"eval_time": wait, "alertname": alert, "exp_alerts": []}]})
         # Expecting no alert: success means quiet, failure lists what fired.
-        return [] if result.returncode == 0 else [result.stdout + result.stderr]
+        return [report] if report else []
+
+    def test_every_rule_has_a_case(self) -> None:
+        alerts = [r["alert"] for g in kubernetes_alert_groups(config_of("default")) for r in g["rules"]]
+        assert sorted(alerts) == sorted(KUBERNETES_CASES)
 
     @pytest.mark.parametrize("alert", KUBERNETES_CASES)
     def test_fires(self, tmp_path: Path, alert: str) -> None:
@@ -227,6 +316,107 @@ class TestKubernetesRulesFire:
     @pytest.mark.parametrize("alert", KUBERNETES_CASES)
     def test_stays_quiet(self, tmp_path: Path, alert: str) -> None:
         assert self.run(tmp_path, alert, KUBERNETES_CASES[alert][2]) == []
+
+    @pytest.mark.parametrize("alert", KUBERNETES_CASES)
+    def test_another_namespaces_failure_does_not_fire(self, tmp_path: Path, alert: str) -> None:
+        """Another stack's pods fail under the same pod and job names while this stack is healthy."""
+        _, failing, healthy = KUBERNETES_CASES[alert]
+        assert self.run(tmp_path, alert, {**healthy, **in_another_namespace(failing)}) == []
+
+
+# What fires when the database or Redis pods fail: scenario -> (alerts watched, series, (alert, severity, pooler)
+# that fire at minute 12). The down alerts' exporters run in the pods they watch, so a pod that is gone leaves no
+# series (GONE), and a failed scrape is up 0 (its last samples are kept here: the rules must not need staleness).
+WATCH_REDIS = ("RedisDown", "RedisPodDown")
+WATCH_DATABASE = ("PostgresDown", "PgBouncerDown")
+MESSAGING_DOWN, POD_DOWN = ("RedisDown", "page", ""), ("RedisPodDown", "warning", "")
+SCENARIOS: dict[str, tuple[tuple[str, ...], dict[str, str], list[tuple[str, str, str]]]] = {
+    "redis-healthy": (WATCH_REDIS, HEALTHY_REDIS, []),
+    "redis-replica-pod-gone": (
+        WATCH_REDIS, {**redis_pod(REDIS_POD0, "master"), **redis_pod(REDIS_POD1), **redis_pod(REDIS_POD2, values=GONE)},
+        [POD_DOWN]),
+    "redis-primary-pod-gone-after-failover": (
+        # Pod 1 answers as a replica until minute 4, then as the primary.
+        WATCH_REDIS, {**redis_pod(REDIS_POD0, "master", values=GONE), **redis_pod(REDIS_POD1, values="1x20"),
+                      f'redis_instance_info{{{REDIS_POD1},role="slave"}}': GONE,
+                      f'redis_instance_info{{{REDIS_POD1},role="master"}}': "_x4 1x16", **redis_pod(REDIS_POD2)},
+        [POD_DOWN]),
+    "redis-sentinel-container-down": (
+        WATCH_REDIS, {**HEALTHY_REDIS, f'kube_pod_container_status_ready{{{REDIS_POD1},container="sentinel"}}': "0x20"},
+        [POD_DOWN]),
+    "redis-process-down-in-replica-pod": (
+        WATCH_REDIS, {**HEALTHY_REDIS, f"redis_up{{{REDIS_POD2}}}": "0x20",
+                      f'redis_instance_info{{{REDIS_POD2},role="slave"}}': GONE},
+        [POD_DOWN]),
+    "redis-every-pod-gone": (
+        WATCH_REDIS, {**redis_pod(REDIS_POD0, "master", GONE), **redis_pod(REDIS_POD1, values=GONE),
+                      **redis_pod(REDIS_POD2, values=GONE)},
+        [MESSAGING_DOWN, POD_DOWN]),
+    "redis-no-primary": (
+        WATCH_REDIS, {**redis_pod(REDIS_POD0), **redis_pod(REDIS_POD1), **redis_pod(REDIS_POD2)}, [MESSAGING_DOWN]),
+    "redis-scrape-fails": (
+        WATCH_REDIS, {**HEALTHY_REDIS, **{f"up{{{pod}}}": "0x20" for pod in (REDIS_POD0, REDIS_POD1, REDIS_POD2)}},
+        [MESSAGING_DOWN, POD_DOWN]),
+    "redis-primary-scrape-fails": (WATCH_REDIS, {**HEALTHY_REDIS, f"up{{{REDIS_POD0}}}": "0x20"},
+                                   [MESSAGING_DOWN, POD_DOWN]),
+    "redis-another-namespace-down": (
+        WATCH_REDIS, {**HEALTHY_REDIS, **in_another_namespace({
+            **{f"redis_up{{{pod}}}": "0x20" for pod in (REDIS_POD0, REDIS_POD1, REDIS_POD2)},
+            **{f"up{{{pod}}}": "0x20" for pod in (REDIS_POD0, REDIS_POD1, REDIS_POD2)},
+            **{f'kube_pod_container_status_ready{{{pod},container="sentinel"}}': "0x20"
+               for pod in (REDIS_POD0, REDIS_POD1, REDIS_POD2)}})},
+        []),
+    "redis-gone-while-another-namespace-is-healthy": (
+        WATCH_REDIS, {**redis_pod(REDIS_POD0, "master", GONE), **redis_pod(REDIS_POD1, values=GONE),
+                      **redis_pod(REDIS_POD2, values=GONE), **in_another_namespace(HEALTHY_REDIS)},
+        [MESSAGING_DOWN, POD_DOWN]),
+    "database-healthy": (WATCH_DATABASE, {**HEALTHY_DATABASE, **HEALTHY_POOLERS}, []),
+    "postgres-one-instance-gone": (
+        WATCH_DATABASE, {**scraped(DB_POD, "cnpg_collector_up", GONE, up=GONE),
+                         **scraped(DB_POD2, "cnpg_collector_up", "1x20"), **HEALTHY_POOLERS}, []),
+    "postgres-every-instance-gone": (
+        WATCH_DATABASE, {**scraped(DB_POD, "cnpg_collector_up", GONE, up=GONE),
+                         **scraped(DB_POD2, "cnpg_collector_up", GONE, up=GONE), **HEALTHY_POOLERS},
+        [("PostgresDown", "page", "")]),
+    "postgres-scrape-fails": (
+        WATCH_DATABASE, {**scraped(DB_POD, "cnpg_collector_up", "1x20", up="0x20"),
+                         **scraped(DB_POD2, "cnpg_collector_up", "1x20", up="0x20"), **HEALTHY_POOLERS},
+        [("PostgresDown", "page", "")]),
+    "postgres-gone-while-another-namespace-is-healthy": (
+        WATCH_DATABASE, {**HEALTHY_POOLERS, **in_another_namespace(HEALTHY_DATABASE)},
+        [("PostgresDown", "page", "")]),
+    "transaction-pooler-gone": (
+        WATCH_DATABASE, {**HEALTHY_DATABASE, **scraped(POOLER_POD, "cnpg_pgbouncer_up", GONE, up=GONE),
+                         **scraped(SESSION_POD, "cnpg_pgbouncer_up", "1x20")},
+        [("PgBouncerDown", "page", "prefect-pooler-transaction")]),
+    "session-pooler-scrape-fails": (
+        WATCH_DATABASE, {**HEALTHY_DATABASE, **scraped(POOLER_POD, "cnpg_pgbouncer_up", "1x20"),
+                         **scraped(SESSION_POD, "cnpg_pgbouncer_up", "1x20", up="0x20")},
+        [("PgBouncerDown", "page", "prefect-pooler-session")]),
+    "database-another-namespace-down": (
+        WATCH_DATABASE, {**HEALTHY_DATABASE, **HEALTHY_POOLERS, **in_another_namespace({
+            **scraped(DB_POD, "cnpg_collector_up", "0x20", up="0x20"),
+            **scraped(DB_POD2, "cnpg_collector_up", "0x20", up="0x20"),
+            **scraped(POOLER_POD, "cnpg_pgbouncer_up", "0x20", up="0x20"),
+            **scraped(SESSION_POD, "cnpg_pgbouncer_up", "0x20", up="0x20")})},
+        []),
+}
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed")
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_what_fires_when_pods_fail(tmp_path: Path, scenario: str) -> None:
+    """Exactly the expected alerts, at their severity: one Redis pod down is a warning, no primary is a page."""
+    watched, series, expected = SCENARIOS[scenario]
+    names = "|".join(watched)
+    samples = [{"labels": "{" + ",".join(f'{key}="{value}"' for key, value in
+                                         (("alertname", alert), ("pooler", pooler), ("severity", severity)) if value)
+                          + "}", "value": 1}
+               for alert, severity, pooler in expected]
+    report = promtool_test(tmp_path, series, {"promql_expr_test": [{
+        "expr": f'count by (alertname, severity, pooler) (ALERTS{{alertstate="firing",alertname=~"{names}"}})',
+        "eval_time": "12m", "exp_samples": samples}]})
+    assert report == ""
 
 
 class TestServiceMonitors:
@@ -264,10 +454,12 @@ class TestExporter:
     def args(self, config: str = "default") -> list[str]:
         name = f"{config_of(config).kubernetes.name}-exporter"
         [exporter] = containers(one("Deployment", name, config))
-        return list(exporter["args"])
+        program, arguments = exporter["args"][:3], exporter["args"][3:]
+        assert program[1:] == ["-m", "infra.exporter.server"]
+        return list(arguments)
 
     def test_connects_to_the_primary_with_tls(self) -> None:
-        assert {"--postgres=prefect-db-rw:5432/prefect", "--sslmode=require"} <= set(self.args())
+        assert {"--postgres=prefect-db-rw:5432/prefect", "--sslmode=verify-ca"} <= set(self.args())
 
     def test_no_pgbouncer_source(self) -> None:
         assert not [a for a in self.args() if a.startswith("--pgbouncer")]
@@ -342,9 +534,20 @@ class TestExporter:
 
     def test_only_the_monitor_credentials_are_mounted(self) -> None:
         volumes = one("Deployment", "prefect-exporter")["spec"]["template"]["spec"]["volumes"]
-        [secret] = [v["secret"] for v in volumes if "secret" in v]
+        [secret] = [v["secret"] for v in volumes if v["name"] == "secrets"]
         assert (secret["secretName"], {i["key"] for i in secret["items"]}) == (
             "prefect-stack-secrets", {"postgres_monitor", "redis_monitor"})
+
+    def test_verifies_the_database_server_against_the_clusters_ca(self) -> None:
+        """As the apps do: a certificate of the Cluster's CA, not merely an encrypted connection."""
+        deployment = one("Deployment", "prefect-exporter")
+        [exporter] = containers(deployment)
+        assert "--sslmode=verify-ca" in exporter["args"]
+        [root_cert] = [a.removeprefix("--sslrootcert=") for a in exporter["args"] if a.startswith("--sslrootcert=")]
+        mount = next(m for m in exporter["volumeMounts"] if root_cert.startswith(m["mountPath"] + "/"))
+        volume = next(v for v in deployment["spec"]["template"]["spec"]["volumes"] if v["name"] == mount["name"])
+        assert volume["secret"]["secretName"] == "prefect-db-ca"
+        assert [i["key"] for i in volume["secret"]["items"]] == ["ca.crt"]  # not the CA's private key
 
     @pytest.mark.parametrize("probe", ["readinessProbe", "livenessProbe"])
     def test_probes_the_metrics_port(self, probe: str) -> None:
@@ -448,6 +651,25 @@ class TestJaeger:
     def test_recreated_not_rolled(self) -> None:
         """One ReadWriteOnce volume: a second pod could not mount it during a rolling update."""
         assert one("Deployment", "prefect-jaeger")["spec"]["strategy"] == {"type": "Recreate"}
+
+    def _storage(self, config: str) -> dict[str, Any]:
+        document = yaml.safe_load(one("ConfigMap", "prefect-jaeger", config)["data"]["config.yaml"])
+        backends: dict[str, Any] = document["extensions"]["jaeger_storage"]["backends"]
+        return backends
+
+    def test_badger_keeps_spans_for_the_retention_on_a_claim_of_the_models_size(self) -> None:
+        assert self._storage("jaeger-badger")["main"]["badger"]["ttl"] == {"spans": "72h"}
+        claim = one("PersistentVolumeClaim", "prefect-jaeger", "jaeger-badger")
+        assert claim["spec"]["resources"]["requests"]["storage"] == "50Gi"
+        [jaeger] = containers(one("Deployment", "prefect-jaeger", "jaeger-badger"))
+        assert {"name": "data", "mountPath": "/var/lib/jaeger"} in jaeger["volumeMounts"]
+
+    def test_memory_keeps_max_traces_without_a_volume(self) -> None:
+        assert self._storage("jaeger-memory") == {"main": {"memory": {"max_traces": 20000}}}
+        assert not objects("jaeger-memory", "PersistentVolumeClaim")
+        spec = one("Deployment", "prefect-jaeger", "jaeger-memory")["spec"]["template"]["spec"]
+        assert "data" not in {v["name"] for v in spec["volumes"]}
+        assert "data" not in {m["name"] for m in spec["containers"][0]["volumeMounts"]}
 
 
 class TestTracingEndpoint:

@@ -83,12 +83,12 @@ class TestApiDeployment:
 
     def test_api_runs_without_services(self, default: Rendering) -> None:
         api = self._deployment(default)["spec"]["template"]["spec"]["containers"][0]
-        assert "--no-services" in api["command"]
+        assert "--no-services" in api["args"]
 
     def test_pods_wait_for_the_migration(self, default: Rendering) -> None:
         init = self._deployment(default)["spec"]["template"]["spec"]["initContainers"]
         assert [c["name"] for c in init] == ["wait-for-migrations"]
-        assert init[0]["command"][-4:-2] == ["infra.kubernetes.migrations", "wait"]
+        assert init[0]["args"][-4:-2] == ["infra.kubernetes.migrations", "wait"]
 
     def test_spread_across_nodes_and_zones(self, default: Rendering) -> None:
         spread = self._deployment(default)["spec"]["template"]["spec"]["topologySpreadConstraints"]
@@ -111,6 +111,46 @@ class TestApiDeployment:
                     and o["metadata"]["name"] == Names.of(rendering.config).api]
 
 
+class TestServicesDeployment:
+    def _deployment(self, rendering: Rendering) -> dict[str, Any]:
+        return _find(rendering, "Deployment", Names.of(rendering.config).services)
+
+    def _container(self, rendering: Rendering) -> dict[str, Any]:
+        return dict(self._deployment(rendering)["spec"]["template"]["spec"]["containers"][0])
+
+    def test_two_replicas_by_default_with_a_disruption_budget(self, default: Rendering) -> None:
+        """One services pod is a single point of failure on a cluster (node loss, drain): Docket coordinates two."""
+        assert self._deployment(default)["spec"]["replicas"] == 2
+        assert _find(default, "PodDisruptionBudget", Names.of(default.config).services)["spec"]["maxUnavailable"] == 1
+
+    def test_replicas_set_in_the_model_win(self) -> None:
+        rendering = reference_rendering(load_config(target="kubernetes", services={"replicas": 1}))
+        assert self._deployment(rendering)["spec"]["replicas"] == 1
+        assert not [o for o in rendering.objects() if o["kind"] == "PodDisruptionBudget"
+                    and o["metadata"]["name"] == Names.of(rendering.config).services]
+
+    def test_a_replica_must_stay_up_before_it_counts(self, default: Rendering) -> None:
+        assert self._deployment(default)["spec"]["minReadySeconds"] >= 10
+
+    @pytest.mark.parametrize("probe", ["startupProbe", "livenessProbe"])
+    def test_probes_read_the_heartbeat_of_the_services_process_itself(self, default: Rendering, probe: str) -> None:
+        """Not a TCP connect to the pooler: a pooler outage must not restart them, a hung event loop must."""
+        services = self._container(default)
+        words = [*services.get("command", []), *services.get("args", [])]
+        run = words[words.index("infra.containers.services"):]
+        check = services[probe]["exec"]["command"]
+        assert run[:2] == ["infra.containers.services", "run"]
+        assert check[check.index("infra.containers.services"):][:2] == ["infra.containers.services", "check"]
+        heartbeat = run[run.index("--heartbeat") + 1]
+        assert check[check.index("--heartbeat") + 1] == heartbeat
+        mounts = {m["mountPath"]: m.get("readOnly", False) for m in services["volumeMounts"]}
+        assert any(heartbeat.startswith(path + "/") and not read_only for path, read_only in mounts.items())
+
+    def test_the_liveness_probe_allows_the_check_interval(self, default: Rendering) -> None:
+        probe = self._container(default)["livenessProbe"]
+        assert probe["periodSeconds"] * probe["failureThreshold"] >= 60
+
+
 class TestIngress:
     def test_tls_for_the_host(self, default: Rendering) -> None:
         ingress = _find(default, "Ingress", Names.of(default.config).api)
@@ -127,6 +167,102 @@ class TestIngress:
     def test_off(self) -> None:
         rendering = reference_rendering(_config(ingress={"enabled": False}))
         assert not [o for o in rendering.objects() if o["kind"] == "Ingress"]
+
+
+ENVOY = {"enabled": True, "data_plane_namespace": "envoy-gateway-system",
+         "data_plane_pod_labels": {"gateway.envoyproxy.io/owning-gateway-name": "gateway"}}
+
+
+def _proxy(namespace: str, labels: dict[str, str]) -> dict[str, Any]:
+    """A Gateway's proxy Deployment (its data plane) in ``namespace``."""
+    return {"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "proxy", "namespace": namespace, "labels": labels},
+            "spec": {"replicas": 2, "selector": {"matchLabels": labels},
+                     "template": {"metadata": {"labels": labels}, "spec": {"containers": []}}}}
+
+
+@pytest.fixture(scope="module")
+def gateway() -> Rendering:
+    return reference_rendering(_config(gateway=ENVOY))
+
+
+class TestGatewayRoute:
+    def route(self, rendering: Rendering) -> dict[str, Any]:
+        return _find(rendering, "HTTPRoute", Names.of(rendering.config).api)
+
+    def test_off_by_default(self, default: Rendering) -> None:
+        assert not [o for o in default.objects() if o["kind"] == "HTTPRoute"]
+
+    def test_attaches_to_the_gateways_https_listener(self, gateway: Rendering) -> None:
+        assert self.route(gateway)["spec"]["parentRefs"] == [{
+            "group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "gateway", "namespace": "gateway-system",
+            "sectionName": "https"}]
+
+    def test_answers_the_ingress_host_unless_told(self, gateway: Rendering) -> None:
+        assert self.route(gateway)["spec"]["hostnames"] == ["prefect.example.com"]
+        told = reference_rendering(_config(gateway={**ENVOY, "hostnames": ["flows.example.org"]}))
+        assert self.route(told)["spec"]["hostnames"] == ["flows.example.org"]
+
+    def test_every_rule_reaches_the_api_service(self, gateway: Rendering) -> None:
+        service = _find(gateway, "Service", "prefect-api")
+        ports = {p["port"] for p in service["spec"]["ports"]}
+        backends = [b for rule in self.route(gateway)["spec"]["rules"] for b in rule["backendRefs"]]
+        assert backends and all(b["name"] == "prefect-api" and b["port"] in ports for b in backends)
+
+    def test_websockets_have_no_deadline(self, gateway: Rendering) -> None:
+        [rule] = [r for r in self.route(gateway)["spec"]["rules"] if r["name"] == "websockets"]
+        assert {m["path"]["value"] for m in rule["matches"]} == {"/api/events/in", "/api/events/out", "/api/logs/out"}
+        assert rule["timeouts"] == {"request": "0s"}
+
+    def test_other_requests_get_the_load_balancers_server_timeout(self, gateway: Rendering) -> None:
+        [rule] = [r for r in self.route(gateway)["spec"]["rules"] if r["name"] == "api"]
+        assert rule["matches"] == [{"path": {"type": "PathPrefix", "value": "/"}}]
+        assert rule["timeouts"] == {"request": "1m"}
+
+    @pytest.mark.parametrize(("seconds", "duration"), [(60, "1m"), (90, "1m30s"), (3600, "1h"), (45, "45s"),
+                                                        (3661, "1h1m1s")])
+    def test_gateway_durations(self, seconds: int, duration: str) -> None:
+        assert prefect.gateway_duration(seconds) == duration
+
+    def test_a_kustomize_component_applied_with_the_apps(self, gateway: Rendering) -> None:
+        [manifest] = [m for m in gateway.manifests if m.kind == "HTTPRoute"]
+        assert (manifest.component, manifest.phase) == ("gateway-api", "apps")
+
+    def test_the_data_plane_reaches_the_api(self, gateway: Rendering) -> None:
+        api = _find(gateway, "Deployment", "prefect-api")
+        proxy = _proxy("envoy-gateway-system", {"gateway.envoyproxy.io/owning-gateway-name": "gateway"})
+        assert checks.flow_problems(gateway.objects(), proxy, api, 4200) == []
+
+    @pytest.mark.parametrize(("namespace", "labels"), [
+        ("envoy-gateway-system", {"gateway.envoyproxy.io/owning-gateway-name": "other"}),
+        ("gateway-system", {"gateway.envoyproxy.io/owning-gateway-name": "gateway"})])
+    def test_other_pods_stay_out(self, gateway: Rendering, namespace: str, labels: dict[str, str]) -> None:
+        api = _find(gateway, "Deployment", "prefect-api")
+        assert checks.flow_problems(gateway.objects(), _proxy(namespace, labels), api, 4200) != []
+
+    def test_the_gateways_namespace_by_default(self) -> None:
+        rendering = reference_rendering(_config(gateway={"enabled": True}))
+        api = _find(rendering, "Deployment", "prefect-api")
+        assert checks.flow_problems(rendering.objects(), _proxy("gateway-system", {"app": "any"}), api, 4200) == []
+
+    def test_the_ingress_controller_is_shut_out_without_the_ingress(self) -> None:
+        rendering = reference_rendering(_config(gateway=ENVOY, ingress={"enabled": False}))
+        api = _find(rendering, "Deployment", "prefect-api")
+        assert checks.flow_problems(rendering.objects(), _proxy("ingress-nginx", {"app": "nginx"}), api, 4200) != []
+        assert not [o for o in rendering.objects() if o["kind"] == "Ingress"]
+
+    def test_the_ui_uses_the_routes_host_without_the_ingress(self) -> None:
+        config = _config(gateway={**ENVOY, "hostnames": ["*.example.org", "flows.example.org"]},
+                         ingress={"enabled": False})
+        assert prefect.public_api_url(config) == "https://flows.example.org/api"
+
+    def test_a_data_plane_in_the_stacks_namespace_needs_its_labels(self) -> None:
+        with pytest.raises(UserError, match="data_plane_pod_labels"):
+            _config(gateway={"enabled": True, "namespace": None})
+
+    def test_a_bad_host_name_is_refused(self) -> None:
+        with pytest.raises(UserError, match="hostnames"):
+            _config(gateway={**ENVOY, "hostnames": ["Prefect_UI.example.com"]})
 
 
 class TestMigrationJob:
@@ -153,6 +289,15 @@ class TestMigrationJob:
         volumes = {v["name"]: v for v in job["spec"]["template"]["spec"]["volumes"]}
         assert volumes["superuser"]["secret"]["secretName"] == Names.of(default.config).secret_stack
 
+    def test_the_superuser_verifies_the_server_against_the_clusters_ca(self, default: Rendering) -> None:
+        job = self._jobs(default)[0]
+        [migrate] = job["spec"]["template"]["spec"]["containers"]
+        command = [*migrate.get("command", []), *migrate.get("args", [])]
+        assert command[command.index("--sslmode") + 1] == "verify-ca"
+        root_cert = command[command.index("--sslrootcert") + 1]
+        assert any(root_cert.startswith(m["mountPath"] + "/") and m["name"] == "db-ca"
+                   for m in migrate["volumeMounts"])
+
 
 class TestBackupCronJob:
     def _cronjob(self, rendering: Rendering) -> dict[str, Any]:
@@ -167,7 +312,7 @@ class TestBackupCronJob:
 
     def test_runs_the_same_code_once(self, default: Rendering) -> None:
         container = self._cronjob(default)["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
-        assert container["command"][1:] == ["-m", "infra.backup.scheduler", "--once"]
+        assert container["args"][1:] == ["-m", "infra.backup.scheduler", "--once"]
 
     def test_scratch_is_an_ephemeral_volume(self, default: Rendering) -> None:
         spec = self._cronjob(default)["spec"]["jobTemplate"]["spec"]["template"]["spec"]
@@ -179,6 +324,13 @@ class TestBackupCronJob:
         env = {e["name"]: e["value"] for e in container["env"]}
         assert env["AWS_SHARED_CREDENTIALS_FILE"].endswith("/credentials")
         assert "AWS_SECRET_ACCESS_KEY" not in env
+
+    def test_mounts_only_the_secrets_the_backup_reads(self, default: Rendering) -> None:
+        """Least privilege: a leak of the backup pod must not open the API, Redis or Grafana."""
+        volumes = self._cronjob(default)["spec"]["jobTemplate"]["spec"]["template"]["spec"]["volumes"]
+        stack = next(v for v in volumes if v["name"] == "secrets")["secret"]
+        assert {item["key"] for item in stack["items"]} == {"postgres_superuser", "postgres_prefect",
+                                                            "backup_encryption"}
 
     def test_iam_role_mounts_no_keys(self) -> None:
         cron = self._cronjob(reference_rendering(_config(s3_credentials="iam-role")))
@@ -446,14 +598,22 @@ class TestWaitForMigrations:
         assert "migration Job" in lines[-1]
 
     def test_libpq_url_requires_tls(self) -> None:
-        assert migrations.libpq_url("postgresql+asyncpg://u:p@h:5432/db") == "postgresql://u:p@h:5432/db?sslmode=require"
+        assert (migrations.libpq_url("postgresql+asyncpg://u:p@h:5432/db", {})
+                == "postgresql://u:p@h:5432/db?sslmode=require")
+
+    def test_libpq_url_verifies_the_server_as_prefect_does(self) -> None:
+        """The init container checks the server with Prefect's own TLS settings (the Cluster's CA)."""
+        env = prefect.prefect_environment(_config(), placeholder_secrets(), "api")
+        url = migrations.libpq_url(env["PREFECT_SERVER_DATABASE_CONNECTION_URL"], env)
+        assert url.endswith("?sslmode=verify-ca&sslrootcert=%2Fetc%2Fprefect-stack%2Fdb-ca%2Fca.crt")
 
 
 class TestBackupCodeOnKubernetes:
     def test_superuser_to_the_primary_over_tls(self) -> None:
         access = database_access(_config(), placeholder_secrets())
         assert (access.host, access.port, access.user, access.sslmode) == ("prefect-db-rw", 5432, "postgres",
-                                                                           "require")
+                                                                           "verify-ca")
+        assert access.env()["PGSSLROOTCERT"] == access.sslrootcert == "/etc/prefect-stack/db-ca/ca.crt"
 
     def test_verification_api_reaches_the_restored_database_directly(self) -> None:
         url = api_database_url(_config(), placeholder_secrets())("verify_1")
@@ -478,11 +638,21 @@ class TestBackupCodeOnKubernetes:
         with pytest.raises(UserError, match="others can read it"):
             load_secrets(directory)  # the host's rule, which a Secret volume cannot meet
 
-    def test_a_missing_key_names_the_fix(self, tmp_path: Path) -> None:
+    def test_a_secret_not_given_to_the_workload_is_refused_by_name_when_used(self, tmp_path: Path) -> None:
         directory = self._mounted(tmp_path / "secrets")
         directory.chmod(0o755)
         (directory / "redis").unlink()
-        with pytest.raises(UserError, match="secret redis is missing"):
+        secrets = mounted_secrets(directory)
+        assert secrets.get("postgres_superuser") == placeholder_secrets().get("postgres_superuser")
+        with pytest.raises(UserError, match="secret redis is not given to this workload"):
+            secrets.get("redis")
+
+    def test_an_empty_key_names_the_fix(self, tmp_path: Path) -> None:
+        directory = self._mounted(tmp_path / "secrets")
+        directory.chmod(0o755)
+        (directory / "redis").chmod(0o644)
+        (directory / "redis").write_text("\n")
+        with pytest.raises(UserError, match="secret redis is empty"):
             mounted_secrets(directory)
 
     def test_the_cronjob_reads_the_mounted_secret(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -490,13 +660,13 @@ class TestBackupCodeOnKubernetes:
         seen: list[str] = []
 
         def backup_job(config: StackConfig, generated: Any, progress: Any) -> None:
-            seen.append(generated.get("redis"))
+            seen.append(generated.get("postgres_superuser"))
             raise UserError("stop here")
 
         monkeypatch.setattr(scheduler, "backup_job", backup_job)
         config = load_config(target="kubernetes", local={"state_dir": str(tmp_path)})
         assert scheduler.run_once(config) is False
-        assert seen == [placeholder_secrets().get("redis")]
+        assert seen == [placeholder_secrets().get("postgres_superuser")]
 
     def test_scheduler_rejects_unknown_arguments(self) -> None:
         assert scheduler.main(["--twice"]) == 2
@@ -509,3 +679,17 @@ def test_prometheus_scrapes_the_api_with_its_basic_auth() -> None:
     metrics = made[Names.of(config).secret_api_metrics]
     assert {k: base64.b64decode(v).decode() for k, v in metrics["data"].items()} == {"username": "admin",
                                                                                      "password": "s3cret"}
+
+
+def test_no_container_of_ours_trusts_the_database_server_unverified(default: Rendering) -> None:
+    """With CloudNativePG every client checks the Cluster's CA: no container settles for an encrypted but
+    unverified connection (sslmode require)."""
+    for obj in default.objects():
+        spec = obj.get("spec", {})
+        pod = spec.get("jobTemplate", {}).get("spec", spec).get("template", {}).get("spec", {})
+        for c in [*pod.get("initContainers", []), *pod.get("containers", [])]:
+            words = [*c.get("command", []), *c.get("args", [])]
+            modes = [w.partition("=")[2] for w in words if w.startswith("--sslmode=")]
+            modes += [words[i + 1] for i, w in enumerate(words[:-1]) if w == "--sslmode"]
+            modes += [e["value"] for e in c.get("env", []) if e["name"] == "PGSSLMODE"]
+            assert set(modes) <= {"verify-ca", "verify-full"}, (obj["metadata"]["name"], c["name"], modes)

@@ -4,6 +4,7 @@ invariants, and kustomize building the example overlay back into the rendering."
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ import pytest
 
 from infra.compose.project import placeholder_secrets
 from infra.config import StackConfig, load_config
+from infra.containers.images import DOCKERFILES, PREFECT_REPOSITORY, SYSTEM_REPOSITORY
 from infra.kubernetes.objects import COMPONENTS, PHASES
 from infra.kubernetes.render import OVERLAY, Rendering, reference_rendering, write_tree
 from infra.kubernetes.secrets import secret_objects
@@ -27,6 +29,7 @@ MATRIX: dict[str, dict[str, Any]] = {
                 "kubernetes": {"postgres": {"instances": 1, "pooler_instances": 1}, "redis": {"mode": "standalone"},
                                "network_policies": False, "ingress": {"enabled": False}}},
     "ha": {"api": {"replicas": 4}, "services": {"replicas": 2}, "postgres": {"max_connections": 400},
+           "tracing": {"jaeger_storage": {"backend": "memory"}},
            "kubernetes": {"postgres": {"instances": 5, "pooler_instances": 3}, "redis": {"replicas": 5},
                           "storage_class": "fast-ssd", "version": "1.34", "image_registry": "registry.example.com",
                           "scheduling": {"node_selector": {"node-pool": "prefect"}, "priority_class": "prefect-high",
@@ -43,7 +46,17 @@ MATRIX: dict[str, dict[str, Any]] = {
                  "backups": {"s3": {"endpoint_url": "https://minio.example.com:9000"}}},
     "everything": {"backups": {"physical": {"enabled": True}},
                    "tracing": {"enabled": True, "otlp_endpoint": "http://otel-collector.observability:4318"},
-                   "kubernetes": {"ingress": {"cluster_issuer": None}}},
+                   "kubernetes": {"ingress": {"cluster_issuer": None},
+                                  "gateway": {"enabled": True,
+                                              "hostnames": ["prefect.example.com", "*.prefect.example.com"],
+                                              "data_plane_namespace": "envoy-gateway-system",
+                                              "data_plane_pod_labels": {
+                                                  "gateway.envoyproxy.io/owning-gateway-name": "gateway"}}}},
+    # The Gateway API alone, its Gateway in the stack's namespace, attached to every listener that admits the route.
+    "gateway": {"kubernetes": {"ingress": {"enabled": False},
+                               "gateway": {"enabled": True, "namespace": None, "section_name": None,
+                                           "data_plane_pod_labels": {
+                                               "gateway.networking.k8s.io/gateway-name": "gateway"}}}},
     "recovered": {"backups": {"physical": {"enabled": True}},
                   "kubernetes": {"postgres": {"recovery": {"enabled": True, "target_time": "2026-11-27T02:15:00Z",
                                                            "server_name": "prefect-db-r1"}}}},
@@ -96,6 +109,31 @@ class TestInvariants:
     def test_phases_and_components_are_known(self, rendering: Rendering) -> None:
         assert {m.phase for m in rendering.manifests} <= set(PHASES)
         assert {m.component for m in rendering.manifests} <= {None, *COMPONENTS}
+
+
+def _entrypoint(dockerfile: Path) -> list[str] | None:
+    """The image's ENTRYPOINT (exec form), or None when the Dockerfile sets none (it inherits its base's)."""
+    lines = [line for line in dockerfile.read_text().splitlines() if line.startswith("ENTRYPOINT")]
+    return json.loads(lines[-1].removeprefix("ENTRYPOINT")) if lines else None
+
+
+def project_entrypoints() -> dict[str, list[str]]:
+    """The project's images and the init each starts with: the system image's tini, which the Prefect image
+    (built FROM it) inherits."""
+    system = _entrypoint(DOCKERFILES / "system" / "Dockerfile")
+    assert system == ["/usr/bin/tini", "--"]
+    assert _entrypoint(DOCKERFILES / "prefect" / "Dockerfile") is None
+    return {SYSTEM_REPOSITORY: system, PREFECT_REPOSITORY: system}
+
+
+class TestPid1:
+    def test_tini_is_pid_1_in_every_container_of_the_projects_images(self, rendering: Rendering) -> None:
+        assert checks.init_is_pid_1(rendering.objects(), project_entrypoints()) == []
+
+    def test_the_check_sees_the_projects_containers(self, rendering: Rendering) -> None:
+        images = {box["image"] for obj in rendering.objects() if (template := checks.pod_template(obj))
+                  for box in [*template["spec"].get("initContainers", []), *template["spec"]["containers"]]}
+        assert {image.split(":")[0] for image in images} >= {PREFECT_REPOSITORY}
 
 
 class TestKustomize:

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from infra.config import IN_CONTAINER_ENV
 from infra.errors import UserError
-from infra.secrets import SECRET_NAMES, ensure_secrets, load_secrets, rotate_secret
+from infra.secrets import BACKUP_SECRETS, SECRET_NAMES, ensure_secrets, load_secrets, rotate_secret
 
 NAMES = list(SECRET_NAMES)
 USER_PREFIXED = ["prefect_auth", "haproxy_stats"]
@@ -190,3 +191,29 @@ class TestNeverPrinted:
     def test_str_hides_value(self, directory: Path, name: str) -> None:
         secrets = ensure_secrets(directory)
         assert _password(secrets.get(name)) not in str(getattr(secrets, name))
+
+
+class TestInTheBackupContainer:
+    """Inside a compose project container the backup code reads what its service mounts, and nothing more."""
+
+    @pytest.fixture
+    def mounted(self, directory: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+        full = ensure_secrets(directory)
+        for name in NAMES:
+            if name not in BACKUP_SECRETS:
+                (directory / name).unlink()
+        monkeypatch.setenv(IN_CONTAINER_ENV, "1")
+        assert full.get("postgres_superuser")
+        return directory
+
+    def test_reads_the_given_secrets(self, mounted: Path) -> None:
+        assert load_secrets(mounted).get("postgres_superuser") == (mounted / "postgres_superuser").read_text()
+
+    def test_generates_nothing(self, mounted: Path) -> None:
+        load_secrets(mounted)
+        assert sorted(p.name for p in mounted.iterdir()) == sorted(BACKUP_SECRETS)
+
+    @pytest.mark.parametrize("name", sorted(set(NAMES) - set(BACKUP_SECRETS)))
+    def test_a_withheld_secret_is_refused_by_name(self, mounted: Path, name: str) -> None:
+        with pytest.raises(UserError, match=f"secret {name} is not given to this workload"):
+            load_secrets(mounted).get(name)

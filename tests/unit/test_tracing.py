@@ -35,6 +35,12 @@ def test_server_processes_say_who_they_are_and_skip_health_checks() -> None:
     assert "api/ready" in env["OTEL_PYTHON_EXCLUDED_URLS"]
 
 
+def test_production_default_records_a_share_of_new_traces_and_every_sampled_callers() -> None:
+    env = exporter_environment(StackConfig(tracing=ON), "prefect-api")
+    assert 0.0 < float(env["OTEL_TRACES_SAMPLER_ARG"]) < 1.0
+    assert env["OTEL_TRACES_SAMPLER"] == "parentbased_traceidratio"
+
+
 def test_sampling_follows_the_caller_and_the_ratio() -> None:
     env = exporter_environment(StackConfig(tracing={**ON, "sample_ratio": 0.25}), "prefect-flows")
     assert env["OTEL_TRACES_SAMPLER"] == "parentbased_traceidratio"
