@@ -10,7 +10,7 @@ the streams on the primary the Sentinels name, before and after the failover. Th
 exporter.
 
 Unlike the rest of tests/unit this starts processes (Debian's redis-server and prometheus-redis-exporter, on
-free loopback ports; skipped without redis-server): the scripts only prove themselves by running. About 25 s;
+free loopback ports; skipped without redis-server): the scripts only prove themselves by running. About 35 s;
 every process is killed at the end, pass or fail.
 """
 
