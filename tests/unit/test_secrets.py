@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import stat
 from pathlib import Path
 
@@ -47,6 +49,17 @@ class TestEnsure:
         directory.mkdir(mode=0o755)
         ensure_secrets(directory)
         assert _mode(directory) == 0o700
+
+    def test_a_private_directory_on_a_read_only_filesystem_is_left_as_it_is(
+            self, directory: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        """The compose backup container: its secrets directory (0700 in the image) is on a read-only root."""
+        ensure_secrets(directory)
+
+        def read_only(path: object, mode: int) -> None:
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+
+        monkeypatch.setattr(os, "chmod", read_only)
+        assert ensure_secrets(directory).get("redis") == (directory / "redis").read_text()
 
     def test_no_other_files_left_behind(self, directory: Path) -> None:
         ensure_secrets(directory)
