@@ -39,6 +39,62 @@ LOCAL_ACCESS_KEY_ID = "prefect-stack-local"
 
 Port = int  # validated by Field(ge=1, le=65535) where used
 
+# Redis forks to rewrite its append-only file and to save its RDB snapshot. The child shares the parent's pages
+# copy-on-write, and every page the parent writes meanwhile (Prefect writes its streams all the time) is copied
+# inside the same memory limit; the replicas' output buffers (client-output-buffer-limit replica: up to 256mb
+# each), the replication backlog, client buffers and the allocator's fragmentation are not counted in maxmemory
+# either. maxmemory at most half the container's limit leaves room for all of that: closer to the limit, a
+# rewrite under load gets Redis OOM-killed before noeviction refuses a write, and before RedisMemoryNearLimit
+# (85% of maxmemory) can fire.
+REDIS_MAXMEMORY_SHARE = 0.5
+# shared_buffers is one allocation for the server's life; everything else PostgreSQL uses is per backend:
+# work_mem per sort or hash (4MB, PostgreSQL's default, which the stack keeps), maintenance_work_mem for vacuum
+# and index builds (64MB per worker), catalog caches of a few MB each, times the connections PgBouncer opens
+# (2 x default_pool_size + reserve: about 85 by default, so about 85 x (4 + 5) MB at worst). PostgreSQL's own
+# advice is a quarter of the memory for shared_buffers; up to 40% still leaves the backends their share.
+POSTGRES_SHARED_BUFFERS_SHARE = 0.4
+# setting -> (its largest share of the memory limit, the unit it is written in, what the rest of the limit is for)
+_DATA_MEMORY = {
+    "redis.maxmemory": (REDIS_MAXMEMORY_SHARE, "mb", "room for the fork of an AOF rewrite or RDB save (copy-on-write) "
+                                                     "and the replication buffers, which maxmemory does not count"),
+    "postgres.shared_buffers": (POSTGRES_SHARED_BUFFERS_SHARE, "MB", "the backends' memory (work_mem, "
+                                                                     "maintenance_work_mem, caches) per connection"),
+}
+_SIZE = re.compile(r"^(\d+)([kmgt]?)(?:i|b)?$")
+_CPU = re.compile(r"^(\d+(?:\.\d+)?)(m?)$")
+
+
+def size_bytes(size: str) -> int:
+    """A memory size in any of the model's spellings, as bytes: Redis's (512mb), Docker's (1g), Kubernetes' (1Gi),
+    PostgreSQL's (256MB). All four count in powers of 1024."""
+    match = _SIZE.match(size.strip().lower())
+    if match is None:
+        raise ValueError(f"not a memory size: {size!r}")
+    number, unit = int(match.group(1)), match.group(2)
+    return number * 1024 ** ("kmgt".find(unit) + 1) if unit else number
+
+
+def cpu_cores(quantity: str) -> float:
+    """A Kubernetes CPU quantity (500m, 1, 1.5) as cores."""
+    match = _CPU.match(quantity.strip())
+    if match is None:
+        raise ValueError(f"not a CPU quantity: {quantity!r}")
+    return float(match.group(1)) / (1000 if match.group(2) else 1)
+
+
+def _at_most(share: float, limit: str, unit: str) -> str:
+    """The largest size in ``unit`` (mb or MB) that is at most ``share`` of ``limit``."""
+    return f"{int(size_bytes(limit) * share) // 1024 ** 2}{unit}"
+
+
+def _to_fit(share: float, size: str, spelling: str) -> str:
+    """The smallest limit, spelt as ``spelling`` expects (m for Docker, Mi for Kubernetes), that ``size`` is at
+    most ``share`` of."""
+    mebibytes = -(-size_bytes(size) // int(1024 ** 2 * share))
+    if mebibytes % 1024 == 0:
+        return f"{mebibytes // 1024}{spelling.replace('m', 'g').replace('M', 'G')}"
+    return f"{mebibytes}{spelling}"
+
 
 class _Section(BaseModel):
     # An unknown key is far more often a typo than intent: reject it rather than silently ignore it.
@@ -56,7 +112,10 @@ class PostgresConfig(_Section):
                                  description="PostgreSQL's max_connections; must cover PgBouncer's two pools "
                                              "(2 x pgbouncer.default_pool_size) plus the exporters and operators.")
     shared_buffers: str = Field("256MB", pattern=r"^\d+(kB|MB|GB)$",
-                                description="PostgreSQL's shared_buffers, e.g. 256MB or 2GB (kB, MB or GB).")
+                                description="PostgreSQL's shared_buffers, e.g. 256MB or 2GB (kB, MB or GB); at "
+                                            "most 40% of PostgreSQL's memory limit (compose.postgres_memory, "
+                                            "kubernetes.postgres.resources.memory_limit), the rest is the "
+                                            "backends' (work_mem, maintenance_work_mem).")
     bin_dir: Path = Field(Path("/usr/lib/postgresql/15/bin"), description="Where initdb and postgres live.")
 
 
@@ -73,9 +132,12 @@ class PgBouncerConfig(_Section):
 
 class RedisConfig(_Section):
     port: int = Field(16379, ge=1, le=65535, description="TCP port of Redis (password required).")
-    maxmemory: str = Field("1gb", pattern=r"^\d+(kb|mb|gb)$",
+    maxmemory: str = Field("512mb", pattern=r"^\d+(kb|mb|gb)$",
                            description="Redis's memory limit (kb, mb or gb). With noeviction, writes fail at the "
-                                       "limit; the RedisMemoryNearLimit alert fires at 85%.")
+                                       "limit; the RedisMemoryNearLimit alert fires at 85%. At most half the "
+                                       "Redis container's memory limit (compose.redis_memory, "
+                                       "kubernetes.redis.resources.memory_limit): the rest is room for the "
+                                       "fork of an AOF rewrite and the replication buffers.")
 
 
 class ApiConfig(_Section):
@@ -362,7 +424,14 @@ class ComposeTargetConfig(_Section):
         description="Jaeger's image (v2), pinned by digest.")
     jaeger_ui_port: int = Field(16686, ge=1, le=65535, description="Jaeger UI (published like the load balancer).")
     memory: str = Field("512m", pattern=r"^\d+[kmg]$",
-                        description="Memory limit of each container but the API replicas and services (k, m, g).")
+                        description="Memory limit of each container but the API replicas, services, PostgreSQL "
+                                    "and Redis (k, m, g).")
+    postgres_memory: str = Field("1g", pattern=r"^\d+[kmg]$",
+                                 description="Memory limit of the PostgreSQL container; postgres.shared_buffers "
+                                             "must be at most 40% of it.")
+    redis_memory: str = Field("1g", pattern=r"^\d+[kmg]$",
+                              description="Memory limit of the Redis container; redis.maxmemory must be at most "
+                                          "half of it (room for an AOF rewrite's fork).")
     api_memory: str = Field("1g", pattern=r"^\d+[kmg]$",
                             description="Memory limit of each API replica and background services container.")
     cpus: float = Field(1.0, gt=0, le=64, description="CPU limit of each container.")
@@ -380,6 +449,19 @@ class ResourcesConfig(_Section):
                                               "instead of letting it use an idle core).")
     memory_limit: str = Field("512Mi", pattern=r"^\d+(Ki|Mi|Gi)$",
                               description="Memory limit per container, enforced by the kubelet (Ki, Mi, Gi).")
+
+
+def _guaranteed(resources: ResourcesConfig, field: str) -> None:
+    """Data pods run with Guaranteed QoS (requests equal to limits): the last the kubelet evicts or the kernel
+    OOM-kills under node pressure, and never throttled below what they were promised."""
+    if size_bytes(resources.memory_request) != size_bytes(resources.memory_limit):
+        raise ValueError(f"{field}.memory_request {resources.memory_request} differs from memory_limit "
+                         f"{resources.memory_limit}; a data pod gets Guaranteed QoS (requests equal to limits): set "
+                         "both to the same size")
+    if resources.cpu_limit is None or cpu_cores(resources.cpu_limit) != cpu_cores(resources.cpu_request):
+        raise ValueError(f"{field}.cpu_limit {resources.cpu_limit or 'null'} differs from cpu_request "
+                         f"{resources.cpu_request}; a data pod gets Guaranteed QoS (requests equal to limits): set "
+                         "cpu_limit to cpu_request")
 
 
 class KubernetesRecoveryConfig(_Section):
@@ -426,13 +508,21 @@ class KubernetesPostgresConfig(_Section):
     wal_storage_size: str = Field("10Gi", pattern=r"^\d+(Mi|Gi|Ti)$",
                                   description="WAL volume of each PostgreSQL instance (Mi, Gi, Ti).")
     pooler_instances: int = Field(2, ge=1, le=16, description="PgBouncer pods of each Pooler.")
-    resources: ResourcesConfig = ResourcesConfig(cpu_request="500m", memory_request="1Gi", memory_limit="2Gi")
+    # Guaranteed QoS: requests equal to limits (CloudNativePG gives the same to its init container).
+    resources: ResourcesConfig = ResourcesConfig(cpu_request="1", memory_request="2Gi", cpu_limit="1",
+                                                 memory_limit="2Gi")
     host: str | None = Field(None, description="external mode: host name of your PostgreSQL (its password in "
                                                "<state>/secrets/postgres_prefect).")
     port: int = Field(5432, ge=1, le=65535, description="external mode: port of your PostgreSQL.")
     sslmode: Literal["require", "verify-ca", "verify-full"] = Field(
         "require", description="external mode: libpq sslmode of the connections to your PostgreSQL.")
     recovery: KubernetesRecoveryConfig = KubernetesRecoveryConfig()
+
+    @model_validator(mode="after")
+    def _instances_are_guaranteed(self) -> KubernetesPostgresConfig:
+        if self.mode == "cnpg":
+            _guaranteed(self.resources, "kubernetes.postgres.resources")
+        return self
 
     @model_validator(mode="after")
     def _external_has_a_host(self) -> KubernetesPostgresConfig:
@@ -454,10 +544,19 @@ class KubernetesRedisConfig(_Section):
                                                      "node.")
     storage_size: str = Field("5Gi", pattern=r"^\d+(Mi|Gi|Ti)$",
                               description="Volume of each Redis pod (Mi, Gi, Ti).")
-    resources: ResourcesConfig = ResourcesConfig(memory_request="512Mi", memory_limit="1536Mi")
+    # Guaranteed QoS: requests equal to limits. Half a core: Redis runs commands on one thread, and the fork of a
+    # rewrite shares the quota. The memory: twice the default redis.maxmemory (REDIS_MAXMEMORY_SHARE).
+    resources: ResourcesConfig = ResourcesConfig(cpu_request="500m", memory_request="1Gi", cpu_limit="500m",
+                                                 memory_limit="1Gi")
     external_url: str | None = Field(None, pattern=r"^rediss?(\+sentinel)?://[^\s@]+$",
                                      description="external mode: a redis:// or redis+sentinel:// URL without the "
                                                  "password (read from <state>/secrets/redis).")
+
+    @model_validator(mode="after")
+    def _pods_are_guaranteed(self) -> KubernetesRedisConfig:
+        if self.mode != "external":
+            _guaranteed(self.resources, "kubernetes.redis.resources")
+        return self
 
     @model_validator(mode="after")
     def _external_has_a_url(self) -> KubernetesRedisConfig:
@@ -759,6 +858,37 @@ class StackConfig(BaseSettings):
             raise ValueError("tracing.enabled is true but tracing.otlp_endpoint is not set; set it to your "
                              "collector's OTLP/HTTP URL (e.g. http://jaeger:4318) or turn tracing off")
         return self
+
+    @model_validator(mode="after")
+    def _data_memory_fits_its_limit(self) -> StackConfig:
+        for setting, value, limit_field, limit, spelling in self._data_memory_limits():
+            share, unit, room = _DATA_MEMORY[setting]
+            if size_bytes(value) > size_bytes(limit) * share:
+                raise ValueError(
+                    f"{setting} {value} is more than {share:.0%} of {limit_field} {limit}, the memory limit it runs "
+                    f"under on the {self.target} target: the rest is {room}; lower {setting} to at most "
+                    f"{_at_most(share, limit, unit)} or raise {limit_field} to at least "
+                    f"{_to_fit(share, value, spelling)}")
+        return self
+
+    def _data_memory_limits(self) -> list[tuple[str, str, str, str, str]]:
+        """(setting, value, limit field, limit, the limit's unit) of Redis and PostgreSQL on this target: none
+        locally (no container limit; the host's memory is the operator's to plan)."""
+        checks = []
+        if self.target == "compose":
+            checks += [
+                ("redis.maxmemory", self.redis.maxmemory, "compose.redis_memory", self.compose.redis_memory, "m"),
+                ("postgres.shared_buffers", self.postgres.shared_buffers, "compose.postgres_memory",
+                 self.compose.postgres_memory, "m")]
+        elif self.target == "kubernetes":
+            k8s = self.kubernetes
+            if k8s.redis.mode != "external":
+                checks.append(("redis.maxmemory", self.redis.maxmemory, "kubernetes.redis.resources.memory_limit",
+                               k8s.redis.resources.memory_limit, "Mi"))
+            if k8s.postgres.mode == "cnpg":
+                checks.append(("postgres.shared_buffers", self.postgres.shared_buffers,
+                               "kubernetes.postgres.resources.memory_limit", k8s.postgres.resources.memory_limit, "Mi"))
+        return checks
 
     @model_validator(mode="after")
     def _no_plaintext_on_the_network(self) -> StackConfig:

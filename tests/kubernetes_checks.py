@@ -32,6 +32,8 @@ import jsonschema.protocols
 import kubernetes_validate
 import yaml
 
+from infra.config import cpu_cores, size_bytes
+
 Obj = dict[str, Any]
 Key = tuple[str, str, str | None, str]  # apiVersion, kind, namespace, name
 
@@ -724,6 +726,54 @@ def replicas_spread_over_nodes(objects: list[Obj]) -> list[str]:
     return problems
 
 
+def _unequal_requests_and_limits(resources: Obj) -> list[str]:
+    requests, limits = resources.get("requests", {}), resources.get("limits", {})
+    problems = []
+    for name, amount in (("cpu", cpu_cores), ("memory", size_bytes)):
+        request, limit = requests.get(name), limits.get(name)
+        if request is None or limit is None or amount(str(request)) != amount(str(limit)):
+            problems.append(f"{name} request {request} and limit {limit} differ")
+    return problems
+
+
+def data_pods_guaranteed(objects: list[Obj]) -> list[str]:
+    """Pods that keep data (the StatefulSets: Redis with its sidecars; CloudNativePG's instances, with the Barman
+    Cloud plugin's sidecar) have requests equal to limits in every container: Guaranteed QoS, the last pods the
+    kubelet evicts and the kernel OOM-kills under node pressure. A pod is Guaranteed only if every container is."""
+    problems = []
+    for obj in objects:
+        sources: list[tuple[str, Obj]] = []
+        if obj.get("kind") == "StatefulSet":
+            pod = _spec_of_pods(obj)
+            sources = [(f"container {c.get('name')}", c.get("resources", {}))
+                       for c in [*pod.get("initContainers", []), *pod.get("containers", [])]]
+        elif _is_cnpg(obj, "Cluster"):
+            sources = [("instances", obj.get("spec", {}).get("resources", {}))]
+        elif obj.get("kind") == "ObjectStore":
+            sources = [("the instances' sidecar", obj.get("spec", {}).get("instanceSidecarConfiguration", {})
+                        .get("resources", {}))]
+        for where, resources in sources:
+            problems += [f"{describe(obj)}: {where}: {p}" for p in _unequal_requests_and_limits(resources)]
+    return problems
+
+
+def metrics_sidecars_do_not_gate_readiness(objects: list[Obj]) -> list[str]:
+    """A container beside others that only serves metrics (its one port is named metrics) has no readiness probe:
+    a failing one would make the whole pod NotReady (out of its Services, counted as disrupted by its
+    PodDisruptionBudget) for the exporter's sake."""
+    problems = []
+    for obj in objects:
+        containers = _spec_of_pods(obj).get("containers", [])
+        if len(containers) < 2:
+            continue
+        for container in containers:
+            ports = [p.get("name") for p in container.get("ports", [])]
+            if ports == ["metrics"] and "readinessProbe" in container:
+                problems.append(f"{describe(obj)}: the metrics sidecar {container.get('name')} has a readiness "
+                                "probe: it decides whether the pod is Ready")
+    return problems
+
+
 # The invariants that need nothing but the objects (references_exist and no_secret_values take what the caller
 # knows): parametrize a test over these and each failure names its invariant.
 INVARIANTS: dict[str, Callable[[list[Obj]], list[str]]] = {
@@ -735,6 +785,8 @@ INVARIANTS: dict[str, Callable[[list[Obj]], list[str]]] = {
     "namespace_restricted": namespace_restricted,
     "cluster_services_reached_by_port": cluster_services_reached_by_port,
     "replicas_spread_over_nodes": replicas_spread_over_nodes,
+    "data_pods_guaranteed": data_pods_guaranteed,
+    "metrics_sidecars_do_not_gate_readiness": metrics_sidecars_do_not_gate_readiness,
 }
 
 

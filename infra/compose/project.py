@@ -303,14 +303,14 @@ def render_project(config: StackConfig, secrets: Secrets, images: Images,
           secrets=("postgres_superuser",),
           volumes=(f"postgres-data:{CONTAINER.postgres_data}",), writable=(RUN_DIR,),
           healthcheck=[str(PG_BIN / "pg_isready"), "-q", "-h", LOOPBACK, "-p", str(pg.port), "-U", "postgres"],
-          stop_signal="INT", stop_grace_s=120)
+          memory=config.compose.postgres_memory, stop_signal="INT", stop_grace_s=120)
     b.add("pgbouncer", "pgbouncer", images.system, ["pgbouncer", str(etc / "pgbouncer.ini")],
           files=(pgbouncer_ini(inner, CONTAINER, addresses), pgbouncer_userlist(inner, secrets, CONTAINER)),
           healthcheck=[str(PG_BIN / "pg_isready"), "-q", "-h", LOOPBACK, "-p", str(config.pgbouncer.port)],
           depends_on={"postgres": "service_healthy"}, stop_signal="INT", stop_grace_s=30, writable=(RUN_DIR,))
     b.add("redis", "redis", images.system, ["redis-server", str(etc / "redis.conf")],
           files=(redis_conf(inner, secrets, CONTAINER, bind="0.0.0.0 -::*"),),
-          volumes=(f"redis-data:{CONTAINER.redis_data}",),
+          volumes=(f"redis-data:{CONTAINER.redis_data}",), memory=config.compose.redis_memory,
           # PING answers (PONG, or NOAUTH without a password): the server is up and serving.
           healthcheck=["sh", "-c", f"redis-cli -p {config.redis.port} ping 2>&1 | grep -qE 'PONG|NOAUTH'"])
     if config.backups.s3.endpoint_url is None:

@@ -25,6 +25,7 @@ from prometheus_client import start_http_server
 from prometheus_client.core import REGISTRY, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
+from redis.sentinel import Sentinel
 
 from infra.exporter.event_streams import collect_event_streams
 from infra.exporter.flow_runs import collect_flow_runs, collect_work_pools
@@ -45,7 +46,7 @@ class Sources:
     database: str
     pgbouncer_host: str | None  # None: no PgBouncer of ours (Kubernetes: CloudNativePG's Poolers export their own)
     pgbouncer_port: int
-    redis_host: str | None  # None: no Redis reachable directly (an external Redis behind Sentinel)
+    redis_host: str | None  # None: no Redis at a fixed address (none at all, or one behind redis_sentinels)
     redis_port: int
     postgres_password: str
     redis_password: str
@@ -55,6 +56,40 @@ class Sources:
     sslmode: str = "prefer"
     sslrootcert: str | None = None  # the CA file the verify modes check the server against (None: libpq's default)
     redis_tls: bool = False
+    # Sentinels (host, port) naming the primary of redis_master_set, asked as the monitor user with its password:
+    # the streams are read on whichever Redis is the primary now (a replica's lag lags; a dead pod answers nothing).
+    redis_sentinels: tuple[tuple[str, int], ...] = ()
+    redis_master_set: str | None = None
+
+    @property
+    def reads_redis(self) -> bool:
+        return self.redis_host is not None or bool(self.redis_sentinels)
+
+
+@contextlib.contextmanager
+def redis_client(s: Sources) -> Iterator[redis.Redis]:
+    """A client of the messaging database as the monitor user, closed afterwards: on the primary the Sentinels
+    name when there are Sentinels (asked at each connection, so a failover is followed), else on the fixed
+    address."""
+    if not s.redis_sentinels:
+        client = redis.Redis(host=s.redis_host or "", port=s.redis_port, db=MESSAGING_DB, username=MONITOR_USER,
+                             password=s.redis_password, socket_timeout=CONNECT_TIMEOUT_S,
+                             socket_connect_timeout=CONNECT_TIMEOUT_S, ssl=s.redis_tls)
+        with client:
+            yield client
+        return
+    auth = {"username": MONITOR_USER, "password": s.redis_password, "socket_timeout": CONNECT_TIMEOUT_S,
+            "socket_connect_timeout": CONNECT_TIMEOUT_S}
+    # redis-py's Sentinel API carries no type annotations.
+    sentinel = Sentinel(list(s.redis_sentinels), sentinel_kwargs=auth)  # type: ignore[no-untyped-call]
+    primary: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
+        s.redis_master_set or "", db=MESSAGING_DB, ssl=s.redis_tls, **auth)
+    try:
+        yield primary
+    finally:
+        primary.connection_pool.disconnect()  # a pool given to a client is not closed with it
+        for client in sentinel.sentinels:
+            client.close()
 
 
 class StackCollector(Collector):
@@ -81,15 +116,10 @@ class StackCollector(Collector):
             yield from collect_work_pools(conn)
 
     def _streams(self) -> Iterator[Metric]:
-        s = self.sources
-        if s.redis_host is None:  # not a source then (collect() does not list it)
+        if not self.sources.reads_redis:  # not a source then (collect() does not list it)
             return
-        client = redis.Redis(host=s.redis_host, port=s.redis_port, db=MESSAGING_DB, username=MONITOR_USER,
-                             password=s.redis_password, socket_timeout=CONNECT_TIMEOUT_S, ssl=s.redis_tls)
-        try:
+        with redis_client(self.sources) as client:
             yield from collect_event_streams(client)
-        finally:
-            client.close()
 
     def _pools(self) -> Iterator[Metric]:
         with self._pgbouncer() as conn:
@@ -100,7 +130,7 @@ class StackCollector(Collector):
         up = GaugeMetricFamily("prefect_exporter_source_up", "1 when the last scrape could read this source.",
                                labels=["source"])
         sources: dict[str, Callable[[], Iterator[Metric]]] = {"postgres": self._prefect}
-        if self.sources.redis_host is not None:
+        if self.sources.reads_redis:
             sources["redis"] = self._streams
         if self.sources.pgbouncer_host is not None:
             sources["pgbouncer"] = self._pools
@@ -137,7 +167,11 @@ def parse_arguments(argv: list[str] | None = None) -> tuple[tuple[str, int], Sou
     parser.add_argument("--listen", type=_host_port, required=True, help="host:port to serve /metrics on")
     parser.add_argument("--postgres", required=True, help="host:port/database of PostgreSQL (direct, not pooled)")
     parser.add_argument("--pgbouncer", type=_host_port, help="host:port of PgBouncer (omitted: no PgBouncer source)")
-    parser.add_argument("--redis", type=_host_port, help="host:port of Redis (omitted: no event-stream source)")
+    parser.add_argument("--redis", type=_host_port, help="host:port of Redis (omitted: no event-stream source, "
+                                                         "unless --redis-sentinels)")
+    parser.add_argument("--redis-sentinels", type=lambda text: tuple(_host_port(t) for t in text.split(",")),
+                        default=(), help="host:port,... of Sentinels naming the Redis primary (instead of --redis)")
+    parser.add_argument("--redis-master-set", help="the Sentinels' name for the primary (with --redis-sentinels)")
     parser.add_argument("--postgres-password-file", type=Path, required=True)
     parser.add_argument("--redis-password-file", type=Path)
     parser.add_argument("--sslmode", default="prefer",
@@ -147,8 +181,12 @@ def parse_arguments(argv: list[str] | None = None) -> tuple[tuple[str, int], Sou
     parser.add_argument("--redis-tls", action="store_true", help="connect to Redis over TLS (rediss://)")
     parser.add_argument("--finished-runs-window", type=int, default=3600, help="seconds (default 3600)")
     args = parser.parse_args(argv)
-    if args.redis is not None and args.redis_password_file is None:
-        parser.error("--redis needs --redis-password-file")
+    if args.redis is not None and args.redis_sentinels:
+        parser.error("give --redis or --redis-sentinels, not both")
+    if (args.redis is not None or args.redis_sentinels) and args.redis_password_file is None:
+        parser.error("--redis and --redis-sentinels need --redis-password-file")
+    if bool(args.redis_sentinels) != bool(args.redis_master_set):
+        parser.error("--redis-sentinels and --redis-master-set go together")
     postgres, _, database = args.postgres.partition("/")
     postgres_host, postgres_port = _host_port(postgres)
     sources = Sources(
@@ -160,6 +198,7 @@ def parse_arguments(argv: list[str] | None = None) -> tuple[tuple[str, int], Sou
         redis_password=args.redis_password_file.read_text().strip() if args.redis_password_file else "",
         finished_runs_window_s=args.finished_runs_window, sslmode=args.sslmode,
         sslrootcert=args.sslrootcert, redis_tls=args.redis_tls,
+        redis_sentinels=args.redis_sentinels, redis_master_set=args.redis_master_set,
     )
     return args.listen, sources
 

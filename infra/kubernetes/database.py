@@ -72,8 +72,10 @@ DIRECT_CONNECTIONS = 3 + 3 + 1
 # PgBouncer is small (a few MB per thousand client connections plus CloudNativePG's Go manager and exporter);
 # the model has no per-pooler resources, so these are fixed. The limit is what keeps a leak from hurting the node.
 POOLER_RESOURCES = ResourcesConfig(cpu_request="100m", memory_request="128Mi", memory_limit="256Mi")
-# The Barman Cloud sidecar in every instance pod: WAL uploads and, once a night, one base backup stream.
-BACKUP_SIDECAR_RESOURCES = ResourcesConfig(cpu_request="100m", memory_request="128Mi", memory_limit="512Mi")
+# The Barman Cloud sidecar in every instance pod: WAL uploads and, once a night, one base backup stream. Requests
+# equal to limits, as the instance's own: the pod is Guaranteed QoS only if every container is.
+BACKUP_SIDECAR_RESOURCES = ResourcesConfig(cpu_request="500m", memory_request="512Mi", cpu_limit="500m",
+                                           memory_limit="512Mi")
 
 _SIZE = re.compile(r"^(\d+)(Mi|Gi|Ti)$")
 _MEBIBYTES = {"Mi": 1, "Gi": 1024, "Ti": 1024 * 1024}

@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 from infra.config import ResourcesConfig, StackConfig
 from infra.kubernetes import database
+from infra.kubernetes import redis as redis_pods
 from infra.kubernetes.objects import (
     APP_HOME,
     DB_CA_DIR,
@@ -54,7 +55,7 @@ EXPORTER_JOB = "prefect-exporter"
 METRICS_PORT_NAME = "metrics"
 
 # The Redis pods' ports (infra/kubernetes/redis.py): Redis and, in sentinel mode, Sentinel beside it.
-REDIS_PORT, SENTINEL_PORT = 6379, 26379
+REDIS_PORT, SENTINEL_PORT = redis_pods.REDIS_PORT, redis_pods.SENTINEL_PORT
 POSTGRES_PORT = 5432
 # CloudNativePG labels every instance pod with its Cluster's name.
 CNPG_CLUSTER_LABEL = "cnpg.io/cluster"
@@ -159,19 +160,25 @@ def exporter_service_monitor(config: StackConfig) -> dict[str, Any]:
 
 
 def _redis_address(config: StackConfig) -> tuple[str, int, bool] | None:
-    """Where the exporter reads Prefect's event streams (host, port, TLS). In sentinel mode any Redis pod serves
-    XINFO (replicas hold the same streams); an external Redis behind Sentinel has no fixed address: None."""
+    """Where the exporter reads Prefect's event streams at a fixed address (host, port, TLS): the standalone pod or
+    an external redis:// URL. None in sentinel mode (``_redis_sentinels``) and for an external Redis behind
+    Sentinel: its primary's port is not in the model, nor whether its Sentinels take the monitor user."""
     redis = config.kubernetes.redis
-    if redis.mode == "sentinel":
-        # No Service fronts the primary in sentinel mode; the headless Service names every Redis pod, and any of
-        # them serves what the exporter reads (stream lengths and consumer groups replicate to the replicas).
-        return Names.of(config).redis_headless, REDIS_PORT, False
-    if redis.mode != "external":
+    if redis.mode == "standalone":
         return Names.of(config).redis, REDIS_PORT, False
+    if redis.mode != "external":
+        return None
     url = urlsplit(redis.external_url or "")
     if url.scheme not in ("redis", "rediss") or url.hostname is None:
         return None
     return url.hostname, url.port or REDIS_PORT, url.scheme == "rediss"
+
+
+def _redis_sentinels(config: StackConfig) -> list[str]:
+    """In sentinel mode, every pod's Sentinel (as Prefect's URLs list them): the exporter reads the streams on the
+    primary they name, asking again at each scrape, so a failover is followed. A replica would serve them too,
+    with its replication lag, and the headless Service's names include pods that are down."""
+    return redis_pods.sentinel_members(config) if config.kubernetes.redis.mode == "sentinel" else []
 
 
 def exporter_arguments(config: StackConfig) -> list[str]:
@@ -187,7 +194,11 @@ def exporter_arguments(config: StackConfig) -> list[str]:
     # No --pgbouncer: the Poolers are CloudNativePG's PgBouncers, whose console only the operator's user reaches;
     # they export their own metrics (the database's PodMonitors).
     redis = _redis_address(config)
-    if redis is not None:
+    sentinels = _redis_sentinels(config)
+    if sentinels:
+        args += [f"--redis-sentinels={','.join(sentinels)}", f"--redis-master-set={redis_pods.MASTER_SET}",
+                 f"--redis-password-file={SECRETS_DIR}/redis_monitor"]
+    elif redis is not None:
         redis_host, redis_port, tls = redis
         args += [f"--redis={redis_host}:{redis_port}", f"--redis-password-file={SECRETS_DIR}/redis_monitor",
                  *(["--redis-tls"] if tls else [])]

@@ -18,7 +18,10 @@ A primary that is being stopped (rollout, drain) hands its role over first (pre-
 Sentinel failover, the promoted replica followed), so a rollout costs clients a pause of about a second and the
 one write in flight, not down-after-milliseconds of errors. An unplanned loss of the primary is a Sentinel
 failover (DOWN_AFTER_MS, then a promotion); the background services' entrypoint (infra/containers/entrypoint.py
-``--follow-redis``) sees the new primary's run id through the Sentinel URL and restarts them against it.
+``--follow-redis``) sees the new primary's run id through the Sentinel URL and restarts them against it. A primary
+cut off from the Sentinels' majority stops taking writes (min-replicas-to-write), so the writes a failover would
+discard are refused instead. The project's exporter reads the streams on the primary the Sentinels name
+(infra/kubernetes/monitoring.py), as the monitor user, which the Sentinels know too.
 tests/unit/test_redis_sentinel_failover.py runs these scripts for real on loopback ports.
 """
 
@@ -65,6 +68,11 @@ MASTER_SET = "prefect"
 # promoted. Shorter fails over faster but risks a failover on a slow disk's fsync stall.
 DOWN_AFTER_MS = 5000
 FAILOVER_TIMEOUT_MS = 60000
+# A primary refuses writes once too few replicas have acknowledged its stream for this long (replicas acknowledge
+# every second): as long as the Sentinels wait before they call it down, so a primary partitioned away from them
+# stops taking writes about when the other side starts promoting a replica, and not a window of writes later
+# (writes that the failover would discard when it rejoins as a replica).
+MIN_REPLICAS_MAX_LAG_S = DOWN_AFTER_MS // 1000
 
 # Where things are in the pod.
 SCRIPTS_DIR = "/etc/redis-scripts"  # the ConfigMap: scripts and templates
@@ -78,13 +86,26 @@ EXPORTER_RUN_DIR = "/run/redis-exporter"
 SECRET_KEY_PASSWORD = "password"  # noqa: S105 - a key name in the Secret
 SECRET_KEY_MONITOR = "monitor-password"  # noqa: S105 - a key name
 
-SENTINEL_RESOURCES = ResourcesConfig(cpu_request="50m", memory_request="32Mi", memory_limit="128Mi")
-EXPORTER_RESOURCES = ResourcesConfig(cpu_request="50m", memory_request="32Mi", memory_limit="128Mi")
+# The sidecars get requests equal to limits too: a pod is Guaranteed QoS only if every container is.
+SENTINEL_RESOURCES = ResourcesConfig(cpu_request="50m", memory_request="64Mi", cpu_limit="50m", memory_limit="64Mi")
+EXPORTER_RESOURCES = ResourcesConfig(cpu_request="50m", memory_request="96Mi", cpu_limit="50m", memory_limit="96Mi")
+
+
+# What the monitor user may ask a Sentinel: redis-py's discovery of the primary (SENTINEL MASTERS), the other
+# read-only views of it, and a connection's handshake.
+SENTINEL_MONITOR_COMMANDS = ("-@all +sentinel|masters +sentinel|master +sentinel|get-master-addr-by-name +ping +auth "
+                             "+hello")
 
 
 def quorum(replicas: int) -> int:
     """Sentinels that must agree the primary is down: a majority, so a partitioned minority never fails over."""
     return replicas // 2 + 1
+
+
+def min_replicas_to_write(replicas: int) -> int:
+    """Replicas a primary must reach to accept writes: the rest of a majority. A primary on the minority side of a
+    partition reaches fewer and stops writing; one replica down (of 3) or two (of 5) does not stop writes."""
+    return quorum(replicas) - 1
 
 
 # --- configuration templates and scripts (the ConfigMap) ---------------------------------------------------------
@@ -109,6 +130,11 @@ def redis_conf_template(config: StackConfig, *, sentinel: bool, port: int = REDI
 masterauth {PASSWORD_PLACEHOLDER}
 replica-announce-ip {ANNOUNCE_PLACEHOLDER}
 replica-announce-port {port}
+# Writes need a majority: a primary with fewer replicas acknowledging within the lag (partitioned from the
+# Sentinels, which promote a replica on the other side) answers NOREPLICAS instead of taking writes the
+# failover would discard. Only replicas count, so a single Redis (standalone, compose, local) has none of this.
+min-replicas-to-write {min_replicas_to_write(config.kubernetes.redis.replicas)}
+min-replicas-max-lag {MIN_REPLICAS_MAX_LAG_S}
 """
     return text
 
@@ -126,6 +152,8 @@ logfile ""
 dir {run_dir}
 # Clients and the other Sentinels authenticate, with the data nodes' password.
 requirepass {PASSWORD_PLACEHOLDER}
+# The project's exporter asks, as the monitor user, where the primary is; nothing else (no failover, no SET).
+user {MONITOR_USER} on >{MONITOR_PLACEHOLDER} resetchannels {SENTINEL_MONITOR_COMMANDS}
 sentinel sentinel-pass {PASSWORD_PLACEHOLDER}
 # Pods are found by their stable DNS names (the headless Service), not by IPs that change when a pod moves.
 sentinel resolve-hostnames yes
@@ -362,8 +390,11 @@ def _stateful_set(config: StackConfig, image: str, files: dict[str, str]) -> dic
             ports={"metrics": EXPORTER_PORT},
             mounts={"scripts": SCRIPTS_DIR, "secret": SECRET_DIR, "exporter-run": EXPORTER_RUN_DIR},
             read_only_mounts=read_only,
-            readinessProbe={"tcpSocket": {"port": "metrics"}, "periodSeconds": 10, "timeoutSeconds": 3,
-                            "failureThreshold": 3}))
+            # Liveness only: a readiness probe of a sidecar decides whether the whole pod is Ready, and a Redis
+            # must not leave rotation (nor count as disrupted) because its exporter is slow. A hung exporter is
+            # restarted alone.
+            livenessProbe={"tcpSocket": {"port": "metrics"}, "periodSeconds": 10, "timeoutSeconds": 3,
+                           "failureThreshold": 6}))
     for c in containers:
         c["env"] = env
     volumes = [config_map_volume("scripts", names("redis-scripts")),

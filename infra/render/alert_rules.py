@@ -105,7 +105,9 @@ def redis_memory_rule(scope: str = "") -> dict[str, Any]:
     return _rule("RedisMemoryNearLimit", f"{used} / {limit} > 0.85 and {limit} > 0", "5m", "critical", "redis",
                  "Redis uses {{ $value | humanizePercentage }} of maxmemory",
                  "With noeviction, writes fail at the limit and Prefect loses events. Look at stream lengths "
-                 "(PrefectEventStreamGrowing); raise redis.maxmemory if the load is real.")
+                 "(PrefectEventStreamGrowing); if the load is real, raise redis.maxmemory with the Redis "
+                 "container's memory limit (compose.redis_memory, kubernetes.redis.resources): maxmemory stays at "
+                 "most half of it.")
 
 
 def event_stream_rules(scope: str = "") -> list[dict[str, Any]]:

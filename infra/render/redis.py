@@ -38,6 +38,8 @@ dir {data_dir}
 appendonly yes
 appendfsync everysec
 save 300 10
+# At most half the container's memory limit (the model checks it on compose and Kubernetes): the rest is room
+# for the fork of a rewrite or a save and for the replication buffers, which maxmemory does not count.
 maxmemory {config.redis.maxmemory}
 # Evicting keys would silently drop Prefect events and leases; fail writes loudly instead.
 maxmemory-policy noeviction

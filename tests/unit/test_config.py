@@ -329,3 +329,76 @@ class TestStateDir:
     def test_default_state_dir(self) -> None:
         expected = Path("/var/lib/prefect-stack") if os.geteuid() == 0 else Path.home() / ".local/state/prefect-stack"
         assert load_config().state_dir == expected
+
+
+# (target, overrides, the setting and the limit the message must name)
+TOO_CLOSE_TO_THE_LIMIT = {
+    "compose-maxmemory-at-the-limit": ("compose", {"redis": {"maxmemory": "1gb"}},
+                                       ("redis.maxmemory", "compose.redis_memory", "at most 512mb", "at least 2g")),
+    "compose-maxmemory-above-the-limit": ("compose", {"redis": {"maxmemory": "600mb"},
+                                                      "compose": {"redis_memory": "512m"}},
+                                          ("redis.maxmemory", "compose.redis_memory", "at most 256mb")),
+    "kubernetes-maxmemory-near-the-limit": ("kubernetes", {"redis": {"maxmemory": "1gb"},
+                                                           "kubernetes": {"redis": {"resources": {
+                                                               "memory_request": "1536Mi",
+                                                               "memory_limit": "1536Mi"}}}},
+                                            ("redis.maxmemory", "kubernetes.redis.resources.memory_limit",
+                                             "at most 768mb", "at least 2Gi")),
+    "compose-shared-buffers": ("compose", {"postgres": {"shared_buffers": "512MB"}},
+                               ("postgres.shared_buffers", "compose.postgres_memory", "at most 409MB")),
+    "kubernetes-shared-buffers": ("kubernetes", {"postgres": {"shared_buffers": "1GB"}},
+                                  ("postgres.shared_buffers", "kubernetes.postgres.resources.memory_limit")),
+}
+
+
+class TestDataMemoryFitsItsLimit:
+    """Redis's maxmemory and PostgreSQL's shared_buffers leave room under the container's memory limit."""
+
+    @pytest.mark.parametrize("target", ["local", "compose", "kubernetes"])
+    def test_defaults_fit_every_target(self, target: str) -> None:
+        load_config(target=target)
+
+    @pytest.mark.parametrize(("target", "overrides", "named"), list(TOO_CLOSE_TO_THE_LIMIT.values()),
+                             ids=list(TOO_CLOSE_TO_THE_LIMIT))
+    def test_refused_naming_the_setting_the_limit_and_the_fix(self, target: str, overrides: dict[str, Any],
+                                                              named: tuple[str, ...]) -> None:
+        with pytest.raises(UserError) as caught:
+            load_config(target=target, **overrides)
+        assert [text for text in named if text not in str(caught.value)] == []
+
+    def test_half_the_limit_is_accepted(self) -> None:
+        load_config(target="compose", redis={"maxmemory": "1gb"}, compose={"redis_memory": "2g"})
+
+    def test_no_limit_on_the_local_target(self) -> None:
+        load_config(target="local", redis={"maxmemory": "8gb"}, postgres={"shared_buffers": "4GB"})
+
+    def test_an_external_redis_is_not_ours_to_size(self) -> None:
+        load_config(target="kubernetes", redis={"maxmemory": "8gb"},
+                    kubernetes={"redis": {"mode": "external", "external_url": "redis://redis.example.com:6379"}})
+
+    def test_compose_runs_the_data_containers_under_their_own_limits(self) -> None:
+        from infra.compose.project import reference_rendering
+
+        config = load_config(target="compose", compose={"redis_memory": "3g", "postgres_memory": "5g"})
+        services = reference_rendering(config).document["services"]
+        limits = {name: services[name]["deploy"]["resources"]["limits"]["memory"] for name in ("redis", "postgres")}
+        assert limits == {"redis": "3g", "postgres": "5g"}
+
+
+# (section, resources, the field the message names)
+NOT_GUARANTEED = {
+    "redis-memory": ("redis", {"memory_request": "512Mi", "memory_limit": "1Gi"}, "memory_request"),
+    "redis-no-cpu-limit": ("redis", {"cpu_limit": None}, "cpu_limit null"),
+    "postgres-cpu": ("postgres", {"cpu_request": "500m", "cpu_limit": "1"}, "cpu_limit 1"),
+}
+
+
+class TestDataPodsAreGuaranteed:
+    @pytest.mark.parametrize(("section", "resources", "named"), list(NOT_GUARANTEED.values()), ids=list(NOT_GUARANTEED))
+    def test_requests_below_limits_refused(self, section: str, resources: dict[str, Any], named: str) -> None:
+        with pytest.raises(UserError, match=f"kubernetes.{section}.resources.{named}.*Guaranteed QoS"):
+            load_config(target="kubernetes", kubernetes={section: {"resources": resources}})
+
+    def test_equal_quantities_spelt_differently_are_equal(self) -> None:
+        load_config(target="kubernetes", kubernetes={"postgres": {"resources": {
+            "cpu_request": "1", "cpu_limit": "1000m", "memory_request": "2048Mi", "memory_limit": "2Gi"}}})

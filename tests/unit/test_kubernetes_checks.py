@@ -65,7 +65,8 @@ def cluster() -> Obj:
                      "superuserSecret": {"name": "prefect-db-superuser"},
                      "bootstrap": {"initdb": {"database": "prefect", "owner": "prefect",
                                               "secret": {"name": "prefect-db-app"}}},
-                     "resources": {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"memory": "2Gi"}},
+                     "resources": {"requests": {"cpu": "1", "memory": "2Gi"},
+                                   "limits": {"cpu": "1000m", "memory": "2048Mi"}},
                      "plugins": [{"name": "barman-cloud.cloudnative-pg.io", "isWALArchiver": True,
                                   "parameters": {"barmanObjectName": "prefect-backups"}}]}}
 
@@ -87,7 +88,9 @@ def object_store() -> Obj:
                 "destinationPath": "s3://bucket/prefect",
                 "s3Credentials": {"accessKeyId": {"name": "prefect-s3", "key": "ACCESS_KEY_ID"},
                                   "secretAccessKey": {"name": "prefect-s3", "key": "ACCESS_SECRET_KEY"}},
-                "wal": {"compression": "zstd"}}}}
+                "wal": {"compression": "zstd"}},
+                "instanceSidecarConfiguration": {"resources": {"requests": {"cpu": "100m", "memory": "128Mi"},
+                                                               "limits": {"cpu": "100m", "memory": "128Mi"}}}}}
 
 
 def service_monitor() -> Obj:
@@ -681,6 +684,66 @@ class TestReplicasSpreadOverNodes:
         redis = {"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": meta("prefect-redis", "redis"),
                  "spec": {"replicas": 3, "template": {"spec": {"affinity": affinity}}}}
         assert len(checks.replicas_spread_over_nodes([redis])) == expected
+
+
+def redis_pod(*, exporter_readiness: bool = False, sentinel_limits: Obj | None = None) -> Obj:
+    """A Redis StatefulSet: Redis, Sentinel and an exporter, requests equal to limits in each."""
+    guaranteed = {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"cpu": "500m", "memory": "1Gi"}}
+    probe = {"tcpSocket": {"port": "metrics"}}
+    containers = [
+        {"name": "redis", "ports": [{"name": "redis", "containerPort": 6379}], "resources": guaranteed,
+         "readinessProbe": {"exec": {"command": ["true"]}}},
+        {"name": "sentinel", "ports": [{"name": "sentinel", "containerPort": 26379}],
+         "resources": {**guaranteed, "limits": sentinel_limits or guaranteed["limits"]},
+         "readinessProbe": {"exec": {"command": ["true"]}}},
+        {"name": "exporter", "ports": [{"name": "metrics", "containerPort": 9121}], "resources": guaranteed,
+         "livenessProbe": probe, **({"readinessProbe": probe} if exporter_readiness else {})},
+    ]
+    return {"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": meta("prefect-redis", "redis"),
+            "spec": {"replicas": 3, "template": {"spec": {"containers": containers}}}}
+
+
+class TestDataPodsGuaranteed:
+    def test_redis(self) -> None:
+        assert checks.data_pods_guaranteed([redis_pod()]) == []
+
+    @pytest.mark.parametrize(("limits", "expected"), [
+        ({"cpu": "1", "memory": "1Gi"}, "container sentinel: cpu request 500m and limit 1 differ"),
+        ({"memory": "1Gi"}, "container sentinel: cpu request 500m and limit None differ"),
+        ({"cpu": "500m", "memory": "2Gi"}, "container sentinel: memory request 1Gi and limit 2Gi differ"),
+    ])
+    def test_a_sidecar_below_its_limits(self, limits: Obj, expected: str) -> None:
+        assert checks.data_pods_guaranteed([redis_pod(sentinel_limits=limits)]) == [
+            f"StatefulSet/prefect/prefect-redis: {expected}"]
+
+    def test_cluster_instances(self) -> None:
+        objects = broken(lambda o: find(o, "Cluster", "prefect-db")["spec"]["resources"]["limits"].pop("cpu"))
+        assert checks.data_pods_guaranteed(objects) == [
+            "Cluster/prefect/prefect-db: instances: cpu request 1 and limit None differ"]
+
+    def test_backup_sidecar(self) -> None:
+        objects = broken(lambda o: find(o, "ObjectStore", "prefect-backups")["spec"].pop(
+            "instanceSidecarConfiguration"))
+        assert len(checks.data_pods_guaranteed(objects)) == 2  # cpu and memory
+
+    def test_stateless_pods_may_burst(self) -> None:
+        assert checks.data_pods_guaranteed([deployment("api")]) == []
+
+
+class TestMetricsSidecars:
+    def test_liveness_only(self) -> None:
+        assert checks.metrics_sidecars_do_not_gate_readiness([redis_pod()]) == []
+
+    def test_readiness_reported(self) -> None:
+        assert checks.metrics_sidecars_do_not_gate_readiness([redis_pod(exporter_readiness=True)]) == [
+            "StatefulSet/prefect/prefect-redis: the metrics sidecar exporter has a readiness probe: it decides "
+            "whether the pod is Ready"]
+
+    def test_an_exporter_alone_in_its_pod_may_have_one(self) -> None:
+        pod = redis_pod(exporter_readiness=True)
+        containers = pod["spec"]["template"]["spec"]["containers"]
+        pod["spec"]["template"]["spec"]["containers"] = containers[-1:]
+        assert checks.metrics_sidecars_do_not_gate_readiness([pod]) == []
 
 
 @pytest.mark.parametrize("name", checks.INVARIANTS)

@@ -179,7 +179,7 @@ class TestCluster:
         assert the("default", "Cluster")["spec"]["postgresql"]["parameters"][parameter] == value
 
     def test_parameters_follow_the_model(self) -> None:
-        config = config_of(postgres={"max_connections": 400, "shared_buffers": "1GB"})
+        config = config_of(postgres={"max_connections": 400, "shared_buffers": "512MB"})
         (cluster,) = [m.obj for m in database_manifests(config, PlaceholderImages()) if m.kind == "Cluster"]
         assert cluster["spec"]["postgresql"]["parameters"]["max_connections"] == "400"
 
@@ -197,7 +197,7 @@ class TestCluster:
 
     def test_resources(self) -> None:
         assert the("default", "Cluster")["spec"]["resources"] == {
-            "requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"memory": "2Gi"}}
+            "requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"cpu": "1", "memory": "2Gi"}}
 
     @pytest.mark.parametrize(("field", "value"), [("enablePodAntiAffinity", True),
                                                   ("topologyKey", "kubernetes.io/hostname")])

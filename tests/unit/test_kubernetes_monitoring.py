@@ -464,11 +464,36 @@ class TestExporter:
     def test_no_pgbouncer_source(self) -> None:
         assert not [a for a in self.args() if a.startswith("--pgbouncer")]
 
-    @pytest.mark.parametrize(("config", "redis"), [("default", "--redis=prefect-redis-headless:6379"),
-                                                    ("standalone", "--redis=flows-redis:6379"),
+    @pytest.mark.parametrize(("config", "redis"), [("standalone", "--redis=flows-redis:6379"),
                                                     ("external", "--redis=cache.example.com:6380")])
     def test_redis_address(self, config: str, redis: str) -> None:
         assert redis in self.args(config)
+
+    def test_follows_the_primary_through_the_sentinels(self) -> None:
+        pods = [f"prefect-redis-{i}.prefect-redis-headless.prefect.svc:26379" for i in range(3)]
+        redis = [a for a in self.args() if a.startswith("--redis")]
+        assert redis == [f"--redis-sentinels={','.join(pods)}", "--redis-master-set=prefect",
+                         f"--redis-password-file={monitoring.SECRETS_DIR}/redis_monitor"]
+
+    def test_sentinel_arguments_parse(self, tmp_path: Path) -> None:
+        (tmp_path / "redis_monitor").write_text("pw\n")
+        (tmp_path / "postgres_monitor").write_text("pw\n")
+        _, sources = parse_arguments([a.replace(monitoring.SECRETS_DIR, str(tmp_path)) for a in self.args()])
+        assert (sources.redis_host, sources.redis_sentinels[0], sources.redis_master_set, sources.reads_redis) == (
+            None, ("prefect-redis-0.prefect-redis-headless.prefect.svc", 26379), "prefect", True)
+
+    @pytest.mark.parametrize(("extra", "message"), [
+        (["--redis=127.0.0.1:1", "--redis-sentinels=127.0.0.1:2", "--redis-master-set=m"], "not both"),
+        (["--redis-sentinels=127.0.0.1:2"], "go together"),
+    ])
+    def test_sentinel_arguments_refused(self, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                        extra: list[str], message: str) -> None:
+        (tmp_path / "pw").write_text("pw")
+        with pytest.raises(SystemExit):
+            parse_arguments(["--listen=127.0.0.1:1", "--postgres=127.0.0.1:1/prefect",
+                             f"--postgres-password-file={tmp_path / 'pw'}", f"--redis-password-file={tmp_path / 'pw'}",
+                             *extra])
+        assert message in capsys.readouterr().err
 
     def test_external_redis_over_tls(self) -> None:
         assert "--redis-tls" in self.args("external")

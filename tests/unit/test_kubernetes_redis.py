@@ -16,9 +16,11 @@ from infra.containers.entrypoint import _redis_run_id
 from infra.errors import UserError
 from infra.kubernetes.objects import LABEL_NAME, Manifest, Names, selector
 from infra.kubernetes.redis import (
+    DOWN_AFTER_MS,
     MASTER_SET,
     PASSWORD_PLACEHOLDER,
     SENTINEL_PORT,
+    min_replicas_to_write,
     quorum,
     redis_environment,
     redis_manifests,
@@ -98,7 +100,7 @@ class TestSentinelMode:
     def test_sentinel_setting(self, setting: str) -> None:
         assert setting in one("sentinel", "ConfigMap").obj["data"]["sentinel.conf"].splitlines()
 
-    @pytest.mark.parametrize("setting", ["appendonly yes", "maxmemory 1gb", "maxmemory-policy noeviction",
+    @pytest.mark.parametrize("setting", ["appendonly yes", "maxmemory 512mb", "maxmemory-policy noeviction",
                                          f"requirepass {PASSWORD_PLACEHOLDER}", f"masterauth {PASSWORD_PLACEHOLDER}",
                                          "replica-announce-ip @ANNOUNCE_HOST@", "dir /data"])
     def test_redis_setting(self, setting: str) -> None:
@@ -154,8 +156,8 @@ class TestSentinelMode:
         assert term["labelSelector"]["matchLabels"] == selector(config(), "redis")
 
     def test_redis_resources_from_the_model(self) -> None:
-        assert containers("sentinel")["redis"]["resources"] == {"requests": {"cpu": "100m", "memory": "512Mi"},
-                                                               "limits": {"memory": "1536Mi"}}
+        assert containers("sentinel")["redis"]["resources"] == {"requests": {"cpu": "500m", "memory": "1Gi"},
+                                                               "limits": {"cpu": "500m", "memory": "1Gi"}}
 
     @pytest.mark.parametrize("name", ["redis", "sentinel"])
     def test_announces_the_pod_dns_name(self, name: str) -> None:
@@ -178,6 +180,11 @@ class TestSentinelMode:
     def test_readiness_checks_replication(self) -> None:
         probe = containers("sentinel")["redis"]["readinessProbe"]["exec"]["command"]
         assert probe[-1] == "redis-ready"
+
+    def test_exporter_does_not_decide_readiness(self) -> None:
+        # A sidecar's failing readiness probe would take the whole Redis pod out of rotation.
+        exporter = containers("sentinel")["exporter"]
+        assert ("readinessProbe" in exporter, exporter["livenessProbe"]["tcpSocket"]) == (False, {"port": "metrics"})
 
     def test_readiness_script_requires_the_link_of_a_replica(self) -> None:
         assert "master_link_status:up" in one("sentinel", "ConfigMap").obj["data"]["probe.sh"]
@@ -204,7 +211,7 @@ class TestSentinelMode:
         assert checks.schema_problems(one("sentinel", "PodMonitor").obj, "1.32") == []
 
     def test_config_change_rolls_the_pods(self) -> None:
-        other = redis_manifests(config(redis={"maxmemory": "2gb"}), PlaceholderImages())
+        other = redis_manifests(config(redis={"maxmemory": "256mb"}), PlaceholderImages())
         [stateful_set] = [m for m in other if m.kind == "StatefulSet"]
         annotation = "prefect-stack/config-hash"
         assert stateful_set.obj["spec"]["template"]["metadata"]["annotations"][annotation] != \
@@ -238,6 +245,30 @@ class TestStandaloneMode:
 
     def test_no_replication_settings(self) -> None:
         assert "masterauth" not in one("standalone", "ConfigMap").obj["data"]["redis.conf"]
+
+    def test_writes_need_no_replica(self) -> None:
+        # Redis's default min-replicas-to-write is 0: a single Redis must keep it.
+        assert "min-replicas" not in one("standalone", "ConfigMap").obj["data"]["redis.conf"]
+
+
+class TestWritesNeedAMajority:
+    """A primary partitioned away from the Sentinels' majority stops accepting writes the failover would drop."""
+
+    @pytest.mark.parametrize(("replicas", "needed"), [(3, 1), (4, 2), (5, 2), (7, 3)])
+    def test_replicas_a_primary_must_reach(self, replicas: int, needed: int) -> None:
+        redis_conf = redis_manifests(config(kubernetes={"redis": {"replicas": replicas}}),
+                                     PlaceholderImages())[0].obj["data"]["redis.conf"]
+        assert f"min-replicas-to-write {needed}" in redis_conf.splitlines()
+
+    def test_lag_is_the_sentinels_down_after(self) -> None:
+        lines = one("sentinel", "ConfigMap").obj["data"]["redis.conf"].splitlines()
+        assert f"min-replicas-max-lag {DOWN_AFTER_MS // 1000}" in lines
+
+    @pytest.mark.parametrize("replicas", [3, 4, 5, 9])
+    def test_a_minority_side_cannot_write_a_majority_side_can(self, replicas: int) -> None:
+        # A primary reaches the replicas on its side: at most replicas // 2 - 1 in a group without a majority
+        # (replicas // 2 pods), at least quorum - 1 in a majority.
+        assert replicas // 2 - 1 < min_replicas_to_write(replicas) <= quorum(replicas) - 1
 
 
 class TestExternalMode:

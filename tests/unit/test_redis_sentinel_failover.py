@@ -5,10 +5,12 @@ rendered start-redis.sh and start-sentinel.sh with Debian's redis-server, as the
 A client built from ``redis_environment``'s URLs through prefect-redis and through Docket writes; the primary is
 SIGKILLed; the Sentinels promote a replica; the same clients work again, and the killed pod, started again, joins
 the new primary as a replica; a restarted Sentinel finds the primary; pre-stop.sh hands the primary role over
-under a stream of writes. Then a standalone pod and its exporter.
+under a stream of writes; a primary cut off from its replicas stops taking writes; the project's exporter reads
+the streams on the primary the Sentinels name, before and after the failover. Then a standalone pod and its
+exporter.
 
 Unlike the rest of tests/unit this starts processes (Debian's redis-server and prometheus-redis-exporter, on
-free loopback ports; skipped without redis-server): the scripts only prove themselves by running. About 25 s;
+free loopback ports; skipped without redis-server): the scripts only prove themselves by running. About 35 s;
 every process is killed at the end, pass or fail.
 """
 
@@ -19,6 +21,7 @@ import functools
 import os
 import re
 import shutil
+import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -31,15 +34,17 @@ import redis
 
 from infra.config import load_config
 from infra.containers.entrypoint import _redis_run_id
+from infra.exporter.server import Sources, StackCollector, redis_client
 from infra.kubernetes.redis import (
     MASTER_SET,
+    MIN_REPLICAS_MAX_LAG_S,
     SECRET_KEY_MONITOR,
     SECRET_KEY_PASSWORD,
     config_files,
     exporter_env,
     redis_environment,
 )
-from infra.render.redis import DOCKET_DB, MESSAGING_DB
+from infra.render.redis import DOCKET_DB, MESSAGING_DB, MONITOR_USER
 from infra.secrets import Secrets, ensure_secrets
 from tests.conftest import free_ports
 
@@ -193,6 +198,10 @@ class Observations:
     replica_alive_without_primary: bool = False
     restarted_sentinel_primary: int = 0
     switchover: dict[str, Any] = field(default_factory=dict)
+    partition: dict[str, Any] = field(default_factory=dict)
+    exporter_before: dict[str, Any] = field(default_factory=dict)
+    exporter_after: dict[str, Any] = field(default_factory=dict)
+    monitor_failover: str = ""
 
 
 async def _until(condition: Callable[[], bool]) -> None:
@@ -200,8 +209,29 @@ async def _until(condition: Callable[[], bool]) -> None:
         await asyncio.sleep(0.05)
 
 
+def exporter_sources(pods: list[Pod], monitor_password: str) -> Sources:
+    """The project's exporter as the Kubernetes target runs it in sentinel mode: the streams through the pods'
+    Sentinels, as the monitor user (no PostgreSQL here: that source is reported down)."""
+    return Sources(postgres_host=LOOPBACK, postgres_port=1, database="prefect", pgbouncer_host=None,
+                   pgbouncer_port=0, redis_host=None, redis_port=0, postgres_password="",
+                   redis_password=monitor_password, finished_runs_window_s=60, sslmode="disable",
+                   redis_sentinels=tuple((LOOPBACK, p.sentinel_port) for p in pods), redis_master_set=MASTER_SET)
+
+
+def exporter_reading(sources: Sources) -> dict[str, Any] | None:
+    """What one scrape reads of Redis (None while the redis source is down), and which Redis its client reaches."""
+    samples = {(s.name, s.labels.get("source", s.labels.get("stream"))): s.value
+               for family in StackCollector(sources).collect() for s in family.samples}
+    if samples.get(("prefect_exporter_source_up", "redis")) != 1.0:
+        return None
+    with redis_client(sources) as client:
+        served_by = int(client.info("server")["tcp_port"])
+    return {"events": samples.get(("prefect_event_stream_length", "events")), "served by": served_by}
+
+
 async def scenario(pods: list[Pod], env: dict[str, str], stop_primary: Callable[[Pod], None],
-                   restart: Callable[[Pod], None], restart_sentinel: Callable[[Pod], None]) -> Observations:
+                   restart: Callable[[Pod], None], restart_sentinel: Callable[[Pod], None],
+                   exporter: Sources) -> Observations:
     from docket._redis import RedisConnection
     from prefect_redis.client import get_async_redis_client
     from prefect_redis.connection import aclose_redis_client
@@ -221,6 +251,9 @@ async def scenario(pods: list[Pod], env: dict[str, str], stop_primary: Callable[
         seen.before["messaging db"] = int((await prefect_client.client_info())["db"])
         seen.before["docket db"] = int((await docket_client.client_info())["db"])
         seen.run_ids = (await asyncio.to_thread(_redis_run_id, env), None)
+        await prefect_client.xadd("events", {"event": "before"})
+        seen.exporter_before = await asyncio.to_thread(
+            wait_for, "the exporter to read the streams", lambda: exporter_reading(exporter), SETTLE_TIMEOUT_S)
 
         old = next(p for p in pods if p.redis_port == seen.initial_primary)
         stop_primary(old)
@@ -244,6 +277,9 @@ async def scenario(pods: list[Pod], env: dict[str, str], stop_primary: Callable[
         seen.after["served by"] = int(
             (await until_ok("prefect-redis info", lambda: prefect_client.info("server")))["tcp_port"])
         seen.run_ids = (seen.run_ids[0], await asyncio.to_thread(_redis_run_id, env))
+        seen.exporter_after = await asyncio.to_thread(
+            wait_for, "the exporter to read the streams after the failover", lambda: exporter_reading(exporter),
+            SETTLE_TIMEOUT_S)
 
     restart(old)
 
@@ -299,6 +335,46 @@ async def scenario(pods: list[Pod], env: dict[str, str], stop_primary: Callable[
             seen.probes[f"redis-{pod.index} {check}"] = await asyncio.to_thread(
                 wait_for, f"probe {check} of redis-{pod.index}", functools.partial(passes, pod, check, pods),
                 SETTLE_TIMEOUT_S)
+    seen.monitor_failover = await asyncio.to_thread(monitor_failover, pods[0], exporter.redis_password)
+    seen.partition = await asyncio.to_thread(partition, pods, seen.switchover["new primary"])
+    return seen
+
+
+def monitor_failover(pod: Pod, monitor_password: str) -> str:
+    """What a Sentinel answers the monitor user asking for a failover."""
+    with redis.Redis(host=LOOPBACK, port=pod.sentinel_port, username=MONITOR_USER, password=monitor_password,
+                     socket_timeout=2, decode_responses=True) as client:
+        try:
+            return str(client.execute_command("SENTINEL", "FAILOVER", MASTER_SET))
+        except redis.ResponseError as exc:
+            return f"{type(exc).__name__}: {exc}"
+
+
+def partition(pods: list[Pod], primary_port: int) -> dict[str, Any]:
+    """The primary cut off from both replicas (SIGSTOP: they neither answer nor acknowledge), as on the minority
+    side of a partition: it refuses writes within min-replicas-max-lag; it took them before."""
+    primary = next(p for p in pods if p.redis_port == primary_port)
+    replicas = [p for p in pods if p is not primary]
+    seen: dict[str, Any] = {}
+    with primary.redis() as client:
+        seen["before"] = client.set("k8s-test:partition", "before")
+
+        def refused() -> str | None:
+            try:
+                client.set("k8s-test:partition", "during")
+            except redis.ResponseError as exc:
+                return str(exc)
+            return None
+
+        for pod in replicas:
+            os.kill(pod.processes["redis"].pid, signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            seen["refused"] = wait_for("the partitioned primary to refuse writes", refused, SETTLE_TIMEOUT_S)
+            seen["after s"] = time.monotonic() - started
+        finally:
+            for pod in replicas:
+                os.kill(pod.processes["redis"].pid, signal.SIGCONT)
     return seen
 
 
@@ -326,7 +402,8 @@ def observed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Observations]
             pod.processes["sentinel"].wait(10)
             pod.start("sentinel", pods)
 
-        yield asyncio.run(scenario(pods, env, stop_primary, lambda pod: pod.start("redis", pods), restart_sentinel))
+        yield asyncio.run(scenario(pods, env, stop_primary, lambda pod: pod.start("redis", pods), restart_sentinel,
+                                   exporter_sources(pods, secrets.get("redis_monitor"))))
     finally:
         for pod in pods:
             for process in pod.processes.values():
@@ -378,6 +455,19 @@ class TestSentinelFailover:
         assert observed.replica_alive_without_primary
 
 
+class TestExporterFollowsThePrimary:
+    """The project's exporter reads the event streams on the primary the Sentinels name, as the monitor user."""
+
+    def test_reads_the_first_primary(self, observed: Observations) -> None:
+        assert observed.exporter_before == {"events": 1.0, "served by": observed.initial_primary}
+
+    def test_reads_the_promoted_replica_after_failover(self, observed: Observations) -> None:
+        assert observed.exporter_after == {"events": 1.0, "served by": observed.promoted_primary}
+
+    def test_monitor_user_cannot_fail_over(self, observed: Observations) -> None:
+        assert observed.monitor_failover.startswith("NoPermissionError"), observed.monitor_failover
+
+
 class TestRestartedSentinel:
     def test_learns_the_current_primary(self, observed: Observations) -> None:
         assert observed.restarted_sentinel_primary == observed.promoted_primary
@@ -407,9 +497,24 @@ class TestGracefulSwitchover:
         assert observed.switchover["pre-stop s"] < 20
 
 
+class TestPartitionedPrimary:
+    """min-replicas-to-write: a primary that reaches no replica stops taking writes a failover would discard."""
+
+    def test_writes_before(self, observed: Observations) -> None:
+        assert observed.partition["before"] is True
+
+    def test_refuses_writes_without_replicas(self, observed: Observations) -> None:
+        assert observed.partition["refused"].startswith("NOREPLICAS")
+
+    def test_within_the_lag(self, observed: Observations) -> None:
+        # Replicas acknowledge every second: the lag, one acknowledgement period, and slack for a busy machine.
+        assert observed.partition["after s"] < MIN_REPLICAS_MAX_LAG_S + 3
+
+
 @dataclass
 class StandaloneObservations:
     role: str = ""
+    min_replicas_to_write: str = ""
     ready: bool = False
     served: str | None = None
     metrics: dict[str, str] = field(default_factory=dict)
@@ -451,6 +556,7 @@ def standalone(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StandaloneO
                               SETTLE_TIMEOUT_S)
         with pod.redis() as client:
             seen.role = client.info("replication")["role"]
+            seen.min_replicas_to_write = client.config_get("min-replicas-to-write")["min-replicas-to-write"]
         with redis.Redis.from_url(url, socket_timeout=2, decode_responses=True) as client:
             client.xadd("events", {"event": "standalone"})
             seen.served = client.xrange("events")[0][1]["event"]
@@ -469,6 +575,9 @@ class TestStandalonePod:
 
     def test_ready(self, standalone: StandaloneObservations) -> None:
         assert standalone.ready
+
+    def test_writes_need_no_replica(self, standalone: StandaloneObservations) -> None:
+        assert standalone.min_replicas_to_write == "0"
 
     def test_url_serves(self, standalone: StandaloneObservations) -> None:
         assert standalone.served == "standalone"

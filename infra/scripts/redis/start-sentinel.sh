@@ -17,8 +17,9 @@ until getent hosts "$host" > /dev/null; do
 done
 # A stable id per pod: a restarted Sentinel is the same Sentinel to the others, not one more.
 myid=$(printf '%s' "$POD_NAME:$ANNOUNCE_HOST:$SENTINEL_PORT" | sha1sum | cut -c1-40)
+monitor_password=$(read_secret monitor-password)
 fill "$SCRIPTS_DIR/sentinel.conf" "$RUN_DIR/sentinel.conf" "ANNOUNCE_HOST=$ANNOUNCE_HOST" \
-     "MASTER_HOST=$host" "MASTER_PORT=$port"
+     "MASTER_HOST=$host" "MASTER_PORT=$port" "MONITOR_PASSWORD=$monitor_password"
 echo "sentinel myid $myid" >> "$RUN_DIR/sentinel.conf"
 echo "start-sentinel: monitoring $primary"
 exec redis-server "$RUN_DIR/sentinel.conf" --sentinel
