@@ -21,6 +21,9 @@ RULES_FILE = "prometheus-rules.yml"
 # Prometheus's own password at HAProxy's metrics listener (secret prometheus_scrape), read from this file. Prefect's
 # /api/metrics sits behind the admin's basic auth: HAProxy adds that, so Prometheus never holds it.
 SCRAPE_PASSWORD_FILE = "prometheus-scrape-password"  # noqa: S105 - a file name, not a secret
+# Rendered by earlier versions and read by nothing now; deploy deletes them. prometheus-api-password held the API
+# admin's password, with which Prometheus scraped the replicas directly.
+RETIRED_FILES = ("prometheus-api-password",)
 
 
 def _job(name: str, target: str, component: str, **extra: Any) -> dict[str, Any]:

@@ -25,6 +25,7 @@ import yaml
 from infra.config import StackConfig, load_config
 from infra.errors import UserError
 from infra.layout import TRUSTED_CA, StateLayout
+from infra.local.deploy import write_files
 from infra.local.plan import LocalPlan, build_plan, os_user_name, service_user
 from infra.render import Addresses, RenderedFile
 from infra.render.haproxy import OPERATOR_TLS_PEM, TLS_PEM, haproxy_cfg
@@ -567,6 +568,14 @@ class TestHaproxyApiMetrics:
     def test_port_must_not_collide(self, make_config: Callable[..., StackConfig]) -> None:
         with pytest.raises(UserError, match=r"monitoring\.api_metrics_port"):
             make_config(monitoring={"api_metrics_port": 28404})
+
+
+def test_deploy_deletes_the_file_that_held_the_admins_password_for_prometheus(plan: LocalPlan) -> None:
+    retired = plan.layout.etc / "prometheus-api-password"
+    retired.parent.mkdir(parents=True, exist_ok=True)
+    retired.write_text("admin password of an earlier version")
+    write_files(dataclasses.replace(plan, run_as=None))
+    assert not retired.exists() and (plan.layout.etc / "prometheus-scrape-password").exists()
 
 
 class TestHaproxyTls:
