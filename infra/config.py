@@ -337,6 +337,12 @@ class MonitoringConfig(_Section):
     prefect_exporter_port: int = Field(19200, ge=1, le=65535,
                                        description="Port of the project's own exporter: Prefect's flow runs, work "
                                                    "pools, event pipeline, and PgBouncer's pools.")
+    # Prefect takes one auth string, the admin's: Prometheus scrapes the replicas through HAProxy, which checks
+    # Prometheus's own credential and lets through only GET of each replica's metrics (infra/render/haproxy.py).
+    api_metrics_port: int = Field(19201, ge=1, le=65535,
+                                  description="HAProxy's metrics-only listener, where Prometheus scrapes each API "
+                                              "replica's /api/metrics with a credential of its own (loopback on the "
+                                              "local target, the back-end network on compose; not on Kubernetes).")
     # So a scrape costs the same whatever the size of the run history.
     finished_runs_window_s: int = Field(3600, ge=60, le=7 * 86400,
                                         description="Finished flow runs (completed, failed, crashed, cancelled) "
@@ -942,6 +948,7 @@ class StackConfig(BaseSettings):
             ports["monitoring.postgres_exporter_port"] = self.monitoring.postgres_exporter_port
             ports["monitoring.redis_exporter_port"] = self.monitoring.redis_exporter_port
             ports["monitoring.prefect_exporter_port"] = self.monitoring.prefect_exporter_port
+            ports["monitoring.api_metrics_port"] = self.monitoring.api_metrics_port
         for i in range(1, self.api.replicas + 1):
             ports[f"api.base_port (replica {i})"] = self.api_port(i)
         return ports

@@ -28,6 +28,8 @@ SECRET_NAMES: dict[str, str] = {
     "postgres_monitor": "PostgreSQL role prefect_monitor (pg_monitor, read-only on Prefect's tables): the exporters",
     "redis_monitor": "Redis ACL user 'monitor' (INFO, XINFO and other read-only commands): the exporters",
     "grafana_admin": "Grafana's 'admin' user (compose target; Grafana is not run by the local target)",
+    "prometheus_scrape": "password of user 'prometheus' at HAProxy's metrics listener, which admits only GET of the "
+                         "API replicas' metrics (local and compose targets): Prometheus never holds the API admin's",
 }
 _USER_PREFIXED = {"prefect_auth", "haproxy_stats"}
 
@@ -50,6 +52,7 @@ class Secrets:
     postgres_monitor: SecretStr
     redis_monitor: SecretStr
     grafana_admin: SecretStr
+    prometheus_scrape: SecretStr
 
     def get(self, name: str) -> str:
         value: SecretStr = getattr(self, name)

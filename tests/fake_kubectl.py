@@ -10,7 +10,8 @@ call appends one JSON line to ``calls.jsonl`` (argv without the binary, stdin, e
 - ``conditions``: {target: {"condition=Ready": false}}: that ``kubectl wait`` times out (any other holds at once,
   except ``condition=failed``, which holds only when scripted true);
 - ``rollouts``: {target: false}: that ``kubectl rollout status`` times out;
-- ``objects``: the live objects ``kubectl get`` lists (by resource, names and label selector);
+- ``objects``: the live objects ``kubectl get`` lists (by resource, names and label selector), and that a
+  ``kubectl delete`` by ``--field-selector=metadata.name=`` and label selector finds (otherwise it deletes nothing);
 - ``unknown_resources``: resources the cluster does not serve (no CRD);
 - ``logs``: {target or selector: text} for ``kubectl logs``.
 
@@ -119,6 +120,12 @@ def _answer(argv: list[str], stdin: str, state: dict[str, Any]) -> tuple[int, st
         key = positional[1] if len(positional) > 1 else flags.get("--selector", flags.get("-l", ""))
         return 0, (state.get("logs") or {}).get(key, ""), ""
     if verb == "delete":
+        if "--field-selector" in flags:  # by name among the selected live objects: only what matches is deleted
+            name = flags["--field-selector"].removeprefix("metadata.name=")
+            selector = flags.get("--selector", flags.get("-l", ""))
+            found = [o for o in state.get("objects", []) if positional[1] in (_resource(o), o["kind"].lower())
+                     and o["metadata"]["name"] == name and _selected(o, selector)]
+            return (0, f'{positional[1]} "{name}" deleted\n', "") if found else (0, "", "No resources found\n")
         return 0, f'{positional[1]} "{positional[2] if len(positional) > 2 else ""}" deleted\n', ""
     return 0, "", ""
 

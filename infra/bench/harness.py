@@ -145,8 +145,8 @@ class StackPorts:
     redis: int
     s3: int
     api_base: int
-    # prometheus, alertmanager, node, postgres, redis and prefect exporters
-    monitoring: tuple[int, int, int, int, int, int]
+    # prometheus, alertmanager, node, postgres, redis and prefect exporters, HAProxy's API metrics listener
+    monitoring: tuple[int, int, int, int, int, int, int]
 
 
 def allocate_stack_ports(replicas: int, taken: set[int]) -> StackPorts:
@@ -155,7 +155,7 @@ def allocate_stack_ports(replicas: int, taken: set[int]) -> StackPorts:
         pgbouncer=free_port(taken), redis=free_port(taken), s3=free_port(taken),
         api_base=free_port(taken, run=replicas),
         monitoring=(free_port(taken), free_port(taken), free_port(taken), free_port(taken), free_port(taken),
-                    free_port(taken)),
+                    free_port(taken), free_port(taken)),
     )
 
 
@@ -171,11 +171,12 @@ def stack_config(
     Monitoring is off unless asked for: the API and backup benchmarks compare the stack itself with its baselines.
     TLS at the load balancer follows ``tls_mode`` (auto: off on loopback; the compose comparison turns it on).
     """
-    prom, am, node, pg_exporter, redis_exporter, prefect_exporter = ports.monitoring
+    prom, am, node, pg_exporter, redis_exporter, prefect_exporter, api_metrics = ports.monitoring
     return load_config(
         monitoring={"enabled": monitoring, "prometheus_port": prom, "alertmanager_port": am,
                     "node_exporter_port": node, "postgres_exporter_port": pg_exporter,
-                    "redis_exporter_port": redis_exporter, "prefect_exporter_port": prefect_exporter},
+                    "redis_exporter_port": redis_exporter, "prefect_exporter_port": prefect_exporter,
+                    "api_metrics_port": api_metrics},
         target="local",
         local={"state_dir": str(state_dir)},
         load_balancer={"bind_address": "127.0.0.1", "port": ports.load_balancer, "stats_port": ports.stats,

@@ -37,6 +37,7 @@ from infra.haproxy_runtime import parse_server_stats
 from infra.layout import TRUSTED_CA, StateLayout
 from infra.progress import Progress
 from infra.render.haproxy import BACKEND
+from infra.render.prometheus import RETIRED_FILES
 from infra.secrets import Secrets, ensure_secrets
 from infra.tls import load_balancer_tls
 
@@ -236,6 +237,8 @@ def deploy(config: StackConfig, progress: Progress) -> tuple[ComposeProject, Com
     before = containers(client, config.compose.project)
     _preflight(config, {k: v for k, v in before.items() if v.status == "running"})
     write_project(project, project_dir(config), CONTAINER_UID if os.geteuid() == 0 else None)
+    for name in RETIRED_FILES:  # secrets no service mounts any more
+        (project_dir(config) / "secrets" / name).unlink(missing_ok=True)
     if tls is not None:  # where `invoke env` points Prefect clients on this host (as on the local target)
         trusted = StateLayout(config.state_dir).etc / TRUSTED_CA
         trusted.parent.mkdir(parents=True, exist_ok=True)

@@ -28,7 +28,7 @@ from infra.config import StackConfig
 from infra.errors import UserError
 from infra.kubernetes import secret_hashes
 from infra.kubernetes.kubectl import FIELD_MANAGER, Kubectl, KubectlError, resource, resource_of
-from infra.kubernetes.objects import PHASES, Manifest, Phase, prune_selector
+from infra.kubernetes.objects import PHASES, Manifest, Names, Phase, prune_selector
 from infra.kubernetes.render import Rendering
 from infra.progress import Progress
 
@@ -292,6 +292,8 @@ def deploy(config: StackConfig, rendering: Rendering, secret_objects: Sequence[d
                 _wait_one(kubectl, config, phase, wait, max(deadline - time.monotonic(), 1.0))
             meter.step(f"{phase}: {len(objects)} objects applied" + (", ready" if _waits(in_phase) else ""))
         report.pruned, report.kept = prune(kubectl, config, manifests)
+        # After prune: the monitors that read a retired Secret are gone by then.
+        report.pruned += delete_retired_secrets(kubectl, config)
         meter.step(f"pruned {len(report.pruned)} objects no longer rendered")
     for label in report.kept:
         progress(f"kept {label}: no longer rendered, but deleting it deletes its data; delete it yourself "
@@ -364,6 +366,22 @@ def _list(kubectl: Kubectl, config: StackConfig, what: str) -> list[dict[str, An
         raise UserError(f"cannot list the stack's {what} objects: {exc.tail(3)}",
                         fix=f"check the kubeconfig user's right to list {what} in namespace "
                             f"{config.kubernetes.namespace}") from None
+
+
+def delete_retired_secrets(kubectl: Kubectl, config: StackConfig) -> list[str]:
+    """Delete the Secrets an earlier deploy created that nothing reads any more (``Names.retired_secrets``), when
+    they carry the stack's labels; Secret/name of each one deleted."""
+    deleted = []
+    for name in Names.of(config).retired_secrets:
+        try:
+            gone = kubectl.delete_named_if_selected("secret", name, prune_selector(config),
+                                                    timeout_s=config.kubernetes.wait_timeout_s)
+        except KubectlError as exc:
+            raise UserError(f"cannot delete Secret {name}, which deploy no longer uses: {exc.tail(3)}",
+                            fix=f"{kubectl_hint(config)} delete secret {name}") from None
+        if gone:
+            deleted.append(f"Secret/{name}")
+    return deleted
 
 
 def prune(kubectl: Kubectl, config: StackConfig, manifests: Sequence[Manifest]) -> tuple[list[str], list[str]]:

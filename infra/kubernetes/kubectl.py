@@ -164,6 +164,13 @@ class Kubectl:
         self.run("delete", what, *names, "--ignore-not-found", f"--timeout={timeout_s:.0f}s",
                  timeout_s=timeout_s + WAIT_GRACE_S)
 
+    def delete_named_if_selected(self, what: str, name: str, selector: str, timeout_s: float) -> bool:
+        """Delete the object ``name`` only if it carries ``selector``'s labels, without reading it (a Secret's data
+        never leaves the cluster); True when one was deleted."""
+        out = self.run("delete", what, f"--selector={selector}", f"--field-selector=metadata.name={name}",
+                       "--ignore-not-found", f"--timeout={timeout_s:.0f}s", timeout_s=timeout_s + WAIT_GRACE_S)
+        return "deleted" in out
+
     def wait(self, target: str, condition: str, timeout_s: float) -> None:
         """``kubectl wait --for=CONDITION TARGET``: returns when it holds, KubectlError when it does not in time."""
         self.run("wait", f"--for={condition}", target, f"--timeout={timeout_s:.0f}s",

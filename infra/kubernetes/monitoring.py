@@ -1,7 +1,11 @@
 """Observability on Kubernetes, in kube-prometheus-stack's conventions: the stack's alert rules as a
-``PrometheusRule``, ``ServiceMonitor``s for the API replicas and the project's exporter, the exporter itself,
-Grafana dashboards as ConfigMaps for Grafana's sidecar, an optional Jaeger, and the NetworkPolicies of the
-exporter's and Jaeger's pods.
+``PrometheusRule``, a ``ServiceMonitor`` for the project's exporter, the exporter itself, Grafana dashboards as
+ConfigMaps for Grafana's sidecar, an optional Jaeger, and the NetworkPolicies of the exporter's and Jaeger's pods.
+
+The API replicas are not scraped: their /api/metrics sits behind Prefect's single auth string, the admin's, which
+Prometheus must not hold, and no HAProxy stands in front of them here to swap credentials (the other targets scrape
+through its metrics-only listener). What the API dashboard showed from those scrapes (replicas up, memory, CPU)
+comes from kube-prometheus-stack's kube-state-metrics and cAdvisor series instead (infra/render/dashboards.py).
 
 Everything is rendered from the same sources as the other targets: the rules from infra/render/alert_rules.py
 (its Kubernetes variant), the dashboards from infra/render/dashboards.py, Jaeger's configuration from the compose
@@ -46,11 +50,8 @@ JAEGER = "jaeger"
 API = "api"
 SERVICES = "services"
 
-# The API Service's port (infra/kubernetes/prefect.py): named "http", Prefect's default 4200.
-API_PORT_NAME = "http"
 # Job names are part of the alert rules' and dashboards' contract (infra/render/prometheus.py): relabelled to the
 # local target's, whatever the Service is called.
-API_JOB = "prefect-api"
 EXPORTER_JOB = "prefect-exporter"
 METRICS_PORT_NAME = "metrics"
 
@@ -103,19 +104,6 @@ def tracing_endpoint(config: StackConfig) -> str | None:
     return None
 
 
-def api_metrics_secret(config: StackConfig) -> str:
-    """The basic-auth Secret Prometheus scrapes /api/metrics with; created by deploy, never rendered."""
-    return Names.of(config).secret_api_metrics
-
-
-def external_secrets(config: StackConfig) -> dict[str, str]:
-    """Secrets these manifests reference that deploy creates: name -> what it holds."""
-    if not config.monitoring.enabled:
-        return {}
-    return {api_metrics_secret(config): "basic-auth: admin and the Prefect API password (prefect_auth), for "
-                                        "Prometheus's scrape of /api/metrics"}
-
-
 def _operator_metadata(config: StackConfig, name: str, component: str) -> dict[str, Any]:
     """kube-prometheus-stack's Prometheus selects monitors and rules by ``release``."""
     return metadata(config, name, component, extra_labels={"release": config.kubernetes.prometheus_release})
@@ -139,16 +127,6 @@ def _service_monitor(config: StackConfig, name: str, component: str, endpoint: d
             "spec": {"selector": {"matchLabels": selector(config, component)},
                      "namespaceSelector": {"matchNames": [config.kubernetes.namespace]},
                      "endpoints": [{"interval": f"{config.monitoring.scrape_interval_s}s", **endpoint}]}}
-
-
-def api_service_monitor(config: StackConfig) -> dict[str, Any]:
-    """Every API replica's /api/metrics (process and Prefect's own metrics), behind the API's basic auth."""
-    secret = api_metrics_secret(config)
-    return _service_monitor(config, Names.of(config).api, API, {
-        "port": API_PORT_NAME, "path": "/api/metrics", "scheme": "http",
-        "basicAuth": {"username": {"name": secret, "key": "username"},
-                      "password": {"name": secret, "key": "password"}},
-        "relabelings": _relabel_job(API_JOB)})
 
 
 def exporter_service_monitor(config: StackConfig) -> dict[str, Any]:
@@ -246,9 +224,10 @@ def exporter_service(config: StackConfig) -> dict[str, Any]:
 def dashboard_config_maps(config: StackConfig) -> list[dict[str, Any]]:
     """One ConfigMap per dashboard. The dashboards query through their ``datasource`` variable (any Prometheus
     datasource, the default one first), so kube-prometheus-stack's Prometheus (uid ``prometheus``) needs no
-    rewrite. The API dashboard's HAProxy panels stay empty there: an Ingress balances the replicas."""
+    rewrite. The API dashboard's HAProxy panels stay empty there: an Ingress balances the replicas; its replica
+    panels read kube-state-metrics and cAdvisor."""
     maps = []
-    for file_name, document in dashboards(config).items():
+    for file_name, document in dashboards(config, kubernetes=True).items():
         if file_name in KUBERNETES_DASHBOARDS_LEFT_OUT:
             continue
         name = Names.of(config)("dashboard-" + file_name.removesuffix(".json").removeprefix("prefect-"))
@@ -347,7 +326,7 @@ def monitoring_manifests(config: StackConfig, images: Any) -> list[Manifest]:
     """Every observability object, or none when monitoring is off."""
     if not config.monitoring.enabled:
         return []
-    objects = [prometheus_rule(config), api_service_monitor(config), exporter_service_monitor(config),
+    objects = [prometheus_rule(config), exporter_service_monitor(config),
                exporter_deployment(config, images), exporter_service(config), *dashboard_config_maps(config)]
     if jaeger_runs(config):
         objects += jaeger_manifests(config)

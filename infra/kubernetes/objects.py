@@ -188,10 +188,10 @@ class Names:
         return self("stack-secrets")
 
     @property
-    def secret_api_metrics(self) -> str:
-        """kubernetes.io/basic-auth: username ``admin`` and the Prefect API password (from prefect_auth), which
-        Prometheus scrapes the replicas' /api/metrics with (its ServiceMonitor reads only Secrets)."""
-        return self("api-metrics-auth")
+    def retired_secrets(self) -> tuple[str, ...]:
+        """Secrets an earlier deploy created that nothing reads any more; deploy deletes them (prune never touches
+        Secrets). ``api-metrics-auth``: the API admin's password, which Prometheus scraped /api/metrics with."""
+        return (self("api-metrics-auth"),)
 
     # Observability
     @property

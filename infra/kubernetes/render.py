@@ -75,7 +75,7 @@ def render(config: StackConfig, images: Images) -> Rendering:
     rendering.manifests += prefect.prefect_manifests(config, images)
     rendering.manifests += monitoring.monitoring_manifests(config, images)
     apply_scheduling(config, rendering.manifests)
-    rendering.external_secrets = {**secrets.external_secrets(config), **monitoring.external_secrets(config)}
+    rendering.external_secrets = secrets.external_secrets(config)
     return rendering
 
 

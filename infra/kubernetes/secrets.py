@@ -13,7 +13,7 @@ from typing import Any
 
 from infra.config import StackConfig
 from infra.errors import UserError
-from infra.kubernetes import monitoring, prefect
+from infra.kubernetes import prefect
 from infra.kubernetes.objects import Names, metadata
 from infra.render.postgres import MONITOR_ROLE
 from infra.secrets import SECRET_NAMES, Secrets
@@ -91,11 +91,6 @@ def secret_objects(config: StackConfig, secrets: Secrets,
         objects.append(_secret(config, names.secret_db_monitor,
                                {"username": MONITOR_ROLE, "password": secrets.get("postgres_monitor")},
                                "kubernetes.io/basic-auth", CNPG_RELOAD))
-    if config.monitoring.enabled:
-        # Prometheus (prometheus-operator) reads basic-auth credentials for a ServiceMonitor from a Secret.
-        user, _, password = secrets.get("prefect_auth").partition(":")
-        objects.append(_secret(config, monitoring.api_metrics_secret(config), {"username": user, "password": password},
-                               "kubernetes.io/basic-auth"))
     if config.kubernetes.s3_credentials == "secret":
         key_id, secret = s3_credentials(environ)
         objects.append(_secret(config, names.secret_s3, {

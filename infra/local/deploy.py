@@ -32,6 +32,7 @@ from infra.local.plan import LocalPlan, build_plan, service_user
 from infra.local.supervisor import Supervisor
 from infra.render import RenderedFile
 from infra.render.haproxy import server_name
+from infra.render.prometheus import RETIRED_FILES
 from infra.render.supervisor import Program
 from infra.secrets import Secrets, ensure_secrets
 
@@ -181,6 +182,8 @@ def write_files(plan: LocalPlan) -> list[Path]:
         file_owner = None if rendered.path == plan.layout.supervisor_conf else owner
         if _write_file(rendered, file_owner):
             changed.append(rendered.path)
+    for name in RETIRED_FILES:
+        (plan.layout.etc / name).unlink(missing_ok=True)
     return changed
 
 

@@ -363,9 +363,10 @@ def kubernetes_alert_groups(config: StackConfig) -> list[dict[str, Any]]:
         {"name": "prefect-flows", "rules": prefect_rules(_kubernetes_exporter(config))},
         # No host group: there is no node_exporter of ours (kube-prometheus-stack runs its own, with its node
         # and PersistentVolume alerts). A scrape target down, restricted to the stack's namespace: up{} holds
-        # the whole cluster's targets there. The API is covered by its replica rules.
+        # the whole cluster's targets there. The API replicas are not scraped there (their replica rules read
+        # kube-state-metrics).
         {"name": "monitoring", "rules": [
-            _rule("MonitoringTargetDown", f'up{{namespace="{namespace}",job!="prefect-api"}} == 0', "5m",
+            _rule("MonitoringTargetDown", f'up{{namespace="{namespace}"}} == 0', "5m",
                   "warning", "monitoring",
                   "Prometheus cannot scrape {{ $labels.pod }} ({{ $labels.job }})",
                   "Its metrics and the alerts built on them are blind meanwhile. kubectl describe the pod; "

@@ -236,16 +236,59 @@ def overview(config: StackConfig) -> dict[str, Any]:
                       [now, flow_runs, work_pools, events, exporter])
 
 
-def api(config: StackConfig) -> dict[str, Any]:
+def _replica_processes(config: StackConfig) -> tuple[StatPanel, Section]:
+    """The replicas as Prometheus scrapes them (job prefect-api, through HAProxy's metrics listener)."""
+    w, replicas = _rate_window(config), config.api.replicas
+    scraped = _stat("Replicas scraped", "Replicas whose /api/metrics Prometheus could read.", "short",
+                    'sum(up{job="prefect-api"})', base="red", steps=[(1, "orange"), (replicas, "green")])
+    return scraped, Section("API replicas", [
+        _graph("Scrape status", "1 when Prometheus read the replica's metrics.", "short",
+               Query('up{job="prefect-api"}', "{{component}}"), width=8),
+        _graph("Resident memory", "Memory of each replica's process.", "bytes",
+               Query('sum by (component) (process_resident_memory_bytes{job="prefect-api"})', "{{component}}"),
+               width=8),
+        _graph("CPU", "CPU time per second of each replica (1 = one core).", "short",
+               Query(f'sum by (component) (rate(process_cpu_seconds_total{{job="prefect-api"}}[{w}]))',
+                     "{{component}}"), width=8),
+    ])
+
+
+def _replica_pods(config: StackConfig) -> tuple[StatPanel, Section]:
+    """The replicas on Kubernetes, where nothing scrapes them (their metrics need the API admin's credential, and
+    no HAProxy there holds it for Prometheus): availability from kube-state-metrics, memory and CPU from the
+    kubelet's cAdvisor, both scraped by kube-prometheus-stack."""
+    k8s, replicas = config.kubernetes, config.api.replicas
+    deployment = f'namespace="{k8s.namespace}",deployment="{k8s.name}-api"'
+    # The Deployment's pods (<deployment>-<replica set hash>-<pod hash>), their Prefect container only: cAdvisor
+    # also reports the pod's cgroup (container="") and the init container.
+    pods = f'namespace="{k8s.namespace}",pod=~"{k8s.name}-api-[a-z0-9]+-[a-z0-9]+",container="api"'
+    # kube-prometheus-stack scrapes the kubelet every 30 s by default: rate() needs two of those samples.
+    w = f"{max(4 * config.monitoring.scrape_interval_s, 120)}s"
+    available = _stat("Replicas available", f"Available pods of the API Deployment, of api.replicas = {replicas} "
+                      "(kube-state-metrics).", "short",
+                      f"sum(kube_deployment_status_replicas_available{{{deployment}}})",
+                      base="red", steps=[(1, "orange"), (replicas, "green")])
+    return available, Section("API replicas", [
+        _graph("Ready", "1 when the replica's container passes its readiness probe (kube-state-metrics).", "short",
+               Query(f"max by (pod) (kube_pod_container_status_ready{{{pods}}})", "{{pod}}"), width=8),
+        _graph("Working-set memory", "Memory of each replica's container, as the kubelet counts it against its "
+               "limit (cAdvisor).", "bytes",
+               Query(f"sum by (pod) (container_memory_working_set_bytes{{{pods}}})", "{{pod}}"), width=8),
+        _graph("CPU", "CPU time per second of each replica's container (1 = one core; cAdvisor).", "short",
+               Query(f"sum by (pod) (rate(container_cpu_usage_seconds_total{{{pods}}}[{w}]))", "{{pod}}"), width=8),
+    ])
+
+
+def api(config: StackConfig, *, kubernetes: bool = False) -> dict[str, Any]:
     w = _rate_window(config)
     replicas = config.api.replicas
     responses = f"haproxy_backend_http_responses_total{{{BACKEND}}}"
+    replicas_now, processes = _replica_pods(config) if kubernetes else _replica_processes(config)
     now = Section("Now", [
         _stat("Replicas in service", f"Replicas HAProxy routes to, of api.replicas = {replicas}.", "short",
               f"sum(haproxy_backend_active_servers{{{BACKEND}}})",
               base="red", steps=[(1, "orange"), (replicas, "green")]),
-        _stat("Replicas scraped", "Replicas whose /api/metrics Prometheus could read.", "short",
-              'sum(up{job="prefect-api"})', base="red", steps=[(1, "orange"), (replicas, "green")]),
+        replicas_now,
         _stat("Requests", "Responses per second through HAProxy.", "reqps", f"sum(rate({responses}[{w}]))"),
         _stat("5xx ratio", "Share of responses that are server errors (alert at 5%).", "percentunit",
               f'sum(rate(haproxy_backend_http_responses_total{{{BACKEND},code="5xx"}}[{w}])) '
@@ -279,16 +322,6 @@ def api(config: StackConfig) -> dict[str, Any]:
         _graph("Frontend sessions and queue", "Client connections held by HAProxy, and requests queued for a "
                "replica.", "short", Query("sum by (proxy) (haproxy_frontend_current_sessions)", "{{proxy}} sessions"),
                Query(f"sum(haproxy_backend_current_queue{{{BACKEND}}})", "queued"), width=8),
-    ])
-    processes = Section("API replicas", [
-        _graph("Scrape status", "1 when Prometheus read the replica's metrics.", "short",
-               Query('up{job="prefect-api"}', "{{component}}"), width=8),
-        _graph("Resident memory", "Memory of each replica's process.", "bytes",
-               Query('sum by (component) (process_resident_memory_bytes{job="prefect-api"})', "{{component}}"),
-               width=8),
-        _graph("CPU", "CPU time per second of each replica (1 = one core).", "short",
-               Query(f'sum by (component) (rate(process_cpu_seconds_total{{job="prefect-api"}}[{w}]))',
-                     "{{component}}"), width=8),
     ])
     return _dashboard("prefect-stack-api", "Prefect stack / API and load balancer",
                       "The Prefect API replicas and the HAProxy load balancer in front of them.",
@@ -447,11 +480,12 @@ def host(config: StackConfig) -> dict[str, Any]:
                       "The machine under the stack, from node_exporter.", [now, details])
 
 
-def dashboards(config: StackConfig) -> dict[str, dict[str, Any]]:
-    """Every dashboard's JSON model, keyed by the file name Grafana's file provider loads it from."""
+def dashboards(config: StackConfig, *, kubernetes: bool = False) -> dict[str, dict[str, Any]]:
+    """Every dashboard's JSON model, keyed by the file name Grafana's file provider loads it from. ``kubernetes``:
+    the API replicas' panels read kube-state-metrics and cAdvisor (see ``_replica_pods``)."""
     return {
         "prefect-overview.json": overview(config),
-        "prefect-api.json": api(config),
+        "prefect-api.json": api(config, kubernetes=kubernetes),
         "prefect-postgres.json": postgres(config),
         "prefect-redis.json": redis(config),
         "prefect-backups.json": backups(config),

@@ -11,6 +11,10 @@ Why each setting is there:
 - ``http-buffer-request``: L7 retries need the whole request body held by HAProxy;
 - ``timeout tunnel``: websockets (/api/events/in, /api/events/out, /api/logs/out) stay open while idle;
 - a separate stats listener with the stats page (basic auth) and the Prometheus exporter;
+- with monitoring on, a metrics-only listener (monitoring.api_metrics_port) through which Prometheus scrapes each
+  replica: Prefect takes a single auth string (the admin's), so Prometheus authenticates here with a credential of
+  its own (userlist, secret ``prometheus_scrape``), may only ``GET /api-N/metrics``, and HAProxy adds the admin's
+  Authorization header on the way to replica N's /api/metrics. Prometheus never holds the admin credential;
 - TLS (load_balancer.tls): the API frontend, and the stats listener when it is not on loopback, serve the
   certificates of infra/tls.py (``etc/lb-tls.pem``, and the operator's by SNI); TLS 1.2 at least, forward-secret
   AEAD ciphers only (Mozilla's "intermediate" profile without DHE, which would need DH parameters), HTTP/1.1 over
@@ -19,12 +23,17 @@ Why each setting is there:
 
 from __future__ import annotations
 
+import base64
+
 from infra.config import StackConfig
 from infra.layout import StateLayout
 from infra.render import Addresses, RenderedFile
 from infra.secrets import Secrets
 
 BACKEND = "prefect_api"
+# The metrics-only listener: Prometheus's user there, and the path that reaches replica N's /api/metrics.
+SCRAPE_USER = "prometheus"
+SCRAPE_USERLIST = "prometheus_scrape"
 # Under the rendered-files directory: the certificate chains and keys HAProxy serves (secrets), and the deployment's
 # CA, which the stack's own processes and invoke env's clients trust (not a secret).
 TLS_PEM = "lb-tls.pem"
@@ -38,6 +47,52 @@ _CIPHERSUITES = "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY
 
 def server_name(replica: int) -> str:
     return f"api-{replica}"
+
+
+def replica_metrics_path(replica: int) -> str:
+    """Where Prometheus asks the metrics listener for replica ``replica``'s /api/metrics."""
+    return f"/{server_name(replica)}/metrics"
+
+
+def _basic_auth_header(auth_string: str) -> str:
+    return "Basic " + base64.b64encode(auth_string.encode()).decode()
+
+
+def _api_metrics_listener(config: StackConfig, secrets: Secrets, addresses: Addresses, tls: str,
+                          resolve: str) -> str:
+    """The metrics-only frontend and one backend per replica (so each replica stays its own scrape target; no
+    health check, no redispatch: a replica that is down answers 503 and its target shows down, as it is)."""
+    replicas = range(1, config.api.replicas + 1)
+    paths = " ".join(replica_metrics_path(i) for i in replicas)
+    routes = "\n".join(f"    use_backend api_metrics_{i} if {{ path {replica_metrics_path(i)} }}" for i in replicas)
+    # Sent only toward the replicas, and replacing whatever Authorization the request came with.
+    admin = _basic_auth_header(secrets.get("prefect_auth"))
+    backends = "\n".join(f"""
+backend api_metrics_{i}
+    no option redispatch
+    retries 0
+    http-request set-path /api/metrics
+    http-request set-header Authorization "{admin}"
+    server {server_name(i)} {addresses.api_host(i)}:{config.api_port(i)}{resolve}""" for i in replicas)
+    # A plain password, as the stats page's: the file is private (0600), holds the admin credential anyway, and a
+    # crypt() hash would cost a hashing round per scrape.
+    return f"""
+userlist {SCRAPE_USERLIST}
+    user {SCRAPE_USER} insecure-password {secrets.get("prometheus_scrape")}
+
+frontend api_metrics
+    bind {addresses.bind(addresses.load_balancer)}:{config.monitoring.api_metrics_port}{tls}
+    option dontlog-normal
+    acl scraper http_auth({SCRAPE_USERLIST})
+    acl replica_metrics path {paths}
+    http-request auth realm prometheus-scrape unless scraper
+    http-request deny deny_status 405 unless {{ method GET }}
+    http-request deny deny_status 404 unless replica_metrics
+    # Never forward Prometheus's own credential, whatever the backend.
+    http-request del-header Authorization
+{routes}
+{backends}
+"""
 
 
 def haproxy_cfg(config: StackConfig, secrets: Secrets, layout: StateLayout, addresses: Addresses) -> RenderedFile:
@@ -120,6 +175,8 @@ frontend stats
     stats refresh 10s
     stats auth {secrets.get("haproxy_stats")}
 """
+    if config.monitoring.enabled:
+        text += _api_metrics_listener(config, secrets, addresses, stats_tls, resolve)
     if config.backups.physical.enabled and config.backups.s3.endpoint_url is None:
         # pgBackRest speaks only HTTPS to S3: TLS in front of the local (plain HTTP) endpoint.
         text += f"""

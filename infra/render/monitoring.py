@@ -14,7 +14,7 @@ from infra.render import Addresses, RenderedFile
 from infra.render.alert_rules import alert_rules_yml
 from infra.render.alertmanager import alertmanager_yml
 from infra.render.postgres import MONITOR_ROLE
-from infra.render.prometheus import API_PASSWORD_FILE, RULES_FILE, prometheus_yml
+from infra.render.prometheus import RULES_FILE, SCRAPE_PASSWORD_FILE, prometheus_yml
 from infra.render.redis import MESSAGING_DB, MONITOR_USER
 from infra.render.supervisor import Program
 from infra.secrets import Secrets
@@ -32,11 +32,11 @@ def monitoring_programs(
     python = python or str(venv_python())
     monitoring, etc = config.monitoring, layout.etc
     redis_url = f"redis://{addresses.redis}:{config.redis.port}"
-    password = secrets.get("prefect_auth").partition(":")[2]
     prometheus_files = (
         prometheus_yml(config, addresses, etc),
         RenderedFile(etc / RULES_FILE, alert_rules_yml(config)),
-        RenderedFile(etc / API_PASSWORD_FILE, password, secret=True),
+        # Prometheus's own credential at HAProxy's metrics listener; never the API admin's.
+        RenderedFile(etc / SCRAPE_PASSWORD_FILE, secrets.get("prometheus_scrape"), secret=True),
     )
     return [
         Program(

@@ -112,8 +112,8 @@ MONITORING_AT_TEST_SPEED = {
 
 
 def stack_env(state_dir: Path, replicas: int) -> dict[str, str]:
-    lb, stats, pg, pgb, redis, s3, prom, am, node, pg_exp, redis_exp, prefect_exp, *api = free_ports(
-        12 + replicas, consecutive=replicas)
+    lb, stats, pg, pgb, redis, s3, prom, am, node, pg_exp, redis_exp, prefect_exp, api_metrics, *api = free_ports(
+        13 + replicas, consecutive=replicas)
     return {
         **MONITORING_AT_TEST_SPEED,
         "PREFECT_STACK_MONITORING__PROMETHEUS_PORT": str(prom),
@@ -122,6 +122,7 @@ def stack_env(state_dir: Path, replicas: int) -> dict[str, str]:
         "PREFECT_STACK_MONITORING__POSTGRES_EXPORTER_PORT": str(pg_exp),
         "PREFECT_STACK_MONITORING__REDIS_EXPORTER_PORT": str(redis_exp),
         "PREFECT_STACK_MONITORING__PREFECT_EXPORTER_PORT": str(prefect_exp),
+        "PREFECT_STACK_MONITORING__API_METRICS_PORT": str(api_metrics),
         "PREFECT_STACK_LOCAL__STATE_DIR": str(state_dir),
         "PREFECT_STACK_LOAD_BALANCER__PORT": str(lb),
         "PREFECT_STACK_LOAD_BALANCER__STATS_PORT": str(stats),

@@ -14,6 +14,8 @@ from infra.config import StackConfig
 from infra.console import wait_until
 from infra.local.supervisor import Supervisor
 from infra.render.dashboards import dashboards, panel_queries
+from infra.render.prometheus import SCRAPE_PASSWORD_FILE
+from infra.secrets import load_secrets
 from tests.conftest import create_monitored_workload
 from tests.integration.conftest import Stack
 
@@ -62,6 +64,65 @@ def test_every_scrape_target_is_up(stack: Stack) -> None:
                 *(f"api-{i}" for i in range(1, replicas + 1))}
     assert components == expected
     assert _down_targets(stack) == []
+
+
+def test_prometheus_scrapes_each_replica_through_the_metrics_listener(stack: Stack) -> None:
+    config = stack.current_config()
+    listener = f"127.0.0.1:{config.monitoring.api_metrics_port}"
+    wait_until(lambda: all(t["health"] == "up" for t in _targets(stack) if t["labels"]["job"] == "prefect-api"), 60,
+               "the prefect-api targets up", fix="read invoke logs haproxy and prometheus")
+    api = {t["labels"]["component"]: t for t in _targets(stack) if t["labels"]["job"] == "prefect-api"}
+    replicas = range(1, config.api.replicas + 1)
+    assert {name: (t["scrapeUrl"], t["health"]) for name, t in api.items()} == {
+        f"api-{i}": (f"http://{listener}/api-{i}/metrics", "up") for i in replicas}
+    # What the replica served: Prefect's process metrics, one series per replica.
+    memory = _query(stack, 'process_resident_memory_bytes{job="prefect-api"}')
+    assert sorted(r["metric"]["component"] for r in memory) == [f"api-{i}" for i in replicas]
+
+
+def test_prometheus_holds_only_its_own_credential(stack: Stack) -> None:
+    secrets = load_secrets(stack.layout.secrets)
+    admin_password = secrets.get("prefect_auth").partition(":")[2]
+    files = [stack.layout.etc / "prometheus.yml", stack.layout.etc / SCRAPE_PASSWORD_FILE]
+    assert [f.name for f in files if admin_password in f.read_text()] == []
+    assert (stack.layout.etc / SCRAPE_PASSWORD_FILE).read_text() == secrets.get("prometheus_scrape")
+
+
+def _metrics_listener(stack: Stack) -> httpx.Client:
+    config = stack.current_config()
+    return httpx.Client(base_url=f"http://127.0.0.1:{config.monitoring.api_metrics_port}", timeout=10,
+                        trust_env=False)
+
+
+def _scrape_auth(stack: Stack) -> tuple[str, str]:
+    return "prometheus", load_secrets(stack.layout.secrets).get("prometheus_scrape")
+
+
+def test_metrics_listener_serves_a_replicas_metrics_to_prometheus(stack: Stack) -> None:
+    with _metrics_listener(stack) as client:
+        response = client.get("/api-2/metrics", auth=_scrape_auth(stack))
+    assert response.status_code == 200 and "process_resident_memory_bytes" in response.text
+
+
+@pytest.mark.parametrize(("method", "path", "credential", "status"), [
+    ("POST", "/api-1/metrics", "prometheus", 405),
+    ("PUT", "/api-1/metrics", "prometheus", 405),
+    ("GET", "/api/metrics", "prometheus", 404),
+    ("GET", "/api-1/flows/", "prometheus", 404),
+    ("GET", "/api/health", "prometheus", 404),
+    ("GET", "/api-1/metrics", "wrong", 401),
+    ("GET", "/api-1/metrics", "admin", 401),
+    ("GET", "/api-1/metrics", "none", 401),
+    ("POST", "/api/flows/filter", "admin", 401),
+], ids=["post", "put", "api-path", "other-api-path", "health", "wrong-password", "api-admin", "no-credential",
+        "admin-post"])
+def test_metrics_listener_refuses(stack: Stack, method: str, path: str, credential: str, status: int) -> None:
+    secrets = load_secrets(stack.layout.secrets)
+    auth = {"prometheus": _scrape_auth(stack), "wrong": ("prometheus", "not-the-password"),
+            "admin": tuple(secrets.get("prefect_auth").split(":", 1)), "none": None}[credential]
+    with _metrics_listener(stack) as client:
+        response = client.request(method, path, auth=auth)  # type: ignore[arg-type]
+    assert response.status_code == status, response.text[:200]
 
 
 def _firing(stack: Stack, alert: str, server: str) -> bool:

@@ -100,7 +100,7 @@ def test_iso_duration_rejects(text: str) -> None:
 
 
 PORTS = StackPorts(load_balancer=21001, stats=21002, postgres=21003, pgbouncer=21004, redis=21005, s3=21006,
-                   api_base=21010, monitoring=(21020, 21021, 21022, 21023, 21024, 21025))
+                   api_base=21010, monitoring=(21020, 21021, 21022, 21023, 21024, 21025, 21026))
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ from infra.bench.harness import (
 )
 
 PORTS = StackPorts(load_balancer=21001, stats=21002, postgres=21003, pgbouncer=21004, redis=21005, s3=21006,
-                   api_base=21010, monitoring=(21020, 21021, 21022, 21023, 21024, 21025))
+                   api_base=21010, monitoring=(21020, 21021, 21022, 21023, 21024, 21025, 21026))
 
 
 def test_cleaned_up_runs_its_action_after_success() -> None:

@@ -251,3 +251,42 @@ class TestProvisioning:
         (provider,) = provisioning["dashboards/prefect-stack.yaml"]["providers"]
         assert (provider["type"], provider["folder"], provider["options"]["path"]) == (
             "file", "Prefect stack", DASHBOARDS_DIR)
+
+
+class TestKubernetesApiReplicas:
+    """On Kubernetes nothing scrapes the API replicas (job prefect-api): their panels read kube-state-metrics and
+    cAdvisor, scoped to the stack's namespace, its API Deployment's pods and their Prefect container."""
+
+    @pytest.fixture
+    def board(self) -> dict[str, Any]:
+        config = load_config(target="kubernetes", kubernetes={"name": "flows", "namespace": "data"}, **NON_DEFAULT)
+        return dashboards(config, kubernetes=True)["prefect-api.json"]
+
+    def test_no_query_reads_the_api_scrape_job(self, board: dict[str, Any]) -> None:
+        assert [expr for _title, expr in panel_queries(board) if "prefect-api" in expr] == []
+
+    @pytest.mark.parametrize("metric", ["kube_deployment_status_replicas_available", "kube_pod_container_status_ready",
+                                        "container_memory_working_set_bytes", "container_cpu_usage_seconds_total"])
+    def test_reads_the_cluster_series(self, board: dict[str, Any], metric: str) -> None:
+        assert any(metric in expr for _title, expr in panel_queries(board))
+
+    def test_replica_series_are_the_api_containers_of_the_stack(self, board: dict[str, Any]) -> None:
+        pods = 'namespace="data",pod=~"flows-api-[a-z0-9]+-[a-z0-9]+",container="api"'
+        replica_queries = [expr for _title, expr in panel_queries(board)
+                           if "container_" in expr or "kube_pod_" in expr]
+        assert len(replica_queries) == 3 and all(pods in expr for expr in replica_queries)
+
+    def test_availability_of_the_stacks_deployment(self, board: dict[str, Any]) -> None:
+        [expr] = [e for _title, e in panel_queries(board) if "kube_deployment_status_replicas_available" in e]
+        assert 'namespace="data",deployment="flows-api"' in expr
+
+    def test_cpu_rate_spans_two_kubelet_scrapes(self, board: dict[str, Any]) -> None:
+        [expr] = [e for _title, e in panel_queries(board) if "container_cpu_usage_seconds_total" in e]
+        assert "[120s]" in expr
+
+    def test_the_other_targets_keep_the_scrape(self, rendered: dict[str, dict[str, Any]]) -> None:
+        assert any('up{job="prefect-api"}' in expr for _title, expr in panel_queries(rendered["prefect-api.json"]))
+
+    @promtool
+    def test_expressions_parse_as_promql(self, board: dict[str, Any], tmp_path: Path) -> None:
+        TestPanels().test_expressions_parse_as_promql(board, tmp_path)

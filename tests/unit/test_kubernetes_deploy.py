@@ -124,7 +124,8 @@ class Outcome:
         return {o["metadata"]["name"] for _, objects in self.applies() for o in objects}
 
     def deleted(self) -> set[tuple[str, str]]:
-        return {(c.args[1], c.args[2]) for c in self.calls if c.verb == "delete"}
+        """What prune deleted by name (the retired Secrets are deleted by selector: TestRetiredSecrets)."""
+        return {(c.args[1], c.args[2]) for c in self.calls if c.verb == "delete" and not c.args[2].startswith("-")}
 
     @property
     def message(self) -> str:
@@ -440,10 +441,47 @@ class TestPrune:
         assert happy.report is not None and happy.report.kept == ["cluster.postgresql.cnpg.io/prefect-db-old"]
 
     @pytest.mark.parametrize("resource", ["secret", "persistentvolumeclaim", "namespace"])
-    def test_never_lists_or_deletes(self, happy: Outcome, resource: str) -> None:
+    def test_never_lists_or_prunes(self, happy: Outcome, resource: str) -> None:
         touched = [c for c in happy.calls if c.verb in ("get", "delete")
-                   and resource in c.args[1].split(",")]
+                   and resource in c.args[1].split(",") and c not in retired_secret_deletes(happy)]
         assert touched == []
+
+    def test_never_reads_a_secret(self, happy: Outcome) -> None:
+        assert [c for c in happy.calls if c.verb == "get" and "secret" in c.args[1].split(",")] == []
+
+
+def retired_secret_deletes(outcome: Outcome) -> list[Call]:
+    return [c for c in outcome.calls if c.verb == "delete" and c.args[1] == "secret"]
+
+
+class TestRetiredSecrets:
+    """The Secret that held the API admin's password for Prometheus (api-metrics-auth) is deleted; prune never
+    deletes Secrets, so deploy names it."""
+
+    def test_deleted_by_name(self, happy: Outcome) -> None:
+        [call] = retired_secret_deletes(happy)
+        assert "--field-selector=metadata.name=prefect-api-metrics-auth" in call.args
+
+    def test_only_if_it_is_the_stacks(self, happy: Outcome) -> None:
+        [call] = retired_secret_deletes(happy)
+        assert "--selector=app.kubernetes.io/managed-by=prefect-stack,app.kubernetes.io/instance=prefect" in call.args
+        assert "--ignore-not-found" in call.args
+
+    def test_after_prune(self, happy: Outcome) -> None:
+        calls = happy.calls
+        last_get = max(i for i, c in enumerate(calls) if c.verb == "get")
+        assert calls.index(retired_secret_deletes(happy)[0]) > last_get
+
+    @pytest.mark.parametrize(("instance", "deleted"), [(None, True), ("other", False)], ids=["ours", "another-stack"])
+    def test_reported_when_deleted(self, tmp_path: Path, instance: str | None, deleted: bool) -> None:
+        config = kubernetes_config()
+        secret = live(config, "v1", "Secret", "prefect-api-metrics-auth", instance=instance)
+        outcome = run_deploy(tmp_path, {"objects": [secret]}, config)
+        assert outcome.report is not None
+        assert ("Secret/prefect-api-metrics-auth" in outcome.report.pruned) is deleted
+
+    def test_not_reported_when_absent(self, happy: Outcome) -> None:
+        assert happy.report is not None and not any(p.startswith("Secret/") for p in happy.report.pruned)
 
     def test_lists_by_the_stack_selector(self, happy: Outcome) -> None:
         gets = [c for c in happy.calls if c.verb == "get"]

@@ -424,32 +424,40 @@ class TestServiceMonitors:
         [endpoint] = one("ServiceMonitor", name)["spec"]["endpoints"]
         return endpoint
 
-    @pytest.mark.parametrize(("name", "port", "path"), [("prefect-api", "http", "/api/metrics"),
-                                                         ("prefect-exporter", "metrics", "/metrics")])
-    def test_scrapes(self, name: str, port: str, path: str) -> None:
-        assert (self.endpoint(name)["port"], self.endpoint(name)["path"]) == (port, path)
+    def test_scrapes_the_exporter(self) -> None:
+        assert (self.endpoint("prefect-exporter")["port"], self.endpoint("prefect-exporter")["path"]) == (
+            "metrics", "/metrics")
 
-    @pytest.mark.parametrize(("name", "job"), [("prefect-api", "prefect-api"),
-                                               ("prefect-exporter", "prefect-exporter")])
-    def test_job_label_is_the_other_targets(self, name: str, job: str) -> None:
-        assert {"action": "replace", "targetLabel": "job", "replacement": job} in self.endpoint(name)["relabelings"]
+    def test_job_label_is_the_other_targets(self) -> None:
+        assert ({"action": "replace", "targetLabel": "job", "replacement": "prefect-exporter"}
+                in self.endpoint("prefect-exporter")["relabelings"])
 
-    def test_api_basic_auth_from_a_secret(self) -> None:
-        auth = self.endpoint("prefect-api")["basicAuth"]
-        assert {auth["username"]["name"], auth["password"]["name"]} == {"prefect-api-metrics-auth"}
-
-    def test_api_auth_secret_is_declared_external(self) -> None:
-        assert "prefect-api-metrics-auth" in render(config_of("default"), PlaceholderImages()).external_secrets
-
-    def test_no_auth_secret_without_monitoring(self) -> None:
-        assert monitoring.external_secrets(load_config(target="kubernetes", monitoring={"enabled": False})) == {}
-
-    @pytest.mark.parametrize(("name", "component"), [("prefect-api", "api"), ("prefect-exporter", "exporter")])
-    def test_selects_the_service(self, name: str, component: str) -> None:
-        labels = one("ServiceMonitor", name)["spec"]["selector"]["matchLabels"]
-        assert labels == {"app.kubernetes.io/name": component, "app.kubernetes.io/instance": "prefect"}
+    def test_selects_the_exporters_service(self) -> None:
+        labels = one("ServiceMonitor", "prefect-exporter")["spec"]["selector"]["matchLabels"]
+        assert labels == {"app.kubernetes.io/name": "exporter", "app.kubernetes.io/instance": "prefect"}
 
 
+class TestApiNotScraped:
+    """Prefect's /api/metrics needs the API admin's credential, which Prometheus must not hold: no monitor scrapes
+    the replicas, and no Secret carries that credential for one."""
+
+    @pytest.mark.parametrize("config", list(CONFIGS))
+    def test_no_monitor_selects_the_api(self, config: str) -> None:
+        monitors = [o for o in objects(config) if o["kind"] in ("ServiceMonitor", "PodMonitor")]
+        selected = [o["spec"]["selector"].get("matchLabels", {}).get("app.kubernetes.io/name") for o in monitors]
+        assert monitors and "api" not in selected
+
+    @pytest.mark.parametrize("config", list(CONFIGS))
+    def test_no_monitor_authenticates(self, config: str) -> None:
+        monitors = [o for o in objects(config) if o["kind"] in ("ServiceMonitor", "PodMonitor")]
+        endpoints = [e for o in monitors for e in [*o["spec"].get("endpoints", []),
+                                                   *o["spec"].get("podMetricsEndpoints", [])]]
+        assert [e for e in endpoints if {"basicAuth", "authorization", "bearerTokenSecret"} & set(e)] == []
+
+    def test_no_secret_referenced_for_the_api_metrics(self) -> None:
+        rendering = render(config_of("default"), PlaceholderImages())
+        assert not [name for name in rendering.external_secrets if "metrics" in name]
+        assert "api-metrics-auth" not in json.dumps(rendering.objects())
 class TestExporter:
     def args(self, config: str = "default") -> list[str]:
         name = f"{config_of(config).kubernetes.name}-exporter"

@@ -760,13 +760,16 @@ class TestBackupCodeOnKubernetes:
         assert scheduler.main(["--twice"]) == 2
 
 
-def test_prometheus_scrapes_the_api_with_its_basic_auth() -> None:
+def test_the_api_admin_is_only_in_the_secrets_the_prefect_processes_read() -> None:
+    """No Secret made for Prometheus holds the admin's credential (the API is not scraped on Kubernetes)."""
     config = _config()
     generated = dataclasses.replace(placeholder_secrets(), prefect_auth=SecretStr("admin:s3cret"))
     made = {o["metadata"]["name"]: o for o in secrets.secret_objects(config, generated, AWS)}
-    metrics = made[Names.of(config).secret_api_metrics]
-    assert {k: base64.b64decode(v).decode() for k, v in metrics["data"].items()} == {"username": "admin",
-                                                                                     "password": "s3cret"}
+    holding = [name for name, obj in made.items()
+               if any("s3cret" in base64.b64decode(v).decode() for v in obj["data"].values())]
+    names = Names.of(config)
+    assert sorted(holding) == sorted([names.secret_stack, names.secret_prefect_env])
+    assert not set(names.retired_secrets) & set(made)
 
 
 def test_no_container_of_ours_trusts_the_database_server_unverified(default: Rendering) -> None:

@@ -6,6 +6,7 @@ Every file is rendered from a configuration whose ports, names and sizes all dif
 
 from __future__ import annotations
 
+import base64
 import configparser
 import dataclasses
 import os
@@ -22,7 +23,9 @@ import pytest
 import yaml
 
 from infra.config import StackConfig, load_config
+from infra.errors import UserError
 from infra.layout import TRUSTED_CA, StateLayout
+from infra.local.deploy import write_files
 from infra.local.plan import LocalPlan, build_plan, os_user_name, service_user
 from infra.render import Addresses, RenderedFile
 from infra.render.haproxy import OPERATOR_TLS_PEM, TLS_PEM, haproxy_cfg
@@ -43,6 +46,7 @@ NON_DEFAULT: dict[str, dict[str, Any]] = {
     "api": {"replicas": 3, "base_port": 24300, "log_level": "INFO", "keepalive_timeout": 77},
     "services": {"replicas": 2, "events_retention": "P3D"},
     "load_balancer": {"port": 24200, "stats_port": 28404, "retries": 5, "timeout_tunnel_s": 1800},
+    "monitoring": {"api_metrics_port": 29201},
 }
 API_REPLICAS = NON_DEFAULT["api"]["replicas"]
 SERVICES_REPLICAS = NON_DEFAULT["services"]["replicas"]
@@ -58,7 +62,7 @@ RENDERED_FILES = [
     "stack.effective.yaml",
     "prometheus.yml",
     "prometheus-rules.yml",
-    "prometheus-api-password",
+    "prometheus-scrape-password",
     "alertmanager.yml",
     "exporter-postgres-password",
     "exporter-redis-password",
@@ -72,7 +76,7 @@ RENDERED_FILES = [
     "haproxy.cfg",
     "supervisord.conf",
 ]
-SECRET_FILES = ["pgbouncer-userlist.txt", "redis.conf", "haproxy.cfg", "supervisord.conf", "prometheus-api-password",
+SECRET_FILES = ["pgbouncer-userlist.txt", "redis.conf", "haproxy.cfg", "supervisord.conf", "prometheus-scrape-password",
                 "exporter-postgres-password", "exporter-redis-password", "exporter-redis-passwords.json"]
 
 
@@ -489,6 +493,89 @@ class TestHaproxy:
         path.write_text(haproxy_cfg(config, secrets, layout, Addresses()).content)
         result = subprocess.run(["haproxy", "-c", "-f", str(path)], capture_output=True, text=True, timeout=30)
         assert result.returncode == 0, result.stdout + result.stderr
+
+
+class TestHaproxyApiMetrics:
+    """The metrics-only listener Prometheus scrapes the replicas through: only GET of /api-N/metrics, only with
+    Prometheus's own credential, and the API admin's Authorization added only toward the replicas."""
+
+    @pytest.fixture
+    def sections(self, config: StackConfig, secrets: Secrets, layout: StateLayout) -> dict[str, list[str]]:
+        return haproxy_sections(haproxy_cfg(config, secrets, layout, Addresses()).content)
+
+    @staticmethod
+    def admin_header(secrets: Secrets) -> str:
+        return "Basic " + base64.b64encode(secrets.get("prefect_auth").encode()).decode()
+
+    def test_binds_its_port_on_loopback(self, sections: dict[str, list[str]], config: StackConfig) -> None:
+        assert sections["frontend api_metrics"][0] == f"bind 127.0.0.1:{config.monitoring.api_metrics_port}"
+
+    def test_binds_every_interface_of_a_container(self, config: StackConfig, secrets: Secrets,
+                                                  layout: StateLayout) -> None:
+        text = haproxy_cfg(config, secrets, layout, Addresses(listen="0.0.0.0")).content  # noqa: S104 - rendered
+        assert f"bind 0.0.0.0:{config.monitoring.api_metrics_port}" in haproxy_sections(text)["frontend api_metrics"]
+
+    def test_prometheus_user_with_its_own_secret(self, sections: dict[str, list[str]], secrets: Secrets) -> None:
+        assert sections["userlist prometheus_scrape"] == [
+            f"user prometheus insecure-password {secrets.get('prometheus_scrape')}"]
+
+    def test_authenticates_before_anything_else(self, sections: dict[str, list[str]]) -> None:
+        rules = [line for line in sections["frontend api_metrics"] if line.startswith("http-request ")]
+        assert rules[0] == "http-request auth realm prometheus-scrape unless scraper"
+        assert "acl scraper http_auth(prometheus_scrape)" in sections["frontend api_metrics"]
+
+    def test_only_get(self, sections: dict[str, list[str]]) -> None:
+        assert "http-request deny deny_status 405 unless { method GET }" in sections["frontend api_metrics"]
+
+    def test_only_the_replicas_metrics_paths(self, sections: dict[str, list[str]]) -> None:
+        frontend = sections["frontend api_metrics"]
+        assert "acl replica_metrics path /api-1/metrics /api-2/metrics /api-3/metrics" in frontend
+        assert "http-request deny deny_status 404 unless replica_metrics" in frontend
+        assert not any(line.startswith("default_backend") for line in frontend)
+
+    @pytest.mark.parametrize("replica", range(1, API_REPLICAS + 1))
+    def test_each_path_reaches_its_replicas_metrics(self, sections: dict[str, list[str]], replica: int) -> None:
+        assert (f"use_backend api_metrics_{replica} if {{ path /api-{replica}/metrics }}"
+                in sections["frontend api_metrics"])
+        backend = sections[f"backend api_metrics_{replica}"]
+        assert "http-request set-path /api/metrics" in backend
+        assert [line for line in backend if line.startswith("server ")] == [
+            f"server api-{replica} 127.0.0.1:{24300 + replica - 1}"]
+
+    def test_prometheus_credential_never_forwarded(self, sections: dict[str, list[str]]) -> None:
+        assert "http-request del-header Authorization" in sections["frontend api_metrics"]
+
+    def test_admin_header_set_only_toward_the_replicas(self, config: StackConfig, secrets: Secrets,
+                                                       layout: StateLayout) -> None:
+        text = haproxy_cfg(config, secrets, layout, Addresses()).content
+        header = f'http-request set-header Authorization "{self.admin_header(secrets)}"'
+        holding = [name for name, lines in haproxy_sections(text).items() if header in lines]
+        assert holding == [f"backend api_metrics_{i}" for i in range(1, API_REPLICAS + 1)]
+        assert text.count(self.admin_header(secrets)) == API_REPLICAS
+
+    def test_not_rendered_without_monitoring(self, make_config: Callable[..., StackConfig], secrets: Secrets,
+                                             layout: StateLayout) -> None:
+        text = haproxy_cfg(make_config(monitoring={"enabled": False}), secrets, layout, Addresses()).content
+        assert "api_metrics" not in text and secrets.get("prometheus_scrape") not in text
+
+    def test_tls_like_the_stats_listener(self, make_config: Callable[..., StackConfig], secrets: Secrets,
+                                         layout: StateLayout) -> None:
+        config = make_config(load_balancer={"bind_address": "0.0.0.0"})  # noqa: S104 - rendered text, not a bind
+        sections = haproxy_sections(haproxy_cfg(config, secrets, layout, Addresses()).content)
+        assert sections["frontend api_metrics"][0] == (
+            f"bind 127.0.0.1:{config.monitoring.api_metrics_port} ssl crt {layout.etc / TLS_PEM} alpn http/1.1")
+
+    def test_port_must_not_collide(self, make_config: Callable[..., StackConfig]) -> None:
+        with pytest.raises(UserError, match=r"monitoring\.api_metrics_port"):
+            make_config(monitoring={"api_metrics_port": 28404})
+
+
+def test_deploy_deletes_the_file_that_held_the_admins_password_for_prometheus(plan: LocalPlan) -> None:
+    retired = plan.layout.etc / "prometheus-api-password"
+    retired.parent.mkdir(parents=True, exist_ok=True)
+    retired.write_text("admin password of an earlier version")
+    write_files(dataclasses.replace(plan, run_as=None))
+    assert not retired.exists() and (plan.layout.etc / "prometheus-scrape-password").exists()
 
 
 class TestHaproxyTls:
@@ -1007,8 +1094,9 @@ class TestFingerprint:
         [
             ("redis", ["redis", *API_PROGRAMS, *SERVICES_PROGRAMS]),
             ("postgres_prefect", ["pgbouncer", *API_PROGRAMS, *SERVICES_PROGRAMS]),
-            # Prometheus scrapes the replicas' /api/metrics with it.
-            ("prefect_auth", [*API_PROGRAMS, *SERVICES_PROGRAMS, "prometheus"]),
+            # HAProxy's metrics listener adds it toward the replicas; Prometheus never holds it.
+            ("prefect_auth", [*API_PROGRAMS, *SERVICES_PROGRAMS, "haproxy"]),
+            ("prometheus_scrape", ["haproxy", "prometheus"]),
             ("postgres_monitor", ["pgbouncer", "postgres-exporter", "prefect-exporter"]),
             ("redis_monitor", ["redis", "redis-exporter", "prefect-exporter"]),
             ("haproxy_stats", ["haproxy"]),
