@@ -562,9 +562,13 @@ def pooler_pod_monitor(config: StackConfig, name: str) -> dict[str, Any]:
 def _database_pods(config: StackConfig) -> dict[str, Any]:
     """The instances and the operator's Jobs that make them (initdb, join: a new replica's pg_basebackup from the
     primary, recovery), which carry cnpg.io/cluster but no pod role; not the Poolers' pods (which may carry
-    cnpg.io/cluster too)."""
+    cnpg.io/cluster too). After a recovery, also the old Cluster's until --cleanup deletes it: its pods must not be
+    left without a policy (nothing connects to it any more; it still archives its WAL)."""
+    clusters = {Names.of(config).database}
+    if config.kubernetes.postgres.recovery.enabled:
+        clusters.add(recovery_source(config))
     return {"matchExpressions": [
-        {"key": CNPG_CLUSTER, "operator": "In", "values": [Names.of(config).database]},
+        {"key": CNPG_CLUSTER, "operator": "In", "values": sorted(clusters)},
         {"key": CNPG_POOLER, "operator": "DoesNotExist"}]}
 
 

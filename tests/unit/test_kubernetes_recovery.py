@@ -106,6 +106,15 @@ class TestCurrentCluster:
                     if m.kind in ("PodMonitor", "NetworkPolicy") and m.name.startswith("prefect-db")]
         assert selected and all("prefect-db-r1" in spec for spec in selected)
 
+    def test_the_old_clusters_pods_keep_a_policy(self) -> None:
+        config = load_config(target="kubernetes", backups={"physical": {"enabled": True}},
+                             kubernetes={"network_policies": True, "postgres": {
+                                 "recovery": {"enabled": True, "server_name": "prefect-db-r1"}}})
+        [policy] = [m.obj for m in database_manifests(config, PlaceholderImages())
+                    if m.kind == "NetworkPolicy" and m.name == "prefect-db-r1"]
+        [clusters, _] = policy["spec"]["podSelector"]["matchExpressions"]
+        assert clusters["values"] == ["prefect-db", "prefect-db-r1"]
+
     def test_without_recovery_it_is_the_original(self) -> None:
         assert database_endpoints(load_config(target="kubernetes")).direct == ("prefect-db-rw", 5432)
 
