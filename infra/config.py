@@ -474,14 +474,16 @@ class KubernetesRecoveryConfig(_Section):
     # Point-in-time recovery of the CloudNativePG Cluster from its Barman Cloud archive (backups.physical.enabled).
     # With enabled, the Cluster is rendered to bootstrap from the archive of source_server, replaying WAL up to
     # target_time, and to archive its own WAL as server_name (a new timeline must not write into the archive it
-    # is recovered from). `invoke restore --target kubernetes --yes` then replaces the live Cluster with it. Leave
-    # it set afterwards: it records where the running Cluster came from (bootstrap only acts at creation).
+    # is recovered from); the Cluster itself is named server_name, beside the live one. `invoke restore --target
+    # kubernetes --yes` creates it and moves the Poolers and Prefect to it; `--cleanup` later deletes the old one.
+    # Leave it set afterwards: it names the current Cluster (bootstrap only acts at creation).
     enabled: bool = Field(False, description="Render the Cluster to bootstrap from its archive (point-in-time "
                                              "recovery; needs backups.physical.enabled and server_name); then "
-                                             "invoke restore --target kubernetes --yes replaces the live Cluster.")
+                                             "invoke restore --target kubernetes --yes moves Prefect to it.")
     target_time: str | None = Field(None, pattern=r"^\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d(\.\d+)?([+-]\d\d(:?\d\d)?|Z)$",
                                     description="RFC 3339 with its offset; null: replay every archived WAL")
-    source_server: str | None = Field(None, description="Archive to recover from; null: the Cluster's own name.")
+    source_server: str | None = Field(None, description="Archive to recover from (the server_name of the previous "
+                                                        "recovery, if any); null: the original Cluster's, <name>-db.")
     server_name: str | None = Field(None, pattern=r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$",
                                     description="Archive name of the recovered Cluster, e.g. prefect-db-r1.")
 

@@ -71,6 +71,7 @@ class RestoreRequest:
     keep_previous: bool
     to_time: str | None
     method: str
+    cleanup: bool = False  # kubernetes: delete the Clusters a recovery left behind, nothing restored
 
 
 @dataclass(frozen=True)

@@ -298,8 +298,8 @@ def cluster(config: StackConfig) -> dict[str, Any]:
     if config.backups.physical.enabled:
         parameters = {"barmanObjectName": names.database_backups}
         if recovery.enabled and recovery.server_name:
-            # A recovered Cluster starts a new timeline: it archives under a name of its own, never into the archive
-            # it was recovered from (which stays intact for another recovery).
+            # A recovered Cluster starts a new timeline: it archives under a name of its own (its own name, see
+            # Names), never into the archive it was recovered from (which stays intact for another recovery).
             parameters["serverName"] = recovery.server_name
         spec["plugins"] = [{
             "name": BARMAN_PLUGIN,
@@ -318,7 +318,7 @@ def cluster(config: StackConfig) -> dict[str, Any]:
         spec["externalClusters"] = [{"name": RECOVERY_SOURCE, "plugin": {
             "name": BARMAN_PLUGIN,
             "parameters": {"barmanObjectName": names.database_backups,
-                           "serverName": recovery.source_server or names.database}}}]
+                           "serverName": recovery_source(config)}}}]
     return {"apiVersion": CNPG_API, "kind": "Cluster",
             "metadata": metadata(config, names.database, "database"), "spec": spec}
 
@@ -343,6 +343,27 @@ def managed_roles(config: StackConfig) -> list[dict[str, Any]]:
         {"name": MONITOR_ROLE, "ensure": "present", "login": True, "inRoles": ["pg_monitor"],
          "passwordSecret": {"name": names.secret_db_monitor}},
     ]
+
+
+def recovery_source(config: StackConfig) -> str:
+    """The archive (serverName) a recovery reads: recovery.source_server, or the original Cluster's."""
+    return config.kubernetes.postgres.recovery.source_server or Names.of(config).original_database
+
+
+def on_demand_backup(config: StackConfig, name: str) -> dict[str, Any]:
+    """A base backup of the current Cluster at once, through the Barman Cloud plugin: a recovered Cluster's new
+    archive holds WAL but no base backup until the next schedule, and WAL alone restores nothing."""
+    return {
+        "apiVersion": CNPG_API, "kind": "Backup",
+        "metadata": metadata(config, name, "database"),
+        "spec": {
+            "cluster": {"name": Names.of(config).database},
+            "method": "plugin",
+            "pluginConfiguration": {"name": BARMAN_PLUGIN},
+            # As the schedule's: from a replica when there is one.
+            "target": "prefer-standby",
+        },
+    }
 
 
 def recovery_bootstrap(config: StackConfig) -> dict[str, Any]:
@@ -541,9 +562,13 @@ def pooler_pod_monitor(config: StackConfig, name: str) -> dict[str, Any]:
 def _database_pods(config: StackConfig) -> dict[str, Any]:
     """The instances and the operator's Jobs that make them (initdb, join: a new replica's pg_basebackup from the
     primary, recovery), which carry cnpg.io/cluster but no pod role; not the Poolers' pods (which may carry
-    cnpg.io/cluster too)."""
+    cnpg.io/cluster too). After a recovery, also the old Cluster's until --cleanup deletes it: its pods must not be
+    left without a policy (nothing connects to it any more; it still archives its WAL)."""
+    clusters = {Names.of(config).database}
+    if config.kubernetes.postgres.recovery.enabled:
+        clusters.add(recovery_source(config))
     return {"matchExpressions": [
-        {"key": CNPG_CLUSTER, "operator": "In", "values": [Names.of(config).database]},
+        {"key": CNPG_CLUSTER, "operator": "In", "values": sorted(clusters)},
         {"key": CNPG_POOLER, "operator": "DoesNotExist"}]}
 
 

@@ -88,13 +88,22 @@ def is_dns_label(name: str) -> bool:
 
 @dataclass(frozen=True)
 class Names:
-    """Every object name, derived from kubernetes.name (default ``prefect``)."""
+    """Every object name, derived from kubernetes.name (default ``prefect``).
+
+    ``cluster``: the CloudNativePG Cluster that is current, when it is not ``<prefix>-db``. A point-in-time recovery
+    makes a new Cluster beside the live one, named after its archive (kubernetes.postgres.recovery.server_name);
+    this is the one place that decides which Cluster the Poolers, the apps, the backups, the monitors and the
+    NetworkPolicies follow.
+    """
 
     prefix: str
+    cluster: str | None = None
 
     @classmethod
     def of(cls, config: StackConfig) -> Names:
-        return cls(config.kubernetes.name)
+        recovery = config.kubernetes.postgres.recovery
+        recovered = recovery.server_name if recovery.enabled and config.kubernetes.postgres.mode == "cnpg" else None
+        return cls(config.kubernetes.name, recovered)
 
     def __call__(self, part: str) -> str:
         return f"{self.prefix}-{part}"
@@ -115,11 +124,18 @@ class Names:
     # PostgreSQL (CloudNativePG): the Cluster, its read-write Service, the two Poolers (each a Service too).
     @property
     def database(self) -> str:
+        """The current Cluster (see ``cluster``)."""
+        return self.cluster or self.original_database
+
+    @property
+    def original_database(self) -> str:
+        """The Cluster a stack starts with, and the archive name (serverName) its WAL goes to."""
         return self("db")
 
     @property
     def database_rw(self) -> str:
-        return self("db-rw")
+        """CloudNativePG's Service for the current Cluster's primary."""
+        return f"{self.database}-rw"
 
     @property
     def pooler_transaction(self) -> str:

@@ -62,10 +62,12 @@ class KubernetesTarget:
 
     def deploy(self, progress: Progress) -> DeployOutcome:
         from infra.kubernetes import deploy as kubernetes_deploy
+        from infra.kubernetes.recovery import refuse_deploy_before_recovery
         from infra.kubernetes.render import render
         from infra.kubernetes.secrets import secret_objects
 
         config = self.config
+        refuse_deploy_before_recovery(config)
         secrets = ensure_secrets(config.state_dir / "secrets")
         report = kubernetes_deploy.deploy(config, render(config, self.images), secret_objects(config, secrets),
                                           progress)
@@ -163,8 +165,9 @@ class KubernetesTarget:
 
     def restore(self, request: RestoreRequest, progress: Progress,
                 step: Callable[[str], None]) -> RestoreOutcome:
-        """Point-in-time recovery of the CloudNativePG Cluster, driven by kubernetes.postgres.recovery."""
-        from infra.kubernetes.recovery import recover
+        """Point-in-time recovery of the CloudNativePG Cluster into a new one, driven by kubernetes.postgres.recovery;
+        with ``cleanup``, the deletion of the old Cluster it kept."""
+        from infra.kubernetes.recovery import cleanup, recover
         from infra.kubernetes.render import render
         from infra.kubernetes.secrets import secret_objects
 
@@ -175,18 +178,37 @@ class KubernetesTarget:
                             "must render the Cluster the same way",
                             fix="set kubernetes.postgres.recovery.target_time (and enabled, server_name), then run "
                                 "invoke restore --target kubernetes --yes")
+        if request.cleanup:
+            if not request.yes:
+                raise UserError("this deletes every database Cluster of the stack but the current one, with its "
+                                "volumes (their archives in S3 stay)",
+                                fix="run again with --yes once Prefect works on the recovered Cluster")
+            deleted = cleanup(config, progress)
+            return RestoreOutcome(summary={"deleted": deleted},
+                                  message=f"deleted {', '.join(deleted)}" if deleted else "no old Cluster to delete")
         if not request.yes:
-            raise UserError(f"this deletes the live database Cluster and re-creates it from its archive up to "
-                            f"{recovery.target_time or 'the last archived WAL'}; Prefect is stopped meanwhile",
+            raise UserError(f"this stops Prefect, creates the Cluster {recovery.server_name} from the archive up to "
+                            f"{recovery.target_time or 'the last archived WAL'} and moves Prefect to it; the live "
+                            "Cluster is kept (stopped being used) until --cleanup",
                             fix="run again with --yes (the archive itself is kept, so this can be repeated)")
         secrets = ensure_secrets(config.state_dir / "secrets")
         rendering = render(config, self.images)
-        done = recover(config, rendering, secret_objects(config, secrets), progress)
-        summary = {"base_backup": done.base_backup, "target_time": done.target_time,
-                   "downtime_s": round(done.downtime_s, 2), "pruned": done.deploy.pruned}
+        done = recover(config, rendering, secret_objects(config, secrets), progress,
+                       BackupStore.from_config(config, secrets))
+        summary = {"cluster": done.cluster, "base_backup": done.base_backup, "target_time": done.target_time,
+                   "downtime_s": round(done.downtime_s, 2), "backup": done.backup,
+                   "backup_completed": done.backup_completed, "old_clusters": done.old_clusters,
+                   "pruned": done.deploy.pruned}
+        backup = (f"base backup {done.backup} of the new timeline taken" if done.backup_completed else
+                  f"base backup {done.backup} still running (kubectl -n {config.kubernetes.namespace} get "
+                  f"backups.postgresql.cnpg.io {done.backup})")
+        old = (f"; kept {', '.join(done.old_clusters)}: once Prefect works, delete with "
+               "invoke restore --target kubernetes --cleanup --yes" if done.old_clusters else "")
         return RestoreOutcome(summary=summary,
-                              message=f"recovered to {done.target_time or 'the last archived WAL'} from base backup "
-                                      f"{done.base_backup}; Prefect was stopped for {done.downtime_s:.0f}s")
+                              message=f"recovered Cluster {done.cluster} to "
+                                      f"{done.target_time or 'the last archived WAL'} from base backup "
+                                      f"{done.base_backup}; Prefect was stopped for {done.downtime_s:.0f}s; "
+                                      f"{backup}{old}")
 
     def drill_target(self, secrets: Secrets) -> DrillTarget:
         raise _no_kubernetes_form()

@@ -129,17 +129,18 @@ def verify(c: Context, id: str | None = None, latest: bool = False, target: str 
     "keep_previous": "Keep the replaced database (renamed prefect_before_<time>) instead of dropping it.",
     "to_time": "Point-in-time recovery (physical backups): e.g. '2026-11-23 20:15:00+00'.",
     "method": "logical (default) or physical (pgBackRest; implied by --to-time).",
+    "cleanup": "Kubernetes: delete (in the foreground) the old Clusters a point-in-time recovery kept; with --yes.",
     "json": "Print the result as JSON.",
     "target": TARGET_HELP,
 })
 @reports_user_errors
 def restore(c: Context, id: str | None = None, latest: bool = False, yes: bool = False,
             keep_previous: bool = False, to_time: str | None = None, method: str = "logical",
-            json_: bool = False, target: str | None = None) -> None:
+            cleanup: bool = False, json_: bool = False, target: str | None = None) -> None:
     """Restore the Prefect database from a backup, with a safety backup first and row counts checked after."""
     chosen = _target(target, "restore")
     request = RestoreRequest(backup_id=id, latest=latest, yes=yes, keep_previous=keep_previous, to_time=to_time,
-                             method=method)
+                             method=method, cleanup=cleanup)
     outcome = chosen.restore(request, console.progress(), console.step)
     if outcome.report is not None:
         _report_restore(outcome.report, outcome.expected_rows, json_)
