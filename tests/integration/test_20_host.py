@@ -16,7 +16,7 @@ from tests.integration.conftest import REPLICAS, Stack
 MONITORING = ["prometheus", "alertmanager", "node-exporter", "postgres-exporter", "redis-exporter", "prefect-exporter"]
 COMPONENTS = ["postgres", "pgbouncer", "redis", "haproxy", *[f"api-{i}" for i in range(1, REPLICAS + 1)], *MONITORING]
 SECRET_BEARING_FILES = ["supervisord.conf", "pgbouncer-userlist.txt", "redis.conf", "haproxy.cfg",
-                        "prometheus-api-password", "exporter-postgres-password", "exporter-redis-password",
+                        "prometheus-scrape-password", "exporter-postgres-password", "exporter-redis-password",
                         "exporter-redis-passwords.json"]
 
 
