@@ -13,6 +13,7 @@ from infra.backup.environment import backup_environment
 from infra.config import StackConfig
 from infra.errors import UserError
 from infra.secrets import Secrets, load_secrets
+from infra.targets import RestoreRequest
 
 
 @dataclass
@@ -40,3 +41,9 @@ class HostStack:
 
     def load_secrets(self, directory: Path) -> Secrets:
         return load_secrets(directory)
+
+    def refuse_cleanup(self, request: RestoreRequest) -> None:
+        """``restore --cleanup`` deletes the Clusters a Kubernetes recovery kept: nothing of the kind on one host."""
+        if request.cleanup:
+            raise UserError("--cleanup deletes the Clusters a Kubernetes recovery kept; this target has none",
+                            fix="leave out --cleanup (or use --target kubernetes)")

@@ -103,9 +103,7 @@ class ComposeTarget(HostStack):
 
     def restore(self, request: RestoreRequest, progress: Progress,
                 step: Callable[[str], None]) -> RestoreOutcome:
-        if request.cleanup:
-            raise UserError("--cleanup deletes the Clusters a Kubernetes recovery kept; this target has none",
-                            fix="leave out --cleanup (or use --target kubernetes)")
+        self.refuse_cleanup(request)
         if request.to_time is not None or request.method == "physical":
             raise _physical_on_compose()
         if in_project_container():

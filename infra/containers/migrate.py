@@ -21,14 +21,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
-from pydantic import SecretStr
 
 from infra.config import load_config
 from infra.database import migrate
 from infra.database.admin import SUPERUSER, ensure_database, grant_monitor_reads, role_exists
 from infra.layout import StateLayout
 from infra.render.postgres import MONITOR_ROLE
-from infra.secrets import SECRET_NAMES, Secrets
+from infra.secrets import mounted_secrets
 
 CONNECT_TIMEOUT_S = 60
 # CloudNativePG creates managed roles after the Cluster is up, in its instance manager's reconciliation loop (seconds
@@ -36,13 +35,6 @@ CONNECT_TIMEOUT_S = 60
 ROLE_TIMEOUT_S = 120
 
 Connect = Callable[[str], "psycopg.Connection[tuple[object, ...]]"]
-
-
-def _secrets(directory: Path) -> Secrets:
-    # Only the migration's secrets are mounted; ensure_database reads no others.
-    values = {name: SecretStr((directory / name).read_text().strip()) if (directory / name).exists() else SecretStr("")
-              for name in SECRET_NAMES}
-    return Secrets(**values)
 
 
 def _wait_until_connected(connect: Connect, dbname: str, where: str) -> bool:
@@ -97,7 +89,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--monitor-grants", action="store_true",
                         help="with --as-owner: grant the monitor role its reads (the role must exist)")
     args = parser.parse_args(argv)
-    secrets = _secrets(args.secrets)
+    # Only the migration's secrets are mounted (the others are withheld: using one is an error naming it).
+    secrets = mounted_secrets(args.secrets)
     where = f"{args.host}:{args.port}"
 
     if args.as_owner:

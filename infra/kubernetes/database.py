@@ -12,11 +12,10 @@ sets its own ``app.kubernetes.io/*`` labels on what it creates.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any
 
-from infra.config import ResourcesConfig, StackConfig
+from infra.config import ResourcesConfig, StackConfig, size_bytes
 from infra.errors import UserError
 from infra.kubernetes.objects import (
     DB_CA_FILE,
@@ -76,9 +75,6 @@ POOLER_RESOURCES = ResourcesConfig(cpu_request="100m", memory_request="128Mi", m
 # equal to limits, as the instance's own: the pod is Guaranteed QoS only if every container is.
 BACKUP_SIDECAR_RESOURCES = ResourcesConfig(cpu_request="500m", memory_request="512Mi", cpu_limit="500m",
                                            memory_limit="512Mi")
-
-_SIZE = re.compile(r"^(\d+)(Mi|Gi|Ti)$")
-_MEBIBYTES = {"Mi": 1, "Gi": 1024, "Ti": 1024 * 1024}
 
 
 @dataclass(frozen=True)
@@ -184,13 +180,6 @@ def check_connection_budget(config: StackConfig) -> None:
                 "kubernetes.postgres.pooler_instances")
 
 
-def _mebibytes(size: str) -> int:
-    match = _SIZE.match(size)
-    if match is None:  # the model's pattern makes this unreachable
-        raise ValueError(f"not a Kubernetes size in Mi/Gi/Ti: {size}")
-    return int(match.group(1)) * _MEBIBYTES[match.group(2)]
-
-
 def _instance_labels(config: StackConfig) -> dict[str, str]:
     """The instance pods (the Poolers' pods carry ``cnpg.io/cluster`` too, hence the role)."""
     return {CNPG_CLUSTER: Names.of(config).database, CNPG_POD_ROLE: "instance"}
@@ -214,7 +203,7 @@ def postgresql_parameters(config: StackConfig) -> dict[str, str]:
         # A replica that falls this far behind loses its replication slot (it catches up from the WAL archive, or is
         # re-created) instead of its slot holding WAL until the primary's WAL volume is full, which stops the
         # primary: half the WAL volume.
-        "max_slot_wal_keep_size": f"{_mebibytes(config.kubernetes.postgres.wal_storage_size) // 2}MB",
+        "max_slot_wal_keep_size": f"{size_bytes(config.kubernetes.postgres.wal_storage_size) // 1024 ** 2 // 2}MB",
         # Slow statements in the instance logs, as on the other targets (milliseconds).
         "log_min_duration_statement": "5000",
     }

@@ -111,9 +111,7 @@ class LocalTarget(HostStack):
     def restore(self, request: RestoreRequest, progress: Progress,
                 step: Callable[[str], None]) -> RestoreOutcome:
         config = self.config
-        if request.cleanup:
-            raise UserError("--cleanup deletes the Clusters a Kubernetes recovery kept; this target has none",
-                            fix="leave out --cleanup (or use --target kubernetes)")
+        self.refuse_cleanup(request)
         secrets = load_secrets(StateLayout(config.state_dir).secrets)
         if request.to_time is not None or request.method == "physical":
             if not request.yes:

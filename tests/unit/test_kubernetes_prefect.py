@@ -333,10 +333,16 @@ class TestMigrationJob:
                              kubernetes={"postgres": postgres} if postgres else {})
         assert ("--monitor-grants" in self._program(reference_rendering(config))) is granted
 
-    def test_the_program_accepts_the_command(self, default: Rendering, monkeypatch: pytest.MonkeyPatch) -> None:
+    def test_the_program_accepts_the_command(self, default: Rendering, monkeypatch: pytest.MonkeyPatch,
+                                             tmp_path: Path) -> None:
         """The rendered command line, run through infra.containers.migrate: the owner mode, connecting as the owner
-        to the primary with the Cluster's CA, grants, then Prefect's migration."""
+        to the primary with the Cluster's CA, grants, then Prefect's migration. The Secret volume is stood in for by
+        a directory holding only the owner's password, as the pod's mount does."""
         from infra.containers import migrate as container_migrate
+
+        (tmp_path / "postgres_prefect").write_text("owner-password")
+        argv = self._program(default)[3:]
+        argv[argv.index("--secrets") + 1] = str(tmp_path)
 
         calls: list[tuple[str, ...]] = []
 
@@ -356,7 +362,7 @@ class TestMigrationJob:
         monkeypatch.setattr(container_migrate, "grant_as_owner", granted)
         monkeypatch.setattr("infra.database.migrate.main", schema)
         monkeypatch.setattr(container_migrate, "ensure_database", lambda *a, **k: pytest.fail("superuser path taken"))
-        assert container_migrate.main(self._program(default)[3:]) == 0
+        assert container_migrate.main(argv) == 0
         assert calls == [("connect", "prefect", "prefect-db-rw:5432"), ("grant", "prefect", "prefect"), ("schema",)]
 
     def test_the_owner_verifies_the_server_against_the_clusters_ca(self, default: Rendering) -> None:
