@@ -13,7 +13,7 @@ import yaml
 from invoke import MockContext
 from invoke.exceptions import Exit
 
-from infra.backup.database import api_database_url, database_access
+from infra.backup.database import database_access
 from infra.backup.restore import Swapped, restore_with_downtime
 from infra.compose import backups as compose_backups
 from infra.compose.project import BACKUP_SCHEDULER, CONTAINER, ComposeProject, placeholder_tls, render_project
@@ -67,12 +67,6 @@ def test_compose_database_access_is_the_postgres_service_as_superuser(secrets: S
     assert (access.host, access.port, access.user) == ("postgres", 15432, "postgres")
     assert access.password == secrets.get("postgres_superuser")
     assert access.env()["PGPASSWORD"] == secrets.get("postgres_superuser")
-
-
-@pytest.mark.parametrize(("target", "host"), [("local", "127.0.0.1"), ("compose", "postgres")])
-def test_a_temporary_api_reaches_the_restored_copy_directly(secrets: Secrets, target: str, host: str) -> None:
-    url = api_database_url(StackConfig(target=target), secrets)("prefect_verify_x")
-    assert url == f"postgresql+asyncpg://prefect:{secrets.get('postgres_prefect')}@{host}:15432/prefect_verify_x"
 
 
 # --- the backup container, as rendered ----------------------------------------------------------------------------

@@ -15,7 +15,7 @@ import yaml
 from pydantic import SecretStr
 
 from infra.backup import scheduler
-from infra.backup.database import api_database_url, database_access
+from infra.backup.database import database_access
 from infra.compose.project import placeholder_secrets
 from infra.config import REPO_ROOT, StackConfig, load_config
 from infra.errors import UserError
@@ -708,10 +708,6 @@ class TestBackupCodeOnKubernetes:
         assert (access.host, access.port, access.user, access.sslmode) == ("prefect-db-rw", 5432, "postgres",
                                                                            "verify-ca")
         assert access.env()["PGSSLROOTCERT"] == access.sslrootcert == "/etc/prefect-stack/db-ca/ca.crt"
-
-    def test_verification_api_reaches_the_restored_database_directly(self) -> None:
-        url = api_database_url(_config(), placeholder_secrets())("verify_1")
-        assert url.endswith("@prefect-db-rw:5432/verify_1?ssl=require")
 
     def test_scheduler_once_reports_the_run(self, monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setattr(scheduler, "run_once", lambda config: False)
