@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pwd
 import shutil
 import subprocess
 import tempfile
@@ -23,7 +24,6 @@ from psycopg import sql
 
 from infra.backup.database import DatabaseAccess
 from infra.config import StackConfig
-from infra.database.admin import run_as_ids
 from infra.errors import UserError
 
 SUPERUSER = "postgres"
@@ -61,7 +61,7 @@ def scratch_server(config: StackConfig, scratch: Path) -> Iterator[DatabaseAcces
             raise UserError(f"{tool} not found in {config.postgres.bin_dir}: verification runs a PostgreSQL server "
                             "of its own", fix="install the PostgreSQL 15 server package (postgresql-15), or point "
                                               "postgres.bin_dir at its binaries")
-    uid, gid = run_as_ids(config.local.run_as if os.geteuid() == 0 else None)
+    uid, gid = _server_user(config)
     data = scratch / "postgres"
     # Unix socket paths are limited to 107 bytes: the socket gets a short private directory of its own.
     socket_dir = Path(tempfile.mkdtemp(prefix="prefect-verify-"))
@@ -88,6 +88,19 @@ def scratch_server(config: StackConfig, scratch: Path) -> Iterator[DatabaseAcces
     finally:
         shutil.rmtree(data, ignore_errors=True)
         shutil.rmtree(socket_dir, ignore_errors=True)
+
+
+def _server_user(config: StackConfig) -> tuple[int | None, int | None]:
+    """(uid, gid) to run the server as: ours, or as root the stack's unprivileged user."""
+    if os.geteuid() != 0:
+        return None, None
+    try:
+        entry = pwd.getpwnam(config.local.run_as)
+    except KeyError:
+        raise UserError(f"as root, verification runs its temporary PostgreSQL server as {config.local.run_as}, "
+                        "which does not exist (PostgreSQL refuses to run as root)",
+                        fix="deploy the stack first (it creates that user), or run as an unprivileged user") from None
+    return entry.pw_uid, entry.pw_gid
 
 
 def _run(config: StackConfig, uid: int | None, gid: int | None, tool: str, args: list[str], scratch: Path,
