@@ -116,6 +116,19 @@ def test_the_backup_container_gets_the_prefect_memory_limit(secrets: Secrets) ->
     assert service["deploy"]["resources"]["limits"]["memory"] == "3g"
 
 
+def test_verifications_temporary_server_keeps_its_copy_on_the_scratch_volume(secrets: Secrets) -> None:
+    """The restored copy on a named volume at the code's scratch_dir (on disk: a tmpfs would count against the
+    memory limit), the server's socket in the container's /tmp tmpfs; the root filesystem stays read-only."""
+    project = _project(secrets)
+    service = _scheduler(project)
+    effective = yaml.safe_load(next(f.content for f in project.files if f.path.name == "stack.effective.yaml"))
+    scratch = StackConfig(**effective).scratch_dir
+    assert f"backup-scratch:{scratch}" in service["volumes"]
+    assert "backup-scratch" in project.document["volumes"]
+    assert any(mount.startswith("/tmp:") for mount in service["tmpfs"])
+    assert service["read_only"] is True and service["cap_drop"] == ["ALL"]
+
+
 # --- the host hands the tasks to the container -------------------------------------------------------------------
 
 

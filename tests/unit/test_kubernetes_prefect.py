@@ -394,6 +394,26 @@ class TestBackupCronJob:
         scratch = next(v for v in spec["volumes"] if v["name"] == "scratch")
         assert scratch["ephemeral"]["volumeClaimTemplate"]["spec"]["resources"]["requests"]["storage"] == "20Gi"
 
+    @pytest.mark.parametrize(("volume", "path"), [("scratch", "/var/lib/prefect-stack/scratch"), ("tmp", "/tmp")])
+    def test_verifications_temporary_server_has_writable_room(self, default: Rendering, volume: str,
+                                                              path: str) -> None:
+        """Its data directory in the scratch volume (where the code's scratch_dir is), its socket in /tmp: the
+        root filesystem stays read-only."""
+        container = self._cronjob(default)["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
+        mounted = {m["name"]: m for m in container["volumeMounts"]}
+        assert mounted[volume]["mountPath"] == path and not mounted[volume].get("readOnly")
+        assert container["securityContext"]["readOnlyRootFilesystem"] is True
+
+    def test_the_scratch_volume_is_the_code_s_scratch_dir(self, default: Rendering) -> None:
+        effective = yaml.safe_load(_find(default, "ConfigMap", Names.of(default.config).backup)["data"][
+            "stack.effective.yaml"])
+        assert StackConfig(**effective).scratch_dir == Path("/var/lib/prefect-stack/scratch")
+
+    def test_memory_holds_a_temporary_server_and_api(self, default: Rendering) -> None:
+        container = self._cronjob(default)["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
+        assert container["resources"]["requests"]["memory"] == "1Gi"
+        assert container["resources"]["limits"]["memory"] == "2Gi"
+
     def test_s3_keys_come_as_a_credentials_file(self, default: Rendering) -> None:
         container = self._cronjob(default)["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
         env = {e["name"]: e["value"] for e in container["env"]}
