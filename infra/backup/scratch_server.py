@@ -78,14 +78,14 @@ def scratch_server(config: StackConfig, scratch: Path) -> Iterator[DatabaseAcces
             conf.writelines(f"{key} = {value}\n" for key, value in settings.items())
         _run(config, uid, gid, "pg_ctl", ["start", "-D", str(data), "-l", str(log), "-w", "-t",
                                           str(START_TIMEOUT_S)], scratch, log)
-        try:
-            yield DatabaseAccess(host=str(socket_dir), port=PORT, user=SUPERUSER, dbname="postgres",
-                                 bin_dir=config.postgres.bin_dir)
-        finally:
+        yield DatabaseAccess(host=str(socket_dir), port=PORT, user=SUPERUSER, dbname="postgres",
+                             bin_dir=config.postgres.bin_dir)
+    finally:
+        # Also after a start that timed out: a postmaster that came up late must not outlive its directory.
+        if (data / "postmaster.pid").exists():
             subprocess.run([str(config.postgres.bin_dir / "pg_ctl"), "stop", "-D", str(data), "-m", "immediate",
                             "-w"], capture_output=True, check=False, cwd="/", user=uid, group=gid,
                            extra_groups=[] if uid is not None else None)
-    finally:
         shutil.rmtree(data, ignore_errors=True)
         shutil.rmtree(socket_dir, ignore_errors=True)
 
