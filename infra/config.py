@@ -715,6 +715,10 @@ class ApiClientConfig(_Section):
                                                        "empty: every pod of the namespace.")
 
 
+# Verification's temporary PostgreSQL server and Prefect API share the backup pod's memory limit.
+BACKUP_POD_MIN_MEMORY = 1024**3
+
+
 class KubernetesTargetConfig(_Section):
     namespace: str = Field("prefect", pattern=r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$",
                            description="The namespace everything lives in (created with the Pod Security "
@@ -738,11 +742,15 @@ class KubernetesTargetConfig(_Section):
     api_resources: ResourcesConfig = ResourcesConfig(cpu_request="500m", memory_request="512Mi", memory_limit="1Gi")
     services_resources: ResourcesConfig = ResourcesConfig(cpu_request="250m", memory_request="512Mi",
                                                           memory_limit="1Gi")
-    backup_resources: ResourcesConfig = ResourcesConfig(cpu_request="250m", memory_request="512Mi",
+    # The backup pod also runs verification's temporary PostgreSQL server (shared_buffers 128MB, index builds of
+    # pg_restore's jobs) and then a temporary Prefect API on the restored copy: about 1 GiB at its peak.
+    backup_resources: ResourcesConfig = ResourcesConfig(cpu_request="250m", memory_request="1Gi",
                                                         memory_limit="2Gi")
     backup_scratch_size: str = Field("20Gi", pattern=r"^\d+(Mi|Gi|Ti)$",
-                                     description="Ephemeral scratch volume of the backup CronJob (dump before "
-                                                 "upload, verification restore).")
+                                     description="Ephemeral scratch volume of the backup CronJob: the dump before "
+                                                 "upload, and for verification the fetched dump plus the "
+                                                 "temporary PostgreSQL server's restored copy (about three times "
+                                                 "the dump's uncompressed size).")
     network_policies: bool = Field(True, description="Default-deny NetworkPolicies plus exactly the flows the "
                                                      "stack needs (needs a CNI that enforces them).")
     services_outbound: OutboundConfig = OutboundConfig()
@@ -804,6 +812,14 @@ class KubernetesTargetConfig(_Section):
     def gateway_data_plane_namespace(self) -> str:
         """Where the Gateway's proxy pods run: data_plane_namespace, else the Gateway's, else the stack's."""
         return self.gateway.data_plane_namespace or self.gateway.namespace or self.namespace
+
+    @model_validator(mode="after")
+    def _backup_pod_holds_a_verification(self) -> KubernetesTargetConfig:
+        if size_bytes(self.backup_resources.memory_limit) < BACKUP_POD_MIN_MEMORY:
+            raise ValueError(f"backup_resources.memory_limit {self.backup_resources.memory_limit} is below 1Gi: the "
+                             "backup pod runs verification's temporary PostgreSQL server and a Prefect API on the "
+                             "restored copy; set at least 1Gi")
+        return self
 
     @model_validator(mode="after")
     def _api_client_ranges_are_networks(self) -> KubernetesTargetConfig:

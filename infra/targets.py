@@ -127,8 +127,6 @@ class Target(Protocol):
     def drill_target(self, secrets: Secrets) -> DrillTarget: ...
     def database_access(self, secrets: Secrets) -> DatabaseAccess:
         """The superuser's way into PostgreSQL from where the backup code runs on this target."""
-    def api_database_url(self, secrets: Secrets) -> Callable[[str], str]:
-        """How a temporary Prefect API (verification) reaches a restored database directly, not via PgBouncer."""
     def load_secrets(self, directory: Path) -> Secrets:
         """The stack's secrets as this target lays them out where the backup code runs."""
 

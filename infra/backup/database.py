@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,23 +68,6 @@ def database_access(config: StackConfig, secrets: Secrets) -> DatabaseAccess:
     """The superuser's way in on this configuration's target, from where the backup code runs there (the target
     says which: the Unix socket on this host, the compose service over TCP, the Cluster's primary over TLS)."""
     return target_for(config).database_access(secrets)
-
-
-def api_database_url(config: StackConfig, secrets: Secrets) -> Callable[[str], str]:
-    """How a temporary Prefect API (started by verification beside the backup code) reaches a restored database:
-    directly, not through PgBouncer, whose pools know only the live database."""
-    return target_for(config).api_database_url(secrets)
-
-
-def prefect_database_url(config: StackConfig, secrets: Secrets, host: str, port: int,
-                         query: str = "") -> Callable[[str], str]:
-    """A database URL for the Prefect user on host:port, for any database name (what api_database_url returns)."""
-
-    def url(dbname: str) -> str:
-        password = secrets.get("postgres_prefect")
-        return f"postgresql+asyncpg://{config.postgres.user}:{password}@{host}:{port}/{dbname}{query}"
-
-    return url
 
 
 def table_data_bytes(conn: psycopg.Connection[Row]) -> int:

@@ -72,13 +72,16 @@ def _fetch_one(store: BackupStore, entry: ObjectEntry, dest: Path, key: bytes | 
     _check_digest(entry, body)
 
 
-def fetch_dump(store: BackupStore, manifest: Manifest, secrets: Secrets, dest: Path, progress: Progress) -> None:
-    """Download, verify, decrypt and decompress every object into ``dest`` (a pg_dump directory)."""
+def fetch_dump(store: BackupStore, manifest: Manifest, secrets: Secrets, dest: Path, progress: Progress,
+               also_needed: int = 0, needed_for: str = "") -> None:
+    """Download, verify, decrypt and decompress every object into ``dest`` (a pg_dump directory). ``also_needed``:
+    bytes the caller will write beside it afterwards (``needed_for`` says what), checked before anything is fetched."""
     dest.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(dest).free
-    if free < manifest.raw_size * SCRATCH_HEADROOM:
+    if free < manifest.raw_size * SCRATCH_HEADROOM + also_needed:
+        beside = f" and {needed_for} about {also_needed}" if also_needed else ""
         raise UserError(
-            f"not enough space in {dest}: {free} bytes free, the dump needs {manifest.raw_size}",
+            f"not enough space in {dest}: {free} bytes free, the dump needs {manifest.raw_size}{beside}",
             fix="free space there, or point backups.scratch_dir at a larger disk",
         )
     key = encryption_key(secrets.get("backup_encryption")) if manifest.encrypted else None
@@ -106,9 +109,10 @@ def drop_database(database: DatabaseAccess, name: str) -> None:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
-def pg_restore(database: DatabaseAccess, name: str, dump_dir: Path, jobs: int) -> None:
+def pg_restore(database: DatabaseAccess, name: str, dump_dir: Path, jobs: int, privileges: bool = True) -> None:
+    """``privileges`` False: skip GRANT/REVOKE (a server that lacks the live cluster's other roles)."""
     argv = [database.tool("pg_restore"), f"--dbname={name}", f"--jobs={jobs}", "--exit-on-error", "--no-password",
-            str(dump_dir)]
+            *([] if privileges else ["--no-privileges"]), str(dump_dir)]
     result = subprocess.run(argv, env=database.env(), capture_output=True, text=True, check=False)
     if result.returncode != 0:
         raise UserError(f"pg_restore into {name} failed: {result.stderr.strip()[-800:]}",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from infra.backup import metrics
 from infra.backup.catalog import BackupEntry, find_backup
-from infra.backup.database import api_database_url, database_access
+from infra.backup.database import database_access
 from infra.backup.logical import backup_lock, run_logical_backup
 from infra.backup.manifest import Manifest, Verification
 from infra.backup.storage import BackupStore
@@ -37,8 +37,7 @@ def verify_job(
     store = BackupStore.from_config(config, secrets)
     entry = find_backup(store, backup_id, latest=backup_id is None)
     with backup_lock(layout.run):
-        verdict = verify_backup(config, secrets, store, entry, database_access(config, secrets),
-                                api_database_url(config, secrets), progress)
+        verdict = verify_backup(config, secrets, store, entry, progress)
     updates = {"last_verification_success": 1.0 if verdict.ok else 0.0,
                "last_verification_timestamp_seconds": verdict.verified_at.timestamp()}
     if verdict.ok:

@@ -1,10 +1,12 @@
 """`invoke backup.verify`: prove a backup restores, by restoring it.
 
 Checks, in order: every object's size and sha256 against the manifest; pg_restore with --exit-on-error into
-a scratch database; pg_amcheck (heap and every index); row counts equal to the manifest's; a temporary
-Prefect API started on the restored copy answers and counts the same flow runs. The verdict is written
-beside the backup (verification.json). A check that cannot run for reasons unrelated to the backup (the
-scratch disk is full, the database is down) raises an error and records no verdict.
+a throwaway PostgreSQL server of verification's own (``infra.backup.scratch_server``: a temporary cluster in the
+scratch space, wherever the backup code runs); pg_amcheck (heap and every index); row counts equal to the
+manifest's; a temporary Prefect API started on the restored copy answers and counts the same flow runs. The
+verdict is written beside the backup (verification.json). The live database server is used for nothing: a
+verification adds no data, WAL or replication traffic to it. A check that cannot run for reasons unrelated to
+the backup (the scratch disk is full, the temporary server does not start) raises an error and records no verdict.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -26,16 +27,10 @@ import httpx
 
 from infra.backup.catalog import BackupEntry
 from infra.backup.database import DatabaseAccess
-from infra.backup.fetch import (
-    check_objects,
-    count_mismatches,
-    create_database,
-    drop_database,
-    fetch_dump,
-    pg_restore,
-)
+from infra.backup.fetch import check_objects, count_mismatches, fetch_dump, pg_restore
 from infra.backup.logical import logical_prefix
 from infra.backup.manifest import VERIFICATION, Verification
+from infra.backup.scratch_server import create_restore_target, dump_owners, scratch_server
 from infra.backup.storage import BackupStore
 from infra.backup.streams import IntegrityError
 from infra.config import StackConfig
@@ -44,8 +39,13 @@ from infra.progress import Progress
 from infra.secrets import Secrets
 
 API_START_TIMEOUT_S = 90
-# checksums, fetch, pg_restore, pg_amcheck, row counts, a Prefect API on the copy
-VERIFY_STEPS = 6
+# checksums, fetch, a server of its own, pg_restore, pg_amcheck, row counts, a Prefect API on the copy
+VERIFY_STEPS = 7
+# The restored copy next to the dump in the scratch space, as a multiple of the dump's raw size: the data again
+# plus its indexes (an estimate, checked before anything is fetched).
+RESTORED_COPY_FACTOR = 2
+# Free bytes below which a failed restore is put down to the scratch disk, not to the backup.
+SCRATCH_FULL_BYTES = 64 * 1024 * 1024
 
 
 def _free_port() -> int:
@@ -109,19 +109,31 @@ def pg_amcheck(database: DatabaseAccess, name: str) -> None:
         raise IntegrityError(f"pg_amcheck found corruption: {(result.stdout + result.stderr).strip()[-500:]}")
 
 
+def restored_copy_url(server: DatabaseAccess, owner: str, name: str) -> str:
+    """The restored database for the temporary Prefect API: over the private server's socket, as its owner."""
+    return f"postgresql+asyncpg://{owner}@/{name}?host={server.host}&port={server.port}"
+
+
+def _restore(server: DatabaseAccess, name: str, dump: Path, jobs: int, scratch: Path) -> None:
+    """pg_restore into the private server; a scratch disk that filled up meanwhile is an error, not a verdict."""
+    try:
+        pg_restore(server, name, dump, jobs, privileges=False)
+    except UserError as exc:
+        free = shutil.disk_usage(scratch).free
+        if "No space left" in exc.problem or free < SCRATCH_FULL_BYTES:
+            raise UserError(f"the scratch disk filled up while restoring into the temporary server in {scratch} "
+                            f"({free} bytes free)",
+                            fix="free space there, or point backups.scratch_dir at a larger disk") from None
+        raise
+
+
 def verify_backup(
-    config: StackConfig,
-    secrets: Secrets,
-    store: BackupStore,
-    entry: BackupEntry,
-    database: DatabaseAccess,
-    api_database_url: Callable[[str], str],
-    progress: Progress,
+    config: StackConfig, secrets: Secrets, store: BackupStore, entry: BackupEntry, progress: Progress
 ) -> Verification:
     manifest = entry.manifest
     started = time.monotonic()
     checks: dict[str, bool] = {}
-    scratch_db = f"{config.postgres.database}_verify_{manifest.id.lower()}"
+    scratch_db = config.postgres.database
     config.scratch_dir.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f"verify-{manifest.id}-", dir=config.scratch_dir))
     detail = "all checks passed"
@@ -131,25 +143,30 @@ def verify_backup(
                 check_objects(store, manifest, progress)
                 checks["checksums"] = True
                 steps.step(f"checksums of {len(manifest.objects)} objects match the manifest")
-                fetch_dump(store, manifest, secrets, scratch / "dump", progress)
+                fetch_dump(store, manifest, secrets, scratch / "dump", progress,
+                           also_needed=manifest.raw_size * RESTORED_COPY_FACTOR, needed_for="its restored copy")
                 steps.step("fetched, decrypted and decompressed into scratch space")
-                create_database(database, scratch_db, config.postgres.user)
-                pg_restore(database, scratch_db, scratch / "dump", config.backups.jobs)
-                checks["restore"] = True
-                steps.step("restored into a scratch database with --exit-on-error")
-                pg_amcheck(database, scratch_db)
-                checks["amcheck"] = True
-                steps.step("pg_amcheck: no corruption in tables or indexes")
-                mismatches = count_mismatches(database, scratch_db, manifest)
-                if mismatches:
-                    raise IntegrityError("row counts differ from the manifest: " + ", ".join(
-                        f"{t} expected {e} found {f}" for t, (e, f) in mismatches.items()))
-                checks["row_counts"] = True
-                steps.step(f"row counts of {len(manifest.row_counts)} tables match the manifest")
-                steps.step(query_temporary_api(
-                    api_database_url(scratch_db), scratch, manifest.row_counts.get("flow_run", 0)
-                ))
-                checks["prefect_api"] = True
+                with scratch_server(config, scratch) as server:
+                    steps.step(f"a temporary PostgreSQL server of its own started in {scratch}")
+                    owners = dump_owners(server, scratch / "dump", config.postgres.user)
+                    create_restore_target(server, scratch_db, owners)
+                    _restore(server, scratch_db, scratch / "dump", config.backups.jobs, scratch)
+                    checks["restore"] = True
+                    steps.step("restored into the temporary server with --exit-on-error")
+                    pg_amcheck(server, scratch_db)
+                    checks["amcheck"] = True
+                    steps.step("pg_amcheck: no corruption in tables or indexes")
+                    mismatches = count_mismatches(server, scratch_db, manifest)
+                    if mismatches:
+                        raise IntegrityError("row counts differ from the manifest: " + ", ".join(
+                            f"{t} expected {e} found {f}" for t, (e, f) in mismatches.items()))
+                    checks["row_counts"] = True
+                    steps.step(f"row counts of {len(manifest.row_counts)} tables match the manifest")
+                    steps.step(query_temporary_api(
+                        restored_copy_url(server, config.postgres.user, scratch_db), scratch,
+                        manifest.row_counts.get("flow_run", 0),
+                    ))
+                    checks["prefect_api"] = True
             ok = True
         except IntegrityError as exc:
             ok, detail = False, str(exc)
@@ -160,10 +177,6 @@ def verify_backup(
                 raise
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-        try:
-            drop_database(database, scratch_db)
-        except Exception as exc:
-            progress(f"warning: could not drop scratch database {scratch_db}: {exc}")
     verdict = Verification(
         backup_id=manifest.id, verified_at=datetime.now(UTC), ok=ok, detail=detail, checks=checks,
         duration_s=round(time.monotonic() - started, 2),

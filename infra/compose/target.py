@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from infra.backup.database import DatabaseAccess, prefect_database_url
+from infra.backup.database import DatabaseAccess
 from infra.backup.drill import DrillTarget
 from infra.backup.storage import BackupStore
 from infra.compose import backups, operate
@@ -129,8 +129,6 @@ class ComposeTarget(HostStack):
                               dbname=config.postgres.database, bin_dir=config.postgres.bin_dir,
                               password=secrets.get("postgres_superuser"))
 
-    def api_database_url(self, secrets: Secrets) -> Callable[[str], str]:
-        return prefect_database_url(self.config, secrets, COMPOSE_POSTGRES_SERVICE, self.config.postgres.port)
 
 
 

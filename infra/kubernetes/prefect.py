@@ -445,7 +445,8 @@ def _backup(config: StackConfig, image: str, version: str) -> list[Manifest]:
                       {name: name for name in BACKUP_SECRETS if name != "s3_local"}),
         *database.ca_volume(config),
         empty_dir("state", "1Gi"), empty_dir("tmp", "1Gi"),
-        # Dumps wait here for upload and restores are staged here: an ephemeral volume sized for the database.
+        # Dumps wait here for upload, and verification's temporary PostgreSQL server keeps its restored copy here:
+        # an ephemeral volume sized for the database (about three times the dump's uncompressed size).
         {"name": "scratch", "ephemeral": {"volumeClaimTemplate": {"spec": {
             "accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": k8s.backup_scratch_size}},
             **({"storageClassName": k8s.storage_class} if k8s.storage_class else {})}}}},

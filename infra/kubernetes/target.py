@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from infra.alerts import FiringAlert
-from infra.backup.database import DatabaseAccess, prefect_database_url
+from infra.backup.database import DatabaseAccess
 from infra.backup.drill import DrillTarget
 from infra.backup.environment import backup_environment
 from infra.backup.storage import BackupStore
@@ -222,10 +222,6 @@ class KubernetesTarget:
         return DatabaseAccess(host=host, port=port, user="postgres", dbname=config.postgres.database,
                               bin_dir=config.postgres.bin_dir, password=secrets.get("postgres_superuser"),
                               sslmode=endpoints.sslmode, sslrootcert=endpoints.root_cert)
-
-    def api_database_url(self, secrets: Secrets) -> Callable[[str], str]:
-        host, port = database_endpoints(self.config).direct
-        return prefect_database_url(self.config, secrets, host, port, "?ssl=require")
 
     def load_secrets(self, directory: Path) -> Secrets:
         """In the CronJob the secrets are a mounted Secret volume (read-only, group-readable by design)."""

@@ -10,7 +10,7 @@ from typing import Any
 
 from infra.api_client import trusted_ca_file
 from infra.backup.catalog import find_backup
-from infra.backup.database import DatabaseAccess, local_database, prefect_database_url
+from infra.backup.database import DatabaseAccess, local_database
 from infra.backup.drill import DrillTarget
 from infra.backup.storage import BackupStore
 from infra.config import StackConfig
@@ -142,8 +142,6 @@ class LocalTarget(HostStack):
     def database_access(self, secrets: Secrets) -> DatabaseAccess:
         return local_database(self.config)
 
-    def api_database_url(self, secrets: Secrets) -> Callable[[str], str]:
-        return prefect_database_url(self.config, secrets, "127.0.0.1", self.config.postgres.port)
 
 
 

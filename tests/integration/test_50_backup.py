@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import tempfile
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -100,19 +101,58 @@ def test_manifest_row_counts_match_the_database(stack: Stack, first_backup: dict
         assert manifest["row_counts"]["flow"] == len(client.post("/flows/filter", json={"limit": 200}).json())
 
 
-def test_verify_restores_and_records_the_verdict(stack: Stack, first_backup: dict[str, Any]) -> None:
-    result = stack.invoke("backup.verify", "--id", first_backup["id"])
+def _live_databases(stack: Stack) -> set[str]:
+    with local_database(stack.config).connect("postgres") as conn:
+        return {str(r[0]) for r in conn.execute("SELECT datname FROM pg_database").fetchall()}
+
+
+def _temporary_servers() -> set[Path]:
+    """Socket directories of verification's temporary servers (infra.backup.scratch_server)."""
+    return set(Path(tempfile.gettempdir()).glob("prefect-verify-*"))
+
+
+@pytest.fixture(scope="module")
+def verified(stack: Stack, first_backup: dict[str, Any]) -> dict[str, Any]:
+    """One verification, with what the live server showed meanwhile: its databases, polled while it ran."""
+    before, servers = _live_databases(stack), _temporary_servers()
+    seen: list[set[str]] = []
+    done = threading.Event()
+
+    def poll() -> None:
+        while not done.is_set():
+            seen.append(_live_databases(stack))
+            done.wait(0.2)
+
+    poller = threading.Thread(target=poll)
+    poller.start()
+    try:
+        result = stack.invoke("backup.verify", "--id", first_backup["id"])
+    finally:
+        done.set()
+        poller.join()
+    return {"result": result, "before": before, "seen": seen, "after": _live_databases(stack),
+            "servers_left": _temporary_servers() - servers}
+
+
+def test_verify_restores_and_records_the_verdict(stack: Stack, first_backup: dict[str, Any],
+                                                 verified: dict[str, Any]) -> None:
+    result = verified["result"]
     assert result.returncode == 0, result.stderr[-3000:]
-    for check in ("checksums", "pg_amcheck", "row counts", "Prefect API"):
+    for check in ("checksums", "temporary PostgreSQL server", "pg_amcheck", "row counts", "Prefect API"):
         assert check in result.stderr
     listed = json.loads(stack.invoke("backup.list", "--json", check=True).stdout)
     assert next(b for b in listed if b["id"] == first_backup["id"])["verified"] == "verified"
 
 
-def test_verify_leaves_no_scratch_database(stack: Stack) -> None:
-    with local_database(stack.config).connect("postgres") as conn:
-        names = [r[0] for r in conn.execute("SELECT datname FROM pg_database").fetchall()]
-    assert [n for n in names if "_verify_" in str(n) or "_restore_" in str(n)] == []
+def test_verify_never_restores_into_the_live_server(verified: dict[str, Any]) -> None:
+    assert len(verified["seen"]) > 3  # the poller watched the whole run
+    assert all(databases == verified["before"] for databases in verified["seen"])
+    assert verified["after"] == verified["before"]
+
+
+def test_verify_leaves_no_temporary_server_behind(stack: Stack, verified: dict[str, Any]) -> None:
+    assert verified["servers_left"] == set()
+    assert not list(stack.config.scratch_dir.glob("verify-*"))
 
 
 @pytest.mark.parametrize("damage", ["tampered", "truncated"])

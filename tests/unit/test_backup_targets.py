@@ -13,7 +13,7 @@ import yaml
 from invoke import MockContext
 from invoke.exceptions import Exit
 
-from infra.backup.database import api_database_url, database_access
+from infra.backup.database import database_access
 from infra.backup.restore import Swapped, restore_with_downtime
 from infra.compose import backups as compose_backups
 from infra.compose.project import BACKUP_SCHEDULER, CONTAINER, ComposeProject, placeholder_tls, render_project
@@ -69,12 +69,6 @@ def test_compose_database_access_is_the_postgres_service_as_superuser(secrets: S
     assert access.env()["PGPASSWORD"] == secrets.get("postgres_superuser")
 
 
-@pytest.mark.parametrize(("target", "host"), [("local", "127.0.0.1"), ("compose", "postgres")])
-def test_a_temporary_api_reaches_the_restored_copy_directly(secrets: Secrets, target: str, host: str) -> None:
-    url = api_database_url(StackConfig(target=target), secrets)("prefect_verify_x")
-    assert url == f"postgresql+asyncpg://prefect:{secrets.get('postgres_prefect')}@{host}:15432/prefect_verify_x"
-
-
 # --- the backup container, as rendered ----------------------------------------------------------------------------
 
 
@@ -120,6 +114,19 @@ def test_the_backup_container_leaves_the_internal_network_only_for_a_real_bucket
 def test_the_backup_container_gets_the_prefect_memory_limit(secrets: Secrets) -> None:
     service = _scheduler(_project(secrets, compose={"api_memory": "3g"}))
     assert service["deploy"]["resources"]["limits"]["memory"] == "3g"
+
+
+def test_verifications_temporary_server_keeps_its_copy_on_the_scratch_volume(secrets: Secrets) -> None:
+    """The restored copy on a named volume at the code's scratch_dir (on disk: a tmpfs would count against the
+    memory limit), the server's socket in the container's /tmp tmpfs; the root filesystem stays read-only."""
+    project = _project(secrets)
+    service = _scheduler(project)
+    effective = yaml.safe_load(next(f.content for f in project.files if f.path.name == "stack.effective.yaml"))
+    scratch = StackConfig(**effective).scratch_dir
+    assert f"backup-scratch:{scratch}" in service["volumes"]
+    assert "backup-scratch" in project.document["volumes"]
+    assert any(mount.startswith("/tmp:") for mount in service["tmpfs"])
+    assert service["read_only"] is True and service["cap_drop"] == ["ALL"]
 
 
 # --- the host hands the tasks to the container -------------------------------------------------------------------

@@ -402,3 +402,9 @@ class TestDataPodsAreGuaranteed:
     def test_equal_quantities_spelt_differently_are_equal(self) -> None:
         load_config(target="kubernetes", kubernetes={"postgres": {"resources": {
             "cpu_request": "1", "cpu_limit": "1000m", "memory_request": "2048Mi", "memory_limit": "2Gi"}}})
+
+
+def test_a_backup_pod_too_small_for_verifications_temporary_server_is_refused() -> None:
+    with pytest.raises(UserError, match=r"backup_resources.memory_limit 512Mi.*temporary PostgreSQL server"):
+        load_config(target="kubernetes", kubernetes={"backup_resources": {"memory_request": "512Mi",
+                                                                          "memory_limit": "512Mi"}})

@@ -15,7 +15,7 @@ import yaml
 from pydantic import SecretStr
 
 from infra.backup import scheduler
-from infra.backup.database import api_database_url, database_access
+from infra.backup.database import database_access
 from infra.compose.project import placeholder_secrets
 from infra.config import REPO_ROOT, StackConfig, load_config
 from infra.errors import UserError
@@ -394,6 +394,26 @@ class TestBackupCronJob:
         scratch = next(v for v in spec["volumes"] if v["name"] == "scratch")
         assert scratch["ephemeral"]["volumeClaimTemplate"]["spec"]["resources"]["requests"]["storage"] == "20Gi"
 
+    @pytest.mark.parametrize(("volume", "path"), [("scratch", "/var/lib/prefect-stack/scratch"), ("tmp", "/tmp")])
+    def test_verifications_temporary_server_has_writable_room(self, default: Rendering, volume: str,
+                                                              path: str) -> None:
+        """Its data directory in the scratch volume (where the code's scratch_dir is), its socket in /tmp: the
+        root filesystem stays read-only."""
+        container = self._cronjob(default)["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
+        mounted = {m["name"]: m for m in container["volumeMounts"]}
+        assert mounted[volume]["mountPath"] == path and not mounted[volume].get("readOnly")
+        assert container["securityContext"]["readOnlyRootFilesystem"] is True
+
+    def test_the_scratch_volume_is_the_code_s_scratch_dir(self, default: Rendering) -> None:
+        effective = yaml.safe_load(_find(default, "ConfigMap", Names.of(default.config).backup)["data"][
+            "stack.effective.yaml"])
+        assert StackConfig(**effective).scratch_dir == Path("/var/lib/prefect-stack/scratch")
+
+    def test_memory_holds_a_temporary_server_and_api(self, default: Rendering) -> None:
+        container = self._cronjob(default)["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
+        assert container["resources"]["requests"]["memory"] == "1Gi"
+        assert container["resources"]["limits"]["memory"] == "2Gi"
+
     def test_s3_keys_come_as_a_credentials_file(self, default: Rendering) -> None:
         container = self._cronjob(default)["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
         env = {e["name"]: e["value"] for e in container["env"]}
@@ -708,10 +728,6 @@ class TestBackupCodeOnKubernetes:
         assert (access.host, access.port, access.user, access.sslmode) == ("prefect-db-rw", 5432, "postgres",
                                                                            "verify-ca")
         assert access.env()["PGSSLROOTCERT"] == access.sslrootcert == "/etc/prefect-stack/db-ca/ca.crt"
-
-    def test_verification_api_reaches_the_restored_database_directly(self) -> None:
-        url = api_database_url(_config(), placeholder_secrets())("verify_1")
-        assert url.endswith("@prefect-db-rw:5432/verify_1?ssl=require")
 
     def test_scheduler_once_reports_the_run(self, monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setattr(scheduler, "run_once", lambda config: False)
