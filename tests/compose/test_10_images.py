@@ -15,7 +15,16 @@ import pytest
 
 from infra.config import StackConfig
 from infra.containers.engine import compose_binary
-from infra.containers.images import APP_DIRS, APP_PRIVATE_DIRS, APP_ROOT, APP_UID, ImageRefs, ImageResult, ensure_images
+from infra.containers.images import (
+    APP_DIRS,
+    APP_PRIVATE_DIRS,
+    APP_ROOT,
+    APP_UID,
+    ImageRefs,
+    ImageResult,
+    ensure_images,
+    load_debian_lock,
+)
 from infra.containers.registry import push_images
 from infra.progress import QuietProgress
 from tests.conftest import free_ports
@@ -75,6 +84,24 @@ def test_prefect_runs_the_projects_tasks(compose_images: ImageRefs, docker_clien
 def test_system_has(compose_images: ImageRefs, docker_client: docker.DockerClient, binary: str) -> None:
     command, expected = BINARIES[binary]
     assert expected in _run(docker_client, compose_images.system, command)
+
+
+@pytest.fixture(scope="module")
+def installed_packages(compose_images: ImageRefs, docker_client: docker.DockerClient) -> dict[str, str]:
+    """Package and version of everything dpkg has installed in the system image, read by one container."""
+    output = _run(docker_client, compose_images.system,
+                  r"dpkg-query -W -f='${db:Status-Abbrev} ${Package} ${Version}\n'")
+    return {line.split()[1]: line.split()[2] for line in output.splitlines() if line.startswith("ii ")}
+
+
+def test_system_has_the_locked_debian_versions(installed_packages: dict[str, str]) -> None:
+    locked = dict(load_debian_lock().packages)
+    assert {name: installed_packages.get(name) for name in locked} == locked
+
+
+def test_system_has_no_unlocked_debian_package(installed_packages: dict[str, str]) -> None:
+    # The base's packages are locked too: nothing in the image escapes the lock (and so its tag).
+    assert sorted(set(installed_packages) - set(load_debian_lock().packages)) == []
 
 
 def test_no_postgres_cluster_created(compose_images: ImageRefs, docker_client: docker.DockerClient) -> None:

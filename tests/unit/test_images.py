@@ -17,6 +17,7 @@ from invoke.exceptions import Exit
 
 from infra.config import REPO_ROOT, StackConfig
 from infra.containers import images
+from infra.containers.debian_lock import DebianLock
 from infra.containers.engine import PINNED_COMPOSE_VERSION, compose_binary, compose_version, docker_client
 from infra.containers.images import (
     APP_DIRS,
@@ -121,10 +122,30 @@ class TestTags:
         after = image_refs(_config(base="debootstrap", debian_mirror="http://other.example/debian"), repo)
         assert after.base != before.base
 
-    def test_package_list_changes_system(self, repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-        before = image_refs(_config(), repo)
+    def test_package_list_change_needs_a_new_lock(self, repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setattr(images, "SYSTEM_PACKAGES", (*SYSTEM_PACKAGES, "nginx"))
-        assert image_refs(_config(), repo).system != before.system
+        with pytest.raises(UserError) as caught:
+            image_refs(_config(), repo)
+        assert ("nginx" in caught.value.problem, "invoke images.lock" in str(caught.value.fix)) == (True, True)
+
+    def test_lock_changes_system_and_prefect(self, repo: Path) -> None:
+        before = image_refs(_config(), repo)
+        lock = repo / images.DEBIAN_LOCK
+        lock.write_text(re.sub(r"^libssl3=.*$", "libssl3=9.9.9-1", lock.read_text(), flags=re.MULTILINE))
+        after = image_refs(_config(), repo)
+        assert (after.system != before.system, after.prefect != before.prefect) == (True, True)
+
+    def test_lock_comments_change_nothing(self, repo: Path) -> None:
+        before = image_refs(_config(), repo)
+        with (repo / images.DEBIAN_LOCK).open("a") as file:
+            file.write("# a note\n")
+        assert image_refs(_config(), repo) == before
+
+    def test_malformed_lock_is_a_user_error(self, repo: Path) -> None:
+        with (repo / images.DEBIAN_LOCK).open("a") as file:
+            file.write("libssl3 3.0\n")
+        with pytest.raises(UserError, match="is not a Debian package pin"):
+            image_refs(_config(), repo)
 
     def test_computed_without_an_engine(self, repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent.sock")
@@ -159,6 +180,37 @@ class TestDockerfilesAgree:
     def test_no_syntax_line(self, dockerfile: Path) -> None:
         # A "# syntax=" directive makes the engine pull a frontend image: it fails without a registry.
         assert not re.search(r"^#\s*syntax\s*=", dockerfile.read_text(), flags=re.MULTILINE)
+
+    def test_system_installs_the_locked_versions(self) -> None:
+        # Every line of the lock that is not a comment, as name=version arguments of one apt-get install.
+        text = SYSTEM_DOCKERFILE.read_text()
+        assert ("COPY ${DEBIAN_LOCK} /usr/local/share/prefect-stack/debian-packages.lock" in text,
+                "$(grep -v '^#' /usr/local/share/prefect-stack/debian-packages.lock)" in text,
+                "${PACKAGES}" in text) == (True, True, False)
+
+    def test_system_build_names_the_lock(self) -> None:
+        assert system_build_args("base")["DEBIAN_LOCK"] == images.DEBIAN_LOCK.name == "debian-packages.lock"
+
+    def test_system_context_carries_the_lock(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        contexts: dict[str, set[str]] = {}
+
+        def record(client: object, role: str, ref: str, context: Path, *args: object) -> images.ImageResult:
+            contexts[role] = {p.name for p in context.iterdir()}
+            raise UserError("stop here")
+
+        monkeypatch.setattr(images, "_ensure_base", lambda *a: images.ImageResult("base", "b", "up to date", 0, 1))
+        monkeypatch.setattr(images, "_ensure_built", record)
+        config = StackConfig(compose={"base": "registry"}, local={"state_dir": tmp_path})
+        with pytest.raises(UserError, match="stop here"):
+            images.ensure_images(config, _FakeClient(), QuietProgress())  # type: ignore[arg-type]
+        assert contexts["system"] == {"Dockerfile", "debian-packages.lock"}
+
+    def test_committed_lock_covers_the_packages(self) -> None:
+        assert set(SYSTEM_PACKAGES) <= set(images.load_debian_lock().packages)
+
+    @pytest.mark.parametrize("package", ["libssl3", "libc6", "openssl", "apt", "base-files"])
+    def test_committed_lock_covers_dependencies_and_base(self, package: str) -> None:
+        assert package in images.load_debian_lock().packages
 
     def test_system_packages_include_the_local_targets(self) -> None:
         bootstrap = (REPO_ROOT / "scripts" / "bootstrap.sh").read_text()
@@ -329,6 +381,45 @@ class TestFailures:
         problem = caught.value.problem
         assert ("The command returned 100" in problem, "line 99" in problem, "line 10\n" in problem) == (
             True, True, False)
+
+
+class TestLockedBuildFailures:
+    def test_version_gone_from_the_mirror_says_refresh_the_lock(self, tmp_path: Path) -> None:
+        log = [{"stream": "Reading package lists...\n"},
+               {"stream": "E: Version '3.0.17-1~deb12u2' for 'libssl3' was not found\n"},
+               {"error": "The command '/bin/sh -c ...' returned a non-zero code: 100"}]
+        with pytest.raises(UserError) as caught:
+            images._build(_FakeClient(log), "prefect-stack/system:x", tmp_path, {},  # type: ignore[arg-type]
+                          QuietProgress(), nocache=False)
+        assert ("libssl3=3.0.17-1~deb12u2" in caught.value.problem,
+                "invoke images.lock" in str(caught.value.fix)) == (True, True)
+
+    def test_base_newer_than_the_lock_says_refresh_the_lock(self, tmp_path: Path) -> None:
+        log = [{"stream": "E: Packages were downgraded and -y was used without --allow-downgrades.\n"},
+               {"error": "returned a non-zero code: 100"}]
+        with pytest.raises(UserError) as caught:
+            images._build(_FakeClient(log), "prefect-stack/system:x", tmp_path, {},  # type: ignore[arg-type]
+                          QuietProgress(), nocache=False)
+        assert ("newer Debian packages" in caught.value.problem,
+                "invoke images.lock" in str(caught.value.fix)) == (True, True)
+
+
+class TestLockTask:
+    def test_reports_the_changes(self, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+        old = DebianLock("amd64", ("curl",), {"curl": "7.88.1-10+deb12u12", "libssl3": "3.0.17-1~deb12u2"})
+        new = DebianLock("amd64", ("curl",), {"curl": "7.88.1-10+deb12u14", "libssl3": "3.0.17-1~deb12u2"})
+        monkeypatch.setattr(images_tasks, "lock_debian_packages", lambda config, progress: (old, new))
+        images_tasks.lock(MockContext())
+        out = capsys.readouterr().err
+        assert ("curl: 7.88.1-10+deb12u12 -> 7.88.1-10+deb12u14" in out, "libssl3" in out) == (True, False)
+
+    def test_mirror_unreachable_exits_1_without_traceback(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        def unreachable(config: object, progress: object) -> None:
+            raise UserError("apt-get update failed", fix="check the mirror")
+        monkeypatch.setattr(images_tasks, "lock_debian_packages", unreachable)
+        with pytest.raises(Exit) as caught:
+            images_tasks.lock(MockContext())
+        assert (caught.value.code, caught.value.__suppress_context__) == (1, True)
 
 
 class TestEngine:
