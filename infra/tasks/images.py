@@ -38,8 +38,7 @@ def build(c: Context, force: bool = False) -> None:
                                      "--no-updates lists the images only."})
 @reports_user_errors
 def list_(c: Context, updates: bool = True) -> None:
-    """List the images this configuration uses (reference, present or not, size) and the locked Debian packages
-    that have newer versions on the mirror."""
+    """List the images this configuration uses and the locked Debian packages with newer versions on the mirror."""
     config = load_config()
     refs = image_refs(config)
     client = docker_client(config)
