@@ -1,15 +1,18 @@
 """Generated credentials: created on first deploy, kept in <state>/secrets with mode 0600, never printed.
 
-There are no default passwords. Each secret is one file, so rotating one is deleting (or replacing) one file
-and deploying again (``invoke secrets.rotate NAME`` does both).
+There are no default passwords. Each secret is one file. ``invoke secrets.rotate NAME`` replaces one and applies it;
+for a credential its server can hold twice (Redis ACL users hold several passwords), the old value stays accepted in
+``NAME.previous`` while the clients move to the new one, and is dropped once they have (two phases, no failed
+request in between).
 """
 
 from __future__ import annotations
 
 import os
 import secrets as token_source
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from pydantic import SecretStr
 
@@ -39,6 +42,15 @@ _USER_PREFIXED = {"prefect_auth", "haproxy_stats"}
 # container must not open the rest of the stack.
 BACKUP_SECRETS: tuple[str, ...] = ("postgres_superuser", "postgres_prefect", "backup_encryption", "s3_local")
 
+# Credentials whose server accepts two values at once, so a rotation never refuses a client that has yet to move:
+# Redis ACL users carry a set of passwords (``ACL SETUSER u >old >new``). The others are replaced in one step: the
+# server takes the new value as its clients do, in the order deploy applies them (see docs/operations.md).
+TWO_PHASE: tuple[str, ...] = ("redis", "redis_monitor")
+# The suffix of the file that holds a two-phase secret's old value while a rotation is under way.
+PREVIOUS_SUFFIX = ".previous"
+# Never rotated by secrets.rotate: backups already taken stay encrypted with it (a new key would orphan them).
+NOT_ROTATED = ("backup_encryption",)
+
 
 @dataclass(frozen=True)
 class Secrets:
@@ -53,6 +65,13 @@ class Secrets:
     redis_monitor: SecretStr
     grafana_admin: SecretStr
     prometheus_scrape: SecretStr
+    # Old values still accepted while a two-phase rotation is under way (name -> value); clients use get().
+    retiring: dict[str, SecretStr] = field(default_factory=dict)
+
+    def accepted(self, name: str) -> tuple[str, ...]:
+        """What a server must accept for this credential: the current value, and the retiring one mid-rotation."""
+        retiring = self.retiring.get(name)
+        return (self.get(name),) if retiring is None else (self.get(name), retiring.get_secret_value())
 
     def get(self, name: str) -> str:
         value: SecretStr = getattr(self, name)
@@ -91,7 +110,7 @@ def ensure_secrets(directory: Path) -> Secrets:
     # the image), where even a chmod that changes nothing fails.
     if directory.stat().st_mode & 0o777 != 0o700:
         os.chmod(directory, 0o700)
-    values: dict[str, SecretStr] = {}
+    values: dict[str, Any] = {}  # SecretStr each (Any: Secrets also has a non-secret field)
     for name in SECRET_NAMES:
         path = directory / name
         if not path.exists():
@@ -106,7 +125,21 @@ def ensure_secrets(directory: Path) -> Secrets:
         if not value:
             raise UserError(f"secret file {path} is empty", fix=f"delete it and run invoke deploy to regenerate {name}")
         values[name] = SecretStr(value)
-    return Secrets(**values)
+    return replace(Secrets(**values), retiring=_retiring(directory))
+
+
+def _retiring(directory: Path) -> dict[str, SecretStr]:
+    retiring: dict[str, SecretStr] = {}
+    for name in TWO_PHASE:
+        path = directory / f"{name}{PREVIOUS_SUFFIX}"
+        if path.is_file():
+            if path.stat().st_mode & 0o077:
+                raise UserError(f"secret file {path} has mode {path.stat().st_mode & 0o777:04o}: others can read it",
+                                fix=f"chmod 600 {path}, then finish the rotation (invoke secrets.rotate {name})")
+            value = path.read_text().strip()
+            if value:
+                retiring[name] = SecretStr(value)
+    return retiring
 
 
 def load_secrets(directory: Path) -> Secrets:
@@ -127,7 +160,7 @@ def mounted_secrets(directory: Path) -> Secrets:
     if not directory.is_dir():
         raise UserError(f"no secrets are mounted at {directory}",
                         fix="deploy again (invoke deploy), which mounts the workload's secrets there")
-    values: dict[str, SecretStr] = {}
+    values: dict[str, Any] = {}  # SecretStr each (Any: Secrets also has a non-secret field)
     for name in SECRET_NAMES:
         path = directory / name
         if not path.is_file():
@@ -141,8 +174,36 @@ def mounted_secrets(directory: Path) -> Secrets:
     return Secrets(**values)
 
 
-def rotate_secret(directory: Path, name: str) -> None:
-    """Replace one secret with a freshly generated value (the next deploy applies it everywhere)."""
+def check_rotatable(name: str) -> None:
     if name not in SECRET_NAMES:
         raise UserError(f"unknown secret {name!r}", fix=f"choose one of: {', '.join(SECRET_NAMES)}")
-    _write_private(directory / name, _generate(name))
+    if name in NOT_ROTATED:
+        raise UserError(f"{name} is not rotated by secrets.rotate: the backups already taken are encrypted with it, "
+                        "and a new key would leave them unreadable",
+                        fix="keep it; see docs/backups.md on the encryption key before replacing it by hand")
+
+
+def rotation_under_way(directory: Path, name: str) -> bool:
+    """A two-phase rotation that began and did not finish (its old value is still accepted)."""
+    return (directory / f"{name}{PREVIOUS_SUFFIX}").is_file()
+
+
+def rotate_secret(directory: Path, name: str) -> None:
+    """Replace one secret with a freshly generated value. For a two-phase secret, the old value is kept as
+    NAME.previous (still accepted by its server) until finish_rotation; a rotation already under way keeps the value
+    it began with, so running it again after an interruption resumes it instead of stranding clients."""
+    check_rotatable(name)
+    path = directory / name
+    if name in TWO_PHASE:
+        if rotation_under_way(directory, name):
+            return
+        if path.is_file():
+            # The old value is written first: an interruption between the two writes leaves both files holding it,
+            # which is a rotation that changes nothing yet, never a lost credential.
+            _write_private(directory / f"{name}{PREVIOUS_SUFFIX}", path.read_text().strip())
+    _write_private(path, _generate(name))
+
+
+def finish_rotation(directory: Path, name: str) -> None:
+    """Stop accepting the old value of a two-phase secret (every client uses the new one)."""
+    (directory / f"{name}{PREVIOUS_SUFFIX}").unlink(missing_ok=True)

@@ -503,7 +503,8 @@ class _Placeholders:
 
 def placeholder_secrets() -> Secrets:
     """Stand-ins for a rendering that is shown, not deployed: every real secret is generated at deploy."""
-    return Secrets(**{name: SecretStr(f"generated-at-deploy-{name}") for name in SECRET_NAMES})
+    values: dict[str, Any] = {name: SecretStr(f"generated-at-deploy-{name}") for name in SECRET_NAMES}
+    return Secrets(**values)
 
 
 def placeholder_tls() -> LoadBalancerTls:

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import redis
+
 from infra import console, haproxy_runtime
 from infra.config import StackConfig
 from infra.database.admin import ensure_database, initialise_cluster, run_as_ids
@@ -30,6 +32,7 @@ from infra.layout import StateLayout
 from infra.local.health import api_ready, component_status
 from infra.local.plan import LocalPlan, build_plan, service_user
 from infra.local.supervisor import Supervisor
+from infra.redis_passwords import apply_passwords
 from infra.render import RenderedFile
 from infra.render.haproxy import server_name
 from infra.render.prometheus import RETIRED_FILES
@@ -196,6 +199,7 @@ class _Deployer:
         self.secrets = secrets
         self.supervisor = Supervisor(plan.layout)
         self.previous_fingerprints: dict[str, str] = previous.get("fingerprints", {})
+        self.previous_settings: dict[str, str] = previous.get("settings_fingerprints", {})
         self.section_changed: set[str] = set()
         self.applied: set[str] = set()  # programs this deploy already started or restarted
         self.report = DeployReport()
@@ -221,6 +225,9 @@ class _Deployer:
             return ""
         if program.name not in self.section_changed and program.component in RELOAD_SIGNALS:
             return "reload"
+        if (program.name not in self.section_changed and program.component == "redis"
+                and self.previous_settings.get(program.name) == program.settings_fingerprint()):
+            return "credentials"  # only its passwords changed (a rotation): handed over without a restart
         return "restart"
 
     def _replace_definition(self, name: str) -> None:
@@ -235,6 +242,14 @@ class _Deployer:
         action = self.needs(program)
         if not action:
             return False
+        if action == "credentials":
+            if self._hand_over_redis_passwords():
+                console.step(f"gave {program.name} its new passwords (ACL SETUSER; connections kept, no restart)")
+                self.report.reloaded.append(program.name)
+                self.wait_healthy(program)
+                self.applied.add(program.name)
+                return True
+            action = "restart"  # it accepts none of the values we know (a secret file replaced by hand)
         if action == "reload":
             console.step(f"reloading {program.name} (configuration changed, connections kept)")
             self.supervisor.signal(program.name, RELOAD_SIGNALS[program.component])
@@ -250,6 +265,14 @@ class _Deployer:
         self.wait_healthy(program)
         self.applied.add(program.name)
         return True
+
+    def _hand_over_redis_passwords(self) -> bool:
+        port = self.plan.config.redis.port
+
+        def connect(password: str) -> redis.Redis:
+            return redis.Redis(port=port, password=password, socket_timeout=5)
+
+        return apply_passwords(connect, self.secrets)
 
     def sync_definitions(self) -> None:
         added, changed, removed = self.supervisor.reload_config()
@@ -388,6 +411,7 @@ def deploy(config: StackConfig) -> tuple[LocalPlan, DeployReport]:
 
     _save_deployed(layout, {
         "fingerprints": {p.name: p.fingerprint() for p in plan.programs},
+        "settings_fingerprints": {p.name: p.settings_fingerprint() for p in plan.programs},
         "ports": config.port_fields(),
         "claimed_ports": sorted(config.port_fields().values()),
         "versions": versions,

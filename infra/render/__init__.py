@@ -58,7 +58,18 @@ class RenderedFile:
     path: Path
     content: str
     secret: bool = False
+    # The credential values the text embeds that its component can take at runtime (Redis: ACL SETUSER), so a
+    # change of only these is applied without a restart (see ``settings``).
+    credentials: tuple[str, ...] = ()
 
     @property
     def mode(self) -> int:
         return 0o600 if self.secret else 0o644
+
+    @property
+    def settings(self) -> str:
+        """The text with every line that carries a runtime credential blanked: what still needs a restart when it
+        changes. Whole lines, because the form of a line can follow the number of credentials (Redis: one password
+        is ``requirepass``, two are an ACL user line)."""
+        return "\n".join("<credentials>" if any(value in line for value in self.credentials) else line
+                         for line in self.content.split("\n"))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from infra.config import StackConfig
 from infra.layout import StateLayout
 from infra.render import RenderedFile
@@ -19,18 +21,34 @@ MONITOR_COMMANDS = (
 )
 
 
-def redis_settings(config: StackConfig, *, password: str, monitor_password: str, data_dir: str, bind: str,
-                   port: int) -> str:
+def default_user_line(passwords: Sequence[str]) -> str:
+    """The line that protects Redis: ``requirepass`` for one password; mid-rotation, the default user with both
+    (what requirepass means, as an ACL rule: every key, channel and command)."""
+    if len(passwords) == 1:
+        return f"requirepass {passwords[0]}"
+    return f"user default on {' '.join(f'>{p}' for p in passwords)} ~* &* +@all"
+
+
+def monitor_user_rules(passwords: Sequence[str]) -> str:
+    """The exporters' user as ACL SETUSER rules: reads INFO, CONFIG maxmemory, client and stream state."""
+    return f"on {' '.join(f'>{p}' for p in passwords)} ~* resetchannels {MONITOR_COMMANDS}"
+
+
+def redis_settings(config: StackConfig, *, password: str | Sequence[str], monitor_password: str | Sequence[str],
+                   data_dir: str, bind: str, port: int) -> str:
     """The text of redis.conf. The Kubernetes target renders it with placeholders for the passwords (its pods
-    fill them in at start from the mounted Secret), so every target runs the same settings."""
+    fill them in at start from the mounted Secret), so every target runs the same settings. Mid-rotation a password
+    is a sequence: the new value and the old one, both accepted until the clients have moved."""
+    passwords = (password,) if isinstance(password, str) else tuple(password)
+    monitor_passwords = (monitor_password,) if isinstance(monitor_password, str) else tuple(monitor_password)
     return f"""\
 # Rendered by prefect-stack from the configuration model; edit the model, not this file.
 bind {bind}
 port {port}
 protected-mode yes
-requirepass {password}
+{default_user_line(passwords)}
 # The exporters' user: reads INFO, CONFIG maxmemory, client and stream state; can write nothing.
-user {MONITOR_USER} on >{monitor_password} ~* resetchannels {MONITOR_COMMANDS}
+user {MONITOR_USER} {monitor_user_rules(monitor_passwords)}
 daemonize no
 logfile ""
 dir {data_dir}
@@ -47,6 +65,8 @@ maxmemory-policy noeviction
 
 
 def redis_conf(config: StackConfig, secrets: Secrets, layout: StateLayout, bind: str = "127.0.0.1") -> RenderedFile:
-    text = redis_settings(config, password=secrets.get("redis"), monitor_password=secrets.get("redis_monitor"),
+    text = redis_settings(config, password=secrets.accepted("redis"),
+                          monitor_password=secrets.accepted("redis_monitor"),
                           data_dir=str(layout.redis_data), bind=bind, port=config.redis.port)
-    return RenderedFile(layout.etc / "redis.conf", text, secret=True)
+    credentials = (*secrets.accepted("redis"), *secrets.accepted("redis_monitor"))
+    return RenderedFile(layout.etc / "redis.conf", text, secret=True, credentials=credentials)

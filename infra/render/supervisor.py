@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import shlex
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from infra.layout import StateLayout
@@ -31,13 +32,21 @@ class Program:
     as_operator: bool = False
 
     def fingerprint(self) -> str:
+        return self._digest(lambda rendered: rendered.content)
+
+    def settings_fingerprint(self) -> str:
+        """The fingerprint without the credentials the process can take at runtime: when only the full one changed,
+        deploy hands it the new credentials instead of restarting it."""
+        return self._digest(lambda rendered: rendered.settings)
+
+    def _digest(self, text: Callable[[RenderedFile], str]) -> str:
         digest = hashlib.sha256()
         for part in (self.name, shlex.join(self.command), self.stop_signal, str(self.stop_wait_s)):
             digest.update(part.encode() + b"\0")
         for key in sorted(self.environment):
             digest.update(f"{key}={self.environment[key]}".encode() + b"\0")
         for rendered in self.files:
-            digest.update(str(rendered.path).encode() + b"\0" + rendered.content.encode() + b"\0")
+            digest.update(str(rendered.path).encode() + b"\0" + text(rendered).encode() + b"\0")
         return digest.hexdigest()
 
 

@@ -8,17 +8,35 @@ from invoke.tasks import task
 from infra import console
 from infra.config import load_config
 from infra.layout import StateLayout
-from infra.secrets import SECRET_NAMES, rotate_secret
+from infra.rotation import rotate as rotate_and_apply
+from infra.secrets import NOT_ROTATED, SECRET_NAMES, TWO_PHASE, check_rotatable, rotate_secret
 from infra.tasks import reports_user_errors
+from infra.tasks.stack import TARGET_HELP, _target
+
+ROTATABLE = [name for name in SECRET_NAMES if name not in NOT_ROTATED]
 
 
-@task(positional=["name"], help={"name": "Which secret: " + ", ".join(SECRET_NAMES)})
+@task(positional=["name"], help={
+    "name": "Which secret: " + ", ".join(ROTATABLE),
+    "apply": "Apply it to the running stack now (default); --no-apply only replaces the file for the next deploy.",
+    "target": TARGET_HELP,
+})
 @reports_user_errors
-def rotate(c: Context, name: str) -> None:
-    """Replace one secret with a new random value; the next invoke deploy applies it everywhere."""
-    layout = StateLayout(load_config().state_dir)
-    rotate_secret(layout.secrets, name)
-    console.step(f"rotated {name} ({SECRET_NAMES[name]}); run invoke deploy to apply it")
+def rotate(c: Context, name: str, apply: bool = True, target: str | None = None) -> None:
+    """Replace one secret with a new random value and apply it to the running stack with no failed request."""
+    if not apply:
+        check_rotatable(name)
+        rotate_secret(StateLayout(load_config().state_dir).secrets, name)
+        console.step(f"rotated {name} ({SECRET_NAMES[name]}); run invoke deploy to apply it")
+        return
+    chosen = _target(target, "deploy")
+    how = "two phases: old and new accepted while clients move" if name in TWO_PHASE else "one deploy"
+    console.step(f"rotating {name} on target {chosen.config.target} ({how})")
+    outcome = rotate_and_apply(chosen, name, console.progress(), console.step)
+    for deployed in outcome.deploys:
+        for note in deployed.notes:
+            console.note(note)
+    console.step(outcome.summary)
 
 
 @task(name="list")

@@ -11,9 +11,21 @@ import pytest
 
 from infra.config import IN_CONTAINER_ENV
 from infra.errors import UserError
-from infra.secrets import BACKUP_SECRETS, SECRET_NAMES, ensure_secrets, load_secrets, rotate_secret
+from infra.secrets import (
+    BACKUP_SECRETS,
+    NOT_ROTATED,
+    SECRET_NAMES,
+    TWO_PHASE,
+    ensure_secrets,
+    finish_rotation,
+    load_secrets,
+    rotate_secret,
+    rotation_under_way,
+)
 
 NAMES = list(SECRET_NAMES)
+ROTATABLE = [name for name in NAMES if name not in NOT_ROTATED]
+ONE_PHASE = [name for name in ROTATABLE if name not in TWO_PHASE]
 USER_PREFIXED = ["prefect_auth", "haproxy_stats"]
 
 
@@ -152,14 +164,28 @@ class TestLoad:
 
 
 class TestRotate:
-    @pytest.mark.parametrize("name", NAMES)
+    @pytest.mark.parametrize("name", ROTATABLE)
     def test_changes_exactly_one(self, directory: Path, name: str) -> None:
         before = ensure_secrets(directory)
         rotate_secret(directory, name)
         after = ensure_secrets(directory)
         assert [n for n in NAMES if before.get(n) != after.get(n)] == [name]
 
-    @pytest.mark.parametrize("name", NAMES)
+    def test_the_backup_key_is_not_rotated(self, directory: Path) -> None:
+        """Backups already taken are encrypted with it: a new one would orphan them."""
+        before = ensure_secrets(directory).get("backup_encryption")
+        with pytest.raises(UserError, match="backups already taken"):
+            rotate_secret(directory, "backup_encryption")
+        assert ensure_secrets(directory).get("backup_encryption") == before
+
+    @pytest.mark.parametrize("name", ONE_PHASE)
+    def test_one_phase_secrets_keep_no_old_value(self, directory: Path, name: str) -> None:
+        ensure_secrets(directory)
+        rotate_secret(directory, name)
+        assert ensure_secrets(directory).accepted(name) == (ensure_secrets(directory).get(name),)
+        assert not rotation_under_way(directory, name)
+
+    @pytest.mark.parametrize("name", ROTATABLE)
     def test_rotated_file_mode_0600(self, directory: Path, name: str) -> None:
         ensure_secrets(directory)
         rotate_secret(directory, name)
@@ -230,3 +256,45 @@ class TestInTheBackupContainer:
     def test_a_withheld_secret_is_refused_by_name(self, mounted: Path, name: str) -> None:
         with pytest.raises(UserError, match=f"secret {name} is not given to this workload"):
             load_secrets(mounted).get(name)
+
+
+class TestTwoPhaseRotation:
+    """Redis's users hold two passwords: the old one stays accepted until the clients have moved."""
+
+    @pytest.mark.parametrize("name", TWO_PHASE)
+    def test_the_server_accepts_both_mid_rotation(self, directory: Path, name: str) -> None:
+        old = ensure_secrets(directory).get(name)
+        rotate_secret(directory, name)
+        mid = ensure_secrets(directory)
+        assert mid.get(name) != old
+        assert mid.accepted(name) == (mid.get(name), old)
+
+    @pytest.mark.parametrize("name", TWO_PHASE)
+    def test_the_old_value_is_kept_private(self, directory: Path, name: str) -> None:
+        ensure_secrets(directory)
+        rotate_secret(directory, name)
+        assert _mode(directory / f"{name}.previous") == 0o600
+
+    @pytest.mark.parametrize("name", TWO_PHASE)
+    def test_finishing_drops_the_old_value(self, directory: Path, name: str) -> None:
+        ensure_secrets(directory)
+        rotate_secret(directory, name)
+        finish_rotation(directory, name)
+        after = ensure_secrets(directory)
+        assert after.accepted(name) == (after.get(name),)
+
+    def test_running_it_again_resumes_instead_of_stranding_clients(self, directory: Path) -> None:
+        """An interrupted rotation run again keeps the value it began with: a client already moved to it, and the
+        server's old value, both stay valid."""
+        old = ensure_secrets(directory).get("redis")
+        rotate_secret(directory, "redis")
+        new = ensure_secrets(directory).get("redis")
+        rotate_secret(directory, "redis")
+        assert ensure_secrets(directory).accepted("redis") == (new, old)
+
+    def test_a_readable_old_value_is_refused(self, directory: Path) -> None:
+        ensure_secrets(directory)
+        rotate_secret(directory, "redis")
+        (directory / "redis.previous").chmod(0o644)
+        with pytest.raises(UserError, match="others can read it"):
+            ensure_secrets(directory)
