@@ -69,6 +69,29 @@ def test_api_setting_change_rolls_only_the_prefect_processes_without_client_erro
     assert load.failures == []
 
 
+def test_rotating_the_redis_password_under_load_fails_no_request_and_keeps_redis(stack: Stack) -> None:
+    """Two phases: Redis accepts old and new (ACL SETUSER, no restart) while the clients roll to the new one."""
+    before, old = stack.pids(), load_secrets(stack.layout.secrets).get("redis")
+    load = _Load(stack)
+    load.start()
+    try:
+        result = stack.invoke("secrets.rotate", "redis")
+    finally:
+        load.stop.set()
+        load.join(timeout=60)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "gave redis its new passwords" in result.stderr
+    new = load_secrets(stack.layout.secrets).get("redis")
+    assert new != old and old not in result.stdout + result.stderr and new not in result.stdout + result.stderr
+    assert not (stack.layout.secrets / "redis.previous").exists()
+    after = stack.pids()
+    assert after["redis"] == before["redis"]
+    assert all(after[n] != before[n] for n in before if n.startswith(("api-", "services-")))
+    assert load.ok > 0
+    assert load.failures == []
+    assert stack.invoke("deploy").returncode == 0 and stack.pids() == after  # settled: a deploy changes nothing
+
+
 def test_a_port_taken_by_another_process_stops_the_deploy_before_anything_changes(stack: Stack) -> None:
     before = stack.pids()
     with socket.socket() as blocker:
