@@ -24,6 +24,7 @@ from docker.models.containers import Container
 from infra.compose.project import (
     CONTAINER,
     CONTAINER_UID,
+    LABEL_COMPONENT,
     LB_NAME,
     ComposeProject,
     render_project,
@@ -223,6 +224,15 @@ def roll_replica(config: StackConfig, client: DockerClient, service: str, recrea
     _wait_haproxy(client, project, service, "UP", HAPROXY_WAIT_S)
 
 
+def _component(project: ComposeProject, service: str) -> str:
+    return str(project.document["services"][service]["labels"].get(LABEL_COMPONENT, ""))
+
+
+def _up_changed(config: StackConfig, services: list[str]) -> None:
+    if services:
+        run_compose(config, "up", "--detach", "--no-deps", "--wait", "--wait-timeout", str(UP_TIMEOUT_S), *services)
+
+
 def deploy(config: StackConfig, progress: Progress) -> tuple[ComposeProject, ComposeDeployReport]:
     started = time.monotonic()
     report = ComposeDeployReport()
@@ -253,7 +263,14 @@ def deploy(config: StackConfig, progress: Progress) -> tuple[ComposeProject, Com
     rolling = [s for s in project.service_names() if s.startswith("api-") and changed(s)
                and before[s].status == "running" and "haproxy" in before]
     if rolling:
+        # Servers before their clients, so a rotated credential is accepted before a client presents it:
+        # PostgreSQL and Redis, then the migration (it uses both, and sets the roles' passwords straight in
+        # PostgreSQL), then PgBouncer (it logs in with them), then the replicas one at a time.
+        _up_changed(config, [s for s in project.service_names() if changed(s)
+                             and _component(project, s) in ("postgres", "redis")])
         run_compose(config, "up", "--no-deps", "--exit-code-from", "migrate", "migrate")
+        _up_changed(config, [s for s in project.service_names()
+                             if changed(s) and _component(project, s) == "pgbouncer"])
     for service in rolling:
         roll_replica(config, client, service)
         report.rolled.append(service)

@@ -219,43 +219,53 @@ def test_docker_kill_of_an_api_container_under_load_fails_no_request(compose_sta
     compose_stack.wait_healthy("after the redeploy")
 
 
-def test_a_configuration_change_replaces_replicas_one_at_a_time_without_errors(compose_stack: ComposeStack) -> None:
-    compose_stack.env["PREFECT_STACK_API__LOG_LEVEL"] = "INFO"
-    try:
-        flow_id = _flow(compose_stack, "compose-roll")
-        failures: list[str] = []
-        stop = False
+def _invoke_under_traffic(compose_stack: ComposeStack, *args: str) -> tuple[subprocess.CompletedProcess[str], int,
+                                                                            list[str]]:
+    """Run an invoke task while four clients create flow runs through the load balancer; every failure kept."""
+    flow_id = _flow(compose_stack, "compose-traffic")
+    failures: list[str] = []
+    stop = False
 
-        async def traffic() -> int:
-            sent = 0
-            async with httpx.AsyncClient(base_url=compose_stack.config.api_url, auth=compose_stack.auth, timeout=60,
-                                         verify=compose_stack.verify) as client:
-                while not stop:
-                    try:
-                        response = await client.post("/flow_runs/", json={"flow_id": flow_id,
-                                                                          "idempotency_key": str(uuid.uuid4())})
-                        if response.status_code not in (200, 201):
-                            failures.append(f"{response.status_code}: {response.text[:200]}")
-                    except httpx.HTTPError as exc:
-                        failures.append(f"{type(exc).__name__}: {exc}")
-                    sent += 1
-            return sent
+    async def traffic() -> int:
+        sent = 0
+        async with httpx.AsyncClient(base_url=compose_stack.config.api_url, auth=compose_stack.auth, timeout=60,
+                                     verify=compose_stack.verify) as client:
+            while not stop:
+                try:
+                    response = await client.post("/flow_runs/", json={"flow_id": flow_id,
+                                                                      "idempotency_key": str(uuid.uuid4())})
+                    if response.status_code not in (200, 201):
+                        failures.append(f"{response.status_code}: {response.text[:200]}")
+                except httpx.HTTPError as exc:
+                    failures.append(f"{type(exc).__name__}: {exc}")
+                sent += 1
+        return sent
 
-        async def main() -> tuple[subprocess.CompletedProcess[str], list[int]]:
-            nonlocal stop
-            clients = [asyncio.create_task(traffic()) for _ in range(4)]
-            deployed = await asyncio.to_thread(compose_stack.invoke, "deploy")
-            stop = True
-            return deployed, list(await asyncio.gather(*clients))
+    async def main() -> tuple[subprocess.CompletedProcess[str], list[int]]:
+        nonlocal stop
+        clients = [asyncio.create_task(traffic()) for _ in range(4)]
+        result = await asyncio.to_thread(compose_stack.invoke, *args)
+        stop = True
+        return result, list(await asyncio.gather(*clients))
 
-        deployed, sent = asyncio.run(main())
-        assert deployed.returncode == 0, deployed.stdout[-3000:] + deployed.stderr[-2000:]
-        assert "replaced one at a time: api-1, api-2" in " ".join(deployed.stderr.split())
-        assert sum(sent) > 0 and failures == []
-    finally:
-        del compose_stack.env["PREFECT_STACK_API__LOG_LEVEL"]
-        compose_stack.invoke("deploy")
-        compose_stack.wait_healthy("after the configuration was restored")
+    result, sent = asyncio.run(main())
+    return result, sum(sent), failures
+
+
+def test_rotating_the_redis_password_under_load_replaces_replicas_one_at_a_time_without_errors(
+        compose_stack: ComposeStack) -> None:
+    """Redis is brought up with both passwords before the replicas roll to the new one (before: the migration
+    presented the new password to the old Redis and the deploy failed), then with the new one only. The replicas'
+    new environment replaces them one at a time behind HAProxy, as any change of their definition does."""
+    secrets_dir = compose_stack.config.state_dir / "secrets"
+    old = load_secrets(secrets_dir).get("redis")
+    rotated, sent, failures = _invoke_under_traffic(compose_stack, "secrets.rotate", "redis")
+    assert rotated.returncode == 0, rotated.stdout[-3000:] + rotated.stderr[-2000:]
+    assert "replaced one at a time: api-1, api-2" in " ".join(rotated.stderr.split())
+    assert load_secrets(secrets_dir).get("redis") != old
+    assert not (secrets_dir / "redis.previous").exists()
+    assert sent > 0 and failures == []
+    compose_stack.wait_healthy("after the rotation")
 
 
 def _events_of(compose_stack: ComposeStack, flow_run_id: str) -> list[str]:
