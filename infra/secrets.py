@@ -180,7 +180,8 @@ def check_rotatable(name: str) -> None:
     if name in NOT_ROTATED:
         raise UserError(f"{name} is not rotated by secrets.rotate: the backups already taken are encrypted with it, "
                         "and a new key would leave them unreadable",
-                        fix="keep it; see docs/backups.md on the encryption key before replacing it by hand")
+                        fix="keep it (docs/backups-and-restore.md); to encrypt new backups with another key, "
+                            "first copy this one somewhere safe: the old backups still need it")
 
 
 def rotation_under_way(directory: Path, name: str) -> bool:

@@ -9,7 +9,14 @@ from infra import console
 from infra.config import load_config
 from infra.layout import StateLayout
 from infra.rotation import rotate as rotate_and_apply
-from infra.secrets import NOT_ROTATED, SECRET_NAMES, TWO_PHASE, check_rotatable, rotate_secret
+from infra.secrets import (
+    NOT_ROTATED,
+    SECRET_NAMES,
+    TWO_PHASE,
+    check_rotatable,
+    rotate_secret,
+    rotation_under_way,
+)
 from infra.tasks import reports_user_errors
 from infra.tasks.stack import TARGET_HELP, _target
 
@@ -27,7 +34,8 @@ def rotate(c: Context, name: str, apply: bool = True, target: str | None = None)
     if not apply:
         check_rotatable(name)
         rotate_secret(StateLayout(load_config().state_dir).secrets, name)
-        console.step(f"rotated {name} ({SECRET_NAMES[name]}); run invoke deploy to apply it")
+        then = f", then invoke secrets.rotate {name} to stop accepting the old one" if name in TWO_PHASE else ""
+        console.step(f"rotated {name} ({SECRET_NAMES[name]}); run invoke deploy to apply it{then}")
         return
     chosen = _target(target, "deploy")
     how = "two phases: old and new accepted while clients move" if name in TWO_PHASE else "one deploy"
@@ -40,7 +48,12 @@ def rotate(c: Context, name: str, apply: bool = True, target: str | None = None)
 
 
 @task(name="list")
+@reports_user_errors
 def list_(c: Context) -> None:
     """List the secrets the stack generates and what each protects (never their values)."""
+    directory = StateLayout(load_config().state_dir).secrets
     for name, what in SECRET_NAMES.items():
-        console.out.print(f"{name:20} {what}")
+        under_way = rotation_under_way(directory, name)
+        console.out.print(f"{name:20} {what}", soft_wrap=True)
+        if under_way:  # the old value is still accepted
+            console.out.print(f"{'':20} rotation under way: invoke secrets.rotate {name} finishes it", soft_wrap=True)

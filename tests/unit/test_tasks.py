@@ -26,7 +26,7 @@ from infra.errors import UserError
 from infra.layout import StateLayout
 from infra.secrets import ensure_secrets
 from infra.tasks import dev, reports_user_errors
-from infra.tasks.secrets import rotate
+from infra.tasks.secrets import list_, rotate
 from infra.tasks.stack import destroy, env, status
 
 INVOKE = Path(sys.executable).parent / "invoke"
@@ -174,6 +174,25 @@ class TestTasksWithoutAStack:
         with pytest.raises(Exit) as caught:
             rotate(MockContext(), "nope")
         assert "fix:" in str(caught.value.message)
+
+    def test_rotate_before_deploy_says_deploy_first(self, state: Path) -> None:
+        with pytest.raises(Exit) as caught:
+            rotate(MockContext(), "redis")
+        assert caught.value.code == 1 and "invoke deploy" in str(caught.value.message)
+
+    def test_rotate_refuses_the_backup_key_naming_why(self, state: Path) -> None:
+        ensure_secrets(StateLayout(state).secrets)
+        with pytest.raises(Exit) as caught:
+            rotate(MockContext(), "backup_encryption", apply=False)
+        assert caught.value.code == 1 and "old backups still need it" in str(caught.value.message)
+
+    def test_list_shows_a_rotation_under_way(self, state: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        secrets = ensure_secrets(StateLayout(state).secrets)
+        rotate(MockContext(), "redis", apply=False)
+        list_(MockContext())
+        out = capsys.readouterr().out
+        assert "rotation under way: invoke secrets.rotate redis finishes it" in out
+        assert secrets.get("redis") not in out
 
     def test_env_before_deploy_exits_1(self, state: Path) -> None:
         with pytest.raises(Exit) as caught:
