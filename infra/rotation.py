@@ -30,6 +30,15 @@ from infra.secrets import (
 )
 from infra.targets import DeployOutcome, Target
 
+# Credentials whose rotation clients notice, and why: said before the deploy, so an operator can stop and pick a
+# maintenance window instead of learning it from the errors.
+CLIENTS_NOTICE = {
+    "postgres_prefect": "API requests fail until every replica has moved to the new password (PgBouncer and "
+                        "PostgreSQL hold one password per user)",
+    "prefect_auth": "every Prefect client and worker needs the new value (eval \"$(invoke env)\"); until then "
+                    "its requests are refused",
+}
+
 
 @dataclass(frozen=True)
 class RotationOutcome:
@@ -65,6 +74,8 @@ def rotate(target: Target, name: str, progress: Progress, step: Callable[[str], 
                         fix="run invoke deploy first (it generates every secret)")
     two_phase = name in TWO_PHASE
     resumed = two_phase and rotation_under_way(directory, name)
+    if name in CLIENTS_NOTICE:
+        step(f"warning: rotating {name} is not seamless: {CLIENTS_NOTICE[name]}")
     rotate_secret(directory, name)
     deploys: list[DeployOutcome] = []
     if two_phase:
