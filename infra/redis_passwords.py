@@ -7,7 +7,7 @@ redis.conf is rewritten with the same passwords by the caller, so a later restar
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import redis
 
@@ -17,11 +17,11 @@ from infra.secrets import Secrets
 Connect = Callable[[str], "redis.Redis"]
 
 
-def apply_passwords(connect: Connect, secrets: Secrets, known: Sequence[str] = ()) -> bool:
+def apply_passwords(connect: Connect, secrets: Secrets) -> bool:
     """Make Redis accept exactly the passwords the secrets say (both values mid-rotation). ``connect(password)``
     opens a connection authenticated as the default user; it is tried with every value Redis may still accept (the
     retiring one before phase one, the new one after). False when none is accepted (the caller restarts Redis)."""
-    for password in dict.fromkeys((*secrets.accepted("redis"), *known)):
+    for password in secrets.accepted("redis"):
         client = connect(password)
         try:
             client.ping()

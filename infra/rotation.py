@@ -1,4 +1,4 @@
-"""`invoke secrets.rotate NAME`: replace one credential and apply it to the running stack, with no failed request.
+"""`invoke secrets.rotate NAME`: replace one credential and apply it to the running stack.
 
 A credential whose server can hold two values (``TWO_PHASE``: Redis's users) is rotated in two deploys:
 
@@ -7,9 +7,10 @@ A credential whose server can hold two values (``TWO_PHASE``: Redis's users) is 
 2. the old value is dropped; deploy makes the server accept only the new one. No client used it any more.
 
 Every other credential is replaced in one deploy, which applies it in dependency order: the server first
-(PostgreSQL's role, PgBouncer's list, HAProxy's users: reloads that keep connections), then the clients (a rolling
-restart of the API replicas). An interrupted rotation is resumed by running the same command again: the retiring
-value is still on disk, so nothing is stranded.
+(PostgreSQL's role, PgBouncer's list), then the clients (a rolling restart of the API replicas). Those whose clients
+notice (``CLIENTS_NOTICE``: one password per user in PgBouncer, one auth string in Prefect) are said before the
+deploy. An interrupted two-phase rotation is resumed by running the same command again: the retiring value is still
+on disk, so nothing is stranded.
 """
 
 from __future__ import annotations

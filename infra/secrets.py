@@ -44,7 +44,7 @@ BACKUP_SECRETS: tuple[str, ...] = ("postgres_superuser", "postgres_prefect", "ba
 
 # Credentials whose server accepts two values at once, so a rotation never refuses a client that has yet to move:
 # Redis ACL users carry a set of passwords (``ACL SETUSER u >old >new``). The others are replaced in one step: the
-# server takes the new value as its clients do, in the order deploy applies them (see docs/operations.md).
+# server takes the new value as its clients do, in the order deploy applies them (see docs/local.md).
 TWO_PHASE: tuple[str, ...] = ("redis", "redis_monitor")
 # The suffix of the file that holds a two-phase secret's old value while a rotation is under way.
 PREVIOUS_SUFFIX = ".previous"

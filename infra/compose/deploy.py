@@ -14,6 +14,7 @@ import os
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -224,11 +225,11 @@ def roll_replica(config: StackConfig, client: DockerClient, service: str, recrea
     _wait_haproxy(client, project, service, "UP", HAPROXY_WAIT_S)
 
 
-def _component(project: ComposeProject, service: str) -> str:
-    return str(project.document["services"][service]["labels"].get(LABEL_COMPONENT, ""))
-
-
-def _up_changed(config: StackConfig, services: list[str]) -> None:
+def _up_changed(config: StackConfig, project: ComposeProject, changed: Callable[[str], bool],
+                components: tuple[str, ...]) -> None:
+    """Recreate, and wait healthy, the changed services of these components (nothing else)."""
+    services = [s for s in project.service_names() if changed(s)
+                and project.document["services"][s]["labels"].get(LABEL_COMPONENT) in components]
     if services:
         run_compose(config, "up", "--detach", "--no-deps", "--wait", "--wait-timeout", str(UP_TIMEOUT_S), *services)
 
@@ -266,11 +267,9 @@ def deploy(config: StackConfig, progress: Progress) -> tuple[ComposeProject, Com
         # Servers before their clients, so a rotated credential is accepted before a client presents it:
         # PostgreSQL and Redis, then the migration (it uses both, and sets the roles' passwords straight in
         # PostgreSQL), then PgBouncer (it logs in with them), then the replicas one at a time.
-        _up_changed(config, [s for s in project.service_names() if changed(s)
-                             and _component(project, s) in ("postgres", "redis")])
+        _up_changed(config, project, changed, ("postgres", "redis"))
         run_compose(config, "up", "--no-deps", "--exit-code-from", "migrate", "migrate")
-        _up_changed(config, [s for s in project.service_names()
-                             if changed(s) and _component(project, s) == "pgbouncer"])
+        _up_changed(config, project, changed, ("pgbouncer",))
     for service in rolling:
         roll_replica(config, client, service)
         report.rolled.append(service)

@@ -50,17 +50,20 @@ class _Load(threading.Thread):
                 except httpx.HTTPError as exc:
                     self.failures.append(repr(exc))
 
+    def __enter__(self) -> _Load:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.join(timeout=60)
+
 
 def test_api_setting_change_rolls_only_the_prefect_processes_without_client_errors(stack: Stack) -> None:
     before = stack.pids()
     stack.env["PREFECT_STACK_API__LOG_LEVEL"] = "INFO"
-    load = _Load(stack)
-    load.start()
-    try:
+    with _Load(stack) as load:
         result = stack.invoke("deploy")
-    finally:
-        load.stop.set()
-        load.join(timeout=60)
     assert result.returncode == 0, result.stderr[-3000:]
     after = stack.pids()
     assert {n: after[n] for n in INFRASTRUCTURE} == {n: before[n] for n in INFRASTRUCTURE}
@@ -72,13 +75,8 @@ def test_api_setting_change_rolls_only_the_prefect_processes_without_client_erro
 def test_rotating_the_redis_password_under_load_fails_no_request_and_keeps_redis(stack: Stack) -> None:
     """Two phases: Redis accepts old and new (ACL SETUSER, no restart) while the clients roll to the new one."""
     before, old = stack.pids(), load_secrets(stack.layout.secrets).get("redis")
-    load = _Load(stack)
-    load.start()
-    try:
+    with _Load(stack) as load:
         result = stack.invoke("secrets.rotate", "redis")
-    finally:
-        load.stop.set()
-        load.join(timeout=60)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "gave redis its new passwords" in result.stderr
     new = load_secrets(stack.layout.secrets).get("redis")
@@ -137,13 +135,8 @@ def test_status_exits_non_zero_when_a_component_is_down(stack: Stack) -> None:
 
 def test_restart_of_a_replica_under_load_fails_no_request(stack: Stack) -> None:
     before = stack.pids()
-    load = _Load(stack)
-    load.start()
-    try:
+    with _Load(stack) as load:
         result = stack.invoke("restart", "api-1")
-    finally:
-        load.stop.set()
-        load.join(timeout=60)
     assert result.returncode == 0, result.stderr[-3000:]
     assert stack.pids()["api-1"] != before["api-1"]
     assert load.ok > 0
