@@ -755,6 +755,10 @@ class KubernetesTargetConfig(_Section):
                                                      "stack needs (needs a CNI that enforces them).")
     services_outbound: OutboundConfig = OutboundConfig()
     scheduling: SchedulingConfig = SchedulingConfig()
+    flow_run_namespace: str | None = Field(
+        None, pattern=r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$",
+        description="Namespace where kubernetes pools' flow-run Jobs go (created and labelled by you when it is "
+                    "not the stack's); null: the stack's namespace.")
     api_clients: list[ApiClientConfig] = Field([], description="Pods allowed in to the API besides the ingress "
                                                                "controller, Prometheus and the background services "
                                                                "(workers, flow-run pods): a namespace and labels "
@@ -831,6 +835,128 @@ class KubernetesTargetConfig(_Section):
         return self
 
 
+_POOL_NAME = r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$"
+
+
+class WorkQueueConfig(_Section):
+    # Prefect creates a pool's "default" queue itself; the model may set its priority and limit like any other.
+    name: str = Field(pattern=_POOL_NAME, description="Queue name inside its pool.")
+    priority: int = Field(1, ge=1, le=1000, description="Workers take runs from lower numbers first.")
+    concurrency_limit: int | None = Field(None, ge=0, le=100000,
+                                          description="Runs of this queue in progress at once; null: no limit.")
+
+
+class WorkPoolConfig(_Section):
+    name: str = Field(pattern=_POOL_NAME, description="Work pool name (deployments name it in work_pool_name).")
+    type: Literal["process", "docker", "kubernetes"] | None = Field(
+        None, description="null: process on local and compose, kubernetes on kubernetes (a flow run as a Job). "
+                          "docker: compose only, with workers.docker_socket (read docs/workers.md first).")
+    description: str = Field("", max_length=500, description="Shown in the UI.")
+    concurrency_limit: int | None = Field(None, ge=0, le=100000,
+                                          description="Runs of the pool in progress at once; null: no limit.")
+    job_variables: dict[str, Any] = Field(
+        {}, description="Defaults of the base job template's variables (e.g. env, working_dir, image): each must "
+                        "be a variable of the pool type and valid against its schema; deployments may override.")
+    job_configuration: dict[str, Any] = Field(
+        {}, description="Merged (recursively) over the base job template's job_configuration, e.g. a Kubernetes "
+                        "job_manifest's pod spec; each top-level key must exist in the pool type's template.")
+    queues: list[WorkQueueConfig] = Field([WorkQueueConfig(name="default")], min_length=1, max_length=50,
+                                          description="Queues of the pool, with priorities and limits.")
+
+    @model_validator(mode="after")
+    def _queues_are_distinct(self) -> WorkPoolConfig:
+        names = [queue.name for queue in self.queues]
+        for name in names:
+            if names.count(name) > 1:
+                raise ValueError(f"work pool {self.name!r} lists queue {name!r} twice; give each queue once")
+        return self
+
+
+class WorkerConfig(_Section):
+    pool: str = Field(pattern=_POOL_NAME, description="The work pool (one of workers.pools) these workers serve.")
+    count: int = Field(1, ge=0, le=32, description="Worker processes (local), containers (compose) or pods "
+                                                  "(kubernetes) serving the pool.")
+    queues: list[str] = Field([], description="Queues to take runs from; empty: every queue of the pool.")
+    limit: int | None = Field(None, ge=1, le=10000,
+                              description="Flow runs one worker starts at once (--limit); null: no limit.")
+    resources: ResourcesConfig = Field(
+        ResourcesConfig(cpu_request="100m", memory_request="256Mi", memory_limit="1Gi"),
+        description="Kubernetes: the worker pod's requests and limits; compose: memory_limit is the container's "
+                    "memory limit (process pools run flows inside it).")
+
+
+class WorkersConfig(_Section):
+    """Work pools provisioned through Prefect's API at deploy, and the workers that run their flows."""
+
+    enabled: bool = Field(True, description="Provision the pools and run the workers; false: a server only.")
+    pools: list[WorkPoolConfig] = Field([WorkPoolConfig(name="default")], max_length=50,
+                                        description="Work pools the deploy creates and keeps as described (a pool "
+                                                    "edited in the UI is put back; pools not listed are left alone).")
+    workers: list[WorkerConfig] = Field([WorkerConfig(pool="default")], max_length=50,
+                                        description="Workers, per pool.")
+    health_base_port: int = Field(18080, ge=1, le=65535,
+                                  description="local: worker i serves its health endpoint on 127.0.0.1, port "
+                                              "health_base_port + i - 1 (workers numbered across the list).")
+    flow_code_dir: Path | None = Field(
+        None, description="Where flow code lives (the process workers' working directory; compose mounts it at "
+                          "the same path); null: <state_dir>/flows on local, /opt/prefect/flows in containers.")
+    python: Path | None = Field(
+        None, description="local: the Python environment (a virtualenv directory) that runs the workers and so "
+                          "the flows; it needs the same prefect version as the stack. null: the stack's own .venv.")
+    query_interval_s: int | None = Field(
+        None, ge=1, le=600, description="Seconds between a worker's polls for due runs "
+                                        "(PREFECT_WORKER_QUERY_SECONDS); null: Prefect's default (10).")
+    prefetch_s: int | None = Field(
+        None, ge=0, le=3600, description="A worker claims runs this many seconds before they are due, to have "
+                                         "the process started in time (PREFECT_WORKER_PREFETCH_SECONDS); null: "
+                                         "Prefect's default (10).")
+    flow_heartbeat_s: int = Field(
+        60, ge=30, le=3600, description="Seconds between a running flow's heartbeats "
+                                        "(PREFECT_FLOWS_HEARTBEAT_FREQUENCY); Prefect's minimum is 30.")
+    missed_heartbeats: int = Field(
+        3, ge=2, le=20, description="A run that misses this many heartbeats in a row is marked Crashed (the "
+                                    "provisioned zombie-run automation).")
+    crashed_run_retries: int = Field(
+        1, ge=0, le=10, description="Times a deployment run that crashed is scheduled again (an automation "
+                                    "matching its run count); 0: a crashed run stays Crashed.")
+    docker_socket: bool = Field(
+        False, description="compose: mount the Docker socket into the workers of docker pools. Root on the host "
+                           "for whoever controls a flow: read docs/workers.md before turning it on.")
+
+    @model_validator(mode="after")
+    def _workers_serve_pools(self) -> WorkersConfig:
+        pools = {pool.name: pool for pool in self.pools}
+        if len(pools) != len(self.pools):
+            names = [pool.name for pool in self.pools]
+            twice = next(name for name in names if names.count(name) > 1)
+            raise ValueError(f"workers.pools lists pool {twice!r} twice; give each pool once")
+        for i, worker in enumerate(self.workers):
+            if worker.pool not in pools:
+                raise ValueError(f"workers.workers[{i}].pool {worker.pool!r} is not one of workers.pools "
+                                 f"({', '.join(pools) or 'none'}); add the pool or fix the name")
+            known = {queue.name for queue in pools[worker.pool].queues}
+            for queue in worker.queues:
+                if queue not in known:
+                    raise ValueError(f"workers.workers[{i}].queues names {queue!r}, not a queue of pool "
+                                     f"{worker.pool!r} ({', '.join(sorted(known))}); add it to the pool's queues")
+        return self
+
+    @property
+    def flow_heartbeat_timeout_s(self) -> int:
+        """Seconds without a heartbeat after which a running flow counts as dead."""
+        return self.flow_heartbeat_s * self.missed_heartbeats
+
+    def numbered(self) -> list[tuple[str, WorkerConfig]]:
+        """Every worker process by its name (<pool>-<n>, n from 1 per pool), in the order of the list."""
+        seen: dict[str, int] = {}
+        named = []
+        for worker in self.workers:
+            for _ in range(worker.count):
+                seen[worker.pool] = seen.get(worker.pool, 0) + 1
+                named.append((f"{worker.pool}-{seen[worker.pool]}", worker))
+        return named
+
+
 class StackConfig(BaseSettings):
     """Everything a deployment needs to know, for every target."""
 
@@ -856,6 +982,7 @@ class StackConfig(BaseSettings):
     backups: BackupConfig = BackupConfig()
     monitoring: MonitoringConfig = MonitoringConfig()
     tracing: TracingConfig = TracingConfig()
+    workers: WorkersConfig = WorkersConfig()
 
     @classmethod
     def settings_customise_sources(
@@ -875,6 +1002,30 @@ class StackConfig(BaseSettings):
         if self.services.replicas is not None:
             return self.services.replicas
         return 2 if self.target == "kubernetes" else 1
+
+    def pool_type(self, pool: WorkPoolConfig) -> str:
+        """The pool's type, or its default for the target when unset: flow runs as Jobs on a cluster, as
+        processes beside their worker elsewhere."""
+        if pool.type is not None:
+            return pool.type
+        return "kubernetes" if self.target == "kubernetes" else "process"
+
+    @model_validator(mode="after")
+    def _pools_fit_the_target(self) -> StackConfig:
+        if not self.workers.enabled:
+            return self
+        allowed = {"local": {"process"}, "compose": {"process", "docker"}, "kubernetes": {"kubernetes"}}[self.target]
+        for i, pool in enumerate(self.workers.pools):
+            kind = self.pool_type(pool)
+            if kind not in allowed:
+                raise ValueError(f"workers.pools[{i}] ({pool.name}) has type {kind}, which the {self.target} target "
+                                 f"cannot run; use {' or '.join(sorted(allowed))} (or null for the target's "
+                                 "default)")
+            if kind == "docker" and not self.workers.docker_socket:
+                raise ValueError(f"workers.pools[{i}] ({pool.name}) has type docker, whose workers need the Docker "
+                                 "socket; set workers.docker_socket: true after reading docs/workers.md (the socket "
+                                 "is root on the host), or use type process")
+        return self
 
     @model_validator(mode="after")
     def _tracing_has_an_endpoint(self) -> StackConfig:
@@ -933,6 +1084,9 @@ class StackConfig(BaseSettings):
     def _ports_are_distinct(self) -> StackConfig:
         if self.target == "kubernetes":  # every component has its own pod address: ports may repeat
             return self
+        if self.workers.enabled and self.worker_health_port(len(self.workers.numbered())) > 65535:
+            raise ValueError(f"workers.health_base_port {self.workers.health_base_port} with "
+                             f"{len(self.workers.numbered())} workers needs ports above 65535; lower it")
         last_api_port = self.api_port(self.api.replicas)
         if last_api_port > 65535:
             raise ValueError(
@@ -969,10 +1123,17 @@ class StackConfig(BaseSettings):
             ports["monitoring.api_metrics_port"] = self.monitoring.api_metrics_port
         for i in range(1, self.api.replicas + 1):
             ports[f"api.base_port (replica {i})"] = self.api_port(i)
+        if self.workers.enabled:
+            for i, (name, _) in enumerate(self.workers.numbered(), start=1):
+                ports[f"workers.health_base_port (worker {name})"] = self.worker_health_port(i)
         return ports
 
     def api_port(self, replica: int) -> int:
         return self.api.base_port + replica - 1
+
+    def worker_health_port(self, worker: int) -> int:
+        """local: the health endpoint's port of the worker numbered ``worker`` (from 1) in workers.numbered()."""
+        return self.workers.health_base_port + worker - 1
 
     @property
     def tls_enabled(self) -> bool:

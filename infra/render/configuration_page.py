@@ -141,7 +141,10 @@ def _bounds(field: FieldInfo) -> str:
 def _default(field: FieldInfo, value: Any) -> str:
     if _is_secret(field.annotation):
         return "generated"  # never printed, whatever it is: secrets are generated at deploy
-    return f"`{json.dumps(str(value) if isinstance(value, Path) else value)}`"
+    # A list of sections (workers.pools) shows as the YAML an operator would write: its items' set fields.
+    plain = [item.model_dump(mode="json", exclude_defaults=True) if isinstance(item, BaseModel) else item
+             for item in value] if isinstance(value, list) else value
+    return f"`{json.dumps(str(plain) if isinstance(plain, Path) else plain)}`"
 
 
 def _cell(text: str, markdown: bool = False) -> str:

@@ -63,6 +63,10 @@ class TestStackYaml:
 
     @pytest.mark.parametrize(("section", "key", "value"), YAML_ENTRIES)
     def test_value_is_the_model_default(self, section: str, key: str | None, value: Any) -> None:
+        if key is not None and isinstance(value, list):
+            # A list of sections (workers.pools) shows only the fields it sets: compare what the model reads.
+            section_model = type(StackConfig.model_fields[section].default)
+            value = section_model.model_validate({key: value}).model_dump(mode="json")[key]
         assert value == _model_default(section, key)
 
     @pytest.mark.parametrize(
