@@ -17,6 +17,8 @@ from typing import Any
 
 import httpx
 
+from infra.api_client import load_balancer_verify
+from infra.config import StackConfig
 from infra.errors import UserError
 from infra.work_pools.automations import NAME_PREFIX
 from infra.work_pools.templates import PoolSpec, QueueSpec
@@ -211,3 +213,8 @@ def from_document(document: dict[str, Any]) -> tuple[list[PoolSpec], list[dict[s
     pools = [PoolSpec(**{**pool, "queues": tuple(QueueSpec(**queue) for queue in pool["queues"])})
              for pool in document["pools"]]
     return pools, list(document["automations"])
+
+
+def load_balancer_api(config: StackConfig, auth_string: str) -> PrefectApi:
+    """The API through the stack's load balancer, as the deploying host reaches it (local and compose)."""
+    return api_session(config.api_url, auth_string, load_balancer_verify(config))
