@@ -1,5 +1,6 @@
-"""Benchmarks: `invoke bench.api`, `invoke bench.backup`, `invoke bench.observability` (each deploys what it
-measures on free ports and removes it afterwards) and `invoke bench.render` (rendering alone, nothing deployed)."""
+"""Benchmarks: `invoke bench.api`, `invoke bench.backup`, `invoke bench.observability`, `invoke bench.workers`
+(each deploys what it measures on free ports and removes it afterwards) and `invoke bench.render` (rendering
+alone, nothing deployed)."""
 
 from __future__ import annotations
 
@@ -282,3 +283,46 @@ def render(c: Context, json_: bool = False, runs: int = 20) -> None:
     verdict = "PASS" if max(kubernetes.cold_s) < GOAL_S else "MISSED"
     console.step(f"kubernetes render, cold (a fresh process): median {kubernetes.cold_median_s:.3f} s, slowest "
                  f"{max(kubernetes.cold_s):.3f} s; goal well under {GOAL_S:.0f} s: {verdict}")
+
+
+@task(
+    help={
+        "json": "Print one JSON document (every round's figures and the verdicts) on stdout instead of a table.",
+        "runs": "Flow runs per round (default 100).",
+        "rounds": "Rounds, each measuring Prefect's default worker settings and the stack's, alternated (default 2).",
+        "pace": "Seconds between two run creations (default 0.5).",
+    }
+)
+@reports_user_errors
+def workers(c: Context, json_: bool = False, runs: int = 100, rounds: int = 2, pace: float = 0.5) -> None:
+    """Worker pickup and start delay of short flow runs with 2 process workers: the stack's settings vs Prefect's."""
+    from infra.bench.workers import WorkersBenchSettings, percentile, run_workers_benchmark, spread
+    from infra.config import load_config
+
+    settings = WorkersBenchSettings(runs=int(runs), rounds=int(rounds), pace_s=float(pace))
+    report = run_workers_benchmark(settings, load_config())
+    if json_:
+        print(json.dumps(report.as_dict(), indent=2))
+    else:
+        table = Table(box=None, pad_edge=False)
+        columns = ("settings", "completed", "lost", "run twice", "pickup p50", "pickup p99", "start p50",
+                   "start p99", "runs/min")
+        for column in columns:
+            table.add_column(column, justify="left" if column == "settings" else "right")
+        for r in report.rounds:
+            row = r.as_dict()
+            table.add_row(r.settings, str(r.completed), str(r.lost), str(r.run_twice),
+                          *(f"{row[key]} s" for key in ("pickup_p50_s", "pickup_p99_s", "start_p50_s",
+                                                        "start_p99_s")), f"{r.per_minute:.1f}")
+        console.out.print(table)
+        for name in ("defaults", "stack"):
+            rounds_of = report.of(name)
+            console.out.print(
+                f"{name}: pickup p50 {percentile(report.pooled(name, 'pickup_s'), 50)} s over all rounds "
+                f"(spread between rounds {spread([percentile(r.pickup_s, 50) for r in rounds_of])} s); start p50 "
+                f"{percentile(report.pooled(name, 'start_s'), 50)} s "
+                f"(spread {spread([percentile(r.start_s, 50) for r in rounds_of])} s)")
+        console.out.print(f"stack settings: {report.stack_settings} (null: Prefect's default)")
+        _print_goals(report.verdicts)
+    # A benchmark reports; a missed goal is a finding, not a failed command (exit 0 either way).
+    console.err.print(_summary(report.verdicts))
