@@ -346,7 +346,8 @@ class MonitoringConfig(_Section):
     # So a scrape costs the same whatever the size of the run history.
     finished_runs_window_s: int = Field(3600, ge=60, le=7 * 86400,
                                         description="Finished flow runs (completed, failed, crashed, cancelled) "
-                                                    "are counted over this trailing window only, in seconds.")
+                                                    "and workers' pickup delays are counted over this trailing "
+                                                    "window only, in seconds.")
     scrape_interval_s: int = Field(15, ge=1, le=300, description="Seconds between two scrapes of every target.")
     evaluation_interval_s: int = Field(15, ge=1, le=300, description="Seconds between two evaluations of the "
                                                                       "alert rules.")

@@ -62,7 +62,8 @@ async def post_like_prefect_client(client: httpx.AsyncClient, path: str, body: d
 
 def create_monitored_workload(client: httpx.Client) -> None:
     """What every dashboard panel shows data for: a deployment in a work pool with a worker, late, running and
-    failed flow runs, a running task run, and the traffic of creating them through the load balancer."""
+    failed flow runs, a run of the pool claimed as a worker claims it, a running task run, and the traffic of
+    creating them through the load balancer."""
     pool = f"pool-{uuid.uuid4().hex[:6]}"
     assert client.post("/work_pools/", json={"name": pool, "type": "process"}).status_code == 201
     flow_id = client.post("/flows/", json={"name": "monitored"}).json()["id"]
@@ -72,6 +73,11 @@ def create_monitored_workload(client: httpx.Client) -> None:
     for _ in range(2):
         scheduled = {"type": "SCHEDULED", "state_details": {"scheduled_time": missed}}
         assert client.post(f"/deployments/{deployment}/create_flow_run", json={"state": scheduled}).is_success
+    due = {"type": "SCHEDULED", "state_details": {"scheduled_time": datetime.now(UTC).isoformat()}}
+    claimed = client.post(f"/deployments/{deployment}/create_flow_run", json={"state": due}).json()["id"]
+    for state in ("PENDING", "FAILED"):  # a worker's claim (a pickup delay), then an outcome in the pool
+        response = client.post(f"/flow_runs/{claimed}/set_state", json={"state": {"type": state}})
+        assert response.json()["status"] == "ACCEPT", response.text
     running = client.post("/flow_runs/", json={"flow_id": flow_id, "state": {"type": "RUNNING"}}).json()["id"]
     assert client.post("/flow_runs/", json={"flow_id": flow_id, "state": {"type": "FAILED"}}).is_success
     task = {"flow_run_id": running, "task_key": "extract", "dynamic_key": "0", "state": {"type": "RUNNING"}}

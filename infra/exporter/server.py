@@ -113,7 +113,7 @@ class StackCollector(Collector):
     def _prefect(self) -> Iterator[Metric]:
         with self._database() as conn:
             yield from collect_flow_runs(conn, self.sources.finished_runs_window_s)
-            yield from collect_work_pools(conn)
+            yield from collect_work_pools(conn, self.sources.finished_runs_window_s)
 
     def _streams(self) -> Iterator[Metric]:
         if not self.sources.reads_redis:  # not a source then (collect() does not list it)
@@ -179,7 +179,8 @@ def parse_arguments(argv: list[str] | None = None) -> tuple[tuple[str, int], Sou
                         help="libpq sslmode for PostgreSQL and PgBouncer (default prefer)")
     parser.add_argument("--sslrootcert", help="CA certificate file the verify sslmodes check the server against")
     parser.add_argument("--redis-tls", action="store_true", help="connect to Redis over TLS (rediss://)")
-    parser.add_argument("--finished-runs-window", type=int, default=3600, help="seconds (default 3600)")
+    parser.add_argument("--finished-runs-window", type=int, default=3600,
+                        help="seconds of finished runs and of workers' claims to report (default 3600)")
     args = parser.parse_args(argv)
     if args.redis is not None and args.redis_sentinels:
         parser.error("give --redis or --redis-sentinels, not both")

@@ -94,10 +94,18 @@ def database_rules() -> list[dict[str, Any]]:
     ]
 
 
-def _selector(metric: str, scope: str) -> str:
-    """``metric{scope}``; the bare name where no scope is given (the local and compose rules, whose Prometheus
-    scrapes one stack only)."""
-    return f"{metric}{{{scope}}}" if scope else metric
+def _selector(metric: str, scope: str, matchers: str = "") -> str:
+    """``metric{scope,matchers}``; the bare name where neither is given (the local and compose rules, whose
+    Prometheus scrapes one stack only)."""
+    inside = ",".join(part for part in (scope, matchers) if part)
+    return f"{metric}{{{inside}}}" if inside else metric
+
+
+def _duration(seconds: int) -> str:
+    """A window as an operator reads it: 1h, 90m, 45s."""
+    if seconds % 3600 == 0:
+        return f"{seconds // 3600}h"
+    return f"{seconds // 60}m" if seconds % 60 == 0 else f"{seconds}s"
 
 
 def redis_memory_rule(scope: str = "") -> dict[str, Any]:
@@ -138,12 +146,21 @@ def redis_rules() -> list[dict[str, Any]]:
     ]
 
 
-def prefect_rules(scope: str = "") -> list[dict[str, Any]]:
+# Where an operator reads a pool's workers: their logs on each target, their health, and the page about them.
+WORKER_CHECKS = ("the logs of the pool's workers (local: invoke logs worker-{{ $labels.work_pool }}-N for each "
+                 "worker N; compose and Kubernetes: the logs of the pool's worker containers), the pool's workers "
+                 "online (Work pools row of the Prefect overview dashboard; invoke status), and docs/workers.md")
+
+
+def prefect_rules(config: StackConfig, scope: str = "") -> list[dict[str, Any]]:
     """The flow-run and work-pool rules, read by this project's exporter."""
     late, oldest = (_selector(name, scope) for name in ("prefect_late_flow_runs",
                                                          "prefect_oldest_late_flow_run_age_seconds"))
     heartbeat, backlog = (_selector(name, scope) for name in ("prefect_work_pool_last_heartbeat_age_seconds",
                                                                "prefect_work_queue_backlog"))
+    online = _selector("prefect_work_pool_online_workers", scope)
+    crashed = _selector("prefect_flow_runs_finished_recent", scope, 'state="CRASHED",work_pool!=""')
+    window = _duration(config.monitoring.finished_runs_window_s)
     return [
         _rule("PrefectLateFlowRuns", f"{late} > 0 and {oldest} > 600",
               "5m", "warning", "flows",
@@ -155,6 +172,29 @@ def prefect_rules(scope: str = "") -> list[dict[str, Any]]:
               "Work pool {{ $labels.work_pool }} has runs due but no worker heartbeat for 5 minutes",
               "Start or repair the pool's workers (prefect worker start --pool {{ $labels.work_pool }}); their "
               "hosts must reach the API."),
+        # Growing: higher than 10 minutes ago while never empty in those 10 minutes, for 10 minutes more. A burst
+        # of runs due at once (a step, then draining or flat) never holds both; steady growth does, within 20
+        # minutes of its start. A pool with no worker online is PrefectWorkPoolWithoutWorker's.
+        _rule("PrefectWorkQueueBacklogGrowing",
+              f"delta({backlog}[10m]) > 0 and min_over_time({backlog}[10m]) > 0 "
+              f"and on (work_pool) ({online} > 0)", "10m", "warning", "flows",
+              "Runs due in work queue {{ $labels.work_pool }}/{{ $labels.work_queue }} keep piling up although the "
+              "pool has workers online ({{ $value | humanize }} more than 10 minutes ago)",
+              "The workers cannot keep up, or none of them polls this queue. Check " + WORKER_CHECKS + ". Then: "
+              "does a worker poll this queue (workers.workers[].queues)? Are the workers at their limit "
+              "(workers.workers[].limit), or the pool or queue at its concurrency limit "
+              "(workers.pools[].concurrency_limit, workers.pools[].queues[].concurrency_limit)? Are their hosts "
+              "short of CPU or memory? If the load is real, add workers (workers.workers[].count)."),
+        # The window count: a crashed run that the crash-retry automation schedules again leaves it within
+        # seconds (it is SCHEDULED again), so the 2 minutes keep a retried crash from alerting.
+        _rule("PrefectFlowRunsCrashing", f"sum by (work_pool) ({crashed}) > 0", "2m", "warning", "flows",
+              f"{{{{ $value }}}} flow run(s) of work pool {{{{ $labels.work_pool }}}} ended CRASHED in the last "
+              f"{window}",
+              "CRASHED is not an error in the flow's code (that is FAILED): the run's process or its "
+              "infrastructure went away. A worker or its host restarted, the flow process was killed (out of "
+              "memory), or the run stopped sending heartbeats (the zombie-run automation marks it crashed after "
+              "workers.missed_heartbeats missed beats); these runs stayed crashed after workers.crashed_run_retries "
+              "retries. Read the crashed runs' state messages in the Prefect UI, then check " + WORKER_CHECKS + "."),
         _rule("PrefectExporterSourceDown", f"{_selector('prefect_exporter_source_up', scope)} == 0", "5m", "warning",
               "monitoring",
               "The Prefect exporter cannot read {{ $labels.source }}",
@@ -336,7 +376,7 @@ def alert_groups(config: StackConfig) -> list[dict[str, Any]]:
         {"name": "prefect-api", "rules": api_rules(config)},
         {"name": "database", "rules": database_rules()},
         {"name": "redis", "rules": redis_rules()},
-        {"name": "prefect-flows", "rules": prefect_rules()},
+        {"name": "prefect-flows", "rules": prefect_rules(config)},
         {"name": "host", "rules": host_rules()},
     ]
     groups += yaml.safe_load(backup_alert_rules(config.backups.max_age_hours))["groups"]
@@ -360,7 +400,7 @@ def kubernetes_alert_groups(config: StackConfig) -> list[dict[str, Any]]:
         # Redis: the Redis exporter inside the Redis pods serves the same redis_* names, but leaves with the pod
         # (see kubernetes_redis_rules); the stream and flow rules read this project's exporter.
         {"name": "redis", "rules": kubernetes_redis_rules(config)},
-        {"name": "prefect-flows", "rules": prefect_rules(_kubernetes_exporter(config))},
+        {"name": "prefect-flows", "rules": prefect_rules(config, _kubernetes_exporter(config))},
         # No host group: there is no node_exporter of ours (kube-prometheus-stack runs its own, with its node
         # and PersistentVolume alerts). A scrape target down, restricted to the stack's namespace: up{} holds
         # the whole cluster's targets there. The API replicas are not scraped there (their replica rules read

@@ -185,8 +185,9 @@ def overview(config: StackConfig) -> dict[str, Any]:
         _stat("Failed or crashed (1h)", "Flow runs that ended FAILED or CRASHED in the last hour.", "short",
               _count('sum(prefect_flow_runs_finished_recent{state=~"FAILED|CRASHED"})'),
               base="green", steps=[(1, "orange")]),
-        _stat("Workers online", "Workers that sent a heartbeat recently, over every work pool.", "short",
-              _count('sum(prefect_work_pool_workers{status="ONLINE"})'), base="red", steps=[(1, "green")]),
+        _stat("Workers online", "Workers that sent a heartbeat within their last 3 heartbeat intervals, over "
+              "every work pool.", "short",
+              _count("sum(prefect_work_pool_online_workers)"), base="red", steps=[(1, "green")]),
         _stat("Alerts firing", "Alerts firing now, over the whole stack (invoke alerts lists them).", "short",
               'count(ALERTS{alertstate="firing"}) or vector(0)', base="green", steps=[(1, "red")]),
     ])
@@ -202,16 +203,34 @@ def overview(config: StackConfig) -> dict[str, Any]:
         _graph("Task runs by state", "Task runs by state.", "short",
                Query("sum by (state) (prefect_task_runs)", "{{state}}"), width=8),
     ])
+    window = f"monitoring.finished_runs_window_s = {config.monitoring.finished_runs_window_s}s"
     work_pools = Section("Work pools", [
-        _graph("Workers by work pool", "Workers per pool and status. A pool with no ONLINE worker runs nothing.",
-               "short", Query("sum by (work_pool, status) (prefect_work_pool_workers)", "{{work_pool}} {{status}}"),
-               width=8),
+        _graph("Online workers by work pool", "Workers of each pool that sent a heartbeat within their last 3 "
+               "heartbeat intervals (30 s each by default), as Prefect counts them ONLINE. A pool at 0 runs nothing.",
+               "short", Query("sum by (work_pool) (prefect_work_pool_online_workers)", "{{work_pool}}"), width=8),
+        _graph("Workers by work pool", "Workers per pool and the status Prefect's foreman last recorded (it runs "
+               "with the background services).", "short",
+               Query("sum by (work_pool, status) (prefect_work_pool_workers)", "{{work_pool}} {{status}}"), width=8),
         _graph("Worker heartbeat age", "Time since a pool's newest worker heartbeat; Prefect marks a worker "
                "OFFLINE after a few missed heartbeats.", "s",
                Query("max by (work_pool) (prefect_work_pool_last_heartbeat_age_seconds)", "{{work_pool}}"), width=8),
-        _graph("Work queue backlog", "Runs waiting in each queue for a worker.", "short",
+        _graph("Work queue backlog", "Runs due in each queue (late ones included) that no worker has claimed yet. "
+               "Steady growth while workers are online: they cannot keep up.", "short",
                Query("sum by (work_pool, work_queue) (prefect_work_queue_backlog)", "{{work_pool}}/{{work_queue}}"),
                width=8),
+        _graph("Pickup delay", f"From a run's scheduled start to a worker's claim (PENDING), median and 99th "
+               f"percentile per pool over the runs claimed in the trailing window ({window}). Growing: the "
+               "workers are busy, too few, or poll too seldom (workers.query_interval_s).", "s",
+               Query('max by (work_pool) (prefect_work_pool_pickup_delay_seconds{quantile="0.5"})',
+                     "{{work_pool}} p50"),
+               Query('max by (work_pool) (prefect_work_pool_pickup_delay_seconds{quantile="0.99"})',
+                     "{{work_pool}} p99"), width=8),
+        _graph("Run outcomes by work pool", f"Flow runs that ended in the trailing window ({window}), per pool "
+               "and final state. CRASHED: the run's process or infrastructure went away (read the workers' logs).",
+               "short",
+               # Runs of no pool (a flow called from a script) have an empty work_pool: name them.
+               Query('label_replace(sum by (work_pool, state) (prefect_flow_runs_finished_recent), "work_pool", '
+                     '"no pool", "work_pool", "")', "{{work_pool}} {{state}}"), width=8),
     ])
     events = Section("Event pipeline", [
         _graph("Event consumer lag", "Events in the stream not yet delivered to each consumer group. Growing lag "

@@ -22,7 +22,7 @@ from infra.render.dashboards import DATASOURCE_VARIABLE, dashboards, grafana_pro
 
 NON_DEFAULT: dict[str, dict[str, Any]] = {
     "api": {"replicas": 3},
-    "monitoring": {"scrape_interval_s": 20},
+    "monitoring": {"scrape_interval_s": 20, "finished_runs_window_s": 7200},
     "backups": {"max_age_hours": 30},
 }
 UIDS = {
@@ -197,6 +197,39 @@ class TestModelFlowsIntoDashboards:
         rates = [expr for board in rendered.values() for _title, expr in panel_queries(board) if "rate(" in expr]
         assert rates
         assert [expr for expr in rates if window not in expr] == []
+
+
+class TestWorkPoolPanels:
+    """The overview's work-pool row: what a pool's workers do with its runs, one panel per question."""
+
+    @pytest.fixture
+    def queries(self, rendered: dict[str, dict[str, Any]]) -> dict[str, list[str]]:
+        found: dict[str, list[str]] = {}
+        for title, expr in panel_queries(rendered["prefect-overview.json"]):
+            found.setdefault(title, []).append(expr)
+        return found
+
+    @pytest.mark.parametrize(("title", "metric"), [
+        ("Online workers by work pool", "prefect_work_pool_online_workers"),
+        ("Work queue backlog", "prefect_work_queue_backlog"),
+        ("Pickup delay", "prefect_work_pool_pickup_delay_seconds"),
+        ("Run outcomes by work pool", "prefect_flow_runs_finished_recent"),
+    ])
+    def test_panel_reads_its_metric_by_pool(self, queries: dict[str, list[str]], title: str, metric: str) -> None:
+        assert [expr for expr in queries[title] if metric not in expr or "by (work_pool" not in expr] == []
+
+    def test_pickup_delay_shows_the_median_and_the_tail(self, queries: dict[str, list[str]]) -> None:
+        quantiles = [expr.partition('quantile="')[2].partition('"')[0] for expr in queries["Pickup delay"]]
+        assert quantiles == ["0.5", "0.99"]
+
+    def test_run_outcomes_are_by_final_state(self, queries: dict[str, list[str]]) -> None:
+        [expr] = queries["Run outcomes by work pool"]
+        assert "sum by (work_pool, state)" in expr
+
+    def test_the_window_is_the_models(self, rendered: dict[str, dict[str, Any]]) -> None:
+        panel = next(p for p in _panels(rendered["prefect-overview.json"]) if p["title"] == "Pickup delay")
+        assert f"finished_runs_window_s = {NON_DEFAULT['monitoring']['finished_runs_window_s']}s" in panel[
+            "description"]
 
 
 def test_panel_queries_include_collapsed_rows() -> None:

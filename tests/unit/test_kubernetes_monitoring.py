@@ -266,6 +266,16 @@ KUBERNETES_CASES: dict[str, tuple[str, dict[str, str], dict[str, str]]] = {
                 f'prefect_work_queue_backlog{{{EXPORTER},work_pool="a",work_queue="default"}}': "4x30"},
         {f'prefect_work_pool_last_heartbeat_age_seconds{{{EXPORTER},work_pool="a"}}': "600x30",
          f'prefect_work_queue_backlog{{{EXPORTER},work_pool="a",work_queue="default"}}': "0x30"}),
+    "PrefectWorkQueueBacklogGrowing": (
+        "30m", {f'prefect_work_queue_backlog{{{EXPORTER},work_pool="a",work_queue="default"}}': "0+1x40",
+                f'prefect_work_pool_online_workers{{{EXPORTER},work_pool="a"}}': "2x40"},
+        {f'prefect_work_queue_backlog{{{EXPORTER},work_pool="a",work_queue="default"}}': "0x40",
+         f'prefect_work_pool_online_workers{{{EXPORTER},work_pool="a"}}': "2x40"}),
+    "PrefectFlowRunsCrashing": (
+        "20m", {f'prefect_flow_runs_finished_recent{{{EXPORTER},state="CRASHED",deployment="etl/hourly",'
+                f'work_pool="a"}}': "1x30"},
+        {f'prefect_flow_runs_finished_recent{{{EXPORTER},state="COMPLETED",deployment="etl/hourly",'
+         f'work_pool="a"}}': "5x30"}),
     "PrefectExporterSourceDown": (
         "20m", {f'prefect_exporter_source_up{{{EXPORTER},source="redis"}}': "0x30"},
         {f'prefect_exporter_source_up{{{EXPORTER},source="redis"}}': "1x30"}),

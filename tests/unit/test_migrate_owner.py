@@ -9,15 +9,9 @@ prefect_monitor a member of pg_monitor (the managed role). Skipped where Postgre
 
 from __future__ import annotations
 
-import os
-import pwd
-import shutil
-import subprocess
-import tempfile
+import dataclasses
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import psycopg
 import pytest
@@ -26,68 +20,22 @@ from psycopg import sql
 from infra.containers.migrate import grant_as_owner
 from infra.containers.migrate import main as migrate_main
 from infra.render.postgres import MONITOR_ROLE
+from tests.throwaway_postgres import SUPERUSER, Server, throwaway_postgres
 
-BIN = Path("/usr/lib/postgresql/15/bin")
 OWNER = "prefect"
 DATABASE = "prefect"
-# PostgreSQL refuses to run as root: as root, the server runs as Debian's postgres user.
-SERVER_USER = "postgres"
-
-
-@dataclass(frozen=True)
-class Server:
-    socket_dir: Path
-    port: int
-
-    def connect(self, user: str, dbname: str = DATABASE) -> psycopg.Connection[tuple[Any, ...]]:
-        return psycopg.connect(host=str(self.socket_dir), port=self.port, user=user, dbname=dbname, autocommit=True)
-
-
-def _ids() -> tuple[int | None, int | None]:
-    if os.geteuid() != 0:
-        return None, None
-    try:
-        entry = pwd.getpwnam(SERVER_USER)
-    except KeyError:
-        pytest.skip(f"running as root and no {SERVER_USER} user to run PostgreSQL as")
-    return entry.pw_uid, entry.pw_gid
 
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[Server]:
-    if not (BIN / "initdb").exists():
-        pytest.skip(f"no PostgreSQL 15 at {BIN}")
-    uid, gid = _ids()
-    # Not under pytest's base directory: as root it is 0700, which the server's user cannot enter.
-    root = Path(tempfile.mkdtemp(prefix="pg-owner-"))
-    data, socket_dir = root / "data", root / "run"
-    socket_dir.mkdir()
-    if uid is not None and gid is not None:
-        for path in (root, socket_dir):
-            os.chown(path, uid, gid)
-    as_server: dict[str, Any] = {"user": uid, "group": gid, "extra_groups": [] if uid is not None else None}
-
-    def run(*args: str) -> None:
-        subprocess.run(args, check=True, capture_output=True, cwd="/", **as_server)
-
-    port = 5432  # a Unix socket only (listen_addresses ''): the port just names the socket file
-    try:
-        run(str(BIN / "initdb"), "-D", str(data), "--username", "postgres", "--auth", "trust", "--encoding",
-            "UTF8", "--locale", "C.UTF-8")
-        run(str(BIN / "pg_ctl"), "-D", str(data), "-w", "-l", str(root / "log"), "-o",
-            f"-c listen_addresses='' -k {socket_dir} -p {port}", "start")
-        server = Server(socket_dir, port)
-        with server.connect("postgres", "postgres") as conn:
+    with throwaway_postgres("pg-owner-") as running:
+        with running.connect(SUPERUSER) as conn:
             # What CloudNativePG makes: initdb's owner and database, then the managed monitor role.
             owner = sql.Identifier(OWNER)
             conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(owner))
             conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(DATABASE), owner))
             conn.execute(sql.SQL("CREATE ROLE {} LOGIN IN ROLE pg_monitor").format(sql.Identifier(MONITOR_ROLE)))
-        yield server
-    finally:
-        if (data / "postmaster.pid").exists():
-            run(str(BIN / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop")
-        shutil.rmtree(root, ignore_errors=True)
+        yield dataclasses.replace(running, database=DATABASE)
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +51,7 @@ def granted(server: Server) -> Server:
 
 
 def test_the_owner_is_no_superuser(server: Server) -> None:
-    with server.connect("postgres", "postgres") as conn:
+    with server.connect(SUPERUSER, "postgres") as conn:
         row = conn.execute("SELECT rolsuper, rolcreaterole FROM pg_roles WHERE rolname = %s", (OWNER,)).fetchone()
     assert row == (False, False)
 
