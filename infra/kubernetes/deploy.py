@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import dataclasses
 import re
 import time
 from collections.abc import Sequence
@@ -28,7 +29,7 @@ from infra.config import StackConfig
 from infra.errors import UserError
 from infra.kubernetes import secret_hashes
 from infra.kubernetes.kubectl import FIELD_MANAGER, Kubectl, KubectlError, resource, resource_of
-from infra.kubernetes.objects import PHASES, Manifest, Names, Phase, prune_selector
+from infra.kubernetes.objects import PHASES, Manifest, Names, Phase, flow_run_namespace, prune_selector
 from infra.kubernetes.render import Rendering
 from infra.progress import Progress
 
@@ -108,6 +109,8 @@ class KubernetesDeployReport:
     pruned: list[str] = field(default_factory=list)
     # No longer rendered but holding data: left in place, named so the operator can delete them deliberately.
     kept: list[str] = field(default_factory=list)
+    # What the Jobs that run at every deploy (the work pools' provisioning) said, by Job name.
+    job_reports: dict[str, list[str]] = field(default_factory=dict)
     elapsed_s: float = 0.0
 
 
@@ -143,12 +146,25 @@ def _redact(text: str, values: Sequence[str]) -> str:
     return text
 
 
+def in_namespace(kubectl: Kubectl, namespace: str) -> Kubectl:
+    """The same kubectl for another namespace (kubectl refuses an object whose namespace is not its --namespace)."""
+    return kubectl if namespace == kubectl.namespace else dataclasses.replace(kubectl, namespace=namespace)
+
+
 def _apply(kubectl: Kubectl, config: StackConfig, phase: Phase, objects: Sequence[dict[str, Any]],
            redact: Sequence[str] = ()) -> None:
-    try:
-        kubectl.apply(objects)
-    except KubectlError as exc:
-        raise _apply_failed(config, phase, exc, redact) from None
+    """One apply per namespace the objects live in, the stack's first (cluster-scoped objects go with it)."""
+    by_namespace: dict[str, list[dict[str, Any]]] = {config.kubernetes.namespace: []}
+    for obj in objects:
+        namespace = obj.get("metadata", {}).get("namespace") or config.kubernetes.namespace
+        by_namespace.setdefault(namespace, []).append(obj)
+    for namespace, group in by_namespace.items():
+        if not group:
+            continue
+        try:
+            in_namespace(kubectl, namespace).apply(group)
+        except KubectlError as exc:
+            raise _apply_failed(config, phase, exc, redact) from None
 
 
 def _apply_failed(config: StackConfig, phase: Phase, exc: KubectlError, redact: Sequence[str]) -> UserError:
@@ -169,6 +185,11 @@ def _apply_failed(config: StackConfig, phase: Phase, exc: KubectlError, redact: 
     elif "failed calling webhook" in exc.stderr:
         fix = (f"an operator's admission webhook did not answer: check that its pods run (kubectl -n "
                f"{config.kubernetes.operator_namespace} get pods) and deploy again")
+    elif f'namespaces "{flow_run_namespace(config)}" not found' in exc.stderr:
+        fix = (f"create the flow-run namespace (kubernetes.flow_run_namespace) and label it for Pod Security "
+               f"restricted: kubectl create namespace {flow_run_namespace(config)}; kubectl label namespace "
+               f"{flow_run_namespace(config)} pod-security.kubernetes.io/enforce=restricted; then deploy again "
+               f"(docs/workers.md)")
     elif "forbidden" in exc.stderr:
         fix = (f"the kubeconfig's user needs the right to create and patch these objects in namespace "
                f"{config.kubernetes.namespace} (and to create the namespace); ask the cluster's administrator")
@@ -247,13 +268,37 @@ def _wait_one(kubectl: Kubectl, config: StackConfig, phase: Phase, wait: _Wait, 
 
 
 def _check_secret_objects(config: StackConfig, secret_objects: Sequence[dict[str, Any]]) -> None:
+    allowed = {config.kubernetes.namespace, flow_run_namespace(config)}
     for obj in secret_objects:
         if obj.get("kind") != "Secret":
             raise ValueError(f"secret_objects holds a {obj.get('kind')}: only Secrets go there")
         namespace = obj.get("metadata", {}).get("namespace")
-        if namespace != config.kubernetes.namespace:
+        if namespace not in allowed:
             raise ValueError(f"Secret {obj['metadata'].get('name')} is for namespace {namespace}, "
-                             f"not {config.kubernetes.namespace}")
+                             f"not {' or '.join(sorted(allowed))}")
+
+
+def _rerun_jobs(kubectl: Kubectl, config: StackConfig, phase: Phase, manifests: Sequence[Manifest]) -> None:
+    """Delete the finished runs of the Jobs that run at every deploy, so applying them starts a new one (a Job's pod
+    template cannot change, and a completed Job never runs again)."""
+    for m in manifests:
+        if not m.rerun:
+            continue
+        try:
+            kubectl.delete(resource(m.api_version, m.kind), m.name, timeout_s=config.kubernetes.wait_timeout_s)
+        except KubectlError as exc:
+            raise UserError(f"deploy stopped in phase {phase}: cannot delete the last run of Job {m.name}: "
+                            f"{exc.tail(3)}", fix=f"{kubectl_hint(config)} delete job {m.name}, then deploy "
+                                                  "again") from None
+
+
+def _job_report(kubectl: Kubectl, name: str) -> list[str]:
+    try:
+        text = kubectl.logs_tail(f"job/{name}", JOB_LOG_LINES)
+    except KubectlError as exc:
+        return [f"(no log: {exc.tail(1)})"]
+    # --prefix puts "[pod/NAME/CONTAINER] " before each line: the operator wants what the Job said.
+    return [re.sub(r"^\[[^\]]*\] ", "", line) for line in text.rstrip().splitlines()[-JOB_LOG_LINES:]]
 
 
 def _phase_objects(manifests: Sequence[Manifest]) -> list[dict[str, Any]]:
@@ -280,6 +325,7 @@ def deploy(config: StackConfig, rendering: Rendering, secret_objects: Sequence[d
             in_phase = [m for m in manifests if m.phase == phase]
             # A changed Secret rolls the pods that read it (their templates carry its digest).
             objects = secret_hashes.stamp(_phase_objects(in_phase), secret_objects)
+            _rerun_jobs(kubectl, config, phase, in_phase)
             if objects:
                 _apply(kubectl, config, phase, objects)
                 report.applied[phase] = [_label(o) for o in objects]
@@ -290,6 +336,9 @@ def deploy(config: StackConfig, rendering: Rendering, secret_objects: Sequence[d
             for wait in _waits(in_phase):
                 progress(f"{phase}: waiting for {wait.what}")
                 _wait_one(kubectl, config, phase, wait, max(deadline - time.monotonic(), 1.0))
+            for m in in_phase:
+                if m.rerun:
+                    report.job_reports[m.name] = _job_report(kubectl, m.name)
             meter.step(f"{phase}: {len(objects)} objects applied" + (", ready" if _waits(in_phase) else ""))
         report.pruned, report.kept = prune(kubectl, config, manifests)
         # After prune: the monitors that read a retired Secret are gone by then.
@@ -384,12 +433,34 @@ def delete_retired_secrets(kubectl: Kubectl, config: StackConfig) -> list[str]:
     return deleted
 
 
+# What the stack puts in a flow-run namespace of its own (infra/kubernetes/workers.py): pruned there too.
+FLOW_RUN_NAMESPACE_KINDS: tuple[tuple[str, str], ...] = (
+    ("v1", "ServiceAccount"),
+    ("rbac.authorization.k8s.io/v1", "RoleBinding"),
+    ("rbac.authorization.k8s.io/v1", "Role"),
+    ("networking.k8s.io/v1", "NetworkPolicy"),
+)
+
+
 def prune(kubectl: Kubectl, config: StackConfig, manifests: Sequence[Manifest]) -> tuple[list[str], list[str]]:
-    """Delete what this stack applied that ``manifests`` no longer hold; (pruned, kept) as Kind/name."""
-    rendered = {(_group(m.api_version), m.kind, m.name) for m in manifests}
+    """Delete what this stack applied that ``manifests`` no longer hold, in its namespace and in a flow-run namespace
+    of its own; (pruned, kept) as Kind/name."""
+    pruned, kept = _prune_in(kubectl, config, manifests, prunable_kinds(manifests))
+    runs = flow_run_namespace(config)
+    if runs != config.kubernetes.namespace:
+        more, _ = _prune_in(in_namespace(kubectl, runs), config, manifests, FLOW_RUN_NAMESPACE_KINDS)
+        pruned += more
+    return pruned, kept
+
+
+def _prune_in(kubectl: Kubectl, config: StackConfig, manifests: Sequence[Manifest],
+              kinds: Sequence[tuple[str, str]]) -> tuple[list[str], list[str]]:
+    namespace = kubectl.namespace
+    rendered = {(_group(m.api_version), m.kind, m.name) for m in manifests
+                if (m.obj["metadata"].get("namespace") or config.kubernetes.namespace) == namespace}
     pruned: list[str] = []
     kept: list[str] = []
-    for what, obj in list_stack_objects(kubectl, config, prunable_kinds(manifests)):
+    for what, obj in list_stack_objects(kubectl, config, kinds):
         group, kind, name = _group(str(obj["apiVersion"])), str(obj["kind"]), str(obj["metadata"]["name"])
         if (group, kind, name) in rendered or kind in NEVER_PRUNED:
             continue

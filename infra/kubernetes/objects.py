@@ -15,9 +15,10 @@ from urllib.parse import urlsplit
 
 from infra.config import ResourcesConfig, StackConfig
 
-# The order `invoke deploy --target kubernetes` applies them in, waiting between phases.
-Phase = Literal["namespace", "data", "migrate", "apps", "monitoring"]
-PHASES: tuple[Phase, ...] = ("namespace", "data", "migrate", "apps", "monitoring")
+# The order `invoke deploy --target kubernetes` applies them in, waiting between phases. pools: the work pools
+# provisioned through the API once it is up; workers: then the workers that poll them.
+Phase = Literal["namespace", "data", "migrate", "apps", "pools", "workers", "monitoring"]
+PHASES: tuple[Phase, ...] = ("namespace", "data", "migrate", "apps", "pools", "workers", "monitoring")
 
 # Optional features, one kustomize component each (k8s/components/<name>).
 Component = Literal["gateway-api", "monitoring", "network-policies", "physical-backups", "redis-sentinel"]
@@ -55,6 +56,9 @@ class Manifest:
     obj: dict[str, Any]
     phase: Phase
     component: Component | None = None  # None: the base
+    # A Job that runs again at every deploy (deploy deletes the finished one first): work that must see the live
+    # state each time, like the work pools' provisioning, which puts back what drifted since the last deploy.
+    rerun: bool = False
 
     @property
     def kind(self) -> str:
@@ -120,6 +124,26 @@ class Names:
     @property
     def backup(self) -> str:
         return self("backup")
+
+    # Workers (infra/kubernetes/workers.py)
+    def worker(self, pool: str, entry: int = 1) -> str:
+        """The Deployment of a pool's ``entry``-th workers entry (from 1): ``<prefix>-worker-<pool>``, then
+        ``-2``, ``-3``... for the pool's further entries."""
+        return self(f"worker-{pool}") + ("" if entry == 1 else f"-{entry}")
+
+    def worker_account(self, pool: str) -> str:
+        """The ServiceAccount (and its Role and RoleBinding) of a pool's workers."""
+        return self(f"worker-{pool}")
+
+    @property
+    def flow_run(self) -> str:
+        """The flow-run pods' ServiceAccount (no token) in the flow-run namespace."""
+        return self("flow-run")
+
+    @property
+    def work_pools(self) -> str:
+        """The provisioning Job and the ConfigMap holding its plan."""
+        return self("work-pools")
 
     # PostgreSQL (CloudNativePG): the Cluster, its read-write Service, the two Poolers (each a Service too).
     @property
@@ -204,6 +228,12 @@ class Names:
         return self("stack-secrets")
 
     @property
+    def secret_flow_run_auth(self) -> str:
+        """Key ``prefect_auth`` only: the API's credentials for flow-run pods, made by deploy in the flow-run namespace
+        when it is not the stack's (a pod can only read a Secret of its own namespace)."""
+        return self("flow-run-auth")
+
+    @property
     def retired_secrets(self) -> tuple[str, ...]:
         """Secrets an earlier deploy created that nothing reads any more; deploy deletes them (prune never touches
         Secrets). ``api-metrics-auth``: the API admin's password, which Prometheus scraped /api/metrics with."""
@@ -236,6 +266,43 @@ def labels(config: StackConfig, component: str, version: str | None = None) -> d
 def selector(config: StackConfig, component: str) -> dict[str, str]:
     """What a Service, PDB or NetworkPolicy selects a workload's pods by: stable across versions."""
     return {LABEL_NAME: component, LABEL_INSTANCE: config.kubernetes.name}
+
+
+# Prefect sets app.kubernetes.io/name (the flow or deployment), managed-by, part-of and version on flow-run pods and
+# replaces ours: the flow-run pods are known by the two it leaves alone.
+FLOW_RUN_COMPONENT = "flow-run"
+WORKER_COMPONENT = "worker"
+WORK_POOLS_COMPONENT = "work-pools"
+POOL_TYPE = "kubernetes"
+
+
+def kubernetes_pool_names(config: StackConfig) -> list[str]:
+    """The model's pools that run flows as Jobs here (all of them on this target, while workers are enabled)."""
+    if not config.workers.enabled:
+        return []
+    return [pool.name for pool in config.workers.pools if config.pool_type(pool) == POOL_TYPE]
+
+
+def flow_run_namespace(config: StackConfig) -> str:
+    """Where the kubernetes pools' flow-run Jobs go: kubernetes.flow_run_namespace, else the stack's namespace."""
+    return config.kubernetes.flow_run_namespace or config.kubernetes.namespace
+
+
+def flow_run_selector(config: StackConfig) -> dict[str, str]:
+    """The labels of the stack's flow-run pods (set in the pools' job template), as NetworkPolicies select them."""
+    return {LABEL_COMPONENT: FLOW_RUN_COMPONENT, LABEL_INSTANCE: config.kubernetes.name}
+
+
+def worker_side_api_peers(config: StackConfig) -> list[dict[str, Any]]:
+    """NetworkPolicy peers of what calls the API for the workers: the provisioning Job, the workers and the flow-run
+    pods (from their namespace). None without kubernetes pools."""
+    if not kubernetes_pool_names(config):
+        return []
+    flow_runs: dict[str, Any] = {"podSelector": {"matchLabels": flow_run_selector(config)}}
+    if flow_run_namespace(config) != config.kubernetes.namespace:
+        flow_runs.update(namespace_peer(flow_run_namespace(config)))
+    return [{"podSelector": {"matchLabels": selector(config, WORK_POOLS_COMPONENT)}},
+            {"podSelector": {"matchLabels": selector(config, WORKER_COMPONENT)}}, flow_runs]
 
 
 def prune_selector(config: StackConfig) -> str:

@@ -46,6 +46,7 @@ from infra.kubernetes.objects import (
     selector,
     topology_spread,
     url_port,
+    worker_side_api_peers,
 )
 from infra.layout import StateLayout
 from infra.render import Addresses
@@ -76,7 +77,7 @@ ENV_FILES = {"api": "api.env.json", "services": "services.env.json", "migrate": 
 EFFECTIVE_CONFIG = "stack.effective.yaml"
 
 
-def _prefect_version() -> str:
+def prefect_version() -> str:
     # The installed distribution's version (the image installs the same lock): importing prefect takes seconds.
     return importlib.metadata.version("prefect")
 
@@ -178,7 +179,7 @@ def effective_config(config: StackConfig) -> str:
 def migration_job_name(config: StackConfig, image: str) -> str:
     """Named after the Prefect version and the image: a new version (or image) migrates once, a re-deploy of
     the same one finds the Job done and does nothing."""
-    version = _prefect_version().replace(".", "-").replace("+", "-").lower()
+    version = prefect_version().replace(".", "-").replace("+", "-").lower()
     digest = hashlib.sha256(image.encode()).hexdigest()[:8]
     return Names.of(config)(f"migrate-{version}-{digest}")[:63].rstrip("-")
 
@@ -596,7 +597,8 @@ def network_policies(config: StackConfig) -> list[Manifest]:
                 # services (the only pods of the stack that call the API).
                 ingress=[{"from": [*_edge_peers(config), namespace_peer(k8s.prometheus_namespace),
                                    {"podSelector": {"matchLabels": selector(config, "services")}},
-                                   *_api_client_peers(config)],
+                                   # The workers' side: provisioning, workers, flow-run pods.
+                                   *worker_side_api_peers(config), *_api_client_peers(config)],
                           "ports": network_ports(API_PORT)}],
                 egress=[_database_egress(config, endpoints.api), _redis_egress(config), *_tracing_egress(config)]),
         _policy(config, "services", {"matchLabels": selector(config, "services")}, component="services", ingress=None,
@@ -616,7 +618,7 @@ def network_policies(config: StackConfig) -> list[Manifest]:
 
 
 def prefect_manifests(config: StackConfig, images: Any) -> list[Manifest]:
-    version = _prefect_version()
+    version = prefect_version()
     image = images.prefect
     manifests = [_migration_job(config, image, version), *_api(config, image, version),
                  *_services(config, image, version), *_backup(config, image, version), *network_policies(config)]

@@ -16,7 +16,7 @@ import yaml
 
 from infra.config import StackConfig
 from infra.containers import images as project_images
-from infra.kubernetes import database, monitoring, namespace, prefect, redis, secrets
+from infra.kubernetes import database, monitoring, namespace, prefect, redis, secrets, workers
 from infra.kubernetes.objects import COMPONENTS, Manifest
 from infra.kubernetes.scheduling import apply_scheduling
 
@@ -73,6 +73,7 @@ def render(config: StackConfig, images: Images) -> Rendering:
     rendering.manifests += database.database_manifests(config, images)
     rendering.manifests += redis.redis_manifests(config, images)
     rendering.manifests += prefect.prefect_manifests(config, images)
+    rendering.manifests += workers.manifests(config, images, prefect.prefect_version())
     rendering.manifests += monitoring.monitoring_manifests(config, images)
     apply_scheduling(config, rendering.manifests)
     rendering.external_secrets = secrets.external_secrets(config)

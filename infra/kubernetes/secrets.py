@@ -14,7 +14,7 @@ from typing import Any
 from infra.config import StackConfig
 from infra.errors import UserError
 from infra.kubernetes import prefect
-from infra.kubernetes.objects import Names, metadata
+from infra.kubernetes.objects import Names, flow_run_namespace, kubernetes_pool_names, metadata
 from infra.render.postgres import MONITOR_ROLE
 from infra.secrets import SECRET_NAMES, Secrets
 
@@ -39,6 +39,9 @@ def external_secrets(config: StackConfig) -> dict[str, str]:
         made[config.kubernetes.ingress.tls_secret] = ("cert-manager (ingress.cluster_issuer)"
                                                       if config.kubernetes.ingress.cluster_issuer
                                                       else "the operator: the Ingress certificate")
+    if kubernetes_pool_names(config) and flow_run_namespace(config) != config.kubernetes.namespace:
+        made[names.secret_flow_run_auth] = ("invoke deploy: the API's credentials for flow-run pods, in "
+                                            "kubernetes.flow_run_namespace")
     for name in config.kubernetes.scheduling.image_pull_secrets:
         made[name] = "the operator: credentials of kubernetes.image_registry (kubernetes.scheduling.image_pull_secrets)"
     return made
@@ -91,6 +94,11 @@ def secret_objects(config: StackConfig, secrets: Secrets,
         objects.append(_secret(config, names.secret_db_monitor,
                                {"username": MONITOR_ROLE, "password": secrets.get("postgres_monitor")},
                                "kubernetes.io/basic-auth", CNPG_RELOAD))
+    if kubernetes_pool_names(config) and flow_run_namespace(config) != config.kubernetes.namespace:
+        # Flow-run pods read the API's credentials from a Secret of their own namespace: only that key is copied.
+        copy = _secret(config, names.secret_flow_run_auth, {"prefect_auth": secrets.get("prefect_auth")})
+        copy["metadata"]["namespace"] = flow_run_namespace(config)
+        objects.append(copy)
     if config.kubernetes.s3_credentials == "secret":
         key_id, secret = s3_credentials(environ)
         objects.append(_secret(config, names.secret_s3, {

@@ -75,6 +75,8 @@ class KubernetesTarget:
         if report.pruned:
             notes.append(f"pruned (no longer rendered): {', '.join(report.pruned)}")
         notes += [f"kept, holds data (delete it yourself if you mean it): {kept}" for kept in report.kept]
+        # The work pools' provisioning Job: created, put back, left alone (infra/work_pools/provision.py).
+        notes += [f"{job}: {line}" for job, lines in report.job_reports.items() for line in lines]
         edges = [edge for edge, on in (("Ingress", config.kubernetes.ingress.enabled),
                                        ("HTTPRoute", config.kubernetes.gateway.enabled)) if on]
         guide = (

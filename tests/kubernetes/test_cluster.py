@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import subprocess
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -26,6 +28,54 @@ def test_a_second_deploy_changes_nothing_and_succeeds(cluster_stack: ClusterStac
     result = cluster_stack.invoke("deploy", "--target", "kubernetes")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "pruned 0 objects" in result.stderr
+
+
+# The flow's code reaches the flow-run pod the way a deployment's pull steps bring code: written into its working
+# directory (an emptyDir) by a pull step, so the test needs no registry or git server of its own.
+FLOW_CODE = """
+from prefect import flow, get_run_logger
+
+
+@flow
+def hello_from_a_job() -> str:
+    get_run_logger().info("hello from a Kubernetes Job")
+    return "done"
+"""
+
+
+def test_a_flow_runs_as_a_job_through_the_provisioned_pool(cluster_stack: ClusterStack) -> None:
+    encoded = base64.b64encode(FLOW_CODE.encode()).decode()
+    write = (f"python -c \"import base64, pathlib; pathlib.Path('k8s_flow.py')"
+             f".write_bytes(base64.b64decode('{encoded}'))\"")
+    with cluster_stack.client() as client:
+        pool = client.get("/work_pools/default")
+        assert pool.status_code == 200 and pool.json()["type"] == "kubernetes", pool.text
+        flow_id = client.post("/flows/", json={"name": "hello-from-a-job"}).json()["id"]
+        deployment = client.post("/deployments/", json={
+            "name": "cluster-test", "flow_id": flow_id, "work_pool_name": "default",
+            "entrypoint": "k8s_flow.py:hello_from_a_job",
+            "pull_steps": [{"prefect.deployments.steps.run_shell_script": {"script": write}}]})
+        assert deployment.status_code in (200, 201), deployment.text
+        run = client.post(f"/deployments/{deployment.json()['id']}/create_flow_run", json={}).json()["id"]
+        deadline = time.monotonic() + 600
+        state = None
+        while time.monotonic() < deadline:
+            state = client.get(f"/flow_runs/{run}").json()["state"]["type"]
+            if state in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
+                break
+            time.sleep(3)
+        assert state == "COMPLETED", f"flow run {run} ended {state}"
+        logs = client.post("/logs/filter", json={"logs": {"flow_run_id": {"any_": [run]}}}).json()
+        assert any("hello from a Kubernetes Job" in line["message"] for line in logs)
+    # It ran as a Job of the pool's template: in the flow-run namespace, hardened, without a token.
+    jobs = cluster_stack.get("job", "-l", f"prefect.io/flow-run-id={run}")["items"]
+    assert len(jobs) == 1
+    pod = jobs[0]["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == f"{cluster_stack.name}-flow-run"
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["containers"][0]["securityContext"]["capabilities"]["drop"] == ["ALL"]
+    auth = next(e for e in pod["containers"][0]["env"] if e["name"] == "PREFECT_API_AUTH_STRING")
+    assert "value" not in auth and auth["valueFrom"]["secretKeyRef"]["key"] == "prefect_auth"
 
 
 def test_rollout_under_load_fails_no_request(cluster_stack: ClusterStack) -> None:

@@ -19,7 +19,7 @@ from infra.config import StackConfig, load_config
 from infra.errors import UserError
 from infra.kubernetes.deploy import KubernetesDeployReport, deploy
 from infra.kubernetes.kubectl import Kubectl, KubectlError, resource
-from infra.kubernetes.objects import PHASES, Manifest, Names, labels, metadata
+from infra.kubernetes.objects import PHASES, Manifest, Names, flow_run_namespace, labels, metadata
 from infra.kubernetes.render import Rendering
 from infra.kubernetes.secret_hashes import ANNOTATION
 from infra.progress import PlainProgress, QuietProgress
@@ -35,6 +35,11 @@ def kubernetes_config(**kubernetes: Any) -> StackConfig:
 
 def _obj(config: StackConfig, api_version: str, kind: str, name: str, component: str) -> dict[str, Any]:
     return {"apiVersion": api_version, "kind": kind, "metadata": metadata(config, name, component), "spec": {}}
+
+
+def _in(obj: dict[str, Any], namespace: str) -> dict[str, Any]:
+    obj["metadata"]["namespace"] = namespace
+    return obj
 
 
 def sample_rendering(config: StackConfig) -> Rendering:
@@ -58,6 +63,12 @@ def sample_rendering(config: StackConfig) -> Rendering:
         Manifest(_obj(config, "apps/v1", "Deployment", n.services, "services"), "apps"),
         Manifest(_obj(config, "v1", "Service", n.api, "api"), "apps"),
         Manifest(_obj(config, "batch/v1", "CronJob", n.backup, "backup"), "apps"),
+        Manifest(_obj(config, "v1", "ConfigMap", n.work_pools, "work-pools"), "pools"),
+        Manifest(_obj(config, "batch/v1", "Job", n.work_pools, "work-pools"), "pools", rerun=True),
+        Manifest(_obj(config, "v1", "ServiceAccount", n.worker_account("default"), "worker"), "workers"),
+        Manifest(_in(_obj(config, "rbac.authorization.k8s.io/v1", "Role", n.worker_account("default"), "worker"),
+                     flow_run_namespace(config)), "workers"),
+        Manifest(_obj(config, "apps/v1", "Deployment", n.worker("default"), "worker"), "workers"),
         Manifest(_obj(config, "monitoring.coreos.com/v1", "ServiceMonitor", n.api, "api"), "monitoring",
                  "monitoring"),
     ]
@@ -124,8 +135,11 @@ class Outcome:
         return {o["metadata"]["name"] for _, objects in self.applies() for o in objects}
 
     def deleted(self) -> set[tuple[str, str]]:
-        """What prune deleted by name (the retired Secrets are deleted by selector: TestRetiredSecrets)."""
-        return {(c.args[1], c.args[2]) for c in self.calls if c.verb == "delete" and not c.args[2].startswith("-")}
+        """What prune deleted by name, after the last apply (before it: the Jobs run at every deploy, TestRerunJob;
+        the retired Secrets are deleted by selector: TestRetiredSecrets)."""
+        last = max((i for i, _ in self.applies()), default=-1)
+        return {(c.args[1], c.args[2]) for i, c in enumerate(self.calls)
+                if i > last and c.verb == "delete" and not c.args[2].startswith("-")}
 
     @property
     def message(self) -> str:
@@ -188,6 +202,8 @@ WAITS = [  # phase, kubectl verb, what it names
     ("migrate", "wait", f"job.batch/{MIGRATE_JOB}"),
     ("apps", "rollout status", "deployment.apps/prefect-api"),
     ("apps", "rollout status", "deployment.apps/prefect-services"),
+    ("pools", "wait", "job.batch/prefect-work-pools"),
+    ("workers", "rollout status", "deployment.apps/prefect-worker-default"),
 ]
 
 
@@ -579,3 +595,83 @@ class TestApplyErrors:
         outcome = run_deploy(tmp_path, {"apply_errors": {"kind: Cluster": (
             'Internal error occurred: failed calling webhook "mcluster.cnpg.io": connection refused')}})
         assert "kubectl -n cnpg-system get pods" in outcome.fix
+
+
+class TestRerunJob:
+    """The work pools' provisioning Job runs at every deploy: its last run is deleted, then it is applied again."""
+
+    def _delete_index(self, outcome: Outcome) -> int:
+        return next(i for i, c in enumerate(outcome.calls)
+                    if c.verb == "delete" and c.args[1:3] == ["job.batch", "prefect-work-pools"])
+
+    def test_its_last_run_is_deleted_before_its_phase_applies(self, happy: Outcome) -> None:
+        applied = happy.apply_index("pools")
+        assert applied is not None and self._delete_index(happy) < applied
+
+    def test_deleted_only_once_the_api_is_up(self, happy: Outcome) -> None:
+        api_ready = next(i for i, c in enumerate(happy.calls)
+                         if c.verb == "rollout status" and "deployment.apps/prefect-api" in c.args)
+        assert api_ready < self._delete_index(happy)
+
+    def test_the_migration_job_is_never_deleted(self, happy: Outcome) -> None:
+        assert not [c for c in happy.calls if c.verb == "delete" and MIGRATE_JOB in c.args]
+
+    def test_what_it_said_is_in_the_report(self, tmp_path: Path) -> None:
+        outcome = run_deploy(tmp_path, {"logs": {"job/prefect-work-pools": (
+            "[pod/prefect-work-pools-x/provision] work pool default: created\n")}})
+        assert outcome.report is not None
+        assert outcome.report.job_reports == {"prefect-work-pools": ["work pool default: created"]}
+
+    def test_a_failed_run_stops_before_the_workers(self, tmp_path: Path) -> None:
+        outcome = run_deploy(tmp_path, {
+            "conditions": {"job.batch/prefect-work-pools": {"condition=complete": False, "condition=failed": True}},
+            "logs": {"job/prefect-work-pools": "error: work pool default exists with type process\n"}})
+        assert "phase pools" in outcome.message and "exists with type process" in outcome.message
+        assert outcome.apply_index("workers") is None
+
+
+@pytest.fixture(scope="module")
+def elsewhere(tmp_path_factory: pytest.TempPathFactory) -> Outcome:
+    """Flow runs in a namespace of their own: its objects, and the Secret copy deploy makes there."""
+    config = load_config(target="kubernetes", kubernetes={"flow_run_namespace": "flows"})
+    stale = live(config, "rbac.authorization.k8s.io/v1", "Role", "prefect-worker-gone")
+    stale["metadata"]["namespace"] = "flows"
+    copy = {"apiVersion": "v1", "kind": "Secret",
+            "metadata": {**metadata(config, Names.of(config).secret_flow_run_auth, "secrets"), "namespace": "flows"},
+            "stringData": {"prefect_auth": "admin:flow-pass-Qa71"}}
+    rendering = sample_rendering(config)
+    tmp = tmp_path_factory.mktemp("elsewhere")
+    with pytest.MonkeyPatch.context() as patch:
+        standin = StandIn.install(tmp, patch)
+        patch.setenv("KUBECONFIG", str(tmp / "no-kubeconfig"))
+        standin.script(objects=[stale])
+        lines: list[str] = []
+        report = deploy(config, rendering, [*sample_secrets(config), copy], PlainProgress(lines.append))
+    return Outcome(config, rendering, standin, tmp, report, None, lines)
+
+
+class TestFlowRunNamespace:
+    def test_its_objects_applied_with_its_namespace(self, elsewhere: Outcome) -> None:
+        calls = [c for c in elsewhere.calls if c.verb == "apply" and "kind: Role" in c.stdin]
+        assert [c.argv for c in calls if "--namespace=flows" in c.argv] and len(calls) == 1
+
+    def test_no_apply_mixes_namespaces(self, elsewhere: Outcome) -> None:
+        for call in (c for c in elsewhere.calls if c.verb == "apply"):
+            namespace = next(a for a in call.argv if a.startswith("--namespace=")).removeprefix("--namespace=")
+            found = {o["metadata"].get("namespace") or namespace for o in yaml.safe_load_all(call.stdin)
+                     if o["kind"] != "Namespace"}
+            assert found <= {namespace}
+
+    def test_the_secret_copy_applied_there(self, elsewhere: Outcome) -> None:
+        assert [c for c in elsewhere.calls if c.verb == "apply" and "--namespace=flows" in c.argv
+                and "prefect-flow-run-auth" in c.stdin]
+
+    def test_pruned_there(self, elsewhere: Outcome) -> None:
+        assert elsewhere.report is not None and "Role/prefect-worker-gone" in elsewhere.report.pruned
+        assert [c for c in elsewhere.calls if c.verb == "delete" and "--namespace=flows" in c.argv
+                and "prefect-worker-gone" in c.args]
+
+    def test_a_missing_namespace_says_how_to_create_it(self, tmp_path: Path) -> None:
+        config = load_config(target="kubernetes", kubernetes={"flow_run_namespace": "flows"})
+        outcome = run_deploy(tmp_path, {"apply_errors": {"kind: Role": 'namespaces "flows" not found'}}, config)
+        assert "kubectl create namespace flows" in outcome.fix and "restricted" in outcome.fix
