@@ -442,8 +442,15 @@ def docker_pool_variables(config: StackConfig, prefect_image: str) -> dict[str, 
     mounts = [f"{m['source']}:{m['target']}:ro" for m in _flow_code_mounts(config)]
     if config.tls_enabled:
         mounts.append(f"{StateLayout(config.state_dir).etc / TRUSTED_CA}:{CONTAINER.etc / TRUSTED_CA}:ro")
+    # Hardened like the stack's own containers (no capability, no privilege gain, a read-only root with bounded
+    # scratch, a pids limit), and removed once finished: Compose does not know them, so destroy could not either.
+    hardening = {"cap_drop": ["ALL"], "security_opt": ["no-new-privileges:true"], "read_only": True,
+                 "tmpfs": {str(TMP): f"size={TMPFS_SIZE},mode=1777",
+                           str(HOME_DIR): f"size={TMPFS_SIZE},mode=0755,uid={CONTAINER_UID},gid={CONTAINER_UID}"},
+                 "pids_limit": WORKER_PIDS_LIMIT}
     return {"image": prefect_image, "image_pull_policy": "Never",
-            "networks": [f"{config.compose.project}_{FRONTEND}"], "volumes": mounts}
+            "networks": [f"{config.compose.project}_{FRONTEND}"], "volumes": mounts, "auto_remove": True,
+            "container_create_kwargs": hardening}
 
 
 def _workers(b: _Builder, inner: StackConfig, secrets: Secrets, trusted: tuple[RenderedFile, ...],
@@ -469,7 +476,8 @@ def _workers(b: _Builder, inner: StackConfig, secrets: Secrets, trusted: tuple[R
     for name, worker in config.workers.numbered():
         kind = config.pool_type(pools[worker.pool])
         command = list(worker_command(str(VENV_BIN / "prefect"), kind, name, worker))
-        environment = dict(settings)
+        # The links the worker and its flows log point to the UI as people reach it, not as the containers do.
+        environment = {**settings, "PREFECT_UI_URL": config.public_api_url.removesuffix("/api")}
         if kind == "docker":
             environment["DOCKER_HOST"] = f"unix://{DOCKER_SOCKET}"
         cpus = cpu_cores(worker.resources.cpu_limit) if worker.resources.cpu_limit else None

@@ -395,6 +395,10 @@ def test_docker_pools_run_flows_in_the_projects_image_next_to_the_load_balancer(
     assert variables["networks"] == [f"{config.compose.project}_{FRONTEND}"]
     assert f"{tmp_path / 'flows'}:{tmp_path / 'flows'}:ro" in variables["volumes"]
     assert any(v.endswith("/lb-ca.crt:ro") for v in variables["volumes"])
+    assert variables["auto_remove"] is True  # Compose does not know these containers: none may be left behind
+    hardening = variables["container_create_kwargs"]
+    assert hardening["cap_drop"] == ["ALL"] and hardening["read_only"] is True
+    assert "no-new-privileges:true" in hardening["security_opt"]
     pools = {pool.name: pool for pool in desired_pools(config, {"docker": variables})}  # valid for the type
     defaults = pools["boxed"].base_job_template["variables"]["properties"]
     assert defaults["image"]["default"] == Images.prefect
