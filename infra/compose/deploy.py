@@ -28,11 +28,15 @@ from infra.compose.project import (
     LABEL_COMPONENT,
     LB_NAME,
     ComposeProject,
+    DockerSocket,
+    docker_pool_variables,
+    flow_code_dir,
     render_project,
+    worker_services,
     write_project,
 )
 from infra.config import StackConfig
-from infra.containers.engine import compose_binary, docker_client
+from infra.containers.engine import compose_binary, docker_client, docker_host
 from infra.containers.images import ensure_images, image_refs
 from infra.errors import UserError
 from infra.haproxy_runtime import parse_server_stats
@@ -42,6 +46,9 @@ from infra.render.haproxy import BACKEND
 from infra.render.prometheus import RETIRED_FILES
 from infra.secrets import Secrets, ensure_secrets
 from infra.tls import load_balancer_tls
+from infra.work_pools.automations import desired_automations
+from infra.work_pools.provision import load_balancer_api, provision
+from infra.work_pools.templates import desired_pools
 
 LABEL_DEFINITION = "io.prefect-stack.definition"
 PROJECT_LABEL = "com.docker.compose.project"
@@ -105,6 +112,7 @@ class ComposeDeployReport:
     recreated: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
     rolled: list[str] = field(default_factory=list)  # API replicas replaced one at a time
+    provisioned: list[str] = field(default_factory=list)  # what provisioning the work pools did (its report)
     images_built: list[str] = field(default_factory=list)
     elapsed_s: float = 0.0
 
@@ -234,16 +242,59 @@ def _up_changed(config: StackConfig, project: ComposeProject, changed: Callable[
         run_compose(config, "up", "--detach", "--no-deps", "--wait", "--wait-timeout", str(UP_TIMEOUT_S), *services)
 
 
+def _docker_socket(config: StackConfig) -> DockerSocket | None:
+    """The engine's socket for the workers of docker pools (None: no such worker), checked to be mountable."""
+    pools = {pool.name: config.pool_type(pool) for pool in config.workers.pools}
+    if not config.workers.enabled or all(pools[w.pool] != "docker" for _, w in config.workers.numbered()):
+        return None
+    url = docker_host(config)
+    if not url.startswith("unix://"):
+        raise UserError(f"the workers of docker pools mount the engine's socket, but the engine is at {url}",
+                        fix="use an engine on this host through its unix:// socket (compose.docker_host), or give "
+                            "those pools type process")
+    path = Path(url.removeprefix("unix://"))
+    if not path.is_socket():
+        raise UserError(f"{path} (the Docker engine's socket) is not a socket on this host",
+                        fix="point compose.docker_host at the engine's socket on this host")
+    return DockerSocket(path, path.stat().st_gid)
+
+
+def _prepare_flow_code(config: StackConfig) -> None:
+    """The flow-code directory the workers mount: created when it is the default, refused when the workers'
+    user could not read it (Docker would otherwise create an empty root-owned one, or the runs fail later)."""
+    if not config.workers.enabled:
+        return
+    directory = flow_code_dir(config)
+    if config.workers.flow_code_dir is None:
+        directory.mkdir(parents=True, exist_ok=True)
+        directory.chmod(0o755)
+    if not directory.is_dir():
+        raise UserError(f"workers.flow_code_dir {directory} is not a directory",
+                        fix="create it and put the flow code there, or set workers.flow_code_dir: null for "
+                            "<state_dir>/flows")
+    mode = directory.stat()
+    readable = (mode.st_mode & 0o005 == 0o005 or (mode.st_uid == CONTAINER_UID and mode.st_mode & 0o500 == 0o500)
+                or (mode.st_gid == CONTAINER_UID and mode.st_mode & 0o050 == 0o050))
+    if not readable:
+        raise UserError(f"the workers (uid {CONTAINER_UID}) cannot read {directory}",
+                        fix=f"chmod o+rx {directory} (and o+r its files), or chown it to uid {CONTAINER_UID}")
+
+
 def deploy(config: StackConfig, progress: Progress) -> tuple[ComposeProject, ComposeDeployReport]:
     started = time.monotonic()
     report = ComposeDeployReport()
+    # The pools' templates are checked (a bad job variable or key is refused, naming it) before anything changes.
+    refs = image_refs(config)
+    pools = desired_pools(config, {"docker": docker_pool_variables(config, refs.prefect)})
+    automations = desired_automations(config)
+    socket_of_engine = _docker_socket(config)
+    _prepare_flow_code(config)
     client = docker_client(config)
     secrets: Secrets = ensure_secrets(config.state_dir / "secrets")
     report.images_built = [r.ref for r in ensure_images(config, client, progress) if r.action != "up to date"]
-    refs = image_refs(config)
     _check_upstream_images(config, client)
     tls = load_balancer_tls(config, config.state_dir / "secrets", names=(LB_NAME,)) if config.tls_enabled else None
-    project = render_project(config, secrets, refs, tls)
+    project = render_project(config, secrets, refs, tls, socket_of_engine)
     hashes = _definition_hashes(project)
     before = containers(client, config.compose.project)
     _preflight(config, {k: v for k, v in before.items() if v.status == "running"})
@@ -273,7 +324,16 @@ def deploy(config: StackConfig, progress: Progress) -> tuple[ComposeProject, Com
     for service in rolling:
         roll_replica(config, client, service)
         report.rolled.append(service)
-    run_compose(config, "up", "--detach", "--wait", "--wait-timeout", str(UP_TIMEOUT_S), "--remove-orphans")
+    # The server first; the workers, its clients, once their pools are as the model says (a worker never creates
+    # its pool, and one started first would only wait for it).
+    workers = worker_services(config)
+    server = [s for s in project.service_names() if s not in workers]
+    run_compose(config, "up", "--detach", "--wait", "--wait-timeout", str(UP_TIMEOUT_S), "--remove-orphans", *server)
+    if config.workers.enabled:
+        report.provisioned = provision(load_balancer_api(config, secrets.get("prefect_auth")), pools,
+                                       automations).lines()
+    if workers:  # (`up` with no service named would mean every service)
+        run_compose(config, "up", "--detach", "--wait", "--wait-timeout", str(UP_TIMEOUT_S), *workers)
     after = containers(client, config.compose.project)
     for service in project.service_names():
         if service in report.rolled:

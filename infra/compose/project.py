@@ -19,7 +19,7 @@ from typing import Any, Protocol
 import yaml
 from pydantic import SecretStr
 
-from infra.config import CONFIG_FILE_ENV, IN_CONTAINER_ENV, StackConfig
+from infra.config import CONFIG_FILE_ENV, IN_CONTAINER_ENV, StackConfig, WorkersConfig, cpu_cores
 from infra.containers import images
 from infra.layout import TRUSTED_CA, StateLayout
 from infra.render import Addresses, RenderedFile
@@ -33,6 +33,7 @@ from infra.render.postgres import pg_hba_conf, pg_ident_conf, postgresql_conf
 from infra.render.prefect import api_environment, migration_environment, services_environment
 from infra.render.redis import redis_conf
 from infra.render.tracing import server_tracing_environment
+from infra.render.workers import CONTAINER_FLOW_CODE_DIR, worker_command, worker_settings
 from infra.scripts import script
 from infra.secrets import BACKUP_SECRETS, SECRET_NAMES, Secrets
 from infra.tls import LoadBalancerTls
@@ -70,6 +71,20 @@ TMPFS_SIZE = "64m"
 RUN_DIR = CONTAINER.run
 # HOME and PREFECT_HOME of the Prefect processes: the API rewrites its UI (about 17 MB) there at every start.
 HOME_DIR = CONTAINER.prefect_home
+# Workers run flow code, which is not ours: a fork bomb or a thread leak stops at this many tasks (threads count)
+# instead of taking the host's process table.
+WORKER_PIDS_LIMIT = 4096
+# Where a docker pool's worker finds the engine (the engine's own socket is mounted here).
+DOCKER_SOCKET = PurePosixPath("/var/run/docker.sock")
+
+
+@dataclass(frozen=True)
+class DockerSocket:
+    """The Docker engine's Unix socket on the host and its group: docker pools' workers mount the socket, and
+    their (unprivileged) user joins that group to use it."""
+
+    path: PurePosixPath | Path = DOCKER_SOCKET
+    gid: int | None = None
 
 
 class Images(Protocol):
@@ -152,9 +167,11 @@ class _Builder:
             files: tuple[RenderedFile, ...] = (), secrets: tuple[str, ...] = (),
             state_secrets: tuple[str, ...] = (), environment: dict[str, str] | None = None,
             networks: tuple[str, ...] = (BACKEND,),
-            ports: tuple[str, ...] = (), volumes: tuple[str, ...] = (), healthcheck: list[str] | None = None,
+            ports: tuple[str, ...] = (), volumes: tuple[str | dict[str, Any], ...] = (),
+            healthcheck: list[str] | None = None,
             depends_on: dict[str, str] | None = None, memory: str | None = None, stop_signal: str | None = None,
             stop_grace_s: int | None = None, restart: str = "unless-stopped", start_period_s: int = 30,
+            cpus: float | None = None,
             user: str | None = f"{CONTAINER_UID}:{CONTAINER_UID}",
             writable: tuple[PurePosixPath | Path, ...] = ()) -> dict[str, Any]:
         """One service. ``user`` None: an upstream image, run as the user it declares. ``writable``: directories
@@ -196,12 +213,12 @@ class _Builder:
             service["stop_signal"] = f"SIG{stop_signal}"
         if stop_grace_s:
             service["stop_grace_period"] = f"{stop_grace_s}s"
-        service["deploy"] = {"resources": {"limits": {"cpus": str(self.config.compose.cpus),
+        service["deploy"] = {"resources": {"limits": {"cpus": str(cpus or self.config.compose.cpus),
                                                       "memory": memory or self.config.compose.memory}}}
         service["labels"] = {LABEL_COMPONENT: component}
         self.project.document["services"][name] = service
         for volume in volumes:
-            source = volume.split(":", 1)[0]
+            source = volume.split(":", 1)[0] if isinstance(volume, str) else volume["source"]
             if not source.startswith(("/", ".")):
                 self.project.document.setdefault("volumes", {})[source] = {}
         return service
@@ -273,11 +290,11 @@ LB_NAME = "haproxy"  # the load balancer's service name: Prefect processes in th
 
 
 def render_project(config: StackConfig, secrets: Secrets, images: Images,
-                   tls: LoadBalancerTls | None = None) -> ComposeProject:
+                   tls: LoadBalancerTls | None = None, docker_socket: DockerSocket | None = None) -> ComposeProject:
     """The whole compose project for ``config``: pure, so the repository's compose/ folder can be checked.
 
     ``tls``: the load balancer's certificates (``infra.tls.load_balancer_tls`` with the name ``haproxy``), needed
-    when ``config.tls_enabled``."""
+    when ``config.tls_enabled``. ``docker_socket``: the engine's socket, for the workers of docker pools."""
     if config.tls_enabled and tls is None:
         raise ValueError("TLS is on: render_project needs the load balancer's certificates")
     trusted = (RenderedFile(CONTAINER.etc / TRUSTED_CA, tls.trusted),) if tls and config.tls_enabled else ()
@@ -369,6 +386,9 @@ def render_project(config: StackConfig, secrets: Secrets, images: Images,
           depends_on={f"api-{i}": "service_started" for i in range(1, config.api.replicas + 1)},
           stop_signal="USR1", stop_grace_s=30, writable=(RUN_DIR,))
 
+    # --- workers ------------------------------------------------------------------------------------------------
+    _workers(b, inner, secrets, trusted, docker_socket or DockerSocket())
+
     # --- backups ------------------------------------------------------------------------------------------------
     _backup_scheduler(b, inner)
 
@@ -385,6 +405,104 @@ def render_project(config: StackConfig, secrets: Secrets, images: Images,
     return project
 
 
+def flow_code_dir(config: StackConfig) -> Path:
+    """The host directory of flow code the workers mount: workers.flow_code_dir, else <state_dir>/flows."""
+    return (config.workers.flow_code_dir or config.state_dir / "flows").expanduser()
+
+
+def worker_service(name: str) -> str:
+    """The compose service of the worker ``name`` of ``workers.numbered()`` (default-1: worker-default-1)."""
+    return f"worker-{name}"
+
+
+def worker_services(config: StackConfig) -> list[str]:
+    return [worker_service(name) for name, _ in config.workers.numbered()] if config.workers.enabled else []
+
+
+def compose_memory(quantity: str) -> str:
+    """A Kubernetes memory quantity (512Mi, 1Gi) in Docker's spelling (512m, 1g): both count in powers of 1024."""
+    number, unit = quantity[:-2], quantity[-2:]
+    return number + {"Ki": "k", "Mi": "m", "Gi": "g"}[unit]
+
+
+def _flow_code_mounts(config: StackConfig) -> list[dict[str, Any]]:
+    """The flow-code directory, read-only, at the same path as on the host (a deployment made there with
+    ``from_source(source=<dir>)`` names that path) and at CONTAINER_FLOW_CODE_DIR (the workers' working
+    directory, the path the other targets' images use). Never created by Docker: deploy checks it exists."""
+    host = flow_code_dir(config)
+    targets = dict.fromkeys([str(host), CONTAINER_FLOW_CODE_DIR])
+    return [{"type": "bind", "source": str(host), "target": target, "read_only": True,
+             "bind": {"create_host_path": False}} for target in targets]
+
+
+def docker_pool_variables(config: StackConfig, prefect_image: str) -> dict[str, Any]:
+    """What a docker pool's flow-run containers need from this stack (``desired_pools``'s target variables): the
+    project's Prefect image (local only: never pulled), the network where the load balancer answers by name, and
+    the flow code and the CA the worker's settings (which every flow run inherits) point to, at the same paths."""
+    mounts = [f"{m['source']}:{m['target']}:ro" for m in _flow_code_mounts(config)]
+    if config.tls_enabled:
+        mounts.append(f"{StateLayout(config.state_dir).etc / TRUSTED_CA}:{CONTAINER.etc / TRUSTED_CA}:ro")
+    # Hardened like the stack's own containers (no capability, no privilege gain, a read-only root with bounded
+    # scratch, a pids limit), and removed once finished: Compose does not know them, so destroy could not either.
+    hardening = {"cap_drop": ["ALL"], "security_opt": ["no-new-privileges:true"], "read_only": True,
+                 "tmpfs": {str(TMP): f"size={TMPFS_SIZE},mode=1777",
+                           str(HOME_DIR): f"size={TMPFS_SIZE},mode=0755,uid={CONTAINER_UID},gid={CONTAINER_UID}"},
+                 "pids_limit": WORKER_PIDS_LIMIT}
+    return {"image": prefect_image, "image_pull_policy": "Never",
+            "networks": [f"{config.compose.project}_{FRONTEND}"], "volumes": mounts, "auto_remove": True,
+            "container_create_kwargs": hardening}
+
+
+def _workers(b: _Builder, inner: StackConfig, secrets: Secrets, trusted: tuple[RenderedFile, ...],
+             socket: DockerSocket) -> None:
+    """One service per worker of the model: a client of the API like any other, through the load balancer.
+
+    Only the front-end network: the load balancer is there, and the database, Redis and the API replicas are
+    not (a flow's code has no business there), while flows keep the egress they usually need. The credential
+    comes in the environment file (a compose secret); the worker's settings are plain environment.
+    """
+    config = b.config
+    if not config.workers.enabled:
+        return
+    client = {"PREFECT_API_AUTH_STRING": secrets.get("prefect_auth"), "PREFECT_HOME": str(HOME_DIR),
+              "HOME": str(HOME_DIR)}
+    if config.tls_enabled:
+        client["PREFECT_API_SSL_CERT_FILE"] = str(CONTAINER.etc / TRUSTED_CA)
+    env_file = _env_file("worker", _prefect_in_containers(config, client))
+    # Each container has its own network namespace: every worker serves /health on the same loopback port.
+    port = config.workers.health_base_port
+    settings = worker_settings(inner, LOOPBACK, port)
+    pools = {pool.name: pool for pool in config.workers.pools}
+    for name, worker in config.workers.numbered():
+        kind = config.pool_type(pools[worker.pool])
+        command = list(worker_command(str(VENV_BIN / "prefect"), kind, name, worker))
+        # The links the worker and its flows log point to the UI as people reach it, not as the containers do.
+        environment = {**settings, "PREFECT_UI_URL": config.public_api_url.removesuffix("/api")}
+        if kind == "docker":
+            environment["DOCKER_HOST"] = f"unix://{DOCKER_SOCKET}"
+        cpus = cpu_cores(worker.resources.cpu_limit) if worker.resources.cpu_limit else None
+        mounts: list[dict[str, Any]] = _flow_code_mounts(config)
+        if kind == "docker":
+            # Root on the host for whoever controls a flow of this pool (docs/workers.md): opt-in only.
+            mounts.append({"type": "bind", "source": str(socket.path), "target": str(DOCKER_SOCKET),
+                           "bind": {"create_host_path": False}})
+        service = b.add(worker_service(name), "worker", b.images.prefect, _with_env(env_file, command),
+                        files=(env_file, *trusted), environment=environment, networks=(FRONTEND,),
+                        volumes=tuple(mounts),
+                        healthcheck=_http_check(port, "/health"),
+                        # A client: it starts once the API answers through the load balancer (deploy has
+                        # provisioned its pool by then).
+                        depends_on={LB_NAME: "service_healthy"},
+                        memory=compose_memory(worker.resources.memory_limit), cpus=cpus,
+                        # Its flow runs are its children: a stop ends them (they turn Crashed, and the
+                        # crash-retry automation schedules them again).
+                        stop_grace_s=30, writable=(HOME_DIR,))
+        if kind == "docker" and socket.gid is not None:
+            service["group_add"] = [str(socket.gid)]
+        service["working_dir"] = CONTAINER_FLOW_CODE_DIR
+        service["deploy"]["resources"]["limits"]["pids"] = WORKER_PIDS_LIMIT
+
+
 def backup_secrets(config: StackConfig) -> tuple[str, ...]:
     """The secrets the backup container is given: the local S3 endpoint's key only when that endpoint is used."""
     local_s3 = config.backups.s3.endpoint_url is None
@@ -396,7 +514,9 @@ def _backup_scheduler(b: _Builder, inner: StackConfig) -> None:
     it), and the container where `invoke backup|restore|... --target compose` run their work (docker compose exec):
     the same code, next to the database. With backups.schedule_enabled false it only hosts those tasks."""
     config = b.config
-    effective = effective_config_file(inner, CONTAINER)
+    # Without the workers section: nothing run in this container reads it, and a change of a worker's settings
+    # must recreate the workers only, not this container (a running backup would be cut).
+    effective = effective_config_file(inner.model_copy(update={"workers": WorkersConfig(enabled=False)}), CONTAINER)
     reachable = [("postgres", config.postgres.port)]
     depends = {"postgres": "service_healthy"}
     if config.backups.s3.endpoint_url is None:
@@ -514,7 +634,13 @@ def placeholder_tls() -> LoadBalancerTls:
 
 
 def reference_rendering(config: StackConfig) -> ComposeProject:
-    """What the repository's compose/ folder holds: the project for ``config`` without its secret files."""
+    """What the repository's compose/ folder holds: the project for ``config`` without its secret files.
+
+    With no state directory configured, the one root gets (the workers mount its flows/ directory), so the
+    repository's copy does not depend on who renders it."""
+    if config.local.state_dir is None:
+        config = config.model_copy(update={"local": config.local.model_copy(
+            update={"state_dir": Path(str(images.APP_ROOT))})})
     project = render_project(config, placeholder_secrets(), _Placeholders(), placeholder_tls())
     project.files = [f for f in project.files if not f.secret]
     return project

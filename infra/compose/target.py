@@ -49,6 +49,7 @@ class ComposeTarget(HostStack):
         notes = [f"{label}: {', '.join(names)}" for label, names in (
             ("created", report.created), ("recreated", report.recreated), ("replaced one at a time", report.rolled),
             ("removed", report.removed)) if names]
+        notes += report.provisioned
         summary = (f"nothing changed; no container recreated ({report.elapsed_s:.1f}s)" if report.changed_nothing
                    else f"deployed in {report.elapsed_s:.1f}s")
         directory = compose_deploy.project_dir(config)

@@ -101,10 +101,13 @@ class ComposeStack:
     config: StackConfig
     docker: docker.DockerClient
 
-    def invoke(self, *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
-        """Run the real CLI against this stack, as an operator would (only this stack's PREFECT_STACK_* set)."""
+    def invoke(self, *args: str, timeout: float = 900,
+               changed: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        """Run the real CLI against this stack, as an operator would (only this stack's PREFECT_STACK_* set, with
+        ``changed`` settings over them: a model an operator edited)."""
         inherited = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
-        return subprocess.run([INVOKE, *args, "--target", "compose"], cwd=REPO, env={**inherited, **self.env},
+        return subprocess.run([INVOKE, *args, "--target", "compose"], cwd=REPO,
+                              env={**inherited, **self.env, **(changed or {})},
                               capture_output=True, text=True, timeout=timeout, check=False)
 
     @property
@@ -158,6 +161,11 @@ def compose_stack(docker_engine: str, compose_images: ImageRefs,
         "PREFECT_STACK_API__REPLICAS": "2",
         # Two background-services processes, as Kubernetes runs by default (no double work: test_20_stack.py).
         "PREFECT_STACK_SERVICES__REPLICAS": "2",
+        # Workers at test speed (test_40_workers.py): a dead run is noticed after 2 x 30 s (Prefect's minimum
+        # heartbeat), and a due run is picked up within 2 s.
+        "PREFECT_STACK_WORKERS__FLOW_HEARTBEAT_S": "30",
+        "PREFECT_STACK_WORKERS__MISSED_HEARTBEATS": "2",
+        "PREFECT_STACK_WORKERS__QUERY_INTERVAL_S": "2",
     }
     # Hermetic: the operator's own PREFECT_STACK_* settings must not reach the test stack, and the session's
     # environment stays untouched (the local target's tests run after these).

@@ -19,8 +19,14 @@ import yaml
 from infra.compose.project import (
     BACKEND,
     CONTAINER_UID,
+    DOCKER_SOCKET,
+    FRONTEND,
     TMPFS_SIZE,
+    WORKER_PIDS_LIMIT,
     ComposeProject,
+    DockerSocket,
+    compose_memory,
+    docker_pool_variables,
     placeholder_tls,
     reference_rendering,
     render_project,
@@ -28,8 +34,10 @@ from infra.compose.project import (
 )
 from infra.config import REPO_ROOT, StackConfig, load_config
 from infra.containers.images import DOCKERFILES, INIT_ENTRYPOINT
+from infra.render.workers import CONTAINER_FLOW_CODE_DIR
 from infra.secrets import SECRET_NAMES, Secrets, ensure_secrets
 from infra.tls import LoadBalancerTls, load_balancer_tls
+from infra.work_pools.templates import desired_pools
 
 CHECK_JSONSCHEMA = Path(sys.executable).parent / "check-jsonschema"
 UPSTREAM = {"grafana", "jaeger"}  # upstream images with users of their own
@@ -111,7 +119,8 @@ def test_every_service_is_hardened(service: str, secrets: Secrets) -> None:
         assert "healthcheck" in definition or service == "migrate"
     if service not in PUBLISHED:
         assert "ports" not in definition
-        assert definition["networks"] == [BACKEND]
+        # Workers reach only the load balancer (and the outside world their flows may need), not the back end.
+        assert definition["networks"] == ([FRONTEND] if service.startswith("worker-") else [BACKEND])
 
 
 SERVICES = sorted(_services(reference_rendering(StackConfig(target="compose"))))
@@ -259,3 +268,154 @@ def test_grafana_is_provisioned_with_prometheus_jaeger_and_every_dashboard(secre
     urls = {d["type"]: d["url"] for d in datasources["datasources"]}
     assert urls == {"prometheus": "http://prometheus:19090", "jaeger": "http://jaeger:16686"}
     assert grafana["environment"]["GF_SECURITY_ADMIN_PASSWORD__FILE"] == "/run/secrets/grafana_admin"
+
+
+# --- Workers ------------------------------------------------------------------------------------------------------
+
+TWO_POOLS = {"pools": [{"name": "default"}, {"name": "gpu", "queues": [{"name": "high"}, {"name": "low"}]}],
+             "workers": [{"pool": "default", "count": 2},
+                         {"pool": "gpu", "queues": ["high"], "limit": 3,
+                          "resources": {"memory_limit": "512Mi", "cpu_limit": "1500m"}}]}
+
+
+def test_one_worker_service_per_numbered_worker(secrets: Secrets) -> None:
+    services = _services(_project(secrets, workers=TWO_POOLS))
+    assert sorted(s for s in services if s.startswith("worker-")) == [
+        "worker-default-1", "worker-default-2", "worker-gpu-1"]
+    command = services["worker-gpu-1"]["command"]
+    start = command[command.index("--") + 1:]
+    assert start[1:4] == ["worker", "start", "--pool"]
+    assert {"--no-create-pool-if-not-found", "--with-healthcheck"} <= set(start)
+    assert start[start.index("--work-queue") + 1] == "high" and start[start.index("--limit") + 1] == "3"
+    assert start[start.index("--type") + 1] == "process"
+
+
+def test_no_worker_when_workers_are_disabled(secrets: Secrets) -> None:
+    assert not [s for s in _services(_project(secrets, workers={"enabled": False})) if s.startswith("worker-")]
+
+
+@pytest.mark.parametrize(("quantity", "spelt"), [("1Gi", "1g"), ("512Mi", "512m"), ("300Ki", "300k")])
+def test_worker_memory_limits_are_spelt_for_docker(quantity: str, spelt: str) -> None:
+    assert compose_memory(quantity) == spelt
+
+
+def test_a_workers_limits_come_from_its_resources(secrets: Secrets) -> None:
+    services = _services(_project(secrets, workers=TWO_POOLS))
+    assert services["worker-gpu-1"]["deploy"]["resources"]["limits"] == {"cpus": "1.5", "memory": "512m",
+                                                                         "pids": WORKER_PIDS_LIMIT}
+    assert services["worker-default-1"]["deploy"]["resources"]["limits"]["memory"] == "1g"
+
+
+def test_a_worker_starts_after_the_load_balancer_and_reports_its_polling_health(secrets: Secrets) -> None:
+    config = StackConfig(target="compose")
+    worker = _services(_project(secrets))["worker-default-1"]
+    assert worker["depends_on"] == {"haproxy": {"condition": "service_healthy"}}
+    port = str(config.workers.health_base_port)
+    assert worker["environment"]["PREFECT_WORKER_WEBSERVER_HOST"] == "127.0.0.1"
+    assert worker["environment"]["PREFECT_WORKER_WEBSERVER_PORT"] == port
+    assert worker["healthcheck"]["test"][-1] == f"http://127.0.0.1:{port}/health"
+    assert worker["restart"] == "unless-stopped"
+
+
+def _worker_env(project: ComposeProject) -> dict[str, str]:
+    env_file = next(f for f in project.files if f.path.name == "worker.env.json")
+    return dict(json.loads(env_file.content))
+
+
+def test_a_worker_calls_the_api_through_the_load_balancer_trusting_the_stacks_ca(secrets: Secrets) -> None:
+    config = StackConfig(target="compose")
+    project = _project(secrets)
+    env = _worker_env(project)
+    assert env["PREFECT_API_URL"] == f"https://haproxy:{config.load_balancer.port}/api"
+    assert env["PREFECT_API_AUTH_STRING"] == secrets.get("prefect_auth")
+    ca = env["PREFECT_API_SSL_CERT_FILE"]
+    assert ca in {m["target"] for m in _services(project)["worker-default-1"]["configs"]}
+
+
+def test_a_worker_gets_no_database_or_redis_credential_and_no_secret_in_its_environment(secrets: Secrets) -> None:
+    project = _project(secrets)
+    worker = _services(project)["worker-default-1"]
+    visible = json.dumps(worker)
+    for name in SECRET_NAMES:
+        value = secrets.get(name)
+        assert (value.partition(":")[2] or value) not in visible, name
+    given = json.dumps(_worker_env(project))
+    for name in ("postgres_prefect", "postgres_superuser", "redis", "postgres_monitor"):
+        assert secrets.get(name) not in given, name
+    assert not [k for k in _worker_env(project) if "DATABASE" in k or "REDIS" in k or "DOCKET" in k]
+    assert [m["source"] for m in worker["secrets"]] == ["worker_env_json"]
+
+
+def test_flow_code_is_mounted_read_only_at_the_hosts_path_and_the_container_path(tmp_path: Path,
+                                                                                 secrets: Secrets) -> None:
+    code = tmp_path / "flows"
+    worker = _services(_project(secrets, workers={"flow_code_dir": str(code)}))["worker-default-1"]
+    mounts = {m["target"]: m for m in worker["volumes"]}
+    assert set(mounts) == {str(code), CONTAINER_FLOW_CODE_DIR}
+    for mount in mounts.values():
+        assert mount["source"] == str(code) and mount["read_only"] is True
+        assert mount["bind"] == {"create_host_path": False}  # deploy checks it; Docker never makes a root-owned one
+    assert worker["working_dir"] == CONTAINER_FLOW_CODE_DIR
+
+
+def test_without_a_flow_code_dir_the_state_dirs_flows_is_mounted(tmp_path: Path, secrets: Secrets) -> None:
+    worker = _services(_project(secrets, local={"state_dir": str(tmp_path)}))["worker-default-1"]
+    assert {m["source"] for m in worker["volumes"]} == {str(tmp_path / "flows")}
+
+
+DOCKER_POOLS = {"docker_socket": True, "pools": [{"name": "default"}, {"name": "boxed", "type": "docker"}],
+                "workers": [{"pool": "default"}, {"pool": "boxed"}]}
+
+
+def test_only_docker_pool_workers_get_the_docker_socket(secrets: Secrets) -> None:
+    project = render_project(StackConfig(target="compose", workers=DOCKER_POOLS), secrets, Images(),
+                             placeholder_tls(), DockerSocket(Path("/run/engine.sock"), 998))
+    services = _services(project)
+    boxed, plain = services["worker-boxed-1"], services["worker-default-1"]
+    assert {"source": "/run/engine.sock", "target": str(DOCKER_SOCKET), "type": "bind",
+            "bind": {"create_host_path": False}} in boxed["volumes"]
+    assert boxed["group_add"] == ["998"] and boxed["user"] == f"{CONTAINER_UID}:{CONTAINER_UID}"
+    assert boxed["command"][boxed["command"].index("--type") + 1] == "docker"
+    assert boxed["environment"]["DOCKER_HOST"] == f"unix://{DOCKER_SOCKET}"
+    for name, service in services.items():
+        if name != "worker-boxed-1":
+            assert str(DOCKER_SOCKET) not in json.dumps(service.get("volumes", [])), name
+            assert "group_add" not in service, name
+    assert "DOCKER_HOST" not in plain["environment"]
+
+
+def test_the_default_model_mounts_no_docker_socket(secrets: Secrets) -> None:
+    assert "docker.sock" not in _project(secrets).compose_yaml
+
+
+def test_docker_pools_run_flows_in_the_projects_image_next_to_the_load_balancer(tmp_path: Path) -> None:
+    config = StackConfig(target="compose", local={"state_dir": str(tmp_path)}, workers=DOCKER_POOLS)
+    variables = docker_pool_variables(config, Images.prefect)
+    assert variables["image"] == Images.prefect and variables["image_pull_policy"] == "Never"
+    assert variables["networks"] == [f"{config.compose.project}_{FRONTEND}"]
+    assert f"{tmp_path / 'flows'}:{tmp_path / 'flows'}:ro" in variables["volumes"]
+    assert any(v.endswith("/lb-ca.crt:ro") for v in variables["volumes"])
+    assert variables["auto_remove"] is True  # Compose does not know these containers: none may be left behind
+    hardening = variables["container_create_kwargs"]
+    assert hardening["cap_drop"] == ["ALL"] and hardening["read_only"] is True
+    assert "no-new-privileges:true" in hardening["security_opt"]
+    pools = {pool.name: pool for pool in desired_pools(config, {"docker": variables})}  # valid for the type
+    defaults = pools["boxed"].base_job_template["variables"]["properties"]
+    assert defaults["image"]["default"] == Images.prefect
+    assert "image" not in pools["default"].base_job_template["variables"]["properties"]
+
+
+def test_workers_with_docker_pools_render_valid_compose_spec(tmp_path: Path, secrets: Secrets) -> None:
+    project = render_project(StackConfig(target="compose", workers=DOCKER_POOLS), secrets, Images(),
+                             placeholder_tls(), DockerSocket(Path("/run/engine.sock"), 998))
+    write_project(project, tmp_path / "project", None)
+    result = subprocess.run([str(CHECK_JSONSCHEMA), "--builtin-schema", "vendor.compose-spec",
+                             str(tmp_path / "project" / "compose.yaml")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_changing_a_workers_setting_changes_only_the_workers(secrets: Secrets) -> None:
+    before = _services(_project(secrets))
+    after = _services(_project(secrets, workers={"flow_heartbeat_s": 30, "query_interval_s": 5}))
+    changed = sorted(name for name in before if before[name] != after[name])
+    assert changed == ["worker-default-1"]
