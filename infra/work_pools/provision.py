@@ -41,7 +41,8 @@ class ProvisionReport:
     def lines(self) -> list[str]:
         """What an operator reads after the deploy: every change, and what was left alone on purpose."""
         out = [f"work pool {name}: created" for name in self.created]
-        out += [f"work pool {name}: put back ({', '.join(fields)} had been changed outside the model)"
+        out += [f"work pool {name}: put back to the model ({', '.join(fields)} differed: changed in the model, or "
+                "edited outside it)"
                 for name, fields in self.put_back.items()]
         out += [f"work queue {line}" for line in self.queues]
         out += [f"automation {line}" for line in self.automations]

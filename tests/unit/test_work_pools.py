@@ -90,8 +90,8 @@ def test_a_pool_edited_behind_the_models_back_is_put_back_and_others_are_left_al
     api.call("PATCH", "/work_pools/kept/queues/slow", {"priority": 1})
     api.call("POST", "/work_pools/", {"name": "hand-made", "type": "process"})
     lines = _apply(api, config)
-    assert ("work pool kept: put back (description, concurrency_limit, base_job_template had been changed outside "
-            "the model)") in lines
+    assert ("work pool kept: put back to the model (description, concurrency_limit, base_job_template differed: "
+            "changed in the model, or edited outside it)") in lines
     assert "work queue kept/slow: put back (priority)" in lines
     assert any(line.startswith("work pools not in the model, left alone:") and "hand-made" in line for line in lines)
     pool = api.call("GET", "/work_pools/kept")
