@@ -31,7 +31,8 @@ def test_status_reports_every_component_healthy(stack: Stack) -> None:
     assert status["healthy"] is True
     expected = {"postgres", "pgbouncer", "redis", "s3", "haproxy", "backup-scheduler", "prometheus",
                 "alertmanager", "node-exporter", "postgres-exporter", "redis-exporter", "prefect-exporter"}
-    assert names == expected | {f"api-{i}" for i in (1, 2, 3)} | {f"services-{i}" for i in (1, 2)}
+    assert names == expected | {f"api-{i}" for i in (1, 2, 3)} | {f"services-{i}" for i in (1, 2)} | {
+        "worker-default-1"}
 
 
 @pytest.mark.parametrize("field", ["name", "healthy", "pid", "port", "version", "state"])
