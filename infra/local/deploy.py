@@ -371,11 +371,14 @@ class _Deployer:
         if balanced:
             try:
                 haproxy_runtime.set_server_state(sock, server, "drain")
+                # Requests finish; websockets (workers' and flow runs' event and log streams) never end by
+                # themselves: they are closed once the replica takes no new request, and their clients reconnect.
                 console.wait_until(
-                    lambda: int(haproxy_runtime.server_stats(sock)[server].get("scur", "0")) == 0,
+                    lambda: haproxy_runtime.requests_in_flight(sock, server) == 0,
                     DRAIN_TIMEOUT_S, f"draining {program.name}", fix="requests are still in flight; retry later",
                 )
                 haproxy_runtime.set_server_state(sock, server, "maint")
+                haproxy_runtime.close_connections(sock, server)
             except (OSError, KeyError):
                 balanced = False  # HAProxy not (yet) serving this replica: nothing to drain
         self.supervisor.stop(program.name)
