@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 from pathlib import Path
 
@@ -59,3 +60,29 @@ def all_servers_up(sock_path: Path) -> bool:
     """Every API server is UP in HAProxy's own view (not 'UP 1/2', which is on its way down)."""
     stats = server_stats(sock_path)
     return bool(stats) and all(row.get("status") == "UP" for row in stats.values())
+
+
+_STREAM_START = re.compile(r"^0x[0-9a-f]+: \[", re.MULTILINE)
+
+
+def parse_requests_in_flight(text: str, server: str) -> int:
+    """How many streams of a ``show sess all`` answer are HTTP requests on the API server ``server``: websockets
+    (Prefect's event and log streams, answered 101 and tunnelled) are not requests and are left out."""
+    count = 0
+    for block in _STREAM_START.split(text)[1:]:
+        on_server = f"backend={BACKEND} " in block and re.search(rf"\bserver={re.escape(server)} ", block)
+        if on_server and "req.st=MSG_TUNNEL" not in block:
+            count += 1
+    return count
+
+
+def requests_in_flight(sock_path: Path, server: str) -> int:
+    """HTTP requests the API server is answering now (draining waits for these, not for websockets, which a
+    client such as a worker keeps open for as long as it runs)."""
+    return parse_requests_in_flight(command(sock_path, "show sess all"), server)
+
+
+def close_connections(sock_path: Path, server: str) -> None:
+    """Close every connection still open to the server (a drained server's websockets: Prefect's clients reconnect
+    to another replica)."""
+    command(sock_path, f"shutdown sessions server {BACKEND}/{server}")

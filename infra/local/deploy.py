@@ -2,7 +2,8 @@
 
 Order: preflight (nothing starts if the configuration cannot work) -> secrets -> rendered files -> supervisord
 -> PostgreSQL (initdb once; roles, database, pg_trgm) -> PgBouncer, Redis -> migrations and block
-registration -> API replicas -> background services -> HAProxy. Each program's fingerprint (command,
+registration -> API replicas -> background services -> HAProxy -> work pools and automations through the API ->
+workers. Each program's fingerprint (command,
 environment, files) is recorded in <state>/deployed.json; a program whose fingerprint is unchanged and that
 is running is left alone, so a second deploy with nothing changed restarts nothing. Changed API replicas
 are replaced one at a time, each drained in HAProxy first, so clients see no error.
@@ -32,19 +33,24 @@ from infra.layout import StateLayout
 from infra.local.health import api_ready, component_status
 from infra.local.plan import LocalPlan, build_plan, service_user
 from infra.local.supervisor import Supervisor
+from infra.local.workers import COMPONENT as WORKER
+from infra.local.workers import check_worker_python, flow_code_dir, temporary_dir, workers_bin
 from infra.redis_passwords import apply_passwords
 from infra.render import RenderedFile
 from infra.render.haproxy import server_name
 from infra.render.prometheus import RETIRED_FILES
 from infra.render.supervisor import Program
 from infra.secrets import Secrets, ensure_secrets
+from infra.work_pools.automations import desired_automations
+from infra.work_pools.provision import ProvisionReport, load_balancer_api, provision
+from infra.work_pools.templates import PoolSpec, desired_pools
 
 # Programs that re-read their files on a signal, without dropping connections.
 RELOAD_SIGNALS = {"pgbouncer": "HUP", "haproxy": "USR2", "prometheus": "HUP", "alertmanager": "HUP"}
 START_TIMEOUT_S = {
     "postgres": 60, "pgbouncer": 20, "redis": 20, "s3": 30, "api": 120, "services": 60, "haproxy": 30,
     "backup-scheduler": 30, "prometheus": 60, "alertmanager": 30, "node-exporter": 30,
-    "postgres-exporter": 30, "redis-exporter": 30, "prefect-exporter": 30,
+    "postgres-exporter": 30, "redis-exporter": 30, "prefect-exporter": 30, WORKER: 60,
 }
 DRAIN_TIMEOUT_S = 30
 
@@ -56,11 +62,23 @@ class DeployReport:
     reloaded: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
     migrated: bool = False
+    provisioned: ProvisionReport | None = None  # work pools and automations (None: workers disabled)
     elapsed_s: float = 0.0
 
     @property
     def changed_nothing(self) -> bool:
-        return not (self.started or self.restarted or self.reloaded or self.removed or self.migrated)
+        return not (self.started or self.restarted or self.reloaded or self.removed or self.migrated
+                    or self.provisioning_changed)
+
+    @property
+    def provisioning_changed(self) -> bool:
+        done = self.provisioned
+        return done is not None and bool(done.created or done.put_back or done.queues or done.automations)
+
+    @property
+    def notes(self) -> list[str]:
+        """What provisioning did and left alone, for the operator to read after the deploy."""
+        return self.provisioned.lines() if self.provisioned is not None else []
 
 
 def load_deployed(layout: StateLayout) -> dict[str, Any]:
@@ -127,6 +145,15 @@ def preflight(config: StackConfig, layout: StateLayout, previous: dict[str, Any]
         _check_reachable_by_others(venv_bin(), "the virtual environment")
         interpreter = Path(sys.executable).resolve()
         _check_reachable_by_others(interpreter, "the Python interpreter (create .venv from /usr/bin/python3)")
+        if config.workers.enabled:
+            _check_reachable_by_others(workers_bin(config) / "prefect", "workers.python")
+            code_dir = flow_code_dir(config)
+            _check_reachable_by_others(code_dir, "the flow code directory (workers.flow_code_dir)")
+            if code_dir.is_dir() and code_dir.stat().st_mode & 0o005 != 0o005 \
+                    and code_dir.stat().st_uid != pwd.getpwnam(run_as).pw_uid:
+                raise UserError(f"the flow code directory {code_dir} is not readable by the service user {run_as} "
+                                f"(mode {code_dir.stat().st_mode & 0o777:04o}); its workers run flows from there",
+                                fix=f"chmod o+rx {code_dir}, or chown it to {run_as}")
 
 
 def _check_reachable_by_others(path: Path, what: str) -> None:
@@ -155,6 +182,23 @@ def _prepare_dirs(layout: StateLayout, run_as: str | None) -> None:
         entry = pwd.getpwnam(run_as)
         for directory in layout.service_owned_dirs():
             os.chown(directory, entry.pw_uid, entry.pw_gid)
+
+
+def _prepare_worker_dirs(config: StackConfig, layout: StateLayout, run_as: str | None) -> None:
+    """The flow code directory, created for the operator, who puts flow code there: the service user (and so every
+    flow) reads it but cannot change it; an existing one is left as it is (preflight checked it). And the workers'
+    private temporary directory."""
+    if not config.workers.enabled:
+        return
+    code_dir = flow_code_dir(config)
+    if not code_dir.exists():
+        code_dir.mkdir(parents=True)
+        os.chmod(code_dir, 0o755)  # noqa: S103 - code, not secrets: the service user must read it
+    tmp = temporary_dir(layout)
+    tmp.mkdir(mode=0o700, exist_ok=True)
+    if run_as is not None:
+        entry = pwd.getpwnam(run_as)
+        os.chown(tmp, entry.pw_uid, entry.pw_gid)
 
 
 def _write_file(rendered: RenderedFile, owner: tuple[int, int] | None) -> bool:
@@ -327,11 +371,14 @@ class _Deployer:
         if balanced:
             try:
                 haproxy_runtime.set_server_state(sock, server, "drain")
+                # Requests finish; websockets (workers' and flow runs' event and log streams) never end by
+                # themselves: they are closed once the replica takes no new request, and their clients reconnect.
                 console.wait_until(
-                    lambda: int(haproxy_runtime.server_stats(sock)[server].get("scur", "0")) == 0,
+                    lambda: haproxy_runtime.requests_in_flight(sock, server) == 0,
                     DRAIN_TIMEOUT_S, f"draining {program.name}", fix="requests are still in flight; retry later",
                 )
                 haproxy_runtime.set_server_state(sock, server, "maint")
+                haproxy_runtime.close_connections(sock, server)
             except (OSError, KeyError):
                 balanced = False  # HAProxy not (yet) serving this replica: nothing to drain
         self.supervisor.stop(program.name)
@@ -354,11 +401,15 @@ class _Deployer:
 
 def deploy(config: StackConfig) -> tuple[LocalPlan, DeployReport]:
     started = time.monotonic()
+    # A bad template or job variable, or a worker environment that cannot run, is refused before anything changes.
+    pools = desired_pools(config)
+    check_worker_python(config)
     layout = StateLayout(config.state_dir)
     previous = load_deployed(layout)
     preflight(config, layout, previous)
     run_as = service_user(config)
     _prepare_dirs(layout, run_as)
+    _prepare_worker_dirs(config, layout, run_as)
     # Claim the ports before anything starts: if this deploy fails half-way, the next one must recognise the
     # processes it left running as its own, not as strangers holding the ports.
     claimed = sorted(_claimed_ports(previous) | set(config.port_fields().values()))
@@ -398,6 +449,11 @@ def deploy(config: StackConfig) -> tuple[LocalPlan, DeployReport]:
             deployer.supervisor.stop(program.name)
         deployer.apply(program)
     deployer.apply(plan.program("haproxy"))
+    if config.workers.enabled:
+        report.provisioned = _provision(config, secrets, pools)
+    # After their pools exist: a worker never creates its pool (it would get the bare default template).
+    for program in plan.by_component(WORKER):
+        deployer.apply(program)
     for program in plan.by_component("backup-scheduler"):
         deployer.apply(program)
     for component in ("node-exporter", "postgres-exporter", "redis-exporter", "prefect-exporter", "alertmanager",
@@ -419,6 +475,11 @@ def deploy(config: StackConfig) -> tuple[LocalPlan, DeployReport]:
     })
     report.elapsed_s = time.monotonic() - started
     return plan, report
+
+
+def _provision(config: StackConfig, secrets: Secrets, pools: list[PoolSpec]) -> ProvisionReport:
+    console.step("provisioning work pools, queues and automations through the API")
+    return provision(load_balancer_api(config, secrets.get("prefect_auth")), pools, desired_automations(config))
 
 
 def restart_component(config: StackConfig, name: str) -> float:

@@ -18,6 +18,8 @@ from infra.haproxy_runtime import version as haproxy_version
 from infra.layout import StateLayout
 from infra.local.plan import LocalPlan
 from infra.local.supervisor import ProcessInfo, Supervisor
+from infra.local.workers import COMPONENT as WORKER
+from infra.local.workers import workers_prefect_version
 from infra.render.supervisor import Program
 from infra.secrets import Secrets
 from infra.status import ComponentStatus
@@ -132,6 +134,10 @@ def probe(program: Program, plan: LocalPlan, secrets: Secrets) -> tuple[bool, st
     if program.component in ("node-exporter", "postgres-exporter", "redis-exporter", "prefect-exporter"):
         code = _http.get(f"http://127.0.0.1:{program.port}/metrics").status_code
         return code == 200, None, "" if code == 200 else f"/metrics: {code}"
+    if program.component == WORKER:
+        # Prefect's worker health endpoint: 503 once the worker has not polled its pool for a while.
+        code = _http.get(f"http://127.0.0.1:{program.port}/health").status_code
+        return code == 200, workers_prefect_version(config), "" if code == 200 else f"/health: {code} (not polling)"
     # Background services have no port; supervisor's RUNNING (past startsecs) is the signal.
     return True, None, ""
 

@@ -19,6 +19,7 @@ from infra.layout import StateLayout
 from infra.local.health import stack_status
 from infra.local.plan import LocalPlan, build_plan
 from infra.local.supervisor import Supervisor
+from infra.local.workers import temporary_dir
 from infra.secrets import load_secrets
 from infra.status import ComponentStatus
 
@@ -96,12 +97,21 @@ def _stop_wal_archiving(config: StackConfig, layout: StateLayout) -> None:
 _OWN_PROGRAMS = {"pgbackrest", "postgres"}
 
 
+def _flow_run_of(entry: Path, tmpdir: bytes) -> bool:
+    """Whether the process is a flow run started by this deployment's workers: Prefect starts each in its own
+    session, out of reach of supervisord's stop of the worker's group; it carries the workers' private TMPDIR."""
+    environ = (entry / "environ").read_bytes().split(b"\0")
+    return tmpdir in environ and any(item.startswith(b"PREFECT__FLOW_RUN_ID=") for item in environ)
+
+
 def _kill_leftovers(root: Path) -> list[int]:
     """Kill the stack's own programs that still run from this state directory once supervisord is gone (seen:
-    pgBackRest archive-push commands outliving their postmaster). Nothing of a destroyed deployment may keep
-    running; an operator's own process reading a file there (a tail, an editor) is left alone."""
+    pgBackRest archive-push commands outliving their postmaster; flow runs in their own sessions). Nothing of a
+    destroyed deployment may keep running; an operator's own process reading a file there (a tail, an editor) is
+    left alone."""
     killed = []
     marker = (str(root) + "/").encode()
+    tmpdir = f"TMPDIR={temporary_dir(StateLayout(root))}".encode()
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
@@ -111,7 +121,7 @@ def _kill_leftovers(root: Path) -> list[int]:
             program = os.path.basename(argv[0]).decode(errors="replace")
             # PostgreSQL runs archive_command through sh -c: "sh -c pgbackrest ... archive-push ...".
             ours = program in _OWN_PROGRAMS or (program in ("sh", "bash") and b"pgbackrest" in cmdline)
-            if marker in cmdline and ours:
+            if (marker in cmdline and ours) or _flow_run_of(entry, tmpdir):
                 os.kill(int(entry.name), signal.SIGKILL)
                 killed.append(int(entry.name))
         except (OSError, ProcessLookupError):

@@ -13,6 +13,7 @@ from infra.errors import UserError
 from infra.executables import binary, venv_bin, venv_python
 from infra.layout import TRUSTED_CA, StateLayout
 from infra.local.tls import ensure_loopback_certificate
+from infra.local.workers import worker_programs
 from infra.render import Addresses, RenderedFile
 from infra.render.dashboards import dashboards, grafana_provisioning
 from infra.render.effective_config import effective_config_file
@@ -203,6 +204,8 @@ def build_plan(config: StackConfig, secrets: Secrets, addresses: Addresses | Non
             stop_signal="USR1",  # soft stop: finish in-flight requests
         )
     )
+    # After the API and the load balancer they reach it through (deploy provisions their pools in between).
+    programs += worker_programs(config, secrets, layout)
     if config.monitoring.enabled:
         programs += monitoring_programs(config, secrets, layout, addresses)
         extra_files += grafana_files(config, layout, addresses)

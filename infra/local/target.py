@@ -22,6 +22,7 @@ from infra.local.deploy import deploy, restart_component
 from infra.local.drill import LocalDrillTarget
 from infra.local.pgbackrest import PhysicalBackup, info, physical_backup, physical_restore
 from infra.local.restore import restore_backup
+from infra.local.workers import flow_code_dir
 from infra.progress import Progress
 from infra.secrets import Secrets, load_secrets
 from infra.status import ComponentStatus
@@ -47,6 +48,7 @@ class LocalTarget(HostStack):
         notes = [f"{label}: {', '.join(names)}" for label, names in (
             ("started", report.started), ("restarted", report.restarted), ("reloaded", report.reloaded),
             ("removed", report.removed)) if names]
+        notes += report.notes
         summary = (f"nothing changed; nothing restarted ({report.elapsed_s:.1f}s)" if report.changed_nothing
                    else f"deployed in {report.elapsed_s:.1f}s")
         lb, layout = config.load_balancer, plan.layout
@@ -61,6 +63,10 @@ class LocalTarget(HostStack):
             f"  State         {layout.root}  (data {layout.data}, logs {layout.logs})\n"
             f"  Operate       invoke status | invoke logs COMPONENT | invoke stop\n"
         )
+        if config.workers.enabled:
+            pools = ", ".join(pool.name for pool in config.workers.pools) or "none"
+            guide += (f"  Flow code     {flow_code_dir(config)}  (the workers' working directory; work pools: "
+                      f"{pools})\n")
         return DeployOutcome(statuses, summary, notes, guide)
 
     def status(self) -> list[ComponentStatus]:

@@ -10,6 +10,7 @@ import hashlib
 import shlex
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from infra.layout import StateLayout
 from infra.render import RenderedFile
@@ -20,7 +21,7 @@ class Program:
     """One supervised process and everything that, when it changes, means the process must restart."""
 
     name: str
-    component: str  # postgres, pgbouncer, redis, api, services, haproxy
+    component: str  # postgres, pgbouncer, redis, api, services, haproxy, worker, ...
     command: tuple[str, ...]
     files: tuple[RenderedFile, ...] = ()
     environment: dict[str, str] = field(default_factory=dict)
@@ -30,6 +31,8 @@ class Program:
     start_secs: int = 2
     # Runs as the operator (root), not the service user: it reads the secrets directory (backup scheduler).
     as_operator: bool = False
+    # Its working directory (workers: where flow code lives); None: the state directory.
+    directory: Path | None = None
 
     def fingerprint(self) -> str:
         return self._digest(lambda rendered: rendered.content)
@@ -43,6 +46,8 @@ class Program:
         digest = hashlib.sha256()
         for part in (self.name, shlex.join(self.command), self.stop_signal, str(self.stop_wait_s)):
             digest.update(part.encode() + b"\0")
+        if self.directory is not None:  # only when set: programs without one keep their recorded fingerprints
+            digest.update(f"directory={self.directory}".encode() + b"\0")
         for key in sorted(self.environment):
             digest.update(f"{key}={self.environment[key]}".encode() + b"\0")
         for rendered in self.files:
@@ -52,8 +57,9 @@ class Program:
 
 # supervisord stops programs in reverse priority order (on invoke stop, destroy, or its own shutdown). PostgreSQL
 # must stop while the S3 endpoint and HAProxy's TLS front are still up: with WAL archiving on, its shutdown waits
-# for the archiver to push the last segments. Clients of a component stop before it. Unknown components: last.
-STOP_LAST_FIRST = ("s3", "haproxy", "postgres", "pgbouncer", "redis", "api", "services", "backup-scheduler")
+# for the archiver to push the last segments. Clients of a component stop before it (workers before the API they
+# poll). Unknown components: last.
+STOP_LAST_FIRST = ("s3", "haproxy", "postgres", "pgbouncer", "redis", "api", "services", "backup-scheduler", "worker")
 
 
 def priority(component: str) -> int:
@@ -105,7 +111,7 @@ def supervisord_conf(programs: list[Program], layout: StateLayout, run_as: str |
             "",
             f"[program:{program.name}]",
             f"command={shlex.join(program.command)}",
-            f"directory={layout.root}",
+            f"directory={program.directory or layout.root}",
             "autostart=false",
             "autorestart=true",
             f"priority={priority(program.component)}",

@@ -97,7 +97,8 @@ def status(c: Context, json_: bool = False, target: str | None = None) -> None:
 @task(
     positional=["component"],
     help={
-        "component": "postgres, pgbouncer, redis, api-N, services-N, haproxy, supervisord or migrate.",
+        "component": "postgres, pgbouncer, redis, api-N, services-N, haproxy, worker-POOL-N, supervisord or "
+                     "migrate.",
         "lines": "How many of the last lines to show (default 100).",
         "follow": "Keep printing new lines until interrupted.",
         "target": TARGET_HELP,
@@ -109,8 +110,8 @@ def logs(c: Context, component: str, lines: int = 100, follow: bool = False, tar
     raise Exit(code=_target(target, "logs").logs(component, lines, follow))
 
 
-@task(positional=["component"], help={"component": "postgres, pgbouncer, redis, api-N, services-N or haproxy.",
-                                      "target": TARGET_HELP})
+@task(positional=["component"], help={"component": "postgres, pgbouncer, redis, api-N, services-N, haproxy or "
+                                                   "worker-POOL-N.", "target": TARGET_HELP})
 @reports_user_errors
 def restart(c: Context, component: str, target: str | None = None) -> None:
     """Restart one component and wait until it is healthy (an API replica is drained first: no client errors)."""

@@ -111,11 +111,22 @@ MONITORING_AT_TEST_SPEED = {
 }
 
 
+# Workers at test speed: flow-run heartbeats at Prefect's 30 s minimum and 2 missed mark a run Crashed (60 s, not
+# the production 3 minutes); workers poll every 2 s, so a run is picked up within seconds.
+WORKERS_AT_TEST_SPEED = {
+    "PREFECT_STACK_WORKERS__FLOW_HEARTBEAT_S": "30",
+    "PREFECT_STACK_WORKERS__MISSED_HEARTBEATS": "2",
+    "PREFECT_STACK_WORKERS__QUERY_INTERVAL_S": "2",
+}
+
+
 def stack_env(state_dir: Path, replicas: int) -> dict[str, str]:
-    lb, stats, pg, pgb, redis, s3, prom, am, node, pg_exp, redis_exp, prefect_exp, api_metrics, *api = free_ports(
-        13 + replicas, consecutive=replicas)
+    (lb, stats, pg, pgb, redis, s3, prom, am, node, pg_exp, redis_exp, prefect_exp, api_metrics, worker_health,
+     *api) = free_ports(14 + replicas, consecutive=replicas)
     return {
         **MONITORING_AT_TEST_SPEED,
+        **WORKERS_AT_TEST_SPEED,
+        "PREFECT_STACK_WORKERS__HEALTH_BASE_PORT": str(worker_health),
         "PREFECT_STACK_MONITORING__PROMETHEUS_PORT": str(prom),
         "PREFECT_STACK_MONITORING__ALERTMANAGER_PORT": str(am),
         "PREFECT_STACK_MONITORING__NODE_EXPORTER_PORT": str(node),

@@ -31,7 +31,8 @@ def test_status_reports_every_component_healthy(stack: Stack) -> None:
     assert status["healthy"] is True
     expected = {"postgres", "pgbouncer", "redis", "s3", "haproxy", "backup-scheduler", "prometheus",
                 "alertmanager", "node-exporter", "postgres-exporter", "redis-exporter", "prefect-exporter"}
-    assert names == expected | {f"api-{i}" for i in (1, 2, 3)} | {f"services-{i}" for i in (1, 2)}
+    assert names == expected | {f"api-{i}" for i in (1, 2, 3)} | {f"services-{i}" for i in (1, 2)} | {
+        "worker-default-1"}
 
 
 @pytest.mark.parametrize("field", ["name", "healthy", "pid", "port", "version", "state"])
@@ -58,13 +59,21 @@ def test_create_and_read_flow_runs(stack: Stack) -> None:
 
 
 def test_reads_are_spread_over_replicas(stack: Stack) -> None:
-    """Each replica serves traffic: HAProxy's per-server request counters all move."""
+    """Each replica serves traffic: HAProxy's per-server request counters all move. Requests go out several at a
+    time: leastconn counts the websockets a worker keeps open, so one client's requests in sequence would all go to
+    the replicas holding fewer of them."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from infra.haproxy_runtime import server_stats
 
+    def requests(_: int) -> None:
+        with stack.client() as client:
+            for _ in range(5):
+                client.post("/flows/filter", json={})
+
     before = {k: int(v["stot"]) for k, v in server_stats(stack.layout.haproxy_socket).items()}
-    with stack.client() as client:
-        for _ in range(30):
-            client.post("/flows/filter", json={})
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(requests, range(8)))
     after = {k: int(v["stot"]) for k, v in server_stats(stack.layout.haproxy_socket).items()}
     assert all(after[name] > before[name] for name in before)
 

@@ -14,7 +14,8 @@ from infra.secrets import SECRET_NAMES, load_secrets
 from tests.integration.conftest import REPLICAS, Stack
 
 MONITORING = ["prometheus", "alertmanager", "node-exporter", "postgres-exporter", "redis-exporter", "prefect-exporter"]
-COMPONENTS = ["postgres", "pgbouncer", "redis", "haproxy", *[f"api-{i}" for i in range(1, REPLICAS + 1)], *MONITORING]
+COMPONENTS = ["postgres", "pgbouncer", "redis", "haproxy", *[f"api-{i}" for i in range(1, REPLICAS + 1)], *MONITORING,
+              "worker-default-1"]
 SECRET_BEARING_FILES = ["supervisord.conf", "pgbouncer-userlist.txt", "redis.conf", "haproxy.cfg",
                         "prometheus-scrape-password", "exporter-postgres-password", "exporter-redis-password",
                         "exporter-redis-passwords.json"]

@@ -54,8 +54,9 @@ API_PROGRAMS = [f"api-{i}" for i in range(1, API_REPLICAS + 1)]
 SERVICES_PROGRAMS = [f"services-{i}" for i in range(1, SERVICES_REPLICAS + 1)]
 MONITORING_PROGRAMS = ["prometheus", "alertmanager", "node-exporter", "postgres-exporter", "redis-exporter",
                        "prefect-exporter"]
+WORKER_PROGRAMS = ["worker-default-1"]
 PROGRAMS = ["postgres", "pgbouncer", "redis", "s3", "backup-scheduler", *API_PROGRAMS, *SERVICES_PROGRAMS, "haproxy",
-            *MONITORING_PROGRAMS]
+            *WORKER_PROGRAMS, *MONITORING_PROGRAMS]
 # Programs that run as the operator, not the service user: the scheduler reads the secrets directory.
 OPERATOR_PROGRAMS = {"backup-scheduler"}
 RENDERED_FILES = [
@@ -1095,7 +1096,7 @@ class TestFingerprint:
             ("redis", ["redis", *API_PROGRAMS, *SERVICES_PROGRAMS]),
             ("postgres_prefect", ["pgbouncer", *API_PROGRAMS, *SERVICES_PROGRAMS]),
             # HAProxy's metrics listener adds it toward the replicas; Prometheus never holds it.
-            ("prefect_auth", [*API_PROGRAMS, *SERVICES_PROGRAMS, "haproxy"]),
+            ("prefect_auth", [*API_PROGRAMS, *SERVICES_PROGRAMS, "haproxy", *WORKER_PROGRAMS]),
             ("prometheus_scrape", ["haproxy", "prometheus"]),
             ("postgres_monitor", ["pgbouncer", "postgres-exporter", "prefect-exporter"]),
             ("redis_monitor", ["redis", "redis-exporter", "prefect-exporter"]),
