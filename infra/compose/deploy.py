@@ -39,7 +39,7 @@ from infra.config import StackConfig
 from infra.containers.engine import compose_binary, docker_client, docker_host
 from infra.containers.images import ensure_images, image_refs
 from infra.errors import UserError
-from infra.haproxy_runtime import parse_server_stats
+from infra.haproxy_runtime import parse_requests_in_flight, parse_server_stats
 from infra.layout import TRUSTED_CA, StateLayout
 from infra.progress import Progress
 from infra.render.haproxy import BACKEND
@@ -196,9 +196,10 @@ def _wait_haproxy(client: DockerClient, project: str, server: str, want: str, ti
         time.sleep(0.25)
 
 
-def _sessions(client: DockerClient, project: str, server: str) -> int:
-    row = parse_server_stats(haproxy_command(client, project, "show stat")).get(server, {})
-    return int(row.get("scur") or 0)  # current sessions
+def _requests(client: DockerClient, project: str, server: str) -> int:
+    """HTTP requests the replica is answering; websockets (workers keep event and log streams open for as long
+    as they run) are not waited for: they are closed once the replica is out, and Prefect's clients reconnect."""
+    return parse_requests_in_flight(haproxy_command(client, project, "show sess all"), server)
 
 
 def wait_container_healthy(client: DockerClient, project: str, service: str, timeout_s: float) -> None:
@@ -215,14 +216,15 @@ def wait_container_healthy(client: DockerClient, project: str, service: str, tim
 
 
 def roll_replica(config: StackConfig, client: DockerClient, service: str, recreate: bool = True) -> None:
-    """Replace (or only restart) one API replica with no failed request: drain, wait for its sessions,
+    """Replace (or only restart) one API replica with no failed request: drain, wait for its requests,
     maintenance, replace, then back in service once HAProxy's checks pass."""
     project = config.compose.project
     haproxy_command(client, project, f"set server {BACKEND}/{service} state drain")
     deadline = time.monotonic() + config.load_balancer.timeout_server_s
-    while _sessions(client, project, service) > 0 and time.monotonic() < deadline:
+    while _requests(client, project, service) > 0 and time.monotonic() < deadline:
         time.sleep(0.2)
     haproxy_command(client, project, f"set server {BACKEND}/{service} state maint")
+    haproxy_command(client, project, f"shutdown sessions server {BACKEND}/{service}")
     if recreate:
         run_compose(config, "up", "--detach", "--no-deps", "--wait", "--wait-timeout", str(UP_TIMEOUT_S), service)
     else:
