@@ -263,7 +263,7 @@ def test_a_redeploy_updates_the_pool_in_place_puts_back_drift_and_leaves_other_p
     assert [pool["name"] for pool in pools].count("default") == 1
     assert {queue["name"]: queue["priority"] for queue in queues} == {"default": 1, "urgent": 2}
     output = " ".join(result.stderr.split())  # the console wraps long notes
-    assert "work pool default: put back (description, concurrency_limit" in output
+    assert "work pool default: put back to the model (description, concurrency_limit" in output
     assert f"work pools not in the model, left alone: {unmanaged_pool}" in output
     assert _pool(stack, unmanaged_pool)["description"] == "made in the UI"  # type: ignore[index]
     assert stack.pids()[WORKER] == pids[WORKER]  # a pool change restarts no worker
