@@ -15,7 +15,6 @@ Goal: the stack's p50 pickup delay at most half of the defaults'.
 
 from __future__ import annotations
 
-import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
@@ -255,7 +254,3 @@ def spread(values: list[float | None]) -> str:
     """'a-b' of like rounds' figures, for the report's spread between rounds."""
     present = [v for v in values if v is not None]
     return f"{min(present):.2f}-{max(present):.2f}" if present else "-"
-
-
-def median_of(values: list[float]) -> float | None:
-    return statistics.median(values) if values else None
