@@ -157,6 +157,9 @@ def settled(pods: list[Pod], primary: Pod) -> bool:
         replication = client.info("replication")
     if replication["role"] != "master" or replication["connected_slaves"] != PODS - 1:
         return False
+    # A connected replica still syncing is not a good one for min-replicas-to-write: writes would get NOREPLICAS.
+    if any(replication[f"slave{i}"]["state"] != "online" for i in range(PODS - 1)):
+        return False
     for pod in pods:
         with pod.sentinel() as client:
             state = client.execute_command("SENTINEL", "MASTER", MASTER_SET)
