@@ -145,9 +145,6 @@ class ApiConfig(_Section):
     base_port: int = Field(14200, ge=1, le=65535,
                            description="Port of the first API replica: replica i (1-based) listens on "
                                        "base_port + i - 1 (local target; the ports must not collide).")
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
-        "WARNING", description="Log level of the API replicas and the background services; a change rolls the "
-                               "replicas one by one.")
     # PgBouncer multiplexes these onto default_pool_size server connections.
     db_pool_size: int = Field(10, ge=1, le=200, description="SQLAlchemy connection pool size of each API replica.")
     db_max_overflow: int = Field(10, ge=0, le=200,
@@ -392,6 +389,45 @@ class TracingConfig(_Section):
                                 description="Share of new traces recorded; a request or flow whose caller's trace is "
                                             "sampled is always recorded (parent-based). 1.0: every trace.")
     jaeger_storage: JaegerStorageConfig = JaegerStorageConfig()
+
+
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+
+
+class LogLevelsConfig(_Section):
+    # One scale for every component; each renderer maps it onto the component's own (PostgreSQL's
+    # log_min_messages, Redis's loglevel, PgBouncer's verbosity, HAProxy's log level, Prometheus's --log.level).
+    api: LogLevel = Field("INFO", description="API replicas: INFO writes one line per request with its request "
+                                              "id; WARNING only problems. A change rolls the replicas one by one.")
+    services: LogLevel = Field("INFO", description="Background services (scheduler, triggers, event persister...).")
+    workers: LogLevel = Field("INFO", description="Workers, and the flow runs they start.")
+    postgres: LogLevel = Field("WARNING", description="PostgreSQL (log_min_messages).")
+    pgbouncer: LogLevel = Field("INFO", description="PgBouncer (INFO: connections and pool statistics).")
+    redis: LogLevel = Field("INFO", description="Redis and Sentinel (INFO: notice).")
+    haproxy: LogLevel = Field("INFO", description="The load balancer (INFO: one line per request).")
+    monitoring: LogLevel = Field("INFO", description="Prometheus, Alertmanager and the exporters.")
+
+
+class LogRotationConfig(_Section):
+    # supervisord rotates by size only; the age limit is applied by the stack itself (local target). Compose hands
+    # size and count to Docker's json-file driver; on Kubernetes the kubelet rotates container logs.
+    max_size_mb: int = Field(50, ge=1, le=10240, description="A log file is rotated at this size (MiB; local "
+                                                             "and compose).")
+    keep: int = Field(10, ge=1, le=1000, description="Rotated files kept per component (local and compose).")
+    max_age_days: int = Field(14, ge=1, le=3650, description="Rotated files older than this are deleted (local).")
+
+
+class LogsConfig(_Section):
+    # JSON lines with time (RFC 3339), level, component, message and the ids that tie a request or a flow run across
+    # components (request_id, trace_id, span_id, flow_run_id); `invoke logs` reads both formats.
+    format: Literal["json", "text"] = Field("json", description="json: one JSON object per line from every Prefect "
+                                                                "process and the load balancer; text: Prefect's and "
+                                                                "HAProxy's own plain lines.")
+    levels: LogLevelsConfig = LogLevelsConfig()
+    rotation: LogRotationConfig = LogRotationConfig()
+    # Logs go where the spans go, so one collector (or Jaeger's, Loki's OTLP endpoint) receives both.
+    export_otlp: bool = Field(True, description="With tracing on, every Prefect process also sends its log records "
+                                                "over OTLP/HTTP to tracing.otlp_endpoint (/v1/logs).")
 
 
 class LocalTargetConfig(_Section):
@@ -985,6 +1021,7 @@ class StackConfig(BaseSettings):
     backups: BackupConfig = BackupConfig()
     monitoring: MonitoringConfig = MonitoringConfig()
     tracing: TracingConfig = TracingConfig()
+    logs: LogsConfig = LogsConfig()
     workers: WorkersConfig = WorkersConfig()
 
     @classmethod

@@ -45,13 +45,16 @@ def _common(config: StackConfig, secrets: Secrets, layout: StateLayout, addresse
         "PREFECT_REDIS_MESSAGING_DB": str(MESSAGING_DB),
         "PREFECT_REDIS_MESSAGING_PASSWORD": redis_password,
         "PREFECT_SERVER_EVENTS_RETENTION_PERIOD": config.services.events_retention,
-        "PREFECT_SERVER_LOGGING_LEVEL": config.api.log_level,
-        "PREFECT_LOGGING_LEVEL": config.api.log_level,
     }
+    env.update(_levels(config.logs.levels.api))
     if config.tls_enabled:
         # The load balancer's certificate is signed by the deployment's CA (or is the operator's): trust exactly it.
         env["PREFECT_API_SSL_CERT_FILE"] = str(layout.etc / TRUSTED_CA)
     return env
+
+
+def _levels(level: str) -> dict[str, str]:
+    return {"PREFECT_SERVER_LOGGING_LEVEL": level, "PREFECT_LOGGING_LEVEL": level}
 
 
 def _database_url(config: StackConfig, secrets: Secrets, host: str, port: int, database: str) -> str:
@@ -88,6 +91,7 @@ def services_environment(
     config: StackConfig, secrets: Secrets, layout: StateLayout, addresses: Addresses
 ) -> dict[str, str]:
     env = _common(config, secrets, layout, addresses)
+    env.update(_levels(config.logs.levels.services))
     # Session pool: the triggers service LISTENs for automation changes on this connection.
     env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = _database_url(
         config, secrets, addresses.pgbouncer, config.pgbouncer.port, config.postgres.database + SESSION_POOL_SUFFIX
