@@ -34,7 +34,8 @@ TEMP_ROOT = Path("/tmp")  # noqa: S108 - deliberate: the service user must trave
 # ---------------------------------------------------------------- verdicts and figures of the reports
 
 # "not applicable": measured, but the goal concerns a method that does not exist yet (bench.backup).
-VerdictStatus = Literal["pass", "fail", "not measured", "not applicable"]
+# "inconclusive": measured, but the spread between like rounds is larger than the effect claimed.
+VerdictStatus = Literal["pass", "fail", "not measured", "not applicable", "inconclusive"]
 
 
 @dataclass(frozen=True)
