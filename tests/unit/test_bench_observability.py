@@ -79,7 +79,9 @@ def test_off_is_the_bare_stack_with_plain_text_logs() -> None:
 ])
 def test_each_layer_differs_from_off_exactly_by_what_it_measures(layer: str, expected: dict[str, Any]) -> None:
     base = StackConfig()
-    assert _differences(layer_config(base, OFF, SINK), layer_config(base, layer, SINK)) == expected
+    config = layer_config(base, layer, SINK)
+    assert _differences(layer_config(base, OFF, SINK), config) == expected
+    StackConfig.model_validate(config.model_dump(mode="json"))  # model_copy skips validation: the layer is valid
 
 
 def test_tracing_sampled_keeps_the_configurations_ratio_and_off_turns_the_operators_tracing_off() -> None:
