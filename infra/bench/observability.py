@@ -83,7 +83,8 @@ LAYERS: dict[str, Layer] = {layer.name: layer for layer in (
 )}
 # The two goals, and monitoring alone so that tracing's share shows: an estimated 15 minutes on 2 cores with the scrape.
 DEFAULT_LAYERS = ("monitoring", "tracing-sampled", "json-logs")
-CHOICES = tuple(name for name in LAYERS if name != OFF)
+# How they are listed and reported: from the cheapest part up, then the logs.
+CHOICES = ("monitoring", "monitoring-5s", "tracing-sampled", "tracing-all", "json-logs")
 
 
 def parse_layers(text: str) -> tuple[str, ...]:
@@ -246,7 +247,7 @@ class ObservabilityReport:
 
     @property
     def costs(self) -> list[LayerCost]:
-        return [cost for name in LAYERS if (cost := self.cost(name)) is not None]
+        return [cost for name in CHOICES if (cost := self.cost(name)) is not None]
 
     def as_dict(self) -> dict[str, Any]:
         return {

@@ -92,6 +92,7 @@ def test_tracing_sampled_keeps_the_configurations_ratio_and_off_turns_the_operat
 
 
 def test_only_the_goal_layers_have_a_goal() -> None:
+    assert set(CHOICES) == set(LAYERS) - {OFF}
     assert {name for name, layer in LAYERS.items() if layer.goal} == {"tracing-sampled", "json-logs"}
 
 
@@ -195,7 +196,7 @@ def test_report_is_json_ready() -> None:
     assert list(document["settings"]["layers"]) == ["monitoring", "tracing-sampled", "json-logs"]
     assert set(document["throughput"]) == {OFF, "monitoring", "tracing-all"}
     costs = {c["layer"]: c for c in document["costs"]}
-    assert list(costs) == ["tracing-all", "monitoring"]
+    assert list(costs) == ["monitoring", "tracing-all"]
     assert costs["monitoring"]["ratio"] == pytest.approx(49.5 / 51, abs=1e-3)
     assert costs["monitoring"]["off_range_rps"] == [50, 52] and costs["monitoring"]["on_range_rps"] == [49, 50]
     assert costs["tracing-all"]["goal"] is None and costs["tracing-all"]["spread"] == pytest.approx(2 / 51, abs=1e-3)
