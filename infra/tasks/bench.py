@@ -250,7 +250,7 @@ def _print_observability_report(report: ObservabilityReport) -> None:
                   "-" if off_spread is None else f"{off_spread:.1%}", "baseline")
     for cost in report.costs:
         spread = "-" if cost.spread is None else f"{cost.spread:.1%}"
-        noise = "within the spread" if cost.within_spread else ""
+        noise = "one round: no spread" if cost.spread is None else "within the spread" if cost.within_spread else ""
         table.add_row(cost.layer, ", ".join(f"{x:.1f}" for x in cost.on_rps), f"{cost.ratio:.3f}x", spread, noise)
     console.out.print(f"flow runs/s at {settings.clients} clients, each layer against off (tracing-sampled: "
                       f"sample_ratio {report.sample_ratio:g}); order: {', '.join(report.order) or '-'}")
