@@ -159,14 +159,14 @@ def _timed_line_before(data: mmap.mmap, position: int, parser: LineParser, floor
 
 
 def _record_end(data: mmap.mmap, position: int, parser: LineParser) -> int:
-    """Where the record holding the hit ends: before the next line with a time of its own (bounded)."""
+    """Where the record holding the hit surely ended: before the next line with a time of its own (bounded). The
+    untimed lines up to there are parsed with it: the parser tells a traceback's lines from lines of their own."""
     end = data.find(b"\n", position)
     limit = position + _BACK_LIMIT
     while end != -1 and end < limit:
         following = data.find(b"\n", end + 1)
         line = data[end + 1:following if following != -1 else len(data)]
-        text = line.decode(errors="replace")
-        if not line.strip() or parser.head(text) is not None or not text.startswith((" ", "\t", "Traceback")):
+        if parser.head(line.decode(errors="replace")) is not None:
             return end
         end = following
     return len(data) if end == -1 else end
