@@ -69,14 +69,15 @@ class Record:
     component: str
     message: str
     ids: dict[str, Any] = field(default_factory=dict)
+    raw: str = field(default="", repr=False)  # the lines as written, for --grep (a JSON key not kept above)
 
     def as_dict(self) -> dict[str, Any]:
         return {fields.TIME: format_time(self.time), fields.LEVEL: self.level, fields.COMPONENT: self.component,
                 fields.MESSAGE: self.message, **self.ids}
 
     def text(self) -> str:
-        """Every field's text, for --grep on a record whose lines were read without the byte filter."""
-        return self.message + "".join(f" {v}" for v in self.ids.values())
+        """The record's text as written, for --grep: what a search of the file's bytes would find."""
+        return self.raw or self.message + "".join(f" {v}" for v in self.ids.values())
 
 
 def format_time(moment: datetime) -> str:
@@ -201,6 +202,7 @@ class LineParser:
             if record is None and current is not None and (
                     line.startswith(_CONTINUATION_STARTS) or in_traceback):
                 current.message += "\n" + line
+                current.raw += "\n" + line
                 # A traceback ends with its exception's line, the first one not indented after the frames.
                 in_traceback = line.startswith(("Traceback", "  ", "\t", "During", "The above"))
                 continue
@@ -209,11 +211,13 @@ class LineParser:
             in_traceback = False
             if record is None:
                 record = self.untimed(line)
+                record.raw = line
                 if self.last_time is None:
                     waiting.append(record)
                     current = None
                     continue
             else:
+                record.raw = line
                 self.last_time = record.time
                 for early in waiting:
                     early.time = record.time

@@ -346,11 +346,12 @@ def stamped_records(component: str, lines: Iterable[str]) -> Iterator[Record]:
         if record is None and current is not None and line.startswith(("  ", "\t", "Traceback", "During",
                                                                         "The above")):
             current.message += "\n" + line
+            current.raw += "\n" + line
             continue
         if current is not None:
             yield current
         current = record or parser.untimed(line)
-        current.time = moment
+        current.time, current.raw = moment, line
     if current is not None:
         yield current
 

@@ -186,6 +186,13 @@ def test_grep_in_a_traceback_finds_its_record(log_dir: dict[str, Path]) -> None:
     assert [json.loads(line)["level"] for line in lines] == ["ERROR"]
 
 
+def test_grep_matches_the_line_as_written(tmp_path: Path) -> None:
+    path = tmp_path / "postgres.log"
+    path.write_text(json.dumps({"timestamp": "2026-12-06 19:00:00.000 GMT", "error_severity": "LOG",
+                                "message": "duration: 5001 ms", "statement": f"SELECT '{RUN_ID}'"}) + "\n")
+    assert len(collect({"postgres": path}, LogQuery(grep=RUN_ID))) == 1
+
+
 def test_grep_of_absent_text_prints_nothing(log_dir: dict[str, Path]) -> None:
     assert collect(log_dir, LogQuery(grep="absent-id")) == []
 
