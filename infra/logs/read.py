@@ -303,7 +303,7 @@ def follow(pollers: list[Callable[[], list[Record]]], query: LogQuery, width: in
             done += 1
             if rounds is None or done < rounds:
                 time.sleep(POLL_INTERVAL_S)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, BrokenPipeError):  # Ctrl-C, or the reader of a pipe went away
         pass
     return 0
 
