@@ -240,3 +240,10 @@ def test_split_lines_joins_chunks() -> None:
 
 def test_parser_is_reused_per_component() -> None:
     assert LineParser("x").component == "x"
+
+
+def test_follow_ends_with_status_0_on_ctrl_c() -> None:
+    def interrupted() -> list[Record]:
+        raise KeyboardInterrupt
+
+    assert follow([interrupted], LogQuery(), 1, [].append) == 0
