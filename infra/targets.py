@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from infra.config import StackConfig
 from infra.errors import UserError
+from infra.logs.read import LogQuery
 from infra.progress import Progress
 from infra.status import ComponentStatus
 
@@ -99,7 +100,8 @@ class Target(Protocol):
         """What an operator should read before the deploy starts (which images it will run, ...)."""
     def deploy(self, progress: Progress) -> DeployOutcome: ...
     def status(self) -> list[ComponentStatus]: ...
-    def logs(self, component: str, lines: int, follow: bool) -> int: ...
+    def logs(self, query: LogQuery) -> int:
+        """Print the records the query chooses (one component, or all merged in time order); exit status."""
     def restart(self, component: str) -> float: ...
     def stop(self) -> bool: ...
     def destroy_refusal(self, volumes: bool) -> UserError:

@@ -9,17 +9,16 @@ from __future__ import annotations
 
 import contextlib
 import shutil
-import subprocess
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
+from typing import Any
 
 import docker.errors
 from docker import DockerClient
 from docker.models.containers import Container
 
 from infra.compose.deploy import (
-    compose_command,
-    compose_env,
     containers,
     haproxy_server_states,
     project_dir,
@@ -30,6 +29,7 @@ from infra.compose.project import MIGRATE
 from infra.config import StackConfig
 from infra.containers.engine import docker_client
 from infra.errors import UserError
+from infra.logs.read import LogQuery, StreamFollower, read_and_show, split_lines, stamped_records
 from infra.status import ComponentStatus
 
 DOWN_TIMEOUT_S = 150
@@ -99,14 +99,38 @@ def _service(config: StackConfig, name: str) -> Container:
     return found[name]
 
 
-def logs(config: StackConfig, name: str, lines: int, follow: bool) -> int:
-    """The service's container log (Docker keeps what the process wrote on stdout and stderr)."""
-    _service(config, name)
-    args = ["logs", "--no-log-prefix", "--tail", str(lines), *(["--follow"] if follow else []), name]
-    try:
-        return subprocess.run(compose_command(config, *args), env=compose_env(config), check=False).returncode
-    except KeyboardInterrupt:
-        return 0
+def _container_lines(container: Container, query: LogQuery) -> Iterator[str]:
+    """The container's log lines (what the process wrote on stdout and stderr), each prefixed with Docker's
+    timestamp; read when the merge first asks for them."""
+    chosen: dict[str, Any] = {"tail": query.tail if query.tail is not None else "all"}
+    if query.since is not None:
+        chosen["since"] = query.since
+    if query.until is not None:
+        chosen["until"] = query.until
+    text: bytes = container.logs(stdout=True, stderr=True, timestamps=True, **chosen)
+    yield from text.decode(errors="replace").splitlines()
+
+
+def _container_stream(container: Container) -> Iterator[str]:
+    """New lines from now on, until the container stops or the reader is interrupted."""
+    return split_lines(container.logs(stdout=True, stderr=True, timestamps=True, stream=True, follow=True,
+                                      since=datetime.now(UTC)))
+
+
+def logs(config: StackConfig, query: LogQuery) -> int:
+    """One service's container log, or every service's merged in time order, as the query says."""
+    if query.component:
+        chosen = {query.component: _service(config, query.component)}
+    else:
+        chosen = containers(docker_client(config), config.compose.project)
+        if not chosen:
+            raise UserError(f"no container of compose project {config.compose.project!r}",
+                            fix="deploy first: invoke deploy --target compose")
+    sources = {name: stamped_records(name, _container_lines(c, query)) for name, c in sorted(chosen.items())}
+    followers = None
+    if query.follow:
+        followers = [StreamFollower({name: _container_stream(c) for name, c in chosen.items()}).poll]
+    return read_and_show(sources, query, followers)
 
 
 def restart(config: StackConfig, name: str) -> float:

@@ -19,6 +19,7 @@ from infra.compose import deploy as compose_deploy
 from infra.config import COMPOSE_POSTGRES_SERVICE, REPO_ROOT, StackConfig, in_project_container
 from infra.errors import UserError
 from infra.host_stack import HostStack
+from infra.logs.read import LogQuery
 from infra.progress import Progress
 from infra.secrets import Secrets
 from infra.status import ComponentStatus
@@ -66,8 +67,8 @@ class ComposeTarget(HostStack):
     def status(self) -> list[ComponentStatus]:
         return operate.status(self.config)
 
-    def logs(self, component: str, lines: int, follow: bool) -> int:
-        return operate.logs(self.config, component, lines, follow)
+    def logs(self, query: LogQuery) -> int:
+        return operate.logs(self.config, query)
 
     def restart(self, component: str) -> float:
         return operate.restart(self.config, component)

@@ -9,8 +9,9 @@ Components are named as an operator would type them: ``api`` or ``prefect-api``,
 
 from __future__ import annotations
 
+import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -28,6 +29,8 @@ from infra.kubernetes.objects import (
     prune_selector,
     selector,
 )
+from infra.logs.parse import format_time
+from infra.logs.read import LogQuery, StreamFollower, read_and_show, stamped_records
 from infra.status import ComponentStatus
 
 CLUSTER = f"cluster.{CNPG_GROUP}"
@@ -234,6 +237,59 @@ def logs(config: StackConfig, component: str, follow: bool = False, tail: int = 
     if follow:
         args.append("--follow")
     return kubectl.stream(*args)
+
+
+def log_components(kubectl: Kubectl, config: StackConfig) -> list[str]:
+    """Every component with a pod of the stack (the component label), and the database's and poolers'."""
+    pods = kubectl.get("pod", selector=f"{LABEL_INSTANCE}={config.kubernetes.name}")
+    names = Names.of(config)
+    found = sorted({_labels(p)[LABEL_NAME] for p in pods if LABEL_NAME in _labels(p)})
+    if config.kubernetes.postgres.mode == "cnpg":
+        found += [names.database, names.pooler_transaction, names.pooler_session]
+    return found
+
+
+def _log_args(chosen: str, query: LogQuery) -> list[str]:
+    args = ["logs", f"--selector={chosen}", "--all-containers", "--prefix", "--timestamps",
+            f"--max-log-requests={MAX_LOG_REQUESTS}"]
+    if query.tail is not None:
+        args.append(f"--tail={query.tail}")
+    if query.since is not None:
+        args.append(f"--since-time={format_time(query.since)}")
+    return args
+
+
+def _unprefixed(lines: Iterator[str] | list[str]) -> Iterator[str]:
+    """kubectl's lines without their ``[pod/NAME/CONTAINER]`` prefix."""
+    for line in lines:
+        yield line.partition("] ")[2] if line.startswith("[") else line
+
+
+def _followed(kubectl: Kubectl, chosen: str) -> Iterator[str]:
+    """New lines of the component's pods until interrupted (kubectl logs --follow, from now on)."""
+    process = subprocess.Popen(kubectl.argv("logs", f"--selector={chosen}", "--all-containers", "--prefix",
+                                            "--timestamps", "--follow", "--since=1s",
+                                            f"--max-log-requests={MAX_LOG_REQUESTS}"),
+                               stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True, errors="replace")
+    assert process.stdout is not None  # noqa: S101 - stdout=PIPE above
+    yield from _unprefixed(line.rstrip("\n") for line in process.stdout)
+
+
+def read_logs(config: StackConfig, query: LogQuery, kubectl: Kubectl | None = None) -> int:
+    """The component's pods' logs, or every component's merged in time order, through ``kubectl logs
+    --timestamps`` (the kubelet's time of each line: Prefect's console lines carry no date)."""
+    kubectl = kubectl or Kubectl.for_config(config)
+    components = [query.component] if query.component else log_components(kubectl, config)
+    if not components:
+        raise UserError(f"no pod of the stack in namespace {config.kubernetes.namespace}",
+                        fix="deploy first: invoke deploy --target kubernetes")
+    selectors = {name: component_selector(kubectl, config, name) for name in components}
+    sources = {name: stamped_records(name, _unprefixed(kubectl.run(*_log_args(chosen, query)).splitlines()))
+               for name, chosen in selectors.items()}
+    followers = None
+    if query.follow:
+        followers = [StreamFollower({name: _followed(kubectl, chosen) for name, chosen in selectors.items()}).poll]
+    return read_and_show(sources, query, followers)
 
 
 def _restart_target(kubectl: Kubectl, config: StackConfig, component: str) -> str:

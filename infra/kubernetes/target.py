@@ -23,6 +23,7 @@ from infra.kubernetes import operate
 from infra.kubernetes.database import database_endpoints
 from infra.kubernetes.prefect import public_api_url
 from infra.kubernetes.render import KubernetesImages
+from infra.logs.read import LogQuery
 from infra.progress import Progress
 from infra.secrets import Secrets, ensure_secrets, load_secrets, mounted_secrets
 from infra.status import ComponentStatus
@@ -94,8 +95,8 @@ class KubernetesTarget:
     def status(self) -> list[ComponentStatus]:
         return operate.status(self.config)
 
-    def logs(self, component: str, lines: int, follow: bool) -> int:
-        return operate.logs(self.config, component, follow, lines)
+    def logs(self, query: LogQuery) -> int:
+        return operate.read_logs(self.config, query)
 
     def restart(self, component: str) -> float:
         return operate.restart(self.config, component)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import subprocess
 import time
 from pathlib import Path
 
@@ -68,9 +67,16 @@ def log_path(config: StackConfig, component: str) -> Path:
     return path
 
 
-def follow_log(path: Path, lines: int, follow: bool) -> int:
-    argv = ["tail", "-n", str(lines), *(["-F"] if follow else []), str(path)]
-    return subprocess.call(argv)
+def log_files(config: StackConfig, component: str | None) -> dict[str, Path]:
+    """The current log file of one component, or of every component that has written one (supervisord names
+    each program's file after it), by component name."""
+    if component:
+        return {component: log_path(config, component)}
+    logs = StateLayout(config.state_dir).logs
+    found = {path.name.removesuffix(".log"): path for path in sorted(logs.glob("*.log"))}
+    if not found:
+        raise UserError(f"no component has written a log yet in {logs}", fix="deploy first: invoke deploy")
+    return found
 
 
 def stop(config: StackConfig) -> bool:

@@ -23,6 +23,7 @@ from infra.local.drill import LocalDrillTarget
 from infra.local.pgbackrest import PhysicalBackup, info, physical_backup, physical_restore
 from infra.local.restore import restore_backup
 from infra.local.workers import flow_code_dir
+from infra.logs.read import LogQuery, read_local
 from infra.progress import Progress
 from infra.secrets import Secrets, load_secrets
 from infra.status import ComponentStatus
@@ -72,8 +73,8 @@ class LocalTarget(HostStack):
     def status(self) -> list[ComponentStatus]:
         return operate.status(self.config)
 
-    def logs(self, component: str, lines: int, follow: bool) -> int:
-        return operate.follow_log(operate.log_path(self.config, component), lines, follow)
+    def logs(self, query: LogQuery) -> int:
+        return read_local(operate.log_files(self.config, query.component), query)
 
     def restart(self, component: str) -> float:
         return restart_component(self.config, component)

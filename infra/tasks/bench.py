@@ -1,6 +1,6 @@
 """Benchmarks: `invoke bench.api`, `invoke bench.backup`, `invoke bench.observability`, `invoke bench.workers`
-(each deploys what it measures on free ports and removes it afterwards) and `invoke bench.render` (rendering
-alone, nothing deployed)."""
+(each deploys what it measures on free ports and removes it afterwards), `invoke bench.render` (rendering
+alone, nothing deployed) and `invoke bench.logs` (searching generated log files, nothing deployed)."""
 
 from __future__ import annotations
 
@@ -370,6 +370,28 @@ def workers(c: Context, json_: bool = False, runs: int = 100, rounds: int = 2, p
                 f"{percentile(report.pooled(name, 'start_s'), 50)} s "
                 f"(spread {spread([percentile(r.start_s, 50) for r in rounds_of])} s)")
         console.out.print(f"stack settings: {report.stack_settings} (null: Prefect's default)")
+        _print_goals(report.verdicts)
+    # A benchmark reports; a missed goal is a finding, not a failed command (exit 0 either way).
+    console.err.print(_summary(report.verdicts))
+
+
+@task(
+    help={
+        "json": "Print one JSON document (every run's time, what was found, the verdicts) on stdout instead of text.",
+        "size": "MiB of log lines generated across the components (default 1024).",
+        "runs": "Timed searches; the median is judged (default 3).",
+    }
+)
+@reports_user_errors
+def logs(c: Context, json_: bool = False, size: int = 1024, runs: int = 3) -> None:
+    """invoke logs --grep over a gigabyte of generated log lines across the components (goal: under 5 s)."""
+    from infra.bench.logs import LogsBenchSettings, run_logs_benchmark
+
+    settings = LogsBenchSettings(size_mib=int(size), runs=int(runs))
+    report = run_logs_benchmark(settings, progress=console.note if not json_ else lambda _: None)
+    if json_:
+        print(json.dumps(report.as_dict(), indent=2))
+    else:
         _print_goals(report.verdicts)
     # A benchmark reports; a missed goal is a finding, not a failed command (exit 0 either way).
     console.err.print(_summary(report.verdicts))

@@ -17,6 +17,7 @@ from infra.backup.drill import run_drill
 from infra.config import StackConfig, load_config
 from infra.errors import UserError
 from infra.layout import StateLayout
+from infra.logs.read import make_query
 from infra.render.tracing import exporter_environment
 from infra.secrets import load_secrets
 from infra.status import ComponentStatus
@@ -25,6 +26,7 @@ from infra.tasks import reports_user_errors
 
 # "local, compose or kubernetes": every name the registry knows.
 TARGET_NAMES = f"{', '.join(list(REGISTRY)[:-1])} or {list(REGISTRY)[-1]}"
+ALL_COMPONENTS = "all"
 TARGET_HELP = f"{TARGET_NAMES} (default: target in the configuration)."
 
 
@@ -97,17 +99,26 @@ def status(c: Context, json_: bool = False, target: str | None = None) -> None:
 @task(
     positional=["component"],
     help={
-        "component": "postgres, pgbouncer, redis, api-N, services-N, haproxy, worker-POOL-N, supervisord or "
-                     "migrate.",
-        "lines": "How many of the last lines to show (default 100).",
-        "follow": "Keep printing new lines until interrupted.",
+        "component": "postgres, pgbouncer, redis, api-N, services-N, haproxy, worker-POOL-N, supervisord, migrate, "
+                     "or all: every component, merged in time order.",
+        "lines": "How many of the last records to show when no --since, --until or --grep chooses (default 100).",
+        "since": "Only records from then on: a duration before now (5m, 2h, 1d) or an RFC 3339 time.",
+        "until": "Only records up to then: a duration before now (5m, 2h, 1d) or an RFC 3339 time.",
+        "grep": "Only records holding this literal text (case-sensitive), e.g. a flow run id or request id.",
+        "level": "Only records at this level or above: DEBUG, INFO, WARNING, ERROR or CRITICAL.",
+        "follow": "Keep printing new records until interrupted (Ctrl-C).",
+        "json": "One JSON object per line (time, level, component, message and the ids) instead of text.",
         "target": TARGET_HELP,
     },
 )
 @reports_user_errors
-def logs(c: Context, component: str, lines: int = 100, follow: bool = False, target: str | None = None) -> None:
-    """Show the log of one component."""
-    raise Exit(code=_target(target, "logs").logs(component, lines, follow))
+def logs(c: Context, component: str, lines: int = 100, since: str = "", until: str = "", grep: str = "",
+         level: str = "", follow: bool = False, json_: bool = False, target: str | None = None) -> None:
+    """Show the stack's logs: one component's, or every component's merged in time order, filtered."""
+    # invoke has no optional positional argument: "all" stands for every component.
+    query = make_query(None if component == ALL_COMPONENTS else component, lines, since or None, until or None,
+                       grep or None, level or None, follow, json_)
+    raise Exit(code=_target(target, "logs").logs(query))
 
 
 @task(positional=["component"], help={"component": "postgres, pgbouncer, redis, api-N, services-N, haproxy or "

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +14,7 @@ from infra.config import StackConfig, load_config
 from infra.errors import UserError
 from infra.kubernetes import operate
 from infra.kubernetes.objects import LABEL_INSTANCE, metadata
+from infra.logs.read import LogQuery
 from infra.status import ComponentStatus
 from tests.fake_kubectl import Call, StandIn
 
@@ -218,6 +221,43 @@ class TestLogs:
         with pytest.raises(UserError) as raised:
             operate.logs(stand.config, "nope")
         assert raised.value.fix is not None and "api" in raised.value.fix and "prefect-db" in raised.value.fix
+
+
+API_SELECTOR = LOG_SELECTORS[0][1]
+API_LINES = ("[pod/prefect-api-1/api] 2026-12-06T19:00:03.000000001Z 19:00:03.000 | INFO    | prefect.x - third\n"
+             "[pod/prefect-api-2/api] 2026-12-06T19:00:01Z 19:00:01.000 | ERROR   | prefect.x - first\n")
+DB_LINES = ('[pod/prefect-db-1/postgres] 2026-12-06T19:00:02Z {"timestamp": "2026-12-06 19:00:02.000 GMT", '
+            '"error_severity": "LOG", "message": "second"}\n')
+
+
+class TestReadLogs:
+    """invoke logs through kubectl logs --timestamps: one component's pods, or every component's merged."""
+
+    @pytest.fixture
+    def scripted(self, stand: Stand) -> Stand:
+        stand.standin.script(logs={API_SELECTOR: API_LINES, "cnpg.io/cluster=prefect-db": DB_LINES})
+        return stand
+
+    def test_asks_for_timestamps_and_the_time_range(self, scripted: Stand) -> None:
+        since = datetime(2026, 12, 6, 19, 0, tzinfo=UTC)
+        operate.read_logs(scripted.config, LogQuery(component="api", since=since))
+        args = [c.args for c in scripted.calls if c.verb == "logs"][-1]
+        assert "--timestamps" in args and "--since-time=2026-12-06T19:00:00.000Z" in args
+
+    def test_one_component_in_time_order(self, scripted: Stand, capsys: pytest.CaptureFixture[str]) -> None:
+        operate.read_logs(scripted.config, LogQuery(component="api", json=True))
+        lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+        assert [line["message"] for line in lines] == ["first", "third"]
+
+    def test_every_component_merged(self, scripted: Stand, capsys: pytest.CaptureFixture[str]) -> None:
+        operate.read_logs(scripted.config, LogQuery(json=True))
+        lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+        assert [(line["component"], line["message"]) for line in lines] == [
+            ("api", "first"), ("prefect-db", "second"), ("api", "third")]
+
+    def test_level_filter(self, scripted: Stand, capsys: pytest.CaptureFixture[str]) -> None:
+        operate.read_logs(scripted.config, LogQuery(component="api", json=True, level="ERROR"))
+        assert [json.loads(line)["message"] for line in capsys.readouterr().out.splitlines()] == ["first"]
 
 
 RESTARTS = [  # component, the call that restarts it, the call that waits for it

@@ -27,7 +27,7 @@ from infra.layout import StateLayout
 from infra.secrets import ensure_secrets
 from infra.tasks import dev, reports_user_errors
 from infra.tasks.secrets import list_, rotate
-from infra.tasks.stack import destroy, env, status
+from infra.tasks.stack import destroy, env, logs, status
 
 INVOKE = Path(sys.executable).parent / "invoke"
 STACK_TASKS = ["deploy", "status", "logs", "restart", "stop", "destroy", "env"]
@@ -154,6 +154,20 @@ class TestDestroy:
         with pytest.raises(Exit):
             destroy(MockContext())
         assert (state / "keep-me").read_text() == "data\n"
+
+
+class TestLogsOptions:
+    @pytest.mark.parametrize(("option", "value"), [("since", "5 minutes"), ("until", "noonish"), ("level", "LOUD")])
+    def test_a_bad_value_exits_1(self, state: Path, option: str, value: str) -> None:
+        with pytest.raises(Exit) as caught:
+            logs(MockContext(), "all", **{option: value})
+        assert caught.value.code == 1
+
+    @pytest.mark.parametrize(("option", "value"), [("since", "5 minutes"), ("until", "noonish"), ("level", "LOUD")])
+    def test_a_bad_value_names_the_option_and_the_fix(self, state: Path, option: str, value: str) -> None:
+        with pytest.raises(Exit) as caught:
+            logs(MockContext(), "all", **{option: value})
+        assert f"--{option}" in str(caught.value.message) and "fix:" in str(caught.value.message)
 
 
 class TestTasksWithoutAStack:

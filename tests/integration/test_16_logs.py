@@ -1,0 +1,50 @@
+"""``invoke logs`` over the deployed local stack: every component's records merged in time order, one request
+found in the load balancer's and an API replica's lines."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+import pytest
+
+from tests.integration.conftest import Stack
+
+
+@pytest.fixture(scope="module")
+def request_id(stack: Stack) -> str:
+    """A request through the load balancer whose path carries an id of its own (an unknown flow run: 404)."""
+    marker = str(uuid.uuid4())
+    with stack.client() as client:
+        assert client.get(f"/flow_runs/{marker}").status_code == 404
+    return marker
+
+
+@pytest.fixture(scope="module")
+def recent(stack: Stack, request_id: str) -> list[dict[str, Any]]:
+    result = stack.invoke("logs", "all", "--since", "5m", "--json")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return [json.loads(line) for line in result.stdout.splitlines()]
+
+
+def test_recent_records_are_in_time_order(recent: list[dict[str, Any]]) -> None:
+    times = [record["time"] for record in recent]
+    assert times == sorted(times)
+
+
+def test_recent_records_come_from_several_components(recent: list[dict[str, Any]]) -> None:
+    components = {record["component"] for record in recent}
+    assert {"haproxy", "pgbouncer"} <= components and any(c.startswith("api-") for c in components), components
+
+
+@pytest.mark.parametrize("field", ["time", "level", "component", "message"])
+def test_every_record_has_the_common_field(recent: list[dict[str, Any]], field: str) -> None:
+    assert all(field in record for record in recent)
+
+
+def test_grep_finds_the_request_at_the_load_balancer_and_a_replica(stack: Stack, request_id: str) -> None:
+    result = stack.invoke("logs", "all", "--grep", request_id, "--json")
+    assert result.returncode == 0, result.stderr[-3000:]
+    components = {json.loads(line)["component"] for line in result.stdout.splitlines()}
+    assert "haproxy" in components and any(c.startswith("api-") for c in components), components
