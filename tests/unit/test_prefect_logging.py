@@ -198,3 +198,30 @@ def test_a_prefect_process_writes_the_common_format(tmp_path: Path) -> None:
     for line in lines:
         assert line[fields.COMPONENT] == "api-7"
         assert line[fields.TIME].endswith("Z") and len(line[fields.TIME]) == len(TIME)
+
+
+def test_under_opentelemetry_instrument_lines_carry_the_trace_and_span_ids(tmp_path: Path) -> None:
+    """As a traced replica runs: log correlation on (the instrumentation also calls logging.basicConfig, whose
+    plain-text handler must not survive), ids inside a span, none outside."""
+    traced = load_config(tracing={"enabled": True, "otlp_endpoint": "http://127.0.0.1:4318"})
+    path = tmp_path / LOGGING_FILE
+    path.write_text(logging_files(traced, StateLayout(tmp_path))[0].content)
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "OTEL_"))},
+           **logging_environment(traced, tmp_path), fields.COMPONENT_ENV: "api-1",
+           "PREFECT_HOME": str(tmp_path / "home"), "PREFECT_SERVER_LOGGING_LEVEL": "INFO",
+           # Nothing leaves the process: the spans exist, nothing exports them.
+           "OTEL_TRACES_EXPORTER": "none", "OTEL_METRICS_EXPORTER": "none", "OTEL_LOGS_EXPORTER": "none"}
+    script = ("import logging\n"
+              "from opentelemetry import trace\n"
+              "from prefect.logging.configuration import setup_logging\n"
+              "setup_logging()\n"
+              "with trace.get_tracer('test').start_as_current_span('request'):\n"
+              "    logging.getLogger('prefect.server.test').info('inside')\n"
+              "logging.getLogger('prefect.server.test').info('outside')\n")
+    instrument = Path(sys.executable).parent / "opentelemetry-instrument"
+    result = subprocess.run([str(instrument), sys.executable, "-c", script], env=env, cwd=REPO_ROOT,
+                            capture_output=True, text=True, timeout=120, check=True)
+    inside, outside = (json.loads(line) for line in result.stderr.splitlines() if line.strip())
+    assert inside[fields.MESSAGE] == "inside"
+    assert (len(inside[fields.TRACE_ID]), len(inside[fields.SPAN_ID])) == (32, 16)
+    assert outside[fields.MESSAGE] == "outside" and fields.TRACE_ID not in outside
