@@ -31,6 +31,7 @@ from infra.render.monitoring import monitoring_programs
 from infra.render.pgbouncer import pgbouncer_ini, pgbouncer_userlist
 from infra.render.postgres import pg_hba_conf, pg_ident_conf, postgresql_conf
 from infra.render.prefect import api_environment, migration_environment, services_environment
+from infra.render.prefect_logging import component_environment, logging_environment, logging_files
 from infra.render.redis import redis_conf
 from infra.render.tracing import server_tracing_environment
 from infra.render.workers import CONTAINER_FLOW_CODE_DIR, worker_command, worker_settings
@@ -339,11 +340,14 @@ def render_project(config: StackConfig, secrets: Secrets, images: Images,
     # --- Prefect ------------------------------------------------------------------------------------------------
     migrate_env = _env_file("migrate", _prefect_in_containers(
         config, migration_environment(inner, secrets, CONTAINER, addresses)))
+    # The Prefect processes' logging configuration (logs.format json), mounted in each of them.
+    prefect_logging = logging_files(inner, CONTAINER)
     b.add(MIGRATE, "migrate", images.prefect,
           _with_env(migrate_env, [PYTHON, "-m", "infra.containers.migrate", "--host", "postgres",
                                   "--port", str(pg.port), "--database", pg.database, "--user", pg.user,
                                   "--secrets", str(SECRETS_IN_CONTAINER)]),
-          files=(migrate_env, *trusted), secrets=MIGRATION_SECRETS,
+          files=(migrate_env, *prefect_logging, *trusted), secrets=MIGRATION_SECRETS,
+          environment=component_environment(MIGRATE),
           depends_on={"postgres": "service_healthy"}, restart="no", memory=config.compose.api_memory,
           writable=(HOME_DIR,))
     api_env = _env_file("api", _prefect_in_containers(config, api_environment(inner, secrets, CONTAINER, addresses)))
@@ -355,8 +359,9 @@ def render_project(config: StackConfig, secrets: Secrets, images: Images,
         b.add(f"api-{i}", "api", images.prefect,
               _with_env(api_env, _traced(inner, [prefect, "server", "start", "--no-services",
                                                   "--host", "0.0.0.0", "--port", str(port)])),  # noqa: S104
-              files=(api_env, *trusted),
-              environment=server_tracing_environment(inner, "prefect-api", f"api-{i}"),
+              files=(api_env, *prefect_logging, *trusted),
+              environment={**server_tracing_environment(inner, "prefect-api", f"api-{i}"),
+                           **component_environment(f"api-{i}")},
               healthcheck=_http_check(port, "/api/health"), depends_on=data_ready,
               memory=config.compose.api_memory, stop_grace_s=30, writable=(HOME_DIR,))
     services_env = _env_file("services", _prefect_in_containers(
@@ -365,8 +370,9 @@ def render_project(config: StackConfig, secrets: Secrets, images: Images,
         b.add(f"services-{i}", "services", images.prefect,
               # Restarted with Redis: they silently stop consuming its streams after it restarts otherwise.
               _with_env(services_env, _traced(inner, [prefect, "server", "services", "start"]), follow_redis=True),
-              files=(services_env, *trusted),
-              environment=server_tracing_environment(inner, "prefect-services", f"services-{i}"),
+              files=(services_env, *prefect_logging, *trusted),
+              environment={**server_tracing_environment(inner, "prefect-services", f"services-{i}"),
+                           **component_environment(f"services-{i}")},
               healthcheck=_tcp_check(("pgbouncer", config.pgbouncer.port), ("redis", config.redis.port)),
               depends_on=data_ready, memory=config.compose.api_memory, stop_grace_s=30, writable=(HOME_DIR,))
     haproxy_files = [haproxy_cfg(inner, secrets, CONTAINER, addresses)]
@@ -471,13 +477,15 @@ def _workers(b: _Builder, inner: StackConfig, secrets: Secrets, trusted: tuple[R
     env_file = _env_file("worker", _prefect_in_containers(config, client))
     # Each container has its own network namespace: every worker serves /health on the same loopback port.
     port = config.workers.health_base_port
-    settings = worker_settings(inner, LOOPBACK, port)
+    settings = {**worker_settings(inner, LOOPBACK, port), **logging_environment(inner, CONTAINER.etc)}
+    prefect_logging = logging_files(inner, CONTAINER)
     pools = {pool.name: pool for pool in config.workers.pools}
     for name, worker in config.workers.numbered():
         kind = config.pool_type(pools[worker.pool])
         command = list(worker_command(str(VENV_BIN / "prefect"), kind, name, worker))
         # The links the worker and its flows log point to the UI as people reach it, not as the containers do.
-        environment = {**settings, "PREFECT_UI_URL": config.public_api_url.removesuffix("/api")}
+        environment = {**settings, "PREFECT_UI_URL": config.public_api_url.removesuffix("/api"),
+                       **component_environment(worker_service(name))}
         if kind == "docker":
             environment["DOCKER_HOST"] = f"unix://{DOCKER_SOCKET}"
         cpus = cpu_cores(worker.resources.cpu_limit) if worker.resources.cpu_limit else None
@@ -487,7 +495,8 @@ def _workers(b: _Builder, inner: StackConfig, secrets: Secrets, trusted: tuple[R
             mounts.append({"type": "bind", "source": str(socket.path), "target": str(DOCKER_SOCKET),
                            "bind": {"create_host_path": False}})
         service = b.add(worker_service(name), "worker", b.images.prefect, _with_env(env_file, command),
-                        files=(env_file, *trusted), environment=environment, networks=(FRONTEND,),
+                        files=(env_file, *prefect_logging, *trusted), environment=environment,
+                        networks=(FRONTEND,),
                         volumes=tuple(mounts),
                         healthcheck=_http_check(port, "/health"),
                         # A client: it starts once the API answers through the load balancer (deploy has

@@ -51,6 +51,7 @@ from infra.kubernetes.objects import (
 from infra.layout import StateLayout
 from infra.render import Addresses
 from infra.render.prefect import api_environment, migration_environment, services_environment
+from infra.render.prefect_logging import LOGGING_FILE, component_environment, logging_environment, logging_yaml
 from infra.render.tracing import server_tracing_environment
 from infra.secrets import BACKUP_SECRETS, Secrets
 
@@ -75,6 +76,10 @@ API_GRACE_S = 45
 WEBSOCKET_PATHS = ("/api/events/in", "/api/events/out", "/api/logs/out")
 ENV_FILES = {"api": "api.env.json", "services": "services.env.json", "migrate": "migrate.env.json"}
 EFFECTIVE_CONFIG = "stack.effective.yaml"
+# The Prefect processes' logging configuration (logs.format json): a ConfigMap mounted here in every Prefect pod.
+LOGGING_DIR = ETC / "logging"
+# What the Prefect containers only read.
+READ_ONLY_MOUNTS = frozenset({"env", "db-ca", "logging"})
 
 
 def prefect_version() -> str:
@@ -159,7 +164,32 @@ def prefect_environment(config: StackConfig, secrets: Secrets, role: str) -> dic
     env.pop("PREFECT_API_SSL_CERT_FILE", None)
     if role == "api":
         env["PREFECT_SERVER_UI_API_URL"] = public_api_url(config)
+    env.update(logging_environment(inner, LOGGING_DIR))
     return env
+
+
+def logging_config_map(config: StackConfig) -> str:
+    return Names.of(config)("logging")
+
+
+def logging_volumes(config: StackConfig) -> list[dict[str, Any]]:
+    """The logging configuration's volume for a Prefect pod (none with logs.format text)."""
+    return [config_map_volume("logging", logging_config_map(config))] if config.logs.format == "json" else []
+
+
+def logging_mounts(config: StackConfig) -> dict[str, str]:
+    return {"logging": str(LOGGING_DIR)} if config.logs.format == "json" else {}
+
+
+def _logging(config: StackConfig) -> list[Manifest]:
+    if config.logs.format != "json":
+        return []
+    # Prefect's own logging.yml of the image's version with the stack's formatter: it changes only with Prefect,
+    # that is with the image, which rolls the pods anyway.
+    config_map = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": metadata(config, logging_config_map(config),
+                                                                                  "prefect"),
+                  "data": {LOGGING_FILE: logging_yaml()}}
+    return [Manifest(config_map, "apps")]
 
 
 def environment_files(config: StackConfig, secrets: Secrets) -> dict[str, str]:
@@ -192,7 +222,8 @@ def _env_volume(config: StackConfig, role: str) -> dict[str, Any]:
 
 
 def _common_mounts(config: StackConfig) -> dict[str, str]:
-    mounts = {"env": str(ENV_DIR), "state": str(CONTAINER_ROOT), "tmp": "/tmp"}  # noqa: S108 - an emptyDir
+    mounts = {"env": str(ENV_DIR), "state": str(CONTAINER_ROOT), "tmp": "/tmp",  # noqa: S108 - an emptyDir
+              **logging_mounts(config)}
     if config.kubernetes.postgres.mode == "cnpg":
         mounts["db-ca"] = str(DB_CA_DIR)
     return mounts
@@ -200,7 +231,8 @@ def _common_mounts(config: StackConfig) -> dict[str, str]:
 
 def _common_volumes(config: StackConfig, role: str) -> list[dict[str, Any]]:
     # The root filesystem is read-only: Prefect's home (the UI it rewrites at start) and /tmp are emptyDirs.
-    return [_env_volume(config, role), *database.ca_volume(config), empty_dir("state", "1Gi"), empty_dir("tmp", "1Gi")]
+    return [_env_volume(config, role), *database.ca_volume(config), empty_dir("state", "1Gi"), empty_dir("tmp", "1Gi"),
+            *logging_volumes(config)]
 
 
 def _traced(config: StackConfig, command: list[str]) -> list[str]:
@@ -211,7 +243,8 @@ def _traced(config: StackConfig, command: list[str]) -> list[str]:
 
 def _tracing_env(config: StackConfig, service: str) -> dict[str, str]:
     env = server_tracing_environment(in_cluster_config(config), service, "$(POD_NAME)")
-    return env
+    # Each replica's lines carry its pod's name.
+    return {**env, **component_environment("$(POD_NAME)")}
 
 
 def _pod_name_env(env: dict[str, str]) -> list[dict[str, Any]]:
@@ -231,7 +264,7 @@ def _wait_for_migrations(config: StackConfig, image: str, env_file: str, spec: R
     return container("wait-for-migrations", image, None, spec,
                      args=[*ENTRYPOINT, env_file, "--", PYTHON, "-m", "infra.kubernetes.migrations", "wait",
                            "--timeout", "600"],
-                     mounts=_common_mounts(config), read_only_mounts=frozenset({"env", "db-ca"}))
+                     mounts=_common_mounts(config), read_only_mounts=READ_ONLY_MOUNTS)
 
 
 def _deployment(config: StackConfig, name: str, component: str, replicas: int, spec: dict[str, Any], version: str,
@@ -258,7 +291,7 @@ def _api(config: StackConfig, image: str, version: str) -> list[Manifest]:
                              "--port", str(API_PORT)])
     api = container(
         "api", image, None, k8s.api_resources, args=[*ENTRYPOINT, env_file, "--", *serve],
-        ports={"http": API_PORT}, mounts=_common_mounts(config), read_only_mounts=frozenset({"env", "db-ca"}),
+        ports={"http": API_PORT}, mounts=_common_mounts(config), read_only_mounts=READ_ONLY_MOUNTS,
         # Start-up (UI copy, first connections) may take a minute on a busy node; liveness only after it.
         startupProbe=http_probe("/api/health", "http", period_s=2, failures=60),
         readinessProbe=http_probe("/api/ready", "http", period_s=5, failures=2),
@@ -375,7 +408,7 @@ def _services(config: StackConfig, image: str, version: str) -> list[Manifest]:
                        failures=3)
     services = container(
         "services", image, None, k8s.services_resources, args=[*ENTRYPOINT, env_file, "--follow-redis", "--", *run],
-        mounts=_common_mounts(config), read_only_mounts=frozenset({"env", "db-ca"}),
+        mounts=_common_mounts(config), read_only_mounts=READ_ONLY_MOUNTS,
         # Importing Prefect and the first beat take seconds on a busy node: up to 2 minutes before the first.
         startupProbe={**check, "periodSeconds": 5, "failureThreshold": 24}, livenessProbe=check,
     )
@@ -412,7 +445,8 @@ def _migration_job(config: StackConfig, image: str, version: str) -> Manifest:
             *(["--sslrootcert", endpoints.root_cert] if endpoints.root_cert else [])]
     mounts = {**_common_mounts(config), "owner": str(secrets_dir)}
     job_container = container("migrate", image, None, k8s.api_resources, args=args, mounts=mounts,
-                              read_only_mounts=frozenset({"env", "db-ca", "owner"}))
+                              read_only_mounts=READ_ONLY_MOUNTS | {"owner"})
+    job_container["env"] = [{"name": k, "value": v} for k, v in component_environment("migrate").items()]
     # Only the owner's password, as the file the migration reads: from the Secret CloudNativePG also sets it from
     # (or, with an external server, the stack's Secret, of which nothing else is mounted).
     owner = (secret_volume("owner", names.secret_db_app, {"password": "postgres_prefect"}) if cnpg
@@ -620,7 +654,7 @@ def network_policies(config: StackConfig) -> list[Manifest]:
 def prefect_manifests(config: StackConfig, images: Any) -> list[Manifest]:
     version = prefect_version()
     image = images.prefect
-    manifests = [_migration_job(config, image, version), *_api(config, image, version),
+    manifests = [*_logging(config), _migration_job(config, image, version), *_api(config, image, version),
                  *_services(config, image, version), *_backup(config, image, version), *network_policies(config)]
     return manifests
 

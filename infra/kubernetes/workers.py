@@ -54,7 +54,8 @@ from infra.kubernetes.objects import (
     selector,
     topology_spread,
 )
-from infra.kubernetes.prefect import API_PORT, LAYOUT
+from infra.kubernetes.prefect import API_PORT, LAYOUT, LOGGING_DIR, logging_mounts, logging_volumes
+from infra.render.prefect_logging import component_environment, logging_environment
 from infra.render.workers import worker_command, worker_settings
 from infra.work_pools.automations import desired_automations
 from infra.work_pools.provision import plan_document
@@ -282,6 +283,8 @@ def worker_environment(config: StackConfig) -> list[dict[str, Any]]:
         # two it writes a secretKeyRef to this Secret instead of the value into the Job.
         "PREFECT_INTEGRATIONS_KUBERNETES_WORKER_API_AUTH_STRING_SECRET_NAME": auth_secret(config),
         "PREFECT_INTEGRATIONS_KUBERNETES_WORKER_API_AUTH_STRING_SECRET_KEY": AUTH_KEY,
+        **logging_environment(config, LOGGING_DIR),
+        **component_environment("$(POD_NAME)"),
     }
     return [{"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
             _auth_env(Names.of(config).secret_stack),
@@ -295,7 +298,8 @@ def _worker_deployment(config: StackConfig, image: str, version: str, entry: Wor
     command = worker_command(str(VENV_BIN / "prefect"), POOL_TYPE, "$(POD_NAME)", entry.worker)
     worker = container(
         "worker", image, None, entry.worker.resources, args=list(command), ports={"health": HEALTH_PORT},
-        mounts={"state": str(CONTAINER_ROOT), "tmp": "/tmp"},  # noqa: S108 - an emptyDir
+        mounts={"state": str(CONTAINER_ROOT), "tmp": "/tmp", **logging_mounts(config)},  # noqa: S108 - an emptyDir
+        read_only_mounts=frozenset({"logging"}),
         # Importing Prefect and the first poll take seconds on a busy node; the endpoint answers 503 once polling
         # has stalled, which only a restart cures.
         startupProbe=http_probe("/health", "health", period_s=5, failures=24),
@@ -304,7 +308,7 @@ def _worker_deployment(config: StackConfig, image: str, version: str, entry: Wor
     )
     worker["env"] = worker_environment(config)
     pod_labels = {**labels(config, WORKER_COMPONENT, version), LABEL_WORKER: entry.label, LABEL_POOL: entry.pool}
-    spec = pod_spec([worker], [empty_dir("state", "256Mi"), empty_dir("tmp", "256Mi")],
+    spec = pod_spec([worker], [empty_dir("state", "256Mi"), empty_dir("tmp", "256Mi"), *logging_volumes(config)],
                     service_account=names.worker_account(entry.pool),
                     # Flow runs are Jobs of their own: a stopping worker only finishes its current poll.
                     terminationGracePeriodSeconds=30,

@@ -23,6 +23,7 @@ from infra.render.pgbackrest import pgbackrest_conf
 from infra.render.pgbouncer import pgbouncer_ini, pgbouncer_userlist
 from infra.render.postgres import pg_hba_conf, pg_ident_conf, postgresql_conf
 from infra.render.prefect import api_environment, migration_environment, services_environment
+from infra.render.prefect_logging import component_environment, logging_files
 from infra.render.redis import redis_conf
 from infra.render.supervisor import Program, supervisord_conf
 from infra.render.tracing import server_tracing_environment
@@ -155,6 +156,7 @@ def build_plan(config: StackConfig, secrets: Secrets, addresses: Addresses | Non
             )
         )
     api_env = api_environment(config, secrets, layout, addresses)
+    prefect_logging = logging_files(config, layout)
     for i in range(1, config.api.replicas + 1):
         port = config.api_port(i)
         programs.append(
@@ -163,7 +165,9 @@ def build_plan(config: StackConfig, secrets: Secrets, addresses: Addresses | Non
                 component="api",
                 command=traced(config, (prefect, "server", "start", "--no-services", "--host", "127.0.0.1",
                                         "--port", str(port))),
-                environment={**api_env, **server_tracing_environment(config, "prefect-api", f"api-{i}")},
+                environment={**api_env, **server_tracing_environment(config, "prefect-api", f"api-{i}"),
+                             **component_environment(f"api-{i}")},
+                files=prefect_logging,
                 port=port,
                 start_secs=5,
             )
@@ -176,7 +180,9 @@ def build_plan(config: StackConfig, secrets: Secrets, addresses: Addresses | Non
                 component="services",
                 command=traced(config, (prefect, "server", "services", "start")),
                 environment={**services_env, **server_tracing_environment(config, "prefect-services",
-                                                                          f"services-{i}")},
+                                                                          f"services-{i}"),
+                             **component_environment(f"services-{i}")},
+                files=prefect_logging,
                 start_secs=5,
             )
         )
@@ -214,7 +220,8 @@ def build_plan(config: StackConfig, secrets: Secrets, addresses: Addresses | Non
         layout=layout,
         programs=tuple(programs),
         supervisor_conf=supervisord_conf(programs, layout, run_as),
-        migration_env=migration_environment(config, secrets, layout, addresses),
+        migration_env={**migration_environment(config, secrets, layout, addresses),
+                       **component_environment("migrate")},
         run_as=run_as,
         extra_files=extra_files,
     )

@@ -13,10 +13,11 @@ import functools
 import subprocess
 from pathlib import Path
 
-from infra.config import StackConfig
+from infra.config import REPO_ROOT, StackConfig
 from infra.errors import UserError
 from infra.executables import venv_bin
 from infra.layout import TRUSTED_CA, StateLayout
+from infra.render.prefect_logging import component_environment, logging_environment, logging_files
 from infra.render.supervisor import Program
 from infra.render.workers import worker_command, worker_settings
 from infra.secrets import Secrets
@@ -72,7 +73,12 @@ def worker_programs(config: StackConfig, secrets: Secrets, layout: StateLayout) 
         return []
     pools = {pool.name: pool for pool in config.workers.pools}
     prefect = str(workers_bin(config) / "prefect")
-    client = {**client_environment(config, secrets, layout), "TMPDIR": str(temporary_dir(layout))}
+    client = {**client_environment(config, secrets, layout), "TMPDIR": str(temporary_dir(layout)),
+              **logging_environment(config, layout.etc)}
+    if config.workers.python is not None and config.logs.format == "json":
+        # The JSON formatter (infra.logs.prefect_format) is imported by the worker and its flow runs: another
+        # environment than the stack's own has no infra package installed.
+        client["PYTHONPATH"] = str(REPO_ROOT)
     programs = []
     for i, (name, worker) in enumerate(config.workers.numbered(), start=1):
         port = config.worker_health_port(i)
@@ -80,7 +86,9 @@ def worker_programs(config: StackConfig, secrets: Secrets, layout: StateLayout) 
             name=program_name(name),
             component=COMPONENT,
             command=worker_command(prefect, config.pool_type(pools[worker.pool]), name, worker),
-            environment={**client, **worker_settings(config, "127.0.0.1", port)},
+            environment={**client, **worker_settings(config, "127.0.0.1", port),
+                         **component_environment(program_name(name))},
+            files=logging_files(config, layout),
             port=port,
             stop_wait_s=STOP_WAIT_S,
             start_secs=5,

@@ -21,6 +21,8 @@ from infra.secrets import Secrets
 
 EXPORTER_POSTGRES_PASSWORD = "exporter-postgres-password"  # noqa: S105 - a file name
 EXPORTER_REDIS_PASSWORD = "exporter-redis-password"  # noqa: S105 - a file name
+# logs.levels.monitoring on Prometheus's and Alertmanager's scale (--log.level), which stops at error.
+PROMETHEUS_LOG_LEVEL = {"DEBUG": "debug", "INFO": "info", "WARNING": "warn", "ERROR": "error", "CRITICAL": "error"}
 
 
 def monitoring_programs(
@@ -45,7 +47,8 @@ def monitoring_programs(
             command=(binary("prometheus", "/usr/bin/prometheus"), f"--config.file={etc / 'prometheus.yml'}",
                      f"--storage.tsdb.path={layout.prometheus_data}",
                      f"--storage.tsdb.retention.time={monitoring.retention}",
-                     f"--web.listen-address={addresses.bind(addresses.prometheus)}:{monitoring.prometheus_port}"),
+                     f"--web.listen-address={addresses.bind(addresses.prometheus)}:{monitoring.prometheus_port}",
+                     f"--log.level={PROMETHEUS_LOG_LEVEL[config.logs.levels.monitoring]}"),
             files=prometheus_files,
             port=monitoring.prometheus_port,
         ),
@@ -56,7 +59,7 @@ def monitoring_programs(
                      f"--config.file={etc / 'alertmanager.yml'}", f"--storage.path={layout.alertmanager_data}",
                      f"--web.listen-address={addresses.bind(addresses.alertmanager)}:{monitoring.alertmanager_port}",
                      # An empty address turns off gossip clustering, which would otherwise listen on *:9094.
-                     "--cluster.listen-address="),
+                     "--cluster.listen-address=", f"--log.level={PROMETHEUS_LOG_LEVEL[config.logs.levels.monitoring]}"),
             files=(alertmanager_yml(config, etc, layout.secrets),),
             port=monitoring.alertmanager_port,
         ),

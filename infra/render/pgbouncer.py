@@ -19,6 +19,7 @@ SESSION_POOL_SUFFIX = "_session"
 def pgbouncer_ini(config: StackConfig, layout: StateLayout, addresses: Addresses) -> RenderedFile:
     pg, pb = config.postgres, config.pgbouncer
     server = f"host={addresses.postgres} port={pg.port} dbname={pg.database}"
+    connections = 1 if config.logs.levels.pgbouncer in ("DEBUG", "INFO") else 0
     text = f"""\
 ;; Rendered by prefect-stack from the configuration model; edit the model, not this file.
 [databases]
@@ -41,9 +42,11 @@ max_client_conn = {pb.max_client_conn}
 ignore_startup_parameters = extra_float_digits
 server_lifetime = 3600
 server_idle_timeout = 600
-;; Logs go to stderr, captured by the supervisor.
-log_connections = 0
-log_disconnections = 0
+;; Logs go to stderr, captured by the supervisor. logs.levels.pgbouncer: DEBUG adds verbose, INFO and below log
+;; each client connection, above INFO only problems.
+verbose = {1 if config.logs.levels.pgbouncer == "DEBUG" else 0}
+log_connections = {connections}
+log_disconnections = {connections}
 """
     return RenderedFile(layout.etc / "pgbouncer.ini", text)
 

@@ -6,6 +6,9 @@ from infra.config import StackConfig
 from infra.layout import StateLayout
 from infra.render import RenderedFile
 
+# logs.levels.postgres on PostgreSQL's own scale (log_min_messages).
+LOG_MIN_MESSAGES = {"DEBUG": "debug1", "INFO": "info", "WARNING": "warning", "ERROR": "error", "CRITICAL": "fatal"}
+
 # Read-only role of the exporters: pg_monitor's statistics views, SELECT on Prefect's tables, PgBouncer's SHOW.
 MONITOR_ROLE = "prefect_monitor"
 
@@ -38,6 +41,7 @@ wal_level = replica
 max_wal_senders = 4
 {archive}# Logs go to stderr, which the supervisor captures into <state>/log/postgres.log.
 logging_collector = off
+log_min_messages = {LOG_MIN_MESSAGES[config.logs.levels.postgres]}
 log_line_prefix = '%m [%p] %q%u@%d '
 log_min_duration_statement = 5000
 log_connections = off

@@ -14,6 +14,7 @@ from infra.config import StackConfig
 from infra.layout import TRUSTED_CA, StateLayout
 from infra.render import Addresses
 from infra.render.pgbouncer import SESSION_POOL_SUFFIX
+from infra.render.prefect_logging import logging_environment
 from infra.render.redis import DOCKET_DB, MESSAGING_DB
 from infra.secrets import Secrets
 
@@ -47,6 +48,8 @@ def _common(config: StackConfig, secrets: Secrets, layout: StateLayout, addresse
         "PREFECT_SERVER_EVENTS_RETENTION_PERIOD": config.services.events_retention,
     }
     env.update(_levels(config.logs.levels.api))
+    # The stack's JSON lines (logs.format); each target adds the process's component name.
+    env.update(logging_environment(config, layout.etc))
     if config.tls_enabled:
         # The load balancer's certificate is signed by the deployment's CA (or is the operator's): trust exactly it.
         env["PREFECT_API_SSL_CERT_FILE"] = str(layout.etc / TRUSTED_CA)

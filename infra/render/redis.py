@@ -29,6 +29,10 @@ def default_user_line(passwords: Sequence[str]) -> str:
     return f"user default on {' '.join(f'>{p}' for p in passwords)} ~* &* +@all"
 
 
+# logs.levels.redis on Redis's own scale: notice is its default, and it has nothing above warning.
+LOGLEVEL = {"DEBUG": "debug", "INFO": "notice", "WARNING": "warning", "ERROR": "warning", "CRITICAL": "warning"}
+
+
 def monitor_user_rules(passwords: Sequence[str]) -> str:
     """The exporters' user as ACL SETUSER rules: reads INFO, CONFIG maxmemory, client and stream state."""
     return f"on {' '.join(f'>{p}' for p in passwords)} ~* resetchannels {MONITOR_COMMANDS}"
@@ -51,6 +55,7 @@ protected-mode yes
 user {MONITOR_USER} {monitor_user_rules(monitor_passwords)}
 daemonize no
 logfile ""
+loglevel {LOGLEVEL[config.logs.levels.redis]}
 dir {data_dir}
 # Streams and leases must survive a restart: append-only file, fsync every second.
 appendonly yes

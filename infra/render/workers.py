@@ -33,7 +33,7 @@ def worker_settings(config: StackConfig, health_host: str, health_port: int) -> 
         "PREFECT_WORKER_WEBSERVER_HOST": health_host,
         "PREFECT_WORKER_WEBSERVER_PORT": str(health_port),
         "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(workers.flow_heartbeat_s),
-        "PREFECT_LOGGING_LEVEL": "INFO",
+        "PREFECT_LOGGING_LEVEL": config.logs.levels.workers,
     }
     if workers.query_interval_s is not None:
         env["PREFECT_WORKER_QUERY_SECONDS"] = str(workers.query_interval_s)

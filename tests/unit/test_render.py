@@ -44,7 +44,6 @@ NON_DEFAULT: dict[str, dict[str, Any]] = {
     "pgbouncer": {"port": 26432, "default_pool_size": 17},
     "redis": {"port": 26379, "maxmemory": "300mb"},
     "api": {"replicas": 3, "base_port": 24300, "keepalive_timeout": 77},
-    "logs": {"levels": {"api": "DEBUG"}},
     "services": {"replicas": 2, "events_retention": "P3D"},
     "load_balancer": {"port": 24200, "stats_port": 28404, "retries": 5, "timeout_tunnel_s": 1800},
     "monitoring": {"api_metrics_port": 29201},
@@ -76,6 +75,7 @@ RENDERED_FILES = [
     "pgbouncer-userlist.txt",
     "redis.conf",
     "haproxy.cfg",
+    "prefect-logging.yaml",
     "supervisord.conf",
 ]
 SECRET_FILES = ["pgbouncer-userlist.txt", "redis.conf", "haproxy.cfg", "supervisord.conf", "prometheus-scrape-password",
@@ -1122,3 +1122,38 @@ def test_postgres_stops_before_the_backup_endpoint_and_after_its_clients() -> No
     assert priority("api") > priority("pgbouncer") > priority("postgres") > priority("haproxy") > priority("s3")
     assert priority("backup-scheduler") > priority("postgres")
     assert priority("some-new-component") > priority("services")
+
+
+class TestLogLevels:
+    """logs.levels on each component's own scale."""
+
+    @pytest.mark.parametrize(("level", "expected"), [("DEBUG", "debug1"), ("WARNING", "warning"), ("ERROR", "error")])
+    def test_postgres_log_min_messages(self, make_config: Callable[..., StackConfig], layout: StateLayout,
+                                       level: str, expected: str) -> None:
+        text = postgresql_conf(make_config(logs={"levels": {"postgres": level}}), layout).content
+        assert settings(text, separator="=")["log_min_messages"] == expected
+
+    @pytest.mark.parametrize(("level", "expected"), [("DEBUG", "debug"), ("INFO", "notice"), ("ERROR", "warning")])
+    def test_redis_loglevel(self, make_config: Callable[..., StackConfig], secrets: Secrets, layout: StateLayout,
+                            level: str, expected: str) -> None:
+        text = redis_conf(make_config(logs={"levels": {"redis": level}}), secrets, layout).content
+        assert settings(text)["loglevel"] == expected
+
+    @pytest.mark.parametrize(("level", "expected"), [("DEBUG", ("1", "1")), ("INFO", ("0", "1")),
+                                                     ("WARNING", ("0", "0"))])
+    def test_pgbouncer_verbosity_and_connection_lines(self, make_config: Callable[..., StackConfig],
+                                                      layout: StateLayout, level: str,
+                                                      expected: tuple[str, str]) -> None:
+        parser = configparser.RawConfigParser()
+        parser.read_string(pgbouncer_ini(make_config(logs={"levels": {"pgbouncer": level}}), layout,
+                                         Addresses()).content)
+        section = parser["pgbouncer"]
+        assert (section["verbose"], section["log_connections"]) == expected
+        assert section["log_disconnections"] == expected[1]
+
+    @pytest.mark.parametrize("program", ["prometheus", "alertmanager"])
+    def test_monitoring_log_level(self, make_config: Callable[..., StackConfig], secrets: Secrets,
+                                  program: str) -> None:
+        plan = build_plan(make_config(logs={"levels": {"monitoring": "WARNING"}}, monitoring={"enabled": True}),
+                          secrets)
+        assert "--log.level=warn" in plan.program(program).command
