@@ -153,5 +153,6 @@ def test_other_scopes_pass_through_untouched(kind: str, logs: pytest.LogCaptureF
 
     scope = {"type": kind, "path": "/api/events/in", "headers": [(b"x-request-id", b"abc")]}
     asyncio.run(RequestIdMiddleware(app)(scope, receive, send))
-    assert seen == [(scope, receive, send, None)]
+    [(app_scope, app_receive, app_send, request_id)] = seen
+    assert (app_scope is scope, app_receive is receive, app_send is send, request_id) == (True, True, True, None)
     assert access_lines(logs) == []
