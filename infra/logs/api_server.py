@@ -25,7 +25,9 @@ from infra.logs.request_id import ACCESS_LOGGER, RequestIdMiddleware
 
 
 def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m infra.logs.api_server", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m infra.logs.api_server",
+        description="An API replica: prefect server start --no-services, with the request-id layer.")
     parser.add_argument("--host", help="Address to listen on (default: PREFECT_SERVER_API_HOST).")
     parser.add_argument("--port", type=int, help="Port to listen on (default: PREFECT_SERVER_API_PORT).")
     parser.add_argument("--keep-alive-timeout", type=int,
