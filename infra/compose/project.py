@@ -357,7 +357,8 @@ def render_project(config: StackConfig, secrets: Secrets, images: Images,
     for i in range(1, config.api.replicas + 1):
         port = config.api_port(i)
         b.add(f"api-{i}", "api", images.prefect,
-              _with_env(api_env, _traced(inner, [prefect, "server", "start", "--no-services",
+              # `prefect server start --no-services` with the request-id layer around Prefect's app.
+              _with_env(api_env, _traced(inner, [PYTHON, "-m", "infra.logs.api_server",
                                                   "--host", "0.0.0.0", "--port", str(port)])),  # noqa: S104
               files=(api_env, *prefect_logging, *trusted),
               environment={**server_tracing_environment(inner, "prefect-api", f"api-{i}"),

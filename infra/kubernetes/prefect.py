@@ -287,7 +287,8 @@ def _api(config: StackConfig, image: str, version: str) -> list[Manifest]:
     k8s = config.kubernetes
     env_file = str(ENV_DIR / ENV_FILES["api"])
     wait = _wait_for_migrations(config, image, env_file, k8s.api_resources)
-    serve = _traced(config, [str(VENV_BIN / "prefect"), "server", "start", "--no-services", "--host", "0.0.0.0",  # noqa: S104
+    # `prefect server start --no-services` with the request-id layer around Prefect's app (infra.logs.api_server).
+    serve = _traced(config, [PYTHON, "-m", "infra.logs.api_server", "--host", "0.0.0.0",  # noqa: S104
                              "--port", str(API_PORT)])
     api = container(
         "api", image, None, k8s.api_resources, args=[*ENTRYPOINT, env_file, "--", *serve],

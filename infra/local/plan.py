@@ -63,6 +63,9 @@ class LocalPlan:
         return [p for p in self.programs if p.component == component]
 
 
+API_SERVER = "infra.logs.api_server"  # an API replica's program (python -m)
+
+
 def service_user(config: StackConfig) -> str | None:
     """The unprivileged user processes run as: the configured one as root, else whoever runs deploy."""
     return config.local.run_as if os.geteuid() == 0 else None
@@ -163,10 +166,11 @@ def build_plan(config: StackConfig, secrets: Secrets, addresses: Addresses | Non
             Program(
                 name=f"api-{i}",
                 component="api",
-                command=traced(config, (prefect, "server", "start", "--no-services", "--host", "127.0.0.1",
+                # `prefect server start --no-services` with the request-id layer around Prefect's app.
+                command=traced(config, (str(venv_python()), "-m", API_SERVER, "--host", "127.0.0.1",
                                         "--port", str(port))),
                 environment={**api_env, **server_tracing_environment(config, "prefect-api", f"api-{i}"),
-                             **component_environment(f"api-{i}")},
+                             **component_environment(f"api-{i}"), "PYTHONPATH": str(REPO_ROOT)},
                 files=prefect_logging,
                 port=port,
                 start_secs=5,

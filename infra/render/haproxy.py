@@ -18,7 +18,13 @@ Why each setting is there:
 - TLS (load_balancer.tls): the API frontend, and the stats listener when it is not on loopback, serve the
   certificates of infra/tls.py (``etc/lb-tls.pem``, and the operator's by SNI); TLS 1.2 at least, forward-secret
   AEAD ciphers only (Mozilla's "intermediate" profile without DHE, which would need DH parameters), HTTP/1.1 over
-  ALPN (websockets need it).
+  ALPN (websockets need it);
+- a request id on every API request (``X-Request-ID``): a client's own is kept when it is one well-formed value
+  (at most 128 of ``[A-Za-z0-9._-]``: anything else could forge log lines), else a random UUID replaces it. The
+  replica receives it and logs it with its own line for the request (infra.logs.request_id);
+- logs (logs.format json): one JSON object per line on stdout in the common line format (infra.logs.fields) with
+  the request's method, path, status, replica, timers and termination state; text keeps HAProxy's own httplog
+  lines. At logs.levels.haproxy WARNING or ERROR only failed requests are logged (``dontlog-normal``).
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import base64
 
 from infra.config import StackConfig
 from infra.layout import StateLayout
+from infra.logs import fields
 from infra.render import Addresses, RenderedFile
 from infra.secrets import Secrets
 
@@ -43,6 +50,60 @@ _CIPHERS = ":".join([
     "ECDHE-RSA-AES256-GCM-SHA384", "ECDHE-ECDSA-CHACHA20-POLY1305", "ECDHE-RSA-CHACHA20-POLY1305",
 ])
 _CIPHERSUITES = "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256"
+
+
+# A client's request id is kept only when it is one value of this shape (HAProxy regex, anchored).
+CLIENT_REQUEST_ID = r"^[A-Za-z0-9._-]{1,128}$"
+# The JSON line, one key per common field and a few of HAProxy's own. Values are HAProxy log-format expressions;
+# strings a client chooses go through the json converter (escaping). ``time`` is when the line is written, as for
+# every other component (``date`` and ``date_us`` come from one clock reading; the milliseconds are zero-padded by
+# adding 1000 and dropping the leading 1). A field HAProxy cannot fill (a request it could not parse) reads "-".
+# The level comes from a session variable the frontends set from each response's status (5xx: ERROR).
+_JSON_LINE: tuple[tuple[str, str], ...] = (
+    (fields.TIME, '"%[date,utime(%Y-%m-%dT%H:%M:%S)].%[date_us,div(1000),add(1000),regsub(^1,)]Z"'),
+    (fields.LEVEL, '"%[var(sess.log_level,INFO)]"'),
+    (fields.COMPONENT, '"haproxy"'),
+    (fields.MESSAGE, '"%[capture.req.method,json(utf8s)] %[capture.req.uri,field(1,?),json(utf8s)] %ST"'),
+    (fields.REQUEST_ID, '"%[var(txn.request_id)]"'),
+    ("method", '"%[capture.req.method,json(utf8s)]"'),
+    ("path", '"%[capture.req.uri,field(1,?),json(utf8s)]"'),
+    ("status", "%ST"),
+    ("frontend", '"%f"'),
+    ("backend", '"%b"'),
+    ("server", '"%s"'),
+    ("client", '"%ci"'),
+    ("client_port", "%cp"),
+    # HAProxy's timers (ms; -1: that step never happened): receive the request, queue, connect, response
+    # headers, and the request's whole active time.
+    ("TR", "%TR"),
+    ("Tw", "%Tw"),
+    ("Tc", "%Tc"),
+    ("Tr", "%Tr"),
+    ("duration_ms", "%Ta"),
+    ("bytes_read", "%B"),
+    ("bytes_uploaded", "%U"),
+    ("retries", "%rc"),
+    # Why the request ended: "----" normal; e.g. "SC--" the replica refused, "CD--" the client went away.
+    ("termination_state", '"%tsc"'),
+)
+JSON_LOG_FORMAT = "'{" + ",".join(f'"{key}":{value}' for key, value in _JSON_LINE) + "}'"
+
+
+# In every HTTP frontend: the level of the request's line, set from the status of each response HAProxy sends (its
+# own error pages included). The variable lives as long as the connection: a request that ends without a response
+# (the client went away) finds it reset by the request rule, unless a rule before it answered.
+_LOG_LEVEL_RULES = """\
+    http-request set-var(sess.log_level) str(INFO)
+    http-after-response set-var(sess.log_level) str(ERROR) if { status ge 500 }
+    http-after-response set-var(sess.log_level) str(INFO) unless { status ge 500 }"""
+
+# In the API frontend: the request id (see the module's docstring), kept in a variable for the log line.
+_REQUEST_ID_RULES = f"""\
+    unique-id-format %[uuid()]
+    acl client_request_id req.fhdr({fields.REQUEST_ID_HEADER}) -m reg {CLIENT_REQUEST_ID}
+    http-request set-var(txn.request_id) req.fhdr({fields.REQUEST_ID_HEADER}) if {{ req.fhdr_cnt({fields.REQUEST_ID_HEADER}) eq 1 }} client_request_id
+    http-request set-var(txn.request_id) unique-id unless {{ var(txn.request_id) -m found }}
+    http-request set-header {fields.REQUEST_ID_HEADER} %[var(txn.request_id)]"""
 
 
 def server_name(replica: int) -> str:
@@ -90,9 +151,18 @@ frontend api_metrics
     http-request deny deny_status 404 unless replica_metrics
     # Never forward Prometheus's own credential, whatever the backend.
     http-request del-header Authorization
+{_LOG_LEVEL_RULES}
 {routes}
 {backends}
 """
+
+
+def _log_settings(config: StackConfig) -> str:
+    """The defaults section's logging lines: the line format, and whether requests that went well are logged."""
+    line = f"log-format {JSON_LOG_FORMAT}" if config.logs.format == "json" else "option httplog"
+    if config.logs.levels.haproxy in ("WARNING", "ERROR"):
+        line += "\n    option dontlog-normal"
+    return line
 
 
 def haproxy_cfg(config: StackConfig, secrets: Secrets, layout: StateLayout, addresses: Addresses) -> RenderedFile:
@@ -132,7 +202,7 @@ global
 defaults
     mode http
     log global
-    option httplog
+    {_log_settings(config)}
     option dontlognull
     option forwardfor
     timeout connect 2s
@@ -156,6 +226,8 @@ defaults
 frontend prefect
     bind {addresses.bind(lb.bind_address)}:{lb.port}{api_tls}
     http-request set-header X-Forwarded-Proto {"https" if api_tls else "http"}
+{_REQUEST_ID_RULES}
+{_LOG_LEVEL_RULES}
     default_backend {BACKEND}
 
 backend {BACKEND}
@@ -169,6 +241,7 @@ backend {BACKEND}
 {resolvers}
 frontend stats
     bind {addresses.bind(lb.bind_address)}:{lb.stats_port}{stats_tls}
+{_LOG_LEVEL_RULES}
     http-request use-service prometheus-exporter if {{ path /metrics }}
     stats enable
     stats uri /stats
@@ -182,6 +255,7 @@ frontend stats
         text += f"""
 frontend s3_tls
     bind 127.0.0.1:{config.backups.physical.tls_port} ssl crt {layout.etc / "s3-tls.pem"}
+{_LOG_LEVEL_RULES}
     timeout client 300s
     default_backend s3_local
 

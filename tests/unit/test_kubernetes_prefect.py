@@ -82,8 +82,9 @@ class TestApiDeployment:
         assert api[probe]["httpGet"]["path"] == path
 
     def test_api_runs_without_services(self, default: Rendering) -> None:
+        # The project's server module: `prefect server start --no-services` with the request-id layer.
         api = self._deployment(default)["spec"]["template"]["spec"]["containers"][0]
-        assert "--no-services" in api["args"]
+        assert api["args"][api["args"].index("-m", api["args"].index("--")) + 1] == "infra.logs.api_server"
 
     def test_pods_wait_for_the_migration(self, default: Rendering) -> None:
         init = self._deployment(default)["spec"]["template"]["spec"]["initContainers"]
