@@ -51,7 +51,8 @@ def test_sampling_follows_the_caller_and_the_ratio() -> None:
 def test_prefect_processes_run_under_opentelemetry_instrument_only_when_on(tmp_path: Path, tracing: bool) -> None:
     config = StackConfig(tracing=ON if tracing else {}, local={"state_dir": str(tmp_path)})
     plan = build_plan(config, ensure_secrets(tmp_path / "secrets"))
-    for name in ("api-1", "services-1"):
+    # The replicas run `prefect server start --no-services` through the project's request-id layer (python -m).
+    for name, program in (("api-1", "python"), ("services-1", "prefect")):
         command = plan.program(name).command
-        assert Path(command[0]).name == ("opentelemetry-instrument" if tracing else "prefect")
-        assert Path(command[1 if tracing else 0]).name == "prefect"
+        assert Path(command[0]).name == ("opentelemetry-instrument" if tracing else program)
+        assert Path(command[1 if tracing else 0]).name == program
