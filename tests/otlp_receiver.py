@@ -1,7 +1,8 @@
 """A real OTLP/HTTP trace receiver for the tests: the protocol peer a collector or Jaeger would be.
 
-It is the benchmark's OTLP/HTTP endpoint (``POST /v1/traces``, protobuf, optionally gzip) with a decoder: each
-ExportTraceServiceRequest is parsed with the OpenTelemetry protocol package and its spans kept for assertions.
+It is the benchmark's OTLP/HTTP endpoint (``POST /v1/traces`` and ``/v1/logs``, protobuf, optionally gzip) with a
+decoder: each ExportTraceServiceRequest (ExportLogsServiceRequest) is parsed with the OpenTelemetry protocol package
+and its spans (log records) kept for assertions.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
@@ -27,6 +29,16 @@ class ReceivedSpan:
     attributes: dict[str, object]
 
 
+@dataclass(frozen=True)
+class ReceivedLogRecord:
+    service: str
+    severity: str
+    body: str
+    trace_id: str  # "" when written outside any span
+    span_id: str
+    attributes: dict[str, object]
+
+
 def _value(value: AnyValue) -> object:
     kind = value.WhichOneof("value")
     if kind == "array_value":
@@ -36,8 +48,9 @@ def _value(value: AnyValue) -> object:
 
 class OtlpReceiver(OtlpSink):
     def __init__(self) -> None:
-        super().__init__(on_traces=self._store)
+        super().__init__(on_traces=self._store, on_logs=self._store_logs)
         self.spans: list[ReceivedSpan] = []
+        self.log_records: list[ReceivedLogRecord] = []
         self.lock = threading.Lock()
 
     def _store(self, body: bytes) -> None:
@@ -57,6 +70,28 @@ class OtlpReceiver(OtlpSink):
                     ))
         with self.lock:
             self.spans.extend(received)
+
+    def _store_logs(self, body: bytes) -> None:
+        request = ExportLogsServiceRequest()
+        request.ParseFromString(body)
+        received = []
+        for resource_logs in request.resource_logs:
+            resource = {a.key: _value(a.value) for a in resource_logs.resource.attributes}
+            for scope_logs in resource_logs.scope_logs:
+                for record in scope_logs.log_records:
+                    trace_id = record.trace_id.hex().strip("0") and record.trace_id.hex()
+                    span_id = record.span_id.hex().strip("0") and record.span_id.hex()
+                    received.append(ReceivedLogRecord(
+                        service=str(resource.get("service.name", "")), severity=record.severity_text,
+                        body=str(_value(record.body)), trace_id=trace_id, span_id=span_id,
+                        attributes={a.key: _value(a.value) for a in record.attributes},
+                    ))
+        with self.lock:
+            self.log_records.extend(received)
+
+    def logs_snapshot(self) -> list[ReceivedLogRecord]:
+        with self.lock:
+            return list(self.log_records)
 
     def snapshot(self) -> list[ReceivedSpan]:
         with self.lock:

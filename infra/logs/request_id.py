@@ -95,9 +95,10 @@ class RequestIdMiddleware:
         token = _current.set(request_id)
         started = time.perf_counter()
         status: int | None = None
+        logged = False
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, logged
             if message["type"] == "http.response.start":
                 status = int(message["status"])
                 headers = list(message.get("headers", ()))
@@ -105,6 +106,11 @@ class RequestIdMiddleware:
                     headers.append((_HEADER, request_id.encode("latin-1")))
                     message = {**message, "headers": headers}
             await send(message)
+            if message["type"] == "http.response.body" and not message.get("more_body", False) and not logged:
+                # Logged here, from inside the app's call: with tracing on, the request's span is still the
+                # current one, so the line (and the OTLP log record) carries the request's trace id.
+                logged = True
+                self._log(scope, status, (time.perf_counter() - started) * 1000, request_id)
 
         try:
             await self.app(scope, receive, send_with_id)
@@ -113,7 +119,8 @@ class RequestIdMiddleware:
             status = status if status is not None else 500
             raise
         finally:
-            self._log(scope, status, (time.perf_counter() - started) * 1000, request_id)
+            if not logged:
+                self._log(scope, status, (time.perf_counter() - started) * 1000, request_id)
             _current.reset(token)
 
     def _log(self, scope: Scope, status: int | None, duration_ms: float, request_id: str) -> None:

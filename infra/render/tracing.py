@@ -19,7 +19,7 @@ def exporter_environment(config: StackConfig, service: str) -> dict[str, str]:
     tracing = config.tracing
     if not tracing.enabled or not tracing.otlp_endpoint:
         return {}
-    return {
+    env = {
         "OTEL_SERVICE_NAME": service,
         "OTEL_TRACES_EXPORTER": "otlp",
         "OTEL_METRICS_EXPORTER": "none",
@@ -29,6 +29,12 @@ def exporter_environment(config: StackConfig, service: str) -> dict[str, str]:
         "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
         "OTEL_TRACES_SAMPLER_ARG": str(tracing.sample_ratio),
     }
+    if config.logs.export_otlp:
+        # The SDK's logging handler on the root logger, exporting every record (at the component's level) to
+        # /v1/logs of the same endpoint, with the trace and span ids current when it was written.
+        env["OTEL_LOGS_EXPORTER"] = "otlp"
+        env["OTEL_PYTHON_LOGGING_AUTO_INSTRUMENTATION_ENABLED"] = "true"
+    return env
 
 
 def server_tracing_environment(config: StackConfig, service: str, instance: str) -> dict[str, str]:

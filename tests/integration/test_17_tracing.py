@@ -15,7 +15,7 @@ import pytest
 
 from infra.console import wait_until
 from tests.integration.conftest import Stack
-from tests.otlp_receiver import OtlpReceiver, ReceivedSpan
+from tests.otlp_receiver import OtlpReceiver, ReceivedLogRecord, ReceivedSpan
 
 SPANS_TIMEOUT_S = 120
 SERVER_KIND = 2
@@ -83,6 +83,23 @@ def test_a_flow_run_created_through_the_load_balancer_joins_the_callers_trace(
     assert {s.service for s in spans} == {"prefect-api"}
     assert any(s.parent_span_id == parent for s in spans)
     assert spans[0].instance.startswith("api-")
+
+
+def test_the_api_exports_its_log_records_with_the_requests_trace_id(stack: Stack, receiver: OtlpReceiver) -> None:
+    trace_id, parent = secrets.token_hex(16), secrets.token_hex(8)
+    request_id = f"otlp-logs-{secrets.token_hex(4)}"
+    with stack.client(headers={"traceparent": f"00-{trace_id}-{parent}-01", "X-Request-ID": request_id}) as client:
+        assert client.post("/flows/filter", json={}).status_code == 200
+    found: list[ReceivedLogRecord] = []
+
+    def arrived() -> bool:
+        found[:] = [r for r in receiver.logs_snapshot() if request_id in r.body]
+        return bool(found)
+
+    wait_until(arrived, SPANS_TIMEOUT_S, "the API's access record over OTLP",
+               fix="read invoke logs api-1 (the OTLP exporter logs its errors)")
+    assert {r.service for r in found} == {"prefect-api"}
+    assert {r.trace_id for r in found} == {trace_id}
 
 
 def test_health_checks_are_not_traced(stack: Stack, receiver: OtlpReceiver) -> None:

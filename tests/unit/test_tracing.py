@@ -56,3 +56,10 @@ def test_prefect_processes_run_under_opentelemetry_instrument_only_when_on(tmp_p
         command = plan.program(name).command
         assert Path(command[0]).name == ("opentelemetry-instrument" if tracing else program)
         assert Path(command[1 if tracing else 0]).name == program
+
+
+@pytest.mark.parametrize("export", [True, False])
+def test_logs_go_where_the_spans_go_unless_turned_off(export: bool) -> None:
+    env = exporter_environment(StackConfig(tracing=ON, logs={"export_otlp": export}), "prefect-api")
+    assert env["OTEL_LOGS_EXPORTER"] == ("otlp" if export else "none")
+    assert ("OTEL_PYTHON_LOGGING_AUTO_INSTRUMENTATION_ENABLED" in env) is export
