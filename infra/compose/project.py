@@ -280,6 +280,8 @@ def _container_config(config: StackConfig) -> StackConfig:
     if jaeger_runs(config) and config.tracing.otlp_endpoint is None:
         update["tracing"] = config.tracing.model_copy(
             update={"enabled": True, "otlp_endpoint": f"http://jaeger:{JAEGER_OTLP_HTTP}"})
+        # Jaeger stores spans only: its OTLP receiver has no logs pipeline and would refuse every /v1/logs batch.
+        update["logs"] = config.logs.model_copy(update={"export_otlp": False})
     return config.model_copy(update=update)
 
 

@@ -101,6 +101,9 @@ def in_cluster_config(config: StackConfig) -> StackConfig:
     endpoint = monitoring.tracing_endpoint(config)
     if endpoint and not config.tracing.enabled:
         update["tracing"] = config.tracing.model_copy(update={"enabled": True, "otlp_endpoint": endpoint})
+        if not config.tracing.otlp_endpoint:
+            # Jaeger stores spans only: its OTLP receiver has no logs pipeline and would refuse every /v1/logs batch.
+            update["logs"] = config.logs.model_copy(update={"export_otlp": False})
     return config.model_copy(update=update)
 
 

@@ -61,7 +61,9 @@ class _Load(threading.Thread):
 
 def test_api_setting_change_rolls_only_the_prefect_processes_without_client_errors(stack: Stack) -> None:
     before = stack.pids()
-    stack.env["PREFECT_STACK_API__LOG_LEVEL"] = "INFO"
+    # Later tests share this stack: WARNING keeps the lines they read (postgres, workers) and only quiets Prefect.
+    stack.env["PREFECT_STACK_LOGS__LEVELS__API"] = "WARNING"
+    stack.env["PREFECT_STACK_LOGS__LEVELS__SERVICES"] = "WARNING"
     with _Load(stack) as load:
         result = stack.invoke("deploy")
     assert result.returncode == 0, result.stderr[-3000:]

@@ -236,6 +236,10 @@ def test_with_the_stacks_jaeger_the_prefect_processes_send_it_their_spans(secret
     for name in ("api-1", "services-1"):
         assert services[name]["environment"]["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://jaeger:4318"
         assert "opentelemetry-instrument" in " ".join(services[name]["command"])
+        # Jaeger keeps spans, not logs: log records go only to a collector the configuration names.
+        assert services[name]["environment"]["OTEL_LOGS_EXPORTER"] == "none"
+    collector = _services(_project(secrets, tracing={"enabled": True, "otlp_endpoint": "http://collector:4318"}))
+    assert collector["api-1"]["environment"]["OTEL_LOGS_EXPORTER"] == "otlp"
     quiet = _services(_project(secrets, compose={"jaeger": False}))
     assert "OTEL_EXPORTER_OTLP_ENDPOINT" not in quiet["api-1"].get("environment", {})
 

@@ -105,6 +105,13 @@ class TestApiDeployment:
         env = {e["name"]: e.get("value") for e in api["env"]}
         assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://collector:4318"
         assert env["OTEL_RESOURCE_ATTRIBUTES"] == "service.instance.id=$(POD_NAME)"
+        assert env["OTEL_LOGS_EXPORTER"] == "otlp"
+
+    def test_the_stacks_jaeger_gets_spans_but_no_log_records(self, default: Rendering) -> None:
+        api = self._deployment(default)["spec"]["template"]["spec"]["containers"][0]
+        env = {e["name"]: e.get("value") for e in api["env"]}
+        assert env["OTEL_EXPORTER_OTLP_ENDPOINT"].endswith(":4318")
+        assert env["OTEL_LOGS_EXPORTER"] == "none"
 
     def test_single_replica_has_no_pdb(self) -> None:
         rendering = reference_rendering(load_config(target="kubernetes", api={"replicas": 1}))
