@@ -54,6 +54,11 @@ class StateLayout:
         return self.root / "log"
 
     @property
+    def postgres_logs(self) -> Path:
+        """PostgreSQL's collector writes its jsonlog files here (logs.format json, local target)."""
+        return self.logs / "postgres"
+
+    @property
     def prefect_home(self) -> Path:
         return self.root / "home"
 
@@ -90,4 +95,4 @@ class StateLayout:
         """Directories the unprivileged service user must own."""
         return [self.etc, self.data, self.postgres_data, self.redis_data, self.prometheus_data, self.alertmanager_data,
                 self.run, self.logs, self.prefect_home,
-                self.logs / "pgbackrest", self.run / "pgbackrest"]
+                self.logs / "pgbackrest", self.run / "pgbackrest", self.postgres_logs]

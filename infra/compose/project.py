@@ -216,6 +216,11 @@ class _Builder:
             service["stop_grace_period"] = f"{stop_grace_s}s"
         service["deploy"] = {"resources": {"limits": {"cpus": str(cpus or self.config.compose.cpus),
                                                       "memory": memory or self.config.compose.memory}}}
+        # Docker's json-file driver rotates by size and keeps a count (logs.rotation); `docker logs` and
+        # `invoke logs` read the rotated files too. Age is not a json-file option: the count bounds the disk.
+        rotation = self.config.logs.rotation
+        service["logging"] = {"driver": "json-file",
+                              "options": {"max-size": f"{rotation.max_size_mb}m", "max-file": str(rotation.keep)}}
         service["labels"] = {LABEL_COMPONENT: component}
         self.project.document["services"][name] = service
         for volume in volumes:

@@ -50,7 +50,7 @@ RELOAD_SIGNALS = {"pgbouncer": "HUP", "haproxy": "USR2", "prometheus": "HUP", "a
 START_TIMEOUT_S = {
     "postgres": 60, "pgbouncer": 20, "redis": 20, "s3": 30, "api": 120, "services": 60, "haproxy": 30,
     "backup-scheduler": 30, "prometheus": 60, "alertmanager": 30, "node-exporter": 30,
-    "postgres-exporter": 30, "redis-exporter": 30, "prefect-exporter": 30, WORKER: 60,
+    "postgres-exporter": 30, "redis-exporter": 30, "prefect-exporter": 30, WORKER: 60, "log-pruner": 30,
 }
 DRAIN_TIMEOUT_S = 30
 
@@ -274,7 +274,7 @@ class _Deployer:
             return "credentials"  # only its passwords changed (a rotation): handed over without a restart
         return "restart"
 
-    def _replace_definition(self, name: str) -> None:
+    def replace_definition(self, name: str) -> None:
         """A program whose supervisord section changed must be removed and re-added to take the new one."""
         if name in self.section_changed:
             self.supervisor.remove(name)
@@ -285,6 +285,12 @@ class _Deployer:
         """Start, reload or restart one program as needed; True when anything happened."""
         action = self.needs(program)
         if not action:
+            if program.name in self.section_changed:
+                # Only supervisord's own settings for it changed (its log rotation): they need a restart, which a
+                # setting of the logs alone is not worth for a database or a replica.
+                console.step(f"{program.name}: the new log rotation applies from its next restart "
+                             f"(invoke restart {program.name})")
+                self.section_changed.discard(program.name)
             return False
         if action == "credentials":
             if self._hand_over_redis_passwords():
@@ -303,7 +309,7 @@ class _Deployer:
             console.step(f"{'starting' if action == 'start' else 'restarting'} {program.name}")
             if action == "restart":
                 self.supervisor.stop(program.name)
-            self._replace_definition(program.name)
+            self.replace_definition(program.name)
             self.supervisor.start(program.name, wait=True)
             (self.report.started if action == "start" else self.report.restarted).append(program.name)
         self.wait_healthy(program)
@@ -353,7 +359,7 @@ class _Deployer:
         fresh = [p for p in replicas if self.needs(p) == "start"]
         for program in fresh:
             console.step(f"starting {program.name} on port {program.port}")
-            self._replace_definition(program.name)
+            self.replace_definition(program.name)
             self.supervisor.start(program.name, wait=False)
             self.report.started.append(program.name)
         for program in fresh:
@@ -382,7 +388,7 @@ class _Deployer:
             except (OSError, KeyError):
                 balanced = False  # HAProxy not (yet) serving this replica: nothing to drain
         self.supervisor.stop(program.name)
-        self._replace_definition(program.name)
+        self.replace_definition(program.name)
         self.supervisor.start(program.name, wait=True)
         assert program.port is not None  # noqa: S101 - API programs have ports
         port = program.port
@@ -456,6 +462,7 @@ def deploy(config: StackConfig) -> tuple[LocalPlan, DeployReport]:
         deployer.apply(program)
     for program in plan.by_component("backup-scheduler"):
         deployer.apply(program)
+    deployer.apply(plan.program("log-pruner"))
     for component in ("node-exporter", "postgres-exporter", "redis-exporter", "prefect-exporter", "alertmanager",
                       "prometheus"):
         for program in plan.by_component(component):
@@ -494,11 +501,14 @@ def restart_component(config: StackConfig, name: str) -> float:
     deployer = _Deployer(plan, secrets, load_deployed(layout))
     if not deployer.supervisor.is_running():
         raise UserError("the stack is not running", fix="start it with invoke deploy")
+    # A section deploy changed without restarting the program (its log rotation) takes effect now.
+    deployer.section_changed = set(deployer.supervisor.reload_config()[1])
     if program.component == "api":
         deployer.rolling_restart(program)
     else:
         console.step(f"restarting {name}")
         deployer.supervisor.stop(name)
+        deployer.replace_definition(name)
         deployer.supervisor.start(name, wait=True)
         deployer.wait_healthy(program)
         if program.component == "redis":

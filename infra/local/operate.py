@@ -19,6 +19,7 @@ from infra.local.health import stack_status
 from infra.local.plan import LocalPlan, build_plan
 from infra.local.supervisor import Supervisor
 from infra.local.workers import temporary_dir
+from infra.logs.read import newest_collector_file
 from infra.secrets import load_secrets
 from infra.status import ComponentStatus
 
@@ -59,7 +60,7 @@ def log_path(config: StackConfig, component: str) -> Path:
     names = [p.name for p in plan.programs] + ["supervisord", "migrate"]
     if component not in names:
         raise UserError(f"no component named {component!r}", fix=f"choose one of: {', '.join(names)}")
-    path = layout.log_file(component)
+    path = current_log_file(layout, component)
     if not path.exists():
         raise UserError(
             f"{component} has written no log yet ({path})", fix="deploy first, or check its state: invoke status"
@@ -67,15 +68,24 @@ def log_path(config: StackConfig, component: str) -> Path:
     return path
 
 
+def current_log_file(layout: StateLayout, component: str) -> Path:
+    """Where a component writes now: its supervisord file, or for PostgreSQL with jsonlog the collector's newest
+    file (the supervisord file then holds only what came before the collector started)."""
+    if component == "postgres" and (newest := newest_collector_file(layout.postgres_logs)) is not None:
+        return newest
+    return layout.log_file(component)
+
+
 def log_files(config: StackConfig, component: str | None) -> dict[str, Path]:
     """The current log file of one component, or of every component that has written one (supervisord names
     each program's file after it), by component name."""
     if component:
         return {component: log_path(config, component)}
-    logs = StateLayout(config.state_dir).logs
-    found = {path.name.removesuffix(".log"): path for path in sorted(logs.glob("*.log"))}
+    layout = StateLayout(config.state_dir)
+    found = {path.name.removesuffix(".log"): current_log_file(layout, path.name.removesuffix(".log"))
+             for path in sorted(layout.logs.glob("*.log"))}
     if not found:
-        raise UserError(f"no component has written a log yet in {logs}", fix="deploy first: invoke deploy")
+        raise UserError(f"no component has written a log yet in {layout.logs}", fix="deploy first: invoke deploy")
     return found
 
 

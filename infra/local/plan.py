@@ -219,11 +219,24 @@ def build_plan(config: StackConfig, secrets: Secrets, addresses: Addresses | Non
     if config.monitoring.enabled:
         programs += monitoring_programs(config, secrets, layout, addresses)
         extra_files += grafana_files(config, layout, addresses)
+    rotation = config.logs.rotation
+    programs.append(
+        Program(
+            name="log-pruner",
+            component="log-pruner",
+            # supervisord rotates by size and count only: this removes rotated files past the age limit, and
+            # PostgreSQL's collector files past the count. As the operator, who owns supervisord's files.
+            command=(str(venv_python()), "-m", "infra.logs.prune", "--dir", str(layout.logs),
+                     "--max-age-days", str(rotation.max_age_days), "--keep", str(rotation.keep)),
+            environment={"PYTHONPATH": str(REPO_ROOT)},
+            as_operator=True,
+        )
+    )
     return LocalPlan(
         config=config,
         layout=layout,
         programs=tuple(programs),
-        supervisor_conf=supervisord_conf(programs, layout, run_as),
+        supervisor_conf=supervisord_conf(programs, layout, run_as, config.logs.rotation),
         migration_env={**migration_environment(config, secrets, layout, addresses),
                        **component_environment("migrate")},
         run_as=run_as,

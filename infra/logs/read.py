@@ -108,8 +108,21 @@ def _lines_of(data: bytes) -> list[str]:
     return data.decode(errors="replace").split("\n")
 
 
+# PostgreSQL's collector (jsonlog, local target) names its files by the time it opened them: postgresql-<stamp>.json.
+_COLLECTOR_FILE = re.compile(r"postgresql-\d{8}-\d{6}\.json")
+
+
+def newest_collector_file(directory: Path) -> Path | None:
+    """PostgreSQL's current jsonlog file: the newest by name (the name is its start time)."""
+    files = sorted(p for p in directory.glob("postgresql-*.json") if _COLLECTOR_FILE.fullmatch(p.name))
+    return files[-1] if files else None
+
+
 def rotated_files(current: Path) -> list[Path]:
-    """A log file and its rotated siblings (supervisord: NAME.log.1 is the newest rotated one), oldest first."""
+    """A log file and its rotated siblings, oldest first: supervisord's NAME.log.1 is the newest rotated one;
+    PostgreSQL's collector files sort by the time in their names."""
+    if _COLLECTOR_FILE.fullmatch(current.name):
+        return sorted(p for p in current.parent.glob("postgresql-*.json") if _COLLECTOR_FILE.fullmatch(p.name))
     siblings = []
     for sibling in current.parent.glob(current.name + ".*"):
         suffix = sibling.name[len(current.name) + 1:]
@@ -219,6 +232,16 @@ class FileFollower:
         self.partial = b""
 
     def poll(self) -> list[Record]:
+        records: list[Record] = []
+        if _COLLECTOR_FILE.fullmatch(self.path.name):
+            newest = newest_collector_file(self.path.parent)
+            if newest is not None and newest != self.path:
+                # PostgreSQL rotated to a new file: finish the old one, then read the new one from its start.
+                records = self._read()
+                self.path, self.inode, self.offset, self.partial = newest, newest.stat().st_ino, 0, b""
+        return records + self._read()
+
+    def _read(self) -> list[Record]:
         try:
             stat = self.path.stat()
         except FileNotFoundError:

@@ -13,6 +13,29 @@ LOG_MIN_MESSAGES = {"DEBUG": "debug1", "INFO": "info", "WARNING": "warning", "ER
 MONITOR_ROLE = "prefect_monitor"
 
 
+# The collector names each file by the time it was opened, so a size rotation starts a new file; the log
+# pruner (infra/logs/prune.py) keeps logs.rotation.keep of them and none older than max_age_days.
+JSONLOG_FILENAME = "postgresql-%Y%m%d-%H%M%S.log"  # the jsonlog file takes .json in place of .log
+JSONLOG_GLOB = "postgresql-*.json"
+
+
+def _logging(config: StackConfig, layout: StateLayout) -> str:
+    if config.target == "local" and config.logs.format == "json":
+        # jsonlog needs the collector: one JSON object per line in files of PostgreSQL's own; the supervisor's
+        # postgres.log keeps only what is written before the collector starts.
+        return f"""\
+logging_collector = on
+log_destination = 'jsonlog'
+log_directory = '{layout.postgres_logs}'
+log_filename = '{JSONLOG_FILENAME}'
+log_file_mode = 0600
+log_rotation_size = {config.logs.rotation.max_size_mb}MB
+log_rotation_age = 0
+"""
+    # Compose and text: stderr, captured by the supervisor (<state>/log/postgres.log) or the container runtime.
+    return "logging_collector = off\n"
+
+
 def postgresql_conf(config: StackConfig, layout: StateLayout, listen: str = "127.0.0.1") -> RenderedFile:
     pg = config.postgres
     if config.backups.physical.enabled:
@@ -39,9 +62,7 @@ password_encryption = scram-sha-256
 # WAL settings ready for physical backups and point-in-time recovery (pgBackRest).
 wal_level = replica
 max_wal_senders = 4
-{archive}# Logs go to stderr, which the supervisor captures into <state>/log/postgres.log.
-logging_collector = off
-log_min_messages = {LOG_MIN_MESSAGES[config.logs.levels.postgres]}
+{archive}{_logging(config, layout)}log_min_messages = {LOG_MIN_MESSAGES[config.logs.levels.postgres]}
 log_line_prefix = '%m [%p] %q%u@%d '
 log_min_duration_statement = 5000
 log_connections = off

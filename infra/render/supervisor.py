@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from infra.config import LogRotationConfig
 from infra.layout import StateLayout
 from infra.render import RenderedFile
 
@@ -83,7 +84,11 @@ def _quote_env(value: str) -> str:
     return quote + value + quote
 
 
-def supervisord_conf(programs: list[Program], layout: StateLayout, run_as: str | None) -> RenderedFile:
+def supervisord_conf(programs: list[Program], layout: StateLayout, run_as: str | None,
+                     rotation: LogRotationConfig | None = None) -> RenderedFile:
+    """``rotation``: each program's file is rotated at max_size_mb and ``keep`` rotated files are kept (the log
+    pruner removes those older than max_age_days); None: the model's defaults."""
+    rotation = rotation or LogRotationConfig()
     lines = [
         "; Rendered by prefect-stack from the configuration model; edit the model, not this file.",
         "[unix_http_server]",
@@ -123,8 +128,8 @@ def supervisord_conf(programs: list[Program], layout: StateLayout, run_as: str |
             "killasgroup=true",
             "redirect_stderr=true",
             f"stdout_logfile={layout.log_file(program.name)}",
-            "stdout_logfile_maxbytes=50MB",
-            "stdout_logfile_backups=5",
+            f"stdout_logfile_maxbytes={rotation.max_size_mb}MB",
+            f"stdout_logfile_backups={rotation.keep}",
         ]
         if run_as and not program.as_operator:
             lines.append(f"user={run_as}")

@@ -48,3 +48,22 @@ def test_grep_finds_the_request_at_the_load_balancer_and_a_replica(stack: Stack,
     assert result.returncode == 0, result.stderr[-3000:]
     components = {json.loads(line)["component"] for line in result.stdout.splitlines()}
     assert "haproxy" in components and any(c.startswith("api-") for c in components), components
+
+
+def test_postgres_writes_jsonlog_files_that_logs_reads(stack: Stack) -> None:
+    files = sorted(stack.layout.postgres_logs.glob("postgresql-*.json"))
+    assert files, f"no jsonlog file in {stack.layout.postgres_logs}"
+    first = json.loads(files[0].read_text().splitlines()[0])
+    assert {"timestamp", "error_severity", "message"} <= set(first)
+    result = stack.invoke("logs", "postgres", "--json", "--lines", "20")
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert records and all(record["component"] == "postgres" for record in records)
+
+
+def test_the_log_pruner_runs_with_the_models_limits(stack: Stack) -> None:
+    status = {c["name"]: c for c in stack.status()["components"]}  # type: ignore[index, union-attr]
+    assert status["log-pruner"]["healthy"], status["log-pruner"]
+    result = stack.invoke("logs", "log-pruner", "--json")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "older than 14 days" in result.stdout

@@ -423,3 +423,9 @@ def test_changing_a_workers_setting_changes_only_the_workers(secrets: Secrets) -
     after = _services(_project(secrets, workers={"flow_heartbeat_s": 30, "query_interval_s": 5}))
     changed = sorted(name for name in before if before[name] != after[name])
     assert changed == ["worker-default-1"]
+
+
+def test_every_container_log_is_rotated_by_size_and_count_from_the_model(secrets: Secrets) -> None:
+    services = _services(_project(secrets, logs={"rotation": {"max_size_mb": 20, "keep": 4}}))
+    for name, service in services.items():
+        assert service["logging"] == {"driver": "json-file", "options": {"max-size": "20m", "max-file": "4"}}, name

@@ -18,6 +18,7 @@ from infra.logs.read import (
     human_line,
     make_query,
     merged,
+    newest_collector_file,
     parse_moment,
     read_local,
     rotated_files,
@@ -201,6 +202,30 @@ def test_rotated_files_oldest_first(tmp_path: Path) -> None:
     for name in ("x.log", "x.log.1", "x.log.2", "x.log.bak"):
         (tmp_path / name).write_text("")
     assert [p.name for p in rotated_files(tmp_path / "x.log")] == ["x.log.2", "x.log.1", "x.log"]
+
+
+def test_postgres_collector_files_sort_by_the_time_in_their_names(tmp_path: Path) -> None:
+    names = ["postgresql-20261206-101500.json", "postgresql-20261205-235959.json", "postgresql-20261206-090000.json"]
+    for name in [*names, "postgresql-x.json", "postgres.log"]:
+        (tmp_path / name).write_text("")
+    assert [p.name for p in rotated_files(tmp_path / names[0])] == sorted(names)
+    assert newest_collector_file(tmp_path) == tmp_path / "postgresql-20261206-101500.json"
+
+
+def _jsonlog(second: int, message: str) -> str:
+    return json.dumps({"timestamp": f"2026-12-06 19:00:{second:02d}.000 UTC", "error_severity": "LOG",
+                       "message": message})
+
+
+def test_follower_moves_to_the_file_postgres_rotated_to(tmp_path: Path) -> None:
+    first = tmp_path / "postgresql-20261206-190000.json"
+    first.write_text(_jsonlog(0, "before") + "\n")
+    follower = FileFollower("postgres", first)
+    with first.open("a") as handle:
+        handle.write(_jsonlog(1, "last of the old file") + "\n")
+    (tmp_path / "postgresql-20261206-190002.json").write_text(_jsonlog(2, "first of the new file") + "\n")
+    assert [r.message for r in follower.poll()] == ["last of the old file", "first of the new file"]
+    assert [r.level for r in follower.poll()] == []
 
 
 def test_follower_reads_only_new_complete_lines(tmp_path: Path) -> None:

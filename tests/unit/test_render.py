@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from infra.config import StackConfig, load_config
+from infra.config import LogRotationConfig, StackConfig, load_config
 from infra.errors import UserError
 from infra.layout import TRUSTED_CA, StateLayout
 from infra.local.deploy import write_files
@@ -56,9 +56,10 @@ MONITORING_PROGRAMS = ["prometheus", "alertmanager", "node-exporter", "postgres-
                        "prefect-exporter"]
 WORKER_PROGRAMS = ["worker-default-1"]
 PROGRAMS = ["postgres", "pgbouncer", "redis", "s3", "backup-scheduler", *API_PROGRAMS, *SERVICES_PROGRAMS, "haproxy",
-            *WORKER_PROGRAMS, *MONITORING_PROGRAMS]
-# Programs that run as the operator, not the service user: the scheduler reads the secrets directory.
-OPERATOR_PROGRAMS = {"backup-scheduler"}
+            *WORKER_PROGRAMS, *MONITORING_PROGRAMS, "log-pruner"]
+# Programs that run as the operator, not the service user: the scheduler reads the secrets directory, the log
+# pruner deletes supervisord's files.
+OPERATOR_PROGRAMS = {"backup-scheduler", "log-pruner"}
 RENDERED_FILES = [
     "stack.effective.yaml",
     "prometheus.yml",
@@ -213,6 +214,25 @@ class TestPostgres:
     def test_listen_address_is_a_parameter(self, config: StackConfig, layout: StateLayout) -> None:
         conf = settings(postgresql_conf(config, layout, listen="*").content, separator="=")
         assert conf["listen_addresses"] == "'*'"
+
+    def test_local_json_logs_go_to_jsonlog_files_rotated_by_size(self, make_config: Callable[..., StackConfig],
+                                                                 layout: StateLayout) -> None:
+        config = make_config(logs={"rotation": {"max_size_mb": 12}})
+        conf = settings(postgresql_conf(config, layout).content, separator="=")
+        assert (conf["logging_collector"], conf["log_destination"]) == ("on", "'jsonlog'")
+        assert conf["log_directory"] == f"'{layout.postgres_logs}'"
+        assert (conf["log_rotation_size"], conf["log_rotation_age"]) == ("12MB", "0")
+        assert conf["log_file_mode"] == "0600"
+        assert layout.postgres_logs in layout.service_owned_dirs()  # PostgreSQL, as the service user, writes there
+
+    @pytest.mark.parametrize("elsewhere", ["text", "compose"])
+    def test_stderr_elsewhere(self, make_config: Callable[..., StackConfig], layout: StateLayout,
+                              elsewhere: str) -> None:
+        """Text logs stay on stderr (the supervisor's file); on compose the container runtime captures stderr."""
+        config = (make_config(logs={"format": "text"}) if elsewhere == "text"
+                  else make_config().model_copy(update={"target": "compose"}))
+        conf = settings(postgresql_conf(config, layout).content, separator="=")
+        assert conf["logging_collector"] == "off" and "log_destination" not in conf
 
 
 class TestPgHba:
@@ -936,6 +956,22 @@ class TestSupervisord:
     @pytest.mark.parametrize("program", PROGRAMS)
     def test_log_file(self, parsed: configparser.RawConfigParser, layout: StateLayout, program: str) -> None:
         assert parsed[f"program:{program}"]["stdout_logfile"] == str(layout.log_file(program))
+
+    def test_log_rotation_follows_the_model(self, plan: LocalPlan, layout: StateLayout) -> None:
+        rotation = LogRotationConfig(max_size_mb=7, keep=3, max_age_days=2)
+        parsed = configparser.RawConfigParser()
+        parsed.read_string(supervisord_conf(list(plan.programs), layout, None, rotation).content)
+        for program in PROGRAMS:
+            assert parsed[f"program:{program}"]["stdout_logfile_maxbytes"] == "7MB"
+            assert parsed[f"program:{program}"]["stdout_logfile_backups"] == "3"
+
+    def test_the_log_pruner_applies_the_age_and_count(self, config: StackConfig, plan: LocalPlan,
+                                                      layout: StateLayout) -> None:
+        command = plan.program("log-pruner").command
+        assert command[1:3] == ("-m", "infra.logs.prune")
+        rotation = config.logs.rotation
+        assert [*command[3:]] == ["--dir", str(layout.logs), "--max-age-days", str(rotation.max_age_days),
+                                  "--keep", str(rotation.keep)]
 
     @pytest.mark.parametrize(("program", "signal"), [("postgres", "INT"), ("pgbouncer", "INT"), ("haproxy", "USR1")])
     def test_graceful_stop_signal(self, parsed: configparser.RawConfigParser, program: str, signal: str) -> None:
