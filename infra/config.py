@@ -489,9 +489,9 @@ class ComposeTargetConfig(_Section):
     jaeger_ui_port: int = Field(16686, ge=1, le=65535, description="Jaeger UI (published like the load balancer).")
     # Off by default: every Prefect process would export each record over OTLP, a cost the observability
     # benchmark has not measured, and Loki needs its own volume.
-    loki: bool = Field(False, description="Run Loki (an upstream image, back-end network only) and ship the Prefect "
-                                          "processes' log records to it over OTLP (needs tracing: the stack's "
-                                          "Jaeger or tracing.enabled).")
+    loki: bool = Field(False, description="Run Loki (an upstream image, back-end network only) and ship the API "
+                                          "replicas' and services' log records to it over OTLP (needs tracing: "
+                                          "the stack's Jaeger or tracing.enabled).")
     loki_image: str = Field(LOKI_IMAGE, description="Loki's image (3.x, single binary), pinned by digest.")
     memory: str = Field("512m", pattern=r"^\d+[kmg]$",
                         description="Memory limit of each container but the API replicas, services, PostgreSQL "
@@ -858,7 +858,7 @@ class KubernetesTargetConfig(_Section):
         "cr.jaegertracing.io/jaegertracing/jaeger:2.20.0@sha256:46a886260e04002d8f45e213fc39063fa11a50446048fdaa64786fc0840cb9f8",
         description="Jaeger's image (v2), pinned by digest.")
     loki: bool = Field(False, description="A Loki (single binary, a PersistentVolumeClaim) in the namespace, with "
-                                          "the Prefect pods' log records sent to it over OTLP and a Grafana "
+                                          "the API and services pods' log records sent to it over OTLP and a Grafana "
                                           "datasource for it; part of the monitoring component.")
     loki_image: str = Field(LOKI_IMAGE, description="Loki's image (3.x, single binary), pinned by digest.")
     wait_timeout_s: int = Field(600, ge=30, le=7200,

@@ -5,6 +5,8 @@ processes send their log records, Grafana's datasource linking a trace id to Jae
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from infra.compose.project import BACKEND, ComposeProject, placeholder_tls, render_project
+from infra.compose.project import BACKEND, ComposeProject, placeholder_tls, render_project, write_project
 from infra.config import LOKI_IMAGE, StackConfig, load_config
 from infra.kubernetes import monitoring
 from infra.kubernetes.prefect import in_cluster_config
@@ -23,6 +25,7 @@ from infra.render.tracing import server_tracing_environment
 from infra.secrets import Secrets, ensure_secrets
 from tests import kubernetes_checks as checks
 
+CHECK_JSONSCHEMA = Path(sys.executable).parent / "check-jsonschema"
 DIGEST = re.compile(r"^[^@\s]+:\d+\.\d+\.\d+@sha256:[0-9a-f]{64}$")
 LOKI_LOGS = "http://loki:3100/otlp/v1/logs"
 
@@ -99,6 +102,13 @@ def test_a_malformed_retention_is_refused_naming_the_field(monkeypatch: pytest.M
 
 # --- compose ----------------------------------------------------------------------------------------------------
 
+def test_compose_file_with_loki_is_valid_compose_spec(tmp_path: Path, secrets: Secrets) -> None:
+    write_project(_project(secrets, compose={"loki": True}), tmp_path / "project", None)
+    result = subprocess.run([str(CHECK_JSONSCHEMA), "--builtin-schema", "vendor.compose-spec",
+                             str(tmp_path / "project" / "compose.yaml")], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def test_compose_renders_no_loki_unless_asked(secrets: Secrets) -> None:
     project = _project(secrets)
     assert "loki" not in project.document["services"]
@@ -149,6 +159,14 @@ def test_with_loki_and_a_collector_spans_go_to_the_collector_and_records_to_loki
                    ).document["services"]["api-1"]["environment"]
     assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://collector:4318"
     assert env["OTEL_EXPORTER_OTLP_LOGS_ENDPOINT"] == LOKI_LOGS
+
+
+def test_a_configured_logs_endpoint_is_used_as_it_is_spans_unchanged() -> None:
+    config = StackConfig(tracing={"enabled": True, "otlp_endpoint": "http://collector:4318"},
+                         logs={"otlp_endpoint": "http://loki.example.com:3100/otlp/v1/logs"})
+    env = server_tracing_environment(config, "prefect-api", "api-1")
+    assert env["OTEL_EXPORTER_OTLP_LOGS_ENDPOINT"] == "http://loki.example.com:3100/otlp/v1/logs"
+    assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://collector:4318"
 
 
 def test_turning_log_export_off_wins_over_loki(secrets: Secrets) -> None:
