@@ -169,6 +169,19 @@ def test_a_configured_logs_endpoint_is_used_as_it_is_spans_unchanged() -> None:
     assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://collector:4318"
 
 
+def test_the_installed_exporter_posts_records_to_lokis_path_and_spans_elsewhere(secrets: Secrets,
+                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """The SDK's OTLP/HTTP exporters, as opentelemetry-instrument builds them from the rendered environment: the
+    logs endpoint is taken as it is (no /v1/logs appended), the spans' gets /v1/traces."""
+    from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    env = _project(secrets, compose={"loki": True}).document["services"]["api-1"]["environment"]
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert OTLPLogExporter()._endpoint == LOKI_LOGS
+    assert OTLPSpanExporter()._endpoint == "http://jaeger:4318/v1/traces"
+
+
 def test_turning_log_export_off_wins_over_loki(secrets: Secrets) -> None:
     env = _project(secrets, compose={"loki": True}, logs={"export_otlp": False}
                    ).document["services"]["api-1"]["environment"]
