@@ -36,6 +36,9 @@ COMPOSE_S3_SERVICE = "s3"
 COMPOSE_POSTGRES_SERVICE = "postgres"
 # The key id of the stack's own S3 endpoint (its secret is generated): one id for boto3 and pgBackRest.
 LOCAL_ACCESS_KEY_ID = "prefect-stack-local"
+# Loki 3.7.4 (single binary, distroless, runs as uid 10001), pinned by the digest Renovate-managed repositories
+# record for that tag (docker.io/grafana/loki:3.7.4); one value for the compose and kubernetes targets.
+LOKI_IMAGE = "grafana/loki:3.7.4@sha256:87f0a067673756a3cede1bcbf0c74875f7df9b09fddb53e399d0c576f756cfcc"
 
 Port = int  # validated by Field(ge=1, le=65535) where used
 
@@ -417,6 +420,16 @@ class LogRotationConfig(_Section):
     max_age_days: int = Field(14, ge=1, le=3650, description="Rotated files older than this are deleted (local).")
 
 
+class LokiStorageConfig(_Section):
+    # Loki's compactor deletes chunks older than the retention; the volume must hold that many days of the Prefect
+    # processes' records (a few hundred MiB a day for a busy stack at INFO).
+    retention_days: int = Field(14, ge=1, le=3650, description="Days Loki keeps the shipped log records (compose "
+                                                               "and kubernetes, with compose.loki or kubernetes.loki "
+                                                               "on).")
+    volume_size: str = Field("10Gi", pattern=r"^\d+(Mi|Gi|Ti)$",
+                             description="Kubernetes: size of Loki's PersistentVolumeClaim.")
+
+
 class LogsConfig(_Section):
     # JSON lines with time (RFC 3339), level, component, message and the ids that tie a request or a flow run across
     # components (request_id, trace_id, span_id, flow_run_id); `invoke logs` reads both formats.
@@ -427,7 +440,15 @@ class LogsConfig(_Section):
     rotation: LogRotationConfig = LogRotationConfig()
     # Logs go where the spans go, so one collector (or Jaeger's, Loki's OTLP endpoint) receives both.
     export_otlp: bool = Field(True, description="With tracing on, every Prefect process also sends its log records "
-                                                "over OTLP/HTTP to tracing.otlp_endpoint (/v1/logs).")
+                                                "over OTLP/HTTP to tracing.otlp_endpoint (/v1/logs), or to "
+                                                "otlp_endpoint when set.")
+    # The records go to the SDK's logs exporter, which only runs under opentelemetry-instrument, that is with
+    # tracing on. Set on compose and Kubernetes when the stack's own Loki runs (its native OTLP endpoint).
+    otlp_endpoint: str | None = Field(None, pattern=r"^https?://[^\s/]+(:\d+)?(/\S*)?$",
+                                      description="Full OTLP/HTTP URL for the log records, e.g. "
+                                                  "http://loki:3100/otlp/v1/logs; null: tracing.otlp_endpoint's "
+                                                  "/v1/logs (the stack's Loki when it runs).")
+    loki_storage: LokiStorageConfig = LokiStorageConfig()
 
 
 class LocalTargetConfig(_Section):
@@ -466,6 +487,12 @@ class ComposeTargetConfig(_Section):
         "cr.jaegertracing.io/jaegertracing/jaeger:2.20.0@sha256:46a886260e04002d8f45e213fc39063fa11a50446048fdaa64786fc0840cb9f8",
         description="Jaeger's image (v2), pinned by digest.")
     jaeger_ui_port: int = Field(16686, ge=1, le=65535, description="Jaeger UI (published like the load balancer).")
+    # Off by default: every Prefect process would export each record over OTLP, a cost the observability
+    # benchmark has not measured, and Loki needs its own volume.
+    loki: bool = Field(False, description="Run Loki (an upstream image, back-end network only) and ship the API "
+                                          "replicas' and services' log records to it over OTLP (needs tracing: "
+                                          "the stack's Jaeger or tracing.enabled).")
+    loki_image: str = Field(LOKI_IMAGE, description="Loki's image (3.x, single binary), pinned by digest.")
     memory: str = Field("512m", pattern=r"^\d+[kmg]$",
                         description="Memory limit of each container but the API replicas, services, PostgreSQL "
                                     "and Redis (k, m, g).")
@@ -830,6 +857,10 @@ class KubernetesTargetConfig(_Section):
     jaeger_image: str = Field(
         "cr.jaegertracing.io/jaegertracing/jaeger:2.20.0@sha256:46a886260e04002d8f45e213fc39063fa11a50446048fdaa64786fc0840cb9f8",
         description="Jaeger's image (v2), pinned by digest.")
+    loki: bool = Field(False, description="A Loki (single binary, a PersistentVolumeClaim) in the namespace, with "
+                                          "the API and services pods' log records sent to it over OTLP and a Grafana "
+                                          "datasource for it; part of the monitoring component.")
+    loki_image: str = Field(LOKI_IMAGE, description="Loki's image (3.x, single binary), pinned by digest.")
     wait_timeout_s: int = Field(600, ge=30, le=7200,
                                 description="Seconds deploy waits per phase (a rollout, a CloudNativePG "
                                             "switchover) before it gives up and names the phase.")

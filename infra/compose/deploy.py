@@ -122,9 +122,10 @@ class ComposeDeployReport:
 
 
 def _check_upstream_images(config: StackConfig, client: DockerClient) -> None:
-    """Grafana and Jaeger come from their registries: present locally, or pulled now, or a clear refusal."""
+    """Grafana, Jaeger and Loki come from their registries: present locally, or pulled now, or a clear refusal."""
     for enabled, image, setting in ((config.compose.grafana, config.compose.grafana_image, "grafana"),
-                                    (config.compose.jaeger, config.compose.jaeger_image, "jaeger")):
+                                    (config.compose.jaeger, config.compose.jaeger_image, "jaeger"),
+                                    (config.compose.loki, config.compose.loki_image, "loki")):
         if not (enabled and config.monitoring.enabled):
             continue
         try:

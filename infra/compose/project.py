@@ -27,6 +27,7 @@ from infra.render.dashboards import dashboards, grafana_provisioning
 from infra.render.effective_config import effective_config_file
 from infra.render.haproxy import OPERATOR_TLS_PEM, TLS_PEM, haproxy_cfg
 from infra.render.jaeger import JAEGER_DATA_DIR, JAEGER_OTLP_HTTP, JAEGER_UI, jaeger_needs_volume, jaeger_yaml
+from infra.render.loki import LOKI_DATA_DIR, LOKI_HTTP, loki_otlp_logs_url, loki_yaml
 from infra.render.monitoring import monitoring_programs
 from infra.render.pgbouncer import pgbouncer_ini, pgbouncer_userlist
 from infra.render.postgres import pg_hba_conf, pg_ident_conf, postgresql_conf
@@ -278,20 +279,31 @@ def _tcp_check(*targets: tuple[str, int]) -> list[str]:
 def _container_config(config: StackConfig) -> StackConfig:
     """The model as seen from inside the containers: the compose target, the container layout as the state
     directory (scratch space included: a host's scratch_dir means nothing in a container), and with the stack's
-    own Jaeger (and no other collector configured) the Prefect processes send their spans to it."""
+    own Jaeger (and no other collector configured) the Prefect processes send their spans to it, and with the
+    stack's own Loki (and no other logs endpoint configured) their log records to Loki."""
     local = config.local.model_copy(update={"state_dir": CONTAINER_ROOT})
     backups = config.backups.model_copy(update={"scratch_dir": None})
     update: dict[str, object] = {"target": "compose", "local": local, "backups": backups}
+    logs = config.logs
+    if loki_runs(config) and logs.otlp_endpoint is None:
+        logs = logs.model_copy(update={"otlp_endpoint": loki_otlp_logs_url("loki")})
     if jaeger_runs(config) and config.tracing.otlp_endpoint is None:
         update["tracing"] = config.tracing.model_copy(
             update={"enabled": True, "otlp_endpoint": f"http://jaeger:{JAEGER_OTLP_HTTP}"})
-        # Jaeger stores spans only: its OTLP receiver has no logs pipeline and would refuse every /v1/logs batch.
-        update["logs"] = config.logs.model_copy(update={"export_otlp": False})
+        if logs.otlp_endpoint is None:
+            # Jaeger stores spans only: its OTLP receiver has no logs pipeline and would refuse every /v1/logs
+            # batch. With Loki running the records go there instead (logs.otlp_endpoint).
+            logs = logs.model_copy(update={"export_otlp": False})
+    update["logs"] = logs
     return config.model_copy(update=update)
 
 
 def jaeger_runs(config: StackConfig) -> bool:
     return config.compose.jaeger and config.monitoring.enabled
+
+
+def loki_runs(config: StackConfig) -> bool:
+    return config.compose.loki and config.monitoring.enabled
 
 
 LB_NAME = "haproxy"  # the load balancer's service name: Prefect processes in the containers call the API by it
@@ -584,8 +596,9 @@ def _monitoring(b: _Builder, inner: StackConfig, secrets: Secrets, addresses: Ad
         files = [RenderedFile(Path(str(grafana_dir / "dashboards" / name)), json.dumps(model, indent=2) + "\n")
                  for name, model in dashboards(config).items()]
         jaeger = f"http://jaeger:{JAEGER_UI}" if config.compose.jaeger else None
+        loki = f"http://loki:{LOKI_HTTP}" if loki_runs(config) else None
         for relative, text in grafana_provisioning(config, f"http://prometheus:{monitoring.prometheus_port}", jaeger,
-                                                   str(grafana_dir / "dashboards")).items():
+                                                   str(grafana_dir / "dashboards"), loki).items():
             files.append(RenderedFile(Path(str(grafana_dir / "provisioning" / relative)), text))
         b.add("grafana", "grafana", config.compose.grafana_image, [], files=tuple(files),
               secrets=("grafana_admin",),
@@ -604,6 +617,14 @@ def _monitoring(b: _Builder, inner: StackConfig, secrets: Secrets, addresses: Ad
               files=(jaeger_config,), environment={"JAEGER_LISTEN_HOST": "0.0.0.0"},  # noqa: S104
               networks=(BACKEND, FRONTEND), ports=(f"{LOOPBACK}:{config.compose.jaeger_ui_port}:{JAEGER_UI}",),
               volumes=(f"jaeger-data:{JAEGER_DATA_DIR}",) if jaeger_needs_volume(config) else (), user=None)
+    if loki_runs(config):
+        loki_config = RenderedFile(etc / "loki.yaml", loki_yaml(config))
+        # The back-end network only, no published port: its clients are the Prefect processes and Grafana, and it
+        # has no authentication (auth_enabled false). No healthcheck: the image is distroless (no shell, no wget
+        # or curl to run one), so nothing waits on it: the OTLP exporters retry (then drop) what it refuses.
+        b.add("loki", "loki", config.compose.loki_image,
+              [f"-config.file={etc / 'loki.yaml'}", "-target=all"], files=(loki_config,),
+              volumes=(f"loki-data:{LOKI_DATA_DIR}",), user=None)
 
 
 def write_project(project: ComposeProject, directory: Path, owner_uid: int | None) -> list[Path]:

@@ -1,6 +1,7 @@
 """Observability on Kubernetes, in kube-prometheus-stack's conventions: the stack's alert rules as a
 ``PrometheusRule``, a ``ServiceMonitor`` for the project's exporter, the exporter itself, Grafana dashboards as
-ConfigMaps for Grafana's sidecar, an optional Jaeger, and the NetworkPolicies of the exporter's and Jaeger's pods.
+ConfigMaps for Grafana's sidecar, an optional Jaeger and Loki (with a Grafana datasource for Loki that links a
+record's trace id to Jaeger), and the NetworkPolicies of the exporter's, Jaeger's and Loki's pods.
 
 The API replicas are not scraped: their /api/metrics sits behind Prefect's single auth string, the admin's, which
 Prometheus must not hold, and no HAProxy stands in front of them here to swap credentials (the other targets scrape
@@ -8,9 +9,9 @@ through its metrics-only listener). What the API dashboard showed from those scr
 comes from kube-prometheus-stack's kube-state-metrics and cAdvisor series instead (infra/render/dashboards.py).
 
 Everything is rendered from the same sources as the other targets: the rules from infra/render/alert_rules.py
-(its Kubernetes variant), the dashboards from infra/render/dashboards.py, Jaeger's configuration from the compose
-target's ``jaeger_yaml``, the exporter from infra/exporter. The PostgreSQL/PgBouncer PodMonitors and the Redis
-exporter's monitor belong to infra/kubernetes/database.py and redis.py.
+(its Kubernetes variant), the dashboards from infra/render/dashboards.py, Jaeger's and Loki's configurations from
+the compose target's ``jaeger_yaml`` and ``loki_yaml``, the exporter from infra/exporter. The PostgreSQL/PgBouncer
+PodMonitors and the Redis exporter's monitor belong to infra/kubernetes/database.py and redis.py.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ import copy
 import json
 from typing import Any
 from urllib.parse import urlsplit
+
+import yaml
 
 from infra.config import ResourcesConfig, StackConfig
 from infra.kubernetes import database
@@ -41,12 +44,14 @@ from infra.kubernetes.objects import (
     selector,
 )
 from infra.render.alert_rules import kubernetes_alert_groups
-from infra.render.dashboards import dashboards
+from infra.render.dashboards import dashboards, jaeger_datasource, loki_datasource
 from infra.render.jaeger import JAEGER_DATA_DIR, JAEGER_OTLP_HTTP, JAEGER_UI, jaeger_needs_volume, jaeger_yaml
+from infra.render.loki import LOKI_DATA_DIR, LOKI_HTTP, LOKI_USER, loki_otlp_logs_url, loki_yaml
 
 MONITORING_API = "monitoring.coreos.com/v1"
 EXPORTER = "exporter"
 JAEGER = "jaeger"
+LOKI = "loki"
 API = "api"
 SERVICES = "services"
 
@@ -78,6 +83,16 @@ JAEGER_CONFIG_DIR = "/etc/jaeger"
 # ReadWriteOnce volume, hence the Recreate strategy (kept for the memory store: one store, one pod).
 JAEGER_RESOURCES = ResourcesConfig(cpu_request="100m", memory_request="256Mi", memory_limit="1Gi")
 
+# Loki: one single-binary pod on a PersistentVolumeClaim (logs.loki_storage), Recreate like Jaeger. Its chunks are
+# flushed to the volume and the write-ahead log replays after a restart; the memory it holds is the open chunks of
+# the Prefect pods' streams plus query caches.
+LOKI_PORTS = {"http": LOKI_HTTP}
+LOKI_CONFIG_DIR = "/etc/loki"
+LOKI_RESOURCES = ResourcesConfig(cpu_request="100m", memory_request="256Mi", memory_limit="1Gi")
+# kube-prometheus-stack's Grafana datasource sidecar loads ConfigMaps with this label (grafana.sidecar.datasources,
+# on by default; its searchNamespace must include the stack's namespace, or be ALL).
+DATASOURCE_LABEL = {"grafana_datasource": "1"}
+
 # Grafana's dashboard sidecar loads ConfigMaps with this label; kube-prometheus-stack (since 45.x) watches every
 # namespace for them (grafana.sidecar.dashboards.searchNamespace: ALL).
 DASHBOARD_LABEL = {"grafana_dashboard": "1"}
@@ -92,6 +107,20 @@ KUBERNETES_DASHBOARDS_LEFT_OUT = frozenset({"prefect-host.json", "prefect-postgr
 
 def jaeger_runs(config: StackConfig) -> bool:
     return config.kubernetes.jaeger and config.monitoring.enabled
+
+
+def loki_runs(config: StackConfig) -> bool:
+    return config.kubernetes.loki and config.monitoring.enabled
+
+
+def logs_endpoint(config: StackConfig) -> str | None:
+    """The full OTLP/HTTP URL the Prefect pods export their log records to when it is not the tracing endpoint's
+    /v1/logs: the configured one, else the stack's Loki when it runs, else none."""
+    if config.logs.otlp_endpoint:
+        return config.logs.otlp_endpoint
+    if loki_runs(config):
+        return loki_otlp_logs_url(Names.of(config).loki)
+    return None
 
 
 def tracing_endpoint(config: StackConfig) -> str | None:
@@ -282,6 +311,57 @@ def jaeger_manifests(config: StackConfig) -> list[dict[str, Any]]:
 
 
 
+def loki_manifests(config: StackConfig) -> list[dict[str, Any]]:
+    """Single-binary Loki on a PersistentVolumeClaim, configured by the compose target's ``loki_yaml``."""
+    names, k8s = Names.of(config), config.kubernetes
+    config_map = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": metadata(config, names.loki, LOKI),
+                  "data": {"config.yaml": loki_yaml(config)}}
+    claim_spec: dict[str, Any] = {"accessModes": ["ReadWriteOnce"], "resources": {
+        "requests": {"storage": config.logs.loki_storage.volume_size}}}
+    if k8s.storage_class:
+        claim_spec["storageClassName"] = k8s.storage_class
+    claim = {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": metadata(config, names.loki, LOKI),
+             "spec": claim_spec}
+    # /ready: the ingester has joined its (in-memory) ring and the querier answers; it stays unready for about
+    # 15 s after a start (the ring's join wait), hence the startup probe's budget.
+    ready = {"httpGet": {"path": "/ready", "port": "http", "scheme": "HTTP"}, "periodSeconds": 10,
+             "timeoutSeconds": 3, "failureThreshold": 3}
+    loki = container(
+        LOKI, k8s.loki_image, None, LOKI_RESOURCES,
+        args=[f"-config.file={LOKI_CONFIG_DIR}/config.yaml", "-target=all"],
+        ports=LOKI_PORTS, mounts={"config": LOKI_CONFIG_DIR, "data": LOKI_DATA_DIR, "tmp": "/tmp"},  # noqa: S108
+        read_only_mounts=frozenset({"config"}), uid=LOKI_USER,
+        startupProbe={**copy.deepcopy(ready), "failureThreshold": 60, "periodSeconds": 2}, readinessProbe=ready,
+        # Alive while it answers at all: an unready Loki (a slow WAL replay) must not be killed for it.
+        livenessProbe={**copy.deepcopy(ready), "httpGet": {"path": "/metrics", "port": "http", "scheme": "HTTP"},
+                       "failureThreshold": 6})
+    volumes = [config_map_volume("config", names.loki),
+               {"name": "data", "persistentVolumeClaim": {"claimName": names.loki}}, empty_dir("tmp", "64Mi")]
+    deployment = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": metadata(config, names.loki, LOKI),
+                  "spec": {"replicas": 1, "strategy": {"type": "Recreate"},
+                           "selector": {"matchLabels": selector(config, LOKI)},
+                           "template": {"metadata": {"labels": metadata(config, names.loki, LOKI)["labels"]},
+                                        "spec": pod_spec([loki], volumes, uid=LOKI_USER)}}}
+    return [config_map, claim, deployment, _service(config, names.loki, LOKI, LOKI_PORTS)]
+
+
+def grafana_datasource_config_map(config: StackConfig) -> dict[str, Any]:
+    """Loki as a Grafana datasource for kube-prometheus-stack's Grafana (its sidecar loads it), with the stack's
+    Jaeger beside it when it runs, so a record's trace id links to its trace. Grafana runs in another namespace:
+    the Services are named in full."""
+    names, namespace = Names.of(config), config.kubernetes.namespace
+    datasources = []
+    jaeger = jaeger_runs(config)
+    if jaeger:
+        datasources.append(jaeger_datasource(f"http://{names.jaeger}.{namespace}.svc:{JAEGER_UI}"))
+    datasources.append(loki_datasource(f"http://{names.loki}.{namespace}.svc:{LOKI_HTTP}", jaeger=jaeger))
+    document = {"apiVersion": 1, "datasources": datasources}
+    header = "# Rendered by prefect-stack from the configuration model; edit the model, not this file.\n"
+    return {"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": metadata(config, names.grafana_datasources, "monitoring", extra_labels=DATASOURCE_LABEL),
+            "data": {"prefect-stack-datasources.yaml": header + yaml.safe_dump(document, sort_keys=False)}}
+
+
 def _network_policy(config: StackConfig, name: str, component: str, ingress: list[dict[str, Any]],
                     egress: list[dict[str, Any]]) -> dict[str, Any]:
     return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
@@ -322,6 +402,16 @@ def jaeger_network_policy(config: StackConfig) -> dict[str, Any]:
     return _network_policy(config, Names.of(config)("jaeger-allow"), JAEGER, ingress, [])
 
 
+def loki_network_policy(config: StackConfig) -> dict[str, Any]:
+    """In: log records from the API and services pods (OTLP); queries from Prometheus's namespace, where
+    kube-prometheus-stack's Grafana has the Loki datasource. Out: nothing; Loki calls no one (usage reporting is
+    off in loki_yaml)."""
+    prefect = [{"podSelector": {"matchLabels": selector(config, component)}} for component in (API, SERVICES)]
+    ingress = [{"from": prefect, "ports": network_ports(LOKI_HTTP)},
+               {"from": [namespace_peer(config.kubernetes.prometheus_namespace)], "ports": network_ports(LOKI_HTTP)}]
+    return _network_policy(config, Names.of(config)("loki-allow"), LOKI, ingress, [])
+
+
 def monitoring_manifests(config: StackConfig, images: Any) -> list[Manifest]:
     """Every observability object, or none when monitoring is off."""
     if not config.monitoring.enabled:
@@ -330,10 +420,14 @@ def monitoring_manifests(config: StackConfig, images: Any) -> list[Manifest]:
                exporter_deployment(config, images), exporter_service(config), *dashboard_config_maps(config)]
     if jaeger_runs(config):
         objects += jaeger_manifests(config)
+    if loki_runs(config):
+        objects += [*loki_manifests(config), grafana_datasource_config_map(config)]
     manifests = [Manifest(obj, "monitoring", "monitoring") for obj in objects]
     if config.kubernetes.network_policies:
         policies = [exporter_network_policy(config)]
         if jaeger_runs(config):
             policies.append(jaeger_network_policy(config))
+        if loki_runs(config):
+            policies.append(loki_network_policy(config))
         manifests += [Manifest(policy, "namespace", "network-policies") for policy in policies]
     return manifests

@@ -248,6 +248,14 @@ class Names:
     def exporter(self) -> str:
         return self("exporter")
 
+    @property
+    def loki(self) -> str:
+        return self("loki")
+
+    @property
+    def grafana_datasources(self) -> str:
+        return self("grafana-datasources")
+
 
 def labels(config: StackConfig, component: str, version: str | None = None) -> dict[str, str]:
     """The recommended labels (kubernetes.io/docs/concepts/overview/working-with-objects/common-labels)."""

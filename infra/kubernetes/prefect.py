@@ -50,6 +50,7 @@ from infra.kubernetes.objects import (
 )
 from infra.layout import StateLayout
 from infra.render import Addresses
+from infra.render.loki import loki_otlp_logs_url
 from infra.render.prefect import api_environment, migration_environment, services_environment
 from infra.render.prefect_logging import LOGGING_FILE, component_environment, logging_environment, logging_yaml
 from infra.render.tracing import server_tracing_environment
@@ -98,12 +99,18 @@ def in_cluster_config(config: StackConfig) -> StackConfig:
         "pgbouncer": config.pgbouncer.model_copy(update={"port": POSTGRES_PORT}),
         "redis": config.redis.model_copy(update={"port": REDIS_PORTS[0]}),
     }
+    logs = config.logs
+    logs_endpoint = monitoring.logs_endpoint(config)
+    if logs_endpoint:
+        # The stack's Loki (or the configured logs endpoint) takes the records; spans still go to the tracing one.
+        logs = logs.model_copy(update={"otlp_endpoint": logs_endpoint})
     endpoint = monitoring.tracing_endpoint(config)
     if endpoint and not config.tracing.enabled:
         update["tracing"] = config.tracing.model_copy(update={"enabled": True, "otlp_endpoint": endpoint})
-        if not config.tracing.otlp_endpoint:
+        if not config.tracing.otlp_endpoint and not logs_endpoint:
             # Jaeger stores spans only: its OTLP receiver has no logs pipeline and would refuse every /v1/logs batch.
-            update["logs"] = config.logs.model_copy(update={"export_otlp": False})
+            logs = logs.model_copy(update={"export_otlp": False})
+    update["logs"] = logs
     return config.model_copy(update=update)
 
 
@@ -583,8 +590,15 @@ def _tracing_egress(config: StackConfig) -> list[dict[str, Any]]:
     if not endpoint:
         return []
     port = url_port(endpoint)
-    return [{"to": [_in_namespace()] if Names.of(config).jaeger in endpoint else [{"ipBlock": {"cidr": "0.0.0.0/0"}}],
-             "ports": network_ports(port)}]
+    egress = [{"to": [_in_namespace()] if Names.of(config).jaeger in endpoint else [{"ipBlock": {"cidr": "0.0.0.0/0"}}],
+               "ports": network_ports(port)}]
+    logs = monitoring.logs_endpoint(in_cluster_config(config))
+    if logs and in_cluster_config(config).logs.export_otlp:
+        # The log records' endpoint: the stack's Loki pod, or the configured one wherever it is.
+        peer = ([{"podSelector": {"matchLabels": selector(config, monitoring.LOKI)}}]
+                if logs == loki_otlp_logs_url(Names.of(config).loki) else anywhere())
+        egress.append({"to": peer, "ports": network_ports(url_port(logs))})
+    return egress
 
 
 

@@ -89,7 +89,8 @@ COMPONENT_README = {
     "gateway-api": "The Gateway API's HTTPRoute for the API and UI, attached to your Gateway (kubernetes.gateway; "
                    "needs the Gateway API CRDs, v1.0 or later).",
     "monitoring": "ServiceMonitors, PodMonitors, the PrometheusRule and the dashboard ConfigMaps for "
-                  "kube-prometheus-stack, the project's exporter and Jaeger (monitoring.enabled).",
+                  "kube-prometheus-stack, the project's exporter, Jaeger and (kubernetes.loki) Loki with its Grafana "
+                  "datasource (monitoring.enabled).",
     "network-policies": "Default-deny NetworkPolicies plus exactly the flows the stack needs "
                         "(kubernetes.network_policies; needs a CNI that enforces them).",
     "physical-backups": "The Barman Cloud plugin's ObjectStore and a ScheduledBackup: WAL archiving and base backups "

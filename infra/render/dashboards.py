@@ -53,6 +53,7 @@ DATASOURCE_VARIABLE = "datasource"
 # Provisioned datasource uids: stable, so links and alert rules written by hand can name them.
 PROMETHEUS_UID = "prometheus"
 JAEGER_UID = "jaeger"
+LOKI_UID = "loki"
 # Every panel and query points at the variable, never at a uid: the dashboards then work in any Grafana.
 DATASOURCE = model.DataSourceRef(type_val="prometheus", uid=f"${{{DATASOURCE_VARIABLE}}}")
 
@@ -522,8 +523,32 @@ def panel_queries(dashboard: dict[str, Any]) -> list[tuple[str, str]]:
     return queries
 
 
+def loki_datasource(loki_url: str, jaeger: bool) -> dict[str, Any]:
+    """Grafana's Loki datasource. With the stack's Jaeger, a record's ``trace_id`` (structured metadata, where
+    Loki puts an OTLP record's trace id) becomes a link to that trace in the Jaeger datasource."""
+    datasource: dict[str, Any] = {"name": "Loki (Prefect stack)", "uid": LOKI_UID, "type": "loki", "access": "proxy",
+                                  "url": loki_url, "editable": False, "jsonData": {"maxLines": 1000}}
+    if jaeger:
+        datasource["jsonData"]["derivedFields"] = [{
+            "name": "trace_id",
+            # "label" matches a label or structured-metadata field by name (no regex over the line).
+            "matcherType": "label",
+            "matcherRegex": "trace_id",
+            "datasourceUid": JAEGER_UID,
+            # Provisioning files expand $VAR: $$ keeps Grafana's own ${__value.raw} (the trace id) literal.
+            "url": "$${__value.raw}",
+            "urlDisplayLabel": "Trace in Jaeger",
+        }]
+    return datasource
+
+
+def jaeger_datasource(jaeger_url: str) -> dict[str, Any]:
+    return {"name": "Jaeger (Prefect stack)", "uid": JAEGER_UID, "type": "jaeger", "access": "proxy",
+            "url": jaeger_url, "editable": False}
+
+
 def grafana_provisioning(config: StackConfig, prometheus_url: str, jaeger_url: str | None,
-                         dashboards_dir: str) -> dict[str, str]:
+                         dashboards_dir: str, loki_url: str | None = None) -> dict[str, str]:
     """Grafana's provisioning files (relative path -> YAML): the datasources and the dashboard file provider."""
     datasources: list[dict[str, Any]] = [{
         "name": "Prometheus (Prefect stack)",
@@ -540,8 +565,9 @@ def grafana_provisioning(config: StackConfig, prometheus_url: str, jaeger_url: s
         },
     }]
     if jaeger_url is not None:
-        datasources.append({"name": "Jaeger (Prefect stack)", "uid": JAEGER_UID, "type": "jaeger",
-                            "access": "proxy", "url": jaeger_url, "editable": False})
+        datasources.append(jaeger_datasource(jaeger_url))
+    if loki_url is not None:
+        datasources.append(loki_datasource(loki_url, jaeger=jaeger_url is not None))
     provider = {
         "name": TAG,
         "orgId": 1,

@@ -34,6 +34,10 @@ def exporter_environment(config: StackConfig, service: str) -> dict[str, str]:
         # /v1/logs of the same endpoint, with the trace and span ids current when it was written.
         env["OTEL_LOGS_EXPORTER"] = "otlp"
         env["OTEL_PYTHON_LOGGING_AUTO_INSTRUMENTATION_ENABLED"] = "true"
+        if config.logs.otlp_endpoint:
+            # A signal's own endpoint is used as it is (no /v1/logs appended): Loki's native OTLP path is
+            # /otlp/v1/logs. Spans keep going to OTEL_EXPORTER_OTLP_ENDPOINT.
+            env["OTEL_EXPORTER_OTLP_LOGS_ENDPOINT"] = config.logs.otlp_endpoint
     return env
 
 

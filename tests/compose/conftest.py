@@ -153,6 +153,7 @@ def compose_stack(docker_engine: str, compose_images: ImageRefs,
         # Their upstream images cannot be pulled here; their files are validated offline (unit tests).
         "PREFECT_STACK_COMPOSE__GRAFANA": "false",
         "PREFECT_STACK_COMPOSE__JAEGER": "false",
+        "PREFECT_STACK_COMPOSE__LOKI": "false",
         "PREFECT_STACK_LOAD_BALANCER__PORT": str(lb),
         "PREFECT_STACK_LOAD_BALANCER__STATS_PORT": str(stats),
         "PREFECT_STACK_MONITORING__PROMETHEUS_PORT": str(prometheus),

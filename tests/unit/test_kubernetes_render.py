@@ -57,6 +57,8 @@ MATRIX: dict[str, dict[str, Any]] = {
                                "gateway": {"enabled": True, "namespace": None, "section_name": None,
                                            "data_plane_pod_labels": {
                                                "gateway.networking.k8s.io/gateway-name": "gateway"}}}},
+    # The stack's Loki, its Grafana datasource and NetworkPolicy beside the default stack.
+    "loki": {"kubernetes": {"loki": True}, "logs": {"loki_storage": {"retention_days": 30}}},
     "recovered": {"backups": {"physical": {"enabled": True}},
                   "kubernetes": {"postgres": {"recovery": {"enabled": True, "target_time": "2026-11-27T02:15:00Z",
                                                            "server_name": "prefect-db-r1"}}}},
