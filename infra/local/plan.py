@@ -100,7 +100,7 @@ def build_plan(config: StackConfig, secrets: Secrets, addresses: Addresses | Non
     run_as = service_user(config)
     etc = layout.etc
     postgres_files = (
-        postgresql_conf(config, layout),
+        postgresql_conf(config, layout, collector=True),
         pg_hba_conf(config, layout),
         pg_ident_conf([os_user_name(), *([run_as] if run_as else [])], layout),
     )

@@ -19,8 +19,8 @@ JSONLOG_FILENAME = "postgresql-%Y%m%d-%H%M%S.log"  # the jsonlog file takes .jso
 JSONLOG_GLOB = "postgresql-*.json"
 
 
-def _logging(config: StackConfig, layout: StateLayout) -> str:
-    if config.target == "local" and config.logs.format == "json":
+def _logging(config: StackConfig, layout: StateLayout, collector: bool) -> str:
+    if collector and config.logs.format == "json":
         # jsonlog needs the collector: one JSON object per line in files of PostgreSQL's own; the supervisor's
         # postgres.log keeps only what is written before the collector starts.
         return f"""\
@@ -36,7 +36,10 @@ log_rotation_age = 0
     return "logging_collector = off\n"
 
 
-def postgresql_conf(config: StackConfig, layout: StateLayout, listen: str = "127.0.0.1") -> RenderedFile:
+def postgresql_conf(config: StackConfig, layout: StateLayout, listen: str = "127.0.0.1",
+                    collector: bool = False) -> RenderedFile:
+    """``collector``: PostgreSQL writes its own log files (jsonlog with logs.format json), as on the local target;
+    else stderr, which the supervisor or the container runtime captures."""
     pg = config.postgres
     if config.backups.physical.enabled:
         from infra.render.pgbackrest import archive_command
@@ -62,7 +65,7 @@ password_encryption = scram-sha-256
 # WAL settings ready for physical backups and point-in-time recovery (pgBackRest).
 wal_level = replica
 max_wal_senders = 4
-{archive}{_logging(config, layout)}log_min_messages = {LOG_MIN_MESSAGES[config.logs.levels.postgres]}
+{archive}{_logging(config, layout, collector)}log_min_messages = {LOG_MIN_MESSAGES[config.logs.levels.postgres]}
 log_line_prefix = '%m [%p] %q%u@%d '
 log_min_duration_statement = 5000
 log_connections = off

@@ -218,7 +218,7 @@ class TestPostgres:
     def test_local_json_logs_go_to_jsonlog_files_rotated_by_size(self, make_config: Callable[..., StackConfig],
                                                                  layout: StateLayout) -> None:
         config = make_config(logs={"rotation": {"max_size_mb": 12}})
-        conf = settings(postgresql_conf(config, layout).content, separator="=")
+        conf = settings(postgresql_conf(config, layout, collector=True).content, separator="=")
         assert (conf["logging_collector"], conf["log_destination"]) == ("on", "'jsonlog'")
         assert conf["log_directory"] == f"'{layout.postgres_logs}'"
         assert (conf["log_rotation_size"], conf["log_rotation_age"]) == ("12MB", "0")
@@ -229,9 +229,8 @@ class TestPostgres:
     def test_stderr_elsewhere(self, make_config: Callable[..., StackConfig], layout: StateLayout,
                               elsewhere: str) -> None:
         """Text logs stay on stderr (the supervisor's file); on compose the container runtime captures stderr."""
-        config = (make_config(logs={"format": "text"}) if elsewhere == "text"
-                  else make_config().model_copy(update={"target": "compose"}))
-        conf = settings(postgresql_conf(config, layout).content, separator="=")
+        config = make_config(logs={"format": "text"}) if elsewhere == "text" else make_config()
+        conf = settings(postgresql_conf(config, layout, collector=elsewhere == "text").content, separator="=")
         assert conf["logging_collector"] == "off" and "log_destination" not in conf
 
 
