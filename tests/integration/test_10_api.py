@@ -29,7 +29,7 @@ def test_status_reports_every_component_healthy(stack: Stack) -> None:
     status = stack.status()
     names = {c["name"] for c in status["components"]}  # type: ignore[union-attr, index]
     assert status["healthy"] is True
-    expected = {"postgres", "pgbouncer", "redis", "s3", "haproxy", "backup-scheduler", "prometheus",
+    expected = {"postgres", "pgbouncer", "redis", "s3", "haproxy", "backup-scheduler", "log-pruner", "prometheus",
                 "alertmanager", "node-exporter", "postgres-exporter", "redis-exporter", "prefect-exporter"}
     assert names == expected | {f"api-{i}" for i in (1, 2, 3)} | {f"services-{i}" for i in (1, 2)} | {
         "worker-default-1"}
