@@ -7,14 +7,13 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from infra.compose.project import BACKEND, ComposeProject, placeholder_tls, render_project, write_project
+from infra.compose.project import BACKEND, ComposeProject, write_project
 from infra.config import LOKI_IMAGE, StackConfig, load_config
 from infra.kubernetes import monitoring
 from infra.kubernetes.prefect import in_cluster_config
@@ -25,24 +24,19 @@ from infra.render.tracing import server_tracing_environment
 from infra.secrets import Secrets, ensure_secrets
 from tests import kubernetes_checks as checks
 
+# The compose project as the compose render tests make it (placeholder images and TLS).
+from tests.unit.test_compose_render import _project
+
 CHECK_JSONSCHEMA = Path(sys.executable).parent / "check-jsonschema"
 DIGEST = re.compile(r"^[^@\s]+:\d+\.\d+\.\d+@sha256:[0-9a-f]{64}$")
 LOKI_LOGS = "http://loki:3100/otlp/v1/logs"
 
 
-@dataclass(frozen=True)
-class Images:
-    system: str = "prefect-stack/system:0123456789ab"
-    prefect: str = "prefect-stack/prefect:0123456789ab"
 
 
 @pytest.fixture
 def secrets(tmp_path: Path) -> Secrets:
     return ensure_secrets(tmp_path / "secrets")
-
-
-def _project(secrets: Secrets, **overrides: Any) -> ComposeProject:
-    return render_project(StackConfig(target="compose", **overrides), secrets, Images(), placeholder_tls())
 
 
 def _file(project: ComposeProject, suffix: str) -> Any:
