@@ -131,6 +131,19 @@ class PgBouncerConfig(_Section):
     max_client_conn: int = Field(1000, ge=10, le=100000,
                                  description="Client connections PgBouncer accepts in all (every replica's "
                                              "SQLAlchemy pool and the services).")
+    server_login_retry_s: int = Field(1, ge=1, le=60,
+                                      description="Seconds PgBouncer waits before logging in to PostgreSQL again "
+                                                  "after a failed attempt (PgBouncer's default is 15; a crashed "
+                                                  "PostgreSQL is back within seconds).")
+    query_wait_timeout_s: int = Field(10, ge=1, le=3600,
+                                      description="Seconds a client may wait for a server connection before "
+                                                  "PgBouncer answers it with an error. Less than "
+                                                  "api.db_timeout_s, so the replica answers a retryable 503, not a "
+                                                  "500.")
+    query_timeout_s: int = Field(0, ge=0, le=3600,
+                                 description="Seconds a query may run before PgBouncer cancels it with an error (0: "
+                                             "never: a stalled PostgreSQL is waited out up to api.db_timeout_s). "
+                                             "Less than api.db_timeout_s.")
 
 
 class RedisConfig(_Section):
@@ -152,6 +165,11 @@ class ApiConfig(_Section):
     db_pool_size: int = Field(10, ge=1, le=200, description="SQLAlchemy connection pool size of each API replica.")
     db_max_overflow: int = Field(10, ge=0, le=200,
                                  description="Connections each API replica may open beyond db_pool_size under load.")
+    db_timeout_s: int = Field(30, ge=2, le=600,
+                              description="Prefect's database statement timeout (PREFECT_SERVER_DATABASE_TIMEOUT; "
+                                          "Prefect's default is 10). A PostgreSQL or PgBouncer stalled for less "
+                                          "(a freeze, a slow disk) only delays requests; longer, the replica "
+                                          "answers 500. Less than load_balancer.timeout_server_s.")
     # Must exceed HAProxy's idle keep-alive towards the replicas (10 s), or HAProxy may reuse a closing connection.
     keepalive_timeout: int = Field(65, ge=11, le=3600,
                                    description="Seconds an API replica keeps an idle HTTP connection open (more "
@@ -1096,6 +1114,23 @@ class StackConfig(BaseSettings):
                 raise ValueError(f"workers.pools[{i}] ({pool.name}) has type docker, whose workers need the Docker "
                                  "socket; set workers.docker_socket: true after reading docs/workers.md (the socket "
                                  "is root on the host), or use type process")
+        return self
+
+    @model_validator(mode="after")
+    def _pooler_answers_before_the_replica_gives_up(self) -> StackConfig:
+        # PgBouncer's error is one Prefect answers 503 (retried); the replica's own timeout answers 500.
+        limit = self.api.db_timeout_s
+        for name, value in (("query_wait_timeout_s", self.pgbouncer.query_wait_timeout_s),
+                            ("query_timeout_s", self.pgbouncer.query_timeout_s)):
+            if value >= limit:
+                raise ValueError(f"pgbouncer.{name} ({value}) must be less than api.db_timeout_s ({limit}): PgBouncer "
+                                 "must answer a stuck query with its error (HTTP 503, which Prefect clients retry) "
+                                 "before the replica's own timeout answers HTTP 500; lower it or raise "
+                                 "api.db_timeout_s")
+        if limit >= self.load_balancer.timeout_server_s:
+            raise ValueError(f"api.db_timeout_s ({limit}) must be less than load_balancer.timeout_server_s "
+                             f"({self.load_balancer.timeout_server_s}): HAProxy would answer 504, which Prefect "
+                             "clients do not retry, while the replica still waits for the database")
         return self
 
     @model_validator(mode="after")

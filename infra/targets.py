@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from infra.backup.drill import DrillTarget
     from infra.backup.restore import RestoreReport
     from infra.backup.storage import BackupStore
+    from infra.faults.inject import FaultInjector
     from infra.secrets import Secrets
 
 # Target name (config.target) -> "module:class" of its implementation.
@@ -114,6 +115,8 @@ class Target(Protocol):
     def backup_environment(self) -> dict[str, str]: ...
     def monitoring_environment(self) -> dict[str, str]: ...
     def firing_alerts(self) -> list[FiringAlert]: ...
+    def fault_injector(self) -> FaultInjector:
+        """What `invoke fault-drill` hurts the components with (crash, freeze, graceful restart, hold down)."""
 
     # The backup operations' runner
     def run_elsewhere(self, task_argv: list[str]) -> int | None:

@@ -16,8 +16,10 @@ from infra.backup.drill import DrillTarget
 from infra.backup.storage import BackupStore
 from infra.compose import backups, operate
 from infra.compose import deploy as compose_deploy
+from infra.compose.faults import ComposeFaults
 from infra.config import COMPOSE_POSTGRES_SERVICE, REPO_ROOT, StackConfig, in_project_container
 from infra.errors import UserError
+from infra.faults.inject import FaultInjector
 from infra.host_stack import HostStack
 from infra.logs.read import LogQuery
 from infra.progress import Progress
@@ -72,6 +74,9 @@ class ComposeTarget(HostStack):
 
     def restart(self, component: str) -> float:
         return operate.restart(self.config, component)
+
+    def fault_injector(self) -> FaultInjector:
+        return ComposeFaults(self.config)
 
     def stop(self) -> bool:
         return operate.stop(self.config)

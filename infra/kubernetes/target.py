@@ -19,6 +19,7 @@ from infra.backup.environment import backup_environment
 from infra.backup.storage import BackupStore
 from infra.config import REPO_ROOT, StackConfig
 from infra.errors import UserError
+from infra.faults.inject import FaultInjector
 from infra.kubernetes import operate
 from infra.kubernetes.database import database_endpoints
 from infra.kubernetes.prefect import public_api_url
@@ -100,6 +101,10 @@ class KubernetesTarget:
 
     def restart(self, component: str) -> float:
         return operate.restart(self.config, component)
+
+    def fault_injector(self) -> FaultInjector:
+        # Not built yet for Kubernetes (pod deletes and a CloudNativePG switchover through kubectl).
+        raise _no_kubernetes_form()
 
     def stop(self) -> bool:
         raise _no_kubernetes_form()

@@ -15,11 +15,13 @@ from infra.backup.drill import DrillTarget
 from infra.backup.storage import BackupStore
 from infra.config import StackConfig
 from infra.errors import UserError
+from infra.faults.inject import FaultInjector
 from infra.host_stack import HostStack
 from infra.layout import StateLayout
 from infra.local import operate
 from infra.local.deploy import deploy, restart_component
 from infra.local.drill import LocalDrillTarget
+from infra.local.faults import LocalFaults
 from infra.local.pgbackrest import PhysicalBackup, info, physical_backup, physical_restore
 from infra.local.restore import restore_backup
 from infra.local.workers import flow_code_dir
@@ -78,6 +80,9 @@ class LocalTarget(HostStack):
 
     def restart(self, component: str) -> float:
         return restart_component(self.config, component)
+
+    def fault_injector(self) -> FaultInjector:
+        return LocalFaults(self.config)
 
     def stop(self) -> bool:
         return operate.stop(self.config)

@@ -8,6 +8,7 @@ host, port, keep-alive, websocket ping and log level. Left out, as they serve an
 the welcome banner, the check against an already running server, the PID file. Migrations and block registration
 on start stay off through the environment (infra.render.prefect), as for the command.
 
+One addition, about the database: connection failures are answered as retryable (``infra.database.connect_errors``).
 Two differences, both about logs: uvicorn's own access line is off (the request-id layer writes one line per
 request, with the id), and uvicorn does not install its own logging configuration over Prefect's (``log_config``
 None), so its lines go through the same handlers and formatter as Prefect's, JSON included.
@@ -21,6 +22,7 @@ import argparse
 import logging
 from collections.abc import Sequence
 
+from infra.database import connect_errors
 from infra.logs.request_id import ACCESS_LOGGER, RequestIdMiddleware
 
 
@@ -59,6 +61,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     if not get_current_settings().testing.test_mode:
         setup_logging()
+    # A connection that cannot be opened (PgBouncer restarting) answers 503, which clients retry, not 500.
+    connect_errors.install()
     host = arguments.host if arguments.host is not None else PREFECT_SERVER_API_HOST.value()
     port = arguments.port if arguments.port is not None else PREFECT_SERVER_API_PORT.value()
     keep_alive = (arguments.keep_alive_timeout if arguments.keep_alive_timeout is not None

@@ -41,6 +41,12 @@ max_client_conn = {pb.max_client_conn}
 ;; asyncpg sets this on connect; PgBouncer must not refuse the connection for it.
 ignore_startup_parameters = extra_float_digits
 server_lifetime = 3600
+;; A PostgreSQL that crashed is back within seconds (crash recovery): log in again every second, not every 15.
+server_login_retry = {pb.server_login_retry_s}
+;; A client waiting for a server connection, or a query running, longer than these gets an error Prefect maps to
+;; 503 (retried by its clients) instead of hitting the replica's own statement timeout, which answers 500.
+query_wait_timeout = {pb.query_wait_timeout_s}
+query_timeout = {pb.query_timeout_s}
 server_idle_timeout = 600
 ;; Logs go to stderr, captured by the supervisor. logs.levels.pgbouncer: DEBUG adds verbose, INFO and below log
 ;; each client connection, above INFO only problems.

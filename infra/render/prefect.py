@@ -46,6 +46,8 @@ def _common(config: StackConfig, secrets: Secrets, layout: StateLayout, addresse
         "PREFECT_REDIS_MESSAGING_DB": str(MESSAGING_DB),
         "PREFECT_REDIS_MESSAGING_PASSWORD": redis_password,
         "PREFECT_SERVER_EVENTS_RETENTION_PERIOD": config.services.events_retention,
+        # Longer than Prefect's 10 s: a database stalled for a while delays requests instead of failing them.
+        "PREFECT_SERVER_DATABASE_TIMEOUT": str(config.api.db_timeout_s),
     }
     env.update(_levels(config.logs.levels.api))
     # The stack's JSON lines (logs.format); each target adds the process's component name.

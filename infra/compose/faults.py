@@ -1,0 +1,69 @@
+"""Faults injected into the compose target's containers through the Docker SDK: a kill is the crash (Docker's
+restart policy brings the container back), a pause is the freeze (the cgroup freezer stops every process of the
+container at once), a stop holds it down (a stopped container is not restarted by its policy)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from docker.models.containers import Container
+
+from infra.compose.deploy import containers
+from infra.compose.operate import restart
+from infra.config import StackConfig
+from infra.containers.engine import docker_client
+from infra.errors import UserError
+
+# Stopping a held-down container: as long as compose's own stop may take.
+STOP_TIMEOUT_S = 120
+
+
+@dataclass
+class ComposeFaults:
+    config: StackConfig
+
+    @property
+    def stack_name(self) -> str:
+        return self.config.compose.project
+
+    def _containers(self) -> dict[str, Container]:
+        found = containers(docker_client(self.config), self.config.compose.project)
+        if not found:
+            raise UserError(f"no container of compose project {self.config.compose.project!r} exists",
+                            fix="deploy it: invoke deploy --target compose")
+        return found
+
+    def _container(self, component: str) -> Container:
+        found = self._containers()
+        if component not in found:
+            raise UserError(f"no service named {component!r} in compose project {self.config.compose.project!r}",
+                            fix=f"choose one of: {', '.join(sorted(found))}")
+        return found[component]
+
+    def components(self) -> list[str]:
+        return sorted(self._containers())
+
+    def instance(self, component: str) -> str:
+        container = self._container(component)
+        container.reload()
+        state = container.attrs.get("State", {})
+        # A restart keeps the container's id; its process and start time change.
+        return f"{state.get('Pid')}@{state.get('StartedAt')}" if state.get("Running") else ""
+
+    def crash(self, component: str) -> None:
+        self._container(component).kill()
+
+    def freeze(self, component: str) -> None:
+        self._container(component).pause()
+
+    def thaw(self, component: str) -> None:
+        self._container(component).unpause()
+
+    def restart(self, component: str) -> None:
+        restart(self.config, component)
+
+    def hold_down(self, component: str) -> None:
+        self._container(component).stop(timeout=STOP_TIMEOUT_S)
+
+    def release(self, component: str) -> None:
+        self._container(component).start()
