@@ -242,6 +242,10 @@ class LoadBalancerConfig(_Section):
                                      "or closed), on another replica; a slow answer is never retried.")
     timeout_server_s: int = Field(60, ge=1, description="Seconds HAProxy waits for a replica's response.")
     timeout_tunnel_s: int = Field(3600, ge=1, description="Idle timeout of websocket connections.")
+    maintenance_retry_after_s: int = Field(2, ge=1, le=60,
+                                           description="Retry-After of the 503 (Prefect-Maintenance: true) HAProxy "
+                                                       "answers during a deploy's maintenance window: how often "
+                                                       "Prefect clients ask again.")
     tls: TlsConfig = TlsConfig()
 
 

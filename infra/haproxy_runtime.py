@@ -1,12 +1,17 @@
-"""HAProxy's runtime API (the admin socket): drain a replica before restarting it, read server states."""
+"""HAProxy's runtime API (the admin socket): drain a replica before restarting it, read server states, open and close
+a planned maintenance window."""
 
 from __future__ import annotations
 
 import re
 import socket
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-from infra.render.haproxy import BACKEND
+from infra import console
+from infra.render.haproxy import BACKEND, MAINTENANCE_KEY
 
 
 def command(sock_path: Path, line: str, timeout: float = 5.0) -> str:
@@ -86,3 +91,37 @@ def close_connections(sock_path: Path, server: str) -> None:
     """Close every connection still open to the server (a drained server's websockets: Prefect's clients reconnect
     to another replica)."""
     command(sock_path, f"shutdown sessions server {BACKEND}/{server}")
+
+
+def maintenance_commands(map_path: Path, on: bool) -> list[str]:
+    """The runtime-API commands that open (``on``) or close the planned maintenance window."""
+    if on:
+        return [f"del map {map_path} {MAINTENANCE_KEY}", f"add map {map_path} {MAINTENANCE_KEY} on"]
+    return [f"del map {map_path} {MAINTENANCE_KEY}"]
+
+
+@contextmanager
+def maintenance_window(send: Callable[[str], str], map_path: Path, why: str, serving: bool = True) -> Iterator[None]:
+    """While inside, HAProxy answers every API request 503 with ``Prefect-Maintenance: true`` and ``Retry-After``:
+    Prefect's clients wait and retry without limit (prefect/client/base.py), so a deploy that must take the API away
+    costs them time, not errors. Says when it opened and how long it lasted; closed also when the work fails.
+    ``serving`` False (nothing serves clients yet: a first deploy) makes it a no-op."""
+    if not serving:
+        yield
+        return
+    delete, add = maintenance_commands(map_path, on=True)
+    send(delete)
+    refused = send(add).strip()
+    if refused:
+        # An HAProxy started from a configuration without the map (the deploy that adds it reloads it later).
+        console.step(f"no maintenance window ({why}): HAProxy refused it ({refused}); clients may see errors")
+        yield
+        return
+    console.step(f"maintenance window open ({why}): clients are answered 503 Prefect-Maintenance and wait")
+    started = time.monotonic()
+    try:
+        yield
+    finally:
+        for line in maintenance_commands(map_path, on=False):
+            send(line)
+        console.step(f"maintenance window closed after {time.monotonic() - started:.1f}s ({why})")

@@ -25,7 +25,7 @@ from infra.layout import TRUSTED_CA, StateLayout
 from infra.render import Addresses, RenderedFile
 from infra.render.dashboards import dashboards, grafana_provisioning
 from infra.render.effective_config import effective_config_file
-from infra.render.haproxy import OPERATOR_TLS_PEM, TLS_PEM, haproxy_cfg
+from infra.render.haproxy import OPERATOR_TLS_PEM, TLS_PEM, haproxy_cfg, maintenance_map
 from infra.render.jaeger import JAEGER_DATA_DIR, JAEGER_OTLP_HTTP, JAEGER_UI, jaeger_needs_volume, jaeger_yaml
 from infra.render.loki import LOKI_DATA_DIR, LOKI_HTTP, loki_otlp_logs_url, loki_yaml
 from infra.render.monitoring import monitoring_programs
@@ -395,7 +395,7 @@ def render_project(config: StackConfig, secrets: Secrets, images: Images,
                            **component_environment(f"services-{i}")},
               healthcheck=_tcp_check(("pgbouncer", config.pgbouncer.port), ("redis", config.redis.port)),
               depends_on=data_ready, memory=config.compose.api_memory, stop_grace_s=30, writable=(HOME_DIR,))
-    haproxy_files = [haproxy_cfg(inner, secrets, CONTAINER, addresses)]
+    haproxy_files = [haproxy_cfg(inner, secrets, CONTAINER, addresses), maintenance_map(CONTAINER)]
     if tls is not None and config.tls_enabled:
         haproxy_files += [RenderedFile(etc / TLS_PEM, tls.pem_bundle, secret=True), *trusted]
         if tls.operator is not None:

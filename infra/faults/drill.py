@@ -37,6 +37,7 @@ class DrillOptions:
     after_healthy_s: float = 3.0  # load kept running once healthy: requests made after the fault are counted too
     healthy_timeout_s: float = 180.0
     alert_timeout_s: float = 180.0  # after the release: the held fault's alert resolves within this
+    timing_goals: bool = True  # False: the time-to-healthy goal is reported, not judged (the test suite's choice)
 
 
 @dataclass
@@ -246,8 +247,8 @@ def missed_goals(result: FaultResult, options: DrillOptions) -> list[str]:
             missed.append(f"{count} {what}")
     if result.healthy_after_s is None:
         missed.append(f"not healthy within {options.healthy_timeout_s:.0f} s")
-    elif (result.fault == "crash" and kind_of(result.component) == "postgres" and options.hold_s == 0
-          and result.healthy_after_s > POSTGRES_CRASH_HEALTHY_S):
+    elif (options.timing_goals and result.fault == "crash" and kind_of(result.component) == "postgres"
+          and options.hold_s == 0 and result.healthy_after_s > POSTGRES_CRASH_HEALTHY_S):
         missed.append(f"healthy after {result.healthy_after_s} s (goal: {POSTGRES_CRASH_HEALTHY_S:.0f} s)")
     if result.fault == "restart":
         pages = sorted({alert.name for alert in result.alerts if alert.severity == PAGE})

@@ -45,8 +45,10 @@ def kind_of(component: str) -> str:
 
 
 # The alert that says a component is down, by kind: what a drill holding the component down expects to fire, and
-# to resolve once the component is back. Prometheus and Alertmanager cannot report their own death: the Watchdog
-# rule (always firing) is the heartbeat an outside dead man's switch must watch; see docs/fault-drills.md.
+# to resolve once the component is back. Not listed: Prometheus and Alertmanager, which cannot report their own
+# death (an outside check must watch them, docs/fault-drills.md); the background services, of which two run and a
+# dead one is back within seconds (both stuck: PrefectEventsNotConsumed, after 10 minutes); the local S3 endpoint,
+# the backup scheduler and the log pruner, whose absence the backup alerts and the disk alerts report in hours.
 ALERT_FOR_KIND: dict[str, str] = {
     "api": "PrefectApiReplicaDown",
     "postgres": "PostgresDown",
@@ -54,7 +56,6 @@ ALERT_FOR_KIND: dict[str, str] = {
     "redis": "RedisDown",
     "haproxy": "LoadBalancerDown",
     "worker": "PrefectWorkPoolWithoutWorker",
-    "services": "MonitoringTargetDown",
     "node-exporter": "MonitoringTargetDown",
     "postgres-exporter": "MonitoringTargetDown",
     "redis-exporter": "MonitoringTargetDown",

@@ -398,6 +398,12 @@ def pooler(config: StackConfig, name: str, pool_mode: str) -> dict[str, Any]:
                     # targets), so a failover's stale connections and idle memory do not linger.
                     "server_lifetime": "3600",
                     "server_idle_timeout": "600",
+                    # As on the other targets (infra/render/pgbouncer.py): after a failover or crash, log in again
+                    # every second; a stuck client gets PgBouncer's error (HTTP 503, retried) before the replica's
+                    # own statement timeout (HTTP 500).
+                    "server_login_retry": str(pb.server_login_retry_s),
+                    "query_wait_timeout": str(pb.query_wait_timeout_s),
+                    "query_timeout": str(pb.query_timeout_s),
                     # Connection churn is the API's normal life: not worth a log line each.
                     "log_connections": "0",
                     "log_disconnections": "0",

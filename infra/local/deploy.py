@@ -11,6 +11,7 @@ are replaced one at a time, each drained in HAProxy first, so clients see no err
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pwd
@@ -37,7 +38,7 @@ from infra.local.workers import COMPONENT as WORKER
 from infra.local.workers import check_worker_python, flow_code_dir, temporary_dir, workers_bin
 from infra.redis_passwords import apply_passwords
 from infra.render import RenderedFile
-from infra.render.haproxy import server_name
+from infra.render.haproxy import MAINTENANCE_MAP, server_name
 from infra.render.prometheus import RETIRED_FILES
 from infra.render.supervisor import Program
 from infra.secrets import Secrets, ensure_secrets
@@ -316,6 +317,26 @@ class _Deployer:
         self.applied.add(program.name)
         return True
 
+    def serving(self) -> bool:
+        """Whether clients are being served now: HAProxy and at least one API replica run."""
+        processes = self.supervisor.processes()
+        running = {name for name, info in processes.items() if info.running}
+        return "haproxy" in running and any(p.name in running for p in self.plan.by_component("api"))
+
+    def maintenance(self, why: str) -> contextlib.AbstractContextManager[None]:
+        """The planned maintenance window at the load balancer, when clients are being served."""
+        layout = self.plan.layout
+        return haproxy_runtime.maintenance_window(
+            lambda line: haproxy_runtime.command(layout.haproxy_socket, line), layout.etc / MAINTENANCE_MAP, why,
+            serving=self.serving())
+
+    def wait_routed(self) -> None:
+        """Until HAProxy routes to every replica again (after the database came back or the replicas rolled), so
+        that the window closes on a load balancer with somewhere to send the clients."""
+        socket_path = self.plan.layout.haproxy_socket
+        console.wait_until(lambda: haproxy_runtime.all_servers_up(socket_path), START_TIMEOUT_S["api"],
+                           "the API replicas behind HAProxy", fix="invoke status; invoke logs api-1")
+
     def _hand_over_redis_passwords(self) -> bool:
         port = self.plan.config.redis.port
 
@@ -434,21 +455,27 @@ def deploy(config: StackConfig) -> tuple[LocalPlan, DeployReport]:
 
     if initialise_cluster(config, layout, secrets, run_as):
         console.step(f"created the PostgreSQL cluster in {layout.postgres_data}")
-    postgres_changed = deployer.apply(plan.program("postgres"))
-    ensure_database(config, layout, secrets)
-    deployer.apply(plan.program("pgbouncer"))
-    redis_restarted = deployer.apply(plan.program("redis")) and "redis" in report.restarted
-    for program in plan.by_component("s3"):
-        deployer.apply(program)
-
     import prefect  # the installed version decides whether the schema must move
 
     versions = previous.get("versions", {})
-    if versions.get("prefect") != prefect.__version__ or "alembic_revision" not in versions or postgres_changed:
-        outcome = deployer.migrate()
-        versions = {"prefect": outcome["prefect_version"], "alembic_revision": outcome["alembic_revision"]}
-
-    deployer.apply_api(plan.by_component("api"))
+    schema_may_move = versions.get("prefect") != prefect.__version__ or "alembic_revision" not in versions
+    postgres_restarts = deployer.needs(plan.program("postgres")) == "restart"
+    why = [what for what, due in (("PostgreSQL restarts", postgres_restarts),
+                                  ("the schema migrates", schema_may_move)) if due]
+    # Clients are told to wait (not failed) while the database goes away or the schema moves under the replicas.
+    with deployer.maintenance(" and ".join(why)) if why else contextlib.nullcontext():
+        postgres_changed = deployer.apply(plan.program("postgres"))
+        ensure_database(config, layout, secrets)
+        deployer.apply(plan.program("pgbouncer"))
+        redis_restarted = deployer.apply(plan.program("redis")) and "redis" in report.restarted
+        for program in plan.by_component("s3"):
+            deployer.apply(program)
+        if schema_may_move or postgres_changed:
+            outcome = deployer.migrate()
+            versions = {"prefect": outcome["prefect_version"], "alembic_revision": outcome["alembic_revision"]}
+        deployer.apply_api(plan.by_component("api"))
+        if why:
+            deployer.wait_routed()
     for program in plan.by_component("services"):
         # Prefect's services silently stop consuming after a Redis restart: restart them with it.
         if redis_restarted and deployer.needs(program) == "":

@@ -17,7 +17,7 @@ from infra.local.workers import worker_programs
 from infra.render import Addresses, RenderedFile
 from infra.render.dashboards import dashboards, grafana_provisioning
 from infra.render.effective_config import effective_config_file
-from infra.render.haproxy import OPERATOR_TLS_PEM, TLS_PEM, haproxy_cfg
+from infra.render.haproxy import OPERATOR_TLS_PEM, TLS_PEM, haproxy_cfg, maintenance_map
 from infra.render.monitoring import monitoring_programs
 from infra.render.pgbackrest import pgbackrest_conf
 from infra.render.pgbouncer import pgbouncer_ini, pgbouncer_userlist
@@ -190,7 +190,7 @@ def build_plan(config: StackConfig, secrets: Secrets, addresses: Addresses | Non
                 start_secs=5,
             )
         )
-    haproxy_files = [haproxy_cfg(config, secrets, layout, addresses)]
+    haproxy_files = [haproxy_cfg(config, secrets, layout, addresses), maintenance_map(layout)]
     if config.tls_enabled:
         lb_tls = load_balancer_tls(config, layout.secrets)
         haproxy_files.append(RenderedFile(etc / TLS_PEM, lb_tls.pem_bundle, secret=True))

@@ -92,6 +92,12 @@ JSON_LOG_FORMAT = "'{" + ",".join(f'"{key}":{value}' for key, value in _JSON_LIN
 # In every HTTP frontend: the level of the request's line, set from the status of each response HAProxy sends (its
 # own error pages included). The variable lives as long as the connection: a request that ends without a response
 # (the client went away) finds it reset by the request rule, unless a rule before it answered.
+# The planned maintenance window's map (etc/) and its one key; the body Prefect's clients log while they wait.
+MAINTENANCE_MAP = "haproxy-maintenance.map"
+MAINTENANCE_KEY = "window"
+MAINTENANCE_BODY = ('{"detail": "Planned maintenance of the Prefect server (a deploy is migrating or restarting the '
+                    'database); retry after the Retry-After header"}')
+
 _LOG_LEVEL_RULES = """\
     http-request set-var(sess.log_level) str(INFO)
     http-after-response set-var(sess.log_level) str(ERROR) if { status ge 500 }
@@ -165,6 +171,12 @@ def _log_settings(config: StackConfig) -> str:
     return line
 
 
+def maintenance_map(layout: StateLayout) -> RenderedFile:
+    """The map HAProxy reads the maintenance flag from: empty on disk (no window survives a restart of HAProxy;
+    the deploy that opened it opens it again), filled at run time through the admin socket."""
+    return RenderedFile(layout.etc / MAINTENANCE_MAP, "# the maintenance window's flag, set at run time\n")
+
+
 def haproxy_cfg(config: StackConfig, secrets: Secrets, layout: StateLayout, addresses: Addresses) -> RenderedFile:
     lb = config.load_balancer
     # The first certificate is HAProxy's default (clients without SNI: IP addresses); the operator's is chosen by
@@ -228,6 +240,10 @@ frontend prefect
     http-request set-header X-Forwarded-Proto {"https" if api_tls else "http"}
 {_REQUEST_ID_RULES}
 {_LOG_LEVEL_RULES}
+    # A planned maintenance window (infra.haproxy_runtime.maintenance_window puts the key in the map at run time):
+    # every request is answered the way Prefect's clients wait out without counting it as a retry.
+    acl maintenance str({MAINTENANCE_KEY}),map({layout.etc / MAINTENANCE_MAP}) -m found
+    http-request return status 503 content-type application/json string '{MAINTENANCE_BODY}' hdr Prefect-Maintenance true hdr Retry-After {lb.maintenance_retry_after_s} if maintenance
     default_backend {BACKEND}
 
 backend {BACKEND}

@@ -413,3 +413,16 @@ def test_a_backup_pod_too_small_for_verifications_temporary_server_is_refused() 
     with pytest.raises(UserError, match=r"backup_resources.memory_limit 512Mi.*temporary PostgreSQL server"):
         load_config(target="kubernetes", kubernetes={"backup_resources": {"memory_request": "512Mi",
                                                                           "memory_limit": "512Mi"}})
+
+
+@pytest.mark.parametrize(("env", "expected"), [
+    ({"PREFECT_STACK_PGBOUNCER__QUERY_WAIT_TIMEOUT_S": "30"}, "pgbouncer.query_wait_timeout_s (30) must be less than "
+                                                             "api.db_timeout_s (30)"),
+    ({"PREFECT_STACK_PGBOUNCER__QUERY_TIMEOUT_S": "45"}, "pgbouncer.query_timeout_s (45) must be less than"),
+    ({"PREFECT_STACK_API__DB_TIMEOUT_S": "90"}, "api.db_timeout_s (90) must be less than "
+                                                "load_balancer.timeout_server_s (60)"),
+])
+def test_the_pooler_and_the_load_balancer_must_answer_in_an_order_clients_retry(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, env: dict[str, str], expected: str) -> None:
+    error = _load_error(tmp_path, monkeypatch, env, None)
+    assert expected in str(error)

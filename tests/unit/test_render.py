@@ -1186,6 +1186,16 @@ class TestLogLevels:
         assert (section["verbose"], section["log_connections"]) == expected
         assert section["log_disconnections"] == expected[1]
 
+    def test_pgbouncer_logs_in_again_at_once_and_answers_a_stuck_client_before_the_replica_gives_up(
+            self, make_config: Callable[..., StackConfig], layout: StateLayout) -> None:
+        parser = configparser.RawConfigParser()
+        config = make_config()
+        parser.read_string(pgbouncer_ini(config, layout, Addresses()).content)
+        section = parser["pgbouncer"]
+        assert section["server_login_retry"] == "1"
+        assert int(section["query_wait_timeout"]) < config.api.db_timeout_s
+        assert section["query_timeout"] == "0"
+
     @pytest.mark.parametrize("program", ["prometheus", "alertmanager"])
     def test_monitoring_log_level(self, make_config: Callable[..., StackConfig], secrets: Secrets,
                                   program: str) -> None:
