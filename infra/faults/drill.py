@@ -37,6 +37,7 @@ class DrillOptions:
     after_healthy_s: float = 3.0  # load kept running once healthy: requests made after the fault are counted too
     healthy_timeout_s: float = 180.0
     alert_timeout_s: float = 180.0  # after the release: the held fault's alert resolves within this
+    idempotency_keys: bool = True  # False: create runs without a key, as Prefect's create_flow_run does by default
     timing_goals: bool = True  # False: the time-to-healthy goal is reported, not judged (the test suite's choice)
 
 
@@ -185,7 +186,7 @@ def run_fault(stack: Stack, component: str, fault: Fault, options: DrillOptions)
                         fix="bring it back (invoke status, invoke logs COMPONENT), then run the drill again")
     injector = stack.injector
     before = injector.instance(component)
-    load = PrefectClientLoad(stack.api_url, stack.auth, stack.verify, options.clients)
+    load = PrefectClientLoad(stack.api_url, stack.auth, stack.verify, options.clients, options.idempotency_keys)
     load.start()
     if _wait(lambda: load.record.operations >= options.warmup_operations, 120) is None:
         load.stop()

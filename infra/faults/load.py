@@ -30,7 +30,7 @@ STATES = ("RUNNING", "COMPLETED")
 class LoadRecord:
     """What the clients saw, and what the stack acknowledged to them."""
 
-    created: dict[str, str] = field(default_factory=dict)  # idempotency key -> run id (acknowledged)
+    created: dict[str, str] = field(default_factory=dict)  # the run's key (its name) -> run id (acknowledged)
     completed: set[str] = field(default_factory=set)  # run ids whose COMPLETED was acknowledged
     errors: list[str] = field(default_factory=list)  # what a client saw fail after Prefect's retries
     attempts_retried: Counter[str] = field(default_factory=Counter)  # retried answers and errors, by kind
@@ -44,7 +44,7 @@ class Verification:
     """What the stack holds for the runs the clients were told exist."""
 
     runs_lost: int  # creations acknowledged and not stored
-    runs_doubled: int  # idempotency keys stored more than once
+    runs_doubled: int  # runs stored more than once (same key)
     states_lost: int  # COMPLETED acknowledged, run not COMPLETED
     states_doubled: int  # runs with a state of one type recorded twice
     runs_checked: int
@@ -74,11 +74,15 @@ class PrefectClientLoad:
     """``clients`` closed-loop clients through the load balancer, until ``stop`` is set; each finishes the operation
     it is in (never cancelled: a cancelled request's outcome is unknown, and would be counted as nothing)."""
 
-    def __init__(self, base_url: str, auth: tuple[str, str], verify: ssl.SSLContext | bool, clients: int = 20):
+    def __init__(self, base_url: str, auth: tuple[str, str], verify: ssl.SSLContext | bool, clients: int = 20,
+                 idempotency_keys: bool = True):
         self.base_url = base_url
         self.auth = auth
         self.tls_verify = verify
         self.clients = clients
+        # False: runs are created as Prefect's create_flow_run does by default, without a key; each still carries a
+        # unique name, by which a run stored twice is counted.
+        self.idempotency_keys = idempotency_keys
         self.record = LoadRecord()
         self.flow_id = ""
         self._stop = threading.Event()
@@ -112,14 +116,17 @@ class PrefectClientLoad:
     async def _one_client(self, client: httpx.AsyncClient) -> None:
         while not self._stop.is_set():
             key = str(uuid.uuid4())
-            run = await self._request(client, "/flow_runs/", {"flow_id": self.flow_id, "idempotency_key": key})
+            create = {"flow_id": self.flow_id, "name": key}
+            if self.idempotency_keys:
+                create["idempotency_key"] = key
+            run = await self._request(client, "/flow_runs/", create)
             if run is None:
                 continue
             self.record.created[key] = run["id"]
             for state in STATES:
-                body = {"state": {"type": state, "state_details": {"transition_id": str(uuid.uuid4())}},
-                        "force": False}
-                result = await self._request(client, f"/flow_runs/{run['id']}/set_state", body)
+                change = {"state": {"type": state, "state_details": {"transition_id": str(uuid.uuid4())}},
+                          "force": False}
+                result = await self._request(client, f"/flow_runs/{run['id']}/set_state", change)
                 if result is None:
                     break
                 # REJECT with the proposed type is the server's answer to a retried transition it had committed.
@@ -179,8 +186,8 @@ class PrefectClientLoad:
             if len(batch) < 200:
                 break
             offset += 200
-        by_key = Counter(run["idempotency_key"] for run in runs)
-        stored = {run["idempotency_key"] for run in runs}
+        by_key = Counter(run["name"] for run in runs)
+        stored = set(by_key)
         current = {run["id"]: (run.get("state") or {}).get("type") for run in runs}
         histories = _histories(client, [run["id"] for run in runs])
         return Verification(

@@ -20,7 +20,7 @@ from infra.errors import UserError
 from infra.faults import drill
 from infra.faults.drill import AlertWatcher, DrillOptions, FaultResult, missed_goals, plan
 from infra.faults.inject import ALERT_FOR_KIND, kind_of
-from infra.faults.report import results_table
+from infra.faults.report import missed_lines, results_table
 from infra.local.faults import descendants
 from infra.tasks import faults as fault_tasks
 
@@ -146,14 +146,16 @@ def test_a_freeze_stops_the_whole_process_tree_found_through_proc(tmp_path: Path
 
 
 def test_the_report_shows_each_fault_and_what_it_missed() -> None:
-    table = results_table([_result(), _result(component="postgres", client_errors=4, missed=["4 client errors"],
-                                              alerts=[drill.AlertSeen("PostgresDown", "page", 61.0, None)])])
+    failed = _result(component="postgres", client_errors=4, missed=["4 client errors"],
+                     error_samples=["HTTP 500 on POST /flow_runs: Internal Server Error"],
+                     alerts=[drill.AlertSeen("PostgresDown", "page", 61.0, None)])
     console = Console(width=250, record=True)
-    console.print(table)
+    console.print(results_table([_result(), failed]))
     text = console.export_text()
-    assert "api-1" in text and "met" in text
-    assert "missed: 4 client errors" in text
+    assert "api-1" in text and "met" in text and "MISSED" in text
     assert "PostgresDown +61s (still firing)" in text
+    assert missed_lines([_result(), failed]) == [
+        "crash of postgres: 4 client errors", "    a client saw: HTTP 500 on POST /flow_runs: Internal Server Error"]
 
 
 def test_the_task_refuses_to_run_until_the_operator_names_the_stack(monkeypatch: pytest.MonkeyPatch) -> None:
