@@ -1,9 +1,12 @@
-"""Faults injected into the compose target's containers through the Docker SDK: a kill is the crash (Docker's
-restart policy brings the container back), a pause is the freeze (the cgroup freezer stops every process of the
+"""Faults injected into the compose target's containers: SIGKILL of the container's main process is the crash (as
+the kernel's OOM killer does it; Docker's restart policy brings the container back, where ``docker kill`` would
+count as a manual stop and leave it down), a pause is the freeze (the cgroup freezer stops every process of the
 container at once), a stop holds it down (a stopped container is not restarted by its policy)."""
 
 from __future__ import annotations
 
+import os
+import signal
 from dataclasses import dataclass
 
 from docker.models.containers import Container
@@ -51,7 +54,18 @@ class ComposeFaults:
         return f"{state.get('Pid')}@{state.get('StartedAt')}" if state.get("Running") else ""
 
     def crash(self, component: str) -> None:
-        self._container(component).kill()
+        container = self._container(component)
+        container.reload()
+        pid = int(container.attrs.get("State", {}).get("Pid") or 0)
+        try:
+            if pid <= 0:
+                raise ProcessLookupError(pid)
+            os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            raise UserError(f"cannot crash {component}: its process ({pid}) is not one this host can signal (a remote "
+                            "Docker engine, or not root)",
+                            fix="run the drill on the Docker host as root, or drill other faults: --fault freeze "
+                                "--fault restart") from None
 
     def freeze(self, component: str) -> None:
         self._container(component).pause()

@@ -158,25 +158,25 @@ def _healthy(stack: Stack) -> bool:
 
 
 def _inject(stack: Stack, component: str, fault: Fault, options: DrillOptions) -> None:
-    """The fault itself, ending when the component is allowed back (the crash's own restart is its supervisor's)."""
+    """The fault itself, ending when the component is allowed back (the crash's own restart is its supervisor's).
+    A frozen or held component is let go also when the drill is interrupted."""
     injector = stack.injector
-    if fault == "crash":
-        injector.crash(component)
-        if options.hold_s > 0:
-            injector.hold_down(component)
+    if fault == "restart":
+        injector.restart(component)
     elif fault == "freeze":
         injector.freeze(component)
         try:
             time.sleep(options.freeze_s)  # the fault's length, chosen by the operator: not a wait for a condition
         finally:
             injector.thaw(component)
-        return
     else:
-        injector.restart(component)
-        return
-    if options.hold_s > 0:
-        time.sleep(options.hold_s)  # held down on purpose, as long as the operator asked
-        injector.release(component)
+        injector.crash(component)
+        if options.hold_s > 0:
+            injector.hold_down(component)
+            try:
+                time.sleep(options.hold_s)  # held down on purpose, as long as the operator asked
+            finally:
+                injector.release(component)
 
 
 def run_fault(stack: Stack, component: str, fault: Fault, options: DrillOptions) -> FaultResult:

@@ -46,3 +46,14 @@ def test_a_fault_costs_prefect_clients_nothing(drill: DrillStack, kind: str, fau
     assert result.operations > OPTIONS.warmup_operations
     assert result.missed == [], (f"{fault} of {result.component}: {result.missed}; errors seen: "
                                  f"{result.error_samples}; retried: {result.retried}")
+
+
+def test_a_replica_held_down_past_its_alert_window_fires_the_alert_which_resolves_once_back(
+        drill: DrillStack) -> None:
+    # The suite's monitoring runs at test speed: PrefectApiReplicaDown fires after 2 s out of the load balancer.
+    options = DrillOptions(clients=4, warmup_operations=10, hold_s=10.0, after_healthy_s=1.0, timing_goals=False)
+    result = run_fault(drill, _one_of(drill, "api"), "crash", options)
+    assert result.expected_alert == "PrefectApiReplicaDown"
+    assert result.missed == [], f"{result.missed}; alerts seen: {result.alerts}; errors: {result.error_samples}"
+    fired = next(alert for alert in result.alerts if alert.name == "PrefectApiReplicaDown")
+    assert fired.resolved_at_s is not None and fired.resolved_at_s > fired.fired_at_s
