@@ -47,6 +47,7 @@ class AlertSeen:
     severity: str
     fired_at_s: float  # seconds after the fault, when the drill first saw it active in Alertmanager
     resolved_at_s: float | None = None
+    before_fault: bool = False  # already active when the fault began: not the fault's doing
 
 
 @dataclass
@@ -85,11 +86,13 @@ class AlertWatcher:
         self.started = started
         self.seen: dict[str, AlertSeen] = {}
         self.unreadable = 0  # polls that could not read Alertmanager (it may be the component hurt)
+        self.polls = 0  # polls that read it; the first one is taken before the fault
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="fault-drill-alerts", daemon=True)
 
     def __enter__(self) -> AlertWatcher:
         if self.read is not None:
+            self.poll()  # what was firing already, before the fault
             self._thread.start()
         return self
 
@@ -107,12 +110,14 @@ class AlertWatcher:
             self.unreadable += 1
             return
         now = time.monotonic() - self.started
+        first = self.polls == 0
+        self.polls += 1
         names = set()
         for alert in active:
             names.add(alert.name)
             record = self.seen.get(alert.name)
             if record is None or record.resolved_at_s is not None:
-                self.seen[alert.name] = AlertSeen(alert.name, alert.severity, round(now, 1))
+                self.seen[alert.name] = AlertSeen(alert.name, alert.severity, round(now, 1), before_fault=first)
         for name, record in self.seen.items():
             if name not in names and record.resolved_at_s is None:
                 record.resolved_at_s = round(now, 1)
@@ -204,8 +209,9 @@ def run_fault(stack: Stack, component: str, fault: Fault, options: DrillOptions)
         fault_ended = time.monotonic()
 
         def back() -> bool:
-            # A crash or restart is over once another instance runs; everything must then be healthy.
-            replaced = fault == "freeze" or injector.instance(component) not in ("", before)
+            # A crash is over once another instance runs (a restart returned once it was back, and HAProxy's
+            # restart keeps its master's pid); everything must then be healthy.
+            replaced = fault != "crash" or injector.instance(component) not in ("", before)
             return replaced and _healthy(stack)
 
         healthy_after = _wait(back, options.healthy_timeout_s)
@@ -252,7 +258,7 @@ def missed_goals(result: FaultResult, options: DrillOptions) -> list[str]:
           and options.hold_s == 0 and result.healthy_after_s > POSTGRES_CRASH_HEALTHY_S):
         missed.append(f"healthy after {result.healthy_after_s} s (goal: {POSTGRES_CRASH_HEALTHY_S:.0f} s)")
     if result.fault == "restart":
-        pages = sorted({alert.name for alert in result.alerts if alert.severity == PAGE})
+        pages = sorted({alert.name for alert in result.alerts if alert.severity == PAGE and not alert.before_fault})
         if pages:
             missed.append(f"a graceful restart paged: {', '.join(pages)}")
     if result.expected_alert is not None:

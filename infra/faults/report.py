@@ -10,8 +10,9 @@ from infra.faults.drill import FaultResult
 def _alerts(result: FaultResult) -> str:
     if not result.alerts:
         return "-"
-    return ", ".join(f"{a.name} +{a.fired_at_s:.0f}s" + (f"→{a.resolved_at_s:.0f}s" if a.resolved_at_s is not None
-                                                         else " (still firing)") for a in result.alerts)
+    return ", ".join(("(before) " if a.before_fault else "") + f"{a.name} +{a.fired_at_s:.0f}s"
+                     + (f"→{a.resolved_at_s:.0f}s" if a.resolved_at_s is not None else " (still firing)")
+                     for a in result.alerts)
 
 
 def results_table(results: list[FaultResult]) -> Table:

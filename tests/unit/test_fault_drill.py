@@ -82,6 +82,8 @@ def test_a_graceful_restart_that_pages_misses_its_goal_a_warning_does_not() -> N
     paged = _result(fault="restart", alerts=[drill.AlertSeen("PostgresDown", "page", 61.0, 70.0),
                                              drill.AlertSeen("PrefectApiReplicaDown", "warning", 3.0, 9.0)])
     assert missed_goals(paged, DrillOptions()) == ["a graceful restart paged: PostgresDown"]
+    already = _result(fault="restart", alerts=[drill.AlertSeen("PostgresDown", "page", 0.0, None, before_fault=True)])
+    assert missed_goals(already, DrillOptions()) == []  # firing before the restart: not the restart's page
 
 
 def test_a_held_fault_must_fire_its_alert_and_resolve_it() -> None:
@@ -121,6 +123,8 @@ def test_the_alert_watcher_records_when_each_alert_fired_and_resolved_and_surviv
     assert postgres.resolved_at_s is not None and postgres.resolved_at_s >= postgres.fired_at_s
     # RedisDown fired, resolved, then fired again: the record is the newest firing, still active.
     assert watcher.active("RedisDown") and not watcher.active("PostgresDown")
+    # The first poll is taken before the fault: what it sees was already firing.
+    assert postgres.before_fault and not watcher.seen["RedisDown"].before_fault
 
 
 def test_every_component_kind_that_can_be_down_has_an_alert_that_says_so() -> None:

@@ -25,7 +25,7 @@ from infra.config import load_config
 from infra.layout import StateLayout
 from infra.logs import fields
 from infra.render import Addresses
-from infra.render.haproxy import haproxy_cfg
+from infra.render.haproxy import haproxy_cfg, maintenance_map
 from infra.secrets import ensure_secrets
 from tests.conftest import free_ports
 
@@ -105,8 +105,9 @@ def start_balancer(tmp_path_factory: pytest.TempPathFactory, replica: int) -> It
                              monitoring={"enabled": False}, logs=logs)
         rendered = haproxy_cfg(config, ensure_secrets(layout.secrets), layout, Addresses())
         layout.run.mkdir(parents=True, exist_ok=True)
-        rendered.path.parent.mkdir(parents=True, exist_ok=True)
-        rendered.path.write_text(rendered.content)
+        for file in (rendered, maintenance_map(layout)):  # the configuration and the map it reads
+            file.path.parent.mkdir(parents=True, exist_ok=True)
+            file.path.write_text(file.content)
         log = tmp_path / f"haproxy{len(processes)}.log"
         with log.open("wb") as out:
             process = subprocess.Popen(["haproxy", "-db", "-f", str(rendered.path)], stdout=out,

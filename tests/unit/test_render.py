@@ -76,6 +76,7 @@ RENDERED_FILES = [
     "pgbouncer-userlist.txt",
     "redis.conf",
     "haproxy.cfg",
+    "haproxy-maintenance.map",
     "prefect-logging.yaml",
     "supervisord.conf",
 ]
