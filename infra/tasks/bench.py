@@ -395,3 +395,40 @@ def logs(c: Context, json_: bool = False, size: int = 1024, runs: int = 3) -> No
         _print_goals(report.verdicts)
     # A benchmark reports; a missed goal is a finding, not a failed command (exit 0 either way).
     console.err.print(_summary(report.verdicts))
+
+
+@task(
+    help={
+        "json": "Print one JSON document (every crash's figures and the verdicts) on stdout instead of a table.",
+        "crashes": "PostgreSQL crashes per round (default 3).",
+        "rounds": "Rounds, each measuring PgBouncer's and Prefect's defaults and the stack's settings, alternated "
+                  "(default 2).",
+    }
+)
+@reports_user_errors
+def faults(c: Context, json_: bool = False, crashes: int = 3, rounds: int = 2) -> None:
+    """PostgreSQL crash under 20 Prefect clients: time until healthy and client errors, the stack's pooler and
+    database timeouts vs PgBouncer's and Prefect's defaults (goal: healthy within 5 s, no client error)."""
+    from infra.bench.faults import FaultsBenchSettings, median, run_faults_benchmark
+    from infra.bench.workers import spread
+    from infra.config import load_config
+
+    report = run_faults_benchmark(FaultsBenchSettings(crashes=int(crashes), rounds=int(rounds)), load_config())
+    if json_:
+        print(json.dumps(report.as_dict(), indent=2))
+    else:
+        table = Table(box=None, pad_edge=False)
+        for column in ("settings", "healthy after each crash", "client errors", "retried", "lost or doubled"):
+            table.add_column(column)
+        for r in report.rounds:
+            table.add_row(r.settings, ", ".join("never" if v is None else f"{v} s" for v in r.healthy_after_s),
+                          ", ".join(map(str, r.client_errors)), ", ".join(map(str, r.retried)),
+                          str(r.lost_or_doubled))
+        console.out.print(table)
+        for name in ("defaults", "stack"):
+            console.out.print(f"{name}: healthy after a crash, median {median(report.healthy(name))} s (spread of "
+                              f"the rounds' medians {spread([median(r.healthy_after_s) for r in report.of(name)])} s)")
+        console.out.print(f"stack settings: {report.stack_values}")
+        _print_goals(report.verdicts)
+    # A benchmark reports; a missed goal is a finding, not a failed command (exit 0 either way).
+    console.err.print(_summary(report.verdicts))
