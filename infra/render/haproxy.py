@@ -82,7 +82,9 @@ _JSON_LINE: tuple[tuple[str, str], ...] = (
     ("duration_ms", "%Ta"),
     ("bytes_read", "%B"),
     ("bytes_uploaded", "%U"),
-    ("retries", "%rc"),
+    # A string: HAProxy prefixes the count with "+" when the request went to another replica ("+1"), which is not
+    # a JSON number.
+    ("retries", '"%rc"'),
     # Why the request ended: "----" normal; e.g. "SC--" the replica refused, "CD--" the client went away.
     ("termination_state", '"%tsc"'),
 )

@@ -213,3 +213,19 @@ def test_text_keeps_haproxys_own_lines(start_balancer: Callable[..., Balancer]) 
         assert time.monotonic() < deadline, balancer.lines()
         time.sleep(0.05)
     assert not any(line.startswith("{") for line in balancer.lines())
+
+
+def test_a_redispatched_request_still_logs_a_json_line() -> None:
+    """HAProxy writes the retry count as "+1" when the request went to another replica (a replica died under it):
+    the line must still be JSON, or `invoke logs` and a log shipper drop exactly the lines a failover leaves."""
+    from infra.render.haproxy import _JSON_LINE
+
+    def emitted(value: str) -> str:
+        # What HAProxy writes for a field: the retry count as after a redispatch; any other field a plain value,
+        # quoted where the format quotes it.
+        if value.startswith('"'):
+            return '"+1"' if "%rc" in value else '"x"'
+        return "+1" if value == "%rc" else "0"
+
+    line = "{" + ",".join(f'"{key}":{emitted(value)}' for key, value in _JSON_LINE) + "}"
+    assert json.loads(line)["retries"] == "+1"
