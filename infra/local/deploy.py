@@ -327,8 +327,7 @@ class _Deployer:
         """The planned maintenance window at the load balancer, when clients are being served."""
         layout = self.plan.layout
         return haproxy_runtime.maintenance_window(
-            lambda line: haproxy_runtime.command(layout.haproxy_socket, line), layout.etc / MAINTENANCE_MAP, why,
-            serving=self.serving())
+            lambda line: haproxy_runtime.command(layout.haproxy_socket, line), layout.etc / MAINTENANCE_MAP, why)
 
     def wait_routed(self) -> None:
         """Until HAProxy routes to every replica again (after the database came back or the replicas rolled), so
@@ -462,8 +461,10 @@ def deploy(config: StackConfig) -> tuple[LocalPlan, DeployReport]:
     postgres_restarts = deployer.needs(plan.program("postgres")) == "restart"
     why = [what for what, due in (("PostgreSQL restarts", postgres_restarts),
                                   ("the schema migrates", schema_may_move)) if due]
-    # Clients are told to wait (not failed) while the database goes away or the schema moves under the replicas.
-    with deployer.maintenance(" and ".join(why)) if why else contextlib.nullcontext():
+    # Clients being served are told to wait (not failed) while the database goes away or the schema moves under
+    # the replicas. A first deploy serves nobody yet.
+    window = bool(why) and deployer.serving()
+    with deployer.maintenance(" and ".join(why)) if window else contextlib.nullcontext():
         postgres_changed = deployer.apply(plan.program("postgres"))
         ensure_database(config, layout, secrets)
         deployer.apply(plan.program("pgbouncer"))
@@ -474,7 +475,7 @@ def deploy(config: StackConfig) -> tuple[LocalPlan, DeployReport]:
             outcome = deployer.migrate()
             versions = {"prefect": outcome["prefect_version"], "alembic_revision": outcome["alembic_revision"]}
         deployer.apply_api(plan.by_component("api"))
-        if why:
+        if window:
             deployer.wait_routed()
     for program in plan.by_component("services"):
         # Prefect's services silently stop consuming after a Redis restart: restart them with it.

@@ -188,22 +188,6 @@ def _flow(compose_stack: ComposeStack, prefix: str) -> str:
         return str(client.post("/flows/", json={"name": f"{prefix}-{uuid.uuid4().hex[:6]}"}).json()["id"])
 
 
-def test_crash_of_an_api_container_under_load_fails_no_request(compose_stack: ComposeStack) -> None:
-    """SIGKILL of the replica's process (a crash, as the kernel's OOM killer does it): the restart policy brings
-    the container back by itself."""
-    victim = containers(compose_stack.docker, compose_stack.config.compose.project)["api-1"]
-    restarts = victim.attrs["RestartCount"]
-    flow_id = _flow(compose_stack, "compose-crash")
-    done, failures = asyncio.run(_create_runs(compose_stack, flow_id, lambda: os.kill(victim.attrs["State"]["Pid"],
-                                                                             signal.SIGKILL)))
-    assert failures == []
-    assert len(done) == CLIENTS * REQUESTS_PER_CLIENT
-    assert _count(compose_stack, flow_id) == CLIENTS * REQUESTS_PER_CLIENT  # every run stored once
-    compose_stack.wait_healthy("after the replica crashed")
-    victim.reload()
-    assert victim.attrs["RestartCount"] == restarts + 1  # the same container, restarted by Docker
-
-
 def test_docker_kill_of_an_api_container_under_load_fails_no_request(compose_stack: ComposeStack) -> None:
     """`docker kill` is a manual stop to Docker (no restart policy applies): no client notices, status names the
     stopped replica, and a deploy brings it back."""
