@@ -101,14 +101,10 @@ def maintenance_commands(map_path: Path, on: bool) -> list[str]:
 
 
 @contextmanager
-def maintenance_window(send: Callable[[str], str], map_path: Path, why: str, serving: bool = True) -> Iterator[None]:
+def maintenance_window(send: Callable[[str], str], map_path: Path, why: str) -> Iterator[None]:
     """While inside, HAProxy answers every API request 503 with ``Prefect-Maintenance: true`` and ``Retry-After``:
     Prefect's clients wait and retry without limit (prefect/client/base.py), so a deploy that must take the API away
-    costs them time, not errors. Says when it opened and how long it lasted; closed also when the work fails.
-    ``serving`` False (nothing serves clients yet: a first deploy) makes it a no-op."""
-    if not serving:
-        yield
-        return
+    costs them time, not errors. Says when it opened and how long it lasted; closed also when the work fails."""
     delete, add = maintenance_commands(map_path, on=True)
     send(delete)
     refused = send(add).strip()

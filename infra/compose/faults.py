@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from docker.models.containers import Container
 
 from infra.compose.deploy import containers
-from infra.compose.operate import restart
+from infra.compose.operate import restart, service_container
 from infra.config import StackConfig
 from infra.containers.engine import docker_client
 from infra.errors import UserError
@@ -25,26 +25,23 @@ STOP_TIMEOUT_S = 120
 class ComposeFaults:
     config: StackConfig
 
+    def __post_init__(self) -> None:
+        # One client for the drill: instance() is polled several times a second while the drill waits.
+        self.docker = docker_client(self.config)
+
     @property
     def stack_name(self) -> str:
         return self.config.compose.project
 
-    def _containers(self) -> dict[str, Container]:
-        found = containers(docker_client(self.config), self.config.compose.project)
+    def _container(self, component: str) -> Container:
+        return service_container(self.config, component, self.docker)
+
+    def components(self) -> list[str]:
+        found = containers(self.docker, self.config.compose.project)
         if not found:
             raise UserError(f"no container of compose project {self.config.compose.project!r} exists",
                             fix="deploy it: invoke deploy --target compose")
-        return found
-
-    def _container(self, component: str) -> Container:
-        found = self._containers()
-        if component not in found:
-            raise UserError(f"no service named {component!r} in compose project {self.config.compose.project!r}",
-                            fix=f"choose one of: {', '.join(sorted(found))}")
-        return found[component]
-
-    def components(self) -> list[str]:
-        return sorted(self._containers())
+        return sorted(found)
 
     def instance(self, component: str) -> str:
         container = self._container(component)

@@ -91,8 +91,9 @@ def settle(config: StackConfig, timeout_s: float, interval_s: float = 0.5) -> li
         time.sleep(interval_s)
 
 
-def _service(config: StackConfig, name: str) -> Container:
-    found = containers(docker_client(config), config.compose.project)
+def service_container(config: StackConfig, name: str, client: DockerClient | None = None) -> Container:
+    """The container of one service of the project, or a UserError naming those that exist."""
+    found = containers(client or docker_client(config), config.compose.project)
     if name not in found:
         raise UserError(f"no service named {name!r} in compose project {config.compose.project!r}",
                         fix=f"choose one of: {', '.join(sorted(found)) or '(none: deploy first)'}")
@@ -120,7 +121,7 @@ def _container_stream(container: Container) -> Iterator[str]:
 def logs(config: StackConfig, query: LogQuery) -> int:
     """One service's container log, or every service's merged in time order, as the query says."""
     if query.component:
-        chosen = {query.component: _service(config, query.component)}
+        chosen = {query.component: service_container(config, query.component)}
     else:
         chosen = containers(docker_client(config), config.compose.project)
         if not chosen:
@@ -136,7 +137,7 @@ def logs(config: StackConfig, query: LogQuery) -> int:
 def restart(config: StackConfig, name: str) -> float:
     """Restart one service and wait until healthy; an API replica is drained in HAProxy first."""
     started = time.monotonic()
-    container = _service(config, name)
+    container = service_container(config, name)
     if name.startswith("api-"):
         roll_replica(config, docker_client(config), name, recreate=False)
     else:

@@ -18,7 +18,7 @@ import httpx
 
 from infra.errors import UserError
 from infra.faults.inject import ALERT_FOR_KIND, FAULTS, Fault, FaultInjector, kind_of
-from infra.faults.load import PrefectClientLoad, Verification
+from infra.faults.load import PrefectClientLoad
 from infra.status import ComponentStatus
 from infra.targets import Target
 
@@ -141,7 +141,6 @@ class Stack:
     api_url: str
     auth: tuple[str, str]
     verify: Any
-    progress: Callable[[str], None] = lambda _message: None
 
 
 def _wait(check: Callable[[], bool], timeout_s: float, interval_s: float = 0.25) -> float | None:
@@ -200,7 +199,6 @@ def run_fault(stack: Stack, component: str, fault: Fault, options: DrillOptions)
     expected = ALERT_FOR_KIND.get(kind_of(component)) if options.hold_s > 0 and fault == "crash" else None
     started = time.monotonic()
     with AlertWatcher(stack.alerts, started) as watcher:
-        stack.progress(f"{fault} of {component}")
         try:
             _inject(stack, component, fault, options)
         except BaseException:
@@ -224,22 +222,15 @@ def run_fault(stack: Stack, component: str, fault: Fault, options: DrillOptions)
     with httpx.Client(base_url=stack.api_url, auth=stack.auth, verify=stack.verify, timeout=30,
                       trust_env=False) as client:
         verification = load.verify(client)
-    result = _result(component, fault, record.operations, record.errors, dict(record.attempts_retried),
-                     verification, healthy_after, fault_ended - started, list(watcher.seen.values()), expected)
+    result = FaultResult(
+        component=component, fault=fault, operations=record.operations, client_errors=len(record.errors),
+        error_samples=sorted(set(record.errors))[:5], retried=dict(record.attempts_retried),
+        runs_lost=verification.runs_lost, runs_doubled=verification.runs_doubled,
+        states_lost=verification.states_lost, states_doubled=verification.states_doubled,
+        healthy_after_s=None if healthy_after is None else round(healthy_after, 1),
+        fault_s=round(fault_ended - started, 1), alerts=list(watcher.seen.values()), expected_alert=expected)
     result.missed = missed_goals(result, options)
     return result
-
-
-def _result(component: str, fault: Fault, operations: int, errors: list[str], retried: dict[str, int],
-            verification: Verification, healthy_after: float | None, fault_s: float, alerts: list[AlertSeen],
-            expected: str | None) -> FaultResult:
-    return FaultResult(
-        component=component, fault=fault, operations=operations, client_errors=len(errors),
-        error_samples=sorted(set(errors))[:5], retried=retried, runs_lost=verification.runs_lost,
-        runs_doubled=verification.runs_doubled, states_lost=verification.states_lost,
-        states_doubled=verification.states_doubled,
-        healthy_after_s=None if healthy_after is None else round(healthy_after, 1), fault_s=round(fault_s, 1),
-        alerts=alerts, expected_alert=expected)
 
 
 def missed_goals(result: FaultResult, options: DrillOptions) -> list[str]:
@@ -282,12 +273,11 @@ def plan(components: list[str], chosen_components: list[str], chosen_faults: lis
     return [(component, fault) for component in (chosen_components or components) for fault in faults]
 
 
-def drill_stack(target: Target, progress: Callable[[str], None] = lambda _message: None) -> Stack:
+def drill_stack(target: Target) -> Stack:
     """The drill's view of a deployed target: its injector, status, alerts and the API as its clients reach it."""
     env = target.client_environment()
     user, _, password = env.get("PREFECT_API_AUTH_STRING", "").partition(":")
     ca_file = env.get("PREFECT_API_SSL_CERT_FILE")
     verify: Any = ssl.create_default_context(cafile=ca_file) if ca_file else True
     alerts = target.firing_alerts if target.config.monitoring.enabled else None
-    return Stack(target.fault_injector(), target.status, alerts, env["PREFECT_API_URL"], (user, password), verify,
-                 progress)
+    return Stack(target.fault_injector(), target.status, alerts, env["PREFECT_API_URL"], (user, password), verify)

@@ -303,9 +303,8 @@ class _Deployer:
             action = "restart"  # it accepts none of the values we know (a secret file replaced by hand)
         if action == "reload":
             console.step(f"reloading {program.name} (configuration changed, connections kept)")
-            self.supervisor.signal(program.name, RELOAD_SIGNALS[program.component])
+            self.signal_reload(program)
             self.report.reloaded.append(program.name)
-            time.sleep(1)  # the reload is asynchronous: let the new configuration take over before probing
         else:
             console.step(f"{'starting' if action == 'start' else 'restarting'} {program.name}")
             if action == "restart":
@@ -317,6 +316,12 @@ class _Deployer:
         self.applied.add(program.name)
         return True
 
+    def signal_reload(self, program: Program) -> None:
+        """Send the program its reload signal (HAProxy's re-executes its master with the new binary and
+        configuration)."""
+        self.supervisor.signal(program.name, RELOAD_SIGNALS[program.component])
+        time.sleep(1)  # the reload is asynchronous: let the new configuration take over before probing
+
     def serving(self) -> bool:
         """Whether clients are being served now: HAProxy and at least one API replica run."""
         processes = self.supervisor.processes()
@@ -324,7 +329,7 @@ class _Deployer:
         return "haproxy" in running and any(p.name in running for p in self.plan.by_component("api"))
 
     def maintenance(self, why: str) -> contextlib.AbstractContextManager[None]:
-        """The planned maintenance window at the load balancer, when clients are being served."""
+        """The planned maintenance window at the load balancer (opened only on a stack that is serving)."""
         layout = self.plan.layout
         return haproxy_runtime.maintenance_window(
             lambda line: haproxy_runtime.command(layout.haproxy_socket, line), layout.etc / MAINTENANCE_MAP, why)
@@ -538,8 +543,7 @@ def restart_component(config: StackConfig, name: str) -> float:
         # listening sockets to new workers, while the old ones finish their requests. A stop and start would refuse
         # every connection until supervisord's kill (measured: 32 s).
         console.step(f"restarting {name} in place (its master re-executes; no connection is refused)")
-        deployer.supervisor.signal(name, RELOAD_SIGNALS["haproxy"])
-        time.sleep(1)  # the re-exec is asynchronous: let the new workers take over before probing
+        deployer.signal_reload(program)
         deployer.wait_healthy(program)
     else:
         console.step(f"restarting {name}")

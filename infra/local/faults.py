@@ -11,7 +11,6 @@ from pathlib import Path
 
 from infra.config import StackConfig
 from infra.errors import UserError
-from infra.layout import StateLayout
 from infra.local.deploy import restart_component
 from infra.local.operate import deployed_plan
 from infra.local.supervisor import Supervisor
@@ -49,13 +48,11 @@ class LocalFaults:
     config: StackConfig
 
     def __post_init__(self) -> None:
-        plan, layout = deployed_plan(self.config)
-        self.plan = plan
-        self.supervisor = Supervisor(StateLayout(self.config.state_dir))
+        self.plan, self.layout = deployed_plan(self.config)
+        self.supervisor = Supervisor(self.layout)
         if not self.supervisor.is_running():
             raise UserError("the stack is not running", fix="start it with invoke deploy")
         self._frozen: dict[str, list[int]] = {}
-        self.layout = layout
 
     @property
     def stack_name(self) -> str:

@@ -91,15 +91,15 @@ _JSON_LINE: tuple[tuple[str, str], ...] = (
 JSON_LOG_FORMAT = "'{" + ",".join(f'"{key}":{value}' for key, value in _JSON_LINE) + "}'"
 
 
-# In every HTTP frontend: the level of the request's line, set from the status of each response HAProxy sends (its
-# own error pages included). The variable lives as long as the connection: a request that ends without a response
-# (the client went away) finds it reset by the request rule, unless a rule before it answered.
 # The planned maintenance window's map (etc/) and its one key; the body Prefect's clients log while they wait.
 MAINTENANCE_MAP = "haproxy-maintenance.map"
 MAINTENANCE_KEY = "window"
 MAINTENANCE_BODY = ('{"detail": "Planned maintenance of the Prefect server (a deploy is migrating or restarting the '
                     'database); retry after the Retry-After header"}')
 
+# In every HTTP frontend: the level of the request's line, set from the status of each response HAProxy sends (its
+# own error pages included). The variable lives as long as the connection: a request that ends without a response
+# (the client went away) finds it reset by the request rule, unless a rule before it answered.
 _LOG_LEVEL_RULES = """\
     http-request set-var(sess.log_level) str(INFO)
     http-after-response set-var(sess.log_level) str(ERROR) if { status ge 500 }

@@ -32,12 +32,11 @@ from infra.tasks.stack import TARGET_HELP, _target
 @reports_user_errors
 def fault_drill(c: Context, confirm: str = "", component: list[str] | None = None, fault: list[str] | None = None,
                 freeze_s: float = 20.0, hold_s: float = 0.0, clients: int = 20, idempotency_keys: bool = True,
-                json_: bool = False,
-                target: str | None = None) -> None:
+                json_: bool = False, target: str | None = None) -> None:
     """Fault drill: crash, freeze and restart each component under load; count client errors, lost and doubled
     writes, time to healthy and alerts. Exits non-zero when a goal is missed."""
     chosen = _target(target, "fault-drill")
-    stack = drill_stack(chosen, progress=console.step)
+    stack = drill_stack(chosen)
     if confirm != stack.injector.stack_name:
         raise Exit(f"error: the fault drill crashes and freezes the components of {stack.injector.stack_name} on "
                    f"purpose; its clients may see slow requests\n"

@@ -15,6 +15,7 @@ import sys
 
 from infra.api_client import load_balancer_verify
 from infra.console import wait_until
+from infra.database.admin import admin_connect
 from infra.faults.load import PrefectClientLoad
 from infra.local.deploy import load_deployed
 from infra.local.plan import build_plan
@@ -26,15 +27,11 @@ WARMUP = 40
 
 
 def _alembic_revision(stack: Stack) -> str:
-    env = build_plan(stack.current_config(), load_secrets(stack.layout.secrets)).migration_env
-    script = ("import asyncio\nfrom sqlalchemy import text\nfrom prefect.server.database import "
-              "provide_database_interface\nasync def main():\n    db = provide_database_interface()\n"
-              "    async with await db.session() as s:\n"
-              "        print((await s.execute(text('SELECT version_num FROM alembic_version'))).scalar_one())\n"
-              "asyncio.run(main())\n")
-    result = subprocess.run([sys.executable, "-c", script], env={**env, "PATH": os.environ["PATH"]},
-                            capture_output=True, text=True, timeout=120, check=True)
-    return result.stdout.strip().splitlines()[-1]
+    config = stack.current_config()
+    with admin_connect(config, stack.layout, config.postgres.database) as conn:
+        row = conn.execute("SELECT version_num FROM alembic_version").fetchone()
+    assert row is not None
+    return str(row[0])
 
 
 def test_a_deploy_that_restarts_postgres_and_migrates_makes_clients_wait_not_fail(stack: Stack) -> None:
